@@ -1,0 +1,81 @@
+//! Incremental Internet checksum updates (RFC 1624), shared by the datapath and unit tests.
+
+/// Fold a 32-bit one's complement sum into 16 bits.
+#[inline(always)]
+pub const fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// New checksum after one 16-bit word of the covered data changes from `old` to `new`:
+/// HC' = ~(~HC + ~m + m'). All values in the same byte order as the packet words.
+#[inline(always)]
+pub const fn replace16(check: u16, old: u16, new: u16) -> u16 {
+    let sum = (!check as u32) + (!old as u32 & 0xffff) + new as u32;
+    !fold(sum)
+}
+
+/// Full Internet checksum of `data` (used by tests and by user-space packet builders).
+pub fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u16::from_be_bytes([c[0], c[1]]) as u32;
+    }
+    if let [last] = chunks.remainder() {
+        sum += u16::from_be_bytes([*last, 0]) as u32;
+    }
+    !fold(sum)
+}
+
+/// IPv4 header checksum after decrementing TTL by one. `ttl_proto` is the header's
+/// 16-bit word at offset 8 (TTL in the high byte, big-endian value), `check` the header
+/// checksum as a big-endian value. Returns (new word, new checksum).
+#[inline(always)]
+pub const fn ttl_decrement(ttl_proto: u16, check: u16) -> (u16, u16) {
+    let new = ttl_proto.wrapping_sub(0x0100);
+    (new, replace16(check, ttl_proto, new))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ipv4_header(ttl: u8) -> [u8; 20] {
+        let mut h = [
+            0x45, 0, 0, 84, 0x12, 0x34, 0x40, 0, ttl, 1, 0, 0, 192, 168, 1, 10, 192, 168, 2, 20,
+        ];
+        let c = checksum(&h);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        h
+    }
+
+    #[test]
+    fn full_checksum_of_valid_header_is_zero() {
+        assert_eq!(checksum(&ipv4_header(64)), 0);
+    }
+
+    #[test]
+    fn ttl_decrement_matches_full_recompute() {
+        for ttl in [2u8, 64, 128, 255] {
+            let h = ipv4_header(ttl);
+            let word = u16::from_be_bytes([h[8], h[9]]);
+            let check = u16::from_be_bytes([h[10], h[11]]);
+            let (nw, nc) = ttl_decrement(word, check);
+            assert_eq!(nc, u16::from_be_bytes(ipv4_header(ttl - 1)[10..12].try_into().unwrap_or([0, 0])));
+            assert_eq!(nw >> 8, (ttl - 1) as u16);
+        }
+    }
+
+    #[test]
+    fn echo_request_to_reply_matches_full_recompute() {
+        let mut icmp = [8u8, 0, 0, 0, 0x12, 0x34, 0, 1, b'a', b'b', b'c'];
+        let c = checksum(&icmp);
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        let n = replace16(c, 0x0800, 0x0000);
+        icmp[0] = 0;
+        icmp[2..4].copy_from_slice(&[0, 0]);
+        assert_eq!(n, checksum(&icmp));
+    }
+}

@@ -1,0 +1,83 @@
+//! Layer 3: router interfaces, routes between a router's subnets, and IP endpoints.
+
+/// Hash `FdbKey (vni, gateway MAC) -> RouterIface`: frames to this MAC on this network are
+/// routed by that router. Agent-written.
+pub const GW_BY_MAC: &str = "DVR_GW_BY_MAC";
+/// Hash `IpKey (vni, gateway IP) -> RouterIface`: ARP and ICMP echo for router interface
+/// addresses, answered locally. Agent-written.
+pub const GW_BY_IP: &str = "DVR_GW_BY_IP";
+pub const GW_MAX: u32 = 16384;
+
+/// LPM trie `RouteKey -> Route`: the subnets attached to a router. Agent-written.
+pub const ROUTES: &str = "DVR_ROUTES";
+pub const ROUTES_MAX: u32 = 16384;
+
+/// Hash `IpKey (vni, ip) -> Endpoint`: every port IP on every routed network. Agent-written.
+pub const ENDPOINTS: &str = "DVR_ENDPOINTS";
+pub const ENDPOINTS_MAX: u32 = 131072;
+
+/// (network, IPv4 address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
+pub struct IpKey {
+    pub vni: u32,
+    /// Network byte order.
+    pub ip_be: u32,
+}
+crate::assert_size!(IpKey, 8);
+
+/// A router's interface on one subnet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RouterIface {
+    /// Stable 32-bit router id (FNV-1a of the router UUID; the agent refuses collisions).
+    pub router_id: u32,
+    /// Interface (gateway) address, network order.
+    pub ip_be: u32,
+    /// Interface MAC, shared by every host.
+    pub mac: crate::Mac,
+    pub _pad: [u8; 2],
+}
+crate::assert_size!(RouterIface, 16);
+
+/// Data part of a [`ROUTES`] LPM key; prefix length = 32 + the subnet's prefix length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
+pub struct RouteKey {
+    /// Router id, big-endian so the trie compares it as a whole before the address bits.
+    pub router_id_be: u32,
+    /// Destination address, network order.
+    pub ip_be: u32,
+}
+crate::assert_size!(RouteKey, 8);
+/// Prefix bits of a [`RouteKey`] before the address.
+pub const ROUTE_KEY_PREFIX_BITS: u32 = 32;
+
+/// A subnet attached to a router: where routed packets to it go.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Route {
+    /// VNI of the destination subnet's network.
+    pub vni: u32,
+    /// The router's interface address on that subnet, network order.
+    pub gw_ip_be: u32,
+    /// The router's interface MAC on that subnet (source MAC of locally delivered frames).
+    pub gw_mac: crate::Mac,
+    pub _pad: [u8; 2],
+}
+crate::assert_size!(Route, 16);
+
+/// A port address: its MAC and where it lives.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Endpoint {
+    pub mac: crate::Mac,
+    pub _pad: [u8; 2],
+    /// Local tap ifindex, 0 when remote.
+    pub ifindex: u32,
+    /// Tunnel address of the port's host (host order), 0 when local.
+    pub tunnel_ip_host: u32,
+}
+crate::assert_size!(Endpoint, 16);
+
+crate::user_pod!(IpKey, RouterIface, RouteKey, Route, Endpoint);

@@ -1,0 +1,59 @@
+//! Per-CPU packet counters: one slot per [`Stat`]. Drop reasons are precise and stable: the
+//! counters, `dvrctl show stats` and traces all name them through [`Stat::as_str`].
+
+/// Per-CPU array `u32 Stat -> u64 packets`. Written by the datapath, read by `dvrctl`.
+pub const STATS: &str = "DVR_STATS";
+
+macro_rules! stats {
+    ($($variant:ident = $id:literal, $drop:literal, $text:literal;)*) => {
+        /// What happened to a packet. `#[repr(u32)]`: the discriminant is the counter index.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Stat { $($variant,)* }
+
+        impl Stat {
+            pub const ALL: &'static [Stat] = &[$(Stat::$variant,)*];
+            /// Stable snake_case id used by counters, `dvrctl --json`, metrics and traces.
+            pub const fn as_str(self) -> &'static str {
+                match self { $(Stat::$variant => $id,)* }
+            }
+            /// One-line human description.
+            pub const fn describe(self) -> &'static str {
+                match self { $(Stat::$variant => $text,)* }
+            }
+            /// True for the reasons a packet was dropped.
+            pub const fn is_drop(self) -> bool {
+                match self { $(Stat::$variant => $drop,)* }
+            }
+        }
+    };
+}
+
+stats! {
+    TxLocal = "tx_local", false, "delivered to a local tap";
+    TxTunnel = "tx_tunnel", false, "sent into the tunnel";
+    Routed = "routed", false, "routed between subnets";
+    Flooded = "flooded", false, "broadcast/unknown unicast replicated";
+    ArpReply = "arp_reply", false, "ARP for a router interface answered";
+    IcmpEchoReply = "icmp_echo_reply", false, "ICMP echo to a router interface answered";
+    RxTunnel = "rx_tunnel", false, "received from the tunnel";
+    DropMalformed = "drop_malformed", true, "malformed or truncated header";
+    DropUnknownPort = "drop_unknown_port", true, "frame from a tap with no port";
+    DropSpoofMac = "drop_spoof_mac", true, "port security: source MAC not the port's";
+    DropSpoofIp = "drop_spoof_ip", true, "port security: source IP not the port's";
+    DropSpoofArp = "drop_spoof_arp", true, "port security: ARP sender not the port's";
+    DropEthertype = "drop_ethertype", true, "unsupported ethertype";
+    DropIpFragment = "drop_ip_fragment", true, "IPv4 fragment to a router interface";
+    DropNoRoute = "drop_no_route", true, "no route: destination outside the router's subnets";
+    DropNoEndpoint = "drop_no_endpoint", true, "no port with the destination IP";
+    DropTtlExceeded = "drop_ttl_exceeded", true, "TTL exceeded while routing";
+    DropUnknownPeer = "drop_unknown_peer", true, "tunnel packet from an unknown host";
+    DropNoTunnelKey = "drop_no_tunnel_key", true, "tunnel packet without tunnel metadata";
+    DropGatewayFromTunnel = "drop_gateway_from_tunnel", true, "frame for a router interface from the tunnel";
+    DropNoLocalPort = "drop_no_local_port", true, "tunnel frame for no local port";
+    DropNotReady = "drop_not_ready", true, "host configuration not loaded";
+    DropRedirect = "drop_redirect", true, "redirect or tunnel key failed";
+    DropArpOther = "drop_arp_other", true, "ARP that is neither request nor reply";
+}
+
+pub const STAT_COUNT: u32 = Stat::ALL.len() as u32;

@@ -1,0 +1,4 @@
+//! The BPF object, embedded once so one agent binary is all a host needs.
+
+/// The `dvr` object built by `build.rs` from `dvr-ebpf`.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dvr"));

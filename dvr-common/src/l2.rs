@@ -17,7 +17,7 @@ pub const DVR_MACS: &str = "DVR_DVR_MACS";
 pub const DVR_MACS_MAX: u32 = 4096;
 
 /// Hash `u32 tunnel ip (host order) -> u32 (1)`: hosts we accept tunnel traffic from.
-pub const TUNNEL_PEERS: &str = "DVR_TUNNEL_PEERS";
+pub const TUNNEL_PEERS: &str = "DVR_PEERS";
 pub const TUNNEL_PEERS_MAX: u32 = 4096;
 
 /// Key of the FDB and the gateway-by-MAC map.

@@ -6,7 +6,7 @@ pub const LOCAL_PORTS_MAX: u32 = 4096;
 
 /// LPM trie `SecKey -> u32 flags`: (tap, source MAC, source IP prefix) a port may send.
 /// Written by the agent: the port's own MAC and fixed IPs plus its allowed address pairs.
-pub const PORT_SECURITY: &str = "DVR_PORT_SECURITY";
+pub const PORT_SECURITY: &str = "DVR_PORT_SEC";
 pub const PORT_SECURITY_MAX: u32 = 16384;
 
 /// Port security is enforced for this port (`port_security_enabled`, default true).

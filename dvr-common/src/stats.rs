@@ -44,6 +44,7 @@ stats! {
     DropSpoofArp = "drop_spoof_arp", true, "port security: ARP sender not the port's";
     DropEthertype = "drop_ethertype", true, "unsupported ethertype";
     DropIpFragment = "drop_ip_fragment", true, "IPv4 fragment to a router interface";
+    DropRouterLocal = "drop_router_local", true, "packet for a router interface other than ICMP echo";
     DropNoRoute = "drop_no_route", true, "no route: destination outside the router's subnets";
     DropNoEndpoint = "drop_no_endpoint", true, "no port with the destination IP";
     DropTtlExceeded = "drop_ttl_exceeded", true, "TTL exceeded while routing";

@@ -1,9 +1,38 @@
+//! Entry points of the DVR datapath. Each turns its pipeline's verdict into a TCX return
+//! code and counts it exactly once.
 #![no_std]
 #![no_main]
+
+mod arp;
+mod l2;
+mod maps;
+mod packet;
+mod route;
+mod security;
+mod tap;
+mod tunnel;
+mod verdict;
+
+use aya_ebpf::{macros::classifier, programs::TcContext};
+
+/// TC ingress on every local VM tap: frames the VM sends.
+#[classifier]
+pub fn dvr_tap(ctx: TcContext) -> i32 {
+    verdict::finish(tap::pipeline(&ctx))
+}
+
+/// TC ingress on the VXLAN collect_md device: frames from other hosts.
+#[classifier]
+pub fn dvr_tunnel(ctx: TcContext) -> i32 {
+    verdict::finish(tunnel::pipeline(&ctx))
+}
+
+#[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
+
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,1 +1,162 @@
-fn main() {}
+//! `cargo xtask`: the project's build and test entry points.
+//!
+//! - `setup`: install what building and testing need (nightly rust-src, bpf-linker, Debian
+//!   test tools) and mount bpffs. Only what is missing, so a second run is a quick no-op.
+//! - `build-ebpf`: build the BPF object through `dvr-userspace/build.rs` (aya-build) and
+//!   copy it to `target/bpf/dvr.o` for bpftool.
+//! - `test`: unit tests, then the root-only multi-host integration tests.
+//! - `demo`: run the namespace demo.
+mod run;
+mod setup;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+use crate::run::{Env, cargo};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Build, test and demo the eBPF DVR"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install missing build and test dependencies and mount bpffs (needs root to install).
+    Setup,
+    /// Build the BPF object (via dvr-userspace's build script) and copy it to target/bpf/dvr.o.
+    BuildEbpf,
+    /// Run setup, the unit tests, then the integration tests (needs root).
+    Test {
+        /// Passed to the integration test harness (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run setup, build, then run the multi-host demo in network namespaces (needs root).
+    Demo {
+        /// Passed to dvr-demo.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let env = Env::new()?;
+    match cli.command {
+        Command::Setup => setup::all(&env),
+        Command::BuildEbpf => build_ebpf(&env),
+        Command::Test { args } => test(&env, &args),
+        Command::Demo { args } => demo(&env, &args),
+    }
+}
+
+/// Host packages, i.e. everything but the no_std BPF crate (built by aya-build) and the
+/// root-only integration tests.
+const HOST_UNIT: [&str; 5] = [
+    "--workspace",
+    "--exclude",
+    "dvr-ebpf",
+    "--exclude",
+    "dvr-tests",
+];
+
+fn build_ebpf(env: &Env) -> anyhow::Result<()> {
+    setup::toolchain(env)?;
+    env.run(cargo(env).args(["build", "--package", "dvr-userspace"]))?;
+    let object = newest_object(&env.target_dir.join("debug").join("build"))?;
+    let dest_dir = env.target_dir.join("bpf");
+    std::fs::create_dir_all(&dest_dir).with_context(|| format!("create {}", dest_dir.display()))?;
+    let dest = dest_dir.join("dvr.o");
+    std::fs::copy(&object, &dest)
+        .with_context(|| format!("copy {} to {}", object.display(), dest.display()))?;
+    println!("BPF object: {}", dest.display());
+    Ok(())
+}
+
+/// The `dvr` object aya-build left in `dvr-userspace-*/out/` of the last build: there can be
+/// several such directories (one per build-script configuration), so take the newest.
+fn newest_object(build_dir: &Path) -> anyhow::Result<PathBuf> {
+    let entries =
+        std::fs::read_dir(build_dir).with_context(|| format!("list {}", build_dir.display()))?;
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("list {}", build_dir.display()))?;
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("dvr-userspace-")
+        {
+            continue;
+        }
+        let candidate = entry.path().join("out").join("dvr");
+        let Ok(meta) = std::fs::metadata(&candidate) else {
+            continue;
+        };
+        let mtime = meta
+            .modified()
+            .with_context(|| format!("mtime of {}", candidate.display()))?;
+        if newest.as_ref().is_none_or(|(t, _)| mtime > *t) {
+            newest = Some((mtime, candidate));
+        }
+    }
+    let Some((_, object)) = newest else {
+        bail!(
+            "no dvr-userspace-*/out/dvr under {}: did the build run?",
+            build_dir.display()
+        );
+    };
+    let bytes = std::fs::read(&object).with_context(|| format!("read {}", object.display()))?;
+    if !bytes.starts_with(b"\x7fELF") {
+        bail!(
+            "{} is not an ELF object ({} bytes): was it built with AYA_BUILD_SKIP=1?",
+            object.display(),
+            bytes.len()
+        );
+    }
+    Ok(object)
+}
+
+fn test(env: &Env, args: &[String]) -> anyhow::Result<()> {
+    setup::all(env)?;
+    env.run(cargo(env).args(["build", "--bins"]).args(HOST_UNIT))?;
+    env.run(cargo(env).args(["build", "--package", "dvr-tests", "--tests", "--bins"]))?;
+    env.run(cargo(env).arg("test").args(HOST_UNIT))?;
+    // Setup has mounted bpffs if we are root.
+    require_root("integration tests need root")?;
+    env.run(
+        cargo(env)
+            .args(["test", "--package", "dvr-tests", "--", "--test-threads=1"])
+            .args(args)
+            .env("DVR_BIN_DIR", env.bin_dir()),
+    )
+}
+
+fn demo(env: &Env, args: &[String]) -> anyhow::Result<()> {
+    setup::all(env)?;
+    env.run(cargo(env).args(["build", "--bins", "--workspace", "--exclude", "dvr-ebpf"]))?;
+    require_root("the demo needs root")?;
+    let demo = env.bin_dir().join("dvr-demo");
+    env.run(
+        env.command(&demo)
+            .args(args)
+            .env("DVR_BIN_DIR", env.bin_dir()),
+    )
+}
+
+fn require_root(message: &str) -> anyhow::Result<()> {
+    if !run::is_root()? {
+        bail!(
+            "{message}: it creates network namespaces, veths and VXLAN devices and loads \
+             BPF programs; run it as root (e.g. `sudo -E env PATH=\"$PATH\" cargo xtask ...`)"
+        );
+    }
+    Ok(())
+}

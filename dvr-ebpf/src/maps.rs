@@ -1,0 +1,65 @@
+//! Every map of the datapath. Each static's identifier is its map name and equals the
+//! `pub const` in `dvr-common` (the `#[map]` macro names the map after the static).
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+};
+use dvr_common::{
+    config::HostConfig,
+    l2::{self, FdbEntry, FdbKey, FloodSet, MacKey},
+    port::{self, LocalPort, SecKey},
+    route::{self, Endpoint, IpKey, Route, RouteKey, RouterIface},
+    stats::STAT_COUNT,
+};
+
+/// This host's tunnel ifindex, tunnel address and DVR MAC. Agent-written.
+#[map]
+pub static DVR_HOST_CONFIG: Array<HostConfig> = Array::with_max_entries(1, 0);
+
+/// Tap ifindex -> the VM port behind it. Agent-written when a tap appears.
+#[map]
+pub static DVR_LOCAL_PORTS: HashMap<u32, LocalPort> =
+    HashMap::with_max_entries(port::LOCAL_PORTS_MAX, 0);
+
+/// (tap, MAC, IP prefix) a port may send from. Agent-written.
+#[map]
+pub static DVR_PORT_SEC: LpmTrie<SecKey, u32> =
+    LpmTrie::with_max_entries(port::PORT_SECURITY_MAX, 0);
+
+/// (VNI, MAC) -> local tap or remote host. Agent-written.
+#[map]
+pub static DVR_FDB: HashMap<FdbKey, FdbEntry> = HashMap::with_max_entries(l2::FDB_MAX, 0);
+
+/// VNI -> local taps and remote hosts for broadcast and unknown unicast. Agent-written.
+#[map]
+pub static DVR_FLOOD: HashMap<u32, FloodSet> = HashMap::with_max_entries(l2::FLOOD_MAX, 0);
+
+/// DVR MAC of every host -> its tunnel address. Agent-written.
+#[map]
+pub static DVR_DVR_MACS: HashMap<MacKey, u32> = HashMap::with_max_entries(l2::DVR_MACS_MAX, 0);
+
+/// Tunnel addresses of the hosts we accept tunnel traffic from. Agent-written.
+#[map]
+pub static DVR_PEERS: HashMap<u32, u32> = HashMap::with_max_entries(l2::TUNNEL_PEERS_MAX, 0);
+
+/// (VNI, router interface MAC) -> router interface. Agent-written.
+#[map]
+pub static DVR_GW_BY_MAC: HashMap<FdbKey, RouterIface> =
+    HashMap::with_max_entries(route::GW_MAX, 0);
+
+/// (VNI, router interface IP) -> router interface. Agent-written.
+#[map]
+pub static DVR_GW_BY_IP: HashMap<IpKey, RouterIface> = HashMap::with_max_entries(route::GW_MAX, 0);
+
+/// (router, destination prefix) -> destination subnet. Agent-written.
+#[map]
+pub static DVR_ROUTES: LpmTrie<RouteKey, Route> = LpmTrie::with_max_entries(route::ROUTES_MAX, 0);
+
+/// (VNI, IP) -> port MAC and location. Agent-written.
+#[map]
+pub static DVR_ENDPOINTS: HashMap<IpKey, Endpoint> =
+    HashMap::with_max_entries(route::ENDPOINTS_MAX, 0);
+
+/// Per-CPU packet counters indexed by `Stat`. Datapath-written.
+#[map]
+pub static DVR_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);

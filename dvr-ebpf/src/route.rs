@@ -1,0 +1,119 @@
+//! Routing stage on the source host: a frame to a router interface MAC is routed between
+//! the router's subnets (TTL decremented, checksum updated incrementally), then delivered to
+//! a local tap with the destination subnet's gateway MAC as source, or tunnelled on the
+//! destination network's VNI with this host's DVR MAC as source. ICMP echo to a router
+//! interface address is answered here. Reads DVR_ROUTES, DVR_ENDPOINTS.
+//! Verdicts: routed, icmp_echo_reply, drop_no_route, drop_no_endpoint, drop_ttl_exceeded,
+//! drop_router_local, drop_ip_fragment, drop_malformed.
+use aya_ebpf::{helpers::bpf_redirect, maps::lpm_trie::Key, programs::TcContext};
+use dvr_common::{
+    config::HostConfig,
+    csum,
+    route::{IpKey, ROUTE_KEY_PREFIX_BITS, RouteKey, RouterIface},
+    stats::Stat,
+};
+
+use crate::{
+    l2,
+    maps::{DVR_ENDPOINTS, DVR_ROUTES},
+    packet::{ETH_LEN, EthHdr, IPPROTO_ICMP, IcmpHdr, Ipv4Hdr, be16, ptr_at},
+    verdict::Verdict,
+};
+
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMP_ECHO_REPLY: u8 = 0;
+const REPLY_TTL: u8 = 64;
+/// More-fragments flag and fragment offset bits of the IPv4 `frag` word.
+const IP_MF_OFFSET: u16 = 0x3fff;
+
+#[inline(always)]
+pub fn stage(ctx: &TcContext, ifindex: u32, gw: &RouterIface, cfg: &HostConfig) -> Verdict {
+    match route(ctx, ifindex, gw, cfg) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[inline(always)]
+fn route(ctx: &TcContext, ifindex: u32, gw: &RouterIface, cfg: &HostConfig) -> Result<Verdict, Verdict> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_LEN)?;
+    // SAFETY: bounds-checked by ptr_at; no helper ran since.
+    let (eth, ip) = unsafe { (&mut *eth, &mut *ip) };
+    let key = Key::new(
+        ROUTE_KEY_PREFIX_BITS + 32,
+        RouteKey { router_id_be: gw.router_id.to_be(), ip_be: u32::from_ne_bytes(ip.daddr) },
+    );
+    let Some(route) = DVR_ROUTES.get(&key) else {
+        return Err(Verdict::drop(Stat::DropNoRoute));
+    };
+    if u32::from_ne_bytes(ip.daddr) == route.gw_ip_be {
+        return Err(echo_reply(ctx, ifindex, eth, ip));
+    }
+    if ip.ttl <= 1 {
+        return Err(Verdict::drop(Stat::DropTtlExceeded));
+    }
+    let ep_key = IpKey { vni: route.vni, ip_be: u32::from_ne_bytes(ip.daddr) };
+    // SAFETY: read-only use of an agent-written hash value.
+    let Some(ep) = (unsafe { DVR_ENDPOINTS.get(&ep_key) }) else {
+        return Err(Verdict::drop(Stat::DropNoEndpoint));
+    };
+    let (word, check) = csum::ttl_decrement(
+        u16::from_be_bytes([ip.ttl, ip.proto]),
+        be16(ip.check),
+    );
+    let [ttl, _] = word.to_be_bytes();
+    ip.ttl = ttl;
+    ip.check = check.to_be_bytes();
+    eth.dst = ep.mac;
+    eth.src = if ep.ifindex != 0 { route.gw_mac } else { cfg.dvr_mac };
+    Ok(l2::to_port(
+        ctx,
+        ep.ifindex,
+        ep.tunnel_ip_host,
+        route.vni,
+        cfg.tunnel_ifindex,
+        Stat::Routed,
+        Stat::Routed,
+    ))
+}
+
+/// Answer an ICMP echo request to a router interface address, back out of the same tap.
+#[inline(always)]
+fn echo_reply(ctx: &TcContext, ifindex: u32, eth: &mut EthHdr, ip: &mut Ipv4Hdr) -> Verdict {
+    if ip.proto != IPPROTO_ICMP {
+        return Verdict::drop(Stat::DropRouterLocal);
+    }
+    if be16(ip.frag) & IP_MF_OFFSET != 0 {
+        return Verdict::drop(Stat::DropIpFragment);
+    }
+    // Only option-less headers are answered: the ICMP header then sits at a constant offset.
+    if ip.ver_ihl != 0x45 {
+        return Verdict::drop(Stat::DropRouterLocal);
+    }
+    let icmp: *mut IcmpHdr = match ptr_at(ctx, ETH_LEN + 20) {
+        Ok(p) => p,
+        Err(v) => return v,
+    };
+    // SAFETY: bounds-checked just above.
+    let icmp = unsafe { &mut *icmp };
+    if icmp.kind != ICMP_ECHO_REQUEST || icmp.code != 0 {
+        return Verdict::drop(Stat::DropRouterLocal);
+    }
+    icmp.kind = ICMP_ECHO_REPLY;
+    let check = csum::replace16(
+        be16(icmp.check),
+        u16::from_be_bytes([ICMP_ECHO_REQUEST, 0]),
+        u16::from_be_bytes([ICMP_ECHO_REPLY, 0]),
+    );
+    icmp.check = check.to_be_bytes();
+    // Swapping addresses leaves both checksums unchanged (one's complement sums commute);
+    // the fresh TTL needs an update.
+    core::mem::swap(&mut ip.saddr, &mut ip.daddr);
+    let old = u16::from_be_bytes([ip.ttl, ip.proto]);
+    let new = u16::from_be_bytes([REPLY_TTL, ip.proto]);
+    ip.check = csum::replace16(be16(ip.check), old, new).to_be_bytes();
+    ip.ttl = REPLY_TTL;
+    core::mem::swap(&mut eth.src, &mut eth.dst);
+    // SAFETY: plain helper call.
+    Verdict::redirect(Stat::IcmpEchoReply, unsafe { bpf_redirect(ifindex, 0) })
+}

@@ -1,0 +1,80 @@
+//! Entry pipeline for frames from the VXLAN collect_md device (TC ingress): accept only
+//! known hosts, never let a frame reach a router interface from the tunnel (each host's
+//! router is local), rewrite a peer's DVR MAC to the destination subnet's gateway MAC, and
+//! deliver to local taps only. Reads DVR_PEERS, DVR_GW_BY_MAC, DVR_FDB, DVR_DVR_MACS.
+//! Verdicts: rx_tunnel, flooded, drop_no_tunnel_key, drop_unknown_peer,
+//! drop_gateway_from_tunnel, drop_no_local_port, drop_malformed.
+use aya_ebpf::{
+    bindings::{__sk_buff, bpf_tunnel_key},
+    helpers::{bpf_redirect, bpf_skb_get_tunnel_key},
+    programs::TcContext,
+};
+use dvr_common::{
+    l2::{FdbKey, MacKey},
+    stats::Stat,
+};
+
+use crate::{
+    l2,
+    maps::{DVR_DVR_MACS, DVR_FDB, DVR_GW_BY_MAC, DVR_PEERS},
+    packet::{EthHdr, is_multicast, ptr_at},
+    verdict::Verdict,
+};
+
+#[inline(always)]
+pub fn pipeline(ctx: &TcContext) -> Verdict {
+    match run(ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[inline(always)]
+fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
+    // SAFETY: bpf_tunnel_key is plain old data; all-zero is valid.
+    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    // SAFETY: key lives on our stack for the call.
+    let ret = unsafe {
+        bpf_skb_get_tunnel_key(
+            ctx.skb.skb as *mut __sk_buff,
+            &mut key,
+            core::mem::size_of::<bpf_tunnel_key>() as u32,
+            0,
+        )
+    };
+    if ret != 0 {
+        return Err(Verdict::drop(Stat::DropNoTunnelKey));
+    }
+    let vni = key.tunnel_id;
+    // SAFETY: the kernel filled the IPv4 member (no BPF_F_TUNINFO_IPV6 flag).
+    let remote = unsafe { key.__bindgen_anon_1.remote_ipv4 };
+    // SAFETY: read-only hash lookup.
+    if unsafe { DVR_PEERS.get(&remote) }.is_none() {
+        return Err(Verdict::drop(Stat::DropUnknownPeer));
+    }
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    // SAFETY: bounds-checked by ptr_at.
+    let eth = unsafe { &mut *eth };
+    let dst = eth.dst;
+    if is_multicast(&dst) {
+        return Ok(l2::forward(ctx, vni, &dst, 0, 0));
+    }
+    let fdb_key = FdbKey { vni, mac: dst, _pad: [0; 2] };
+    // SAFETY: read-only hash lookups of agent-written values.
+    if unsafe { DVR_GW_BY_MAC.get(&fdb_key) }.is_some() {
+        return Err(Verdict::drop(Stat::DropGatewayFromTunnel));
+    }
+    // SAFETY: as above.
+    let Some(e) = (unsafe { DVR_FDB.get(&fdb_key) }) else {
+        return Err(Verdict::drop(Stat::DropNoLocalPort));
+    };
+    if e.ifindex == 0 {
+        return Err(Verdict::drop(Stat::DropNoLocalPort));
+    }
+    let src_key = MacKey { mac: eth.src, _pad: [0; 2] };
+    // SAFETY: as above.
+    if unsafe { DVR_DVR_MACS.get(&src_key) }.is_some() && e.gw_mac != [0; 6] {
+        eth.src = e.gw_mac;
+    }
+    // SAFETY: plain helper call.
+    Ok(Verdict::redirect(Stat::RxTunnel, unsafe { bpf_redirect(e.ifindex, 0) }))
+}

@@ -4,8 +4,14 @@
 //! - [`compile`]: (state, host) -> the exact map entries that host needs; pure.
 //! - [`maps`]: typed handles on the pinned maps; the only place map names are looked up.
 //! - [`reconcile`]: diff desired vs actual entries and apply in a safe order.
-//! - [`attach`]: VXLAN device, bpffs, program loading, tap attach/detach.
+//! - [`attach`]: bpffs, the VXLAN device, program loading, tap attach/detach.
+//! - [`agent`]: the control loop of `dvr-agent`.
 //! - [`ctl`]: dvrctl subcommands.
+pub mod agent;
+pub mod attach;
 pub mod compile;
+pub mod ctl;
 pub mod ebpf;
+pub mod maps;
 pub mod model;
+pub mod reconcile;

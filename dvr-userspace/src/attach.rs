@@ -1,0 +1,229 @@
+//! Host plumbing: bpffs, the VXLAN collect_md device, loading and pinning the object, and
+//! attaching the tap program to taps as they come and go (TCX links on this kernel).
+use std::{
+    collections::BTreeMap,
+    ffi::{CStr, CString},
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
+};
+
+use crate::maps::{HostMaps, MapsError};
+
+/// The VXLAN device the agent creates in the host's network namespace.
+pub const TUNNEL_DEV: &str = "dvr-vx";
+/// IANA VXLAN port.
+pub const VXLAN_PORT: u16 = 4789;
+pub const PROG_TAP: &str = "dvr_tap";
+pub const PROG_TUNNEL: &str = "dvr_tunnel";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("bpffs: {0}")]
+    Bpffs(String),
+    #[error("pin directory {path}: {source}")]
+    PinDir { path: PathBuf, source: std::io::Error },
+    #[error("device {dev}: {msg}")]
+    Device { dev: String, msg: String },
+    #[error("loading the BPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {prog}: {source}")]
+    Program { prog: &'static str, source: aya::programs::ProgramError },
+    #[error("program {prog} on {iface}: attach failed: {source}")]
+    Attach { prog: &'static str, iface: String, source: aya::programs::ProgramError },
+    #[error("pinning map {name}: {source}")]
+    Pin { name: String, source: aya::pin::PinError },
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+}
+
+/// Whether `path` is on a bpf filesystem.
+fn on_bpffs(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
+    // SAFETY: statfs writes into a zeroed struct we own; c is a valid C string.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+/// Make sure /sys/fs/bpf is a bpffs (mounting it when it is not) and that `root` lies on it.
+pub fn ensure_bpffs(root: &Path) -> Result<(), AttachError> {
+    let base = Path::new("/sys/fs/bpf");
+    if !on_bpffs(base) {
+        let status = Command::new("mount").args(["-t", "bpf", "bpf"]).arg(base).status();
+        if !matches!(status, Ok(s) if s.success()) || !on_bpffs(base) {
+            return Err(AttachError::Bpffs(format!(
+                "{} is not a bpf filesystem and `mount -t bpf bpf {}` failed (are you root?)",
+                base.display(),
+                base.display()
+            )));
+        }
+    }
+    std::fs::create_dir_all(root).map_err(|source| AttachError::PinDir { path: root.into(), source })?;
+    if !on_bpffs(root) {
+        return Err(AttachError::Bpffs(format!("{} is not on a bpf filesystem", root.display())));
+    }
+    Ok(())
+}
+
+/// ifindex of `name` in the current network namespace.
+pub fn ifindex(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: c is a valid C string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
+/// Every interface of the current network namespace: name -> ifindex. Uses
+/// `if_nameindex(3)` (netlink), which sees this process's namespace; /sys/class/net would
+/// show the namespace sysfs was mounted in.
+pub fn interfaces() -> BTreeMap<String, u32> {
+    let mut out = BTreeMap::new();
+    // SAFETY: if_nameindex returns a NULL-terminated array we free with if_freenameindex.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return out;
+        }
+        let mut p = list;
+        while (*p).if_index != 0 && !(*p).if_name.is_null() {
+            let name = CStr::from_ptr((*p).if_name).to_string_lossy().into_owned();
+            out.insert(name, (*p).if_index);
+            p = p.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    out
+}
+
+fn ip(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("ip").args(args).output().map_err(|e| format!("running ip: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+/// Create (or adopt) the VXLAN collect_md device and bring it up; returns its ifindex.
+pub fn ensure_tunnel_dev() -> Result<u32, AttachError> {
+    let dev_err = |msg: String| AttachError::Device { dev: TUNNEL_DEV.into(), msg };
+    match ip(&["-d", "link", "show", "dev", TUNNEL_DEV]) {
+        Ok(detail) => {
+            if !(detail.contains("vxlan") && detail.contains("external")) {
+                return Err(dev_err("exists and is not a VXLAN collect_md (external) device; not touching it".into()));
+            }
+        }
+        Err(_) => {
+            let port = VXLAN_PORT.to_string();
+            ip(&["link", "add", TUNNEL_DEV, "type", "vxlan", "external", "dstport", &port, "nolearning"])
+                .map_err(|e| dev_err(format!("create failed: {e}")))?;
+        }
+    }
+    ip(&["link", "set", "dev", TUNNEL_DEV, "up"]).map_err(|e| dev_err(format!("set up failed: {e}")))?;
+    ifindex(TUNNEL_DEV).ok_or_else(|| dev_err("vanished after creation".into()))
+}
+
+/// The loaded object, its pinned maps and the taps it is attached to.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pub maps: HostMaps,
+    pub dir: PathBuf,
+    pub tunnel_ifindex: u32,
+    taps: BTreeMap<String, (u32, SchedClassifierLinkId)>,
+}
+
+pub fn program<'a>(ebpf: &'a mut Ebpf, prog: &'static str) -> Result<&'a mut SchedClassifier, AttachError> {
+    let p = ebpf.program_mut(prog).ok_or(AttachError::Program {
+        prog,
+        source: aya::programs::ProgramError::UnexpectedProgramType,
+    })?;
+    p.try_into().map_err(|source| AttachError::Program { prog, source })
+}
+
+/// Load the embedded object, pin every map in `dir` (which must exist on bpffs) and load
+/// (verify) both programs without attaching them.
+pub fn load_object(dir: &Path) -> Result<Ebpf, AttachError> {
+    let mut ebpf = EbpfLoader::new().load(crate::ebpf::OBJECT)?;
+    for (name, map) in ebpf.maps() {
+        map.pin(dir.join(name)).map_err(|source| AttachError::Pin { name: name.into(), source })?;
+    }
+    for prog in [PROG_TAP, PROG_TUNNEL] {
+        program(&mut ebpf, prog)?.load().map_err(|source| AttachError::Program { prog, source })?;
+    }
+    Ok(ebpf)
+}
+
+impl Datapath {
+    /// Load the embedded object, pin its maps under `<root>/<host>` (replacing pins a
+    /// previous run left: nothing stale survives a restart), create the tunnel device and
+    /// attach the tunnel program to it.
+    pub fn load(root: &Path, host: &str) -> Result<Self, AttachError> {
+        ensure_bpffs(root)?;
+        let dir = crate::maps::host_dir(root, host);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|source| AttachError::PinDir { path: dir.clone(), source })?;
+        }
+        std::fs::create_dir_all(&dir).map_err(|source| AttachError::PinDir { path: dir.clone(), source })?;
+        let tunnel_ifindex = ensure_tunnel_dev()?;
+        let mut ebpf = load_object(&dir)?;
+        program(&mut ebpf, PROG_TUNNEL)?
+            .attach(TUNNEL_DEV, TcAttachType::Ingress)
+            .map_err(|source| AttachError::Attach { prog: PROG_TUNNEL, iface: TUNNEL_DEV.into(), source })?;
+        let maps = HostMaps::open(&dir)?;
+        Ok(Self { ebpf, maps, dir, tunnel_ifindex, taps: BTreeMap::new() })
+    }
+
+    /// Taps the tap program is attached to: name -> ifindex.
+    pub fn attached(&self) -> BTreeMap<String, u32> {
+        self.taps.iter().map(|(n, (i, _))| (n.clone(), *i)).collect()
+    }
+
+    /// Detach from taps not in `want` (or whose ifindex changed: the device was recreated).
+    pub fn detach_stale(&mut self, want: &BTreeMap<String, u32>) -> Result<Vec<String>, AttachError> {
+        let stale: Vec<String> = self
+            .taps
+            .iter()
+            .filter(|(name, (ifx, _))| want.get(*name) != Some(ifx))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &stale {
+            if let Some((_, link)) = self.taps.remove(name) {
+                // The link may already be gone with its device; detaching then only closes it.
+                let _ = program(&mut self.ebpf, PROG_TAP)?.detach(link);
+            }
+        }
+        Ok(stale)
+    }
+
+    /// Attach to every tap in `want` not attached yet.
+    pub fn attach_new(&mut self, want: &BTreeMap<String, u32>) -> Result<Vec<String>, AttachError> {
+        let mut added = Vec::new();
+        for (name, ifx) in want {
+            if self.taps.contains_key(name) {
+                continue;
+            }
+            let link = program(&mut self.ebpf, PROG_TAP)?
+                .attach(name, TcAttachType::Ingress)
+                .map_err(|source| AttachError::Attach { prog: PROG_TAP, iface: name.clone(), source })?;
+            self.taps.insert(name.clone(), (*ifx, link));
+            added.push(name.clone());
+        }
+        Ok(added)
+    }
+
+    /// Detach everything, delete the tunnel device and remove the pins.
+    pub fn teardown(mut self) -> Result<(), AttachError> {
+        self.detach_stale(&BTreeMap::new())?;
+        let dir = self.dir.clone();
+        drop(self);
+        let _ = ip(&["link", "del", "dev", TUNNEL_DEV]);
+        std::fs::remove_dir_all(&dir).map_err(|source| AttachError::PinDir { path: dir, source })
+    }
+}

@@ -1,0 +1,105 @@
+//! Exact reconciliation: read what the maps hold, write what differs from the desired
+//! entries and delete what is not desired, so after any sequence of changes the maps equal
+//! what the current state compiles to.
+//!
+//! Order: all upserts first, map by map in dependency order (`maps::ALL`: peers and
+//! endpoints before the routes and FDB entries that lead to them, the port entry that
+//! activates a tap last), then all deletions in reverse order (a tap's port entry goes first,
+//! so no packet follows a half-removed path).
+use std::collections::BTreeMap;
+
+use dvr_common::config::HostConfig;
+
+use crate::{
+    compile::MapEntries,
+    maps::{HostMaps, MapsError},
+};
+
+/// What one apply changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub upserted: usize,
+    pub deleted: usize,
+}
+
+impl Applied {
+    pub fn is_empty(&self) -> bool {
+        self.upserted == 0 && self.deleted == 0
+    }
+}
+
+/// Entries to write and keys to delete so that `actual` becomes `desired`.
+pub fn diff<K: Ord + Copy, V: PartialEq + Copy>(
+    actual: &BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
+) -> (Vec<(K, V)>, Vec<K>) {
+    let puts = desired
+        .iter()
+        .filter(|(k, v)| actual.get(k) != Some(v))
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    let dels = actual.keys().filter(|k| !desired.contains_key(k)).copied().collect();
+    (puts, dels)
+}
+
+/// Bring every map of `maps` to exactly `desired` (and the host config to `cfg`).
+pub fn apply(maps: &mut HostMaps, cfg: &HostConfig, desired: &MapEntries) -> Result<Applied, MapsError> {
+    let mut applied = Applied::default();
+    if maps.read_config()? != *cfg {
+        maps.write_config(cfg)?;
+        applied.upserted += 1;
+    }
+    // One (puts, dels) pair per map, computed before anything is written.
+    macro_rules! plan {
+        ($($field:ident),*) => {{
+            ($( { let (p, d) = diff(&maps.$field.read()?, &desired.$field); (p, d) } ),*)
+        }};
+    }
+    let (peers, dvr_macs, endpoints, routes, fdb, flood, gw_by_ip, gw_by_mac, port_security, local_ports) = plan!(
+        tunnel_peers, dvr_macs, endpoints, routes, fdb, flood, gw_by_ip, gw_by_mac, port_security, local_ports
+    );
+    macro_rules! upsert {
+        ($(($field:ident, $plan:ident)),*) => {$(
+            for (k, v) in &$plan.0 { maps.$field.put(k, v)?; }
+            applied.upserted += $plan.0.len();
+        )*};
+    }
+    upsert!(
+        (tunnel_peers, peers), (dvr_macs, dvr_macs), (endpoints, endpoints), (routes, routes), (fdb, fdb),
+        (flood, flood), (gw_by_ip, gw_by_ip), (gw_by_mac, gw_by_mac),
+        (port_security, port_security), (local_ports, local_ports)
+    );
+    macro_rules! delete {
+        ($(($field:ident, $plan:ident)),*) => {$(
+            for k in &$plan.1 { maps.$field.del(k)?; }
+            applied.deleted += $plan.1.len();
+        )*};
+    }
+    delete!(
+        (local_ports, local_ports), (port_security, port_security), (gw_by_mac, gw_by_mac),
+        (gw_by_ip, gw_by_ip), (flood, flood), (fdb, fdb), (routes, routes),
+        (endpoints, endpoints), (dvr_macs, dvr_macs), (tunnel_peers, peers)
+    );
+    Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_writes_changed_and_new_deletes_stale() {
+        let actual = BTreeMap::from([(1, 10), (2, 20), (3, 30)]);
+        let desired = BTreeMap::from([(2, 20), (3, 31), (4, 40)]);
+        let (puts, dels) = diff(&actual, &desired);
+        assert_eq!(puts, vec![(3, 31), (4, 40)]);
+        assert_eq!(dels, vec![1]);
+    }
+
+    #[test]
+    fn diff_of_equal_is_empty() {
+        let m = BTreeMap::from([(1, 1)]);
+        let (puts, dels) = diff(&m, &m);
+        assert!(puts.is_empty() && dels.is_empty());
+    }
+}

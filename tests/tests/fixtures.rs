@@ -1,0 +1,340 @@
+//! Packet fixture tables run through BPF_PROG_TEST_RUN: the real object, maps filled by the
+//! real compiler and reconciler from a Neutron-shaped state, one input frame per case, and
+//! the verdict, output bytes and counter each case must produce. Needs root (CAP_BPF) and
+//! bpffs, no namespaces.
+use std::{
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use aya::{
+    Ebpf,
+    programs::{TestRun, TestRunOptions},
+};
+use dvr_common::{csum::checksum, stats::Stat};
+use dvr_userspace::{
+    attach::{PROG_TAP, PROG_TUNNEL, ensure_bpffs, load_object, program},
+    compile::compile,
+    maps::HostMaps,
+    model::State,
+    reconcile,
+};
+
+const TCX_DROP: u32 = 2;
+const TCX_REDIRECT: u32 = 7;
+
+const VM1_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 0x01];
+const VM2_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 0x02];
+const VM3_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 0x03];
+const VM4_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 0x04];
+const GW1_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 0xa1];
+const GW2_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 0xa2];
+const DVR_MAC_A: [u8; 6] = [0xfa, 0x16, 0x3f, 0, 0, 0x01];
+const VM1_IP: [u8; 4] = [10, 1, 0, 11];
+const VM2_IP: [u8; 4] = [10, 2, 0, 12];
+const VM3_IP: [u8; 4] = [10, 1, 0, 13];
+const VM4_IP: [u8; 4] = [10, 2, 0, 14];
+const GW1_IP: [u8; 4] = [10, 1, 0, 1];
+/// Test runs put the skb on the loopback device: VM1's "tap" is ifindex 1.
+const VM1_IFINDEX: u32 = 1;
+/// VM2 is local too; a redirect is not executed by a test run, so any ifindex will do.
+const VM2_IFINDEX: u32 = 77;
+
+/// Host A: VM1 (net1, 10.1.0.0/24) and VM2 (net2, 10.2.0.0/24); host B: VM3 (net1) and
+/// VM4 (net2).
+/// One distributed router on both subnets.
+const STATE: &str = r#"{
+ "hosts": [
+  {"name": "A", "agent_mode": "dvr", "tunnel_ip": "192.0.2.1", "dvr_mac": "fa:16:3f:00:00:01"},
+  {"name": "B", "agent_mode": "dvr", "tunnel_ip": "192.0.2.2", "dvr_mac": "fa:16:3f:00:00:02"}],
+ "networks": [
+  {"id": "net1", "provider:network_type": "vxlan", "provider:segmentation_id": 101, "mtu": 1450},
+  {"id": "net2", "provider:network_type": "vxlan", "provider:segmentation_id": 102, "mtu": 1450}],
+ "subnets": [
+  {"id": "sub1", "network_id": "net1", "cidr": "10.1.0.0/24", "gateway_ip": "10.1.0.1", "ip_version": 4},
+  {"id": "sub2", "network_id": "net2", "cidr": "10.2.0.0/24", "gateway_ip": "10.2.0.1", "ip_version": 4}],
+ "routers": [{"id": "r1", "distributed": true}],
+ "ports": [
+  {"id": "gw1", "network_id": "net1", "mac_address": "fa:16:3e:00:00:a1", "device_owner": "network:router_interface_distributed", "device_id": "r1",
+   "fixed_ips": [{"subnet_id": "sub1", "ip_address": "10.1.0.1"}]},
+  {"id": "gw2", "network_id": "net2", "mac_address": "fa:16:3e:00:00:a2", "device_owner": "network:router_interface_distributed", "device_id": "r1",
+   "fixed_ips": [{"subnet_id": "sub2", "ip_address": "10.2.0.1"}]},
+  {"id": "vm1-port-0001", "network_id": "net1", "mac_address": "fa:16:3e:00:00:01", "device_owner": "compute:nova", "binding:host_id": "A",
+   "fixed_ips": [{"subnet_id": "sub1", "ip_address": "10.1.0.11"}],
+   "allowed_address_pairs": [{"ip_address": "10.1.0.200/30"}]},
+  {"id": "vm2-port-0002", "network_id": "net2", "mac_address": "fa:16:3e:00:00:02", "device_owner": "compute:nova", "binding:host_id": "A",
+   "fixed_ips": [{"subnet_id": "sub2", "ip_address": "10.2.0.12"}]},
+  {"id": "vm3-port-0003", "network_id": "net1", "mac_address": "fa:16:3e:00:00:03", "device_owner": "compute:nova", "binding:host_id": "B",
+   "fixed_ips": [{"subnet_id": "sub1", "ip_address": "10.1.0.13"}]},
+  {"id": "vm4-port-0004", "network_id": "net2", "mac_address": "fa:16:3e:00:00:04", "device_owner": "compute:nova", "binding:host_id": "B",
+   "fixed_ips": [{"subnet_id": "sub2", "ip_address": "10.2.0.14"}]}]
+}"#;
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+struct Fixture {
+    ebpf: Ebpf,
+    maps: HostMaps,
+    dir: PathBuf,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        // The shared parent goes when the last fixture is gone (fails harmlessly before).
+        if let Some(parent) = self.dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "fixture tests need root (CAP_BPF) to load BPF programs");
+}
+
+fn fixture(state: &str) -> Fixture {
+    require_root();
+    let root = PathBuf::from("/sys/fs/bpf/dvr-fixtures");
+    ensure_bpffs(&root).unwrap_or_else(|e| panic!("bpffs unavailable: {e}"));
+    let dir = root.join(format!("{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst)));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    let ebpf = load_object(&dir).unwrap_or_else(|e| panic!("load object: {e}"));
+    let mut maps = HostMaps::open(&dir).unwrap_or_else(|e| panic!("open maps: {e}"));
+    let state = State::from_json(state).unwrap_or_else(|e| panic!("fixture state invalid: {e}"));
+    let taps = |t: &str| match t {
+        "tapvm1-port-00" => Some(VM1_IFINDEX),
+        "tapvm2-port-00" => Some(VM2_IFINDEX),
+        _ => None,
+    };
+    let compiled = compile(&state, "A", &taps).unwrap_or_else(|e| panic!("compile: {e}"));
+    let mut cfg = compiled.config;
+    cfg.tunnel_ifindex = 99;
+    reconcile::apply(&mut maps, &cfg, &compiled.entries).unwrap_or_else(|e| panic!("apply: {e}"));
+    Fixture { ebpf, maps, dir }
+}
+
+impl Fixture {
+    fn run(&mut self, prog: &'static str, frame: &[u8]) -> (u32, Vec<u8>) {
+        let p = program(&mut self.ebpf, prog).unwrap_or_else(|e| panic!("{e}"));
+        let mut out = vec![0u8; frame.len() + 256];
+        let res = p
+            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
+            .unwrap_or_else(|e| panic!("test run: {e}"));
+        out.truncate(res.data_size_out as usize);
+        (res.return_value, out)
+    }
+
+    /// Run `frame` through `prog`, assert the return code and that exactly `stat` moved.
+    fn expect(&mut self, prog: &'static str, frame: &[u8], code: u32, stat: Stat) -> Vec<u8> {
+        let before = self.maps.read_stats().unwrap_or_else(|e| panic!("{e}"));
+        let (ret, out) = self.run(prog, frame);
+        let after = self.maps.read_stats().unwrap_or_else(|e| panic!("{e}"));
+        let moved: Vec<Stat> = before
+            .iter()
+            .zip(&after)
+            .filter(|((_, a), (_, b))| a != b)
+            .map(|((s, _), _)| *s)
+            .collect();
+        assert_eq!(moved, vec![stat], "counters that moved");
+        assert_eq!(ret, code, "return code for {stat:?}");
+        out
+    }
+}
+
+// ---- a tiny packet builder ----
+
+fn eth(dst: [u8; 6], src: [u8; 6], proto: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + payload.len());
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&proto.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+fn arp(oper: u16, sha: [u8; 6], spa: [u8; 4], tha: [u8; 6], tpa: [u8; 4]) -> Vec<u8> {
+    let mut a = vec![0, 1, 8, 0, 6, 4];
+    a.extend_from_slice(&oper.to_be_bytes());
+    a.extend_from_slice(&sha);
+    a.extend_from_slice(&spa);
+    a.extend_from_slice(&tha);
+    a.extend_from_slice(&tpa);
+    a
+}
+
+fn ipv4(src: [u8; 4], dst: [u8; 4], ttl: u8, proto: u8, payload: &[u8]) -> Vec<u8> {
+    let len = (20 + payload.len()) as u16;
+    let mut h = vec![0x45, 0];
+    h.extend_from_slice(&len.to_be_bytes());
+    h.extend_from_slice(&[0x12, 0x34, 0x40, 0, ttl, proto, 0, 0]);
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&dst);
+    let c = checksum(&h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    h.extend_from_slice(payload);
+    h
+}
+
+fn icmp_echo(kind: u8, id: u16, seq: u16) -> Vec<u8> {
+    let mut m = vec![kind, 0, 0, 0];
+    m.extend_from_slice(&id.to_be_bytes());
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(b"dvr-fixture-payload");
+    let c = checksum(&m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
+fn ping(src_mac: [u8; 6], dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], ttl: u8) -> Vec<u8> {
+    eth(dst_mac, src_mac, 0x0800, &ipv4(src, dst, ttl, 1, &icmp_echo(8, 0x4242, 7)))
+}
+
+fn ip_of(frame: &[u8]) -> &[u8] {
+    &frame[14..34]
+}
+
+// ---- cases ----
+
+#[test]
+fn arp_request_for_gateway_is_answered_on_the_tap() {
+    let mut f = fixture(STATE);
+    let req = eth([0xff; 6], VM1_MAC, 0x0806, &arp(1, VM1_MAC, VM1_IP, [0; 6], GW1_IP));
+    let out = f.expect(PROG_TAP, &req, TCX_REDIRECT, Stat::ArpReply);
+    let want = eth(VM1_MAC, GW1_MAC, 0x0806, &arp(2, GW1_MAC, GW1_IP, VM1_MAC, VM1_IP));
+    assert_eq!(&out[..want.len()], &want[..]);
+}
+
+#[test]
+fn icmp_echo_to_gateway_is_answered_with_valid_checksums() {
+    let mut f = fixture(STATE);
+    let out = f.expect(PROG_TAP, &ping(VM1_MAC, GW1_MAC, VM1_IP, GW1_IP, 64), TCX_REDIRECT, Stat::IcmpEchoReply);
+    assert_eq!(&out[0..6], &VM1_MAC, "reply goes back to the VM");
+    assert_eq!(&out[6..12], &GW1_MAC, "from the gateway MAC");
+    let ip = ip_of(&out);
+    assert_eq!(&ip[12..16], &GW1_IP);
+    assert_eq!(&ip[16..20], &VM1_IP);
+    assert_eq!(ip[8], 64, "fresh TTL");
+    assert_eq!(checksum(ip), 0, "IPv4 header checksum");
+    assert_eq!(out[34], 0, "echo reply type");
+    assert_eq!(checksum(&out[34..]), 0, "ICMP checksum");
+}
+
+#[test]
+fn cross_subnet_to_local_vm_is_routed_with_gateway_mac_and_ttl_minus_one() {
+    let mut f = fixture(STATE);
+    let out = f.expect(PROG_TAP, &ping(VM1_MAC, GW1_MAC, VM1_IP, VM2_IP, 64), TCX_REDIRECT, Stat::Routed);
+    assert_eq!(&out[0..6], &VM2_MAC);
+    assert_eq!(&out[6..12], &GW2_MAC, "destination subnet's gateway MAC as source");
+    let ip = ip_of(&out);
+    assert_eq!(ip[8], 63);
+    assert_eq!(checksum(ip), 0, "IPv4 header checksum after TTL decrement");
+    assert_eq!(checksum(&out[34..]), 0, "ICMP untouched and valid");
+}
+
+#[test]
+fn cross_subnet_to_remote_vm_leaves_with_this_hosts_dvr_mac() {
+    let mut f = fixture(STATE);
+    // VM1 (net1, host A) to VM4 (net2, host B): routed on A, tunnelled with A's DVR MAC.
+    let out = f.expect(PROG_TAP, &ping(VM1_MAC, GW1_MAC, VM1_IP, VM4_IP, 64), TCX_REDIRECT, Stat::Routed);
+    assert_eq!(&out[0..6], &VM4_MAC);
+    assert_eq!(&out[6..12], &DVR_MAC_A, "host A's DVR MAC on the tunnel");
+    assert_eq!(ip_of(&out)[8], 63);
+    assert_eq!(checksum(ip_of(&out)), 0);
+}
+
+#[test]
+fn frames_are_attributed_to_the_tap_they_arrive_on() {
+    // VM1 moved to host B: the test run's device (ifindex 1) is then no port of host A,
+    // while its frame would be valid from VM1's own tap.
+    let moved = STATE.replace(
+        "\"binding:host_id\": \"A\",\n   \"fixed_ips\": [{\"subnet_id\": \"sub1\"",
+        "\"binding:host_id\": \"B\",\n   \"fixed_ips\": [{\"subnet_id\": \"sub1\"",
+    );
+    assert_ne!(moved, STATE);
+    let mut f = fixture(&moved);
+    f.expect(PROG_TAP, &ping(VM1_MAC, VM3_MAC, VM1_IP, VM3_IP, 64), TCX_DROP, Stat::DropUnknownPort);
+    let mut f = fixture(STATE);
+    // And a frame with VM2's addresses on VM1's tap is a spoof, not VM2's traffic.
+    f.expect(PROG_TAP, &ping(VM2_MAC, GW2_MAC, VM2_IP, VM1_IP, 64), TCX_DROP, Stat::DropSpoofMac);
+}
+
+#[test]
+fn same_subnet_unicast_to_remote_port_goes_into_the_tunnel_unchanged() {
+    let mut f = fixture(STATE);
+    let frame = ping(VM1_MAC, VM3_MAC, VM1_IP, VM3_IP, 64);
+    let out = f.expect(PROG_TAP, &frame, TCX_REDIRECT, Stat::TxTunnel);
+    assert_eq!(out, frame);
+}
+
+#[test]
+fn spoofed_source_mac_is_dropped() {
+    let mut f = fixture(STATE);
+    let frame = ping([0xfa, 0x16, 0x3e, 9, 9, 9], VM3_MAC, VM1_IP, VM3_IP, 64);
+    f.expect(PROG_TAP, &frame, TCX_DROP, Stat::DropSpoofMac);
+}
+
+#[test]
+fn spoofed_source_ip_is_dropped_and_allowed_pair_accepted() {
+    let mut f = fixture(STATE);
+    f.expect(PROG_TAP, &ping(VM1_MAC, VM3_MAC, [10, 1, 0, 99], VM3_IP, 64), TCX_DROP, Stat::DropSpoofIp);
+    // 10.1.0.200/30 is an allowed address pair of VM1.
+    f.expect(PROG_TAP, &ping(VM1_MAC, VM3_MAC, [10, 1, 0, 202], VM3_IP, 64), TCX_REDIRECT, Stat::TxTunnel);
+    f.expect(PROG_TAP, &ping(VM1_MAC, VM3_MAC, [10, 1, 0, 204], VM3_IP, 64), TCX_DROP, Stat::DropSpoofIp);
+}
+
+#[test]
+fn arp_with_foreign_sender_ip_is_dropped() {
+    let mut f = fixture(STATE);
+    let req = eth([0xff; 6], VM1_MAC, 0x0806, &arp(1, VM1_MAC, VM3_IP, [0; 6], GW1_IP));
+    f.expect(PROG_TAP, &req, TCX_DROP, Stat::DropSpoofArp);
+    let forged_sha = eth([0xff; 6], VM1_MAC, 0x0806, &arp(1, VM3_MAC, VM1_IP, [0; 6], GW1_IP));
+    f.expect(PROG_TAP, &forged_sha, TCX_DROP, Stat::DropSpoofArp);
+}
+
+#[test]
+fn port_security_disabled_lets_foreign_source_through() {
+    let state = STATE.replace(
+        "\"allowed_address_pairs\": [{\"ip_address\": \"10.1.0.200/30\"}]",
+        "\"port_security_enabled\": false",
+    );
+    let mut f = fixture(&state);
+    f.expect(PROG_TAP, &ping([2, 0, 0, 0, 0, 9], VM3_MAC, [172, 16, 0, 1], VM3_IP, 64), TCX_REDIRECT, Stat::TxTunnel);
+}
+
+#[test]
+fn ttl_one_is_not_routed() {
+    let mut f = fixture(STATE);
+    f.expect(PROG_TAP, &ping(VM1_MAC, GW1_MAC, VM1_IP, VM2_IP, 1), TCX_DROP, Stat::DropTtlExceeded);
+}
+
+#[test]
+fn destination_outside_the_router_has_no_route() {
+    let mut f = fixture(STATE);
+    f.expect(PROG_TAP, &ping(VM1_MAC, GW1_MAC, VM1_IP, [10, 9, 0, 1], 64), TCX_DROP, Stat::DropNoRoute);
+    f.expect(PROG_TAP, &ping(VM1_MAC, GW1_MAC, VM1_IP, [10, 2, 0, 99], 64), TCX_DROP, Stat::DropNoEndpoint);
+}
+
+#[test]
+fn malformed_and_foreign_frames_are_dropped_with_a_reason() {
+    let mut f = fixture(STATE);
+    // (A truncated IPv4 header cannot be fed in: BPF_PROG_TEST_RUN itself refuses it.)
+    let truncated = eth([0xff; 6], VM1_MAC, 0x0806, &[0, 1, 8, 0, 6, 4, 0, 1]);
+    f.expect(PROG_TAP, &truncated, TCX_DROP, Stat::DropMalformed);
+    let bad_version = eth(VM3_MAC, VM1_MAC, 0x0800, &{
+        let mut p = ipv4(VM1_IP, VM3_IP, 64, 17, &[0; 8]);
+        p[0] = 0x65;
+        p
+    });
+    f.expect(PROG_TAP, &bad_version, TCX_DROP, Stat::DropMalformed);
+    let v6 = eth(VM3_MAC, VM1_MAC, 0x86dd, &[0x60; 40]);
+    f.expect(PROG_TAP, &v6, TCX_DROP, Stat::DropEthertype);
+    let arp_bad = eth([0xff; 6], VM1_MAC, 0x0806, &arp(3, VM1_MAC, VM1_IP, [0; 6], GW1_IP));
+    f.expect(PROG_TAP, &arp_bad, TCX_DROP, Stat::DropArpOther);
+}
+
+#[test]
+fn tunnel_frame_without_metadata_is_dropped() {
+    let mut f = fixture(STATE);
+    f.expect(PROG_TUNNEL, &ping(VM3_MAC, VM1_MAC, VM3_IP, VM1_IP, 64), TCX_DROP, Stat::DropNoTunnelKey);
+}

@@ -21,13 +21,19 @@ fn main() -> anyhow::Result<()> {
     // AYA_BUILD_SKIP=1 (honoured by aya-build) lets pure user-space unit tests build
     // without the BPF toolchain; the embedded object is then empty and loading fails loudly.
     if std::env::var_os("AYA_BUILD_SKIP").is_some_and(|v| v == "1") {
-        let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR"))?);
+        let out = std::path::PathBuf::from(
+            std::env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR"))?,
+        );
         std::fs::write(out.join("dvr"), b"").context("write empty object")?;
         println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
         return Ok(());
     }
     aya_build::build_ebpf(
-        [aya_build::Package { name: "dvr-ebpf", root_dir: root_dir.as_str(), ..Default::default() }],
+        [aya_build::Package {
+            name: "dvr-ebpf",
+            root_dir: root_dir.as_str(),
+            ..Default::default()
+        }],
         aya_build::Toolchain::default(),
     )
 }

@@ -63,7 +63,10 @@ mod tests {
             let word = u16::from_be_bytes([h[8], h[9]]);
             let check = u16::from_be_bytes([h[10], h[11]]);
             let (nw, nc) = ttl_decrement(word, check);
-            assert_eq!(nc, u16::from_be_bytes(ipv4_header(ttl - 1)[10..12].try_into().unwrap_or([0, 0])));
+            assert_eq!(
+                nc,
+                u16::from_be_bytes(ipv4_header(ttl - 1)[10..12].try_into().unwrap_or([0, 0]))
+            );
             assert_eq!(nw >> 8, (ttl - 1) as u16);
         }
     }

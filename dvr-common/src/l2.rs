@@ -59,7 +59,12 @@ crate::assert_size!(FloodSet, 8 + 4 * (FLOOD_MAX_LOCAL + FLOOD_MAX_REMOTE));
 
 impl Default for FloodSet {
     fn default() -> Self {
-        Self { n_local: 0, n_remote: 0, local: [0; FLOOD_MAX_LOCAL], remote: [0; FLOOD_MAX_REMOTE] }
+        Self {
+            n_local: 0,
+            n_remote: 0,
+            local: [0; FLOOD_MAX_LOCAL],
+            remote: [0; FLOOD_MAX_REMOTE],
+        }
     }
 }
 

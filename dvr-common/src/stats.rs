@@ -67,8 +67,19 @@ mod tests {
     fn ids_are_unique_snake_case_and_indexes_dense() {
         for (i, s) in Stat::ALL.iter().enumerate() {
             assert_eq!(*s as usize, i, "{s:?} discriminant is its counter index");
-            assert!(s.as_str().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{}", s.as_str());
-            assert_eq!(s.is_drop(), s.as_str().starts_with("drop_"), "{}", s.as_str());
+            assert!(
+                s.as_str()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{}",
+                s.as_str()
+            );
+            assert_eq!(
+                s.is_drop(),
+                s.as_str().starts_with("drop_"),
+                "{}",
+                s.as_str()
+            );
             for t in &Stat::ALL[i + 1..] {
                 assert_ne!(s.as_str(), t.as_str());
             }

@@ -2,7 +2,7 @@
 //! requests to a router interface (never sent over the tunnel). Reads DVR_GW_BY_IP.
 //! Verdicts: arp_reply, drop_spoof_*, drop_arp_other, drop_malformed; Ok(()) = forward at L2.
 use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
-use dvr_common::{port::PORT_FLAG_SECURITY, port::LocalPort, route::IpKey, stats::Stat};
+use dvr_common::{port::LocalPort, port::PORT_FLAG_SECURITY, route::IpKey, stats::Stat};
 
 use crate::{
     maps::DVR_GW_BY_IP,
@@ -36,7 +36,10 @@ pub fn stage(ctx: &TcContext, ifindex: u32, port: &LocalPort) -> Result<(), Verd
     if oper != ARP_REQUEST {
         return Err(Verdict::drop(Stat::DropArpOther));
     }
-    let key = IpKey { vni: port.vni, ip_be: u32::from_ne_bytes(arp.tpa) };
+    let key = IpKey {
+        vni: port.vni,
+        ip_be: u32::from_ne_bytes(arp.tpa),
+    };
     // SAFETY: read-only use of an agent-written hash value.
     let Some(gw) = (unsafe { DVR_GW_BY_IP.get(&key) }) else {
         return Ok(());

@@ -68,15 +68,33 @@ pub fn to_port(
 /// Forward a frame on network `vni` by destination MAC. `from_ifindex` is the source tap
 /// (0 when the frame came from the tunnel: then nothing is sent back into the tunnel).
 #[inline(always)]
-pub fn forward(ctx: &TcContext, vni: u32, dst: &Mac, from_ifindex: u32, tunnel_ifindex: u32) -> Verdict {
+pub fn forward(
+    ctx: &TcContext,
+    vni: u32,
+    dst: &Mac,
+    from_ifindex: u32,
+    tunnel_ifindex: u32,
+) -> Verdict {
     if !crate::packet::is_multicast(dst) {
-        let key = FdbKey { vni, mac: *dst, _pad: [0; 2] };
+        let key = FdbKey {
+            vni,
+            mac: *dst,
+            _pad: [0; 2],
+        };
         // SAFETY: read-only use of an agent-written hash value.
         if let Some(e) = unsafe { DVR_FDB.get(&key) } {
             if from_ifindex == 0 && e.ifindex == 0 {
                 return Verdict::drop(Stat::DropNoLocalPort);
             }
-            return to_port(ctx, e.ifindex, e.tunnel_ip_host, vni, tunnel_ifindex, Stat::TxLocal, Stat::TxTunnel);
+            return to_port(
+                ctx,
+                e.ifindex,
+                e.tunnel_ip_host,
+                vni,
+                tunnel_ifindex,
+                Stat::TxLocal,
+                Stat::TxTunnel,
+            );
         }
     }
     flood(ctx, vni, from_ifindex, tunnel_ifindex)
@@ -86,7 +104,11 @@ pub fn forward(ctx: &TcContext, vni: u32, dst: &Mac, from_ifindex: u32, tunnel_i
 fn flood(ctx: &TcContext, vni: u32, from_ifindex: u32, tunnel_ifindex: u32) -> Verdict {
     // SAFETY: read-only use of an agent-written hash value.
     let Some(set) = (unsafe { DVR_FLOOD.get(&vni) }) else {
-        return Verdict::drop(if from_ifindex == 0 { Stat::DropNoLocalPort } else { Stat::Flooded });
+        return Verdict::drop(if from_ifindex == 0 {
+            Stat::DropNoLocalPort
+        } else {
+            Stat::Flooded
+        });
     };
     let skb = ctx.skb.skb as *mut __sk_buff;
     let n_local = set.n_local as usize;

@@ -34,14 +34,22 @@ pub fn stage(ctx: &TcContext, ifindex: u32, gw: &RouterIface, cfg: &HostConfig) 
 }
 
 #[inline(always)]
-fn route(ctx: &TcContext, ifindex: u32, gw: &RouterIface, cfg: &HostConfig) -> Result<Verdict, Verdict> {
+fn route(
+    ctx: &TcContext,
+    ifindex: u32,
+    gw: &RouterIface,
+    cfg: &HostConfig,
+) -> Result<Verdict, Verdict> {
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_LEN)?;
     // SAFETY: bounds-checked by ptr_at; no helper ran since.
     let (eth, ip) = unsafe { (&mut *eth, &mut *ip) };
     let key = Key::new(
         ROUTE_KEY_PREFIX_BITS + 32,
-        RouteKey { router_id_be: gw.router_id.to_be(), ip_be: u32::from_ne_bytes(ip.daddr) },
+        RouteKey {
+            router_id_be: gw.router_id.to_be(),
+            ip_be: u32::from_ne_bytes(ip.daddr),
+        },
     );
     let Some(route) = DVR_ROUTES.get(&key) else {
         return Err(Verdict::drop(Stat::DropNoRoute));
@@ -52,20 +60,24 @@ fn route(ctx: &TcContext, ifindex: u32, gw: &RouterIface, cfg: &HostConfig) -> R
     if ip.ttl <= 1 {
         return Err(Verdict::drop(Stat::DropTtlExceeded));
     }
-    let ep_key = IpKey { vni: route.vni, ip_be: u32::from_ne_bytes(ip.daddr) };
+    let ep_key = IpKey {
+        vni: route.vni,
+        ip_be: u32::from_ne_bytes(ip.daddr),
+    };
     // SAFETY: read-only use of an agent-written hash value.
     let Some(ep) = (unsafe { DVR_ENDPOINTS.get(&ep_key) }) else {
         return Err(Verdict::drop(Stat::DropNoEndpoint));
     };
-    let (word, check) = csum::ttl_decrement(
-        u16::from_be_bytes([ip.ttl, ip.proto]),
-        be16(ip.check),
-    );
+    let (word, check) = csum::ttl_decrement(u16::from_be_bytes([ip.ttl, ip.proto]), be16(ip.check));
     let [ttl, _] = word.to_be_bytes();
     ip.ttl = ttl;
     ip.check = check.to_be_bytes();
     eth.dst = ep.mac;
-    eth.src = if ep.ifindex != 0 { route.gw_mac } else { cfg.dvr_mac };
+    eth.src = if ep.ifindex != 0 {
+        route.gw_mac
+    } else {
+        cfg.dvr_mac
+    };
     Ok(l2::to_port(
         ctx,
         ep.ifindex,

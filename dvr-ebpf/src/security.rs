@@ -16,7 +16,12 @@ use crate::{maps::DVR_PORT_SEC, verdict::Verdict};
 pub fn check(ifindex: u32, mac: &Mac, ip: [u8; 4], ip_stat: Stat) -> Result<(), Verdict> {
     let key = Key::new(
         SEC_KEY_PREFIX_BITS + 32,
-        SecKey { ifindex_be: ifindex.to_be(), mac: *mac, _pad: [0; 2], ip_be: u32::from_ne_bytes(ip) },
+        SecKey {
+            ifindex_be: ifindex.to_be(),
+            mac: *mac,
+            _pad: [0; 2],
+            ip_be: u32::from_ne_bytes(ip),
+        },
     );
     match DVR_PORT_SEC.get(&key) {
         Some(flags) if *flags & SEC_IP_ALLOWED != 0 => Ok(()),

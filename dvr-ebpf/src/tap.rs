@@ -24,8 +24,11 @@ fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
     // SAFETY: the context pointer is valid for the program's run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: read-only use of an agent-written hash value.
-    let port = unsafe { DVR_LOCAL_PORTS.get(&ifindex) }.ok_or(Verdict::drop(Stat::DropUnknownPort))?;
-    let cfg = DVR_HOST_CONFIG.get(0).ok_or(Verdict::drop(Stat::DropNotReady))?;
+    let port =
+        unsafe { DVR_LOCAL_PORTS.get(&ifindex) }.ok_or(Verdict::drop(Stat::DropUnknownPort))?;
+    let cfg = DVR_HOST_CONFIG
+        .get(0)
+        .ok_or(Verdict::drop(Stat::DropNotReady))?;
     if cfg.ready == 0 {
         return Err(Verdict::drop(Stat::DropNotReady));
     }
@@ -44,7 +47,11 @@ fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
             if port.flags & PORT_FLAG_SECURITY != 0 {
                 security::check(ifindex, &src, saddr, Stat::DropSpoofIp)?;
             }
-            let gw_key = FdbKey { vni: port.vni, mac: dst, _pad: [0; 2] };
+            let gw_key = FdbKey {
+                vni: port.vni,
+                mac: dst,
+                _pad: [0; 2],
+            };
             // SAFETY: read-only use of an agent-written hash value.
             if let Some(gw) = unsafe { DVR_GW_BY_MAC.get(&gw_key) } {
                 return Ok(route::stage(ctx, ifindex, gw, cfg));
@@ -52,5 +59,11 @@ fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
         }
         _ => return Err(Verdict::drop(Stat::DropEthertype)),
     }
-    Ok(l2::forward(ctx, port.vni, &dst, ifindex, cfg.tunnel_ifindex))
+    Ok(l2::forward(
+        ctx,
+        port.vni,
+        &dst,
+        ifindex,
+        cfg.tunnel_ifindex,
+    ))
 }

@@ -58,7 +58,11 @@ fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
     if is_multicast(&dst) {
         return Ok(l2::forward(ctx, vni, &dst, 0, 0));
     }
-    let fdb_key = FdbKey { vni, mac: dst, _pad: [0; 2] };
+    let fdb_key = FdbKey {
+        vni,
+        mac: dst,
+        _pad: [0; 2],
+    };
     // SAFETY: read-only hash lookups of agent-written values.
     if unsafe { DVR_GW_BY_MAC.get(&fdb_key) }.is_some() {
         return Err(Verdict::drop(Stat::DropGatewayFromTunnel));
@@ -70,11 +74,16 @@ fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
     if e.ifindex == 0 {
         return Err(Verdict::drop(Stat::DropNoLocalPort));
     }
-    let src_key = MacKey { mac: eth.src, _pad: [0; 2] };
+    let src_key = MacKey {
+        mac: eth.src,
+        _pad: [0; 2],
+    };
     // SAFETY: as above.
     if unsafe { DVR_DVR_MACS.get(&src_key) }.is_some() && e.gw_mac != [0; 6] {
         eth.src = e.gw_mac;
     }
     // SAFETY: plain helper call.
-    Ok(Verdict::redirect(Stat::RxTunnel, unsafe { bpf_redirect(e.ifindex, 0) }))
+    Ok(Verdict::redirect(Stat::RxTunnel, unsafe {
+        bpf_redirect(e.ifindex, 0)
+    }))
 }

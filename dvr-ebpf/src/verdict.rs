@@ -13,14 +13,24 @@ pub struct Verdict {
 impl Verdict {
     #[inline(always)]
     pub fn drop(stat: Stat) -> Self {
-        Self { stat, action: TCX_DROP }
+        Self {
+            stat,
+            action: TCX_DROP,
+        }
     }
 
     /// The result of `bpf_redirect`: TC_ACT_REDIRECT on success (== TCX_REDIRECT),
     /// TC_ACT_SHOT otherwise.
     #[inline(always)]
     pub fn redirect(stat: Stat, ret: i64) -> Self {
-        if ret == TCX_REDIRECT as i64 { Self { stat, action: TCX_REDIRECT } } else { Self::drop(Stat::DropRedirect) }
+        if ret == TCX_REDIRECT as i64 {
+            Self {
+                stat,
+                action: TCX_REDIRECT,
+            }
+        } else {
+            Self::drop(Stat::DropRedirect)
+        }
     }
 }
 

@@ -35,12 +35,18 @@ pub fn install_signal_handlers() {
     }
 }
 
+impl From<AttachError> for AgentError {
+    fn from(e: AttachError) -> Self {
+        Self::Attach(Box::new(e))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("state file {path}: {msg}")]
     State { path: PathBuf, msg: String },
     #[error(transparent)]
-    Attach(#[from] AttachError),
+    Attach(Box<AttachError>),
     #[error(transparent)]
     Maps(#[from] crate::maps::MapsError),
 }
@@ -56,11 +62,18 @@ struct FileStamp {
 fn stamp(path: &Path) -> Option<FileStamp> {
     use std::os::unix::fs::MetadataExt as _;
     let m = std::fs::metadata(path).ok()?;
-    Some(FileStamp { modified: m.modified().ok(), len: m.len(), ino: m.ino() })
+    Some(FileStamp {
+        modified: m.modified().ok(),
+        len: m.len(),
+        ino: m.ino(),
+    })
 }
 
 fn load_state(path: &Path) -> Result<State, AgentError> {
-    State::load(path).map_err(|e| AgentError::State { path: path.into(), msg: e.to_string() })
+    State::load(path).map_err(|e| AgentError::State {
+        path: path.into(),
+        msg: e.to_string(),
+    })
 }
 
 pub struct Agent {
@@ -84,7 +97,10 @@ impl Agent {
         // Compile once before touching the host, so a state that names no such host or
         // cannot be compiled is refused up front too.
         let wanted = compile::compile(&state, host, &|_| None)
-            .map_err(|e| AgentError::State { path: state_path.into(), msg: e.to_string() })?
+            .map_err(|e| AgentError::State {
+                path: state_path.into(),
+                msg: e.to_string(),
+            })?
             .taps
             .into_keys()
             .collect();
@@ -125,8 +141,12 @@ impl Agent {
     }
 
     fn compile(&self, present: &BTreeMap<String, u32>) -> Result<Compiled, AgentError> {
-        compile::compile(&self.state, &self.host, &|tap| present.get(tap).copied())
-            .map_err(|e| AgentError::State { path: self.state_path.clone(), msg: e.to_string() })
+        compile::compile(&self.state, &self.host, &|tap| present.get(tap).copied()).map_err(|e| {
+            AgentError::State {
+                path: self.state_path.clone(),
+                msg: e.to_string(),
+            }
+        })
     }
 
     /// Reconcile maps and tap attachments with the current state and interfaces.

@@ -27,24 +27,39 @@ pub enum AttachError {
     #[error("bpffs: {0}")]
     Bpffs(String),
     #[error("pin directory {path}: {source}")]
-    PinDir { path: PathBuf, source: std::io::Error },
+    PinDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("device {dev}: {msg}")]
     Device { dev: String, msg: String },
     #[error("loading the BPF object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("program {prog}: {source}")]
-    Program { prog: &'static str, source: aya::programs::ProgramError },
+    Program {
+        prog: &'static str,
+        source: aya::programs::ProgramError,
+    },
     #[error("program {prog} on {iface}: attach failed: {source}")]
-    Attach { prog: &'static str, iface: String, source: aya::programs::ProgramError },
+    Attach {
+        prog: &'static str,
+        iface: String,
+        source: aya::programs::ProgramError,
+    },
     #[error("pinning map {name}: {source}")]
-    Pin { name: String, source: aya::pin::PinError },
+    Pin {
+        name: String,
+        source: aya::pin::PinError,
+    },
     #[error(transparent)]
     Maps(#[from] MapsError),
 }
 
 /// Whether `path` is on a bpf filesystem.
 fn on_bpffs(path: &Path) -> bool {
-    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
+    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
     // SAFETY: statfs writes into a zeroed struct we own; c is a valid C string.
     unsafe {
         let mut st: libc::statfs = std::mem::zeroed();
@@ -56,7 +71,10 @@ fn on_bpffs(path: &Path) -> bool {
 pub fn ensure_bpffs(root: &Path) -> Result<(), AttachError> {
     let base = Path::new("/sys/fs/bpf");
     if !on_bpffs(base) {
-        let status = Command::new("mount").args(["-t", "bpf", "bpf"]).arg(base).status();
+        let status = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(base)
+            .status();
         if !matches!(status, Ok(s) if s.success()) || !on_bpffs(base) {
             return Err(AttachError::Bpffs(format!(
                 "{} is not a bpf filesystem and `mount -t bpf bpf {}` failed (are you root?)",
@@ -65,9 +83,15 @@ pub fn ensure_bpffs(root: &Path) -> Result<(), AttachError> {
             )));
         }
     }
-    std::fs::create_dir_all(root).map_err(|source| AttachError::PinDir { path: root.into(), source })?;
+    std::fs::create_dir_all(root).map_err(|source| AttachError::PinDir {
+        path: root.into(),
+        source,
+    })?;
     if !on_bpffs(root) {
-        return Err(AttachError::Bpffs(format!("{} is not on a bpf filesystem", root.display())));
+        return Err(AttachError::Bpffs(format!(
+            "{} is not on a bpf filesystem",
+            root.display()
+        )));
     }
     Ok(())
 }
@@ -103,7 +127,10 @@ pub fn interfaces() -> BTreeMap<String, u32> {
 }
 
 fn ip(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("ip").args(args).output().map_err(|e| format!("running ip: {e}"))?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("running ip: {e}"))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -113,20 +140,37 @@ fn ip(args: &[&str]) -> Result<String, String> {
 
 /// Create (or adopt) the VXLAN collect_md device and bring it up; returns its ifindex.
 pub fn ensure_tunnel_dev() -> Result<u32, AttachError> {
-    let dev_err = |msg: String| AttachError::Device { dev: TUNNEL_DEV.into(), msg };
+    let dev_err = |msg: String| AttachError::Device {
+        dev: TUNNEL_DEV.into(),
+        msg,
+    };
     match ip(&["-d", "link", "show", "dev", TUNNEL_DEV]) {
         Ok(detail) => {
             if !(detail.contains("vxlan") && detail.contains("external")) {
-                return Err(dev_err("exists and is not a VXLAN collect_md (external) device; not touching it".into()));
+                return Err(dev_err(
+                    "exists and is not a VXLAN collect_md (external) device; not touching it"
+                        .into(),
+                ));
             }
         }
         Err(_) => {
             let port = VXLAN_PORT.to_string();
-            ip(&["link", "add", TUNNEL_DEV, "type", "vxlan", "external", "dstport", &port, "nolearning"])
-                .map_err(|e| dev_err(format!("create failed: {e}")))?;
+            ip(&[
+                "link",
+                "add",
+                TUNNEL_DEV,
+                "type",
+                "vxlan",
+                "external",
+                "dstport",
+                &port,
+                "nolearning",
+            ])
+            .map_err(|e| dev_err(format!("create failed: {e}")))?;
         }
     }
-    ip(&["link", "set", "dev", TUNNEL_DEV, "up"]).map_err(|e| dev_err(format!("set up failed: {e}")))?;
+    ip(&["link", "set", "dev", TUNNEL_DEV, "up"])
+        .map_err(|e| dev_err(format!("set up failed: {e}")))?;
     ifindex(TUNNEL_DEV).ok_or_else(|| dev_err("vanished after creation".into()))
 }
 
@@ -139,12 +183,16 @@ pub struct Datapath {
     taps: BTreeMap<String, (u32, SchedClassifierLinkId)>,
 }
 
-pub fn program<'a>(ebpf: &'a mut Ebpf, prog: &'static str) -> Result<&'a mut SchedClassifier, AttachError> {
+pub fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    prog: &'static str,
+) -> Result<&'a mut SchedClassifier, AttachError> {
     let p = ebpf.program_mut(prog).ok_or(AttachError::Program {
         prog,
         source: aya::programs::ProgramError::UnexpectedProgramType,
     })?;
-    p.try_into().map_err(|source| AttachError::Program { prog, source })
+    p.try_into()
+        .map_err(|source| AttachError::Program { prog, source })
 }
 
 /// Load the embedded object, pin every map in `dir` (which must exist on bpffs) and load
@@ -152,10 +200,15 @@ pub fn program<'a>(ebpf: &'a mut Ebpf, prog: &'static str) -> Result<&'a mut Sch
 pub fn load_object(dir: &Path) -> Result<Ebpf, AttachError> {
     let mut ebpf = EbpfLoader::new().load(crate::ebpf::OBJECT)?;
     for (name, map) in ebpf.maps() {
-        map.pin(dir.join(name)).map_err(|source| AttachError::Pin { name: name.into(), source })?;
+        map.pin(dir.join(name)).map_err(|source| AttachError::Pin {
+            name: name.into(),
+            source,
+        })?;
     }
     for prog in [PROG_TAP, PROG_TUNNEL] {
-        program(&mut ebpf, prog)?.load().map_err(|source| AttachError::Program { prog, source })?;
+        program(&mut ebpf, prog)?
+            .load()
+            .map_err(|source| AttachError::Program { prog, source })?;
     }
     Ok(ebpf)
 }
@@ -168,25 +221,47 @@ impl Datapath {
         ensure_bpffs(root)?;
         let dir = crate::maps::host_dir(root, host);
         if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|source| AttachError::PinDir { path: dir.clone(), source })?;
+            std::fs::remove_dir_all(&dir).map_err(|source| AttachError::PinDir {
+                path: dir.clone(),
+                source,
+            })?;
         }
-        std::fs::create_dir_all(&dir).map_err(|source| AttachError::PinDir { path: dir.clone(), source })?;
+        std::fs::create_dir_all(&dir).map_err(|source| AttachError::PinDir {
+            path: dir.clone(),
+            source,
+        })?;
         let tunnel_ifindex = ensure_tunnel_dev()?;
         let mut ebpf = load_object(&dir)?;
         program(&mut ebpf, PROG_TUNNEL)?
             .attach(TUNNEL_DEV, TcAttachType::Ingress)
-            .map_err(|source| AttachError::Attach { prog: PROG_TUNNEL, iface: TUNNEL_DEV.into(), source })?;
+            .map_err(|source| AttachError::Attach {
+                prog: PROG_TUNNEL,
+                iface: TUNNEL_DEV.into(),
+                source,
+            })?;
         let maps = HostMaps::open(&dir)?;
-        Ok(Self { ebpf, maps, dir, tunnel_ifindex, taps: BTreeMap::new() })
+        Ok(Self {
+            ebpf,
+            maps,
+            dir,
+            tunnel_ifindex,
+            taps: BTreeMap::new(),
+        })
     }
 
     /// Taps the tap program is attached to: name -> ifindex.
     pub fn attached(&self) -> BTreeMap<String, u32> {
-        self.taps.iter().map(|(n, (i, _))| (n.clone(), *i)).collect()
+        self.taps
+            .iter()
+            .map(|(n, (i, _))| (n.clone(), *i))
+            .collect()
     }
 
     /// Detach from taps not in `want` (or whose ifindex changed: the device was recreated).
-    pub fn detach_stale(&mut self, want: &BTreeMap<String, u32>) -> Result<Vec<String>, AttachError> {
+    pub fn detach_stale(
+        &mut self,
+        want: &BTreeMap<String, u32>,
+    ) -> Result<Vec<String>, AttachError> {
         let stale: Vec<String> = self
             .taps
             .iter()
@@ -211,7 +286,11 @@ impl Datapath {
             }
             let link = program(&mut self.ebpf, PROG_TAP)?
                 .attach(name, TcAttachType::Ingress)
-                .map_err(|source| AttachError::Attach { prog: PROG_TAP, iface: name.clone(), source })?;
+                .map_err(|source| AttachError::Attach {
+                    prog: PROG_TAP,
+                    iface: name.clone(),
+                    source,
+                })?;
             self.taps.insert(name.clone(), (*ifx, link));
             added.push(name.clone());
         }

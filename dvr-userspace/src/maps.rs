@@ -9,9 +9,7 @@ use std::{
 
 use aya::{
     Pod,
-    maps::{
-        Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key as LpmKey,
-    },
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key as LpmKey},
 };
 use dvr_common::{
     config::{self, HostConfig},
@@ -41,9 +39,16 @@ pub const ALL: &[&str] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
     #[error("map {name}: cannot open pin {path}: {source} (is the agent running for this host?)")]
-    Open { name: &'static str, path: PathBuf, source: MapError },
+    Open {
+        name: &'static str,
+        path: PathBuf,
+        source: MapError,
+    },
     #[error("map {name}: {source}")]
-    Access { name: &'static str, source: MapError },
+    Access {
+        name: &'static str,
+        source: MapError,
+    },
 }
 
 /// Default bpffs directory holding one sub-directory per host.
@@ -72,7 +77,10 @@ fn access(name: &'static str) -> impl Fn(MapError) -> MapsError {
 
 impl<K: Pod + Ord, V: Pod + PartialEq> Hash<K, V> {
     pub fn read(&self) -> Result<BTreeMap<K, V>, MapsError> {
-        self.map.iter().map(|r| r.map_err(access(self.name))).collect()
+        self.map
+            .iter()
+            .map(|r| r.map_err(access(self.name)))
+            .collect()
     }
     pub fn put(&mut self, k: &K, v: &V) -> Result<(), MapsError> {
         self.map.insert(k, v, 0).map_err(access(self.name))
@@ -89,11 +97,16 @@ impl<K: Pod + Ord, V: Pod + PartialEq> Lpm<K, V> {
     pub fn read(&self) -> Result<BTreeMap<(u32, K), V>, MapsError> {
         self.map
             .iter()
-            .map(|r| r.map(|(k, v)| ((k.prefix_len(), k.data()), v)).map_err(access(self.name)))
+            .map(|r| {
+                r.map(|(k, v)| ((k.prefix_len(), k.data()), v))
+                    .map_err(access(self.name))
+            })
             .collect()
     }
     pub fn put(&mut self, k: &(u32, K), v: &V) -> Result<(), MapsError> {
-        self.map.insert(&LpmKey::new(k.0, k.1), v, 0).map_err(access(self.name))
+        self.map
+            .insert(&LpmKey::new(k.0, k.1), v, 0)
+            .map_err(access(self.name))
     }
     pub fn del(&mut self, k: &(u32, K)) -> Result<(), MapsError> {
         match self.map.remove(&LpmKey::new(k.0, k.1)) {
@@ -162,7 +175,9 @@ impl HostMaps {
     }
 
     pub fn write_config(&mut self, cfg: &HostConfig) -> Result<(), MapsError> {
-        self.config.set(0, cfg, 0).map_err(access(config::HOST_CONFIG))
+        self.config
+            .set(0, cfg, 0)
+            .map_err(access(config::HOST_CONFIG))
     }
 
     /// Per-stat packet counts summed over CPUs, in `Stat::ALL` order.
@@ -170,7 +185,10 @@ impl HostMaps {
         stats::Stat::ALL
             .iter()
             .map(|s| {
-                let v = self.stats.get(&(*s as u32), 0).map_err(access(stats::STATS))?;
+                let v = self
+                    .stats
+                    .get(&(*s as u32), 0)
+                    .map_err(access(stats::STATS))?;
                 Ok((*s, v.iter().sum()))
             })
             .collect()

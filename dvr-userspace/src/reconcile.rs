@@ -38,12 +38,20 @@ pub fn diff<K: Ord + Copy, V: PartialEq + Copy>(
         .filter(|(k, v)| actual.get(k) != Some(v))
         .map(|(k, v)| (*k, *v))
         .collect();
-    let dels = actual.keys().filter(|k| !desired.contains_key(k)).copied().collect();
+    let dels = actual
+        .keys()
+        .filter(|k| !desired.contains_key(k))
+        .copied()
+        .collect();
     (puts, dels)
 }
 
 /// Bring every map of `maps` to exactly `desired` (and the host config to `cfg`).
-pub fn apply(maps: &mut HostMaps, cfg: &HostConfig, desired: &MapEntries) -> Result<Applied, MapsError> {
+pub fn apply(
+    maps: &mut HostMaps,
+    cfg: &HostConfig,
+    desired: &MapEntries,
+) -> Result<Applied, MapsError> {
     let mut applied = Applied::default();
     if maps.read_config()? != *cfg {
         maps.write_config(cfg)?;
@@ -55,8 +63,28 @@ pub fn apply(maps: &mut HostMaps, cfg: &HostConfig, desired: &MapEntries) -> Res
             ($( { let (p, d) = diff(&maps.$field.read()?, &desired.$field); (p, d) } ),*)
         }};
     }
-    let (peers, dvr_macs, endpoints, routes, fdb, flood, gw_by_ip, gw_by_mac, port_security, local_ports) = plan!(
-        tunnel_peers, dvr_macs, endpoints, routes, fdb, flood, gw_by_ip, gw_by_mac, port_security, local_ports
+    let (
+        peers,
+        dvr_macs,
+        endpoints,
+        routes,
+        fdb,
+        flood,
+        gw_by_ip,
+        gw_by_mac,
+        port_security,
+        local_ports,
+    ) = plan!(
+        tunnel_peers,
+        dvr_macs,
+        endpoints,
+        routes,
+        fdb,
+        flood,
+        gw_by_ip,
+        gw_by_mac,
+        port_security,
+        local_ports
     );
     macro_rules! upsert {
         ($(($field:ident, $plan:ident)),*) => {$(
@@ -65,9 +93,16 @@ pub fn apply(maps: &mut HostMaps, cfg: &HostConfig, desired: &MapEntries) -> Res
         )*};
     }
     upsert!(
-        (tunnel_peers, peers), (dvr_macs, dvr_macs), (endpoints, endpoints), (routes, routes), (fdb, fdb),
-        (flood, flood), (gw_by_ip, gw_by_ip), (gw_by_mac, gw_by_mac),
-        (port_security, port_security), (local_ports, local_ports)
+        (tunnel_peers, peers),
+        (dvr_macs, dvr_macs),
+        (endpoints, endpoints),
+        (routes, routes),
+        (fdb, fdb),
+        (flood, flood),
+        (gw_by_ip, gw_by_ip),
+        (gw_by_mac, gw_by_mac),
+        (port_security, port_security),
+        (local_ports, local_ports)
     );
     macro_rules! delete {
         ($(($field:ident, $plan:ident)),*) => {$(
@@ -76,9 +111,16 @@ pub fn apply(maps: &mut HostMaps, cfg: &HostConfig, desired: &MapEntries) -> Res
         )*};
     }
     delete!(
-        (local_ports, local_ports), (port_security, port_security), (gw_by_mac, gw_by_mac),
-        (gw_by_ip, gw_by_ip), (flood, flood), (fdb, fdb), (routes, routes),
-        (endpoints, endpoints), (dvr_macs, dvr_macs), (tunnel_peers, peers)
+        (local_ports, local_ports),
+        (port_security, port_security),
+        (gw_by_mac, gw_by_mac),
+        (gw_by_ip, gw_by_ip),
+        (flood, flood),
+        (fdb, fdb),
+        (routes, routes),
+        (endpoints, endpoints),
+        (dvr_macs, dvr_macs),
+        (tunnel_peers, peers)
     );
     Ok(applied)
 }

@@ -90,14 +90,22 @@ impl Drop for Fixture {
 
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "fixture tests need root (CAP_BPF) to load BPF programs");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "fixture tests need root (CAP_BPF) to load BPF programs"
+    );
 }
 
 fn fixture(state: &str) -> Fixture {
     require_root();
     let root = PathBuf::from("/sys/fs/bpf/dvr-fixtures");
     ensure_bpffs(&root).unwrap_or_else(|e| panic!("bpffs unavailable: {e}"));
-    let dir = root.join(format!("{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst)));
+    let dir = root.join(format!(
+        "{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    ));
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
     let ebpf = load_object(&dir).unwrap_or_else(|e| panic!("load object: {e}"));
     let mut maps = HostMaps::open(&dir).unwrap_or_else(|e| panic!("open maps: {e}"));
@@ -119,7 +127,11 @@ impl Fixture {
         let p = program(&mut self.ebpf, prog).unwrap_or_else(|e| panic!("{e}"));
         let mut out = vec![0u8; frame.len() + 256];
         let res = p
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
             .unwrap_or_else(|e| panic!("test run: {e}"));
         out.truncate(res.data_size_out as usize);
         (res.return_value, out)
@@ -187,7 +199,12 @@ fn icmp_echo(kind: u8, id: u16, seq: u16) -> Vec<u8> {
 }
 
 fn ping(src_mac: [u8; 6], dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], ttl: u8) -> Vec<u8> {
-    eth(dst_mac, src_mac, 0x0800, &ipv4(src, dst, ttl, 1, &icmp_echo(8, 0x4242, 7)))
+    eth(
+        dst_mac,
+        src_mac,
+        0x0800,
+        &ipv4(src, dst, ttl, 1, &icmp_echo(8, 0x4242, 7)),
+    )
 }
 
 fn ip_of(frame: &[u8]) -> &[u8] {
@@ -199,16 +216,31 @@ fn ip_of(frame: &[u8]) -> &[u8] {
 #[test]
 fn arp_request_for_gateway_is_answered_on_the_tap() {
     let mut f = fixture(STATE);
-    let req = eth([0xff; 6], VM1_MAC, 0x0806, &arp(1, VM1_MAC, VM1_IP, [0; 6], GW1_IP));
+    let req = eth(
+        [0xff; 6],
+        VM1_MAC,
+        0x0806,
+        &arp(1, VM1_MAC, VM1_IP, [0; 6], GW1_IP),
+    );
     let out = f.expect(PROG_TAP, &req, TCX_REDIRECT, Stat::ArpReply);
-    let want = eth(VM1_MAC, GW1_MAC, 0x0806, &arp(2, GW1_MAC, GW1_IP, VM1_MAC, VM1_IP));
+    let want = eth(
+        VM1_MAC,
+        GW1_MAC,
+        0x0806,
+        &arp(2, GW1_MAC, GW1_IP, VM1_MAC, VM1_IP),
+    );
     assert_eq!(&out[..want.len()], &want[..]);
 }
 
 #[test]
 fn icmp_echo_to_gateway_is_answered_with_valid_checksums() {
     let mut f = fixture(STATE);
-    let out = f.expect(PROG_TAP, &ping(VM1_MAC, GW1_MAC, VM1_IP, GW1_IP, 64), TCX_REDIRECT, Stat::IcmpEchoReply);
+    let out = f.expect(
+        PROG_TAP,
+        &ping(VM1_MAC, GW1_MAC, VM1_IP, GW1_IP, 64),
+        TCX_REDIRECT,
+        Stat::IcmpEchoReply,
+    );
     assert_eq!(&out[0..6], &VM1_MAC, "reply goes back to the VM");
     assert_eq!(&out[6..12], &GW1_MAC, "from the gateway MAC");
     let ip = ip_of(&out);
@@ -223,9 +255,18 @@ fn icmp_echo_to_gateway_is_answered_with_valid_checksums() {
 #[test]
 fn cross_subnet_to_local_vm_is_routed_with_gateway_mac_and_ttl_minus_one() {
     let mut f = fixture(STATE);
-    let out = f.expect(PROG_TAP, &ping(VM1_MAC, GW1_MAC, VM1_IP, VM2_IP, 64), TCX_REDIRECT, Stat::Routed);
+    let out = f.expect(
+        PROG_TAP,
+        &ping(VM1_MAC, GW1_MAC, VM1_IP, VM2_IP, 64),
+        TCX_REDIRECT,
+        Stat::Routed,
+    );
     assert_eq!(&out[0..6], &VM2_MAC);
-    assert_eq!(&out[6..12], &GW2_MAC, "destination subnet's gateway MAC as source");
+    assert_eq!(
+        &out[6..12],
+        &GW2_MAC,
+        "destination subnet's gateway MAC as source"
+    );
     let ip = ip_of(&out);
     assert_eq!(ip[8], 63);
     assert_eq!(checksum(ip), 0, "IPv4 header checksum after TTL decrement");
@@ -236,7 +277,12 @@ fn cross_subnet_to_local_vm_is_routed_with_gateway_mac_and_ttl_minus_one() {
 fn cross_subnet_to_remote_vm_leaves_with_this_hosts_dvr_mac() {
     let mut f = fixture(STATE);
     // VM1 (net1, host A) to VM4 (net2, host B): routed on A, tunnelled with A's DVR MAC.
-    let out = f.expect(PROG_TAP, &ping(VM1_MAC, GW1_MAC, VM1_IP, VM4_IP, 64), TCX_REDIRECT, Stat::Routed);
+    let out = f.expect(
+        PROG_TAP,
+        &ping(VM1_MAC, GW1_MAC, VM1_IP, VM4_IP, 64),
+        TCX_REDIRECT,
+        Stat::Routed,
+    );
     assert_eq!(&out[0..6], &VM4_MAC);
     assert_eq!(&out[6..12], &DVR_MAC_A, "host A's DVR MAC on the tunnel");
     assert_eq!(ip_of(&out)[8], 63);
@@ -253,10 +299,20 @@ fn frames_are_attributed_to_the_tap_they_arrive_on() {
     );
     assert_ne!(moved, STATE);
     let mut f = fixture(&moved);
-    f.expect(PROG_TAP, &ping(VM1_MAC, VM3_MAC, VM1_IP, VM3_IP, 64), TCX_DROP, Stat::DropUnknownPort);
+    f.expect(
+        PROG_TAP,
+        &ping(VM1_MAC, VM3_MAC, VM1_IP, VM3_IP, 64),
+        TCX_DROP,
+        Stat::DropUnknownPort,
+    );
     let mut f = fixture(STATE);
     // And a frame with VM2's addresses on VM1's tap is a spoof, not VM2's traffic.
-    f.expect(PROG_TAP, &ping(VM2_MAC, GW2_MAC, VM2_IP, VM1_IP, 64), TCX_DROP, Stat::DropSpoofMac);
+    f.expect(
+        PROG_TAP,
+        &ping(VM2_MAC, GW2_MAC, VM2_IP, VM1_IP, 64),
+        TCX_DROP,
+        Stat::DropSpoofMac,
+    );
 }
 
 #[test]
@@ -277,18 +333,43 @@ fn spoofed_source_mac_is_dropped() {
 #[test]
 fn spoofed_source_ip_is_dropped_and_allowed_pair_accepted() {
     let mut f = fixture(STATE);
-    f.expect(PROG_TAP, &ping(VM1_MAC, VM3_MAC, [10, 1, 0, 99], VM3_IP, 64), TCX_DROP, Stat::DropSpoofIp);
+    f.expect(
+        PROG_TAP,
+        &ping(VM1_MAC, VM3_MAC, [10, 1, 0, 99], VM3_IP, 64),
+        TCX_DROP,
+        Stat::DropSpoofIp,
+    );
     // 10.1.0.200/30 is an allowed address pair of VM1.
-    f.expect(PROG_TAP, &ping(VM1_MAC, VM3_MAC, [10, 1, 0, 202], VM3_IP, 64), TCX_REDIRECT, Stat::TxTunnel);
-    f.expect(PROG_TAP, &ping(VM1_MAC, VM3_MAC, [10, 1, 0, 204], VM3_IP, 64), TCX_DROP, Stat::DropSpoofIp);
+    f.expect(
+        PROG_TAP,
+        &ping(VM1_MAC, VM3_MAC, [10, 1, 0, 202], VM3_IP, 64),
+        TCX_REDIRECT,
+        Stat::TxTunnel,
+    );
+    f.expect(
+        PROG_TAP,
+        &ping(VM1_MAC, VM3_MAC, [10, 1, 0, 204], VM3_IP, 64),
+        TCX_DROP,
+        Stat::DropSpoofIp,
+    );
 }
 
 #[test]
 fn arp_with_foreign_sender_ip_is_dropped() {
     let mut f = fixture(STATE);
-    let req = eth([0xff; 6], VM1_MAC, 0x0806, &arp(1, VM1_MAC, VM3_IP, [0; 6], GW1_IP));
+    let req = eth(
+        [0xff; 6],
+        VM1_MAC,
+        0x0806,
+        &arp(1, VM1_MAC, VM3_IP, [0; 6], GW1_IP),
+    );
     f.expect(PROG_TAP, &req, TCX_DROP, Stat::DropSpoofArp);
-    let forged_sha = eth([0xff; 6], VM1_MAC, 0x0806, &arp(1, VM3_MAC, VM1_IP, [0; 6], GW1_IP));
+    let forged_sha = eth(
+        [0xff; 6],
+        VM1_MAC,
+        0x0806,
+        &arp(1, VM3_MAC, VM1_IP, [0; 6], GW1_IP),
+    );
     f.expect(PROG_TAP, &forged_sha, TCX_DROP, Stat::DropSpoofArp);
 }
 
@@ -299,20 +380,40 @@ fn port_security_disabled_lets_foreign_source_through() {
         "\"port_security_enabled\": false",
     );
     let mut f = fixture(&state);
-    f.expect(PROG_TAP, &ping([2, 0, 0, 0, 0, 9], VM3_MAC, [172, 16, 0, 1], VM3_IP, 64), TCX_REDIRECT, Stat::TxTunnel);
+    f.expect(
+        PROG_TAP,
+        &ping([2, 0, 0, 0, 0, 9], VM3_MAC, [172, 16, 0, 1], VM3_IP, 64),
+        TCX_REDIRECT,
+        Stat::TxTunnel,
+    );
 }
 
 #[test]
 fn ttl_one_is_not_routed() {
     let mut f = fixture(STATE);
-    f.expect(PROG_TAP, &ping(VM1_MAC, GW1_MAC, VM1_IP, VM2_IP, 1), TCX_DROP, Stat::DropTtlExceeded);
+    f.expect(
+        PROG_TAP,
+        &ping(VM1_MAC, GW1_MAC, VM1_IP, VM2_IP, 1),
+        TCX_DROP,
+        Stat::DropTtlExceeded,
+    );
 }
 
 #[test]
 fn destination_outside_the_router_has_no_route() {
     let mut f = fixture(STATE);
-    f.expect(PROG_TAP, &ping(VM1_MAC, GW1_MAC, VM1_IP, [10, 9, 0, 1], 64), TCX_DROP, Stat::DropNoRoute);
-    f.expect(PROG_TAP, &ping(VM1_MAC, GW1_MAC, VM1_IP, [10, 2, 0, 99], 64), TCX_DROP, Stat::DropNoEndpoint);
+    f.expect(
+        PROG_TAP,
+        &ping(VM1_MAC, GW1_MAC, VM1_IP, [10, 9, 0, 1], 64),
+        TCX_DROP,
+        Stat::DropNoRoute,
+    );
+    f.expect(
+        PROG_TAP,
+        &ping(VM1_MAC, GW1_MAC, VM1_IP, [10, 2, 0, 99], 64),
+        TCX_DROP,
+        Stat::DropNoEndpoint,
+    );
 }
 
 #[test]
@@ -329,12 +430,22 @@ fn malformed_and_foreign_frames_are_dropped_with_a_reason() {
     f.expect(PROG_TAP, &bad_version, TCX_DROP, Stat::DropMalformed);
     let v6 = eth(VM3_MAC, VM1_MAC, 0x86dd, &[0x60; 40]);
     f.expect(PROG_TAP, &v6, TCX_DROP, Stat::DropEthertype);
-    let arp_bad = eth([0xff; 6], VM1_MAC, 0x0806, &arp(3, VM1_MAC, VM1_IP, [0; 6], GW1_IP));
+    let arp_bad = eth(
+        [0xff; 6],
+        VM1_MAC,
+        0x0806,
+        &arp(3, VM1_MAC, VM1_IP, [0; 6], GW1_IP),
+    );
     f.expect(PROG_TAP, &arp_bad, TCX_DROP, Stat::DropArpOther);
 }
 
 #[test]
 fn tunnel_frame_without_metadata_is_dropped() {
     let mut f = fixture(STATE);
-    f.expect(PROG_TUNNEL, &ping(VM3_MAC, VM1_MAC, VM3_IP, VM1_IP, 64), TCX_DROP, Stat::DropNoTunnelKey);
+    f.expect(
+        PROG_TUNNEL,
+        &ping(VM3_MAC, VM1_MAC, VM3_IP, VM1_IP, 64),
+        TCX_DROP,
+        Stat::DropNoTunnelKey,
+    );
 }

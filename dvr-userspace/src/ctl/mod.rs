@@ -5,7 +5,10 @@ use std::net::Ipv4Addr;
 
 /// `aa:bb:cc:dd:ee:ff`.
 pub fn fmt_mac(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// An address stored in network order (`*_be` fields).

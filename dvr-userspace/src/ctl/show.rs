@@ -68,9 +68,20 @@ pub fn show(maps: &HostMaps, subject: Subject, json: bool) -> Result<String, Map
                     port_id_hash: format!("{:08x}", p.port_id),
                 })
                 .collect();
-            render(json, &rows, &["IFINDEX", "VNI", "MAC", "PORT-SECURITY", "PORT"], |r| {
-                vec![r.ifindex.to_string(), r.vni.to_string(), r.mac.clone(), r.port_security.to_string(), r.port_id_hash.clone()]
-            })
+            render(
+                json,
+                &rows,
+                &["IFINDEX", "VNI", "MAC", "PORT-SECURITY", "PORT"],
+                |r| {
+                    vec![
+                        r.ifindex.to_string(),
+                        r.vni.to_string(),
+                        r.mac.clone(),
+                        r.port_security.to_string(),
+                        r.port_id_hash.clone(),
+                    ]
+                },
+            )
         }
         Subject::Fdb => {
             let rows: Vec<FdbRow> = maps
@@ -85,9 +96,20 @@ pub fn show(maps: &HostMaps, subject: Subject, json: bool) -> Result<String, Map
                     gateway_mac: (e.gw_mac != [0; 6]).then(|| fmt_mac(e.gw_mac)),
                 })
                 .collect();
-            render(json, &rows, &["VNI", "MAC", "IFINDEX", "REMOTE", "GATEWAY-MAC"], |r| {
-                vec![r.vni.to_string(), r.mac.clone(), r.ifindex.to_string(), opt(&r.remote), opt(&r.gateway_mac)]
-            })
+            render(
+                json,
+                &rows,
+                &["VNI", "MAC", "IFINDEX", "REMOTE", "GATEWAY-MAC"],
+                |r| {
+                    vec![
+                        r.vni.to_string(),
+                        r.mac.clone(),
+                        r.ifindex.to_string(),
+                        opt(&r.remote),
+                        opt(&r.gateway_mac),
+                    ]
+                },
+            )
         }
         Subject::Endpoints => {
             let rows: Vec<EndpointRow> = maps
@@ -102,9 +124,20 @@ pub fn show(maps: &HostMaps, subject: Subject, json: bool) -> Result<String, Map
                     remote: ip_host(e.tunnel_ip_host),
                 })
                 .collect();
-            render(json, &rows, &["VNI", "IP", "MAC", "IFINDEX", "REMOTE"], |r| {
-                vec![r.vni.to_string(), r.ip.to_string(), r.mac.clone(), r.ifindex.to_string(), opt(&r.remote)]
-            })
+            render(
+                json,
+                &rows,
+                &["VNI", "IP", "MAC", "IFINDEX", "REMOTE"],
+                |r| {
+                    vec![
+                        r.vni.to_string(),
+                        r.ip.to_string(),
+                        r.mac.clone(),
+                        r.ifindex.to_string(),
+                        opt(&r.remote),
+                    ]
+                },
+            )
         }
         Subject::Routes => {
             let rows: Vec<RouteRow> = maps
@@ -113,21 +146,38 @@ pub fn show(maps: &HostMaps, subject: Subject, json: bool) -> Result<String, Map
                 .into_iter()
                 .map(|((plen, k), r)| RouteRow {
                     router_id: format!("{:08x}", u32::from_be(k.router_id_be)),
-                    cidr: format!("{}/{}", ip_be(k.ip_be), plen.saturating_sub(dvr_common::route::ROUTE_KEY_PREFIX_BITS)),
+                    cidr: format!(
+                        "{}/{}",
+                        ip_be(k.ip_be),
+                        plen.saturating_sub(dvr_common::route::ROUTE_KEY_PREFIX_BITS)
+                    ),
                     vni: r.vni,
                     gateway_ip: ip_be(r.gw_ip_be),
                     gateway_mac: fmt_mac(r.gw_mac),
                 })
                 .collect();
-            render(json, &rows, &["ROUTER", "CIDR", "VNI", "GATEWAY-IP", "GATEWAY-MAC"], |r| {
-                vec![r.router_id.clone(), r.cidr.clone(), r.vni.to_string(), r.gateway_ip.to_string(), r.gateway_mac.clone()]
-            })
+            render(
+                json,
+                &rows,
+                &["ROUTER", "CIDR", "VNI", "GATEWAY-IP", "GATEWAY-MAC"],
+                |r| {
+                    vec![
+                        r.router_id.clone(),
+                        r.cidr.clone(),
+                        r.vni.to_string(),
+                        r.gateway_ip.to_string(),
+                        r.gateway_mac.clone(),
+                    ]
+                },
+            )
         }
         Subject::Stats => {
             let stats = maps.read_stats()?;
             if json {
-                let obj: serde_json::Map<String, serde_json::Value> =
-                    stats.iter().map(|(s, n)| (s.as_str().to_string(), (*n).into())).collect();
+                let obj: serde_json::Map<String, serde_json::Value> = stats
+                    .iter()
+                    .map(|(s, n)| (s.as_str().to_string(), (*n).into()))
+                    .collect();
                 serde_json::Value::Object(obj).to_string()
             } else {
                 let mut s = String::new();
@@ -142,10 +192,16 @@ pub fn show(maps: &HostMaps, subject: Subject, json: bool) -> Result<String, Map
 }
 
 fn opt<T: ToString>(v: &Option<T>) -> String {
-    v.as_ref().map_or_else(|| "-".to_string(), ToString::to_string)
+    v.as_ref()
+        .map_or_else(|| "-".to_string(), ToString::to_string)
 }
 
-fn render<T: Serialize>(json: bool, rows: &[T], header: &[&str], cells: impl Fn(&T) -> Vec<String>) -> String {
+fn render<T: Serialize>(
+    json: bool,
+    rows: &[T],
+    header: &[&str],
+    cells: impl Fn(&T) -> Vec<String>,
+) -> String {
     if json {
         return serde_json::to_string(rows).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
     }
@@ -153,11 +209,21 @@ fn render<T: Serialize>(json: bool, rows: &[T], header: &[&str], cells: impl Fn(
         .chain(rows.iter().map(cells))
         .collect();
     let widths: Vec<usize> = (0..header.len())
-        .map(|c| table.iter().map(|r| r.get(c).map_or(0, String::len)).max().unwrap_or(0))
+        .map(|c| {
+            table
+                .iter()
+                .map(|r| r.get(c).map_or(0, String::len))
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut s = String::new();
     for row in table {
-        let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         let _ = writeln!(s, "{}", line.join("  ").trim_end());
     }
     s

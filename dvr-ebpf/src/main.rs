@@ -18,13 +18,13 @@ use aya_ebpf::{macros::classifier, programs::TcContext};
 /// TC ingress on every local VM tap: frames the VM sends.
 #[classifier]
 pub fn dvr_tap(ctx: TcContext) -> i32 {
-    verdict::finish(tap::pipeline(&ctx))
+    verdict::finish(verdict::settle(tap::run(&ctx)))
 }
 
 /// TC ingress on the VXLAN collect_md device: frames from other hosts.
 #[classifier]
 pub fn dvr_tunnel(ctx: TcContext) -> i32 {
-    verdict::finish(tunnel::pipeline(&ctx))
+    verdict::finish(verdict::settle(tunnel::run(&ctx)))
 }
 
 #[cfg(not(test))]

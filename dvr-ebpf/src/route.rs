@@ -28,9 +28,7 @@ const IP_MF_OFFSET: u16 = 0x3fff;
 
 #[inline(always)]
 pub fn stage(ctx: &TcContext, ifindex: u32, gw: &RouterIface, cfg: &HostConfig) -> Verdict {
-    match route(ctx, ifindex, gw, cfg) {
-        Ok(v) | Err(v) => v,
-    }
+    crate::verdict::settle(route(ctx, ifindex, gw, cfg))
 }
 
 #[inline(always)]

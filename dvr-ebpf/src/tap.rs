@@ -13,14 +13,7 @@ use crate::{
 };
 
 #[inline(always)]
-pub fn pipeline(ctx: &TcContext) -> Verdict {
-    match run(ctx) {
-        Ok(v) | Err(v) => v,
-    }
-}
-
-#[inline(always)]
-fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
+pub fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
     // SAFETY: the context pointer is valid for the program's run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: read-only use of an agent-written hash value.

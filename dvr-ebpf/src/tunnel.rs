@@ -22,14 +22,7 @@ use crate::{
 };
 
 #[inline(always)]
-pub fn pipeline(ctx: &TcContext) -> Verdict {
-    match run(ctx) {
-        Ok(v) | Err(v) => v,
-    }
-}
-
-#[inline(always)]
-fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
+pub fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
     // SAFETY: bpf_tunnel_key is plain old data; all-zero is valid.
     let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
     // SAFETY: key lives on our stack for the call.

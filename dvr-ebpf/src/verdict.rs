@@ -34,6 +34,14 @@ impl Verdict {
     }
 }
 
+/// A pipeline ends either way with a verdict: `Err` only means "stopped early".
+#[inline(always)]
+pub fn settle(r: Result<Verdict, Verdict>) -> Verdict {
+    match r {
+        Ok(v) | Err(v) => v,
+    }
+}
+
 /// Count the verdict once and turn it into the program's return code.
 #[inline(always)]
 pub fn finish(v: Verdict) -> i32 {

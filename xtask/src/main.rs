@@ -128,15 +128,22 @@ fn test(env: &Env, args: &[String]) -> anyhow::Result<()> {
     setup::all(env)?;
     env.run(cargo(env).args(["build", "--bins"]).args(HOST_UNIT))?;
     env.run(cargo(env).args(["build", "--package", "dvr-tests", "--tests", "--bins"]))?;
-    env.run(cargo(env).arg("test").args(HOST_UNIT))?;
-    // Setup has mounted bpffs if we are root.
-    require_root("integration tests need root")?;
-    env.run(
-        cargo(env)
-            .args(["test", "--package", "dvr-tests", "--", "--test-threads=1"])
-            .args(args)
-            .env("DVR_BIN_DIR", env.bin_dir()),
-    )
+    let mut tally = run::Tally::default();
+    let result = (|| {
+        env.run_tests(cargo(env).arg("test").args(HOST_UNIT), &mut tally)?;
+        // Setup has mounted bpffs if we are root.
+        require_root("integration tests need root")?;
+        env.run_tests(
+            cargo(env)
+                .args(["test", "--package", "dvr-tests", "--", "--test-threads=1"])
+                .args(args)
+                .env("DVR_BIN_DIR", env.bin_dir()),
+            &mut tally,
+        )
+    })();
+    // One closing line over every test binary, unit and integration alike.
+    println!("xtask: {} passed, {} failed", tally.passed, tally.failed);
+    result
 }
 
 fn demo(env: &Env, args: &[String]) -> anyhow::Result<()> {

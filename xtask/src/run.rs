@@ -82,6 +82,32 @@ impl Env {
         Ok(())
     }
 
+    /// Run a `cargo test` command like [`Env::run`], echoing its stdout while adding up the
+    /// `test result:` lines into `tally`. The tally is updated even when the run fails.
+    pub fn run_tests(&self, cmd: &mut Command, tally: &mut Tally) -> anyhow::Result<()> {
+        use std::io::BufRead as _;
+        let shown = show(cmd);
+        println!("+ {shown}");
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("start `{shown}`"))?;
+        if let Some(out) = child.stdout.take() {
+            for line in std::io::BufReader::new(out).lines() {
+                let line = line.context("reading test output")?;
+                println!("{line}");
+                tally.add_line(&line);
+            }
+        }
+        let status = child
+            .wait()
+            .with_context(|| format!("wait for `{shown}`"))?;
+        if !status.success() {
+            bail!("`{shown}` failed ({status})");
+        }
+        Ok(())
+    }
+
     /// Run quietly and return stdout if it exits 0; `None` if it cannot start or fails.
     pub fn probe(&self, cmd: &mut Command) -> Option<String> {
         let out = cmd.stderr(std::process::Stdio::null()).output().ok()?;
@@ -118,4 +144,54 @@ pub fn is_root() -> anyhow::Result<bool> {
         .and_then(|ids| ids.split_whitespace().nth(1))
         .ok_or_else(|| anyhow!("no Uid line in /proc/self/status"))?;
     Ok(euid == "0")
+}
+
+/// Passed/failed counts summed over every `test result:` line of cargo's test harness.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    pub passed: u64,
+    pub failed: u64,
+}
+
+impl Tally {
+    /// Add a line such as `test result: ok. 17 passed; 0 failed; 0 ignored; ...`.
+    pub fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split([';', '.']) {
+            let mut words = part.split_whitespace();
+            if let (Some(n), Some(what)) = (words.next(), words.next())
+                && let Ok(n) = n.parse::<u64>()
+            {
+                match what {
+                    "passed" => self.passed += n,
+                    "failed" => self.failed += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn tally_adds_cargo_result_lines() {
+        let mut t = Tally::default();
+        t.add_line("test result: ok. 17 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 27.38s");
+        t.add_line(
+            "test result: FAILED. 2 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
+        t.add_line("running 5 tests");
+        assert_eq!(
+            t,
+            Tally {
+                passed: 19,
+                failed: 3
+            }
+        );
+    }
 }

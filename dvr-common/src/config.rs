@@ -16,6 +16,15 @@ pub struct HostConfig {
     /// Non-zero once the agent has written a complete configuration.
     pub ready: u8,
     pub _pad: u8,
+    /// ifindex of the external interface (`hosts[].external_interface`), 0 when none.
+    pub ext_ifindex: u32,
+    /// This host's address on the external network (its `network:floatingip_agent_gateway`
+    /// port), network order; 0 when none. ARP for it is answered on the external interface.
+    pub fg_ip_be: u32,
+    /// MAC of the external interface: source of everything sent there, and the MAC that
+    /// proxy ARP hands out for the floating IPs this host serves.
+    pub ext_mac: crate::Mac,
+    pub _pad2: [u8; 2],
 }
-crate::assert_size!(HostConfig, 16);
+crate::assert_size!(HostConfig, 32);
 crate::user_pod!(HostConfig);

@@ -16,6 +16,14 @@ pub const fn replace16(check: u16, old: u16, new: u16) -> u16 {
     !fold(sum)
 }
 
+/// New checksum after a 32-bit field (e.g. an IPv4 address, as two big-endian words) changes
+/// from `old` to `new`. Values are the field's bytes read big-endian.
+#[inline(always)]
+pub const fn replace32(check: u16, old: u32, new: u32) -> u16 {
+    let c = replace16(check, (old >> 16) as u16, (new >> 16) as u16);
+    replace16(c, old as u16, new as u16)
+}
+
 /// Full Internet checksum of `data` (used by tests and by user-space packet builders).
 pub fn checksum(data: &[u8]) -> u16 {
     let mut sum: u32 = 0;
@@ -69,6 +77,18 @@ mod tests {
             );
             assert_eq!(nw >> 8, (ttl - 1) as u16);
         }
+    }
+
+    #[test]
+    fn address_rewrite_matches_full_recompute() {
+        let h = ipv4_header(64);
+        let check = u16::from_be_bytes([h[10], h[11]]);
+        let old = u32::from_be_bytes([h[12], h[13], h[14], h[15]]);
+        let new = u32::from_be_bytes([10, 5, 2, 1]);
+        let mut n = h;
+        n[12..16].copy_from_slice(&new.to_be_bytes());
+        n[10..12].copy_from_slice(&[0, 0]);
+        assert_eq!(replace32(check, old, new), checksum(&n));
     }
 
     #[test]

@@ -15,6 +15,7 @@
 pub mod config;
 pub mod csum;
 pub mod l2;
+pub mod nat;
 pub mod port;
 pub mod route;
 pub mod stats;

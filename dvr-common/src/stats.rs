@@ -37,6 +37,13 @@ stats! {
     ArpReply = "arp_reply", false, "ARP for a router interface answered";
     IcmpEchoReply = "icmp_echo_reply", false, "ICMP echo to a router interface answered";
     RxTunnel = "rx_tunnel", false, "received from the tunnel";
+    FipDnat = "fip_dnat", false, "floating IP: inbound translated to the fixed IP";
+    FipSnat = "fip_snat", false, "floating IP: outbound translated to the floating IP";
+    FipHairpin = "fip_hairpin", false, "floating IP reached from inside its router";
+    FipIcmpError = "fip_icmp_error", false, "ICMP error through a floating IP translated";
+    ExtArpReply = "ext_arp_reply", false, "ARP for a floating IP answered on the external NIC";
+    ExtNeighLearned = "ext_neigh_learned", false, "external gateway MAC learned from ARP";
+    ExtPass = "ext_pass", false, "external NIC traffic not for the datapath, passed on";
     DropMalformed = "drop_malformed", true, "malformed or truncated header";
     DropUnknownPort = "drop_unknown_port", true, "frame from a tap with no port";
     DropSpoofMac = "drop_spoof_mac", true, "port security: source MAC not the port's";
@@ -54,6 +61,15 @@ stats! {
     DropNoLocalPort = "drop_no_local_port", true, "tunnel frame for no local port";
     DropNotReady = "drop_not_ready", true, "host configuration not loaded";
     DropRedirect = "drop_redirect", true, "redirect or tunnel key failed";
+    DropFipUnassociated = "drop_fip_unassociated", true, "to a floating IP with no port";
+    DropFipNotHere = "drop_fip_not_here", true, "to a floating IP served by another host";
+    DropExtToFixedIp = "drop_ext_to_fixed_ip", true, "from outside to a fixed IP";
+    DropFipNotExternal = "drop_fip_not_external", true, "to a floating IP from a non-external interface";
+    DropFipSpoof = "drop_fip_spoof", true, "VM sent with a floating IP as source";
+    DropNoNeighbor = "drop_no_neighbor", true, "external gateway MAC not learned yet";
+    DropNoExternal = "drop_no_external", true, "host has no external interface";
+    DropCtInsert = "drop_ct_insert", true, "conntrack entry could not be created";
+    DropIcmpErrorNoFlow = "drop_icmp_error_no_flow", true, "ICMP error for no tracked flow";
     DropArpOther = "drop_arp_other", true, "ARP that is neither request nor reply";
 }
 

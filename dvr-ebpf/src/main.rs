@@ -4,8 +4,12 @@
 #![no_main]
 
 mod arp;
+mod ext;
+mod fip;
+mod flow;
 mod l2;
 mod maps;
+mod nat;
 mod packet;
 mod route;
 mod security;
@@ -25,6 +29,12 @@ pub fn dvr_tap(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn dvr_tunnel(ctx: TcContext) -> i32 {
     verdict::finish(verdict::settle(tunnel::run(&ctx)))
+}
+
+/// TC ingress on the external interface: floating IPs (proxy ARP, DNAT), gateway learning.
+#[classifier]
+pub fn dvr_ext(ctx: TcContext) -> i32 {
+    verdict::finish(verdict::settle(ext::run(&ctx)))
 }
 
 #[cfg(not(test))]

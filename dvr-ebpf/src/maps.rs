@@ -2,11 +2,12 @@
 //! `pub const` in `dvr-common` (the `#[map]` macro names the map after the static).
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use dvr_common::{
     config::HostConfig,
     l2::{self, FdbEntry, FdbKey, FloodSet, MacKey},
+    nat::{self, CtEntry, CtKey, FipEntry, FipSrc, Neigh},
     port::{self, LocalPort, SecKey},
     route::{self, Endpoint, IpKey, Route, RouteKey, RouterIface},
     stats::STAT_COUNT,
@@ -63,3 +64,24 @@ pub static DVR_ENDPOINTS: HashMap<IpKey, Endpoint> =
 /// Per-CPU packet counters indexed by `Stat`. Datapath-written.
 #[map]
 pub static DVR_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+
+/// Floating IP -> how it is served. Agent-written.
+#[map]
+pub static DVR_FIPS: HashMap<u32, FipEntry> = HashMap::with_max_entries(nat::FIPS_MAX, 0);
+
+/// (VNI, fixed IP) of local ports with a FIP -> outbound SNAT. Agent-written.
+#[map]
+pub static DVR_FIP_SRC: HashMap<IpKey, FipSrc> = HashMap::with_max_entries(nat::FIPS_MAX, 0);
+
+/// External gateway IP -> learned MAC. Keys agent-written, values datapath-written.
+#[map]
+pub static DVR_EXT_NEIGH: HashMap<u32, Neigh> = HashMap::with_max_entries(nat::EXT_NEIGH_MAX, 0);
+
+/// Tenant prefixes never reachable directly from outside. Agent-written.
+#[map]
+pub static DVR_EXT_DENY: LpmTrie<u32, u32> = LpmTrie::with_max_entries(nat::EXT_DENY_MAX, 0);
+
+/// Tracked flows, two entries each. Datapath-written; the agent expires and purges.
+/// Capacity set by the agent at load time.
+#[map]
+pub static DVR_CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(nat::CT_MAX, 0);

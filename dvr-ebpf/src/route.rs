@@ -9,13 +9,15 @@ use aya_ebpf::{helpers::bpf_redirect, maps::lpm_trie::Key, programs::TcContext};
 use dvr_common::{
     config::HostConfig,
     csum,
+    port::LocalPort,
     route::{IpKey, ROUTE_KEY_PREFIX_BITS, RouteKey, RouterIface},
     stats::Stat,
 };
 
 use crate::{
-    l2,
+    fip, l2,
     maps::{DVR_ENDPOINTS, DVR_ROUTES},
+    nat,
     packet::{ETH_LEN, EthHdr, IPPROTO_ICMP, IcmpHdr, Ipv4Hdr, be16, ptr_at},
     verdict::Verdict,
 };
@@ -27,14 +29,34 @@ const REPLY_TTL: u8 = 64;
 const IP_MF_OFFSET: u16 = 0x3fff;
 
 #[inline(always)]
-pub fn stage(ctx: &TcContext, ifindex: u32, gw: &RouterIface, cfg: &HostConfig) -> Verdict {
-    crate::verdict::settle(route(ctx, ifindex, gw, cfg))
+pub fn stage(
+    ctx: &TcContext,
+    ifindex: u32,
+    port: &LocalPort,
+    gw: &RouterIface,
+    cfg: &HostConfig,
+) -> Verdict {
+    crate::verdict::settle(route(ctx, ifindex, port, gw, cfg))
+}
+
+/// Whether `ip_be` lies in one of the subnets of router `router_id`.
+#[inline(always)]
+pub fn in_router(router_id: u32, ip_be: u32) -> bool {
+    let key = Key::new(
+        ROUTE_KEY_PREFIX_BITS + 32,
+        RouteKey {
+            router_id_be: router_id.to_be(),
+            ip_be,
+        },
+    );
+    DVR_ROUTES.get(&key).is_some()
 }
 
 #[inline(always)]
 fn route(
     ctx: &TcContext,
     ifindex: u32,
+    port: &LocalPort,
     gw: &RouterIface,
     cfg: &HostConfig,
 ) -> Result<Verdict, Verdict> {
@@ -42,40 +64,41 @@ fn route(
     let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_LEN)?;
     // SAFETY: bounds-checked by ptr_at; no helper ran since.
     let (eth, ip) = unsafe { (&mut *eth, &mut *ip) };
+    let daddr = u32::from_ne_bytes(ip.daddr);
+    let saddr = u32::from_ne_bytes(ip.saddr);
     let key = Key::new(
         ROUTE_KEY_PREFIX_BITS + 32,
         RouteKey {
             router_id_be: gw.router_id.to_be(),
-            ip_be: u32::from_ne_bytes(ip.daddr),
+            ip_be: daddr,
         },
     );
     let Some(route) = DVR_ROUTES.get(&key) else {
-        return Err(Verdict::drop(Stat::DropNoRoute));
+        return fip::outbound(ctx, port, gw, cfg);
     };
-    if u32::from_ne_bytes(ip.daddr) == route.gw_ip_be {
+    if daddr == route.gw_ip_be {
         return Err(echo_reply(ctx, ifindex, eth, ip));
-    }
-    if ip.ttl <= 1 {
-        return Err(Verdict::drop(Stat::DropTtlExceeded));
     }
     let ep_key = IpKey {
         vni: route.vni,
-        ip_be: u32::from_ne_bytes(ip.daddr),
+        ip_be: daddr,
     };
     // SAFETY: read-only use of an agent-written hash value.
     let Some(ep) = (unsafe { DVR_ENDPOINTS.get(&ep_key) }) else {
         return Err(Verdict::drop(Stat::DropNoEndpoint));
     };
-    let (word, check) = csum::ttl_decrement(u16::from_be_bytes([ip.ttl, ip.proto]), be16(ip.check));
-    let [ttl, _] = word.to_be_bytes();
-    ip.ttl = ttl;
-    ip.check = check.to_be_bytes();
-    eth.dst = ep.mac;
-    eth.src = if ep.ifindex != 0 {
-        route.gw_mac
-    } else {
-        cfg.dvr_mac
-    };
+    fip::hairpin_reply(ctx, port.vni, saddr, true)?;
+    nat::ttl_decrement(ctx)?;
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    // SAFETY: re-derived after the helpers above; bounds-checked.
+    unsafe {
+        (*eth).dst = ep.mac;
+        (*eth).src = if ep.ifindex != 0 {
+            route.gw_mac
+        } else {
+            cfg.dvr_mac
+        };
+    }
     Ok(l2::to_port(
         ctx,
         ep.ifindex,

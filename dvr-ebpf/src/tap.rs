@@ -5,7 +5,7 @@ use aya_ebpf::programs::TcContext;
 use dvr_common::{l2::FdbKey, port::PORT_FLAG_SECURITY, stats::Stat};
 
 use crate::{
-    arp, l2,
+    arp, fip, l2,
     maps::{DVR_GW_BY_MAC, DVR_HOST_CONFIG, DVR_LOCAL_PORTS},
     packet::{ETH_LEN, ETH_P_ARP, ETH_P_IP, EthHdr, Ipv4Hdr, be16, ptr_at},
     route, security,
@@ -47,8 +47,11 @@ pub fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
             };
             // SAFETY: read-only use of an agent-written hash value.
             if let Some(gw) = unsafe { DVR_GW_BY_MAC.get(&gw_key) } {
-                return Ok(route::stage(ctx, ifindex, gw, cfg));
+                return Ok(route::stage(ctx, ifindex, port, gw, cfg));
             }
+            // A reply to a hairpin flow from a VM in the same subnet goes straight back at
+            // L2, not through the gateway: its source still becomes the FIP here.
+            fip::hairpin_reply(ctx, port.vni, u32::from_ne_bytes(saddr), false)?;
         }
         _ => return Err(Verdict::drop(Stat::DropEthertype)),
     }

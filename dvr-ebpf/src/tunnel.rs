@@ -15,9 +15,9 @@ use dvr_common::{
 };
 
 use crate::{
-    l2,
+    fip, l2,
     maps::{DVR_DVR_MACS, DVR_FDB, DVR_GW_BY_MAC, DVR_PEERS},
-    packet::{EthHdr, is_multicast, ptr_at},
+    packet::{ETH_P_IP, EthHdr, be16, is_multicast, ptr_at},
     verdict::Verdict,
 };
 
@@ -67,6 +67,7 @@ pub fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
     if e.ifindex == 0 {
         return Err(Verdict::drop(Stat::DropNoLocalPort));
     }
+    let is_ipv4 = be16(eth.proto) == ETH_P_IP;
     let src_key = MacKey {
         mac: eth.src,
         _pad: [0; 2],
@@ -75,8 +76,14 @@ pub fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
     if unsafe { DVR_DVR_MACS.get(&src_key) }.is_some() && e.gw_mac != [0; 6] {
         eth.src = e.gw_mac;
     }
+    let ifindex = e.ifindex;
+    if is_ipv4 {
+        if let Some(v) = fip::from_tunnel(ctx)? {
+            return Ok(v);
+        }
+    }
     // SAFETY: plain helper call.
     Ok(Verdict::redirect(Stat::RxTunnel, unsafe {
-        bpf_redirect(e.ifindex, 0)
+        bpf_redirect(ifindex, 0)
     }))
 }

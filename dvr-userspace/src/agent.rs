@@ -2,17 +2,20 @@
 //! change, reconcile the maps, attach/detach taps. Single-threaded and poll-driven (100 ms),
 //! which bounds how late a change or a new tap is seen.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
     path::{Path, PathBuf},
     sync::atomic::{AtomicBool, Ordering},
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use tracing::{info, warn};
 
 use crate::{
-    attach::{AttachError, Datapath, interfaces},
-    compile::{self, Compiled},
+    arp,
+    attach::{AttachError, Datapath, LoadOptions, interfaces, mac_of},
+    compile::{self, Compiled, External},
+    conntrack::{self, Timeouts},
     model::State,
     reconcile,
 };
@@ -76,35 +79,74 @@ fn load_state(path: &Path) -> Result<State, AgentError> {
     })
 }
 
+/// Tunables of the agent beyond its state.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub load: LoadOptions,
+    pub timeouts: Timeouts,
+    /// How often idle conntrack entries are expired.
+    pub gc_interval: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            load: LoadOptions::default(),
+            timeouts: Timeouts::default(),
+            gc_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Gratuitous ARPs sent for a floating IP this host starts serving.
+const GARP_COUNT: u8 = 3;
+/// Gateway ARP requests: quickly while its MAC is unknown, then as a slow refresh that
+/// notices a changed MAC even if the gateway never announces it.
+const PROBE_UNRESOLVED: Duration = Duration::from_secs(1);
+const PROBE_REFRESH: Duration = Duration::from_secs(10);
+
 pub struct Agent {
     host: String,
     state_path: PathBuf,
     state: State,
     stamp: Option<FileStamp>,
     dp: Datapath,
+    opts: Options,
     /// Tap names of this host's VM ports in the current state.
     wanted: Vec<String>,
+    /// External interface named by the current state, if any.
+    ext_wanted: Option<String>,
     /// Taps of local ports that exist now: name -> ifindex.
     present: BTreeMap<String, u32>,
+    /// The external interface as last seen: (name, ifindex).
+    ext_present: Option<(String, u32)>,
+    external: Option<External>,
+    ext_mac: [u8; 6],
+    /// Floating IPs served here -> fixed IP, as last applied.
+    served: BTreeMap<Ipv4Addr, Ipv4Addr>,
+    garp_due: BTreeMap<Ipv4Addr, u8>,
+    last_probe: HashMap<Ipv4Addr, Instant>,
+    last_gc: Instant,
 }
 
 impl Agent {
     /// Validate the state file, load and pin the datapath, apply the first state.
     /// An invalid state file fails here, before anything on the host is touched.
-    pub fn start(host: &str, state_path: &Path, bpffs_root: &Path) -> Result<Self, AgentError> {
+    pub fn start(
+        host: &str,
+        state_path: &Path,
+        bpffs_root: &Path,
+        opts: Options,
+    ) -> Result<Self, AgentError> {
         let stamp = stamp(state_path);
         let state = load_state(state_path)?;
         // Compile once before touching the host, so a state that names no such host or
         // cannot be compiled is refused up front too.
-        let wanted = compile::compile(&state, host, &|_| None)
-            .map_err(|e| AgentError::State {
-                path: state_path.into(),
-                msg: e.to_string(),
-            })?
-            .taps
-            .into_keys()
-            .collect();
-        let dp = Datapath::load(bpffs_root, host)?;
+        let first = compile::compile(&state, host, &|_| None).map_err(|e| AgentError::State {
+            path: state_path.into(),
+            msg: e.to_string(),
+        })?;
+        let dp = Datapath::load(bpffs_root, host, &opts.load)?;
         info!(host, pins = %dp.dir.display(), tunnel_ifindex = dp.tunnel_ifindex, "datapath loaded");
         let mut agent = Self {
             host: host.into(),
@@ -112,14 +154,24 @@ impl Agent {
             state,
             stamp,
             dp,
-            wanted,
+            opts,
+            wanted: first.taps.into_keys().collect(),
+            ext_wanted: first.external.map(|e| e.iface),
             present: BTreeMap::new(),
+            ext_present: None,
+            external: None,
+            ext_mac: [0; 6],
+            served: BTreeMap::new(),
+            garp_due: BTreeMap::new(),
+            last_probe: HashMap::new(),
+            last_gc: Instant::now(),
         };
         agent.sync(true)?;
         Ok(agent)
     }
 
-    /// One poll step: pick up a changed state file and tap changes, reconcile if needed.
+    /// One poll step: pick up a changed state file and interface changes, reconcile if
+    /// needed, then the periodic work (ARP, conntrack GC).
     pub fn tick(&mut self) -> Result<(), AgentError> {
         let mut changed = false;
         let now = stamp(&self.state_path);
@@ -129,6 +181,7 @@ impl Agent {
                 Ok(s) => match compile::compile(&s, &self.host, &|_| None) {
                     Ok(c) => {
                         self.wanted = c.taps.into_keys().collect();
+                        self.ext_wanted = c.external.map(|e| e.iface);
                         self.state = s;
                         changed = true;
                     }
@@ -137,7 +190,13 @@ impl Agent {
                 Err(e) => warn!(error = %e, "refused new state; keeping the last good one"),
             }
         }
-        self.sync(changed)
+        self.sync(changed)?;
+        self.send_arp();
+        if self.last_gc.elapsed() >= self.opts.gc_interval {
+            self.last_gc = Instant::now();
+            self.gc()?;
+        }
+        Ok(())
     }
 
     fn compile(&self, present: &BTreeMap<String, u32>) -> Result<Compiled, AgentError> {
@@ -149,7 +208,7 @@ impl Agent {
         })
     }
 
-    /// Reconcile maps and tap attachments with the current state and interfaces.
+    /// Reconcile maps and attachments with the current state and interfaces.
     fn sync(&mut self, force: bool) -> Result<(), AgentError> {
         let ifaces = interfaces();
         let present: BTreeMap<String, u32> = self
@@ -157,7 +216,11 @@ impl Agent {
             .iter()
             .filter_map(|t| ifaces.get(t).map(|i| (t.clone(), *i)))
             .collect();
-        if !force && present == self.present {
+        let ext_now = self
+            .ext_wanted
+            .as_ref()
+            .and_then(|n| ifaces.get(n).map(|i| (n.clone(), *i)));
+        if !force && present == self.present && ext_now == self.ext_present {
             return Ok(());
         }
         // Taps that went away (or were recreated) are detached before their entries go.
@@ -171,8 +234,13 @@ impl Agent {
         };
         let mut cfg = compiled.config;
         cfg.tunnel_ifindex = self.dp.tunnel_ifindex;
+        if let Some((name, ifx)) = &ext_now {
+            cfg.ext_ifindex = *ifx;
+            cfg.ext_mac = mac_of(name).unwrap_or_default();
+        }
         let applied = reconcile::apply(&mut self.dp.maps, &cfg, &compiled.entries)?;
-        // Entries first, then the program on new taps: a tap is served from its first frame.
+        // Entries first, then the programs: a tap or the external interface is served from
+        // its first frame.
         let mut added = Vec::new();
         for (name, ifx) in &present {
             let one = BTreeMap::from([(name.clone(), *ifx)]);
@@ -181,16 +249,113 @@ impl Agent {
                 Err(e) => warn!(tap = %name, error = %e, "attach failed; will retry"),
             }
         }
-        let attached = self.dp.attached();
-        self.present = attached.clone();
+        if let Err(e) = self
+            .dp
+            .sync_external(ext_now.as_ref().map(|(n, i)| (n.as_str(), *i)))
+        {
+            warn!(error = %e, "external interface attach failed; will retry");
+        }
+        self.ext_present = self.dp.external();
+        self.ext_mac = cfg.ext_mac;
+        self.present = self.dp.attached();
+        // New floating IPs are announced; flows of FIPs no longer served here are purged now,
+        // not at the next GC.
+        let served = if self.ext_present.is_some() {
+            compiled.served_fips
+        } else {
+            BTreeMap::new()
+        };
+        for fip in served.keys().filter(|f| !self.served.contains_key(f)) {
+            self.garp_due.insert(*fip, GARP_COUNT);
+        }
+        self.garp_due.retain(|f, _| served.contains_key(f));
+        let remapped = served != self.served;
+        self.served = served;
+        self.external = compiled.external;
+        if remapped {
+            let served = self.served_be();
+            let swept = conntrack::sweep(&mut self.dp.maps, &self.opts.timeouts, &served)?;
+            if swept.purged > 0 {
+                info!(
+                    flows = swept.purged,
+                    "purged conntrack of floating IPs no longer served here"
+                );
+            }
+        }
         if !applied.is_empty() || !added.is_empty() || !gone.is_empty() {
             info!(
                 upserted = applied.upserted,
                 deleted = applied.deleted,
                 taps_attached = ?added,
                 taps_detached = ?gone,
-                taps = attached.len(),
+                taps = self.present.len(),
+                fips_served = self.served.len(),
+                external = ?self.ext_present.as_ref().map(|(n, _)| n),
                 "applied"
+            );
+        }
+        Ok(())
+    }
+
+    fn served_be(&self) -> BTreeMap<u32, u32> {
+        self.served
+            .iter()
+            .map(|(f, x)| {
+                (
+                    u32::from_ne_bytes(f.octets()),
+                    u32::from_ne_bytes(x.octets()),
+                )
+            })
+            .collect()
+    }
+
+    /// Gratuitous ARP for newly served FIPs and requests for the external gateways.
+    fn send_arp(&mut self) {
+        let Some((_, ifx)) = self.ext_present.clone() else {
+            return;
+        };
+        let mac = self.ext_mac;
+        for (fip, left) in self.garp_due.iter_mut() {
+            if let Err(e) = arp::send(ifx, &arp::request_frame(mac, *fip, *fip)) {
+                warn!(%fip, error = %e, "gratuitous ARP failed");
+            }
+            *left -= 1;
+        }
+        self.garp_due.retain(|_, left| *left > 0);
+        let Some(ext) = &self.external else { return };
+        let sender = ext.fg_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        for gw in &ext.gateways {
+            let learned = self
+                .dp
+                .maps
+                .ext_neigh
+                .get(&u32::from_ne_bytes(gw.octets()))
+                .ok()
+                .flatten()
+                .is_some_and(|n| n.learned != 0);
+            let every = if learned {
+                PROBE_REFRESH
+            } else {
+                PROBE_UNRESOLVED
+            };
+            if self.last_probe.get(gw).is_some_and(|t| t.elapsed() < every) {
+                continue;
+            }
+            self.last_probe.insert(*gw, Instant::now());
+            if let Err(e) = arp::send(ifx, &arp::request_frame(mac, sender, *gw)) {
+                warn!(gateway = %gw, error = %e, "ARP request for the external gateway failed");
+            }
+        }
+    }
+
+    fn gc(&mut self) -> Result<(), AgentError> {
+        let served = self.served_be();
+        let swept = conntrack::sweep(&mut self.dp.maps, &self.opts.timeouts, &served)?;
+        if swept.expired + swept.purged > 0 {
+            info!(
+                expired = swept.expired,
+                purged = swept.purged,
+                "conntrack swept"
             );
         }
         Ok(())

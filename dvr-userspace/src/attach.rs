@@ -20,6 +20,7 @@ pub const TUNNEL_DEV: &str = "dvr-vx";
 pub const VXLAN_PORT: u16 = 4789;
 pub const PROG_TAP: &str = "dvr_tap";
 pub const PROG_TUNNEL: &str = "dvr_tunnel";
+pub const PROG_EXT: &str = "dvr_ext";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +95,40 @@ pub fn ensure_bpffs(root: &Path) -> Result<(), AttachError> {
         )));
     }
     Ok(())
+}
+
+/// MAC address of interface `name` in the current network namespace (SIOCGIFHWADDR).
+pub fn mac_of(name: &str) -> Option<[u8; 6]> {
+    let bytes = name.as_bytes();
+    if bytes.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: a datagram socket only serves the ioctl; ifreq is zeroed plain data with the
+    // NUL-terminated name copied in; the socket is closed before returning.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return None;
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (d, s) in req.ifr_name.iter_mut().zip(bytes) {
+            *d = *s as libc::c_char;
+        }
+        let r = libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req);
+        libc::close(fd);
+        if r != 0 {
+            return None;
+        }
+        let sa = req.ifr_ifru.ifru_hwaddr.sa_data;
+        Some([
+            sa[0] as u8,
+            sa[1] as u8,
+            sa[2] as u8,
+            sa[3] as u8,
+            sa[4] as u8,
+            sa[5] as u8,
+        ])
+    }
 }
 
 /// ifindex of `name` in the current network namespace.
@@ -181,6 +216,8 @@ pub struct Datapath {
     pub dir: PathBuf,
     pub tunnel_ifindex: u32,
     taps: BTreeMap<String, (u32, SchedClassifierLinkId)>,
+    /// The external interface the external program is attached to.
+    ext: Option<(String, u32, SchedClassifierLinkId)>,
 }
 
 pub fn program<'a>(
@@ -195,17 +232,34 @@ pub fn program<'a>(
         .map_err(|source| AttachError::Program { prog, source })
 }
 
+/// Load-time sizes.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Conntrack capacity in entries (two per flow).
+    pub ct_max: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            ct_max: dvr_common::nat::CT_MAX,
+        }
+    }
+}
+
 /// Load the embedded object, pin every map in `dir` (which must exist on bpffs) and load
-/// (verify) both programs without attaching them.
-pub fn load_object(dir: &Path) -> Result<Ebpf, AttachError> {
-    let mut ebpf = EbpfLoader::new().load(crate::ebpf::OBJECT)?;
+/// (verify) every program without attaching it.
+pub fn load_object(dir: &Path, opts: &LoadOptions) -> Result<Ebpf, AttachError> {
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(dvr_common::nat::CT, opts.ct_max)
+        .load(crate::ebpf::OBJECT)?;
     for (name, map) in ebpf.maps() {
         map.pin(dir.join(name)).map_err(|source| AttachError::Pin {
             name: name.into(),
             source,
         })?;
     }
-    for prog in [PROG_TAP, PROG_TUNNEL] {
+    for prog in [PROG_TAP, PROG_TUNNEL, PROG_EXT] {
         program(&mut ebpf, prog)?
             .load()
             .map_err(|source| AttachError::Program { prog, source })?;
@@ -217,7 +271,7 @@ impl Datapath {
     /// Load the embedded object, pin its maps under `<root>/<host>` (replacing pins a
     /// previous run left: nothing stale survives a restart), create the tunnel device and
     /// attach the tunnel program to it.
-    pub fn load(root: &Path, host: &str) -> Result<Self, AttachError> {
+    pub fn load(root: &Path, host: &str, opts: &LoadOptions) -> Result<Self, AttachError> {
         ensure_bpffs(root)?;
         let dir = crate::maps::host_dir(root, host);
         if dir.exists() {
@@ -231,7 +285,7 @@ impl Datapath {
             source,
         })?;
         let tunnel_ifindex = ensure_tunnel_dev()?;
-        let mut ebpf = load_object(&dir)?;
+        let mut ebpf = load_object(&dir, opts)?;
         program(&mut ebpf, PROG_TUNNEL)?
             .attach(TUNNEL_DEV, TcAttachType::Ingress)
             .map_err(|source| AttachError::Attach {
@@ -246,6 +300,7 @@ impl Datapath {
             dir,
             tunnel_ifindex,
             taps: BTreeMap::new(),
+            ext: None,
         })
     }
 
@@ -297,9 +352,42 @@ impl Datapath {
         Ok(added)
     }
 
+    /// The external interface currently served: (name, ifindex).
+    pub fn external(&self) -> Option<(String, u32)> {
+        self.ext.as_ref().map(|(n, i, _)| (n.clone(), *i))
+    }
+
+    /// Attach the external program to `want` (name, ifindex), detaching it from an
+    /// interface that went away, was recreated or is no longer configured.
+    pub fn sync_external(&mut self, want: Option<(&str, u32)>) -> Result<(), AttachError> {
+        let same = match (&self.ext, want) {
+            (Some((n, i, _)), Some((wn, wi))) => n == wn && *i == wi,
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return Ok(());
+        }
+        if let Some((_, _, link)) = self.ext.take() {
+            let _ = program(&mut self.ebpf, PROG_EXT)?.detach(link);
+        }
+        if let Some((name, ifx)) = want {
+            let link = program(&mut self.ebpf, PROG_EXT)?
+                .attach(name, TcAttachType::Ingress)
+                .map_err(|source| AttachError::Attach {
+                    prog: PROG_EXT,
+                    iface: name.into(),
+                    source,
+                })?;
+            self.ext = Some((name.into(), ifx, link));
+        }
+        Ok(())
+    }
+
     /// Detach everything, delete the tunnel device and remove the pins.
     pub fn teardown(mut self) -> Result<(), AttachError> {
         self.detach_stale(&BTreeMap::new())?;
+        self.sync_external(None)?;
         let dir = self.dir.clone();
         drop(self);
         let _ = ip(&["link", "del", "dev", TUNNEL_DEV]);

@@ -9,23 +9,37 @@
 //! - *served network*: a tenant network with a local VM port.
 //! - *router of H*: a router with a distributed interface on a served network.
 //! - *routed network*: a tenant network with an interface of a router of H.
+//! - H *has external* when it names an `external_interface` and is `dvr` or `dvr_snat`.
+//!   Its *external networks* are those of its `network:floatingip_agent_gateway` ports
+//!   (`binding:host_id` or `device_id` H), or every `router:external` network if it has none.
+//!
+//! Floating IPs, for H (a FIP is *associated* when it has a port; its fixed IP is
+//! `fixed_ip_address` or the port's first; its router is `router_id` or the router with a
+//! distributed interface on the fixed IP's subnet, and without one it counts as unassociated):
+//! - LOCAL: the port is a VM port of H, H has external and the tap exists. DNAT/SNAT here.
+//! - REMOTE: the port is a VM port of another host that has external, and the router is a
+//!   router of H: traffic from H's VMs to the FIP is steered inside the router (hairpin).
+//!   Whether H has external or not.
+//! - Otherwise, only if H has external and the FIP is on one of its external networks:
+//!   unassociated ones are dropped (`FIP_UNASSOCIATED`), others are known but not served.
 //!
 //! Runs in time linear in the state (plus sorting): every lookup goes through an index built
 //! once, so states with 100,000 ports compile quickly.
 
 use std::collections::btree_map::Entry as BEntry;
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 use dvr_common::config::HostConfig;
 use dvr_common::l2::{FLOOD_MAX_LOCAL, FLOOD_MAX_REMOTE, FdbEntry, FdbKey, FloodSet, MacKey};
+use dvr_common::nat::{FIP_LOCAL, FIP_REMOTE, FIP_UNASSOCIATED, FipEntry, FipSrc};
 use dvr_common::port::{
     LocalPort, PORT_FLAG_SECURITY, SEC_IP_ALLOWED, SEC_KEY_PREFIX_BITS, SEC_MAC_ONLY, SecKey,
 };
 use dvr_common::route::{Endpoint, IpKey, ROUTE_KEY_PREFIX_BITS, Route, RouteKey, RouterIface};
 
-use crate::model::{Mac, Network, Port, State, Subnet};
+use crate::model::{FloatingIp, Host, Mac, Network, Port, State, Subnet};
 
 /// Why a host's entries could not be compiled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -57,6 +71,28 @@ pub enum CompileError {
         second: String,
         tap: String,
     },
+    /// A floating IP served here has no next hop on its external network.
+    #[error(
+        "floatingip {floatingip}: field `floating_ip_address`: no subnet of network {network} \
+         with a gateway contains {address}"
+    )]
+    FipNoGateway {
+        floatingip: String,
+        network: String,
+        address: Ipv4Addr,
+    },
+    /// The floating IP's `router_id` names a router without an interface on the subnet of
+    /// the fixed IP, so there is no gateway MAC to translate with.
+    #[error(
+        "floatingip {floatingip}: field `router_id`: router {router} has no distributed \
+         interface on subnet {subnet} of fixed IP {fixed}"
+    )]
+    FipRouterNotOnSubnet {
+        floatingip: String,
+        router: String,
+        subnet: String,
+        fixed: Ipv4Addr,
+    },
 }
 
 /// Everything one host's datapath needs.
@@ -68,6 +104,22 @@ pub struct Compiled {
     /// taps the agent attaches to.
     pub taps: BTreeMap<String, String>,
     pub entries: MapEntries,
+    /// The external side, when the host has external.
+    pub external: Option<External>,
+    /// Floating IP -> fixed IP of every FIP served here (`FIP_LOCAL`).
+    pub served_fips: BTreeMap<Ipv4Addr, Ipv4Addr>,
+}
+
+/// A host's external side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct External {
+    /// `hosts[].external_interface`.
+    pub iface: String,
+    /// This host's address on the external network (first fixed IP of its
+    /// `network:floatingip_agent_gateway` port), if it has one.
+    pub fg_ip: Option<Ipv4Addr>,
+    /// External gateways whose MAC the datapath learns (the keys of `ext_neigh`).
+    pub gateways: BTreeSet<Ipv4Addr>,
 }
 
 /// Desired contents of every agent-written map. LPM keys carry their prefix length.
@@ -89,6 +141,15 @@ pub struct MapEntries {
     /// (LPM prefix length, key) -> route.
     pub routes: BTreeMap<(u32, RouteKey), Route>,
     pub endpoints: BTreeMap<IpKey, Endpoint>,
+    /// Floating IP (network order) -> entry.
+    pub fips: BTreeMap<u32, FipEntry>,
+    /// (VNI, fixed IP) of a local port -> its floating IP.
+    pub fip_src: BTreeMap<IpKey, FipSrc>,
+    /// External gateway IPs (network order); the datapath learns their MACs.
+    pub ext_neigh: BTreeSet<u32>,
+    /// (LPM prefix length, network address in network order) -> router id: tenant subnets
+    /// of H's routers, unreachable directly from the external network.
+    pub ext_deny: BTreeMap<(u32, u32), u32>,
 }
 
 /// The tap Nova/os-vif creates for a port: `tap` + the first 11 characters of the port id
@@ -385,18 +446,268 @@ pub fn compile(
         }
     }
 
+    let ext = ExtSide::of(state, me);
+    let (served_fips, mut gateways) =
+        add_floating_ips(&mut out, state, &c, ext.as_ref(), &ifaces, &my_routers)?;
+    let external = ext.map(|ext| {
+        add_ext_deny(&mut out.ext_deny, state, &ifaces, &my_routers);
+        gateways.extend(ext.fg_gateway);
+        out.ext_neigh = gateways.iter().map(|&gw| be(gw)).collect();
+        External {
+            iface: ext.iface.into(),
+            fg_ip: ext.fg_ip,
+            gateways,
+        }
+    });
+
     let config = HostConfig {
         tunnel_ifindex: 0,
         tunnel_ip_host: u32::from(me.tunnel_ip),
         dvr_mac: me.dvr_mac,
         ready: 1,
         _pad: 0,
+        ext_ifindex: 0,
+        fg_ip_be: external.as_ref().and_then(|e| e.fg_ip).map_or(0, be),
+        ext_mac: [0; 6],
+        _pad2: [0; 2],
     };
     Ok(Compiled {
         config,
         taps,
         entries: out,
+        external,
+        served_fips,
     })
+}
+
+/// The external side of a host that has external.
+struct ExtSide<'s> {
+    iface: &'s str,
+    /// Ids of the host's external networks.
+    networks: HashSet<&'s str>,
+    /// First fixed IP of the host's first floating IP agent gateway port that has one.
+    fg_ip: Option<Ipv4Addr>,
+    /// Gateway of that fixed IP's subnet.
+    fg_gateway: Option<Ipv4Addr>,
+}
+
+impl<'s> ExtSide<'s> {
+    fn of(state: &'s State, me: &'s Host) -> Option<Self> {
+        if !me.has_external() {
+            return None;
+        }
+        let iface = me.external_interface.as_deref()?;
+        let host = me.name.as_str();
+        // Neutron sets `device_id` to the host name; `binding:host_id` may be unset.
+        let fg_ports: Vec<&Port> = state
+            .ports()
+            .iter()
+            .filter(|p| {
+                p.is_floatingip_agent_gateway()
+                    && (p.host_id.as_deref() == Some(host) || p.device_id == host)
+            })
+            .collect();
+        let networks: HashSet<&str> = if fg_ports.is_empty() {
+            state
+                .networks()
+                .iter()
+                .filter(|n| n.external)
+                .map(|n| n.id.as_str())
+                .collect()
+        } else {
+            fg_ports.iter().map(|p| p.network_id.as_str()).collect()
+        };
+        let fg = fg_ports.iter().find_map(|p| p.fixed_ips.first());
+        Some(ExtSide {
+            iface,
+            networks,
+            fg_ip: fg.map(|f| f.ip),
+            fg_gateway: fg
+                .and_then(|f| state.subnet(&f.subnet_id))
+                .and_then(|s| s.gateway_ip),
+        })
+    }
+}
+
+/// An associated floating IP with everything it resolves to.
+struct FipTarget<'s> {
+    port: &'s Port,
+    fixed: Ipv4Addr,
+    subnet_id: &'s str,
+    vni: u32,
+    router_id: &'s str,
+    /// MAC of the router's distributed interface on the fixed IP's subnet.
+    gw_mac: Option<Mac>,
+}
+
+impl FipTarget<'_> {
+    /// `None` when the FIP counts as unassociated: no port, no fixed IP, a port off any tenant
+    /// network, or no router.
+    fn of<'s>(
+        state: &'s State,
+        fip: &'s FloatingIp,
+        iface_of_subnet: &HashMap<&str, (&'s str, Mac)>,
+    ) -> Option<FipTarget<'s>> {
+        let port = state.port(fip.port_id.as_deref()?)?;
+        let fixed = fip
+            .fixed_ip_address
+            .or_else(|| port.fixed_ips.first().map(|f| f.ip))?;
+        let subnet_id = port
+            .fixed_ips
+            .iter()
+            .find(|f| f.ip == fixed)?
+            .subnet_id
+            .as_str();
+        let vni = vni_of(state, &port.network_id)?;
+        let iface = iface_of_subnet.get(subnet_id).copied();
+        let router_id = fip.router_id.as_deref().or(iface.map(|(r, _)| r))?;
+        Some(FipTarget {
+            port,
+            fixed,
+            subnet_id,
+            vni,
+            router_id,
+            gw_mac: iface.filter(|&(r, _)| r == router_id).map(|(_, mac)| mac),
+        })
+    }
+
+    fn gw_mac(&self, fip: &FloatingIp) -> Result<Mac, CompileError> {
+        self.gw_mac
+            .ok_or_else(|| CompileError::FipRouterNotOnSubnet {
+                floatingip: fip.id.clone(),
+                router: self.router_id.into(),
+                subnet: self.subnet_id.into(),
+                fixed: self.fixed,
+            })
+    }
+}
+
+/// The next hop of a floating IP's outbound traffic: the gateway of the floating network's
+/// subnet that holds the address.
+fn ext_gateway(state: &State, fip: &FloatingIp) -> Result<Ipv4Addr, CompileError> {
+    state
+        .subnets_on_network(&fip.floating_network_id)
+        .filter(|s| s.cidr.contains(&fip.floating_ip_address))
+        .find_map(|s| s.gateway_ip)
+        .ok_or_else(|| CompileError::FipNoGateway {
+            floatingip: fip.id.clone(),
+            network: fip.floating_network_id.clone(),
+            address: fip.floating_ip_address,
+        })
+}
+
+/// `fips` and `fip_src` (see the module doc). Returns the FIPs served here (floating ->
+/// fixed) and the external gateways they use.
+fn add_floating_ips(
+    out: &mut MapEntries,
+    state: &State,
+    c: &Compiler<'_>,
+    ext: Option<&ExtSide<'_>>,
+    ifaces: &[Iface<'_>],
+    my_routers: &HashSet<&str>,
+) -> Result<(BTreeMap<Ipv4Addr, Ipv4Addr>, BTreeSet<Ipv4Addr>), CompileError> {
+    let mut served = BTreeMap::new();
+    let mut gateways = BTreeSet::new();
+    let iface_of_subnet: HashMap<&str, (&str, Mac)> = ifaces
+        .iter()
+        .map(|i| (i.subnet.id.as_str(), (i.router_id, i.port.mac)))
+        .collect();
+    for fip in state.floatingips() {
+        let fip_be = be(fip.floating_ip_address);
+        let on_my_external =
+            ext.is_some_and(|e| e.networks.contains(fip.floating_network_id.as_str()));
+        let Some(t) = FipTarget::of(state, fip, &iface_of_subnet) else {
+            if on_my_external {
+                let entry = FipEntry {
+                    flags: FIP_UNASSOCIATED,
+                    ..FipEntry::default()
+                };
+                out.fips.insert(fip_be, entry);
+            }
+            continue;
+        };
+        let base = FipEntry {
+            fixed_ip_be: be(t.fixed),
+            vni: t.vni,
+            router_id: fnv1a32(t.router_id),
+            ..FipEntry::default()
+        };
+        let bound_to = t.port.host_id.as_deref().filter(|_| t.port.is_vm());
+        let local_ifindex = match bound_to {
+            Some(h) if h == c.host && ext.is_some() => {
+                c.local_ifindex.get(t.port.id.as_str()).copied()
+            }
+            _ => None,
+        };
+        let serving_peer = bound_to
+            .filter(|&h| h != c.host && my_routers.contains(t.router_id))
+            .and_then(|h| state.host(h))
+            .filter(|h| h.has_external());
+        if let Some(ifindex) = local_ifindex {
+            let entry = FipEntry {
+                ifindex,
+                port_mac: t.port.mac,
+                gw_mac: t.gw_mac(fip)?,
+                flags: FIP_LOCAL,
+                ..base
+            };
+            let ext_gw = ext_gateway(state, fip)?;
+            out.fips.insert(fip_be, entry);
+            out.fip_src.insert(
+                IpKey {
+                    vni: t.vni,
+                    ip_be: be(t.fixed),
+                },
+                FipSrc {
+                    fip_be,
+                    ext_gw_ip_be: be(ext_gw),
+                    router_id: base.router_id,
+                    _pad: 0,
+                },
+            );
+            gateways.insert(ext_gw);
+            served.insert(fip.floating_ip_address, t.fixed);
+        } else if let Some(peer) = serving_peer {
+            let entry = FipEntry {
+                tunnel_ip_host: u32::from(peer.tunnel_ip),
+                port_mac: t.port.mac,
+                gw_mac: t.gw_mac(fip)?,
+                flags: FIP_REMOTE,
+                ..base
+            };
+            out.fips.insert(fip_be, entry);
+        } else if on_my_external {
+            // Served elsewhere, on a dvr_no_external host (nowhere), or its tap is not here
+            // yet: known, so its traffic is counted rather than treated as unknown.
+            out.fips.insert(fip_be, base);
+        }
+    }
+    Ok((served, gateways))
+}
+
+/// Every subnet of every routed network, with the router that owns it (the router with an
+/// interface on that subnet, else the router of H on that network). Tenants may reuse a
+/// prefix; the key holds no router, so the first router in state order names it.
+fn add_ext_deny(
+    deny: &mut BTreeMap<(u32, u32), u32>,
+    state: &State,
+    ifaces: &[Iface<'_>],
+    my_routers: &HashSet<&str>,
+) {
+    let router_of_subnet: HashMap<&str, &str> = ifaces
+        .iter()
+        .map(|i| (i.subnet.id.as_str(), i.router_id))
+        .collect();
+    for iface in ifaces.iter().filter(|i| my_routers.contains(i.router_id)) {
+        for sub in state.subnets_on_network(iface.network_id) {
+            let router = router_of_subnet
+                .get(sub.id.as_str())
+                .copied()
+                .unwrap_or(iface.router_id);
+            deny.entry((u32::from(sub.cidr.prefix_len()), be(sub.cidr.network())))
+                .or_insert_with(|| fnv1a32(router));
+        }
+    }
 }
 
 /// Router ids are 32-bit hashes in the datapath: two routers of one host must not share one.
@@ -659,7 +970,11 @@ mod tests {
                 tunnel_ip_host: TUN_A,
                 dvr_mac: DVR_MAC_A,
                 ready: 1,
-                _pad: 0
+                _pad: 0,
+                ext_ifindex: 0,
+                fg_ip_be: 0,
+                ext_mac: [0; 6],
+                _pad2: [0; 2],
             }
         );
         assert_eq!(
@@ -1171,6 +1486,437 @@ mod tests {
             matches!(err, Err(CompileError::TapNameCollision { .. })),
             "{err:?}"
         );
+    }
+
+    // Floating IPs: external network 10.5.0.0/16 (gateway 10.5.0.1); router r1 on n1
+    // (192.168.1.0/24) and n2 (192.168.2.0/24); host-a and host-b have external "ext0" and fg
+    // ports 10.5.1.1 / 10.5.1.2; host-c is dvr_no_external. FIPs: 10.5.2.1 -> vma (host-a,
+    // explicit router and fixed IP), 10.5.2.2 -> vmb (host-b, both inferred), 10.5.2.3
+    // unassociated, 10.5.2.4 -> vmc (host-c).
+    const IFX_VMA: u32 = 31;
+    const IFX_VMB: u32 = 32;
+    const IFX_VMC: u32 = 33;
+    const TUN_C: u32 = 0xc000_0203; // 192.0.2.3
+    const FVNI1: u32 = 2001;
+    const FVNI2: u32 = 2002;
+    const MAC_VMA: Mac = [0xfa, 0x16, 0x3e, 0, 0, 0x0a];
+    const MAC_VMB: Mac = [0xfa, 0x16, 0x3e, 0, 0, 0x0b];
+    const MAC_R1N1: Mac = [0xfa, 0x16, 0x3e, 0, 1, 0x11];
+    const MAC_R1N2: Mac = [0xfa, 0x16, 0x3e, 0, 1, 0x12];
+
+    fn fip_fixture() -> Value {
+        let vm = |id: &str, net: &str, sub: &str, ip: &str, mac: &str, host: &str| {
+            json!({"id": id, "network_id": net, "mac_address": mac,
+                "fixed_ips": [{"subnet_id": sub, "ip_address": ip}],
+                "device_owner": "compute:nova", "binding:host_id": host})
+        };
+        json!({
+            "networks": [
+                {"id": "ext", "provider:network_type": "flat", "provider:physical_network": "physnet1",
+                 "router:external": true},
+                {"id": "n1", "provider:network_type": "vxlan", "provider:segmentation_id": FVNI1},
+                {"id": "n2", "provider:network_type": "vxlan", "provider:segmentation_id": FVNI2}
+            ],
+            "subnets": [
+                {"id": "ext-sub", "network_id": "ext", "cidr": "10.5.0.0/16", "gateway_ip": "10.5.0.1", "ip_version": 4},
+                {"id": "s1", "network_id": "n1", "cidr": "192.168.1.0/24", "gateway_ip": "192.168.1.1", "ip_version": 4},
+                {"id": "s2", "network_id": "n2", "cidr": "192.168.2.0/24", "gateway_ip": "192.168.2.1", "ip_version": 4}
+            ],
+            "routers": [
+                {"id": "r1", "external_gateway_info": {"network_id": "ext",
+                    "external_fixed_ips": [{"subnet_id": "ext-sub", "ip_address": "10.5.0.10"}]}}
+            ],
+            "ports": [
+                {"id": "r1-n1", "network_id": "n1", "mac_address": "fa:16:3e:00:01:11",
+                 "fixed_ips": [{"subnet_id": "s1", "ip_address": "192.168.1.1"}],
+                 "device_owner": "network:router_interface_distributed", "device_id": "r1"},
+                {"id": "r1-n2", "network_id": "n2", "mac_address": "fa:16:3e:00:01:12",
+                 "fixed_ips": [{"subnet_id": "s2", "ip_address": "192.168.2.1"}],
+                 "device_owner": "network:router_interface_distributed", "device_id": "r1"},
+                {"id": "fg-a", "network_id": "ext", "mac_address": "fa:16:3e:00:02:0a",
+                 "fixed_ips": [{"subnet_id": "ext-sub", "ip_address": "10.5.1.1"}],
+                 "device_owner": "network:floatingip_agent_gateway", "device_id": "host-a",
+                 "binding:host_id": "host-a"},
+                // Unbound: found by its device_id, as Neutron sets it.
+                {"id": "fg-b", "network_id": "ext", "mac_address": "fa:16:3e:00:02:0b",
+                 "fixed_ips": [{"subnet_id": "ext-sub", "ip_address": "10.5.1.2"}],
+                 "device_owner": "network:floatingip_agent_gateway", "device_id": "host-b"},
+                vm("vma", "n1", "s1", "192.168.1.10", "fa:16:3e:00:00:0a", "host-a"),
+                vm("vmb", "n2", "s2", "192.168.2.20", "fa:16:3e:00:00:0b", "host-b"),
+                vm("vmc", "n1", "s1", "192.168.1.30", "fa:16:3e:00:00:0c", "host-c")
+            ],
+            "floatingips": [
+                {"id": "fip-a", "floating_ip_address": "10.5.2.1", "floating_network_id": "ext",
+                 "router_id": "r1", "port_id": "vma", "fixed_ip_address": "192.168.1.10"},
+                {"id": "fip-b", "floating_ip_address": "10.5.2.2", "floating_network_id": "ext",
+                 "port_id": "vmb"},
+                {"id": "fip-u", "floating_ip_address": "10.5.2.3", "floating_network_id": "ext"},
+                {"id": "fip-c", "floating_ip_address": "10.5.2.4", "floating_network_id": "ext",
+                 "router_id": "r1", "port_id": "vmc"}
+            ],
+            "hosts": [
+                {"name": "host-a", "agent_mode": "dvr", "tunnel_ip": "192.0.2.1",
+                 "dvr_mac": "fa:16:3f:00:00:0a", "external_interface": "ext0"},
+                {"name": "host-b", "agent_mode": "dvr_snat", "tunnel_ip": "192.0.2.2",
+                 "dvr_mac": "fa:16:3f:00:00:0b", "external_interface": "ext0"},
+                // Names an interface, but the mode wins.
+                {"name": "host-c", "agent_mode": "dvr_no_external", "tunnel_ip": "192.0.2.3",
+                 "dvr_mac": "fa:16:3f:00:00:0c", "external_interface": "ext0"}
+            ]
+        })
+    }
+
+    fn fip_taps(tap: &str) -> Option<u32> {
+        match tap {
+            "tapvma" => Some(IFX_VMA),
+            "tapvmb" => Some(IFX_VMB),
+            "tapvmc" => Some(IFX_VMC),
+            _ => None,
+        }
+    }
+
+    fn v4(a: u8, b: u8, c: u8, d: u8) -> Ipv4Addr {
+        Ipv4Addr::new(a, b, c, d)
+    }
+
+    fn fip_vma_local() -> FipEntry {
+        FipEntry {
+            fixed_ip_be: ip(192, 168, 1, 10),
+            vni: FVNI1,
+            router_id: fnv1a32("r1"),
+            ifindex: IFX_VMA,
+            tunnel_ip_host: 0,
+            port_mac: MAC_VMA,
+            gw_mac: MAC_R1N1,
+            flags: FIP_LOCAL,
+        }
+    }
+
+    fn fip_vmb_remote() -> FipEntry {
+        FipEntry {
+            fixed_ip_be: ip(192, 168, 2, 20),
+            vni: FVNI2,
+            router_id: fnv1a32("r1"),
+            ifindex: 0,
+            tunnel_ip_host: TUN_B,
+            port_mac: MAC_VMB,
+            gw_mac: MAC_R1N2,
+            flags: FIP_REMOTE,
+        }
+    }
+
+    fn fip_unassociated() -> FipEntry {
+        FipEntry {
+            flags: FIP_UNASSOCIATED,
+            ..FipEntry::default()
+        }
+    }
+
+    /// Known here, served elsewhere (or nowhere).
+    fn fip_known(fixed_ip_be: u32, vni: u32) -> FipEntry {
+        FipEntry {
+            fixed_ip_be,
+            vni,
+            router_id: fnv1a32("r1"),
+            ..FipEntry::default()
+        }
+    }
+
+    fn both_tenant_subnets() -> BTreeMap<(u32, u32), u32> {
+        BTreeMap::from([
+            ((24, ip(192, 168, 1, 0)), fnv1a32("r1")),
+            ((24, ip(192, 168, 2, 0)), fnv1a32("r1")),
+        ])
+    }
+
+    #[test]
+    fn fip_host_a_local_remote_unassociated_elsewhere() {
+        let c = compiled(&fip_fixture(), "host-a", &fip_taps);
+        let e = &c.entries;
+        assert_eq!(
+            e.fips,
+            BTreeMap::from([
+                (ip(10, 5, 2, 1), fip_vma_local()),
+                (ip(10, 5, 2, 2), fip_vmb_remote()),
+                (ip(10, 5, 2, 3), fip_unassociated()),
+                (ip(10, 5, 2, 4), fip_known(ip(192, 168, 1, 30), FVNI1)),
+            ])
+        );
+        assert_eq!(
+            e.fip_src,
+            BTreeMap::from([(
+                IpKey {
+                    vni: FVNI1,
+                    ip_be: ip(192, 168, 1, 10)
+                },
+                FipSrc {
+                    fip_be: ip(10, 5, 2, 1),
+                    ext_gw_ip_be: ip(10, 5, 0, 1),
+                    router_id: fnv1a32("r1"),
+                    _pad: 0
+                }
+            )])
+        );
+        assert_eq!(e.ext_neigh, BTreeSet::from([ip(10, 5, 0, 1)]));
+        assert_eq!(e.ext_deny, both_tenant_subnets());
+        assert_eq!(
+            c.served_fips,
+            BTreeMap::from([(v4(10, 5, 2, 1), v4(192, 168, 1, 10))])
+        );
+        assert_eq!(
+            c.external,
+            Some(External {
+                iface: "ext0".into(),
+                fg_ip: Some(v4(10, 5, 1, 1)),
+                gateways: BTreeSet::from([v4(10, 5, 0, 1)]),
+            })
+        );
+        assert_eq!(c.config.fg_ip_be, ip(10, 5, 1, 1));
+        assert_eq!(c.config.fg_ip_be.to_ne_bytes(), [10, 5, 1, 1]);
+        assert_eq!((c.config.ext_ifindex, c.config.ext_mac), (0, [0; 6]));
+    }
+
+    #[test]
+    fn fip_host_b_mirrors_host_a() {
+        let c = compiled(&fip_fixture(), "host-b", &fip_taps);
+        let e = &c.entries;
+        assert_eq!(
+            e.fips.get(&ip(10, 5, 2, 2)),
+            Some(&FipEntry {
+                fixed_ip_be: ip(192, 168, 2, 20),
+                vni: FVNI2,
+                router_id: fnv1a32("r1"),
+                ifindex: IFX_VMB,
+                tunnel_ip_host: 0,
+                port_mac: MAC_VMB,
+                gw_mac: MAC_R1N2,
+                flags: FIP_LOCAL,
+            })
+        );
+        assert_eq!(
+            e.fips.get(&ip(10, 5, 2, 1)),
+            Some(&FipEntry {
+                ifindex: 0,
+                tunnel_ip_host: TUN_A,
+                flags: FIP_REMOTE,
+                ..fip_vma_local()
+            })
+        );
+        assert_eq!(e.fips.get(&ip(10, 5, 2, 3)), Some(&fip_unassociated()));
+        assert_eq!(e.fips.len(), 4);
+        assert_eq!(
+            e.fip_src.keys().copied().collect::<Vec<_>>(),
+            [IpKey {
+                vni: FVNI2,
+                ip_be: ip(192, 168, 2, 20)
+            }]
+        );
+        assert_eq!(
+            c.served_fips,
+            BTreeMap::from([(v4(10, 5, 2, 2), v4(192, 168, 2, 20))])
+        );
+        // fg-b is found through its device_id.
+        assert_eq!(c.external.and_then(|x| x.fg_ip), Some(v4(10, 5, 1, 2)));
+        assert_eq!(e.ext_deny, both_tenant_subnets());
+    }
+
+    #[test]
+    fn fip_dvr_no_external_host_only_steers_remote() {
+        let c = compiled(&fip_fixture(), "host-c", &fip_taps);
+        let e = &c.entries;
+        assert_eq!(c.external, None);
+        assert_eq!(c.config.fg_ip_be, 0);
+        // host-c's router r1 has FIPs served on host-a and host-b; its own VM's is served
+        // nowhere, and unassociated ones are none of its business.
+        assert_eq!(
+            e.fips,
+            BTreeMap::from([
+                (
+                    ip(10, 5, 2, 1),
+                    FipEntry {
+                        ifindex: 0,
+                        tunnel_ip_host: TUN_A,
+                        flags: FIP_REMOTE,
+                        ..fip_vma_local()
+                    }
+                ),
+                (ip(10, 5, 2, 2), fip_vmb_remote()),
+            ])
+        );
+        assert!(e.fip_src.is_empty());
+        assert!(e.ext_neigh.is_empty());
+        assert!(e.ext_deny.is_empty());
+        assert!(c.served_fips.is_empty());
+        // host-a and host-b do not serve host-c's FIP either.
+        let a = compiled(&fip_fixture(), "host-a", &fip_taps);
+        assert_eq!(
+            a.entries.fips.get(&ip(10, 5, 2, 4)).map(|f| f.flags),
+            Some(0)
+        );
+        assert_ne!(TUN_C, TUN_A);
+    }
+
+    #[test]
+    fn fip_remote_needs_a_router_of_this_host() {
+        // Without vma, host-a has no port on r1's networks: r1 is not its router, and vmb's
+        // FIP is only known (host-a still has external on the FIP's network).
+        let mut v = fip_fixture();
+        elem(&mut v, "ports", "id", "vma")["binding:host_id"] = "host-c".into();
+        let c = compiled(&v, "host-a", &fip_taps);
+        assert_eq!(
+            c.entries.fips.get(&ip(10, 5, 2, 2)),
+            Some(&fip_known(ip(192, 168, 2, 20), FVNI2))
+        );
+        assert!(c.entries.ext_deny.is_empty());
+        assert!(c.served_fips.is_empty());
+        // fg-a's gateway is still learned.
+        assert_eq!(c.entries.ext_neigh, BTreeSet::from([ip(10, 5, 0, 1)]));
+    }
+
+    #[test]
+    fn fip_tap_absent_is_not_local_and_not_served() {
+        let no_vma = |tap: &str| if tap == "tapvma" { None } else { fip_taps(tap) };
+        let c = compiled(&fip_fixture(), "host-a", &no_vma);
+        let e = &c.entries;
+        assert_eq!(
+            e.fips.get(&ip(10, 5, 2, 1)),
+            Some(&fip_known(ip(192, 168, 1, 10), FVNI1))
+        );
+        assert!(e.fip_src.is_empty());
+        assert!(c.served_fips.is_empty());
+        // Still the router's host: hairpin and deny entries stay.
+        assert_eq!(e.fips.get(&ip(10, 5, 2, 2)), Some(&fip_vmb_remote()));
+        assert_eq!(e.ext_deny, both_tenant_subnets());
+        assert_eq!(e.ext_neigh, BTreeSet::from([ip(10, 5, 0, 1)]));
+    }
+
+    #[test]
+    fn fip_external_networks_default_to_all_and_follow_fg_ports() {
+        let mut v = fip_fixture();
+        push(
+            &mut v,
+            "networks",
+            json!({"id": "ext2", "provider:network_type": "flat", "provider:physical_network": "physnet2", "router:external": true}),
+        );
+        push(
+            &mut v,
+            "subnets",
+            json!({"id": "ext2-sub", "network_id": "ext2", "cidr": "10.6.0.0/16", "gateway_ip": "10.6.0.1", "ip_version": 4}),
+        );
+        push(
+            &mut v,
+            "floatingips",
+            json!({"id": "fip-u2", "floating_ip_address": "10.6.2.3", "floating_network_id": "ext2"}),
+        );
+        // host-a's fg port is on ext only: ext2's FIPs are not its.
+        let c = compiled(&v, "host-a", &fip_taps);
+        assert!(!c.entries.fips.contains_key(&ip(10, 6, 2, 3)));
+        // Without fg ports every external network is host-a's, and it has no address there.
+        let fips = v["ports"].as_array_mut().map(|p| {
+            p.retain(|p| p["device_owner"] != "network:floatingip_agent_gateway");
+        });
+        assert!(fips.is_some());
+        let c = compiled(&v, "host-a", &fip_taps);
+        assert_eq!(
+            c.entries.fips.get(&ip(10, 6, 2, 3)),
+            Some(&fip_unassociated())
+        );
+        assert_eq!(c.config.fg_ip_be, 0);
+        assert_eq!(
+            c.external,
+            Some(External {
+                iface: "ext0".into(),
+                fg_ip: None,
+                gateways: BTreeSet::from([v4(10, 5, 0, 1)]),
+            })
+        );
+    }
+
+    #[test]
+    fn fip_without_router_counts_as_unassociated() {
+        // n3 has no router interface and fip-3 names no router: nothing to translate with.
+        let mut v = fip_fixture();
+        push(
+            &mut v,
+            "networks",
+            json!({"id": "n3", "provider:network_type": "vxlan", "provider:segmentation_id": 2003}),
+        );
+        push(
+            &mut v,
+            "subnets",
+            json!({"id": "s3", "network_id": "n3", "cidr": "192.168.3.0/24", "ip_version": 4}),
+        );
+        push(
+            &mut v,
+            "ports",
+            json!({"id": "vm3", "network_id": "n3", "mac_address": "fa:16:3e:00:00:33",
+                "fixed_ips": [{"subnet_id": "s3", "ip_address": "192.168.3.30"}],
+                "device_owner": "compute:nova", "binding:host_id": "host-a"}),
+        );
+        push(
+            &mut v,
+            "floatingips",
+            json!({"id": "fip-3", "floating_ip_address": "10.5.2.30", "floating_network_id": "ext", "port_id": "vm3"}),
+        );
+        let taps = |tap: &str| {
+            if tap == "tapvm3" {
+                Some(40)
+            } else {
+                fip_taps(tap)
+            }
+        };
+        let c = compiled(&v, "host-a", &taps);
+        assert_eq!(
+            c.entries.fips.get(&ip(10, 5, 2, 30)),
+            Some(&fip_unassociated())
+        );
+        assert!(!c.served_fips.contains_key(&v4(10, 5, 2, 30)));
+    }
+
+    #[test]
+    fn fip_without_external_gateway_names_the_floatingip() {
+        let mut v = fip_fixture();
+        elem(&mut v, "subnets", "id", "ext-sub")["gateway_ip"] = Value::Null;
+        let err = compile(&state_of(&v), "host-a", &fip_taps);
+        assert_eq!(
+            err,
+            Err(CompileError::FipNoGateway {
+                floatingip: "fip-a".into(),
+                network: "ext".into(),
+                address: v4(10, 5, 2, 1),
+            })
+        );
+        assert_eq!(
+            err.err().map(|e| e.to_string()),
+            Some(
+                "floatingip fip-a: field `floating_ip_address`: no subnet of network ext with a \
+                 gateway contains 10.5.2.1"
+                    .into()
+            )
+        );
+        // host-c serves nothing, so it needs no gateway.
+        assert!(compile(&state_of(&v), "host-c", &fip_taps).is_ok());
+    }
+
+    #[test]
+    fn fip_router_without_interface_on_subnet_names_the_floatingip() {
+        let mut v = fip_fixture();
+        push(&mut v, "routers", json!({"id": "r2"}));
+        elem(&mut v, "floatingips", "id", "fip-a")["router_id"] = "r2".into();
+        let err = compile(&state_of(&v), "host-a", &fip_taps);
+        assert_eq!(
+            err,
+            Err(CompileError::FipRouterNotOnSubnet {
+                floatingip: "fip-a".into(),
+                router: "r2".into(),
+                subnet: "s1".into(),
+                fixed: v4(192, 168, 1, 10),
+            })
+        );
+        assert!(err.err().is_some_and(|e| {
+            e.to_string()
+                .starts_with("floatingip fip-a: field `router_id`: router r2")
+        }));
     }
 
     #[test]

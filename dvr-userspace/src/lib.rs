@@ -8,8 +8,10 @@
 //! - [`agent`]: the control loop of `dvr-agent`.
 //! - [`ctl`]: dvrctl subcommands.
 pub mod agent;
+pub mod arp;
 pub mod attach;
 pub mod compile;
+pub mod conntrack;
 pub mod ctl;
 pub mod ebpf;
 pub mod maps;

@@ -14,27 +14,11 @@ use aya::{
 use dvr_common::{
     config::{self, HostConfig},
     l2::{self, FdbEntry, FdbKey, FloodSet, MacKey},
+    nat::{self, CtEntry, CtKey, FipEntry, FipSrc, Neigh},
     port::{self, LocalPort, SecKey},
     route::{self, Endpoint, IpKey, Route, RouteKey, RouterIface},
     stats,
 };
-
-/// Every map of the datapath, in the order the agent writes them (dependencies first: a
-/// packet can only reach an entry once what it points at exists). Deletion runs in reverse.
-pub const ALL: &[&str] = &[
-    config::HOST_CONFIG,
-    l2::TUNNEL_PEERS,
-    l2::DVR_MACS,
-    route::ENDPOINTS,
-    route::ROUTES,
-    l2::FDB,
-    l2::FLOOD,
-    route::GW_BY_IP,
-    route::GW_BY_MAC,
-    port::PORT_SECURITY,
-    port::LOCAL_PORTS,
-    stats::STATS,
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -85,6 +69,24 @@ impl<K: Pod + Ord, V: Pod + PartialEq> Hash<K, V> {
     pub fn put(&mut self, k: &K, v: &V) -> Result<(), MapsError> {
         self.map.insert(k, v, 0).map_err(access(self.name))
     }
+    /// Insert only when the key is absent (BPF_NOEXIST); an existing value is kept.
+    pub fn put_new(&mut self, k: &K, v: &V) -> Result<(), MapsError> {
+        const BPF_NOEXIST: u64 = 1;
+        match self.map.insert(k, v, BPF_NOEXIST) {
+            Ok(()) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
+                Ok(())
+            }
+            Err(e) => Err(access(self.name)(e)),
+        }
+    }
+    pub fn get(&self, k: &K) -> Result<Option<V>, MapsError> {
+        match self.map.get(k, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(access(self.name)(e)),
+        }
+    }
     pub fn del(&mut self, k: &K) -> Result<(), MapsError> {
         match self.map.remove(k) {
             Err(MapError::KeyNotFound) | Ok(()) => Ok(()),
@@ -130,6 +132,11 @@ pub struct HostMaps {
     pub gw_by_mac: Hash<FdbKey, RouterIface>,
     pub port_security: Lpm<SecKey, u32>,
     pub local_ports: Hash<u32, LocalPort>,
+    pub fips: Hash<u32, FipEntry>,
+    pub fip_src: Hash<IpKey, FipSrc>,
+    pub ext_neigh: Hash<u32, Neigh>,
+    pub ext_deny: Lpm<u32, u32>,
+    pub ct: Hash<CtKey, CtEntry>,
     pub stats: PerCpuArray<MapData, u64>,
 }
 
@@ -139,7 +146,9 @@ fn open(dir: &Path, name: &'static str) -> Result<MapData, MapsError> {
 }
 
 fn hash<K: Pod, V: Pod>(dir: &Path, name: &'static str) -> Result<Hash<K, V>, MapsError> {
-    let map = HashMap::try_from(Map::HashMap(open(dir, name)?)).map_err(access(name))?;
+    let data = open(dir, name)?;
+    // The kernel's map type decides the variant (LRU for conntrack); both are hash maps.
+    let map = HashMap::try_from(Map::HashMap(data)).map_err(access(name))?;
     Ok(Hash { name, map })
 }
 
@@ -165,6 +174,11 @@ impl HostMaps {
             gw_by_mac: hash(dir, route::GW_BY_MAC)?,
             port_security: lpm(dir, port::PORT_SECURITY)?,
             local_ports: hash(dir, port::LOCAL_PORTS)?,
+            fips: hash(dir, nat::FIPS)?,
+            fip_src: hash(dir, nat::FIP_SRC)?,
+            ext_neigh: hash(dir, nat::EXT_NEIGH)?,
+            ext_deny: lpm(dir, nat::EXT_DENY)?,
+            ct: hash(dir, nat::CT)?,
             stats: PerCpuArray::try_from(Map::PerCpuArray(open(dir, stats::STATS)?))
                 .map_err(access(stats::STATS))?,
         })

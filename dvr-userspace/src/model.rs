@@ -31,6 +31,9 @@ pub const OWNER_ROUTER_INTERFACE_DISTRIBUTED: &str = "network:router_interface_d
 pub const OWNER_ROUTER_CENTRALIZED_SNAT: &str = "network:router_centralized_snat";
 /// `device_owner` of a router's port on its external network.
 pub const OWNER_ROUTER_GATEWAY: &str = "network:router_gateway";
+/// `device_owner` of a host's port on an external network (Neutron's "FIP agent gateway",
+/// `fg-` device): `device_id` (and usually `binding:host_id`) is the host name.
+pub const OWNER_FLOATINGIP_AGENT_GATEWAY: &str = "network:floatingip_agent_gateway";
 /// `device_owner` prefix of Nova instance ports (`compute:<availability zone>`).
 pub const OWNER_COMPUTE_PREFIX: &str = "compute:";
 /// The only tenant network type this datapath carries.
@@ -130,6 +133,11 @@ impl Port {
         self.device_owner == OWNER_ROUTER_INTERFACE_DISTRIBUTED
     }
 
+    /// A host's port on an external network (`network:floatingip_agent_gateway`).
+    pub fn is_floatingip_agent_gateway(&self) -> bool {
+        self.device_owner == OWNER_FLOATINGIP_AGENT_GATEWAY
+    }
+
     /// A port owned by a router: its `device_id` is the router id.
     pub fn is_router_owned(&self) -> bool {
         matches!(
@@ -219,6 +227,41 @@ pub struct Host {
     /// Source MAC of the frames this host routes into the tunnel; unique per host.
     pub dvr_mac: Mac,
     pub external_interface: Option<String>,
+}
+
+impl Host {
+    /// True when the host reaches external networks itself (and so serves floating IPs): it
+    /// names an external interface and is not `dvr_no_external`.
+    pub fn has_external(&self) -> bool {
+        self.external_interface.is_some()
+            && matches!(self.agent_mode, AgentMode::Dvr | AgentMode::DvrSnat)
+    }
+}
+
+/// Why `name` cannot be a Linux network interface name, as the kernel's `dev_valid_name()`
+/// (net/core/dev.c) judges it: 1 to 15 bytes (IFNAMSIZ 16 with the NUL), not `.` or `..`,
+/// no `/`, `:` or whitespace. `:` has been refused since Linux 4.17 ("net: reject creation of
+/// netdev names with colons"; TCX needs 6.6 anyway): `eth0:1` is an address label, not a
+/// device, so it can never resolve to an ifindex.
+pub fn check_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 15 {
+        return Err(format!(
+            "interface name {name:?} must be 1 to 15 bytes, has {}",
+            name.len()
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("{name:?} is not a valid interface name"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|&c| c == '/' || c == ':' || c.is_whitespace() || c == '\0')
+    {
+        return Err(format!(
+            "interface name {name:?} contains {c:?} (no '/', ':', NUL or whitespace)"
+        ));
+    }
+    Ok(())
 }
 
 /// One problem with one field of one object.
@@ -1112,6 +1155,11 @@ impl<'s> Validator<'s, '_> {
                     v.insert(&h.name);
                 }
             }
+            if let Some(iface) = &h.external_interface
+                && let Err(message) = check_ifname(iface)
+            {
+                self.error("host", &h.name, "external_interface", message);
+            }
         }
     }
 
@@ -1454,6 +1502,9 @@ impl<'s> Validator<'s, '_> {
 
     fn floatingips(&mut self) {
         let s = self.s;
+        let mut by_address: HashMap<Ipv4Addr, &'s str> = HashMap::new();
+        // (port, fixed IP) -> floating IP: one translation per address.
+        let mut by_fixed: HashMap<(&'s str, Ipv4Addr), &'s str> = HashMap::new();
         for f in &s.floatingips {
             self.external_network(
                 "floatingip",
@@ -1461,6 +1512,57 @@ impl<'s> Validator<'s, '_> {
                 "floating_network_id",
                 &f.floating_network_id,
             );
+            let address = f.floating_ip_address;
+            if let Ref::Found(n) = self.network_ref(&f.floating_network_id) {
+                let inside = s
+                    .subnets_by_network
+                    .get(n)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|&i| s.subnets.get(i))
+                    .any(|sub| ip_in(&sub.cidr, address));
+                if !inside {
+                    let message = format!(
+                        "{address} is outside every subnet of network {}",
+                        f.floating_network_id
+                    );
+                    self.error("floatingip", &f.id, "floating_ip_address", message);
+                }
+            }
+            match by_address.entry(address) {
+                Entry::Occupied(o) => {
+                    let message =
+                        format!("duplicate address {address}: also floatingip {}", o.get());
+                    self.error("floatingip", &f.id, "floating_ip_address", message);
+                }
+                Entry::Vacant(v) => {
+                    v.insert(&f.id);
+                }
+            }
+            if let Some(port_id) = &f.port_id
+                && let Some(port) = s.port(port_id)
+                && let Some(fixed) = f
+                    .fixed_ip_address
+                    .or_else(|| port.fixed_ips.first().map(|x| x.ip))
+            {
+                match by_fixed.entry((&port.id, fixed)) {
+                    Entry::Occupied(o) => {
+                        let field = if f.fixed_ip_address.is_some() {
+                            "fixed_ip_address"
+                        } else {
+                            "port_id"
+                        };
+                        let message = format!(
+                            "port {port_id} fixed IP {fixed} already has floatingip {}",
+                            o.get()
+                        );
+                        self.error("floatingip", &f.id, field, message);
+                    }
+                    Entry::Vacant(v) => {
+                        v.insert(&f.id);
+                    }
+                }
+            }
             if let Some(router_id) = &f.router_id
                 && let Ref::Missing = self.router_ref(router_id)
             {
@@ -2507,6 +2609,133 @@ pub(crate) mod tests {
             "fixed_ip_address",
             "invalid IPv4 address \"x\"",
         );
+    }
+
+    #[test]
+    fn host_external_interface_is_a_linux_name() {
+        for (bad, text) in [
+            ("eth/1", "contains '/'"),
+            ("eth0:1", "contains ':'"),
+            ("eth 1", "contains ' '"),
+            ("eth\t1", "contains '\\t'"),
+            (".", "not a valid interface name"),
+            ("..", "not a valid interface name"),
+            ("abcdefghijklmnop", "must be 1 to 15 bytes, has 16"),
+        ] {
+            let errors = errors_after(|v| {
+                elem(v, "hosts", "name", "host-b")["external_interface"] = bad.into();
+            });
+            assert_error(&errors, "host", "host-b", "external_interface", text);
+        }
+        for good in ["abcdefghijklmno", "br-ex", "e", "eth0.100", "..."] {
+            let mut v = fixture_value();
+            elem(&mut v, "hosts", "name", "host-b")["external_interface"] = good.into();
+            let s = state_of(&v);
+            assert_eq!(
+                s.host("host-b")
+                    .and_then(|h| h.external_interface.as_deref()),
+                Some(good)
+            );
+        }
+    }
+
+    #[test]
+    fn host_has_external_needs_interface_and_mode() {
+        let mut v = fixture_value();
+        let s = state_of(&v);
+        assert_eq!(s.host("host-a").map(Host::has_external), Some(false));
+        assert_eq!(s.host("host-b").map(Host::has_external), Some(true));
+        elem(&mut v, "hosts", "name", "host-b")["agent_mode"] = "dvr_no_external".into();
+        elem(&mut v, "hosts", "name", "host-a")["external_interface"] = "eth1".into();
+        let s = state_of(&v);
+        assert_eq!(s.host("host-a").map(Host::has_external), Some(true));
+        assert_eq!(s.host("host-b").map(Host::has_external), Some(false));
+    }
+
+    #[test]
+    fn floatingip_address_inside_its_network() {
+        let errors = errors_after(|v| {
+            elem(v, "floatingips", "id", "fip1")["floating_ip_address"] = "198.51.100.5".into();
+        });
+        assert_error(
+            &errors,
+            "floatingip",
+            "fip1",
+            "floating_ip_address",
+            "198.51.100.5 is outside every subnet of network ext",
+        );
+        assert_eq!(errors.len(), 1, "{}", display_lines(&errors));
+    }
+
+    #[test]
+    fn floatingip_address_unique() {
+        let errors = errors_after(|v| {
+            push(
+                v,
+                "floatingips",
+                serde_json::json!({"id": "fip2", "floating_ip_address": "203.0.113.50", "floating_network_id": "ext"}),
+            );
+        });
+        assert_error(
+            &errors,
+            "floatingip",
+            "fip2",
+            "floating_ip_address",
+            "duplicate address 203.0.113.50: also floatingip fip1",
+        );
+    }
+
+    #[test]
+    fn one_floatingip_per_port_fixed_ip() {
+        // fip2 names no fixed IP: it takes vm1's first, which fip1 already translates.
+        let errors = errors_after(|v| {
+            push(
+                v,
+                "floatingips",
+                serde_json::json!({"id": "fip2", "floating_ip_address": "203.0.113.51", "floating_network_id": "ext",
+                    "port_id": "vm1"}),
+            );
+        });
+        assert_error(
+            &errors,
+            "floatingip",
+            "fip2",
+            "port_id",
+            "port vm1 fixed IP 10.0.1.10 already has floatingip fip1",
+        );
+        let errors = errors_after(|v| {
+            push(
+                v,
+                "floatingips",
+                serde_json::json!({"id": "fip2", "floating_ip_address": "203.0.113.51", "floating_network_id": "ext",
+                    "port_id": "vm1", "fixed_ip_address": "10.0.1.10"}),
+            );
+        });
+        assert_error(
+            &errors,
+            "floatingip",
+            "fip2",
+            "fixed_ip_address",
+            "port vm1 fixed IP 10.0.1.10 already has floatingip fip1",
+        );
+        // Another fixed IP of the same port may have its own.
+        let mut v = fixture_value();
+        push(
+            &mut v,
+            "subnets",
+            serde_json::json!({"id": "subnet1b", "network_id": "net1", "cidr": "10.0.11.0/24", "ip_version": 4}),
+        );
+        elem(&mut v, "ports", "id", "vm1")["fixed_ips"] = serde_json::json!([
+            {"subnet_id": "subnet1", "ip_address": "10.0.1.10"},
+            {"subnet_id": "subnet1b", "ip_address": "10.0.11.10"}
+        ]);
+        push(
+            &mut v,
+            "floatingips",
+            serde_json::json!({"id": "fip2", "floating_ip_address": "203.0.113.51", "floating_network_id": "ext",
+                "port_id": "vm1", "fixed_ip_address": "10.0.11.10"}),
+        );
+        state_of(&v);
     }
 
     #[test]

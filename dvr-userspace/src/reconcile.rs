@@ -2,10 +2,11 @@
 //! entries and delete what is not desired, so after any sequence of changes the maps equal
 //! what the current state compiles to.
 //!
-//! Order: all upserts first, map by map in dependency order (`maps::ALL`: peers and
-//! endpoints before the routes and FDB entries that lead to them, the port entry that
-//! activates a tap last), then all deletions in reverse order (a tap's port entry goes first,
-//! so no packet follows a half-removed path).
+//! Order: all upserts first, map by map in dependency order (peers and endpoints before the
+//! routes and FDB entries that lead to them, the port entry that activates a tap after what
+//! it needs, and floating IPs last: their entry attracts traffic through proxy ARP), then
+//! all deletions in reverse order (a FIP and a tap's port entry go first, so no packet
+//! follows a half-removed path).
 use std::collections::BTreeMap;
 
 use dvr_common::config::HostConfig;
@@ -60,21 +61,47 @@ pub fn apply(
     // One (puts, dels) pair per map, computed before anything is written.
     macro_rules! plan {
         ($($field:ident),*) => {{
-            ($( { let (p, d) = diff(&maps.$field.read()?, &desired.$field); (p, d) } ),*)
+            ($( diff(&maps.$field.read()?, &desired.$field) ),*)
         }};
     }
-    let (
-        peers,
-        dvr_macs,
-        endpoints,
-        routes,
+    // Gateway neighbours: the agent owns the keys, the datapath the learned MACs, so only
+    // key presence is reconciled and a learned MAC is never overwritten.
+    let neigh_now = maps.ext_neigh.read()?;
+    let (ext_deny, fip_src, tunnel_peers, dvr_macs, endpoints, routes) =
+        plan!(ext_deny, fip_src, tunnel_peers, dvr_macs, endpoints, routes);
+    let (fdb, flood, gw_by_ip, gw_by_mac, port_security, local_ports, fips) = plan!(
         fdb,
         flood,
         gw_by_ip,
         gw_by_mac,
         port_security,
         local_ports,
-    ) = plan!(
+        fips
+    );
+    macro_rules! upsert {
+        ($($field:ident),*) => {$(
+            for (k, v) in &$field.0 { maps.$field.put(k, v)?; }
+            applied.upserted += $field.0.len();
+        )*};
+    }
+    macro_rules! delete {
+        ($($field:ident),*) => {$(
+            for k in &$field.1 { maps.$field.del(k)?; }
+            applied.deleted += $field.1.len();
+        )*};
+    }
+    for ip in desired
+        .ext_neigh
+        .iter()
+        .filter(|ip| !neigh_now.contains_key(ip))
+    {
+        maps.ext_neigh.put_new(ip, &Default::default())?;
+        applied.upserted += 1;
+    }
+    // Floating IPs last: their entry is what attracts traffic (proxy ARP, DNAT).
+    upsert!(
+        ext_deny,
+        fip_src,
         tunnel_peers,
         dvr_macs,
         endpoints,
@@ -84,44 +111,31 @@ pub fn apply(
         gw_by_ip,
         gw_by_mac,
         port_security,
-        local_ports
+        local_ports,
+        fips
     );
-    macro_rules! upsert {
-        ($(($field:ident, $plan:ident)),*) => {$(
-            for (k, v) in &$plan.0 { maps.$field.put(k, v)?; }
-            applied.upserted += $plan.0.len();
-        )*};
-    }
-    upsert!(
-        (tunnel_peers, peers),
-        (dvr_macs, dvr_macs),
-        (endpoints, endpoints),
-        (routes, routes),
-        (fdb, fdb),
-        (flood, flood),
-        (gw_by_ip, gw_by_ip),
-        (gw_by_mac, gw_by_mac),
-        (port_security, port_security),
-        (local_ports, local_ports)
-    );
-    macro_rules! delete {
-        ($(($field:ident, $plan:ident)),*) => {$(
-            for k in &$plan.1 { maps.$field.del(k)?; }
-            applied.deleted += $plan.1.len();
-        )*};
-    }
     delete!(
-        (local_ports, local_ports),
-        (port_security, port_security),
-        (gw_by_mac, gw_by_mac),
-        (gw_by_ip, gw_by_ip),
-        (flood, flood),
-        (fdb, fdb),
-        (routes, routes),
-        (endpoints, endpoints),
-        (dvr_macs, dvr_macs),
-        (tunnel_peers, peers)
+        fips,
+        local_ports,
+        port_security,
+        gw_by_mac,
+        gw_by_ip,
+        flood,
+        fdb,
+        routes,
+        endpoints,
+        dvr_macs,
+        tunnel_peers,
+        fip_src,
+        ext_deny
     );
+    for ip in neigh_now
+        .keys()
+        .filter(|ip| !desired.ext_neigh.contains(ip))
+    {
+        maps.ext_neigh.del(ip)?;
+        applied.deleted += 1;
+    }
     Ok(applied)
 }
 

@@ -107,7 +107,8 @@ fn fixture(state: &str) -> Fixture {
         SEQ.fetch_add(1, Ordering::SeqCst)
     ));
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-    let ebpf = load_object(&dir).unwrap_or_else(|e| panic!("load object: {e}"));
+    let ebpf =
+        load_object(&dir, &Default::default()).unwrap_or_else(|e| panic!("load object: {e}"));
     let mut maps = HostMaps::open(&dir).unwrap_or_else(|e| panic!("open maps: {e}"));
     let state = State::from_json(state).unwrap_or_else(|e| panic!("fixture state invalid: {e}"));
     let taps = |t: &str| match t {

@@ -1,9 +1,9 @@
 //! dvr-agent: one per host, run inside the host's network namespace.
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::Parser;
-use dvr_userspace::{agent, maps::DEFAULT_BPFFS_ROOT};
+use dvr_userspace::{agent, attach::LoadOptions, conntrack::Timeouts, maps::DEFAULT_BPFFS_ROOT};
 
 /// Compile Neutron router state into BPF maps for one host and keep them reconciled.
 #[derive(Parser)]
@@ -18,6 +18,47 @@ struct Args {
     /// bpffs directory holding one pin directory per host.
     #[arg(long, default_value = DEFAULT_BPFFS_ROOT)]
     bpffs: PathBuf,
+    /// Conntrack capacity in entries (two per flow); the least recently used go first.
+    #[arg(long, default_value_t = dvr_common::nat::CT_MAX)]
+    ct_max: u32,
+    /// Idle timeout of established TCP flows, seconds.
+    #[arg(long, default_value_t = 21_600)]
+    ct_timeout_tcp: u64,
+    /// Idle timeout of TCP flows not yet established, seconds.
+    #[arg(long, default_value_t = 60)]
+    ct_timeout_tcp_syn: u64,
+    /// Idle timeout of closing or reset TCP flows, seconds.
+    #[arg(long, default_value_t = 10)]
+    ct_timeout_tcp_fin: u64,
+    /// Idle timeout of UDP flows, seconds.
+    #[arg(long, default_value_t = 60)]
+    ct_timeout_udp: u64,
+    /// Idle timeout of ICMP flows, seconds.
+    #[arg(long, default_value_t = 30)]
+    ct_timeout_icmp: u64,
+    /// How often idle conntrack entries are expired, milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    ct_gc_interval_ms: u64,
+}
+
+impl Args {
+    fn options(&self) -> agent::Options {
+        let s = Duration::from_secs;
+        agent::Options {
+            load: LoadOptions {
+                ct_max: self.ct_max,
+            },
+            timeouts: Timeouts {
+                tcp_established: s(self.ct_timeout_tcp),
+                tcp_syn: s(self.ct_timeout_tcp_syn),
+                tcp_fin: s(self.ct_timeout_tcp_fin),
+                udp: s(self.ct_timeout_udp),
+                icmp: s(self.ct_timeout_icmp),
+                other: s(self.ct_timeout_udp),
+            },
+            gc_interval: Duration::from_millis(self.ct_gc_interval_ms.max(10)),
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -31,7 +72,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     agent::install_signal_handlers();
-    let agent = agent::Agent::start(&args.host, &args.state, &args.bpffs)
+    let agent = agent::Agent::start(&args.host, &args.state, &args.bpffs, args.options())
         .with_context(|| format!("dvr-agent for host {} not started", args.host))?;
     agent.run().context("dvr-agent stopped with an error")
 }

@@ -4,8 +4,14 @@ use std::{fmt::Write as _, net::Ipv4Addr};
 use serde::Serialize;
 
 use super::{fmt_mac, ip_be, ip_host};
-use crate::maps::{HostMaps, MapsError};
-use dvr_common::port::PORT_FLAG_SECURITY;
+use crate::{
+    conntrack,
+    maps::{HostMaps, MapsError},
+};
+use dvr_common::{
+    nat::{CT_DNAT, CT_HAIRPIN, FIP_LOCAL, FIP_REMOTE, FIP_UNASSOCIATED},
+    port::PORT_FLAG_SECURITY,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Subject {
@@ -13,6 +19,8 @@ pub enum Subject {
     Fdb,
     Endpoints,
     Routes,
+    Fips,
+    Conntrack,
     Stats,
 }
 
@@ -50,6 +58,93 @@ struct RouteRow {
     vni: u32,
     gateway_ip: Ipv4Addr,
     gateway_mac: String,
+}
+
+#[derive(Serialize)]
+struct FipRow {
+    fip: Ipv4Addr,
+    fixed_ip: Ipv4Addr,
+    vni: u32,
+    kind: &'static str,
+    ifindex: u32,
+    remote: Option<Ipv4Addr>,
+    port_mac: String,
+    gateway_mac: String,
+}
+
+#[derive(Serialize)]
+struct CtRow {
+    zone: u32,
+    proto: String,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    nat: &'static str,
+    hairpin: bool,
+    nat_ip: Ipv4Addr,
+    fip: Ipv4Addr,
+    fixed: Ipv4Addr,
+    state: &'static str,
+    age_s: f64,
+    idle_s: f64,
+    packets: u64,
+    bytes: u64,
+}
+
+fn fip_kind(flags: u32) -> &'static str {
+    if flags & FIP_LOCAL != 0 {
+        "local"
+    } else if flags & FIP_REMOTE != 0 {
+        "remote"
+    } else if flags & FIP_UNASSOCIATED != 0 {
+        "unassociated"
+    } else {
+        "elsewhere"
+    }
+}
+
+fn proto_name(p: u8) -> String {
+    match p {
+        1 => "icmp".into(),
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        n => n.to_string(),
+    }
+}
+
+fn ct_rows(maps: &HostMaps) -> Result<Vec<CtRow>, MapsError> {
+    let entries = maps.ct.read()?;
+    let now = conntrack::now_ns();
+    let secs = |t: u64| now.saturating_sub(t) as f64 / 1e9;
+    Ok(entries
+        .iter()
+        .map(|(k, e)| {
+            let peer_flags = entries.get(&k.peer(e)).map_or(0, |p| p.tcp_flags);
+            CtRow {
+                zone: k.zone,
+                proto: proto_name(k.proto),
+                src: ip_be(k.saddr_be),
+                dst: ip_be(k.daddr_be),
+                sport: u16::from_be(k.sport_be),
+                dport: u16::from_be(k.dport_be),
+                nat: if e.kind & CT_DNAT != 0 {
+                    "dnat"
+                } else {
+                    "snat"
+                },
+                hairpin: e.kind & CT_HAIRPIN != 0,
+                nat_ip: ip_be(e.nat_ip_be),
+                fip: ip_be(e.fip_be),
+                fixed: ip_be(e.fixed_be),
+                state: conntrack::state(k.proto, e.tcp_flags, peer_flags).as_str(),
+                age_s: secs(e.created_ns),
+                idle_s: secs(e.last_seen_ns),
+                packets: e.packets,
+                bytes: e.bytes,
+            }
+        })
+        .collect())
 }
 
 /// Render `subject` from `maps` as JSON or as an aligned table.
@@ -167,6 +262,75 @@ pub fn show(maps: &HostMaps, subject: Subject, json: bool) -> Result<String, Map
                         r.vni.to_string(),
                         r.gateway_ip.to_string(),
                         r.gateway_mac.clone(),
+                    ]
+                },
+            )
+        }
+        Subject::Fips => {
+            let rows: Vec<FipRow> = maps
+                .fips
+                .read()?
+                .into_iter()
+                .map(|(fip, f)| FipRow {
+                    fip: ip_be(fip),
+                    fixed_ip: ip_be(f.fixed_ip_be),
+                    vni: f.vni,
+                    kind: fip_kind(f.flags),
+                    ifindex: f.ifindex,
+                    remote: ip_host(f.tunnel_ip_host),
+                    port_mac: fmt_mac(f.port_mac),
+                    gateway_mac: fmt_mac(f.gw_mac),
+                })
+                .collect();
+            render(
+                json,
+                &rows,
+                &[
+                    "FIP",
+                    "FIXED-IP",
+                    "VNI",
+                    "KIND",
+                    "IFINDEX",
+                    "REMOTE",
+                    "PORT-MAC",
+                    "GATEWAY-MAC",
+                ],
+                |r| {
+                    vec![
+                        r.fip.to_string(),
+                        r.fixed_ip.to_string(),
+                        r.vni.to_string(),
+                        r.kind.to_string(),
+                        r.ifindex.to_string(),
+                        opt(&r.remote),
+                        r.port_mac.clone(),
+                        r.gateway_mac.clone(),
+                    ]
+                },
+            )
+        }
+        Subject::Conntrack => {
+            let rows = ct_rows(maps)?;
+            render(
+                json,
+                &rows,
+                &[
+                    "ZONE", "PROTO", "SRC", "DST", "NAT", "TO", "STATE", "AGE", "IDLE", "PKTS",
+                    "BYTES",
+                ],
+                |r| {
+                    vec![
+                        r.zone.to_string(),
+                        r.proto.clone(),
+                        format!("{}:{}", r.src, r.sport),
+                        format!("{}:{}", r.dst, r.dport),
+                        format!("{}{}", r.nat, if r.hairpin { "+hairpin" } else { "" }),
+                        r.nat_ip.to_string(),
+                        r.state.to_string(),
+                        format!("{:.0}s", r.age_s),
+                        format!("{:.1}s", r.idle_s),
+                        r.packets.to_string(),
+                        r.bytes.to_string(),
                     ]
                 },
             )

@@ -1,0 +1,207 @@
+//! Floating IPs (1:1 NAT on the host of the port), the external gateway's learned MAC, and
+//! connection tracking that holds the translation of every flow in both directions.
+//!
+//! Conntrack keys carry a zone: [`ZONE_EXTERNAL`] for tuples seen on the external network,
+//! the VNI of the VM's network for tuples seen on the tenant side, so tenants that reuse
+//! address ranges never share an entry. A flow has two entries, one per direction; each
+//! names its peer (`peer_zone` + `nat_ip`), so the agent's GC deletes both together.
+
+/// Hash `u32 floating IP (network order) -> FipEntry`: the FIPs this host serves, those of
+/// its routers served elsewhere (hairpin), and unassociated ones (dropped, counted).
+/// Agent-written.
+pub const FIPS: &str = "DVR_FIPS";
+pub const FIPS_MAX: u32 = 65536;
+
+/// Hash `IpKey (vni, fixed IP) -> FipSrc`: local ports with a FIP, for outbound SNAT.
+/// Agent-written.
+pub const FIP_SRC: &str = "DVR_FIP_SRC";
+
+/// Hash `u32 gateway IP (network order) -> Neigh`: external gateways. The agent creates the
+/// keys (which addresses may be learned); the datapath fills the MAC from ARP it sees.
+pub const EXT_NEIGH: &str = "DVR_EXT_NEIGH";
+pub const EXT_NEIGH_MAX: u32 = 256;
+
+/// LPM trie `u32 prefix (network order) -> router id`: tenant subnets, which traffic from the
+/// external network must never reach directly. Agent-written.
+pub const EXT_DENY: &str = "DVR_EXT_DENY";
+pub const EXT_DENY_MAX: u32 = 16384;
+
+/// LRU hash `CtKey -> CtEntry`: tracked flows. Datapath-written; the agent expires idle
+/// flows and purges those of removed or moved floating IPs.
+pub const CT: &str = "DVR_CT";
+/// Default capacity (entries; two per flow), overridable at load time.
+pub const CT_MAX: u32 = 262_144;
+
+/// Zone of tuples seen on the external network.
+pub const ZONE_EXTERNAL: u32 = 0;
+
+/// Served on this host: ARP answered, DNAT here.
+pub const FIP_LOCAL: u32 = 1;
+/// Served on another host; its port is on one of this host's routers (hairpin steering).
+pub const FIP_REMOTE: u32 = 2;
+/// Allocated, no port: traffic to it is dropped and counted.
+pub const FIP_UNASSOCIATED: u32 = 4;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FipEntry {
+    /// The port's fixed IP, network order (0 when unassociated).
+    pub fixed_ip_be: u32,
+    /// VNI of the port's network.
+    pub vni: u32,
+    /// Router of the FIP (fnv1a32 of its id).
+    pub router_id: u32,
+    /// Local tap ifindex (FIP_LOCAL), else 0.
+    pub ifindex: u32,
+    /// Tunnel address of the serving host (FIP_REMOTE), host order, else 0.
+    pub tunnel_ip_host: u32,
+    pub port_mac: crate::Mac,
+    /// Gateway MAC of the port's subnet: source MAC of translated inbound frames.
+    pub gw_mac: crate::Mac,
+    /// `FIP_*`.
+    pub flags: u32,
+}
+crate::assert_size!(FipEntry, 36);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FipSrc {
+    /// The floating IP, network order.
+    pub fip_be: u32,
+    /// Gateway of the floating network's subnet (next hop), network order.
+    pub ext_gw_ip_be: u32,
+    pub router_id: u32,
+    pub _pad: u32,
+}
+crate::assert_size!(FipSrc, 16);
+
+/// Neighbour state: MAC all zero until learned.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Neigh {
+    pub mac: crate::Mac,
+    /// 1 once learned.
+    pub learned: u16,
+    /// bpf_ktime_get_coarse_ns() of the last ARP seen from it.
+    pub seen_ns: u64,
+}
+crate::assert_size!(Neigh, 16);
+
+/// A flow direction as seen at the point of lookup. Ports in network order; for ICMP echo
+/// both ports hold the echo identifier, so request and reply share the flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
+pub struct CtKey {
+    pub zone: u32,
+    pub saddr_be: u32,
+    pub daddr_be: u32,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+crate::assert_size!(CtKey, 20);
+
+/// Rewrite the destination address to `nat_ip` (packets towards the VM).
+pub const CT_DNAT: u8 = 1;
+/// Rewrite the source address to `nat_ip` (packets from the VM).
+pub const CT_SNAT: u8 = 2;
+/// Set on both entries of a flow between two VMs of one router through a FIP.
+pub const CT_HAIRPIN: u8 = 0x10;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtEntry {
+    /// Address written by the translation (network order).
+    pub nat_ip_be: u32,
+    /// The floating IP and fixed IP this flow was translated for (purge check).
+    pub fip_be: u32,
+    pub fixed_be: u32,
+    /// Zone of the other direction's entry.
+    pub peer_zone: u32,
+    /// `CT_DNAT` or `CT_SNAT`, plus `CT_HAIRPIN`.
+    pub kind: u8,
+    /// OR of the TCP flags seen in this direction.
+    pub tcp_flags: u8,
+    pub _pad: [u8; 2],
+    /// Reserved for upgrades without a map conversion.
+    pub _reserved: u32,
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+crate::assert_size!(CtEntry, 56);
+
+impl CtKey {
+    /// The key of the other direction of the flow this entry belongs to.
+    pub fn peer(&self, e: &CtEntry) -> CtKey {
+        let (saddr_be, daddr_be) = if e.kind & CT_DNAT != 0 {
+            // Entry seen as (src -> FIP); the reply leaves the VM as (fixed -> src).
+            (e.nat_ip_be, self.saddr_be)
+        } else {
+            // Entry seen as (fixed -> dst); the reply arrives as (dst -> FIP).
+            (self.daddr_be, e.nat_ip_be)
+        };
+        CtKey {
+            zone: e.peer_zone,
+            saddr_be,
+            daddr_be,
+            sport_be: self.dport_be,
+            dport_be: self.sport_be,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+crate::user_pod!(FipEntry, FipSrc, Neigh, CtKey, CtEntry);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_of_peer_is_self() {
+        let k = CtKey {
+            zone: 0,
+            saddr_be: 1,
+            daddr_be: 2,
+            sport_be: 10,
+            dport_be: 20,
+            proto: 6,
+            _pad: [0; 3],
+        };
+        let e = CtEntry {
+            nat_ip_be: 3,
+            peer_zone: 101,
+            kind: CT_DNAT,
+            ..Default::default()
+        };
+        let p = k.peer(&e);
+        assert_eq!(
+            p,
+            CtKey {
+                zone: 101,
+                saddr_be: 3,
+                daddr_be: 1,
+                sport_be: 20,
+                dport_be: 10,
+                proto: 6,
+                _pad: [0; 3]
+            }
+        );
+        let pe = CtEntry {
+            nat_ip_be: 2,
+            peer_zone: 0,
+            kind: CT_SNAT,
+            ..Default::default()
+        };
+        assert_eq!(p.peer(&pe), k);
+    }
+}

@@ -1,0 +1,232 @@
+//! NAT stage: conntrack lookup/creation, address rewrite with IP and L4 checksum updates
+//! (through the skb checksum helpers, which also handle CHECKSUM_PARTIAL packets from veth
+//! and taps), TTL decrement, and the translation of ICMP errors whose quoted header was
+//! translated. Reads/writes DVR_CT. Verdicts: drop_ct_insert, drop_ttl_exceeded,
+//! drop_icmp_error_no_flow, drop_malformed.
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST},
+    helpers::bpf_ktime_get_coarse_ns,
+    programs::TcContext,
+};
+use dvr_common::{
+    csum,
+    nat::{CtEntry, CtKey},
+    stats::Stat,
+};
+
+use crate::{
+    flow::{Flow, IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF, IPPROTO_TCP, IPPROTO_UDP},
+    maps::DVR_CT,
+    packet::{ETH_LEN, IPPROTO_ICMP, Ipv4Hdr, be16, ptr_at},
+    verdict::Verdict,
+};
+
+/// Coarse monotonic clock (CLOCK_MONOTONIC_COARSE): cheap, and precise enough for
+/// idle timeouts measured in seconds.
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+#[inline(always)]
+fn malformed<T>(_: T) -> Verdict {
+    Verdict::drop(Stat::DropMalformed)
+}
+
+/// Decrement TTL (the packet is routed). TTL <= 1 is dropped.
+#[inline(always)]
+pub fn ttl_decrement(ctx: &TcContext) -> Result<(), Verdict> {
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_LEN)?;
+    // SAFETY: bounds-checked by ptr_at; no helper ran since.
+    let ip = unsafe { &mut *ip };
+    if ip.ttl <= 1 {
+        return Err(Verdict::drop(Stat::DropTtlExceeded));
+    }
+    let (word, check) = csum::ttl_decrement(u16::from_be_bytes([ip.ttl, ip.proto]), be16(ip.check));
+    ip.ttl = word.to_be_bytes()[0];
+    ip.check = check.to_be_bytes();
+    Ok(())
+}
+
+/// Rewrite the source (`src`) or destination address to `new` (network order as read),
+/// updating the IPv4 header checksum and the TCP/UDP pseudo-header checksum.
+#[inline(always)]
+pub fn rewrite_addr(ctx: &TcContext, f: &Flow, src: bool, new: u32) -> Result<(), Verdict> {
+    let old = if src { f.saddr } else { f.daddr };
+    if !f.later_fragment {
+        match f.proto {
+            IPPROTO_TCP => ctx
+                .l4_csum_replace(
+                    f.l4_off + 16,
+                    old as u64,
+                    new as u64,
+                    (BPF_F_PSEUDO_HDR | 4) as u64,
+                )
+                .map_err(malformed)?,
+            IPPROTO_UDP => ctx
+                .l4_csum_replace(
+                    f.l4_off + 6,
+                    old as u64,
+                    new as u64,
+                    (BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0 | 4) as u64,
+                )
+                .map_err(malformed)?,
+            _ => {}
+        }
+    }
+    ctx.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 4)
+        .map_err(malformed)?;
+    ctx.store(if src { IP_SADDR_OFF } else { IP_DADDR_OFF }, &new, 0)
+        .map_err(malformed)
+}
+
+#[inline(always)]
+pub fn key(zone: u32, saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> CtKey {
+    CtKey {
+        zone,
+        saddr_be: saddr,
+        daddr_be: daddr,
+        sport_be: sport,
+        dport_be: dport,
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+#[inline(always)]
+pub fn flow_key(zone: u32, f: &Flow) -> CtKey {
+    key(zone, f.saddr, f.daddr, f.sport, f.dport, f.proto)
+}
+
+/// Look a direction up and account the packet to it; returns a copy of the entry.
+#[inline(always)]
+pub fn track(k: &CtKey, f: &Flow) -> Option<CtEntry> {
+    let e = DVR_CT.get_ptr_mut(k)?;
+    // SAFETY: map value pointer from a successful lookup; concurrent updates from other
+    // CPUs may interleave, which only makes the counters approximate.
+    unsafe {
+        (*e).last_seen_ns = now();
+        (*e).packets += 1;
+        (*e).bytes += f.tot_len as u64;
+        (*e).tcp_flags |= f.tcp_flags;
+        Some(*e)
+    }
+}
+
+/// Create both directions of a new flow. The reverse entry goes in first, so a reply can
+/// never find half a flow; an entry another CPU created meanwhile is kept.
+#[inline(always)]
+pub fn create(
+    k: &CtKey,
+    e: &CtEntry,
+    peer: &CtKey,
+    peer_e: &CtEntry,
+    f: &Flow,
+) -> Result<(), Verdict> {
+    let t = now();
+    let mut pe = *peer_e;
+    pe.created_ns = t;
+    pe.last_seen_ns = t;
+    let mut fe = *e;
+    fe.created_ns = t;
+    fe.last_seen_ns = t;
+    fe.packets = 1;
+    fe.bytes = f.tot_len as u64;
+    // -EEXIST (17) means another CPU won the race: its entry is as good as ours.
+    for (kk, vv) in [(peer, &pe), (k, &fe)] {
+        if let Err(err) = DVR_CT.insert(kk, vv, BPF_NOEXIST as u64) {
+            if err != -17 {
+                return Err(Verdict::drop(Stat::DropCtInsert));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Translate an ICMP error whose quoted packet belongs to a tracked flow. `dnat`: the error
+/// travels towards the VM (outer destination and quoted source are the floating IP);
+/// otherwise it leaves the VM (outer source and quoted destination are the fixed IP).
+/// Returns the flow entry that matched.
+#[inline(always)]
+pub fn icmp_error(ctx: &TcContext, f: &Flow, zone: u32, dnat: bool) -> Result<CtEntry, Verdict> {
+    let inner = f.l4_off + 8;
+    let ih: [u8; 20] = ctx.load(inner).map_err(malformed)?;
+    let ihl = (ih[0] & 0x0f) as usize * 4;
+    if ih[0] >> 4 != 4 || ihl < 20 {
+        return Err(Verdict::drop(Stat::DropMalformed));
+    }
+    let proto = ih[9];
+    let isrc = u32::from_ne_bytes([ih[12], ih[13], ih[14], ih[15]]);
+    let idst = u32::from_ne_bytes([ih[16], ih[17], ih[18], ih[19]]);
+    let inner_l4 = inner + ihl;
+    let (isport, idport) = match proto {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            let p: [u8; 4] = ctx.load(inner_l4).map_err(malformed)?;
+            (
+                u16::from_ne_bytes([p[0], p[1]]),
+                u16::from_ne_bytes([p[2], p[3]]),
+            )
+        }
+        IPPROTO_ICMP => {
+            let p: [u8; 8] = ctx.load(inner_l4).map_err(malformed)?;
+            let id = u16::from_ne_bytes([p[4], p[5]]);
+            (id, id)
+        }
+        _ => (0, 0),
+    };
+    // The quoted packet went the other way: its reply direction is what we track here.
+    let k = key(zone, idst, isrc, idport, isport, proto);
+    let e = track(&k, f).ok_or(Verdict::drop(Stat::DropIcmpErrorNoFlow))?;
+    let new = e.nat_ip_be;
+    let (outer_off, inner_addr_off, old) = if dnat {
+        (IP_DADDR_OFF, inner + 12, isrc)
+    } else {
+        (IP_SADDR_OFF, inner + 16, idst)
+    };
+    let icmp_csum = f.l4_off + 2;
+    // Outer header: the ICMP checksum does not cover it.
+    ctx.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 4)
+        .map_err(malformed)?;
+    ctx.store(outer_off, &new, 0).map_err(malformed)?;
+    // Quoted address, then the quoted header's own checksum; the ICMP checksum covers both.
+    ctx.l4_csum_replace(icmp_csum, old as u64, new as u64, 4)
+        .map_err(malformed)?;
+    ctx.store(inner_addr_off, &new, 0).map_err(malformed)?;
+    let old_c = u16::from_be_bytes([ih[10], ih[11]]);
+    let new_c = csum::replace32(old_c, u32::from_be(old), u32::from_be(new));
+    replace_word(ctx, icmp_csum, inner + 10, old_c, new_c)?;
+    if proto == IPPROTO_UDP {
+        // The quoted UDP checksum covers the quoted addresses through its pseudo header.
+        if let Ok(c) = ctx.load::<[u8; 2]>(inner_l4 + 6) {
+            let old_u = u16::from_be_bytes(c);
+            if old_u != 0 {
+                let mut new_u = csum::replace32(old_u, u32::from_be(old), u32::from_be(new));
+                if new_u == 0 {
+                    new_u = 0xffff;
+                }
+                replace_word(ctx, icmp_csum, inner_l4 + 6, old_u, new_u)?;
+            }
+        }
+    }
+    Ok(e)
+}
+
+/// Store a 16-bit checksum field inside the ICMP payload and fold the change into the
+/// ICMP checksum at `icmp_csum`.
+#[inline(always)]
+fn replace_word(
+    ctx: &TcContext,
+    icmp_csum: usize,
+    off: usize,
+    old: u16,
+    new: u16,
+) -> Result<(), Verdict> {
+    let (o, n) = (
+        u16::from_ne_bytes(old.to_be_bytes()),
+        u16::from_ne_bytes(new.to_be_bytes()),
+    );
+    ctx.l4_csum_replace(icmp_csum, o as u64, n as u64, 2)
+        .map_err(malformed)?;
+    ctx.store(off, &new.to_be_bytes(), 0).map_err(malformed)
+}

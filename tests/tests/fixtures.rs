@@ -13,7 +13,7 @@ use aya::{
 };
 use dvr_common::{csum::checksum, stats::Stat};
 use dvr_userspace::{
-    attach::{PROG_TAP, PROG_TUNNEL, ensure_bpffs, load_object, program},
+    attach::{PROG_EXT, PROG_TAP, PROG_TUNNEL, ensure_bpffs, load_object, program},
     compile::compile,
     maps::HostMaps,
     model::State,
@@ -35,6 +35,14 @@ const VM2_IP: [u8; 4] = [10, 2, 0, 12];
 const VM3_IP: [u8; 4] = [10, 1, 0, 13];
 const VM4_IP: [u8; 4] = [10, 2, 0, 14];
 const GW1_IP: [u8; 4] = [10, 1, 0, 1];
+const EXT_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 0x0a];
+const UPSTREAM_MAC: [u8; 6] = [0x02, 0x99, 0, 0, 0, 0x01];
+const EXT_IFINDEX: u32 = 98;
+const FIP1: [u8; 4] = [10, 5, 2, 1];
+const FIP4: [u8; 4] = [10, 5, 2, 4];
+const FIP_UNUSED: [u8; 4] = [10, 5, 2, 9];
+const UPSTREAM_IP: [u8; 4] = [10, 5, 0, 1];
+const INTERNET: [u8; 4] = [198, 51, 100, 10];
 /// Test runs put the skb on the loopback device: VM1's "tap" is ifindex 1.
 const VM1_IFINDEX: u32 = 1;
 /// VM2 is local too; a redirect is not executed by a test run, so any ifindex will do.
@@ -119,6 +127,8 @@ fn fixture(state: &str) -> Fixture {
     let compiled = compile(&state, "A", &taps).unwrap_or_else(|e| panic!("compile: {e}"));
     let mut cfg = compiled.config;
     cfg.tunnel_ifindex = 99;
+    cfg.ext_ifindex = EXT_IFINDEX;
+    cfg.ext_mac = EXT_MAC;
     reconcile::apply(&mut maps, &cfg, &compiled.entries).unwrap_or_else(|e| panic!("apply: {e}"));
     Fixture { ebpf, maps, dir }
 }
@@ -449,4 +459,353 @@ fn tunnel_frame_without_metadata_is_dropped() {
         TCX_DROP,
         Stat::DropNoTunnelKey,
     );
+}
+
+// ---- floating IPs ----
+
+/// STATE plus an external network 10.5.0.0/16 (gateway 10.5.0.1), both hosts with an
+/// external interface and an fg port, FIP 10.5.2.1 on VM1 (served on A), 10.5.2.4 on VM4
+/// (served on B) and 10.5.2.9 unassociated.
+fn fip_state(vm1_port_security: bool) -> String {
+    let mut s: serde_json::Value = serde_json::from_str(STATE).unwrap_or_else(|e| panic!("{e}"));
+    fn push(v: &mut serde_json::Value, item: serde_json::Value) {
+        v.as_array_mut()
+            .unwrap_or_else(|| panic!("not a list"))
+            .push(item);
+    }
+    let ext = serde_json::json!({"id": "ext", "router:external": true, "provider:network_type": "flat",
+        "provider:physical_network": "public", "mtu": 1500});
+    push(&mut s["networks"], ext);
+    push(
+        &mut s["subnets"],
+        serde_json::json!({"id": "extsub", "network_id": "ext",
+        "cidr": "10.5.0.0/16", "gateway_ip": "10.5.0.1", "ip_version": 4}),
+    );
+    for (i, h) in ["A", "B"].iter().enumerate() {
+        s["hosts"][i]["external_interface"] = "ext0".into();
+        push(
+            &mut s["ports"],
+            serde_json::json!({"id": format!("fg-{h}"), "network_id": "ext",
+            "mac_address": format!("fa:16:3e:00:0f:0{}", i + 1), "device_owner": "network:floatingip_agent_gateway",
+            "device_id": h, "binding:host_id": h,
+            "fixed_ips": [{"subnet_id": "extsub", "ip_address": format!("10.5.1.{}", i + 1)}]}),
+        );
+    }
+    s["routers"][0]["external_gateway_info"] = serde_json::json!({"network_id": "ext", "enable_snat": true,
+        "external_fixed_ips": [{"subnet_id": "extsub", "ip_address": "10.5.3.1"}]});
+    s["floatingips"] = serde_json::json!([
+        {"id": "fip1", "floating_ip_address": "10.5.2.1", "floating_network_id": "ext", "router_id": "r1",
+         "port_id": "vm1-port-0001", "fixed_ip_address": "10.1.0.11"},
+        {"id": "fip4", "floating_ip_address": "10.5.2.4", "floating_network_id": "ext", "router_id": "r1",
+         "port_id": "vm4-port-0004", "fixed_ip_address": "10.2.0.14"},
+        {"id": "fip9", "floating_ip_address": "10.5.2.9", "floating_network_id": "ext", "router_id": null,
+         "port_id": null, "fixed_ip_address": null}]);
+    if !vm1_port_security {
+        for p in s["ports"].as_array_mut().into_iter().flatten() {
+            if p["id"] == "vm1-port-0001" {
+                p["port_security_enabled"] = false.into();
+            }
+        }
+    }
+    s.to_string()
+}
+
+/// A FIP fixture whose upstream gateway MAC has been learned.
+fn fip_fixture(vm1_port_security: bool) -> Fixture {
+    let mut f = fixture(&fip_state(vm1_port_security));
+    let reply = eth(
+        EXT_MAC,
+        UPSTREAM_MAC,
+        0x0806,
+        &arp(2, UPSTREAM_MAC, UPSTREAM_IP, EXT_MAC, [10, 5, 1, 1]),
+    );
+    f.expect(PROG_EXT, &reply, TCX_NEXT, Stat::ExtNeighLearned);
+    f
+}
+
+fn l4_checksum(src: &[u8], dst: &[u8], proto: u8, seg: &[u8]) -> u16 {
+    let mut p = Vec::new();
+    p.extend_from_slice(src);
+    p.extend_from_slice(dst);
+    p.extend_from_slice(&[0, proto]);
+    p.extend_from_slice(&(seg.len() as u16).to_be_bytes());
+    p.extend_from_slice(seg);
+    checksum(&p)
+}
+
+fn tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut t = Vec::new();
+    t.extend_from_slice(&sport.to_be_bytes());
+    t.extend_from_slice(&dport.to_be_bytes());
+    t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    t.extend_from_slice(payload);
+    let c = l4_checksum(&src, &dst, 6, &t);
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    ipv4(src, dst, 64, 6, &t)
+}
+
+fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut u = Vec::new();
+    u.extend_from_slice(&sport.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(payload);
+    let c = l4_checksum(&src, &dst, 17, &u);
+    u[6..8].copy_from_slice(&c.to_be_bytes());
+    ipv4(src, dst, 64, 17, &u)
+}
+
+/// Assert the IPv4 header and the TCP/UDP checksum (with pseudo header) of `frame` are valid.
+fn assert_checksums(frame: &[u8]) {
+    let ip = &frame[14..];
+    assert_eq!(checksum(&ip[..20]), 0, "IPv4 header checksum");
+    let len = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    assert_eq!(
+        l4_checksum(&ip[12..16], &ip[16..20], ip[9], &ip[20..len]),
+        0,
+        "L4 checksum"
+    );
+}
+
+const TCX_NEXT: u32 = u32::MAX;
+
+#[test]
+fn proxy_arp_answers_only_for_fips_served_here() {
+    let mut f = fip_fixture(true);
+    let req = eth(
+        [0xff; 6],
+        UPSTREAM_MAC,
+        0x0806,
+        &arp(1, UPSTREAM_MAC, UPSTREAM_IP, [0; 6], FIP1),
+    );
+    let out = f.expect(PROG_EXT, &req, TCX_REDIRECT, Stat::ExtArpReply);
+    let want = eth(
+        UPSTREAM_MAC,
+        EXT_MAC,
+        0x0806,
+        &arp(2, EXT_MAC, FIP1, UPSTREAM_MAC, UPSTREAM_IP),
+    );
+    assert_eq!(&out[..want.len()], &want[..]);
+    for other in [FIP4, FIP_UNUSED, VM1_IP] {
+        let req = eth(
+            [0xff; 6],
+            UPSTREAM_MAC,
+            0x0806,
+            &arp(1, UPSTREAM_MAC, UPSTREAM_IP, [0; 6], other),
+        );
+        f.expect(PROG_EXT, &req, TCX_NEXT, Stat::ExtNeighLearned);
+    }
+    let stranger = eth(
+        [0xff; 6],
+        [2, 1, 1, 1, 1, 1],
+        0x0806,
+        &arp(1, [2, 1, 1, 1, 1, 1], [10, 5, 7, 7], [0; 6], FIP4),
+    );
+    f.expect(PROG_EXT, &stranger, TCX_NEXT, Stat::ExtPass);
+}
+
+#[test]
+fn gateway_mac_is_learned_and_relearned_from_arp() {
+    let mut f = fip_fixture(true);
+    let n = f
+        .maps
+        .ext_neigh
+        .get(&u32::from_ne_bytes(UPSTREAM_IP))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(n.map(|n| (n.mac, n.learned)), Some((UPSTREAM_MAC, 1)));
+    let new_mac = [0x02, 0x99, 0, 0, 0, 0x02];
+    let garp = eth(
+        [0xff; 6],
+        new_mac,
+        0x0806,
+        &arp(1, new_mac, UPSTREAM_IP, [0; 6], UPSTREAM_IP),
+    );
+    f.expect(PROG_EXT, &garp, TCX_NEXT, Stat::ExtNeighLearned);
+    let n = f
+        .maps
+        .ext_neigh
+        .get(&u32::from_ne_bytes(UPSTREAM_IP))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(n.map(|n| n.mac), Some(new_mac));
+    // Nobody else's ARP creates a neighbour entry.
+    let other = eth(
+        [0xff; 6],
+        [2, 1, 1, 1, 1, 1],
+        0x0806,
+        &arp(2, [2, 1, 1, 1, 1, 1], [10, 5, 7, 7], EXT_MAC, [10, 5, 1, 1]),
+    );
+    f.expect(PROG_EXT, &other, TCX_NEXT, Stat::ExtPass);
+    assert_eq!(
+        f.maps
+            .ext_neigh
+            .read()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn inbound_to_fip_is_translated_with_valid_checksums_and_tracked() {
+    let mut f = fip_fixture(true);
+    let syn = eth(
+        EXT_MAC,
+        UPSTREAM_MAC,
+        0x0800,
+        &tcp(INTERNET, FIP1, 40000, 80, 0x02, b"hello"),
+    );
+    let out = f.expect(PROG_EXT, &syn, TCX_REDIRECT, Stat::FipDnat);
+    assert_eq!(&out[0..6], &VM1_MAC);
+    assert_eq!(&out[6..12], &GW1_MAC, "from the VM subnet's gateway MAC");
+    let ip = ip_of(&out);
+    assert_eq!(&ip[12..16], &INTERNET, "the VM sees the real source");
+    assert_eq!(&ip[16..20], &VM1_IP);
+    assert_eq!(ip[8], 63);
+    assert_checksums(&out);
+    let ct = f.maps.ct.read().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ct.len(), 2, "both directions tracked: {ct:?}");
+    // The VM's answer leaves with the FIP as source, to the learned gateway MAC.
+    let synack = eth(
+        GW1_MAC,
+        VM1_MAC,
+        0x0800,
+        &tcp(VM1_IP, INTERNET, 80, 40000, 0x12, b""),
+    );
+    let out = f.expect(PROG_TAP, &synack, TCX_REDIRECT, Stat::FipSnat);
+    assert_eq!(&out[0..6], &UPSTREAM_MAC);
+    assert_eq!(&out[6..12], &EXT_MAC);
+    assert_eq!(&ip_of(&out)[12..16], &FIP1);
+    assert_eq!(ip_of(&out)[8], 63);
+    assert_checksums(&out);
+    assert_eq!(
+        f.maps.ct.read().unwrap_or_else(|e| panic!("{e}")).len(),
+        2,
+        "the reply used the same flow"
+    );
+}
+
+#[test]
+fn outbound_udp_from_fip_vm_and_the_icmp_error_it_draws() {
+    let mut f = fip_fixture(true);
+    let dgram = eth(
+        GW1_MAC,
+        VM1_MAC,
+        0x0800,
+        &udp(VM1_IP, INTERNET, 5555, 9999, b"ping?"),
+    );
+    let out = f.expect(PROG_TAP, &dgram, TCX_REDIRECT, Stat::FipSnat);
+    assert_eq!(&ip_of(&out)[12..16], &FIP1);
+    assert_checksums(&out);
+    // The external host answers with port unreachable quoting what it received.
+    let quoted = &out[14..14 + 28];
+    let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(quoted);
+    let c = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let err = eth(
+        EXT_MAC,
+        UPSTREAM_MAC,
+        0x0800,
+        &ipv4(INTERNET, FIP1, 64, 1, &icmp),
+    );
+    let out = f.expect(PROG_EXT, &err, TCX_REDIRECT, Stat::FipIcmpError);
+    let ip = ip_of(&out);
+    assert_eq!(&ip[16..20], &VM1_IP, "outer destination");
+    assert_eq!(checksum(ip), 0);
+    let icmp = &out[34..];
+    assert_eq!(checksum(icmp), 0, "ICMP checksum over the rewritten quote");
+    let inner = &icmp[8..28];
+    assert_eq!(
+        &inner[12..16],
+        &VM1_IP,
+        "quoted source is the fixed IP again"
+    );
+    assert_eq!(checksum(inner), 0, "quoted IPv4 header checksum");
+    let quoted_udp_csum = u16::from_be_bytes([icmp[34], icmp[35]]);
+    let orig = udp(VM1_IP, INTERNET, 5555, 9999, b"ping?");
+    assert_eq!(
+        quoted_udp_csum,
+        u16::from_be_bytes([orig[26], orig[27]]),
+        "quoted UDP checksum matches what the VM sent"
+    );
+    // An error about a flow nobody tracks is dropped.
+    let mut stray = icmp.to_vec();
+    stray[28..30].copy_from_slice(&1234u16.to_be_bytes());
+    stray[2..4].copy_from_slice(&[0, 0]);
+    let c = checksum(&stray);
+    stray[2..4].copy_from_slice(&c.to_be_bytes());
+    let stray = eth(
+        EXT_MAC,
+        UPSTREAM_MAC,
+        0x0800,
+        &ipv4(INTERNET, FIP1, 64, 1, &stray),
+    );
+    f.expect(PROG_EXT, &stray, TCX_DROP, Stat::DropIcmpErrorNoFlow);
+}
+
+#[test]
+fn external_security_drops() {
+    let mut f = fip_fixture(true);
+    let to = |dst| {
+        eth(
+            EXT_MAC,
+            UPSTREAM_MAC,
+            0x0800,
+            &udp(INTERNET, dst, 1, 2, b"x"),
+        )
+    };
+    f.expect(
+        PROG_EXT,
+        &to(FIP_UNUSED),
+        TCX_DROP,
+        Stat::DropFipUnassociated,
+    );
+    f.expect(PROG_EXT, &to(VM1_IP), TCX_DROP, Stat::DropExtToFixedIp);
+    f.expect(PROG_EXT, &to(FIP4), TCX_DROP, Stat::DropFipNotHere);
+    f.expect(PROG_EXT, &to([10, 5, 1, 1]), TCX_NEXT, Stat::ExtPass);
+}
+
+#[test]
+fn vm_cannot_send_from_a_fip_even_without_port_security() {
+    let mut f = fip_fixture(false);
+    let spoof = eth(GW1_MAC, VM1_MAC, 0x0800, &udp(FIP4, INTERNET, 1, 2, b"x"));
+    f.expect(PROG_TAP, &spoof, TCX_DROP, Stat::DropFipSpoof);
+}
+
+#[test]
+fn outbound_waits_for_the_gateway_mac() {
+    let mut f = fixture(&fip_state(true));
+    let dgram = eth(
+        GW1_MAC,
+        VM1_MAC,
+        0x0800,
+        &udp(VM1_IP, INTERNET, 5555, 9999, b"x"),
+    );
+    f.expect(PROG_TAP, &dgram, TCX_DROP, Stat::DropNoNeighbor);
+}
+
+#[test]
+fn hairpin_to_a_local_fip_is_translated_here() {
+    let mut f = fip_fixture(true);
+    // VM1 reaching its own router's FIP 10.5.2.1 (its own, served here): DNAT locally.
+    let out = f.expect(
+        PROG_TAP,
+        &ping(VM1_MAC, GW1_MAC, VM1_IP, FIP1, 64),
+        TCX_REDIRECT,
+        Stat::FipHairpin,
+    );
+    assert_eq!(&ip_of(&out)[16..20], &VM1_IP);
+    assert_eq!(checksum(ip_of(&out)), 0);
+    // To FIP 10.5.2.4 (served on B): routed untranslated into the tunnel towards VM4.
+    let out = f.expect(
+        PROG_TAP,
+        &ping(VM1_MAC, GW1_MAC, VM1_IP, FIP4, 64),
+        TCX_REDIRECT,
+        Stat::FipHairpin,
+    );
+    assert_eq!(&out[0..6], &VM4_MAC);
+    assert_eq!(&out[6..12], &DVR_MAC_A);
+    assert_eq!(&ip_of(&out)[16..20], &FIP4);
+    assert_eq!(ip_of(&out)[8], 63);
 }

@@ -25,6 +25,9 @@ pub struct HostConfig {
     /// proxy ARP hands out for the floating IPs this host serves.
     pub ext_mac: crate::Mac,
     pub _pad2: [u8; 2],
+    /// Port-address translation range on this SNAT host (host order, inclusive).
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
 }
-crate::assert_size!(HostConfig, 32);
+crate::assert_size!(HostConfig, 36);
 crate::user_pod!(HostConfig);

@@ -18,6 +18,7 @@ pub mod l2;
 pub mod nat;
 pub mod port;
 pub mod route;
+pub mod snat;
 pub mod stats;
 
 /// Compile-time size check for map keys and values.

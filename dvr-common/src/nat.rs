@@ -41,6 +41,10 @@ pub const FIP_LOCAL: u32 = 1;
 pub const FIP_REMOTE: u32 = 2;
 /// Allocated, no port: traffic to it is dropped and counted.
 pub const FIP_UNASSOCIATED: u32 = 4;
+/// Served on this (SNAT) host for a port elsewhere: a port of a `dvr_no_external` host or
+/// an unbound port (VIP). ARP answered and NAT done here; the VM is reached over the tunnel
+/// (`tunnel_ip_host`, or the VIP's learned location).
+pub const FIP_CENTRAL: u32 = 8;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -108,6 +112,9 @@ pub const CT_DNAT: u8 = 1;
 pub const CT_SNAT: u8 = 2;
 /// Set on both entries of a flow between two VMs of one router through a FIP.
 pub const CT_HAIRPIN: u8 = 0x10;
+/// Set on both entries of a port-address translated flow (SNAT host); `fip_be` then holds
+/// the router's external IP and `fixed_be` the VM's address.
+pub const CT_PAT: u8 = 0x20;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -128,7 +135,9 @@ pub struct CtEntry {
     pub kind: u8,
     /// OR of the TCP flags seen in this direction.
     pub tcp_flags: u8,
-    pub _pad: [u8; 2],
+    /// Port (or ICMP echo id) written by the translation, network order; 0 = ports kept
+    /// (1:1 floating IP NAT). Set by port-address translation on the SNAT host.
+    pub nat_port_be: u16,
     /// Reserved for upgrades without a map conversion.
     pub _reserved: u32,
     pub created_ns: u64,
@@ -141,19 +150,41 @@ crate::assert_size!(CtEntry, 56);
 impl CtKey {
     /// The key of the other direction of the flow this entry belongs to.
     pub fn peer(&self, e: &CtEntry) -> CtKey {
-        let (saddr_be, daddr_be) = if e.kind & CT_DNAT != 0 {
+        let port = |p: u16| if e.nat_port_be != 0 { e.nat_port_be } else { p };
+        let (saddr_be, daddr_be, sport_be, dport_be) = if e.kind & CT_DNAT != 0 {
             // Entry seen as (src -> FIP); the reply leaves the VM as (fixed -> src).
-            (e.nat_ip_be, self.saddr_be)
+            (
+                e.nat_ip_be,
+                self.saddr_be,
+                port(self.dport_be),
+                self.sport_be,
+            )
         } else {
             // Entry seen as (fixed -> dst); the reply arrives as (dst -> FIP).
-            (self.daddr_be, e.nat_ip_be)
+            (
+                self.daddr_be,
+                e.nat_ip_be,
+                self.dport_be,
+                port(self.sport_be),
+            )
+        };
+        let (sport_be, dport_be) = if self.proto == 1 {
+            // ICMP echo: the identifier stands in both port slots.
+            let id = if e.kind & CT_DNAT != 0 {
+                sport_be
+            } else {
+                dport_be
+            };
+            (id, id)
+        } else {
+            (sport_be, dport_be)
         };
         CtKey {
             zone: e.peer_zone,
             saddr_be,
             daddr_be,
-            sport_be: self.dport_be,
-            dport_be: self.sport_be,
+            sport_be,
+            dport_be,
             proto: self.proto,
             _pad: [0; 3],
         }
@@ -165,6 +196,75 @@ crate::user_pod!(FipEntry, FipSrc, Neigh, CtKey, CtEntry);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_with_port_translation() {
+        // VM 10:5555 -> E 80 leaves as G:40001 -> E:80; the reply is E:80 -> G:40001.
+        let k = CtKey {
+            zone: 101,
+            saddr_be: 10,
+            daddr_be: 99,
+            sport_be: 5555,
+            dport_be: 80,
+            proto: 6,
+            _pad: [0; 3],
+        };
+        let e = CtEntry {
+            nat_ip_be: 7,
+            nat_port_be: 40001,
+            peer_zone: 0,
+            kind: CT_SNAT,
+            ..Default::default()
+        };
+        let p = k.peer(&e);
+        assert_eq!(
+            p,
+            CtKey {
+                zone: 0,
+                saddr_be: 99,
+                daddr_be: 7,
+                sport_be: 80,
+                dport_be: 40001,
+                proto: 6,
+                _pad: [0; 3]
+            }
+        );
+        let pe = CtEntry {
+            nat_ip_be: 10,
+            nat_port_be: 5555,
+            peer_zone: 101,
+            kind: CT_DNAT,
+            ..Default::default()
+        };
+        assert_eq!(p.peer(&pe), k);
+        // ICMP echo id 9 translated to 300: both slots carry the id.
+        let k = CtKey {
+            zone: 101,
+            saddr_be: 10,
+            daddr_be: 99,
+            sport_be: 9,
+            dport_be: 9,
+            proto: 1,
+            _pad: [0; 3],
+        };
+        let e = CtEntry {
+            nat_ip_be: 7,
+            nat_port_be: 300,
+            peer_zone: 0,
+            kind: CT_SNAT,
+            ..Default::default()
+        };
+        let p = k.peer(&e);
+        assert_eq!((p.sport_be, p.dport_be, p.daddr_be), (300, 300, 7));
+        let pe = CtEntry {
+            nat_ip_be: 10,
+            nat_port_be: 9,
+            peer_zone: 101,
+            kind: CT_DNAT,
+            ..Default::default()
+        };
+        assert_eq!(p.peer(&pe), k);
+    }
 
     #[test]
     fn peer_of_peer_is_self() {

@@ -43,6 +43,9 @@ stats! {
     FipIcmpError = "fip_icmp_error", false, "ICMP error through a floating IP translated";
     ExtArpReply = "ext_arp_reply", false, "ARP for a floating IP answered on the external NIC";
     ExtNeighLearned = "ext_neigh_learned", false, "external gateway MAC learned from ARP";
+    SnatSteered = "snat_steered", false, "steered over the tunnel to the router's SNAT host";
+    SnatOut = "snat_out", false, "port-address translated to the router's gateway IP";
+    SnatIn = "snat_in", false, "SNAT reply translated back and sent to the VM";
     ExtPass = "ext_pass", false, "external NIC traffic not for the datapath, passed on";
     DropMalformed = "drop_malformed", true, "malformed or truncated header";
     DropUnknownPort = "drop_unknown_port", true, "frame from a tap with no port";
@@ -70,6 +73,10 @@ stats! {
     DropNoExternal = "drop_no_external", true, "host has no external interface";
     DropCtInsert = "drop_ct_insert", true, "conntrack entry could not be created";
     DropIcmpErrorNoFlow = "drop_icmp_error_no_flow", true, "ICMP error for no tracked flow";
+    DropSnatDisabled = "drop_snat_disabled", true, "router has enable_snat false";
+    DropSnatExhausted = "drop_snat_exhausted", true, "no free SNAT port for this destination";
+    DropSnatFragment = "drop_snat_fragment", true, "non-first IPv4 fragment through port translation";
+    DropSnatNoFlow = "drop_snat_no_flow", true, "to a router gateway IP for no tracked flow";
     DropArpOther = "drop_arp_other", true, "ARP that is neither request nor reply";
 }
 

@@ -11,15 +11,18 @@ use aya_ebpf::{
 };
 use dvr_common::{
     config::HostConfig,
-    nat::{CT_DNAT, CT_SNAT, CtEntry, FIP_LOCAL, FIP_UNASSOCIATED, FipEntry, ZONE_EXTERNAL},
+    nat::{
+        CT_DNAT, CT_SNAT, CtEntry, FIP_CENTRAL, FIP_LOCAL, FIP_UNASSOCIATED, FipEntry,
+        ZONE_EXTERNAL,
+    },
     stats::Stat,
 };
 
 use crate::{
     flow,
-    maps::{DVR_EXT_DENY, DVR_EXT_NEIGH, DVR_FIPS, DVR_HOST_CONFIG},
+    maps::{DVR_EXT_DENY, DVR_EXT_NEIGH, DVR_FIPS, DVR_HOST_CONFIG, DVR_SNAT_IPS},
     nat,
-    packet::{ArpHdr, ETH_LEN, ETH_P_ARP, ETH_P_IP, EthHdr, be16, ptr_at},
+    packet::{ArpHdr, ETH_LEN, ETH_P_ARP, ETH_P_IP, EthHdr, Ipv4Hdr, be16, ptr_at},
     verdict::Verdict,
 };
 
@@ -47,7 +50,7 @@ pub fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
     let proto = unsafe { be16((*eth).proto) };
     match proto {
         ETH_P_ARP => arp(ctx, cfg),
-        ETH_P_IP => ipv4(ctx),
+        ETH_P_IP => ipv4(ctx, cfg),
         _ => Ok(pass(Stat::ExtPass)),
     }
 }
@@ -77,8 +80,10 @@ fn arp(ctx: &TcContext, cfg: &HostConfig) -> Result<Verdict, Verdict> {
     let tpa = u32::from_ne_bytes(arp.tpa);
     if be16(arp.oper) == ARP_REQUEST && spa != tpa {
         let ours = tpa == cfg.fg_ip_be && tpa != 0
-            // SAFETY: read-only use of an agent-written hash value.
-            || matches!(unsafe { DVR_FIPS.get(&tpa) }, Some(f) if f.flags & FIP_LOCAL != 0);
+            // SAFETY: read-only use of agent-written hash values.
+            || matches!(unsafe { DVR_FIPS.get(&tpa) }, Some(f) if f.flags & (FIP_LOCAL | FIP_CENTRAL) != 0)
+            // SAFETY: as above.
+            || unsafe { DVR_SNAT_IPS.get(&tpa) }.is_some();
         if ours {
             eth.dst = eth.src;
             eth.src = cfg.ext_mac;
@@ -100,7 +105,14 @@ fn arp(ctx: &TcContext, cfg: &HostConfig) -> Result<Verdict, Verdict> {
 }
 
 #[inline(always)]
-fn ipv4(ctx: &TcContext) -> Result<Verdict, Verdict> {
+fn ipv4(ctx: &TcContext, cfg: &HostConfig) -> Result<Verdict, Verdict> {
+    let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_LEN)?;
+    // SAFETY: bounds-checked by ptr_at.
+    let daddr = u32::from_ne_bytes(unsafe { (*ip).daddr });
+    // SAFETY: read-only use of an agent-written hash value.
+    if let Some(r) = unsafe { DVR_SNAT_IPS.get(&daddr) } {
+        return crate::snat::reply(ctx, r, cfg);
+    }
     let f = flow::parse(ctx)?;
     // SAFETY: read-only use of an agent-written hash value.
     let Some(fip) = (unsafe { DVR_FIPS.get(&f.daddr) }) else {
@@ -110,14 +122,23 @@ fn ipv4(ctx: &TcContext) -> Result<Verdict, Verdict> {
         }
         return Ok(pass(Stat::ExtPass));
     };
-    if fip.flags & FIP_LOCAL == 0 {
+    if fip.flags & (FIP_LOCAL | FIP_CENTRAL) == 0 {
         return Err(Verdict::drop(if fip.flags & FIP_UNASSOCIATED != 0 {
             Stat::DropFipUnassociated
         } else {
             Stat::DropFipNotHere
         }));
     }
-    Ok(dnat(ctx, &f, fip, ZONE_EXTERNAL, 0, true, Stat::FipDnat))
+    Ok(dnat(
+        ctx,
+        &f,
+        fip,
+        ZONE_EXTERNAL,
+        0,
+        true,
+        cfg,
+        Stat::FipDnat,
+    ))
 }
 
 /// Translate a packet to floating IP `fip` into its fixed IP and deliver it to the VM.
@@ -132,9 +153,10 @@ pub fn dnat(
     zone: u32,
     hairpin: u8,
     route: bool,
+    cfg: &HostConfig,
     stat: Stat,
 ) -> Verdict {
-    crate::verdict::settle(dnat_inner(ctx, f, fip, zone, hairpin, route, stat))
+    crate::verdict::settle(dnat_inner(ctx, f, fip, zone, hairpin, route, cfg, stat))
 }
 
 #[inline(always)]
@@ -145,6 +167,7 @@ fn dnat_inner(
     zone: u32,
     hairpin: u8,
     route: bool,
+    cfg: &HostConfig,
     stat: Stat,
 ) -> Result<Verdict, Verdict> {
     if route {
@@ -161,10 +184,24 @@ fn dnat_inner(
         nat::rewrite_addr(ctx, f, false, fip.fixed_ip_be)?;
     }
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    // A centrally served FIP's VM is on another host: routed there with our DVR MAC, which
+    // that host turns into the gateway MAC.
+    let central = fip.ifindex == 0;
     // SAFETY: re-derived after the helpers above; bounds-checked.
     unsafe {
-        (*eth).src = fip.gw_mac;
+        (*eth).src = if central { cfg.dvr_mac } else { fip.gw_mac };
         (*eth).dst = fip.port_mac;
+    }
+    if central {
+        return Ok(crate::l2::to_port(
+            ctx,
+            0,
+            fip.tunnel_ip_host,
+            fip.vni,
+            cfg.tunnel_ifindex,
+            stat,
+            stat,
+        ));
     }
     // SAFETY: plain helper call.
     Ok(Verdict::redirect(stat, unsafe {

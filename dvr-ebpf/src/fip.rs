@@ -51,18 +51,22 @@ pub fn outbound(
     };
     // SAFETY: as above.
     let Some(src) = (unsafe { DVR_FIP_SRC.get(&src_key) }) else {
-        return Err(Verdict::drop(Stat::DropNoRoute));
+        return crate::snat::steer(ctx, &f, port, gw, cfg);
     };
-    snat(ctx, &f, port.vni, src, cfg)
+    snat(ctx, &f, port.vni, src, cfg, true)
 }
 
+/// Translate a packet from a VM with a FIP to the FIP and send it to the external gateway.
+/// `route`: decrement the TTL here (false when the VM's host already routed it: a VM of a
+/// dvr_no_external host whose FIP is served on this SNAT host).
 #[inline(always)]
-fn snat(
+pub fn snat(
     ctx: &TcContext,
     f: &flow::Flow,
     vni: u32,
     src: &FipSrc,
     cfg: &HostConfig,
+    route: bool,
 ) -> Result<Verdict, Verdict> {
     if cfg.ext_ifindex == 0 {
         return Err(Verdict::drop(Stat::DropNoExternal));
@@ -72,7 +76,9 @@ fn snat(
         Some(n) if n.learned != 0 => n.mac,
         _ => return Err(Verdict::drop(Stat::DropNoNeighbor)),
     };
-    nat::ttl_decrement(ctx)?;
+    if route {
+        nat::ttl_decrement(ctx)?;
+    }
     let mut stat = Stat::FipSnat;
     if f.is_icmp_error() {
         nat::icmp_error(ctx, f, vni, false)?;
@@ -139,6 +145,7 @@ fn hairpin(
             fip.vni,
             CT_HAIRPIN,
             true,
+            cfg,
             Stat::FipHairpin,
         ));
     }
@@ -188,7 +195,7 @@ pub fn hairpin_reply(ctx: &TcContext, vni: u32, saddr: u32, routed: bool) -> Res
 /// A packet from the tunnel to a FIP: only hairpin traffic from inside the FIP's router may
 /// arrive that way; it is translated here, where the FIP is served.
 #[inline(always)]
-pub fn from_tunnel(ctx: &TcContext) -> Result<Option<Verdict>, Verdict> {
+pub fn from_tunnel(ctx: &TcContext, cfg: &HostConfig) -> Result<Option<Verdict>, Verdict> {
     let f = flow::parse(ctx)?;
     // SAFETY: read-only use of an agent-written hash value.
     let Some(fip) = (unsafe { DVR_FIPS.get(&f.daddr) }) else {
@@ -205,6 +212,7 @@ pub fn from_tunnel(ctx: &TcContext) -> Result<Option<Verdict>, Verdict> {
         fip.vni,
         CT_HAIRPIN,
         false,
+        cfg,
         Stat::FipHairpin,
     )))
 }

@@ -13,6 +13,7 @@ mod nat;
 mod packet;
 mod route;
 mod security;
+mod snat;
 mod tap;
 mod tunnel;
 mod verdict;

@@ -10,6 +10,7 @@ use dvr_common::{
     nat::{self, CtEntry, CtKey, FipEntry, FipSrc, Neigh},
     port::{self, LocalPort, SecKey},
     route::{self, Endpoint, IpKey, Route, RouteKey, RouterIface},
+    snat::{self, SnatRouter, SnatSteer},
     stats::STAT_COUNT,
 };
 
@@ -85,3 +86,20 @@ pub static DVR_EXT_DENY: LpmTrie<u32, u32> = LpmTrie::with_max_entries(nat::EXT_
 /// Capacity set by the agent at load time.
 #[map]
 pub static DVR_CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(nat::CT_MAX, 0);
+
+/// (VNI, router interface MAC) -> where the router's SNAT is. Agent-written.
+#[map]
+pub static DVR_SNAT_STEER: HashMap<FdbKey, SnatSteer> =
+    HashMap::with_max_entries(snat::SNAT_MAX, 0);
+
+/// (VNI, csnat port MAC) -> router translated here. Agent-written.
+#[map]
+pub static DVR_SNAT_RTR: HashMap<FdbKey, SnatRouter> = HashMap::with_max_entries(snat::SNAT_MAX, 0);
+
+/// Router external IP -> router translated here. Agent-written.
+#[map]
+pub static DVR_SNAT_IPS: HashMap<u32, SnatRouter> = HashMap::with_max_entries(snat::SNAT_MAX, 0);
+
+/// Router id -> new flows refused for lack of a port. Datapath-written.
+#[map]
+pub static DVR_SNAT_EXH: HashMap<u32, u64> = HashMap::with_max_entries(snat::SNAT_MAX, 0);

@@ -81,6 +81,29 @@ pub fn rewrite_addr(ctx: &TcContext, f: &Flow, src: bool, new: u32) -> Result<()
         .map_err(malformed)
 }
 
+/// Rewrite the source (`src`) or destination port (ICMP echo: the identifier) to `new`
+/// (network order as read), updating the L4 checksum. Ports are not in the pseudo header.
+#[inline(always)]
+pub fn rewrite_port(ctx: &TcContext, f: &Flow, src: bool, new: u16) -> Result<(), Verdict> {
+    let old = if src { f.sport } else { f.dport };
+    if old == new {
+        return Ok(());
+    }
+    let (csum_off, port_off, flags) = match f.proto {
+        IPPROTO_TCP => (f.l4_off + 16, f.l4_off + if src { 0 } else { 2 }, 2u64),
+        IPPROTO_UDP => (
+            f.l4_off + 6,
+            f.l4_off + if src { 0 } else { 2 },
+            (BPF_F_MARK_MANGLED_0 | 2) as u64,
+        ),
+        IPPROTO_ICMP => (f.l4_off + 2, f.l4_off + 4, 2u64),
+        _ => return Ok(()),
+    };
+    ctx.l4_csum_replace(csum_off, old as u64, new as u64, flags)
+        .map_err(malformed)?;
+    ctx.store(port_off, &new, 0).map_err(malformed)
+}
+
 #[inline(always)]
 pub fn key(zone: u32, saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> CtKey {
     CtKey {
@@ -196,6 +219,32 @@ pub fn icmp_error(ctx: &TcContext, f: &Flow, zone: u32, dnat: bool) -> Result<Ct
     let old_c = u16::from_be_bytes([ih[10], ih[11]]);
     let new_c = csum::replace32(old_c, u32::from_be(old), u32::from_be(new));
     replace_word(ctx, icmp_csum, inner + 10, old_c, new_c)?;
+    // Port-address translated flows: the quoted port (or echo id) is translated back too.
+    let new_port = e.nat_port_be;
+    let (port_off, old_port) = match proto {
+        IPPROTO_TCP | IPPROTO_UDP if dnat => (inner_l4, isport),
+        IPPROTO_TCP | IPPROTO_UDP => (inner_l4 + 2, idport),
+        _ => (inner_l4 + 4, isport),
+    };
+    if new_port != 0 && new_port != old_port && proto != 0 {
+        let (o, n) = (u16::from_be(old_port), u16::from_be(new_port));
+        replace_word(ctx, icmp_csum, port_off, o, n)?;
+        if proto == IPPROTO_UDP {
+            if let Ok(c) = ctx.load::<[u8; 2]>(inner_l4 + 6) {
+                let old_u = u16::from_be_bytes(c);
+                if old_u != 0 {
+                    let nu = csum::replace16(old_u, o, n);
+                    replace_word(
+                        ctx,
+                        icmp_csum,
+                        inner_l4 + 6,
+                        old_u,
+                        if nu == 0 { 0xffff } else { nu },
+                    )?;
+                }
+            }
+        }
+    }
     if proto == IPPROTO_UDP {
         // The quoted UDP checksum covers the quoted addresses through its pseudo header.
         if let Ok(c) = ctx.load::<[u8; 2]>(inner_l4 + 6) {

@@ -16,8 +16,9 @@ use dvr_common::{
 
 use crate::{
     fip, l2,
-    maps::{DVR_DVR_MACS, DVR_FDB, DVR_GW_BY_MAC, DVR_PEERS},
+    maps::{DVR_DVR_MACS, DVR_FDB, DVR_GW_BY_MAC, DVR_HOST_CONFIG, DVR_PEERS, DVR_SNAT_RTR},
     packet::{ETH_P_IP, EthHdr, be16, is_multicast, ptr_at},
+    snat,
     verdict::Verdict,
 };
 
@@ -57,6 +58,13 @@ pub fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
         _pad: [0; 2],
     };
     // SAFETY: read-only hash lookups of agent-written values.
+    if let Some(r) = unsafe { DVR_SNAT_RTR.get(&fdb_key) } {
+        let cfg = DVR_HOST_CONFIG
+            .get(0)
+            .ok_or(Verdict::drop(Stat::DropNotReady))?;
+        return snat::from_tunnel(ctx, vni, r, cfg);
+    }
+    // SAFETY: as above.
     if unsafe { DVR_GW_BY_MAC.get(&fdb_key) }.is_some() {
         return Err(Verdict::drop(Stat::DropGatewayFromTunnel));
     }
@@ -78,7 +86,10 @@ pub fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
     }
     let ifindex = e.ifindex;
     if is_ipv4 {
-        if let Some(v) = fip::from_tunnel(ctx)? {
+        let cfg = DVR_HOST_CONFIG
+            .get(0)
+            .ok_or(Verdict::drop(Stat::DropNotReady))?;
+        if let Some(v) = fip::from_tunnel(ctx, cfg)? {
             return Ok(v);
         }
     }

@@ -2,7 +2,7 @@
 //! change, reconcile the maps, attach/detach taps. Single-threaded and poll-driven (100 ms),
 //! which bounds how late a change or a new tap is seen.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::Ipv4Addr,
     path::{Path, PathBuf},
     sync::atomic::{AtomicBool, Ordering},
@@ -15,7 +15,7 @@ use crate::{
     arp,
     attach::{AttachError, Datapath, LoadOptions, interfaces, mac_of},
     compile::{self, Compiled, External},
-    conntrack::{self, Timeouts},
+    conntrack::{self, Owned, Timeouts},
     model::State,
     reconcile,
 };
@@ -86,6 +86,8 @@ pub struct Options {
     pub timeouts: Timeouts,
     /// How often idle conntrack entries are expired.
     pub gc_interval: Duration,
+    /// Port-address translation range (inclusive).
+    pub snat_ports: (u16, u16),
 }
 
 impl Default for Options {
@@ -94,6 +96,10 @@ impl Default for Options {
             load: LoadOptions::default(),
             timeouts: Timeouts::default(),
             gc_interval: Duration::from_secs(1),
+            snat_ports: (
+                dvr_common::snat::SNAT_PORT_MIN,
+                dvr_common::snat::SNAT_PORT_MAX,
+            ),
         }
     }
 }
@@ -124,6 +130,11 @@ pub struct Agent {
     ext_mac: [u8; 6],
     /// Floating IPs served here -> fixed IP, as last applied.
     served: BTreeMap<Ipv4Addr, Ipv4Addr>,
+    /// Router external IPs translated here (network order), and router names by id.
+    snat_ips: BTreeSet<u32>,
+    snat_names: BTreeMap<u32, String>,
+    /// Per-router count of flows refused for lack of a port, as last logged.
+    exhausted_seen: BTreeMap<u32, u64>,
     garp_due: BTreeMap<Ipv4Addr, u8>,
     last_probe: HashMap<Ipv4Addr, Instant>,
     last_gc: Instant,
@@ -162,6 +173,9 @@ impl Agent {
             external: None,
             ext_mac: [0; 6],
             served: BTreeMap::new(),
+            snat_ips: BTreeSet::new(),
+            snat_names: BTreeMap::new(),
+            exhausted_seen: BTreeMap::new(),
             garp_due: BTreeMap::new(),
             last_probe: HashMap::new(),
             last_gc: Instant::now(),
@@ -238,6 +252,7 @@ impl Agent {
             cfg.ext_ifindex = *ifx;
             cfg.ext_mac = mac_of(name).unwrap_or_default();
         }
+        (cfg.snat_port_min, cfg.snat_port_max) = self.opts.snat_ports;
         let applied = reconcile::apply(&mut self.dp.maps, &cfg, &compiled.entries)?;
         // Entries first, then the programs: a tap or the external interface is served from
         // its first frame.
@@ -269,11 +284,14 @@ impl Agent {
             self.garp_due.insert(*fip, GARP_COUNT);
         }
         self.garp_due.retain(|f, _| served.contains_key(f));
-        let remapped = served != self.served;
+        let snat_ips: BTreeSet<u32> = compiled.entries.snat_ips.keys().copied().collect();
+        let remapped = served != self.served || snat_ips != self.snat_ips;
         self.served = served;
+        self.snat_ips = snat_ips;
+        self.snat_names = compiled.snat_router_names;
         self.external = compiled.external;
         if remapped {
-            let served = self.served_be();
+            let served = self.owned();
             let swept = conntrack::sweep(&mut self.dp.maps, &self.opts.timeouts, &served)?;
             if swept.purged > 0 {
                 info!(
@@ -297,16 +315,38 @@ impl Agent {
         Ok(())
     }
 
-    fn served_be(&self) -> BTreeMap<u32, u32> {
-        self.served
-            .iter()
-            .map(|(f, x)| {
-                (
-                    u32::from_ne_bytes(f.octets()),
-                    u32::from_ne_bytes(x.octets()),
-                )
-            })
-            .collect()
+    fn owned(&self) -> Owned {
+        Owned {
+            fips: self
+                .served
+                .iter()
+                .map(|(f, x)| {
+                    (
+                        u32::from_ne_bytes(f.octets()),
+                        u32::from_ne_bytes(x.octets()),
+                    )
+                })
+                .collect(),
+            snat_ips: self.snat_ips.clone(),
+        }
+    }
+
+    /// Log routers whose SNAT refused new flows since the last look.
+    fn report_exhaustion(&mut self) -> Result<(), AgentError> {
+        for (router, count) in self.dp.maps.snat_exhausted.read()? {
+            let before = self.exhausted_seen.insert(router, count).unwrap_or(0);
+            if count > before {
+                let name = self.snat_names.get(&router).map_or("?", String::as_str);
+                warn!(
+                    router = %name,
+                    router_hash = format_args!("{router:08x}"),
+                    refused = count - before,
+                    total = count,
+                    "SNAT port range exhausted: new flows refused (existing flows unaffected)"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Gratuitous ARP for newly served FIPs and requests for the external gateways.
@@ -349,7 +389,8 @@ impl Agent {
     }
 
     fn gc(&mut self) -> Result<(), AgentError> {
-        let served = self.served_be();
+        self.report_exhaustion()?;
+        let served = self.owned();
         let swept = conntrack::sweep(&mut self.dp.maps, &self.opts.timeouts, &served)?;
         if swept.expired + swept.purged > 0 {
             info!(

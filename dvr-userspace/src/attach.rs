@@ -253,7 +253,9 @@ pub fn load_object(dir: &Path, opts: &LoadOptions) -> Result<Ebpf, AttachError> 
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(dvr_common::nat::CT, opts.ct_max)
         .load(crate::ebpf::OBJECT)?;
-    for (name, map) in ebpf.maps() {
+    // Only the datapath's own maps: the compiler may add internal ones (`.rodata*` for
+    // constants), which are frozen and of no use to dvrctl.
+    for (name, map) in ebpf.maps().filter(|(n, _)| n.starts_with("DVR_")) {
         map.pin(dir.join(name)).map_err(|source| AttachError::Pin {
             name: name.into(),
             source,

@@ -7,19 +7,35 @@
 //!   endpoint (DHCP, router and SNAT ports are served elsewhere or by the datapath itself).
 //! - *local VM port*: a VM port bound to H. Its tap is `tap_name(port id)`.
 //! - *served network*: a tenant network with a local VM port.
-//! - *router of H*: a router with a distributed interface on a served network.
+//! - *router of H*: a router with a distributed interface on a served network, or a router
+//!   H does SNAT for.
 //! - *routed network*: a tenant network with an interface of a router of H.
 //! - H *has external* when it names an `external_interface` and is `dvr` or `dvr_snat`.
 //!   Its *external networks* are those of its `network:floatingip_agent_gateway` ports
 //!   (`binding:host_id` or `device_id` H), or every `router:external` network if it has none.
+//! - A router's *SNAT host* is the host its `network:router_centralized_snat` ports are bound
+//!   to (validation: one `dvr_snat` host with an external interface; unbound ones are ignored).
+//!   H *does SNAT for* a router with an `external_gateway_info` whose SNAT host is H, when H
+//!   has external.
+//!
+//! Centralized SNAT, for H:
+//! - Steering (`snat_steer`): every distributed interface on a served network of a router
+//!   with an `external_gateway_info` and a csnat port on the interface's subnet points at the
+//!   SNAT host (tunnel ip, 0 when it is H) and that csnat port's MAC. No csnat port, no entry.
+//! - Routers H does SNAT for: their csnat ports (`snat_routers`) and external addresses
+//!   (`snat_ips`) map to the router's `external_fixed_ips[0]` and the gateway of its subnet,
+//!   which `ext_neigh` learns. `SNAT_ENABLED` follows `enable_snat` in both maps and steering.
 //!
 //! Floating IPs, for H (a FIP is *associated* when it has a port; its fixed IP is
 //! `fixed_ip_address` or the port's first; its router is `router_id` or the router with a
 //! distributed interface on the fixed IP's subnet, and without one it counts as unassociated):
 //! - LOCAL: the port is a VM port of H, H has external and the tap exists. DNAT/SNAT here.
+//! - CENTRAL: the port is a VM port of a `dvr_no_external` host and H does SNAT for the
+//!   router. ARP and NAT here, the VM reached over the tunnel (`tunnel_ip_host`).
 //! - REMOTE: the port is a VM port of another host that has external, and the router is a
 //!   router of H: traffic from H's VMs to the FIP is steered inside the router (hairpin).
-//!   Whether H has external or not.
+//!   Whether H has external or not. Central FIPs are never REMOTE: traffic to them from a
+//!   VM of the router takes the external path through the SNAT host.
 //! - Otherwise, only if H has external and the FIP is on one of its external networks:
 //!   unassociated ones are dropped (`FIP_UNASSOCIATED`), others are known but not served.
 //!
@@ -33,13 +49,16 @@ use std::net::Ipv4Addr;
 
 use dvr_common::config::HostConfig;
 use dvr_common::l2::{FLOOD_MAX_LOCAL, FLOOD_MAX_REMOTE, FdbEntry, FdbKey, FloodSet, MacKey};
-use dvr_common::nat::{FIP_LOCAL, FIP_REMOTE, FIP_UNASSOCIATED, FipEntry, FipSrc};
+use dvr_common::nat::{FIP_CENTRAL, FIP_LOCAL, FIP_REMOTE, FIP_UNASSOCIATED, FipEntry, FipSrc};
 use dvr_common::port::{
     LocalPort, PORT_FLAG_SECURITY, SEC_IP_ALLOWED, SEC_KEY_PREFIX_BITS, SEC_MAC_ONLY, SecKey,
 };
 use dvr_common::route::{Endpoint, IpKey, ROUTE_KEY_PREFIX_BITS, Route, RouteKey, RouterIface};
+use dvr_common::snat::{SNAT_ENABLED, SnatRouter, SnatSteer};
 
-use crate::model::{FloatingIp, Host, Mac, Network, Port, State, Subnet};
+use crate::model::{
+    AgentMode, ExternalGateway, FloatingIp, Host, Mac, Network, Port, Router, State, Subnet,
+};
 
 /// Why a host's entries could not be compiled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -93,6 +112,22 @@ pub enum CompileError {
         subnet: String,
         fixed: Ipv4Addr,
     },
+    /// This host does SNAT for a router whose gateway has no address to translate to.
+    #[error(
+        "router {router}: field `external_gateway_info.external_fixed_ips`: empty, but host \
+         {host} does SNAT for the router and needs its external address"
+    )]
+    SnatNoExternalIp { router: String, host: String },
+    /// This host does SNAT for a router whose external address has no next hop.
+    #[error(
+        "router {router}: field `external_gateway_info.external_fixed_ips[0].subnet_id`: subnet \
+         {subnet} of external address {address} has no gateway_ip, needed as the SNAT next hop"
+    )]
+    SnatNoGateway {
+        router: String,
+        subnet: String,
+        address: Ipv4Addr,
+    },
 }
 
 /// Everything one host's datapath needs.
@@ -106,8 +141,10 @@ pub struct Compiled {
     pub entries: MapEntries,
     /// The external side, when the host has external.
     pub external: Option<External>,
-    /// Floating IP -> fixed IP of every FIP served here (`FIP_LOCAL`).
+    /// Floating IP -> fixed IP of every FIP served here (`FIP_LOCAL` and `FIP_CENTRAL`).
     pub served_fips: BTreeMap<Ipv4Addr, Ipv4Addr>,
+    /// Router id hash -> router id of every router this host does SNAT for (for logs).
+    pub snat_router_names: BTreeMap<u32, String>,
 }
 
 /// A host's external side.
@@ -150,6 +187,12 @@ pub struct MapEntries {
     /// (LPM prefix length, network address in network order) -> router id: tenant subnets
     /// of H's routers, unreachable directly from the external network.
     pub ext_deny: BTreeMap<(u32, u32), u32>,
+    /// (VNI, router interface MAC) on a served network -> where the router's SNAT is.
+    pub snat_steer: BTreeMap<FdbKey, SnatSteer>,
+    /// (VNI, csnat port MAC) of the routers this host does SNAT for -> the router.
+    pub snat_routers: BTreeMap<FdbKey, SnatRouter>,
+    /// External address (network order) of the routers this host does SNAT for -> the router.
+    pub snat_ips: BTreeMap<u32, SnatRouter>,
 }
 
 /// The tap Nova/os-vif creates for a port: `tap` + the first 11 characters of the port id
@@ -321,11 +364,24 @@ pub fn compile(
         .iter()
         .map(|i| (i.subnet.id.as_str(), i.port.mac))
         .collect();
-    let my_routers: HashSet<&str> = ifaces
+    let csnat = Csnat::of(state);
+    // Routers this host does SNAT for, in state order.
+    let snat_here: Vec<(&Router, &ExternalGateway)> = if me.has_external() {
+        state
+            .routers()
+            .iter()
+            .filter(|r| csnat.host_of.get(r.id.as_str()) == Some(&host))
+            .filter_map(|r| Some((r, r.external_gateway.as_ref()?)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut my_routers: HashSet<&str> = ifaces
         .iter()
         .filter(|i| served.contains(i.network_id))
         .map(|i| i.router_id)
         .collect();
+    my_routers.extend(snat_here.iter().map(|(r, _)| r.id.as_str()));
     let routed: HashSet<&str> = ifaces
         .iter()
         .filter(|i| my_routers.contains(i.router_id))
@@ -446,9 +502,24 @@ pub fn compile(
         }
     }
 
+    add_snat_steer(&mut out.snat_steer, state, &c, &csnat, &ifaces, &served);
+    let snat_ids: HashSet<&str> = snat_here.iter().map(|(r, _)| r.id.as_str()).collect();
     let ext = ExtSide::of(state, me);
-    let (served_fips, mut gateways) =
-        add_floating_ips(&mut out, state, &c, ext.as_ref(), &ifaces, &my_routers)?;
+    let (served_fips, mut gateways) = add_floating_ips(
+        &mut out,
+        state,
+        &c,
+        ext.as_ref(),
+        &ifaces,
+        &my_routers,
+        &snat_ids,
+    )?;
+    let mut snat_router_names = BTreeMap::new();
+    for &(router, gw) in &snat_here {
+        let gateway = add_snat_router(&mut out, state, &c, &csnat, router, gw)?;
+        gateways.insert(gateway);
+        snat_router_names.insert(fnv1a32(&router.id), router.id.clone());
+    }
     let external = ext.map(|ext| {
         add_ext_deny(&mut out.ext_deny, state, &ifaces, &my_routers);
         gateways.extend(ext.fg_gateway);
@@ -470,6 +541,8 @@ pub fn compile(
         fg_ip_be: external.as_ref().and_then(|e| e.fg_ip).map_or(0, be),
         ext_mac: [0; 6],
         _pad2: [0; 2],
+        snat_port_min: 0,
+        snat_port_max: 0,
     };
     Ok(Compiled {
         config,
@@ -477,7 +550,133 @@ pub fn compile(
         entries: out,
         external,
         served_fips,
+        snat_router_names,
     })
+}
+
+/// The routers' bound centralized SNAT ports.
+struct Csnat<'s> {
+    /// (router id, subnet id) -> the router's csnat port on that subnet.
+    on_subnet: HashMap<(&'s str, &'s str), &'s Port>,
+    /// Router id -> its SNAT host (validation: all its bound csnat ports share one).
+    host_of: HashMap<&'s str, &'s str>,
+    /// Router id -> its csnat ports, in state order.
+    ports_of: HashMap<&'s str, Vec<&'s Port>>,
+}
+
+impl<'s> Csnat<'s> {
+    fn of(state: &'s State) -> Self {
+        let mut csnat = Csnat {
+            on_subnet: HashMap::new(),
+            host_of: HashMap::new(),
+            ports_of: HashMap::new(),
+        };
+        for port in state.ports().iter().filter(|p| p.is_centralized_snat()) {
+            // Unbound: not scheduled yet, so no SNAT host serves this subnet.
+            let (Some(host), [fixed]) = (port.host_id.as_deref(), port.fixed_ips.as_slice()) else {
+                continue;
+            };
+            let router = port.device_id.as_str();
+            csnat
+                .on_subnet
+                .entry((router, fixed.subnet_id.as_str()))
+                .or_insert(port);
+            csnat.host_of.entry(router).or_insert(host);
+            csnat.ports_of.entry(router).or_default().push(port);
+        }
+        csnat
+    }
+}
+
+fn snat_flags(gw: &ExternalGateway) -> u32 {
+    if gw.enable_snat { SNAT_ENABLED } else { 0 }
+}
+
+/// Steering of non-FIP external traffic: each interface on a served network of a router with
+/// a gateway, whose subnet has a csnat port, points at the router's SNAT host.
+fn add_snat_steer(
+    steer: &mut BTreeMap<FdbKey, SnatSteer>,
+    state: &State,
+    c: &Compiler<'_>,
+    csnat: &Csnat<'_>,
+    ifaces: &[Iface<'_>],
+    served: &HashSet<&str>,
+) {
+    for iface in ifaces.iter().filter(|i| served.contains(i.network_id)) {
+        let Some(gw) = state
+            .router(iface.router_id)
+            .and_then(|r| r.external_gateway.as_ref())
+        else {
+            continue;
+        };
+        let Some(port) = csnat
+            .on_subnet
+            .get(&(iface.router_id, iface.subnet.id.as_str()))
+        else {
+            continue;
+        };
+        let Some(snat_host) = port.host_id.as_deref() else {
+            continue;
+        };
+        let tunnel_ip_host = if snat_host == c.host {
+            0
+        } else {
+            match c.tunnel_of.get(snat_host) {
+                Some(&tunnel) => tunnel,
+                None => continue,
+            }
+        };
+        steer.insert(
+            fdb_key(iface.vni, iface.port.mac),
+            SnatSteer {
+                tunnel_ip_host,
+                router_id: fnv1a32(iface.router_id),
+                csnat_mac: port.mac,
+                _pad: [0; 2],
+                flags: snat_flags(gw),
+            },
+        );
+    }
+}
+
+/// `snat_routers` and `snat_ips` of one router this host does SNAT for. Returns the next hop
+/// on the external network, whose MAC the datapath learns.
+fn add_snat_router(
+    out: &mut MapEntries,
+    state: &State,
+    c: &Compiler<'_>,
+    csnat: &Csnat<'_>,
+    router: &Router,
+    gw: &ExternalGateway,
+) -> Result<Ipv4Addr, CompileError> {
+    let ext = gw
+        .external_fixed_ips
+        .first()
+        .ok_or_else(|| CompileError::SnatNoExternalIp {
+            router: router.id.clone(),
+            host: c.host.into(),
+        })?;
+    let next_hop = state
+        .subnet(&ext.subnet_id)
+        .and_then(|s| s.gateway_ip)
+        .ok_or_else(|| CompileError::SnatNoGateway {
+            router: router.id.clone(),
+            subnet: ext.subnet_id.clone(),
+            address: ext.ip,
+        })?;
+    let value = SnatRouter {
+        router_id: fnv1a32(&router.id),
+        ext_ip_be: be(ext.ip),
+        ext_gw_ip_be: be(next_hop),
+        flags: snat_flags(gw),
+    };
+    for port in csnat.ports_of.get(router.id.as_str()).into_iter().flatten() {
+        if let Some(vni) = vni_of(state, &port.network_id) {
+            out.snat_routers.insert(fdb_key(vni, port.mac), value);
+        }
+    }
+    out.snat_ips.insert(value.ext_ip_be, value);
+    Ok(next_hop)
 }
 
 /// The external side of a host that has external.
@@ -605,6 +804,7 @@ fn add_floating_ips(
     ext: Option<&ExtSide<'_>>,
     ifaces: &[Iface<'_>],
     my_routers: &HashSet<&str>,
+    snat_here: &HashSet<&str>,
 ) -> Result<(BTreeMap<Ipv4Addr, Ipv4Addr>, BTreeSet<Ipv4Addr>), CompileError> {
     let mut served = BTreeMap::new();
     let mut gateways = BTreeSet::new();
@@ -639,17 +839,38 @@ fn add_floating_ips(
             }
             _ => None,
         };
+        // A port of a dvr_no_external host, on a router this host does SNAT for (which
+        // implies this host has external).
+        let central_from = bound_to
+            .filter(|_| snat_here.contains(t.router_id))
+            .filter(|&h| {
+                state
+                    .host(h)
+                    .is_some_and(|h| h.agent_mode == AgentMode::DvrNoExternal)
+            })
+            .and_then(|h| c.tunnel_of.get(h).copied());
         let serving_peer = bound_to
             .filter(|&h| h != c.host && my_routers.contains(t.router_id))
             .and_then(|h| state.host(h))
             .filter(|h| h.has_external());
-        if let Some(ifindex) = local_ifindex {
-            let entry = FipEntry {
+        let served_here = match (local_ifindex, central_from) {
+            (Some(ifindex), _) => Some(FipEntry {
                 ifindex,
-                port_mac: t.port.mac,
-                gw_mac: t.gw_mac(fip)?,
                 flags: FIP_LOCAL,
                 ..base
+            }),
+            (None, Some(tunnel_ip_host)) => Some(FipEntry {
+                tunnel_ip_host,
+                flags: FIP_CENTRAL,
+                ..base
+            }),
+            (None, None) => None,
+        };
+        if let Some(entry) = served_here {
+            let entry = FipEntry {
+                port_mac: t.port.mac,
+                gw_mac: t.gw_mac(fip)?,
+                ..entry
             };
             let ext_gw = ext_gateway(state, fip)?;
             out.fips.insert(fip_be, entry);
@@ -677,7 +898,8 @@ fn add_floating_ips(
             };
             out.fips.insert(fip_be, entry);
         } else if on_my_external {
-            // Served elsewhere, on a dvr_no_external host (nowhere), or its tap is not here
+            // Served elsewhere (on another host, centrally on the router's SNAT host, or
+            // nowhere when a dvr_no_external host's router has none), or its tap is not here
             // yet: known, so its traffic is counted rather than treated as unknown.
             out.fips.insert(fip_be, base);
         }
@@ -975,6 +1197,8 @@ mod tests {
                 fg_ip_be: 0,
                 ext_mac: [0; 6],
                 _pad2: [0; 2],
+                snat_port_min: 0,
+                snat_port_max: 0,
             }
         );
         assert_eq!(
@@ -1917,6 +2141,466 @@ mod tests {
             e.to_string()
                 .starts_with("floatingip fip-a: field `router_id`: router r2")
         }));
+    }
+
+    // Centralized SNAT: fip_fixture plus host-s (dvr_snat, external "ext0", fg port
+    // 10.5.1.4) holding r1's csnat ports on s1 and s2, host-n (dvr_no_external) with vmn on
+    // n1 and FIP 10.5.2.7, and r1's gateway address 10.5.3.1.
+    const TUN_S: u32 = 0xc000_0204; // 192.0.2.4
+    const TUN_N: u32 = 0xc000_0205; // 192.0.2.5
+    const IFX_VMS: u32 = 34;
+    const MAC_CSNAT1: Mac = [0xfa, 0x16, 0x3e, 0, 3, 0x11];
+    const MAC_CSNAT2: Mac = [0xfa, 0x16, 0x3e, 0, 3, 0x12];
+    const MAC_VMC: Mac = [0xfa, 0x16, 0x3e, 0, 0, 0x0c];
+    const MAC_VMN: Mac = [0xfa, 0x16, 0x3e, 0, 0, 0x0e];
+
+    fn snat_fixture() -> Value {
+        let mut v = fip_fixture();
+        elem(&mut v, "routers", "id", "r1")["external_gateway_info"] = json!({"network_id": "ext",
+            "enable_snat": true,
+            "external_fixed_ips": [{"subnet_id": "ext-sub", "ip_address": "10.5.3.1"}]});
+        push(
+            &mut v,
+            "hosts",
+            json!({"name": "host-s", "agent_mode": "dvr_snat", "tunnel_ip": "192.0.2.4",
+                "dvr_mac": "fa:16:3f:00:00:0d", "external_interface": "ext0"}),
+        );
+        push(
+            &mut v,
+            "hosts",
+            json!({"name": "host-n", "agent_mode": "dvr_no_external", "tunnel_ip": "192.0.2.5",
+                "dvr_mac": "fa:16:3f:00:00:0e"}),
+        );
+        for (id, net, sub, ip, mac) in [
+            ("r1-snat1", "n1", "s1", "192.168.1.5", "fa:16:3e:00:03:11"),
+            ("r1-snat2", "n2", "s2", "192.168.2.5", "fa:16:3e:00:03:12"),
+        ] {
+            push(
+                &mut v,
+                "ports",
+                json!({"id": id, "network_id": net, "mac_address": mac,
+                    "fixed_ips": [{"subnet_id": sub, "ip_address": ip}],
+                    "device_owner": "network:router_centralized_snat", "device_id": "r1",
+                    "binding:host_id": "host-s"}),
+            );
+        }
+        push(
+            &mut v,
+            "ports",
+            json!({"id": "fg-s", "network_id": "ext", "mac_address": "fa:16:3e:00:02:0d",
+                "fixed_ips": [{"subnet_id": "ext-sub", "ip_address": "10.5.1.4"}],
+                "device_owner": "network:floatingip_agent_gateway", "device_id": "host-s",
+                "binding:host_id": "host-s"}),
+        );
+        push(
+            &mut v,
+            "ports",
+            json!({"id": "vmn", "network_id": "n1", "mac_address": "fa:16:3e:00:00:0e",
+                "fixed_ips": [{"subnet_id": "s1", "ip_address": "192.168.1.40"}],
+                "device_owner": "compute:nova", "binding:host_id": "host-n"}),
+        );
+        push(
+            &mut v,
+            "floatingips",
+            json!({"id": "fip-n", "floating_ip_address": "10.5.2.7", "floating_network_id": "ext",
+                "port_id": "vmn"}),
+        );
+        v
+    }
+
+    /// snat_fixture with vms, a VM of host-s on n1.
+    fn snat_fixture_with_vms() -> Value {
+        let mut v = snat_fixture();
+        push(
+            &mut v,
+            "ports",
+            json!({"id": "vms", "network_id": "n1", "mac_address": "fa:16:3e:00:00:0d",
+                "fixed_ips": [{"subnet_id": "s1", "ip_address": "192.168.1.50"}],
+                "device_owner": "compute:nova", "binding:host_id": "host-s"}),
+        );
+        v
+    }
+
+    fn snat_taps(tap: &str) -> Option<u32> {
+        if tap == "tapvms" {
+            Some(IFX_VMS)
+        } else {
+            fip_taps(tap)
+        }
+    }
+
+    fn steer(tunnel_ip_host: u32, csnat_mac: Mac, flags: u32) -> SnatSteer {
+        SnatSteer {
+            tunnel_ip_host,
+            router_id: fnv1a32("r1"),
+            csnat_mac,
+            _pad: [0; 2],
+            flags,
+        }
+    }
+
+    fn snat_r1(flags: u32) -> SnatRouter {
+        SnatRouter {
+            router_id: fnv1a32("r1"),
+            ext_ip_be: ip(10, 5, 3, 1),
+            ext_gw_ip_be: ip(10, 5, 0, 1),
+            flags,
+        }
+    }
+
+    #[test]
+    fn snat_steering_on_compute_hosts_points_at_the_snat_host() {
+        let v = snat_fixture();
+        // host-a serves n1 only (vma), host-b n2 only (vmb), host-n n1 only (vmn).
+        for (host, key) in [
+            ("host-a", fdb_key(FVNI1, MAC_R1N1)),
+            ("host-n", fdb_key(FVNI1, MAC_R1N1)),
+            ("host-b", fdb_key(FVNI2, MAC_R1N2)),
+        ] {
+            let c = compiled(&v, host, &snat_taps);
+            let csnat = if key.vni == FVNI1 {
+                MAC_CSNAT1
+            } else {
+                MAC_CSNAT2
+            };
+            assert_eq!(
+                c.entries.snat_steer,
+                BTreeMap::from([(key, steer(TUN_S, csnat, SNAT_ENABLED))]),
+                "{host}"
+            );
+            assert!(c.entries.snat_routers.is_empty(), "{host}");
+            assert!(c.entries.snat_ips.is_empty(), "{host}");
+            assert!(c.snat_router_names.is_empty(), "{host}");
+        }
+        // host-n's FIP is served centrally: host-n needs nothing for it, host-a knows it.
+        let n = compiled(&v, "host-n", &snat_taps);
+        assert!(!n.entries.fips.contains_key(&ip(10, 5, 2, 7)));
+        assert!(n.entries.fip_src.is_empty() && n.served_fips.is_empty());
+        let a = compiled(&v, "host-a", &snat_taps);
+        assert_eq!(
+            a.entries.fips.get(&ip(10, 5, 2, 7)),
+            Some(&fip_known(ip(192, 168, 1, 40), FVNI1))
+        );
+        assert_eq!(
+            a.config.snat_port_min..=a.config.snat_port_max,
+            0..=0,
+            "the agent fills the PAT range"
+        );
+    }
+
+    #[test]
+    fn snat_host_without_vms_serves_the_router() {
+        let c = compiled(&snat_fixture(), "host-s", &snat_taps);
+        let e = &c.entries;
+        assert!(c.taps.is_empty());
+        // No served network: no steering, no L2 state.
+        assert!(e.snat_steer.is_empty());
+        assert!(e.fdb.is_empty() && e.flood.is_empty() && e.gw_by_mac.is_empty());
+        assert_eq!(
+            e.snat_routers,
+            BTreeMap::from([
+                (fdb_key(FVNI1, MAC_CSNAT1), snat_r1(SNAT_ENABLED)),
+                (fdb_key(FVNI2, MAC_CSNAT2), snat_r1(SNAT_ENABLED)),
+            ])
+        );
+        assert_eq!(
+            e.snat_ips,
+            BTreeMap::from([(ip(10, 5, 3, 1), snat_r1(SNAT_ENABLED))])
+        );
+        assert_eq!(
+            c.snat_router_names,
+            BTreeMap::from([(fnv1a32("r1"), "r1".to_string())])
+        );
+        // r1 is host-s's router: its routes and every endpoint of its networks.
+        assert_eq!(
+            e.routes.keys().copied().collect::<Vec<_>>(),
+            [
+                route_key(56, "r1", ip(192, 168, 1, 0)),
+                route_key(56, "r1", ip(192, 168, 2, 0))
+            ]
+        );
+        assert_eq!(
+            e.endpoints,
+            BTreeMap::from([
+                (
+                    IpKey {
+                        vni: FVNI1,
+                        ip_be: ip(192, 168, 1, 10)
+                    },
+                    endpoint(MAC_VMA, 0, TUN_A)
+                ),
+                (
+                    IpKey {
+                        vni: FVNI1,
+                        ip_be: ip(192, 168, 1, 30)
+                    },
+                    endpoint(MAC_VMC, 0, TUN_C)
+                ),
+                (
+                    IpKey {
+                        vni: FVNI1,
+                        ip_be: ip(192, 168, 1, 40)
+                    },
+                    endpoint(MAC_VMN, 0, TUN_N)
+                ),
+                (
+                    IpKey {
+                        vni: FVNI2,
+                        ip_be: ip(192, 168, 2, 20)
+                    },
+                    endpoint(MAC_VMB, 0, TUN_B)
+                ),
+            ])
+        );
+        assert!(e.ext_neigh.contains(&ip(10, 5, 0, 1)));
+        assert_eq!(e.ext_deny, both_tenant_subnets());
+        // Central FIPs: host-n's and host-c's (both dvr_no_external).
+        let central_n = FipEntry {
+            fixed_ip_be: ip(192, 168, 1, 40),
+            vni: FVNI1,
+            router_id: fnv1a32("r1"),
+            ifindex: 0,
+            tunnel_ip_host: TUN_N,
+            port_mac: MAC_VMN,
+            gw_mac: MAC_R1N1,
+            flags: FIP_CENTRAL,
+        };
+        assert_eq!(e.fips.get(&ip(10, 5, 2, 7)), Some(&central_n));
+        assert_eq!(
+            e.fips.get(&ip(10, 5, 2, 4)),
+            Some(&FipEntry {
+                fixed_ip_be: ip(192, 168, 1, 30),
+                tunnel_ip_host: TUN_C,
+                port_mac: MAC_VMC,
+                ..central_n
+            })
+        );
+        // FIPs served on dvr hosts stay REMOTE (r1 is host-s's router).
+        assert_eq!(e.fips.get(&ip(10, 5, 2, 2)), Some(&fip_vmb_remote()));
+        assert_eq!(
+            e.fips.get(&ip(10, 5, 2, 1)).map(|f| f.flags),
+            Some(FIP_REMOTE)
+        );
+        assert_eq!(e.fips.get(&ip(10, 5, 2, 3)), Some(&fip_unassociated()));
+        let src = |fip_be| FipSrc {
+            fip_be,
+            ext_gw_ip_be: ip(10, 5, 0, 1),
+            router_id: fnv1a32("r1"),
+            _pad: 0,
+        };
+        assert_eq!(
+            e.fip_src,
+            BTreeMap::from([
+                (
+                    IpKey {
+                        vni: FVNI1,
+                        ip_be: ip(192, 168, 1, 30)
+                    },
+                    src(ip(10, 5, 2, 4))
+                ),
+                (
+                    IpKey {
+                        vni: FVNI1,
+                        ip_be: ip(192, 168, 1, 40)
+                    },
+                    src(ip(10, 5, 2, 7))
+                ),
+            ])
+        );
+        assert_eq!(
+            c.served_fips,
+            BTreeMap::from([
+                (v4(10, 5, 2, 4), v4(192, 168, 1, 30)),
+                (v4(10, 5, 2, 7), v4(192, 168, 1, 40)),
+            ])
+        );
+        assert_eq!(c.external.and_then(|x| x.fg_ip), Some(v4(10, 5, 1, 4)));
+    }
+
+    #[test]
+    fn snat_host_with_a_local_vm_steers_to_itself() {
+        let c = compiled(&snat_fixture_with_vms(), "host-s", &snat_taps);
+        let e = &c.entries;
+        // n1 is served here (vms): its interface steers to this host; n2 is not served.
+        assert_eq!(
+            e.snat_steer,
+            BTreeMap::from([(fdb_key(FVNI1, MAC_R1N1), steer(0, MAC_CSNAT1, SNAT_ENABLED))])
+        );
+        assert_eq!(e.snat_routers.len(), 2);
+        assert_eq!(
+            e.endpoints.get(&IpKey {
+                vni: FVNI1,
+                ip_be: ip(192, 168, 1, 50)
+            }),
+            Some(&endpoint([0xfa, 0x16, 0x3e, 0, 0, 0x0d], IFX_VMS, 0))
+        );
+        // Other hosts see host-s as the SNAT host whether or not it has VMs.
+        let a = compiled(&snat_fixture_with_vms(), "host-a", &snat_taps);
+        assert_eq!(
+            a.entries.snat_steer.get(&fdb_key(FVNI1, MAC_R1N1)),
+            Some(&steer(TUN_S, MAC_CSNAT1, SNAT_ENABLED))
+        );
+    }
+
+    #[test]
+    fn snat_disabled_keeps_entries_without_the_flag() {
+        let mut v = snat_fixture_with_vms();
+        elem(&mut v, "routers", "id", "r1")["external_gateway_info"]["enable_snat"] = false.into();
+        let s = compiled(&v, "host-s", &snat_taps);
+        assert_eq!(
+            s.entries.snat_steer,
+            BTreeMap::from([(fdb_key(FVNI1, MAC_R1N1), steer(0, MAC_CSNAT1, 0))])
+        );
+        assert!(s.entries.snat_routers.values().all(|r| *r == snat_r1(0)));
+        assert_eq!(s.entries.snat_routers.len(), 2);
+        assert_eq!(s.entries.snat_ips.get(&ip(10, 5, 3, 1)), Some(&snat_r1(0)));
+        // FIPs do not depend on enable_snat.
+        assert_eq!(
+            s.entries.fips.get(&ip(10, 5, 2, 7)).map(|f| f.flags),
+            Some(FIP_CENTRAL)
+        );
+        let b = compiled(&v, "host-b", &snat_taps);
+        assert_eq!(
+            b.entries.snat_steer.get(&fdb_key(FVNI2, MAC_R1N2)),
+            Some(&steer(TUN_S, MAC_CSNAT2, 0))
+        );
+    }
+
+    #[test]
+    fn snat_needs_csnat_ports_and_a_gateway() {
+        // No csnat port on s2: no steering for n2; host-s still does SNAT for r1 through s1.
+        let mut v = snat_fixture();
+        if let Some(p) = v["ports"].as_array_mut() {
+            p.retain(|p| p["id"] != "r1-snat2");
+        }
+        let b = compiled(&v, "host-b", &snat_taps);
+        assert!(b.entries.snat_steer.is_empty());
+        let s = compiled(&v, "host-s", &snat_taps);
+        assert_eq!(
+            s.entries.snat_routers.keys().copied().collect::<Vec<_>>(),
+            [fdb_key(FVNI1, MAC_CSNAT1)]
+        );
+        // No csnat port at all: no SNAT anywhere, and nobody serves host-n's FIP.
+        if let Some(p) = v["ports"].as_array_mut() {
+            p.retain(|p| p["id"] != "r1-snat1");
+        }
+        let a = compiled(&v, "host-a", &snat_taps);
+        assert!(a.entries.snat_steer.is_empty());
+        let s = compiled(&v, "host-s", &snat_taps);
+        assert!(s.entries.snat_routers.is_empty() && s.entries.snat_ips.is_empty());
+        assert!(s.snat_router_names.is_empty() && s.served_fips.is_empty());
+        assert!(s.entries.routes.is_empty());
+        assert_eq!(
+            s.entries.fips.get(&ip(10, 5, 2, 7)),
+            Some(&fip_known(ip(192, 168, 1, 40), FVNI1))
+        );
+        // A router without external_gateway_info neither steers nor is SNATed.
+        let mut v = snat_fixture_with_vms();
+        elem(&mut v, "routers", "id", "r1")["external_gateway_info"] = Value::Null;
+        for host in ["host-a", "host-s"] {
+            let c = compiled(&v, host, &snat_taps);
+            assert!(c.entries.snat_steer.is_empty(), "{host}");
+            assert!(c.entries.snat_routers.is_empty(), "{host}");
+        }
+    }
+
+    #[test]
+    fn snat_router_next_hop_is_the_gateway_of_its_address_subnet() {
+        let mut v = snat_fixture();
+        push(
+            &mut v,
+            "subnets",
+            json!({"id": "ext-sub2", "network_id": "ext", "cidr": "10.6.0.0/16", "gateway_ip": "10.6.0.1", "ip_version": 4}),
+        );
+        elem(&mut v, "routers", "id", "r1")["external_gateway_info"]["external_fixed_ips"] =
+            json!([{"subnet_id": "ext-sub2", "ip_address": "10.6.0.10"}]);
+        let c = compiled(&v, "host-s", &snat_taps);
+        let r = SnatRouter {
+            ext_ip_be: ip(10, 6, 0, 10),
+            ext_gw_ip_be: ip(10, 6, 0, 1),
+            ..snat_r1(SNAT_ENABLED)
+        };
+        assert_eq!(c.entries.snat_ips, BTreeMap::from([(ip(10, 6, 0, 10), r)]));
+        assert_eq!(
+            c.entries.ext_neigh,
+            BTreeSet::from([ip(10, 5, 0, 1), ip(10, 6, 0, 1)])
+        );
+        assert_eq!(
+            c.external.map(|x| x.gateways),
+            Some(BTreeSet::from([v4(10, 5, 0, 1), v4(10, 6, 0, 1)]))
+        );
+        elem(&mut v, "subnets", "id", "ext-sub2")["gateway_ip"] = Value::Null;
+        let err = compile(&state_of(&v), "host-s", &snat_taps);
+        assert_eq!(
+            err,
+            Err(CompileError::SnatNoGateway {
+                router: "r1".into(),
+                subnet: "ext-sub2".into(),
+                address: v4(10, 6, 0, 10),
+            })
+        );
+        assert!(err.err().is_some_and(|e| e.to_string().starts_with(
+            "router r1: field `external_gateway_info.external_fixed_ips[0].subnet_id`: subnet ext-sub2"
+        )));
+    }
+
+    #[test]
+    fn snat_router_without_external_address_names_router_and_field() {
+        let mut v = snat_fixture();
+        elem(&mut v, "routers", "id", "r1")["external_gateway_info"]["external_fixed_ips"] =
+            json!([]);
+        let state = state_of(&v);
+        let err = compile(&state, "host-s", &snat_taps);
+        assert_eq!(
+            err,
+            Err(CompileError::SnatNoExternalIp {
+                router: "r1".into(),
+                host: "host-s".into(),
+            })
+        );
+        assert!(
+            err.err().is_some_and(|e| e
+                .to_string()
+                .starts_with("router r1: field `external_gateway_info.external_fixed_ips`: empty"))
+        );
+        // Steering does not need the address.
+        let a = compile(&state, "host-a", &snat_taps);
+        assert_eq!(a.map(|c| c.entries.snat_steer.len()), Ok(1));
+    }
+
+    #[test]
+    fn snat_ports_validate_against_hosts() {
+        let errors = |v: &Value| match State::from_json(&v.to_string()) {
+            Ok(_) => panic!("validated"),
+            Err(e) => e.to_string(),
+        };
+        // On two dvr_snat hosts.
+        let mut v = snat_fixture();
+        elem(&mut v, "ports", "id", "r1-snat2")["binding:host_id"] = "host-b".into();
+        assert_eq!(
+            errors(&v),
+            "port r1-snat2: field `binding:host_id`: router r1 has its centralized SNAT ports \
+             on two hosts: port r1-snat1 on host host-s, this one on host host-b"
+        );
+        // All on a dvr host.
+        let mut v = snat_fixture();
+        for id in ["r1-snat1", "r1-snat2"] {
+            elem(&mut v, "ports", "id", id)["binding:host_id"] = "host-a".into();
+        }
+        let text = errors(&v);
+        assert!(
+            text.starts_with(
+                "port r1-snat1: field `binding:host_id`: host host-a is agent_mode dvr: a \
+                 network:router_centralized_snat port needs a dvr_snat host with an \
+                 external_interface"
+            ),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 2, "{text}");
+        // On a dvr_no_external host.
+        let mut v = snat_fixture();
+        elem(&mut v, "ports", "id", "r1-snat1")["binding:host_id"] = "host-n".into();
+        assert!(errors(&v).contains("host host-n is agent_mode dvr_no_external"));
     }
 
     #[test]

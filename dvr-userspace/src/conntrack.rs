@@ -2,9 +2,12 @@
 //! idle timeouts per protocol and state, and the sweep that expires idle flows and purges
 //! flows of floating IPs this host no longer serves. Both directions of a flow always go
 //! together.
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
-use dvr_common::nat::{CtEntry, CtKey, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use dvr_common::nat::{CT_PAT, CtEntry, CtKey, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 use crate::maps::{HostMaps, MapsError};
 
@@ -108,13 +111,21 @@ pub struct Swept {
     pub purged: usize,
 }
 
-/// Which entries to delete: idle past their timeout, or translated for a floating IP
-/// mapping (`fip -> fixed`, network order) that this host no longer serves. Pure.
+/// What this host translates for: floating IP mappings (`fip -> fixed`) and router
+/// external IPs it does port-address translation for (all network order).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Owned {
+    pub fips: BTreeMap<u32, u32>,
+    pub snat_ips: BTreeSet<u32>,
+}
+
+/// Which entries to delete: idle past their timeout, or translated for something this host
+/// no longer owns (a FIP mapping it does not serve, a router it no longer SNATs). Pure.
 pub fn plan_sweep(
     entries: &BTreeMap<CtKey, CtEntry>,
     now: u64,
     t: &Timeouts,
-    served: &BTreeMap<u32, u32>,
+    owned: &Owned,
 ) -> (Vec<CtKey>, Swept) {
     let mut doomed = Vec::new();
     let mut swept = Swept::default();
@@ -125,7 +136,11 @@ pub fn plan_sweep(
         if peer.is_some() && peer_key < *k {
             continue;
         }
-        let stale = served.get(&e.fip_be) != Some(&e.fixed_be);
+        let stale = if e.kind & CT_PAT != 0 {
+            !owned.snat_ips.contains(&e.fip_be)
+        } else {
+            owned.fips.get(&e.fip_be) != Some(&e.fixed_be)
+        };
         let last = peer.map_or(e.last_seen_ns, |p| p.last_seen_ns.max(e.last_seen_ns));
         let st = state(k.proto, e.tcp_flags, peer.map_or(0, |p| p.tcp_flags));
         let idle = Duration::from_nanos(now.saturating_sub(last));
@@ -146,13 +161,9 @@ pub fn plan_sweep(
 }
 
 /// Expire and purge in the live map.
-pub fn sweep(
-    maps: &mut HostMaps,
-    t: &Timeouts,
-    served: &BTreeMap<u32, u32>,
-) -> Result<Swept, MapsError> {
+pub fn sweep(maps: &mut HostMaps, t: &Timeouts, owned: &Owned) -> Result<Swept, MapsError> {
     let entries = maps.ct.read()?;
-    let (doomed, swept) = plan_sweep(&entries, now_ns(), t, served);
+    let (doomed, swept) = plan_sweep(&entries, now_ns(), t, owned);
     for k in &doomed {
         maps.ct.del(k)?;
     }
@@ -214,7 +225,10 @@ mod tests {
     #[test]
     fn idle_flows_expire_as_pairs_by_state() {
         let t = Timeouts::default();
-        let served = BTreeMap::from([(10, 20)]);
+        let served = Owned {
+            fips: BTreeMap::from([(10, 20)]),
+            ..Default::default()
+        };
         let sec = 1_000_000_000;
         let est = pair(10, 20, 0, TCP_ACK, TCP_ACK);
         assert!(
@@ -233,12 +247,32 @@ mod tests {
     }
 
     #[test]
+    fn port_translated_flows_live_as_long_as_their_router_is_snatted_here() {
+        let t = Timeouts::default();
+        let mut flows = pair(10, 20, 0, TCP_ACK, TCP_ACK);
+        for e in flows.values_mut() {
+            e.kind |= CT_PAT;
+        }
+        let owned = Owned {
+            snat_ips: BTreeSet::from([10]),
+            ..Default::default()
+        };
+        assert!(plan_sweep(&flows, 0, &t, &owned).0.is_empty());
+        let (d, s) = plan_sweep(&flows, 0, &t, &Owned::default());
+        assert_eq!((d.len(), s.purged), (2, 1));
+    }
+
+    #[test]
     fn flows_of_unserved_or_remapped_fips_are_purged() {
         let t = Timeouts::default();
         let flows = pair(10, 20, 0, TCP_ACK, TCP_ACK);
-        let (d, s) = plan_sweep(&flows, 0, &t, &BTreeMap::new());
+        let (d, s) = plan_sweep(&flows, 0, &t, &Owned::default());
         assert_eq!((d.len(), s.purged), (2, 1));
-        let (d, _) = plan_sweep(&flows, 0, &t, &BTreeMap::from([(10, 21)]));
+        let remapped = Owned {
+            fips: BTreeMap::from([(10, 21)]),
+            ..Default::default()
+        };
+        let (d, _) = plan_sweep(&flows, 0, &t, &remapped);
         assert_eq!(d.len(), 2, "FIP now maps to another fixed IP");
     }
 }

@@ -17,6 +17,7 @@ use dvr_common::{
     nat::{self, CtEntry, CtKey, FipEntry, FipSrc, Neigh},
     port::{self, LocalPort, SecKey},
     route::{self, Endpoint, IpKey, Route, RouteKey, RouterIface},
+    snat::{self, SnatRouter, SnatSteer},
     stats,
 };
 
@@ -137,6 +138,10 @@ pub struct HostMaps {
     pub ext_neigh: Hash<u32, Neigh>,
     pub ext_deny: Lpm<u32, u32>,
     pub ct: Hash<CtKey, CtEntry>,
+    pub snat_steer: Hash<FdbKey, SnatSteer>,
+    pub snat_routers: Hash<FdbKey, SnatRouter>,
+    pub snat_ips: Hash<u32, SnatRouter>,
+    pub snat_exhausted: Hash<u32, u64>,
     pub stats: PerCpuArray<MapData, u64>,
 }
 
@@ -179,6 +184,10 @@ impl HostMaps {
             ext_neigh: hash(dir, nat::EXT_NEIGH)?,
             ext_deny: lpm(dir, nat::EXT_DENY)?,
             ct: hash(dir, nat::CT)?,
+            snat_steer: hash(dir, snat::SNAT_STEER)?,
+            snat_routers: hash(dir, snat::SNAT_ROUTERS)?,
+            snat_ips: hash(dir, snat::SNAT_IPS)?,
+            snat_exhausted: hash(dir, snat::SNAT_EXHAUSTED)?,
             stats: PerCpuArray::try_from(Map::PerCpuArray(open(dir, stats::STATS)?))
                 .map_err(access(stats::STATS))?,
         })

@@ -133,6 +133,12 @@ impl Port {
         self.device_owner == OWNER_ROUTER_INTERFACE_DISTRIBUTED
     }
 
+    /// A router's centralized SNAT port (`network:router_centralized_snat`): one per subnet
+    /// with an interface, bound to the router's SNAT host.
+    pub fn is_centralized_snat(&self) -> bool {
+        self.device_owner == OWNER_ROUTER_CENTRALIZED_SNAT
+    }
+
     /// A host's port on an external network (`network:floatingip_agent_gateway`).
     pub fn is_floatingip_agent_gateway(&self) -> bool {
         self.device_owner == OWNER_FLOATINGIP_AGENT_GATEWAY
@@ -1109,6 +1115,7 @@ impl<'s> Validator<'s, '_> {
         self.subnets();
         self.ports();
         self.routers();
+        self.snat_ports();
         self.floatingips();
     }
 
@@ -1495,6 +1502,74 @@ impl<'s> Validator<'s, '_> {
                         let message = format!("subnet {} does not exist", fip.subnet_id);
                         self.error("router", &r.id, &format!("{prefix}.subnet_id"), message);
                     }
+                }
+            }
+        }
+    }
+
+    /// Centralized SNAT ports: those of one router are bound to one host (the router's SNAT
+    /// host), a `dvr_snat` host with an external interface, and there is at most one per
+    /// subnet. An unbound one is not scheduled yet and binds the router to no host.
+    fn snat_ports(&mut self) {
+        let s = self.s;
+        const HOST: &str = "binding:host_id";
+        // router -> (SNAT host, first port bound there); (router, subnet) -> port.
+        let mut host_of_router: HashMap<&'s str, (&'s str, &'s str)> = HashMap::new();
+        let mut by_subnet: HashMap<(&'s str, &'s str), &'s str> = HashMap::new();
+        for p in s.ports.iter().filter(|p| p.is_centralized_snat()) {
+            // A missing router is reported with the port's other router checks.
+            if !s.router_by_id.contains_key(&p.device_id) {
+                continue;
+            }
+            let router = p.device_id.as_str();
+            if let [fixed] = p.fixed_ips.as_slice() {
+                match by_subnet.entry((router, fixed.subnet_id.as_str())) {
+                    Entry::Occupied(o) => {
+                        let message = format!(
+                            "router {router} has two centralized SNAT ports on subnet {}: also \
+                             port {}",
+                            fixed.subnet_id,
+                            o.get()
+                        );
+                        self.error("port", &p.id, "fixed_ips[0].subnet_id", message);
+                    }
+                    Entry::Vacant(v) => {
+                        v.insert(&p.id);
+                    }
+                }
+            }
+            let Some(host) = p.host_id.as_deref() else {
+                continue;
+            };
+            if let Some(h) = s.host(host) {
+                let problem = match (h.agent_mode, &h.external_interface) {
+                    (AgentMode::DvrSnat, Some(_)) => None,
+                    (AgentMode::DvrSnat, None) => Some(format!(
+                        "host {host} is dvr_snat but has no external_interface"
+                    )),
+                    (mode, _) => Some(format!("host {host} is agent_mode {mode}")),
+                };
+                if let Some(problem) = problem {
+                    let message = format!(
+                        "{problem}: a {OWNER_ROUTER_CENTRALIZED_SNAT} port needs a dvr_snat host \
+                         with an external_interface"
+                    );
+                    self.error("port", &p.id, HOST, message);
+                }
+            }
+            match host_of_router.entry(router) {
+                Entry::Occupied(o) => {
+                    let (other_host, other_port) = *o.get();
+                    if other_host != host {
+                        let message = format!(
+                            "router {router} has its centralized SNAT ports on two hosts: port \
+                             {other_port} on host {other_host}, this one on host {host}"
+                        );
+                        self.error("port", &p.id, HOST, message);
+                    }
+                }
+                Entry::Vacant(v) => {
+                    v.insert((host, &p.id));
                 }
             }
         }
@@ -2647,6 +2722,8 @@ pub(crate) mod tests {
         assert_eq!(s.host("host-b").map(Host::has_external), Some(true));
         elem(&mut v, "hosts", "name", "host-b")["agent_mode"] = "dvr_no_external".into();
         elem(&mut v, "hosts", "name", "host-a")["external_interface"] = "eth1".into();
+        // A dvr_no_external host cannot hold the router's SNAT port.
+        elem(&mut v, "ports", "id", "snat1")["binding:host_id"] = "".into();
         let s = state_of(&v);
         assert_eq!(s.host("host-a").map(Host::has_external), Some(true));
         assert_eq!(s.host("host-b").map(Host::has_external), Some(false));
@@ -2762,6 +2839,94 @@ pub(crate) mod tests {
                 "device_owner": "compute:nova", "binding:host_id": "host-a"}),
         );
         state_of(&v);
+    }
+
+    fn snat2_on(host: &str) -> Value {
+        serde_json::json!({"id": "snat2", "network_id": "net2", "mac_address": "fa:16:3e:00:02:02",
+            "fixed_ips": [{"subnet_id": "subnet2", "ip_address": "10.0.2.5"}],
+            "device_owner": "network:router_centralized_snat", "device_id": "router1",
+            "binding:host_id": host})
+    }
+
+    #[test]
+    fn centralized_snat_ports_of_a_router_share_one_host() {
+        let errors = errors_after(|v| {
+            push(
+                v,
+                "hosts",
+                serde_json::json!({"name": "host-s", "agent_mode": "dvr_snat", "tunnel_ip": "192.0.2.3",
+                    "dvr_mac": "fa:16:3f:00:00:0c", "external_interface": "eth1"}),
+            );
+            push(v, "ports", snat2_on("host-s"));
+        });
+        assert_error(
+            &errors,
+            "port",
+            "snat2",
+            "binding:host_id",
+            "router router1 has its centralized SNAT ports on two hosts: port snat1 on host \
+             host-b, this one on host host-s",
+        );
+        assert_eq!(errors.len(), 1, "{}", display_lines(&errors));
+        // Both on host-b is the normal case.
+        let mut v = fixture_value();
+        push(&mut v, "ports", snat2_on("host-b"));
+        let s = state_of(&v);
+        assert_eq!(s.port("snat2").map(Port::is_centralized_snat), Some(true));
+        // Unbound (not scheduled yet) binds the router to no host.
+        let mut v = fixture_value();
+        push(&mut v, "ports", snat2_on(""));
+        state_of(&v);
+    }
+
+    #[test]
+    fn centralized_snat_port_needs_a_dvr_snat_host_with_external() {
+        let errors = errors_after(|v| {
+            elem(v, "ports", "id", "snat1")["binding:host_id"] = "host-a".into();
+        });
+        assert_error(
+            &errors,
+            "port",
+            "snat1",
+            "binding:host_id",
+            "host host-a is agent_mode dvr: a network:router_centralized_snat port needs a \
+             dvr_snat host with an external_interface",
+        );
+        let errors = errors_after(|v| {
+            elem(v, "hosts", "name", "host-b")["external_interface"] = Value::Null;
+        });
+        assert_error(
+            &errors,
+            "port",
+            "snat1",
+            "binding:host_id",
+            "host host-b is dvr_snat but has no external_interface",
+        );
+        // No csnat port at all is fine: the router simply has no SNAT.
+        let mut v = fixture_value();
+        if let Some(ports) = v["ports"].as_array_mut() {
+            ports.retain(|p| p["id"] != "snat1");
+        }
+        state_of(&v);
+    }
+
+    #[test]
+    fn one_centralized_snat_port_per_router_and_subnet() {
+        let errors = errors_after(|v| {
+            let mut dup = snat2_on("host-b");
+            dup["network_id"] = "net1".into();
+            dup["fixed_ips"] =
+                serde_json::json!([{"subnet_id": "subnet1", "ip_address": "10.0.1.6"}]);
+            push(v, "ports", dup);
+        });
+        assert_error(
+            &errors,
+            "port",
+            "snat2",
+            "fixed_ips[0].subnet_id",
+            "router router1 has two centralized SNAT ports on subnet subnet1: also port snat1",
+        );
+        assert_eq!(errors.len(), 1, "{}", display_lines(&errors));
     }
 
     #[test]

@@ -69,6 +69,7 @@ pub fn apply(
     let neigh_now = maps.ext_neigh.read()?;
     let (ext_deny, fip_src, tunnel_peers, dvr_macs, endpoints, routes) =
         plan!(ext_deny, fip_src, tunnel_peers, dvr_macs, endpoints, routes);
+    let (snat_routers, snat_ips, snat_steer) = plan!(snat_routers, snat_ips, snat_steer);
     let (fdb, flood, gw_by_ip, gw_by_mac, port_security, local_ports, fips) = plan!(
         fdb,
         flood,
@@ -106,22 +107,28 @@ pub fn apply(
         dvr_macs,
         endpoints,
         routes,
+        snat_routers,
+        snat_steer,
         fdb,
         flood,
         gw_by_ip,
         gw_by_mac,
         port_security,
         local_ports,
+        snat_ips,
         fips
     );
     delete!(
         fips,
+        snat_ips,
         local_ports,
         port_security,
         gw_by_mac,
         gw_by_ip,
         flood,
         fdb,
+        snat_steer,
+        snat_routers,
         routes,
         endpoints,
         dvr_macs,

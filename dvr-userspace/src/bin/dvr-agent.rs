@@ -39,6 +39,21 @@ struct Args {
     /// How often idle conntrack entries are expired, milliseconds.
     #[arg(long, default_value_t = 1000)]
     ct_gc_interval_ms: u64,
+    /// Port-address translation range on a SNAT host, `MIN-MAX` (inclusive).
+    #[arg(long, default_value = "32768-60999", value_parser = parse_range)]
+    snat_ports: (u16, u16),
+}
+
+fn parse_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?}: expected MIN-MAX"))?;
+    let a: u16 = a.trim().parse().map_err(|e| format!("{a:?}: {e}"))?;
+    let b: u16 = b.trim().parse().map_err(|e| format!("{b:?}: {e}"))?;
+    if a == 0 || a > b {
+        return Err(format!("{s:?}: need 1 <= MIN <= MAX"));
+    }
+    Ok((a, b))
 }
 
 impl Args {
@@ -57,6 +72,7 @@ impl Args {
                 other: s(self.ct_timeout_udp),
             },
             gc_interval: Duration::from_millis(self.ct_gc_interval_ms.max(10)),
+            snat_ports: self.snat_ports,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! `dvrctl show ports|fdb|endpoints|routes|stats [--json]`: the live maps of a host.
-use std::{fmt::Write as _, net::Ipv4Addr};
+use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
 
 use serde::Serialize;
 
@@ -9,8 +9,11 @@ use crate::{
     maps::{HostMaps, MapsError},
 };
 use dvr_common::{
-    nat::{CT_DNAT, CT_HAIRPIN, FIP_LOCAL, FIP_REMOTE, FIP_UNASSOCIATED},
+    nat::{
+        CT_DNAT, CT_HAIRPIN, CT_PAT, CT_SNAT, FIP_CENTRAL, FIP_LOCAL, FIP_REMOTE, FIP_UNASSOCIATED,
+    },
     port::PORT_FLAG_SECURITY,
+    snat::SNAT_ENABLED,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -20,6 +23,7 @@ pub enum Subject {
     Endpoints,
     Routes,
     Fips,
+    Snat,
     Conntrack,
     Stats,
 }
@@ -83,6 +87,9 @@ struct CtRow {
     nat: &'static str,
     hairpin: bool,
     nat_ip: Ipv4Addr,
+    /// Translated port (port-address translation), null when ports are kept.
+    nat_port: Option<u16>,
+    pat: bool,
     fip: Ipv4Addr,
     fixed: Ipv4Addr,
     state: &'static str,
@@ -92,9 +99,93 @@ struct CtRow {
     bytes: u64,
 }
 
+#[derive(Serialize)]
+struct SnatRow {
+    router_id: String,
+    external_ip: Ipv4Addr,
+    next_hop: Ipv4Addr,
+    enabled: bool,
+    /// Translated flows now (one per mapping).
+    flows: usize,
+    /// External ports in use per destination (ip:port/proto), most used first.
+    busiest_destinations: Vec<(String, usize)>,
+    /// New flows refused for lack of a port since the datapath loaded.
+    exhausted: u64,
+}
+
+#[derive(Serialize)]
+struct SteerRow {
+    vni: u32,
+    gateway_mac: String,
+    router_id: String,
+    snat_host: Option<Ipv4Addr>,
+    csnat_mac: String,
+    enabled: bool,
+}
+
+#[derive(Serialize)]
+struct SnatView {
+    routers: Vec<SnatRow>,
+    steering: Vec<SteerRow>,
+}
+
+fn snat_view(maps: &HostMaps) -> Result<SnatView, MapsError> {
+    let ct = maps.ct.read()?;
+    let exhausted = maps.snat_exhausted.read()?;
+    let routers = maps
+        .snat_ips
+        .read()?
+        .into_iter()
+        .map(|(ip, r)| {
+            let mut per_dst: BTreeMap<String, usize> = BTreeMap::new();
+            let mut flows = 0;
+            for (k, e) in &ct {
+                if e.kind == CT_SNAT | CT_PAT && e.nat_ip_be == ip {
+                    flows += 1;
+                    let dst = format!(
+                        "{}:{}/{}",
+                        ip_be(k.daddr_be),
+                        u16::from_be(k.dport_be),
+                        proto_name(k.proto)
+                    );
+                    *per_dst.entry(dst).or_default() += 1;
+                }
+            }
+            let mut busiest: Vec<(String, usize)> = per_dst.into_iter().collect();
+            busiest.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            busiest.truncate(5);
+            SnatRow {
+                router_id: format!("{:08x}", r.router_id),
+                external_ip: ip_be(ip),
+                next_hop: ip_be(r.ext_gw_ip_be),
+                enabled: r.flags & SNAT_ENABLED != 0,
+                flows,
+                busiest_destinations: busiest,
+                exhausted: exhausted.get(&r.router_id).copied().unwrap_or(0),
+            }
+        })
+        .collect();
+    let steering = maps
+        .snat_steer
+        .read()?
+        .into_iter()
+        .map(|(k, st)| SteerRow {
+            vni: k.vni,
+            gateway_mac: fmt_mac(k.mac),
+            router_id: format!("{:08x}", st.router_id),
+            snat_host: ip_host(st.tunnel_ip_host),
+            csnat_mac: fmt_mac(st.csnat_mac),
+            enabled: st.flags & SNAT_ENABLED != 0,
+        })
+        .collect();
+    Ok(SnatView { routers, steering })
+}
+
 fn fip_kind(flags: u32) -> &'static str {
     if flags & FIP_LOCAL != 0 {
         "local"
+    } else if flags & FIP_CENTRAL != 0 {
+        "central"
     } else if flags & FIP_REMOTE != 0 {
         "remote"
     } else if flags & FIP_UNASSOCIATED != 0 {
@@ -135,6 +226,8 @@ fn ct_rows(maps: &HostMaps) -> Result<Vec<CtRow>, MapsError> {
                 },
                 hairpin: e.kind & CT_HAIRPIN != 0,
                 nat_ip: ip_be(e.nat_ip_be),
+                nat_port: (e.nat_port_be != 0).then(|| u16::from_be(e.nat_port_be)),
+                pat: e.kind & CT_PAT != 0,
                 fip: ip_be(e.fip_be),
                 fixed: ip_be(e.fixed_be),
                 state: conntrack::state(k.proto, e.tcp_flags, peer_flags).as_str(),
@@ -309,6 +402,65 @@ pub fn show(maps: &HostMaps, subject: Subject, json: bool) -> Result<String, Map
                 },
             )
         }
+        Subject::Snat => {
+            let view = snat_view(maps)?;
+            if json {
+                serde_json::to_string(&view).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+            } else {
+                let mut out = render(
+                    false,
+                    &view.routers,
+                    &[
+                        "ROUTER",
+                        "EXTERNAL-IP",
+                        "NEXT-HOP",
+                        "SNAT",
+                        "FLOWS",
+                        "EXHAUSTED",
+                        "BUSIEST",
+                    ],
+                    |r| {
+                        vec![
+                            r.router_id.clone(),
+                            r.external_ip.to_string(),
+                            r.next_hop.to_string(),
+                            if r.enabled { "on" } else { "off" }.to_string(),
+                            r.flows.to_string(),
+                            r.exhausted.to_string(),
+                            r.busiest_destinations
+                                .iter()
+                                .map(|(d, n)| format!("{d}={n}"))
+                                .collect::<Vec<_>>()
+                                .join(","),
+                        ]
+                    },
+                );
+                out.push('\n');
+                out.push_str(&render(
+                    false,
+                    &view.steering,
+                    &[
+                        "VNI",
+                        "GATEWAY-MAC",
+                        "ROUTER",
+                        "SNAT-HOST",
+                        "CSNAT-MAC",
+                        "SNAT",
+                    ],
+                    |r| {
+                        vec![
+                            r.vni.to_string(),
+                            r.gateway_mac.clone(),
+                            r.router_id.clone(),
+                            opt(&r.snat_host).replace('-', "local"),
+                            r.csnat_mac.clone(),
+                            if r.enabled { "on" } else { "off" }.to_string(),
+                        ]
+                    },
+                ));
+                out
+            }
+        }
         Subject::Conntrack => {
             let rows = ct_rows(maps)?;
             render(
@@ -324,8 +476,16 @@ pub fn show(maps: &HostMaps, subject: Subject, json: bool) -> Result<String, Map
                         r.proto.clone(),
                         format!("{}:{}", r.src, r.sport),
                         format!("{}:{}", r.dst, r.dport),
-                        format!("{}{}", r.nat, if r.hairpin { "+hairpin" } else { "" }),
-                        r.nat_ip.to_string(),
+                        format!(
+                            "{}{}{}",
+                            r.nat,
+                            if r.hairpin { "+hairpin" } else { "" },
+                            if r.pat { "+pat" } else { "" }
+                        ),
+                        match r.nat_port {
+                            Some(p) => format!("{}:{p}", r.nat_ip),
+                            None => r.nat_ip.to_string(),
+                        },
                         r.state.to_string(),
                         format!("{:.0}s", r.age_s),
                         format!("{:.1}s", r.idle_s),

@@ -1,0 +1,89 @@
+//! Centralized SNAT: compute hosts steer a router's non-FIP external traffic over the
+//! tunnel to the host holding the router's `network:router_centralized_snat` port for the
+//! subnet; that host translates it to the router's gateway IP with port-address translation
+//! and sends replies straight back to the VM's host.
+
+/// Hash `FdbKey (vni, router interface MAC) -> SnatSteer`, on every host with ports of the
+/// router: where the router's SNAT is. Agent-written.
+pub const SNAT_STEER: &str = "DVR_SNAT_STEER";
+/// Hash `FdbKey (vni, csnat port MAC) -> SnatRouter`, on the SNAT host: frames addressed to
+/// a csnat port are translated for this router. Agent-written.
+pub const SNAT_ROUTERS: &str = "DVR_SNAT_RTR";
+/// Hash `u32 gateway IP (network order) -> SnatRouter`, on the SNAT host: the router
+/// external addresses it answers ARP for and translates replies to. Agent-written.
+pub const SNAT_IPS: &str = "DVR_SNAT_IPS";
+/// Hash `u32 router id -> u64`: new flows refused for lack of a free port, per router.
+/// Datapath-written; the agent logs increases.
+pub const SNAT_EXHAUSTED: &str = "DVR_SNAT_EXH";
+pub const SNAT_MAX: u32 = 16384;
+
+/// Default PAT range (inclusive), as Linux's ephemeral ports.
+pub const SNAT_PORT_MIN: u16 = 32768;
+pub const SNAT_PORT_MAX: u16 = 60999;
+/// Ports tried for a new flow before it is refused: the original port, then a
+/// pseudo-random walk through the range.
+pub const SNAT_PROBES: u32 = 32;
+
+/// The router does SNAT (`external_gateway_info.enable_snat`).
+pub const SNAT_ENABLED: u32 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SnatSteer {
+    /// Tunnel address of the SNAT host (host order); 0 when it is this host.
+    pub tunnel_ip_host: u32,
+    pub router_id: u32,
+    /// MAC of the csnat port on this subnet: destination MAC of steered frames.
+    pub csnat_mac: crate::Mac,
+    pub _pad: [u8; 2],
+    /// `SNAT_ENABLED`.
+    pub flags: u32,
+}
+crate::assert_size!(SnatSteer, 20);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SnatRouter {
+    pub router_id: u32,
+    /// The router's external gateway IP (`external_fixed_ips`), network order.
+    pub ext_ip_be: u32,
+    /// Next hop on the external network (its subnet's gateway), network order.
+    pub ext_gw_ip_be: u32,
+    /// `SNAT_ENABLED`.
+    pub flags: u32,
+}
+crate::assert_size!(SnatRouter, 16);
+
+crate::user_pod!(SnatSteer, SnatRouter);
+
+/// Next candidate port in the PAT probe walk: a prime stride over the range from a random
+/// per-flow start, so concurrent flows spread out, a run of busy ports is left quickly, and
+/// (the stride being coprime with the range) no port repeats before all were tried.
+#[inline(always)]
+pub const fn probe_port(min: u16, max: u16, start: u32, i: u32) -> u16 {
+    const STRIDE: u32 = 7919;
+    let span = (max as u32).saturating_sub(min as u32) + 1;
+    let stride = if span.is_multiple_of(STRIDE) { 1 } else { STRIDE };
+    let off = (start % span + (i % span) * (stride % span)) % span;
+    (min as u32 + off) as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_stay_in_range_and_spread() {
+        let mut seen = [false; 16];
+        for i in 0..16 {
+            let p = probe_port(100, 115, 7, i);
+            assert!((100..=115).contains(&p));
+            seen[(p - 100) as usize] = true;
+        }
+        assert!(
+            seen.iter().filter(|s| **s).count() >= 8,
+            "walk covers the range: {seen:?}"
+        );
+        assert_eq!(probe_port(5, 5, 123, 9), 5);
+    }
+}

@@ -1,0 +1,306 @@
+//! Centralized SNAT. On a compute host: steer a router's external traffic from VMs without
+//! a floating IP over the tunnel to the router's SNAT host (to the csnat port's MAC). On the
+//! SNAT host: port-address translation to the router's gateway IP, out of the external
+//! interface; replies translated back and sent straight to the VM's host. Reads
+//! DVR_SNAT_STEER, DVR_SNAT_RTR, DVR_SNAT_IPS, DVR_ENDPOINTS, DVR_ROUTES, DVR_EXT_NEIGH;
+//! writes DVR_CT and DVR_SNAT_EXH.
+//! Verdicts: snat_steered, snat_out, snat_in, drop_snat_disabled, drop_snat_exhausted,
+//! drop_snat_no_flow, drop_snat_fragment, drop_no_neighbor, drop_no_external, drop_*.
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_prandom_u32, bpf_redirect},
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
+use dvr_common::{
+    config::HostConfig,
+    l2::FdbKey,
+    nat::{CT_DNAT, CT_PAT, CT_SNAT, CtEntry, ZONE_EXTERNAL},
+    port::LocalPort,
+    route::{IpKey, ROUTE_KEY_PREFIX_BITS, RouteKey, RouterIface},
+    snat::{SNAT_ENABLED, SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_PROBES, SnatRouter, probe_port},
+    stats::Stat,
+};
+
+use crate::{
+    fip,
+    flow::{self, Flow},
+    l2,
+    maps::{
+        DVR_CT, DVR_ENDPOINTS, DVR_EXT_NEIGH, DVR_FIP_SRC, DVR_ROUTES, DVR_SNAT_EXH, DVR_SNAT_RTR,
+        DVR_SNAT_STEER,
+    },
+    nat,
+    packet::{EthHdr, ptr_at},
+    verdict::Verdict,
+};
+
+/// Compute host: a VM without a FIP sends outside its router's subnets.
+#[inline(always)]
+pub fn steer(
+    ctx: &TcContext,
+    f: &Flow,
+    port: &LocalPort,
+    gw: &RouterIface,
+    cfg: &HostConfig,
+) -> Result<Verdict, Verdict> {
+    let key = FdbKey {
+        vni: port.vni,
+        mac: gw.mac,
+        _pad: [0; 2],
+    };
+    // SAFETY: read-only use of agent-written hash values.
+    let Some(st) = (unsafe { DVR_SNAT_STEER.get(&key) }) else {
+        return Err(Verdict::drop(Stat::DropNoRoute));
+    };
+    if st.flags & SNAT_ENABLED == 0 {
+        return Err(Verdict::drop(Stat::DropSnatDisabled));
+    }
+    if st.tunnel_ip_host == 0 {
+        // This host is the SNAT host.
+        let rkey = FdbKey {
+            vni: port.vni,
+            mac: st.csnat_mac,
+            _pad: [0; 2],
+        };
+        // SAFETY: as above.
+        let Some(r) = (unsafe { DVR_SNAT_RTR.get(&rkey) }) else {
+            return Err(Verdict::drop(Stat::DropNoRoute));
+        };
+        return out(ctx, f, port.vni, r, cfg, true);
+    }
+    nat::ttl_decrement(ctx)?;
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    // SAFETY: re-derived after the TTL update; bounds-checked.
+    unsafe {
+        (*eth).src = cfg.dvr_mac;
+        (*eth).dst = st.csnat_mac;
+    }
+    Ok(l2::to_port(
+        ctx,
+        0,
+        st.tunnel_ip_host,
+        port.vni,
+        cfg.tunnel_ifindex,
+        Stat::SnatSteered,
+        Stat::SnatSteered,
+    ))
+}
+
+/// SNAT host: a frame from the tunnel addressed to a csnat port of router `r`.
+#[inline(always)]
+pub fn from_tunnel(
+    ctx: &TcContext,
+    vni: u32,
+    r: &SnatRouter,
+    cfg: &HostConfig,
+) -> Result<Verdict, Verdict> {
+    let f = flow::parse(ctx)?;
+    // Only sources inside the router's subnets may be translated for it.
+    let key = Key::new(
+        ROUTE_KEY_PREFIX_BITS + 32,
+        RouteKey {
+            router_id_be: r.router_id.to_be(),
+            ip_be: f.saddr,
+        },
+    );
+    if DVR_ROUTES.get(&key).is_none() {
+        return Err(Verdict::drop(Stat::DropNoRoute));
+    }
+    // A VM of a dvr_no_external host with a floating IP served centrally here.
+    // SAFETY: read-only use of an agent-written hash value.
+    if let Some(src) = unsafe {
+        DVR_FIP_SRC.get(&IpKey {
+            vni,
+            ip_be: f.saddr,
+        })
+    } {
+        return fip::snat(ctx, &f, vni, src, cfg, false);
+    }
+    if r.flags & SNAT_ENABLED == 0 {
+        return Err(Verdict::drop(Stat::DropSnatDisabled));
+    }
+    out(ctx, &f, vni, r, cfg, false)
+}
+
+/// Translate `f` (seen in zone `vni`) to the router's external IP and a free port, and send
+/// it to the external gateway. `route`: decrement the TTL here (not yet done upstream).
+#[inline(always)]
+fn out(
+    ctx: &TcContext,
+    f: &Flow,
+    vni: u32,
+    r: &SnatRouter,
+    cfg: &HostConfig,
+    route: bool,
+) -> Result<Verdict, Verdict> {
+    if cfg.ext_ifindex == 0 {
+        return Err(Verdict::drop(Stat::DropNoExternal));
+    }
+    if f.later_fragment {
+        return Err(Verdict::drop(Stat::DropSnatFragment));
+    }
+    // SAFETY: read-only use of a hash value; the datapath writes it whole on ARP.
+    let next_hop = match unsafe { DVR_EXT_NEIGH.get(&r.ext_gw_ip_be) } {
+        Some(n) if n.learned != 0 => n.mac,
+        _ => return Err(Verdict::drop(Stat::DropNoNeighbor)),
+    };
+    let k = nat::flow_key(vni, f);
+    let nat_port = match nat::track(&k, f) {
+        Some(e) if e.kind == CT_SNAT | CT_PAT && e.nat_ip_be == r.ext_ip_be => e.nat_port_be,
+        _ => allocate(&k, f, vni, r, cfg)?,
+    };
+    if route {
+        nat::ttl_decrement(ctx)?;
+    }
+    nat::rewrite_port(ctx, f, true, nat_port)?;
+    nat::rewrite_addr(ctx, f, true, r.ext_ip_be)?;
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    // SAFETY: re-derived after the helpers above; bounds-checked.
+    unsafe {
+        (*eth).src = cfg.ext_mac;
+        (*eth).dst = next_hop;
+    }
+    // SAFETY: plain helper call.
+    Ok(Verdict::redirect(Stat::SnatOut, unsafe {
+        bpf_redirect(cfg.ext_ifindex, 0)
+    }))
+}
+
+/// Find a free external port for a new flow: the original port when it is in range and
+/// free, else a pseudo-random walk of `SNAT_PROBES` candidates. A port is taken by
+/// inserting the reply direction with BPF_NOEXIST: a live mapping is never stolen, and of
+/// two CPUs racing for a port exactly one wins. Then the forward direction goes in.
+#[inline(always)]
+fn allocate(
+    k: &dvr_common::nat::CtKey,
+    f: &Flow,
+    vni: u32,
+    r: &SnatRouter,
+    cfg: &HostConfig,
+) -> Result<u16, Verdict> {
+    let (min, max) = if cfg.snat_port_min != 0 && cfg.snat_port_max >= cfg.snat_port_min {
+        (cfg.snat_port_min, cfg.snat_port_max)
+    } else {
+        (SNAT_PORT_MIN, SNAT_PORT_MAX)
+    };
+    let orig = u16::from_be(f.sport);
+    // SAFETY: helper without arguments.
+    let start = unsafe { bpf_get_prandom_u32() };
+    let t = nat::now();
+    let reply_entry = CtEntry {
+        nat_ip_be: f.saddr,
+        fip_be: r.ext_ip_be,
+        fixed_be: f.saddr,
+        peer_zone: vni,
+        kind: CT_DNAT | CT_PAT,
+        nat_port_be: f.sport,
+        created_ns: t,
+        last_seen_ns: t,
+        ..Default::default()
+    };
+    for i in 0..SNAT_PROBES {
+        let host_port = if i == 0 && orig >= min && orig <= max {
+            orig
+        } else {
+            probe_port(min, max, start, i)
+        };
+        let port = host_port.to_be();
+        let (rs, rd) = if f.proto == crate::packet::IPPROTO_ICMP {
+            (port, port)
+        } else {
+            (f.dport, port)
+        };
+        let rk = nat::key(ZONE_EXTERNAL, f.daddr, r.ext_ip_be, rs, rd, f.proto);
+        if DVR_CT.insert(&rk, &reply_entry, BPF_NOEXIST as u64).is_ok() {
+            let fwd = CtEntry {
+                nat_ip_be: r.ext_ip_be,
+                fip_be: r.ext_ip_be,
+                fixed_be: f.saddr,
+                peer_zone: ZONE_EXTERNAL,
+                kind: CT_SNAT | CT_PAT,
+                tcp_flags: f.tcp_flags,
+                nat_port_be: port,
+                created_ns: t,
+                last_seen_ns: t,
+                packets: 1,
+                bytes: f.tot_len as u64,
+                ..Default::default()
+            };
+            if DVR_CT.insert(k, &fwd, 0).is_err() {
+                let _ = DVR_CT.remove(&rk);
+                return Err(Verdict::drop(Stat::DropCtInsert));
+            }
+            return Ok(port);
+        }
+    }
+    match DVR_SNAT_EXH.get_ptr_mut(&r.router_id) {
+        // SAFETY: map value pointer from a successful lookup.
+        Some(c) => unsafe { *c += 1 },
+        None => {
+            let _ = DVR_SNAT_EXH.insert(&r.router_id, &1, 0);
+        }
+    }
+    Err(Verdict::drop(Stat::DropSnatExhausted))
+}
+
+/// SNAT host, external interface: a packet to router external IP `r`: the reply of a
+/// translated flow goes back to the VM; anything else is dropped.
+#[inline(always)]
+pub fn reply(ctx: &TcContext, r: &SnatRouter, cfg: &HostConfig) -> Result<Verdict, Verdict> {
+    let f = flow::parse(ctx)?;
+    if f.later_fragment {
+        return Err(Verdict::drop(Stat::DropSnatFragment));
+    }
+    let e = if f.is_icmp_error() {
+        nat::icmp_error(ctx, &f, ZONE_EXTERNAL, true)?
+    } else {
+        let e = match nat::track(&nat::flow_key(ZONE_EXTERNAL, &f), &f) {
+            Some(e) if e.kind == CT_DNAT | CT_PAT => e,
+            _ => return Err(Verdict::drop(Stat::DropSnatNoFlow)),
+        };
+        nat::rewrite_port(ctx, &f, false, e.nat_port_be)?;
+        nat::rewrite_addr(ctx, &f, false, e.nat_ip_be)?;
+        e
+    };
+    nat::ttl_decrement(ctx)?;
+    let vni = e.peer_zone;
+    // SAFETY: read-only use of agent-written hash values.
+    let Some(ep) = (unsafe {
+        DVR_ENDPOINTS.get(&IpKey {
+            vni,
+            ip_be: e.nat_ip_be,
+        })
+    }) else {
+        return Err(Verdict::drop(Stat::DropNoEndpoint));
+    };
+    let rk = Key::new(
+        ROUTE_KEY_PREFIX_BITS + 32,
+        RouteKey {
+            router_id_be: r.router_id.to_be(),
+            ip_be: e.nat_ip_be,
+        },
+    );
+    let Some(route) = DVR_ROUTES.get(&rk) else {
+        return Err(Verdict::drop(Stat::DropNoRoute));
+    };
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    // SAFETY: re-derived after the helpers above; bounds-checked.
+    unsafe {
+        (*eth).dst = ep.mac;
+        (*eth).src = if ep.ifindex != 0 {
+            route.gw_mac
+        } else {
+            cfg.dvr_mac
+        };
+    }
+    Ok(l2::to_port(
+        ctx,
+        ep.ifindex,
+        ep.tunnel_ip_host,
+        vni,
+        cfg.tunnel_ifindex,
+        Stat::SnatIn,
+        Stat::SnatIn,
+    ))
+}

@@ -45,6 +45,50 @@ pub const FIP_UNASSOCIATED: u32 = 4;
 /// an unbound port (VIP). ARP answered and NAT done here; the VM is reached over the tunnel
 /// (`tunnel_ip_host`, or the VIP's learned location).
 pub const FIP_CENTRAL: u32 = 8;
+/// The FIP's port is unbound: its address is a VIP that VMs hold in turn (keepalived), and
+/// its location is the one the datapath learned from ARP ([`VIP_LOC`]).
+pub const FIP_VIP: u32 = 16;
+
+/// Hash `VipKey (vni, VIP, MAC) -> VipCandidate`: the ports allowed to hold a VIP (its
+/// address is in their allowed address pairs) and where they are. Agent-written.
+pub const VIP_CAND: &str = "DVR_VIP_CAND";
+/// Hash `IpKey (vni, VIP) -> VipLoc`: who holds each VIP now, learned by the datapath from
+/// the (gratuitous) ARP its holder sends, accepted only from a candidate port.
+pub const VIP_LOC: &str = "DVR_VIP_LOC";
+pub const VIP_MAX: u32 = 16384;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
+pub struct VipKey {
+    pub vni: u32,
+    pub ip_be: u32,
+    pub mac: crate::Mac,
+    pub _pad: [u8; 2],
+}
+crate::assert_size!(VipKey, 16);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VipCandidate {
+    /// Local tap of the candidate port, 0 when it is on another host.
+    pub ifindex: u32,
+    /// Tunnel address of the candidate's host (host order), 0 when local.
+    pub tunnel_ip_host: u32,
+}
+crate::assert_size!(VipCandidate, 8);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VipLoc {
+    /// MAC the VIP answers with (its holder's).
+    pub mac: crate::Mac,
+    pub _pad: [u8; 2],
+    pub ifindex: u32,
+    pub tunnel_ip_host: u32,
+    /// bpf_ktime_get_coarse_ns() of the ARP it was learned from.
+    pub learned_ns: u64,
+}
+crate::assert_size!(VipLoc, 24);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -191,7 +235,16 @@ impl CtKey {
     }
 }
 
-crate::user_pod!(FipEntry, FipSrc, Neigh, CtKey, CtEntry);
+crate::user_pod!(
+    FipEntry,
+    FipSrc,
+    Neigh,
+    CtKey,
+    CtEntry,
+    VipKey,
+    VipCandidate,
+    VipLoc
+);
 
 #[cfg(test)]
 mod tests {

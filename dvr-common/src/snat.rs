@@ -63,7 +63,11 @@ crate::user_pod!(SnatSteer, SnatRouter);
 pub const fn probe_port(min: u16, max: u16, start: u32, i: u32) -> u16 {
     const STRIDE: u32 = 7919;
     let span = (max as u32).saturating_sub(min as u32) + 1;
-    let stride = if span.is_multiple_of(STRIDE) { 1 } else { STRIDE };
+    let stride = if span.is_multiple_of(STRIDE) {
+        1
+    } else {
+        STRIDE
+    };
     let off = (start % span + (i % span) * (stride % span)) % span;
     (min as u32 + off) as u16
 }

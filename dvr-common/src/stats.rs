@@ -73,6 +73,7 @@ stats! {
     DropNoExternal = "drop_no_external", true, "host has no external interface";
     DropCtInsert = "drop_ct_insert", true, "conntrack entry could not be created";
     DropIcmpErrorNoFlow = "drop_icmp_error_no_flow", true, "ICMP error for no tracked flow";
+    DropVipUnknown = "drop_vip_unknown", true, "VIP holder not learned yet";
     DropSnatDisabled = "drop_snat_disabled", true, "router has enable_snat false";
     DropSnatExhausted = "drop_snat_exhausted", true, "no free SNAT port for this destination";
     DropSnatFragment = "drop_snat_fragment", true, "non-first IPv4 fragment through port translation";

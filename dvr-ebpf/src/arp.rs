@@ -30,6 +30,7 @@ pub fn stage(ctx: &TcContext, ifindex: u32, port: &LocalPort) -> Result<(), Verd
             return Err(Verdict::drop(Stat::DropSpoofArp));
         }
     }
+    crate::vip::learn(port.vni, arp.spa, &arp.sha, ifindex, 0);
     if oper == ARP_REPLY {
         return Ok(());
     }

@@ -12,7 +12,7 @@ use aya_ebpf::{
 use dvr_common::{
     config::HostConfig,
     nat::{
-        CT_DNAT, CT_SNAT, CtEntry, FIP_CENTRAL, FIP_LOCAL, FIP_UNASSOCIATED, FipEntry,
+        CT_DNAT, CT_SNAT, CtEntry, FIP_CENTRAL, FIP_LOCAL, FIP_UNASSOCIATED, FIP_VIP, FipEntry,
         ZONE_EXTERNAL,
     },
     stats::Stat,
@@ -170,6 +170,16 @@ fn dnat_inner(
     cfg: &HostConfig,
     stat: Stat,
 ) -> Result<Verdict, Verdict> {
+    // A VIP's holder is whoever last announced it; nothing is translated before that is
+    // known. (Plain values, not an Option: a half-initialised Option spills undefined
+    // registers, which the verifier rejects.)
+    let (mac, ifindex, tunnel_ip_host) = if fip.flags & FIP_VIP != 0 {
+        let l = crate::vip::locate(fip.vni, fip.fixed_ip_be)
+            .ok_or(Verdict::drop(Stat::DropVipUnknown))?;
+        (l.mac, l.ifindex, l.tunnel_ip_host)
+    } else {
+        (fip.port_mac, fip.ifindex, fip.tunnel_ip_host)
+    };
     if route {
         nat::ttl_decrement(ctx)?;
     }
@@ -183,30 +193,56 @@ fn dnat_inner(
         }
         nat::rewrite_addr(ctx, f, false, fip.fixed_ip_be)?;
     }
+    deliver(
+        ctx,
+        mac,
+        fip.gw_mac,
+        ifindex,
+        tunnel_ip_host,
+        fip.vni,
+        cfg,
+        stat,
+    )
+}
+
+/// Send a translated packet to the VM behind a FIP: out of its local tap with its subnet's
+/// gateway MAC as source, or, when it is on another host (a centrally served FIP), routed
+/// there over the tunnel with this host's DVR MAC, which that host turns into the gateway
+/// MAC.
+#[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "flat values keep the verifier's view simple"
+)]
+fn deliver(
+    ctx: &TcContext,
+    mac: dvr_common::Mac,
+    gw_mac: dvr_common::Mac,
+    ifindex: u32,
+    tunnel_ip_host: u32,
+    vni: u32,
+    cfg: &HostConfig,
+    stat: Stat,
+) -> Result<Verdict, Verdict> {
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
-    // A centrally served FIP's VM is on another host: routed there with our DVR MAC, which
-    // that host turns into the gateway MAC.
-    let central = fip.ifindex == 0;
-    // SAFETY: re-derived after the helpers above; bounds-checked.
+    // SAFETY: re-derived after the helpers that ran before; bounds-checked.
     unsafe {
-        (*eth).src = if central { cfg.dvr_mac } else { fip.gw_mac };
-        (*eth).dst = fip.port_mac;
+        (*eth).src = if ifindex == 0 { cfg.dvr_mac } else { gw_mac };
+        (*eth).dst = mac;
     }
-    if central {
+    if ifindex == 0 {
         return Ok(crate::l2::to_port(
             ctx,
             0,
-            fip.tunnel_ip_host,
-            fip.vni,
+            tunnel_ip_host,
+            vni,
             cfg.tunnel_ifindex,
             stat,
             stat,
         ));
     }
     // SAFETY: plain helper call.
-    Ok(Verdict::redirect(stat, unsafe {
-        bpf_redirect(fip.ifindex, 0)
-    }))
+    Ok(Verdict::redirect(stat, unsafe { bpf_redirect(ifindex, 0) }))
 }
 
 /// Account the packet to its flow, creating both directions for a new one.

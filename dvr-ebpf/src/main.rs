@@ -17,6 +17,7 @@ mod snat;
 mod tap;
 mod tunnel;
 mod verdict;
+mod vip;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 

@@ -7,7 +7,7 @@ use aya_ebpf::{
 use dvr_common::{
     config::HostConfig,
     l2::{self, FdbEntry, FdbKey, FloodSet, MacKey},
-    nat::{self, CtEntry, CtKey, FipEntry, FipSrc, Neigh},
+    nat::{self, CtEntry, CtKey, FipEntry, FipSrc, Neigh, VipCandidate, VipKey, VipLoc},
     port::{self, LocalPort, SecKey},
     route::{self, Endpoint, IpKey, Route, RouteKey, RouterIface},
     snat::{self, SnatRouter, SnatSteer},
@@ -103,3 +103,11 @@ pub static DVR_SNAT_IPS: HashMap<u32, SnatRouter> = HashMap::with_max_entries(sn
 /// Router id -> new flows refused for lack of a port. Datapath-written.
 #[map]
 pub static DVR_SNAT_EXH: HashMap<u32, u64> = HashMap::with_max_entries(snat::SNAT_MAX, 0);
+
+/// (VNI, VIP, MAC) -> port allowed to hold the VIP and where it is. Agent-written.
+#[map]
+pub static DVR_VIP_CAND: HashMap<VipKey, VipCandidate> = HashMap::with_max_entries(nat::VIP_MAX, 0);
+
+/// (VNI, VIP) -> current holder, learned from its ARP. Datapath-written.
+#[map]
+pub static DVR_VIP_LOC: HashMap<IpKey, VipLoc> = HashMap::with_max_entries(nat::VIP_MAX, 0);

@@ -10,7 +10,7 @@ use dvr_common::{
     config::HostConfig,
     csum,
     port::LocalPort,
-    route::{IpKey, ROUTE_KEY_PREFIX_BITS, RouteKey, RouterIface},
+    route::{Endpoint, IpKey, ROUTE_KEY_PREFIX_BITS, RouteKey, RouterIface},
     stats::Stat,
 };
 
@@ -83,9 +83,19 @@ fn route(
         vni: route.vni,
         ip_be: daddr,
     };
-    // SAFETY: read-only use of an agent-written hash value.
-    let Some(ep) = (unsafe { DVR_ENDPOINTS.get(&ep_key) }) else {
-        return Err(Verdict::drop(Stat::DropNoEndpoint));
+    // SAFETY: read-only copy of an agent-written hash value.
+    let ep = match unsafe { DVR_ENDPOINTS.get(&ep_key) } {
+        Some(ep) => *ep,
+        // Not a port's fixed IP: maybe a VIP, wherever its holder is now.
+        None => match crate::vip::locate(route.vni, daddr) {
+            Some(l) => Endpoint {
+                mac: l.mac,
+                _pad: [0; 2],
+                ifindex: l.ifindex,
+                tunnel_ip_host: l.tunnel_ip_host,
+            },
+            None => return Err(Verdict::drop(Stat::DropNoEndpoint)),
+        },
     };
     fip::hairpin_reply(ctx, port.vni, saddr, true)?;
     nat::ttl_decrement(ctx)?;

@@ -17,7 +17,7 @@ use dvr_common::{
 use crate::{
     fip, l2,
     maps::{DVR_DVR_MACS, DVR_FDB, DVR_GW_BY_MAC, DVR_HOST_CONFIG, DVR_PEERS, DVR_SNAT_RTR},
-    packet::{ETH_P_IP, EthHdr, be16, is_multicast, ptr_at},
+    packet::{ArpHdr, ETH_LEN, ETH_P_ARP, ETH_P_IP, EthHdr, be16, is_multicast, ptr_at},
     snat,
     verdict::Verdict,
 };
@@ -49,6 +49,12 @@ pub fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
     // SAFETY: bounds-checked by ptr_at.
     let eth = unsafe { &mut *eth };
     let dst = eth.dst;
+    if be16(eth.proto) == ETH_P_ARP {
+        let arp: *const ArpHdr = ptr_at(ctx, ETH_LEN)?;
+        // SAFETY: bounds-checked by ptr_at.
+        let (spa, sha) = unsafe { ((*arp).spa, (*arp).sha) };
+        crate::vip::learn(vni, spa, &sha, 0, remote);
+    }
     if is_multicast(&dst) {
         return Ok(l2::forward(ctx, vni, &dst, 0, 0));
     }

@@ -14,7 +14,7 @@ use aya::{
 use dvr_common::{
     config::{self, HostConfig},
     l2::{self, FdbEntry, FdbKey, FloodSet, MacKey},
-    nat::{self, CtEntry, CtKey, FipEntry, FipSrc, Neigh},
+    nat::{self, CtEntry, CtKey, FipEntry, FipSrc, Neigh, VipCandidate, VipKey, VipLoc},
     port::{self, LocalPort, SecKey},
     route::{self, Endpoint, IpKey, Route, RouteKey, RouterIface},
     snat::{self, SnatRouter, SnatSteer},
@@ -142,6 +142,8 @@ pub struct HostMaps {
     pub snat_routers: Hash<FdbKey, SnatRouter>,
     pub snat_ips: Hash<u32, SnatRouter>,
     pub snat_exhausted: Hash<u32, u64>,
+    pub vip_cand: Hash<VipKey, VipCandidate>,
+    pub vip_loc: Hash<IpKey, VipLoc>,
     pub stats: PerCpuArray<MapData, u64>,
 }
 
@@ -188,6 +190,8 @@ impl HostMaps {
             snat_routers: hash(dir, snat::SNAT_ROUTERS)?,
             snat_ips: hash(dir, snat::SNAT_IPS)?,
             snat_exhausted: hash(dir, snat::SNAT_EXHAUSTED)?,
+            vip_cand: hash(dir, nat::VIP_CAND)?,
+            vip_loc: hash(dir, nat::VIP_LOC)?,
             stats: PerCpuArray::try_from(Map::PerCpuArray(open(dir, stats::STATS)?))
                 .map_err(access(stats::STATS))?,
         })

@@ -36,6 +36,9 @@ pub const OWNER_ROUTER_GATEWAY: &str = "network:router_gateway";
 pub const OWNER_FLOATINGIP_AGENT_GATEWAY: &str = "network:floatingip_agent_gateway";
 /// `device_owner` prefix of Nova instance ports (`compute:<availability zone>`).
 pub const OWNER_COMPUTE_PREFIX: &str = "compute:";
+/// `device_owner` prefix of the ports Neutron's own services hold (`network:dhcp`, router
+/// interfaces, SNAT and gateway ports, ...).
+pub const OWNER_NETWORK_PREFIX: &str = "network:";
 /// The only tenant network type this datapath carries.
 pub const NETWORK_TYPE_VXLAN: &str = "vxlan";
 /// Largest VXLAN network identifier (24 bits).
@@ -102,6 +105,14 @@ pub struct AddressPair {
     pub mac: Mac,
 }
 
+impl AddressPair {
+    /// True when the pair allows `ip` as a source: an exact address, or a prefix holding it
+    /// (host bits of the prefix ignored, as Neutron does).
+    pub fn allows(&self, ip: Ipv4Addr) -> bool {
+        self.net.contains(&ip)
+    }
+}
+
 /// A Neutron port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Port {
@@ -142,6 +153,18 @@ impl Port {
     /// A host's port on an external network (`network:floatingip_agent_gateway`).
     pub fn is_floatingip_agent_gateway(&self) -> bool {
         self.device_owner == OWNER_FLOATINGIP_AGENT_GATEWAY
+    }
+
+    /// A port that may carry a VIP: unbound (no `binding:host_id`) and held by no service:
+    /// not a Neutron service port (`network:*`: router interfaces are unbound too, and a
+    /// `0.0.0.0/0` address pair must not turn the gateway into a VIP) and not an instance port
+    /// waiting for its binding (`compute:*`). Keepalived VIP ports are created this way, with
+    /// an empty `device_owner`. It is a VIP only if VMs list its address in their allowed
+    /// address pairs (decided by the compiler).
+    pub fn may_be_vip(&self) -> bool {
+        self.host_id.is_none()
+            && !self.is_compute()
+            && !self.device_owner.starts_with(OWNER_NETWORK_PREFIX)
     }
 
     /// A port owned by a router: its `device_id` is the router id.
@@ -2442,6 +2465,38 @@ pub(crate) mod tests {
             "allowed_address_pairs[1].mac_address",
             "invalid MAC \"nope\"",
         );
+    }
+
+    #[test]
+    fn address_pair_allows_its_address_or_prefix() {
+        let pair = |net: &str| AddressPair {
+            net: net.parse().unwrap_or_default(),
+            mac: [0xfa, 0x16, 0x3e, 0, 0, 1],
+        };
+        let vip = Ipv4Addr::new(10, 0, 1, 100);
+        assert!(pair("10.0.1.100/32").allows(vip));
+        assert!(!pair("10.0.1.101/32").allows(vip));
+        assert!(pair("10.0.1.100/30").allows(vip));
+        assert!(pair("10.0.1.103/30").allows(vip), "host bits are ignored");
+        assert!(!pair("10.0.1.104/30").allows(vip));
+        assert!(pair("0.0.0.0/0").allows(vip));
+    }
+
+    #[test]
+    fn may_be_vip_is_unbound_and_unowned() {
+        let mut v = fixture_value();
+        let vip = serde_json::json!({"id": "vip", "network_id": "net1",
+            "mac_address": "fa:16:3e:00:09:01",
+            "fixed_ips": [{"subnet_id": "subnet1", "ip_address": "10.0.1.100"}]});
+        push(&mut v, "ports", vip);
+        elem(&mut v, "ports", "id", "vm3")["binding:host_id"] = "".into();
+        let s = state_of(&v);
+        let may = |id: &str| s.port(id).map(Port::may_be_vip);
+        assert_eq!(may("vip"), Some(true));
+        // Bound, an instance port waiting for its binding, a router interface.
+        assert_eq!(may("vm1"), Some(false));
+        assert_eq!(may("vm3"), Some(false));
+        assert_eq!(may("rif1"), Some(false));
     }
 
     #[test]

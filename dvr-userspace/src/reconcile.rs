@@ -69,7 +69,8 @@ pub fn apply(
     let neigh_now = maps.ext_neigh.read()?;
     let (ext_deny, fip_src, tunnel_peers, dvr_macs, endpoints, routes) =
         plan!(ext_deny, fip_src, tunnel_peers, dvr_macs, endpoints, routes);
-    let (snat_routers, snat_ips, snat_steer) = plan!(snat_routers, snat_ips, snat_steer);
+    let (snat_routers, snat_ips, snat_steer, vip_cand) =
+        plan!(snat_routers, snat_ips, snat_steer, vip_cand);
     let (fdb, flood, gw_by_ip, gw_by_mac, port_security, local_ports, fips) = plan!(
         fdb,
         flood,
@@ -115,12 +116,14 @@ pub fn apply(
         gw_by_mac,
         port_security,
         local_ports,
+        vip_cand,
         snat_ips,
         fips
     );
     delete!(
         fips,
         snat_ips,
+        vip_cand,
         local_ports,
         port_security,
         gw_by_mac,
@@ -141,6 +144,18 @@ pub fn apply(
         .filter(|ip| !desired.ext_neigh.contains(ip))
     {
         maps.ext_neigh.del(ip)?;
+        applied.deleted += 1;
+    }
+    // Learned VIP locations of VIPs no longer in the state (no candidate left) go too.
+    let vips: std::collections::BTreeSet<(u32, u32)> =
+        desired.vip_cand.keys().map(|k| (k.vni, k.ip_be)).collect();
+    for k in maps
+        .vip_loc
+        .read()?
+        .keys()
+        .filter(|k| !vips.contains(&(k.vni, k.ip_be)))
+    {
+        maps.vip_loc.del(k)?;
         applied.deleted += 1;
     }
     Ok(applied)

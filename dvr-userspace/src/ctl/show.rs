@@ -24,6 +24,7 @@ pub enum Subject {
     Routes,
     Fips,
     Snat,
+    Vips,
     Conntrack,
     Stats,
 }
@@ -111,6 +112,47 @@ struct SnatRow {
     busiest_destinations: Vec<(String, usize)>,
     /// New flows refused for lack of a port since the datapath loaded.
     exhausted: u64,
+}
+
+#[derive(Serialize)]
+struct VipRow {
+    vni: u32,
+    vip: Ipv4Addr,
+    /// Ports allowed to hold it: MAC and where.
+    candidates: Vec<String>,
+    holder_mac: Option<String>,
+    holder_ifindex: Option<u32>,
+    holder_host: Option<Ipv4Addr>,
+    learned_s_ago: Option<f64>,
+}
+
+fn vip_rows(maps: &HostMaps) -> Result<Vec<VipRow>, MapsError> {
+    let loc = maps.vip_loc.read()?;
+    let now = conntrack::now_ns();
+    let mut rows: BTreeMap<(u32, u32), VipRow> = BTreeMap::new();
+    for (k, c) in maps.vip_cand.read()? {
+        let row = rows.entry((k.vni, k.ip_be)).or_insert_with(|| {
+            let l = loc.get(&dvr_common::route::IpKey {
+                vni: k.vni,
+                ip_be: k.ip_be,
+            });
+            VipRow {
+                vni: k.vni,
+                vip: ip_be(k.ip_be),
+                candidates: Vec::new(),
+                holder_mac: l.map(|l| fmt_mac(l.mac)),
+                holder_ifindex: l.and_then(|l| (l.ifindex != 0).then_some(l.ifindex)),
+                holder_host: l.and_then(|l| ip_host(l.tunnel_ip_host)),
+                learned_s_ago: l.map(|l| now.saturating_sub(l.learned_ns) as f64 / 1e9),
+            }
+        });
+        let at = match ip_host(c.tunnel_ip_host) {
+            Some(h) => h.to_string(),
+            None => format!("tap#{}", c.ifindex),
+        };
+        row.candidates.push(format!("{}@{at}", fmt_mac(k.mac)));
+    }
+    Ok(rows.into_values().collect())
 }
 
 #[derive(Serialize)]
@@ -460,6 +502,29 @@ pub fn show(maps: &HostMaps, subject: Subject, json: bool) -> Result<String, Map
                 ));
                 out
             }
+        }
+        Subject::Vips => {
+            let rows = vip_rows(maps)?;
+            render(
+                json,
+                &rows,
+                &["VNI", "VIP", "HOLDER-MAC", "AT", "LEARNED", "CANDIDATES"],
+                |r| {
+                    vec![
+                        r.vni.to_string(),
+                        r.vip.to_string(),
+                        opt(&r.holder_mac),
+                        match (r.holder_ifindex, r.holder_host) {
+                            (Some(i), _) => format!("tap#{i}"),
+                            (None, Some(h)) => h.to_string(),
+                            _ => "-".into(),
+                        },
+                        r.learned_s_ago
+                            .map_or_else(|| "-".into(), |s| format!("{s:.1}s ago")),
+                        r.candidates.join(","),
+                    ]
+                },
+            )
         }
         Subject::Conntrack => {
             let rows = ct_rows(maps)?;

@@ -181,6 +181,10 @@ impl Agent {
             last_gc: Instant::now(),
         };
         agent.sync(true)?;
+        let pruned = agent.dp.prune_links();
+        if !pruned.is_empty() {
+            info!(links = ?pruned, "removed pinned links of interfaces no longer served");
+        }
         Ok(agent)
     }
 
@@ -285,7 +289,8 @@ impl Agent {
         }
         self.garp_due.retain(|f, _| served.contains_key(f));
         let snat_ips: BTreeSet<u32> = compiled.entries.snat_ips.keys().copied().collect();
-        let remapped = served != self.served || snat_ips != self.snat_ips;
+        // On the first sync (force) flows left by a previous agent are checked too.
+        let remapped = force || served != self.served || snat_ips != self.snat_ips;
         self.served = served;
         self.snat_ips = snat_ips;
         self.snat_names = compiled.snat_router_names;
@@ -402,7 +407,7 @@ impl Agent {
         Ok(())
     }
 
-    /// Run until SIGTERM/SIGINT, then tear down what the agent made.
+    /// Run until SIGTERM/SIGINT. The datapath stays in place: see [`Datapath::release`].
     pub fn run(mut self) -> Result<(), AgentError> {
         info!(host = %self.host, "ready");
         while !STOP.load(Ordering::SeqCst) {
@@ -411,8 +416,10 @@ impl Agent {
             }
             std::thread::sleep(POLL);
         }
-        info!("stopping: detaching programs, removing pins and the tunnel device");
-        self.dp.teardown()?;
+        info!(
+            "stopping: programs stay attached and maps pinned; traffic keeps flowing (dvr-agent --uninstall removes them)"
+        );
+        self.dp.release();
         Ok(())
     }
 }

@@ -9,7 +9,11 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
+    programs::{
+        SchedClassifier, TcAttachType,
+        links::{FdLink, Link as _, PinnedLink},
+        tc::SchedClassifierLink,
+    },
 };
 
 use crate::maps::{HostMaps, MapsError};
@@ -46,6 +50,11 @@ pub enum AttachError {
         prog: &'static str,
         iface: String,
         source: aya::programs::ProgramError,
+    },
+    #[error("link on {iface}: {source}")]
+    Link {
+        iface: String,
+        source: aya::programs::links::LinkError,
     },
     #[error("pinning map {name}: {source}")]
     Pin {
@@ -209,17 +218,7 @@ pub fn ensure_tunnel_dev() -> Result<u32, AttachError> {
     ifindex(TUNNEL_DEV).ok_or_else(|| dev_err("vanished after creation".into()))
 }
 
-/// The loaded object, its pinned maps and the taps it is attached to.
-pub struct Datapath {
-    ebpf: Ebpf,
-    pub maps: HostMaps,
-    pub dir: PathBuf,
-    pub tunnel_ifindex: u32,
-    taps: BTreeMap<String, (u32, SchedClassifierLinkId)>,
-    /// The external interface the external program is attached to.
-    ext: Option<(String, u32, SchedClassifierLinkId)>,
-}
-
+/// A program of the loaded object, by name.
 pub fn program<'a>(
     ebpf: &'a mut Ebpf,
     prog: &'static str,
@@ -247,20 +246,26 @@ impl Default for LoadOptions {
     }
 }
 
-/// Load the embedded object, pin every map in `dir` (which must exist on bpffs) and load
-/// (verify) every program without attaching it.
+/// Load the embedded object with every map pinned in `dir` (which must exist on bpffs):
+/// maps already pinned there are adopted with their contents, unless this build cannot use
+/// them (see [`crate::maps::incompatible_pins`]), which are recreated. Programs are loaded
+/// (verified), not attached.
 pub fn load_object(dir: &Path, opts: &LoadOptions) -> Result<Ebpf, AttachError> {
-    let mut ebpf = EbpfLoader::new()
-        .map_max_entries(dvr_common::nat::CT, opts.ct_max)
-        .load(crate::ebpf::OBJECT)?;
-    // Only the datapath's own maps: the compiler may add internal ones (`.rodata*` for
-    // constants), which are frozen and of no use to dvrctl.
-    for (name, map) in ebpf.maps().filter(|(n, _)| n.starts_with("DVR_")) {
-        map.pin(dir.join(name)).map_err(|source| AttachError::Pin {
-            name: name.into(),
-            source,
-        })?;
+    for (name, why) in crate::maps::incompatible_pins(dir, opts.ct_max) {
+        tracing::warn!(map = name, reason = %why, "pinned map not adoptable; recreating it empty");
+        let path = dir.join(name);
+        std::fs::remove_file(&path).map_err(|source| AttachError::PinDir { path, source })?;
     }
+    let paths: Vec<(&str, PathBuf)> = crate::maps::NAMES
+        .iter()
+        .map(|n| (*n, dir.join(n)))
+        .collect();
+    let mut loader = EbpfLoader::new();
+    loader.map_max_entries(dvr_common::nat::CT, opts.ct_max);
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(crate::ebpf::OBJECT)?;
     for prog in [PROG_TAP, PROG_TUNNEL, PROG_EXT] {
         program(&mut ebpf, prog)?
             .load()
@@ -269,48 +274,131 @@ pub fn load_object(dir: &Path, opts: &LoadOptions) -> Result<Ebpf, AttachError> 
     Ok(ebpf)
 }
 
+/// A program attached to an interface through a TCX link pinned at
+/// `<dir>/links/<iface>@<ifindex>`: it stays attached when the agent exits, and the next
+/// agent swaps its own program in atomically (BPF_LINK_UPDATE), so traffic never sees a gap.
+struct Attached {
+    ifindex: u32,
+    prog: &'static str,
+    link: PinnedLink,
+}
+
+/// The loaded object, its pinned maps and its pinned links.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pub maps: HostMaps,
+    pub dir: PathBuf,
+    pub tunnel_ifindex: u32,
+    links: BTreeMap<String, Attached>,
+}
+
+fn links_dir(dir: &Path) -> PathBuf {
+    dir.join("links")
+}
+
+fn link_pin(dir: &Path, iface: &str, ifindex: u32) -> PathBuf {
+    links_dir(dir).join(format!("{iface}@{ifindex}"))
+}
+
 impl Datapath {
-    /// Load the embedded object, pin its maps under `<root>/<host>` (replacing pins a
-    /// previous run left: nothing stale survives a restart), create the tunnel device and
-    /// attach the tunnel program to it.
+    /// Load the embedded object with the maps pinned under `<root>/<host>` (adopting what a
+    /// previous agent left), make sure the tunnel device exists and attach (or take over)
+    /// the tunnel program on it.
     pub fn load(root: &Path, host: &str, opts: &LoadOptions) -> Result<Self, AttachError> {
         ensure_bpffs(root)?;
         let dir = crate::maps::host_dir(root, host);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|source| AttachError::PinDir {
-                path: dir.clone(),
-                source,
-            })?;
-        }
-        std::fs::create_dir_all(&dir).map_err(|source| AttachError::PinDir {
-            path: dir.clone(),
-            source,
-        })?;
+        let ldir = links_dir(&dir);
+        std::fs::create_dir_all(&ldir)
+            .map_err(|source| AttachError::PinDir { path: ldir, source })?;
         let tunnel_ifindex = ensure_tunnel_dev()?;
-        let mut ebpf = load_object(&dir, opts)?;
-        program(&mut ebpf, PROG_TUNNEL)?
-            .attach(TUNNEL_DEV, TcAttachType::Ingress)
-            .map_err(|source| AttachError::Attach {
-                prog: PROG_TUNNEL,
-                iface: TUNNEL_DEV.into(),
-                source,
-            })?;
+        let ebpf = load_object(&dir, opts)?;
         let maps = HostMaps::open(&dir)?;
-        Ok(Self {
+        let mut dp = Self {
             ebpf,
             maps,
             dir,
             tunnel_ifindex,
-            taps: BTreeMap::new(),
-            ext: None,
-        })
+            links: BTreeMap::new(),
+        };
+        dp.attach(PROG_TUNNEL, TUNNEL_DEV, tunnel_ifindex)?;
+        Ok(dp)
+    }
+
+    /// Attach `prog` to `iface` (ingress), taking over the pinned link a previous agent left
+    /// for the same interface instance if there is one.
+    fn attach(&mut self, prog: &'static str, iface: &str, ifindex: u32) -> Result<(), AttachError> {
+        let err = |source| AttachError::Attach {
+            prog,
+            iface: iface.into(),
+            source,
+        };
+        let path = link_pin(&self.dir, iface, ifindex);
+        let p = program(&mut self.ebpf, prog)?;
+        let adopted = PinnedLink::from_pin(&path)
+            .ok()
+            .and_then(|old| SchedClassifierLink::try_from(FdLink::from(old)).ok());
+        let id = match adopted {
+            Some(link) => p.attach_to_link(link).map_err(err)?,
+            None => p.attach(iface, TcAttachType::Ingress).map_err(err)?,
+        };
+        let link = p.take_link(id).map_err(err)?;
+        let fd: FdLink = link.try_into().map_err(|e| AttachError::Link {
+            iface: iface.into(),
+            source: e,
+        })?;
+        // The adopted link is the one pinned at `path`: re-pin our handle in its place.
+        let _ = std::fs::remove_file(&path);
+        let link = fd.pin(&path).map_err(|source| AttachError::Pin {
+            name: path.display().to_string(),
+            source,
+        })?;
+        self.links.insert(
+            iface.into(),
+            Attached {
+                ifindex,
+                prog,
+                link,
+            },
+        );
+        Ok(())
+    }
+
+    fn detach(&mut self, iface: &str) {
+        if let Some(a) = self.links.remove(iface) {
+            // Unpinned and closed, the link goes and the program leaves the interface (it
+            // already has if the interface is gone).
+            if let Ok(fd) = a.link.unpin() {
+                let _ = fd.detach();
+            }
+        }
+    }
+
+    /// Remove link pins this agent did not take over: interfaces gone, recreated (new
+    /// ifindex) or no longer served. Call after the first full sync.
+    pub fn prune_links(&self) -> Vec<String> {
+        let keep: std::collections::BTreeSet<String> = self
+            .links
+            .iter()
+            .map(|(n, a)| format!("{n}@{}", a.ifindex))
+            .collect();
+        let mut pruned = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(links_dir(&self.dir)) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !keep.contains(&name) && std::fs::remove_file(e.path()).is_ok() {
+                    pruned.push(name);
+                }
+            }
+        }
+        pruned
     }
 
     /// Taps the tap program is attached to: name -> ifindex.
     pub fn attached(&self) -> BTreeMap<String, u32> {
-        self.taps
+        self.links
             .iter()
-            .map(|(n, (i, _))| (n.clone(), *i))
+            .filter(|(_, a)| a.prog == PROG_TAP)
+            .map(|(n, a)| (n.clone(), a.ifindex))
             .collect()
     }
 
@@ -320,16 +408,13 @@ impl Datapath {
         want: &BTreeMap<String, u32>,
     ) -> Result<Vec<String>, AttachError> {
         let stale: Vec<String> = self
-            .taps
+            .links
             .iter()
-            .filter(|(name, (ifx, _))| want.get(*name) != Some(ifx))
+            .filter(|(name, a)| a.prog == PROG_TAP && want.get(*name) != Some(&a.ifindex))
             .map(|(name, _)| name.clone())
             .collect();
         for name in &stale {
-            if let Some((_, link)) = self.taps.remove(name) {
-                // The link may already be gone with its device; detaching then only closes it.
-                let _ = program(&mut self.ebpf, PROG_TAP)?.detach(link);
-            }
+            self.detach(name);
         }
         Ok(stale)
     }
@@ -338,17 +423,10 @@ impl Datapath {
     pub fn attach_new(&mut self, want: &BTreeMap<String, u32>) -> Result<Vec<String>, AttachError> {
         let mut added = Vec::new();
         for (name, ifx) in want {
-            if self.taps.contains_key(name) {
+            if self.links.contains_key(name) {
                 continue;
             }
-            let link = program(&mut self.ebpf, PROG_TAP)?
-                .attach(name, TcAttachType::Ingress)
-                .map_err(|source| AttachError::Attach {
-                    prog: PROG_TAP,
-                    iface: name.clone(),
-                    source,
-                })?;
-            self.taps.insert(name.clone(), (*ifx, link));
+            self.attach(PROG_TAP, name, *ifx)?;
             added.push(name.clone());
         }
         Ok(added)
@@ -356,43 +434,61 @@ impl Datapath {
 
     /// The external interface currently served: (name, ifindex).
     pub fn external(&self) -> Option<(String, u32)> {
-        self.ext.as_ref().map(|(n, i, _)| (n.clone(), *i))
+        self.links
+            .iter()
+            .find(|(_, a)| a.prog == PROG_EXT)
+            .map(|(n, a)| (n.clone(), a.ifindex))
     }
 
     /// Attach the external program to `want` (name, ifindex), detaching it from an
     /// interface that went away, was recreated or is no longer configured.
     pub fn sync_external(&mut self, want: Option<(&str, u32)>) -> Result<(), AttachError> {
-        let same = match (&self.ext, want) {
-            (Some((n, i, _)), Some((wn, wi))) => n == wn && *i == wi,
-            (None, None) => true,
-            _ => false,
-        };
-        if same {
+        let now = self.external();
+        if now.as_ref().map(|(n, i)| (n.as_str(), *i)) == want {
             return Ok(());
         }
-        if let Some((_, _, link)) = self.ext.take() {
-            let _ = program(&mut self.ebpf, PROG_EXT)?.detach(link);
+        if let Some((name, _)) = now {
+            self.detach(&name);
         }
         if let Some((name, ifx)) = want {
-            let link = program(&mut self.ebpf, PROG_EXT)?
-                .attach(name, TcAttachType::Ingress)
-                .map_err(|source| AttachError::Attach {
-                    prog: PROG_EXT,
-                    iface: name.into(),
-                    source,
-                })?;
-            self.ext = Some((name.into(), ifx, link));
+            self.attach(PROG_EXT, name, ifx)?;
         }
         Ok(())
     }
 
-    /// Detach everything, delete the tunnel device and remove the pins.
-    pub fn teardown(mut self) -> Result<(), AttachError> {
-        self.detach_stale(&BTreeMap::new())?;
-        self.sync_external(None)?;
-        let dir = self.dir.clone();
-        drop(self);
-        let _ = ip(&["link", "del", "dev", TUNNEL_DEV]);
-        std::fs::remove_dir_all(&dir).map_err(|source| AttachError::PinDir { path: dir, source })
+    /// Leave everything in place (SIGTERM, or an upgrade): the pinned links keep the
+    /// programs attached and the pinned maps keep their contents; the next agent adopts them.
+    pub fn release(self) {}
+}
+
+/// Remove everything an agent made for `host`: the link pins (which detaches its programs),
+/// the map pins and the directory, and the tunnel device (only if it is a VXLAN collect_md
+/// device, as the agent creates it). Runs in the host's network namespace.
+pub fn uninstall(root: &Path, host: &str) -> Result<Vec<String>, AttachError> {
+    let dir = crate::maps::host_dir(root, host);
+    let mut removed = Vec::new();
+    if dir.exists() {
+        let ldir = links_dir(&dir);
+        if let Ok(rd) = std::fs::read_dir(&ldir) {
+            for e in rd.flatten() {
+                removed.push(format!("link {}", e.file_name().to_string_lossy()));
+            }
+        }
+        std::fs::remove_dir_all(&dir).map_err(|source| AttachError::PinDir {
+            path: dir.clone(),
+            source,
+        })?;
+        removed.push(format!("pins {}", dir.display()));
     }
+    if let Ok(detail) = ip(&["-d", "link", "show", "dev", TUNNEL_DEV])
+        && detail.contains("vxlan")
+        && detail.contains("external")
+    {
+        ip(&["link", "del", "dev", TUNNEL_DEV]).map_err(|msg| AttachError::Device {
+            dev: TUNNEL_DEV.into(),
+            msg,
+        })?;
+        removed.push(format!("device {TUNNEL_DEV}"));
+    }
+    Ok(removed)
 }

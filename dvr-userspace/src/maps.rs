@@ -164,6 +164,162 @@ fn lpm<K: Pod, V: Pod>(dir: &Path, name: &'static str) -> Result<Lpm<K, V>, Maps
     Ok(Lpm { name, map })
 }
 
+/// Every map of the datapath.
+pub const NAMES: [&str; 23] = [
+    config::HOST_CONFIG,
+    l2::TUNNEL_PEERS,
+    l2::DVR_MACS,
+    route::ENDPOINTS,
+    route::ROUTES,
+    l2::FDB,
+    l2::FLOOD,
+    route::GW_BY_IP,
+    route::GW_BY_MAC,
+    port::PORT_SECURITY,
+    port::LOCAL_PORTS,
+    nat::FIPS,
+    nat::FIP_SRC,
+    nat::EXT_NEIGH,
+    nat::EXT_DENY,
+    nat::CT,
+    snat::SNAT_STEER,
+    snat::SNAT_ROUTERS,
+    snat::SNAT_IPS,
+    snat::SNAT_EXHAUSTED,
+    nat::VIP_CAND,
+    nat::VIP_LOC,
+    stats::STATS,
+];
+
+/// Pins in `dir` that this build cannot adopt (a different key or value layout, or a
+/// capacity that must match: conntrack's `ct_max`, one counter per drop reason). They are
+/// recreated empty; everything else keeps its contents across a restart.
+pub fn incompatible_pins(dir: &Path, ct_max: u32) -> Vec<(&'static str, String)> {
+    fn capacity(dir: &Path, name: &'static str, want: u32) -> Result<(), String> {
+        let info = open(dir, name)
+            .and_then(|m| m.info().map_err(access(name)))
+            .map_err(|e| e.to_string())?;
+        if info.max_entries() == want {
+            Ok(())
+        } else {
+            Err(format!(
+                "capacity {} where this build wants {want}",
+                info.max_entries()
+            ))
+        }
+    }
+    let s = |r: Result<(), MapsError>| r.map_err(|e| e.to_string());
+    let checks: [(&'static str, Result<(), String>); 23] = [
+        (
+            config::HOST_CONFIG,
+            s(open(dir, config::HOST_CONFIG).and_then(|m| {
+                Array::<_, HostConfig>::try_from(Map::Array(m))
+                    .map(|_| ())
+                    .map_err(access(config::HOST_CONFIG))
+            })),
+        ),
+        (
+            l2::TUNNEL_PEERS,
+            s(hash::<u32, u32>(dir, l2::TUNNEL_PEERS).map(|_| ())),
+        ),
+        (
+            l2::DVR_MACS,
+            s(hash::<MacKey, u32>(dir, l2::DVR_MACS).map(|_| ())),
+        ),
+        (
+            route::ENDPOINTS,
+            s(hash::<IpKey, Endpoint>(dir, route::ENDPOINTS).map(|_| ())),
+        ),
+        (
+            route::ROUTES,
+            s(lpm::<RouteKey, Route>(dir, route::ROUTES).map(|_| ())),
+        ),
+        (
+            l2::FDB,
+            s(hash::<FdbKey, FdbEntry>(dir, l2::FDB).map(|_| ())),
+        ),
+        (
+            l2::FLOOD,
+            s(hash::<u32, FloodSet>(dir, l2::FLOOD).map(|_| ())),
+        ),
+        (
+            route::GW_BY_IP,
+            s(hash::<IpKey, RouterIface>(dir, route::GW_BY_IP).map(|_| ())),
+        ),
+        (
+            route::GW_BY_MAC,
+            s(hash::<FdbKey, RouterIface>(dir, route::GW_BY_MAC).map(|_| ())),
+        ),
+        (
+            port::PORT_SECURITY,
+            s(lpm::<SecKey, u32>(dir, port::PORT_SECURITY).map(|_| ())),
+        ),
+        (
+            port::LOCAL_PORTS,
+            s(hash::<u32, LocalPort>(dir, port::LOCAL_PORTS).map(|_| ())),
+        ),
+        (
+            nat::FIPS,
+            s(hash::<u32, FipEntry>(dir, nat::FIPS).map(|_| ())),
+        ),
+        (
+            nat::FIP_SRC,
+            s(hash::<IpKey, FipSrc>(dir, nat::FIP_SRC).map(|_| ())),
+        ),
+        (
+            nat::EXT_NEIGH,
+            s(hash::<u32, Neigh>(dir, nat::EXT_NEIGH).map(|_| ())),
+        ),
+        (
+            nat::EXT_DENY,
+            s(lpm::<u32, u32>(dir, nat::EXT_DENY).map(|_| ())),
+        ),
+        (
+            nat::CT,
+            s(hash::<CtKey, CtEntry>(dir, nat::CT).map(|_| ()))
+                .and_then(|()| capacity(dir, nat::CT, ct_max)),
+        ),
+        (
+            snat::SNAT_STEER,
+            s(hash::<FdbKey, SnatSteer>(dir, snat::SNAT_STEER).map(|_| ())),
+        ),
+        (
+            snat::SNAT_ROUTERS,
+            s(hash::<FdbKey, SnatRouter>(dir, snat::SNAT_ROUTERS).map(|_| ())),
+        ),
+        (
+            snat::SNAT_IPS,
+            s(hash::<u32, SnatRouter>(dir, snat::SNAT_IPS).map(|_| ())),
+        ),
+        (
+            snat::SNAT_EXHAUSTED,
+            s(hash::<u32, u64>(dir, snat::SNAT_EXHAUSTED).map(|_| ())),
+        ),
+        (
+            nat::VIP_CAND,
+            s(hash::<VipKey, VipCandidate>(dir, nat::VIP_CAND).map(|_| ())),
+        ),
+        (
+            nat::VIP_LOC,
+            s(hash::<IpKey, VipLoc>(dir, nat::VIP_LOC).map(|_| ())),
+        ),
+        (
+            stats::STATS,
+            s(open(dir, stats::STATS).and_then(|m| {
+                PerCpuArray::<_, u64>::try_from(Map::PerCpuArray(m))
+                    .map(|_| ())
+                    .map_err(access(stats::STATS))
+            }))
+            .and_then(|()| capacity(dir, stats::STATS, stats::STAT_COUNT)),
+        ),
+    ];
+    checks
+        .into_iter()
+        .filter(|(name, _)| dir.join(name).exists())
+        .filter_map(|(name, r)| r.err().map(|e| (name, e)))
+        .collect()
+}
+
 impl HostMaps {
     /// Open every map pinned in `dir` (`<bpffs root>/<host>`).
     pub fn open(dir: &Path) -> Result<Self, MapsError> {

@@ -39,12 +39,26 @@ impl Capture {
     /// Starts tcpdump on `iface` inside netns `ns` with a pcap `filter` (may be empty) and returns
     /// once tcpdump says it is listening, so that nothing sent afterwards is missed.
     pub fn start(ns: &str, iface: &str, filter: &str) -> Result<Capture> {
+        Capture::start_opts(ns, iface, filter, false)
+    }
+
+    /// [`Capture::start`] that also prints each packet's bytes after the link header in hex
+    /// (`-x`), for fields tcpdump does not print (e.g. the ARP sender MAC): see
+    /// [`Packet::hex_bytes`] and [`Packet::arp`].
+    pub fn start_hex(ns: &str, iface: &str, filter: &str) -> Result<Capture> {
+        Capture::start_opts(ns, iface, filter, true)
+    }
+
+    fn start_opts(ns: &str, iface: &str, filter: &str, hex: bool) -> Result<Capture> {
         let label = format!("tcpdump -i {iface} '{filter}' in netns {ns}");
         let mut cmd = Command::new("ip");
         // `ip netns exec` execs tcpdump (no fork), so the child's pid is tcpdump's.
         cmd.args([
             "netns", "exec", ns, "tcpdump", "-i", iface, "-nn", "-e", "-v", "-l", "-U",
         ]);
+        if hex {
+            cmd.arg("-x");
+        }
         if !filter.trim().is_empty() {
             cmd.arg(filter);
         }
@@ -329,6 +343,91 @@ impl Packet {
     }
 }
 
+/// The fields of an ARP packet (Ethernet/IPv4), from a hex capture.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Arp {
+    /// 1 request, 2 reply.
+    pub op: u16,
+    pub sha: String,
+    pub spa: std::net::Ipv4Addr,
+    pub tha: String,
+    pub tpa: std::net::Ipv4Addr,
+}
+
+impl Arp {
+    /// A gratuitous ARP request: sender IP = target IP.
+    pub fn is_gratuitous(&self) -> bool {
+        self.op == 1 && self.spa == self.tpa
+    }
+}
+
+impl Packet {
+    /// The bytes after the link header, from `-x` hex lines (empty without them).
+    pub fn hex_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for line in self.text.lines() {
+            let line = line.trim();
+            let Some((offset, rest)) = line.split_once(':') else {
+                continue;
+            };
+            if !offset.starts_with("0x") || !offset[2..].chars().all(|c| c.is_ascii_hexdigit()) {
+                continue;
+            }
+            for group in rest.split_whitespace() {
+                if group.len() % 2 != 0 || !group.chars().all(|c| c.is_ascii_hexdigit()) {
+                    break;
+                }
+                for i in (0..group.len()).step_by(2) {
+                    if let Ok(b) = u8::from_str_radix(&group[i..i + 2], 16) {
+                        out.push(b);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The ARP fields of an Ethernet/IPv4 ARP packet captured with [`Capture::start_hex`].
+    pub fn arp(&self) -> Option<Arp> {
+        if !self.contains("ethertype ARP") {
+            return None;
+        }
+        let b = self.hex_bytes();
+        if b.len() < 28 || b[0..6] != [0, 1, 8, 0, 6, 4] {
+            return None;
+        }
+        let mac = |s: &[u8]| {
+            s.iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        };
+        let ip = |s: &[u8]| std::net::Ipv4Addr::new(s[0], s[1], s[2], s[3]);
+        Some(Arp {
+            op: u16::from_be_bytes([b[6], b[7]]),
+            sha: mac(&b[8..14]),
+            spa: ip(&b[14..18]),
+            tha: mac(&b[18..24]),
+            tpa: ip(&b[24..28]),
+        })
+    }
+
+    /// Every ARP reply in the packet as `(sender ip, sender mac)` ("Reply X is-at M").
+    pub fn arp_replies(&self) -> Vec<(String, String)> {
+        let tokens: Vec<&str> = self.text.split_whitespace().collect();
+        let mut out = Vec::new();
+        for w in tokens.windows(4) {
+            if let ["Reply", ip, "is-at", mac] = w {
+                let mac = mac.trim_end_matches(',');
+                if is_mac(mac) {
+                    out.push((ip.to_string(), mac.to_ascii_lowercase()));
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Splits tcpdump output lines into packets: a packet starts at a line beginning with a
 /// `HH:MM:SS.frac` timestamp.
 pub fn parse_packets(lines: &[String]) -> Vec<Packet> {
@@ -443,6 +542,35 @@ mod tests {
             "17:53:19.605855 fa:16:3e:00:00:1f > ff:ff:ff:ff:ff:ff, ethertype ARP (0x0806), length 42: Ethernet (len 6), IPv4 (len 4), Request who-has 192.168.31.99 (ff:ff:ff:ff:ff:ff) tell 192.168.31.10, length 28",
         ));
         assert!(with_tha[0].is_arp_request("192.168.31.99", "192.168.31.10"));
+    }
+
+    #[test]
+    fn parses_hex_arp_and_replies() {
+        let text = "\
+18:01:02.000001 fa:16:3e:00:00:05 > ff:ff:ff:ff:ff:ff, ethertype ARP (0x0806), length 42: Ethernet (len 6), IPv4 (len 4), Request who-has 10.5.2.1 tell 10.5.2.1, length 28
+\t0x0000:  0001 0800 0604 0001 fa16 3e00 0005 0a05
+\t0x0010:  0201 0000 0000 0000 0a05 0201
+18:01:02.000002 fa:16:3e:00:00:05 > 6a:11:22:33:44:55, ethertype ARP (0x0806), length 42: Ethernet (len 6), IPv4 (len 4), Reply 10.5.2.1 is-at fa:16:3e:00:00:05, length 28";
+        let p = parse_packets(&lines(text));
+        assert_eq!(p.len(), 2);
+        let a = p[0].arp();
+        assert_eq!(
+            a,
+            Some(Arp {
+                op: 1,
+                sha: "fa:16:3e:00:00:05".into(),
+                spa: std::net::Ipv4Addr::new(10, 5, 2, 1),
+                tha: "00:00:00:00:00:00".into(),
+                tpa: std::net::Ipv4Addr::new(10, 5, 2, 1),
+            })
+        );
+        assert!(a.is_some_and(|a| a.is_gratuitous()));
+        assert!(p[0].is_arp_request("10.5.2.1", "10.5.2.1"));
+        assert_eq!(
+            p[1].arp_replies(),
+            vec![("10.5.2.1".to_string(), "fa:16:3e:00:00:05".to_string())]
+        );
+        assert_eq!(p[1].arp(), None);
     }
 
     #[test]

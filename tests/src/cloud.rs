@@ -12,12 +12,17 @@
 //!
 //! It writes the Neutron-shaped state file, starts one `dvr-agent` per host through
 //! `nsenter --net=` (so all agents share the real bpffs) and waits until each agent lists all of
-//! its host's taps. Dropping the cloud stops the agents by pid, deletes every namespace it made
-//! (which removes all links in them), removes left-over pin directories and its temp dir.
+//! its host's taps. Dropping the cloud stops the agents by pid, runs `dvr-agent --uninstall` for
+//! each host with pins (a stopped agent leaves its datapath in place for a hitless restart),
+//! deletes every namespace it made (which removes all links in them), removes left-over pin
+//! directories and its temp dir.
+//!
+//! With [`Topology::external`] there is also an external network and floating IPs: see
+//! [`crate::external`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -31,6 +36,7 @@ use crate::capture::Capture;
 use crate::cmd::{
     self, ChildGuard, exec, exec_ok, exec_with_deadline, ip, run_with_deadline, text, wait_until,
 };
+use crate::external::{ExternalInfo, FipInfo, FipSpec, HostExt};
 use crate::state::{self, AddressPair, FixedIp, State};
 
 /// How long agents get to list all local taps after start.
@@ -61,7 +67,7 @@ pub fn ns_prefix() -> String {
 
 /// A UUID-shaped id unique in this process. The first 8 hex digits are a process-wide sequence
 /// number, so the first 11 characters (the tap name suffix) differ between any two ports.
-fn new_id(kind: u32, cloud: u32) -> String {
+pub(crate) fn new_id(kind: u32, cloud: u32) -> String {
     let seq = OBJ_SEQ.fetch_add(1, Ordering::Relaxed);
     let pid = std::process::id();
     format!(
@@ -74,7 +80,7 @@ fn new_id(kind: u32, cloud: u32) -> String {
 }
 
 /// A Neutron-style port MAC (`fa:16:3e:..`) unique in this process.
-fn new_mac() -> String {
+pub(crate) fn new_mac() -> String {
     let seq = OBJ_SEQ.fetch_add(1, Ordering::Relaxed);
     format!(
         "fa:16:3e:{:02x}:{:02x}:{:02x}",
@@ -84,10 +90,11 @@ fn new_mac() -> String {
     )
 }
 
-const KIND_NETWORK: u32 = 1;
-const KIND_SUBNET: u32 = 2;
+pub(crate) const KIND_NETWORK: u32 = 1;
+pub(crate) const KIND_SUBNET: u32 = 2;
 const KIND_ROUTER: u32 = 3;
-const KIND_PORT: u32 = 4;
+pub(crate) const KIND_PORT: u32 = 4;
+pub(crate) const KIND_FIP: u32 = 5;
 
 /// The tap name the agent expects for a port id: "tap" + the first 11 characters.
 pub fn tap_name(port_id: &str) -> String {
@@ -258,6 +265,11 @@ pub struct Topology {
     pub networks: Vec<NetSpec>,
     pub routers: Vec<RouterSpec>,
     pub vms: Vec<VmSpec>,
+    /// Build the external network (see [`Topology::external`]).
+    pub external: bool,
+    pub fips: Vec<FipSpec>,
+    /// Extra arguments for every `dvr-agent` (e.g. `--ct-timeout-udp 2`).
+    pub agent_args: Vec<String>,
 }
 
 impl Topology {
@@ -326,6 +338,35 @@ impl Topology {
         self
     }
 
+    /// Adds the external network: a namespace with bridge `br-ext` holding the upstream router
+    /// 10.5.0.1/16 and an "internet host" 198.51.100.10/32, an `ext0` NIC per host on that
+    /// bridge, and in the state the flat external network `public` (10.5.0.0/16), one
+    /// `floatingip_agent_gateway` port per host (10.5.1.(11 + index), its MAC on `ext0`), each
+    /// host's `external_interface` and each router's `external_gateway_info` (10.5.3.(1 +
+    /// index)). See [`crate::external`].
+    pub fn external(&mut self) -> &mut Topology {
+        self.external = true;
+        self
+    }
+
+    /// A floating IP 10.5.2.(1 + index) on the external network, associated with `vm`'s port
+    /// (its router is the VM network's router) or unassociated (`router_id` null, as Neutron).
+    /// Needs [`Topology::external`].
+    pub fn fip(&mut self, name: &str, vm: Option<&str>) -> &mut Topology {
+        self.fips.push(FipSpec {
+            name: name.into(),
+            vm: vm.map(str::to_string),
+            ip: None,
+        });
+        self
+    }
+
+    /// Extra command-line arguments for every agent.
+    pub fn agent_args(&mut self, args: &[&str]) -> &mut Topology {
+        self.agent_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
     /// Creates everything, starts the agents and waits until they are ready.
     pub fn build(&self) -> Result<Cloud> {
         let bins = locate_bins()?;
@@ -348,6 +389,8 @@ impl Topology {
 pub struct HostInfo {
     /// Logical name from the topology ("h1").
     pub name: String,
+    /// The host's external NIC, with [`Topology::external`].
+    pub ext: Option<HostExt>,
     /// The `--host` name the agent runs as, unique per process and cloud ("h1-<pid>-<n>").
     pub agent_name: String,
     pub ns: String,
@@ -420,6 +463,8 @@ pub struct PingResult {
     pub received: u32,
     /// TTL of each reply, in order.
     pub ttls: Vec<u8>,
+    /// The source address of each reply ("64 bytes from X: ..."), in order.
+    pub reply_from: Vec<String>,
     pub output: String,
 }
 
@@ -438,13 +483,15 @@ pub struct ArpingResult {
 }
 
 /// A completed TCP transfer.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct TransferReport {
     pub bytes: usize,
     pub elapsed: Duration,
+    /// The client address as the listener saw it (`ip:port`), if socat logged it.
+    pub peer: Option<SocketAddrV4>,
 }
 
-struct Agent {
+pub(crate) struct Agent {
     guard: ChildGuard,
     stdout: PathBuf,
     stderr: PathBuf,
@@ -452,20 +499,24 @@ struct Agent {
 
 /// The running test cloud. See the module docs.
 pub struct Cloud {
-    seq: u32,
-    dir: PathBuf,
-    state_path: PathBuf,
-    state: State,
-    bpffs: PathBuf,
-    bins: Option<Bins>,
-    underlay_ns: String,
-    hosts: Vec<HostInfo>,
-    networks: Vec<NetInfo>,
-    routers: BTreeMap<String, String>,
-    vms: Vec<Vm>,
-    namespaces: Vec<String>,
-    agents: BTreeMap<String, Agent>,
-    files_seq: u32,
+    pub(crate) seq: u32,
+    pub(crate) dir: PathBuf,
+    pub(crate) state_path: PathBuf,
+    pub(crate) state: State,
+    pub(crate) bpffs: PathBuf,
+    pub(crate) bins: Option<Bins>,
+    pub(crate) underlay_ns: String,
+    pub(crate) hosts: Vec<HostInfo>,
+    pub(crate) networks: Vec<NetInfo>,
+    pub(crate) routers: BTreeMap<String, String>,
+    pub(crate) vms: Vec<Vm>,
+    pub(crate) namespaces: Vec<String>,
+    pub(crate) agents: BTreeMap<String, Agent>,
+    pub(crate) files_seq: u32,
+    pub(crate) external: Option<ExternalInfo>,
+    pub(crate) fips: Vec<FipInfo>,
+    /// Extra arguments for agents started from now on.
+    pub agent_args: Vec<String>,
     /// Print the tail of each agent's log when dropped (libtest shows it for failing tests only).
     pub dump_logs_on_drop: bool,
 }
@@ -504,6 +555,9 @@ impl Cloud {
             namespaces: Vec::new(),
             agents: BTreeMap::new(),
             files_seq: 0,
+            external: None,
+            fips: Vec::new(),
+            agent_args: Vec::new(),
             dump_logs_on_drop: true,
         })
     }
@@ -525,6 +579,10 @@ impl Cloud {
             "0",
         ])?;
         ip(&["-n", &self.underlay_ns, "link", "set", "br0", "up"])?;
+        self.agent_args = topo.agent_args.clone();
+        if topo.external {
+            self.create_external()?;
+        }
         for h in &topo.hosts {
             self.create_host(h)?;
         }
@@ -538,12 +596,15 @@ impl Cloud {
             let vm = self.add_port(v)?;
             self.create_vm_links(&vm)?;
         }
+        for (i, f) in topo.fips.iter().enumerate() {
+            self.create_fip(f, i)?;
+        }
         self.write_state()
     }
 
     /// Creates a namespace with IPv6 disabled (no RS/MLD noise in captures and counters) and
     /// `lo` up; it is deleted when the cloud drops.
-    fn new_ns(&mut self, role: &str) -> Result<String> {
+    pub(crate) fn new_ns(&mut self, role: &str) -> Result<String> {
         let ns = ns_name(role);
         ip(&["netns", "add", &ns])?;
         self.namespaces.push(ns.clone());
@@ -592,13 +653,20 @@ impl Cloud {
         ip(&["-n", &ul, "link", "set", &uplink, "master", "br0"])?;
         ip(&["-n", &ul, "link", "set", &uplink, "up"])?;
         let agent_name = format!("{}-{}-{}", h.name, std::process::id(), self.seq);
+        let ext = if self.external.is_some() {
+            Some(self.create_host_external(&ns, &agent_name)?)
+        } else {
+            None
+        };
         self.state.hosts.push(state::Host {
             name: agent_name.clone(),
             agent_mode: "dvr".into(),
             tunnel_ip: h.tunnel_ip.to_string(),
             dvr_mac: h.dvr_mac.clone(),
+            external_interface: ext.as_ref().map(|_| crate::external::EXT_IFACE.to_string()),
         });
         self.hosts.push(HostInfo {
+            ext,
             name: h.name.clone(),
             agent_name,
             ns,
@@ -626,7 +694,8 @@ impl Cloud {
             id: network_id.clone(),
             name: n.name.clone(),
             network_type: "vxlan".into(),
-            segmentation_id: n.vni,
+            segmentation_id: Some(n.vni),
+            physical_network: None,
             router_external: false,
             mtu: TENANT_MTU,
         });
@@ -659,11 +728,12 @@ impl Cloud {
             r.name
         );
         let router_id = new_id(KIND_ROUTER, self.seq);
+        let external_gateway_info = self.router_gateway_info(self.routers.len())?;
         self.state.routers.push(state::Router {
             id: router_id.clone(),
             distributed: true,
             ha: false,
-            external_gateway_info: None,
+            external_gateway_info,
         });
         for net_name in &r.networks {
             let i = self
@@ -804,7 +874,7 @@ impl Cloud {
         Ok(())
     }
 
-    fn write_state(&self) -> Result<()> {
+    pub(crate) fn write_state(&self) -> Result<()> {
         let json = serde_json::to_vec_pretty(&self.state)?;
         self.write_state_bytes(&json)
     }
@@ -836,6 +906,11 @@ impl Cloud {
         for h in &names {
             self.wait_agent_ready(h, AGENT_READY_DEADLINE.saturating_sub(start.elapsed()))?;
         }
+        if self.external.is_some() {
+            for h in &names {
+                self.wait_external_ready(h, AGENT_READY_DEADLINE)?;
+            }
+        }
         Ok(())
     }
 
@@ -865,6 +940,7 @@ impl Cloud {
             .arg(state_path)
             .arg("--bpffs")
             .arg(&self.bpffs)
+            .args(&self.agent_args)
             .stdin(Stdio::null())
             .stdout(fs::File::create(&stdout).with_context(|| format!("{}", stdout.display()))?)
             .stderr(fs::File::create(&stderr).with_context(|| format!("{}", stderr.display()))?);
@@ -1004,9 +1080,39 @@ impl Cloud {
         };
         let pins = self.pin_dir(host)?;
         if pins.exists() {
+            let _ = self.uninstall_agent(host);
             let _ = fs::remove_dir_all(&pins);
         }
         Ok(run)
+    }
+
+    /// `dvr-agent --uninstall` for `host`, run in its namespace: removes the programs, links,
+    /// pins and tunnel device an agent leaves behind when stopped (it keeps them so that a
+    /// restarted agent adopts a datapath that kept forwarding). Returns the output whatever the
+    /// status; the host must have no running agent.
+    pub fn uninstall_agent(&mut self, host: &str) -> Result<std::process::Output> {
+        ensure!(
+            !self.agents.contains_key(host),
+            "agent of {host} is running"
+        );
+        if self.bins.is_none() {
+            self.bins = Some(locate_bins()?);
+        }
+        let bins = self.bins()?.clone();
+        let h = self.host(host)?.clone();
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", h.ns))
+            .arg(&bins.agent)
+            .arg("--uninstall")
+            .arg("--host")
+            .arg(&h.agent_name)
+            .arg("--bpffs")
+            .arg(&self.bpffs);
+        cmd::output_with_deadline(
+            c,
+            &format!("dvr-agent --uninstall --host {}", h.agent_name),
+            cmd::DEFAULT_DEADLINE,
+        )
     }
 
     /// The agent's stdout and stderr so far.
@@ -1020,11 +1126,27 @@ impl Cloud {
         Ok(format!("--- stdout ---\n{out}--- stderr ---\n{err}"))
     }
 
-    fn agent_log_tail(&self, host: &str, lines: usize) -> String {
+    /// The last `lines` lines of the agent's output, preceded by up to 5 earlier error lines
+    /// (`Error:`, ` ERROR `, "Caused by"), so a long verifier log does not hide the headline.
+    pub(crate) fn agent_log_tail(&self, host: &str, lines: usize) -> String {
         match self.agent_log(host) {
             Ok(log) => {
                 let all: Vec<&str> = log.lines().collect();
-                all[all.len().saturating_sub(lines)..].join("\n")
+                let cut = all.len().saturating_sub(lines);
+                let earlier: Vec<&str> = all[..cut]
+                    .iter()
+                    .filter(|l| {
+                        l.contains("Error:") || l.contains(" ERROR ") || l.contains("Caused by")
+                    })
+                    .take(5)
+                    .copied()
+                    .collect();
+                let tail = all[cut..].join("\n");
+                if earlier.is_empty() {
+                    tail
+                } else {
+                    format!("{}\n[...]\n{tail}", earlier.join("\n"))
+                }
             }
             Err(e) => format!("{e:#}"),
         }
@@ -1071,7 +1193,7 @@ impl Cloud {
         )
     }
 
-    fn dvrctl_json(&self, host: &str, args: &[&str]) -> Result<Value> {
+    pub(crate) fn dvrctl_json(&self, host: &str, args: &[&str]) -> Result<Value> {
         let out = self.dvrctl(host, args)?;
         ensure!(
             out.status.success(),
@@ -1299,7 +1421,8 @@ impl Cloud {
 
     // ---- traffic ---------------------------------------------------------------------------
 
-    /// `ping -c count -i 0.2` from a VM; never fails on lost replies (inspect the result).
+    /// `ping -c count -i 0.2` from a VM (or any endpoint [`Cloud::ns_of`] knows, e.g.
+    /// [`crate::external::EXT`]); never fails on lost replies (inspect the result).
     pub fn ping(&self, vm: &str, dst: Ipv4Addr, count: u32) -> Result<PingResult> {
         self.ping_with(vm, dst, count, &[])
     }
@@ -1312,7 +1435,7 @@ impl Cloud {
         count: u32,
         extra: &[&str],
     ) -> Result<PingResult> {
-        let ns = self.vm(vm)?.ns.clone();
+        let ns = self.ns_of(vm)?;
         let count_s = count.to_string();
         let dst_s = dst.to_string();
         let mut args = vec!["ping", "-n", "-c", &count_s, "-i", "0.2", "-W", "2"];
@@ -1325,7 +1448,7 @@ impl Cloud {
 
     /// One echo with a short reply timeout (`wait`, at least 10 ms): true if answered.
     pub fn ping_once(&self, vm: &str, dst: Ipv4Addr, wait: Duration) -> Result<bool> {
-        let ns = self.vm(vm)?.ns.clone();
+        let ns = self.ns_of(vm)?;
         let w = format!("{:.3}", wait.as_secs_f64().max(0.01));
         let out = exec_with_deadline(
             &ns,
@@ -1383,52 +1506,77 @@ impl Cloud {
         port: u16,
         bytes: usize,
     ) -> Result<TransferReport> {
-        let from = self.vm(from_vm)?.clone();
-        let to = self.vm(to_vm)?.clone();
+        let dst = self.vm(to_vm)?.ip;
+        self.tcp_transfer_to(from_vm, to_vm, dst, port, bytes, None)
+    }
+
+    /// [`Cloud::tcp_transfer`] between any endpoints [`Cloud::ns_of`] knows: the listener runs in
+    /// `to`, the sender in `from` connects to `dst:port` (from `bind` if given). The report
+    /// carries the client address the listener saw.
+    pub fn tcp_transfer_to(
+        &mut self,
+        from: &str,
+        to: &str,
+        dst: Ipv4Addr,
+        port: u16,
+        bytes: usize,
+        bind: Option<Ipv4Addr>,
+    ) -> Result<TransferReport> {
+        let from_ns = self.ns_of(from)?;
+        let to_ns = self.ns_of(to)?;
         self.files_seq += 1;
         let payload_path = self.dir.join(format!("tcp-{}-payload", self.files_seq));
         let recv_path = self.dir.join(format!("tcp-{}-recv", self.files_seq));
+        let log_path = self
+            .dir
+            .join(format!("tcp-{}-listener.log", self.files_seq));
         let payload = pseudo_random(bytes, u64::from(self.files_seq));
         fs::write(&payload_path, &payload)?;
 
         let port_s = port.to_string();
+        let log = fs::File::create(&log_path).with_context(|| format!("{}", log_path.display()))?;
         let mut listener_cmd = Command::new("ip");
+        // -d -d: socat logs "accepting connection from AF=2 <ip>:<port> on ...".
         listener_cmd
-            .args(["netns", "exec", &to.ns, "socat", "-u"])
+            .args(["netns", "exec", &to_ns, "socat", "-d", "-d", "-u"])
             .arg(format!("TCP4-LISTEN:{port},reuseaddr"))
             .arg(format!("CREATE:{}", recv_path.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(log);
         let child = listener_cmd.spawn().context("starting socat listener")?;
-        let mut listener = ChildGuard::new(child, format!("socat listener in {to_vm}:{port}"));
+        let mut listener = ChildGuard::new(child, format!("socat listener in {to}:{port}"));
         wait_until(
-            &format!("socat to listen on {to_vm}:{port}"),
+            &format!("socat to listen on {to}:{port}"),
             Duration::from_secs(5),
             |why| {
                 if let Some(s) = listener.try_wait()? {
-                    bail!("socat listener in {to_vm} exited early ({s})");
+                    bail!("socat listener in {to} exited early ({s})");
                 }
-                let out = exec(&to.ns, &["ss", "-H", "-ltn", &format!("sport = :{port_s}")])?;
+                let out = exec(&to_ns, &["ss", "-H", "-ltn", &format!("sport = :{port_s}")])?;
                 *why = text(&out);
                 Ok((!cmd::stdout(&out).trim().is_empty()).then_some(()))
             },
         )?;
 
         let start = Instant::now();
+        let mut target = format!("TCP4:{dst}:{port},connect-timeout=5");
+        if let Some(b) = bind {
+            target.push_str(&format!(",bind={b}"));
+        }
         let send = exec_with_deadline(
-            &from.ns,
+            &from_ns,
             &[
                 "socat",
                 "-u",
                 &format!("FILE:{}", payload_path.display()),
-                &format!("TCP4:{}:{port},connect-timeout=5", to.ip),
+                &target,
             ],
             Duration::from_secs(60),
         )?;
         ensure!(
             send.status.success(),
-            "socat {from_vm} -> {to_vm}:{port} failed ({}): {}",
+            "socat {from} -> {dst}:{port} ({to}) failed ({}): {}",
             send.status,
             text(&send).trim()
         );
@@ -1436,15 +1584,17 @@ impl Cloud {
         let elapsed = start.elapsed();
         ensure!(
             done.is_some(),
-            "socat listener in {to_vm} did not finish within 20 s after the sender"
+            "socat listener in {to} did not finish within 20 s after the sender"
         );
         let received =
             fs::read(&recv_path).with_context(|| format!("reading {}", recv_path.display()))?;
+        let log = fs::read_to_string(&log_path).unwrap_or_default();
         let _ = fs::remove_file(&payload_path);
         let _ = fs::remove_file(&recv_path);
+        let _ = fs::remove_file(&log_path);
         ensure!(
             received == payload,
-            "TCP {from_vm} -> {to_vm}: sent {} bytes, received {} bytes{}",
+            "TCP {from} -> {dst}:{port} ({to}): sent {} bytes, received {} bytes{}",
             payload.len(),
             received.len(),
             if received.len() == payload.len() {
@@ -1453,7 +1603,11 @@ impl Cloud {
                 ""
             }
         );
-        Ok(TransferReport { bytes, elapsed })
+        Ok(TransferReport {
+            bytes,
+            elapsed,
+            peer: parse_socat_peer(&log),
+        })
     }
 
     /// Runs a scapy script in a VM (`from scapy.all import *` is prepended, `conf.verb = 0`).
@@ -1567,6 +1721,23 @@ impl Drop for Cloud {
                 }
             }
         }
+        // A stopped agent leaves its programs attached and its maps pinned (hitless restart);
+        // `dvr-agent --uninstall` removes them, in the host's namespace.
+        let names: Vec<String> = self.hosts.iter().map(|h| h.name.clone()).collect();
+        for h in &names {
+            let has_pins = self.pin_dir(h).is_ok_and(|p| p.exists());
+            if has_pins && self.bins.is_some() {
+                match self.uninstall_agent(h) {
+                    Ok(out) if out.status.success() => {}
+                    Ok(out) => problems.push(format!(
+                        "dvr-agent --uninstall for {h} failed ({}): {}",
+                        out.status,
+                        text(&out).trim()
+                    )),
+                    Err(e) => problems.push(format!("dvr-agent --uninstall for {h}: {e:#}")),
+                }
+            }
+        }
         for ns in self.namespaces.iter().rev() {
             if let Err(e) = ip(&["netns", "del", ns]) {
                 problems.push(format!("deleting netns {ns}: {e:#}"));
@@ -1577,9 +1748,9 @@ impl Drop for Cloud {
             if pins.exists() {
                 if self.bins.is_some() {
                     problems.push(format!(
-                        "agent {} left its pins in {}",
-                        h.name,
-                        pins.display()
+                        "{} still exists after dvr-agent --uninstall for {}",
+                        pins.display(),
+                        h.name
                     ));
                 }
                 if let Err(e) = fs::remove_dir_all(&pins) {
@@ -1626,9 +1797,17 @@ fn link_ifindex(ns: &str, dev: &str) -> Result<u64> {
         .ok_or_else(|| anyhow!("no ifindex for {dev} in {ns}: {v}"))
 }
 
+/// The peer of socat's "accepting connection from AF=2 1.2.3.4:5678 on ..." log line.
+pub fn parse_socat_peer(log: &str) -> Option<SocketAddrV4> {
+    let at = log.find("accepting connection from AF=2 ")?;
+    let rest = &log[at + "accepting connection from AF=2 ".len()..];
+    rest.split_whitespace().next()?.parse().ok()
+}
+
 /// Parses iputils `ping` output.
 pub fn parse_ping(out: &str) -> PingResult {
     let mut ttls = Vec::new();
+    let mut reply_from = Vec::new();
     let mut transmitted = 0;
     let mut received = 0;
     for line in out.lines() {
@@ -1638,6 +1817,12 @@ pub fn parse_ping(out: &str) -> PingResult {
             && let Ok(t) = t.parse()
         {
             ttls.push(t);
+            if let Some(from) = line
+                .split_once("bytes from ")
+                .and_then(|(_, r)| r.split(':').next())
+            {
+                reply_from.push(from.trim().to_string());
+            }
         }
         if line.contains("packets transmitted") {
             let nums: Vec<u32> = line
@@ -1652,6 +1837,7 @@ pub fn parse_ping(out: &str) -> PingResult {
         transmitted,
         received,
         ttls,
+        reply_from,
         output: out.to_string(),
     }
 }
@@ -1725,6 +1911,7 @@ mod tests {
         let r = parse_ping(out);
         assert_eq!((r.transmitted, r.received), (2, 2));
         assert_eq!(r.ttls, vec![63, 63]);
+        assert_eq!(r.reply_from, vec!["198.51.100.2", "198.51.100.2"]);
         assert!(r.all_answered());
         let lost = parse_ping("3 packets transmitted, 0 received, 100% packet loss, time 2040ms");
         assert_eq!((lost.transmitted, lost.received), (3, 0));
@@ -1740,6 +1927,17 @@ Sent 2 probes (1 broadcast(s))
 Received 2 response(s)";
         let r = parse_arping(out);
         assert_eq!(r.reply_macs, vec!["fa:16:3e:00:00:01", "fa:16:3e:00:00:01"]);
+    }
+
+    #[test]
+    fn parses_socat_peer() {
+        let log = "2025/01/01 10:00:00 socat[12] N listening on AF=2 0.0.0.0:5001\n\
+                   2025/01/01 10:00:01 socat[12] N accepting connection from AF=2 198.51.100.10:40312 on AF=2 192.168.1.10:5001\n";
+        assert_eq!(
+            parse_socat_peer(log),
+            Some(SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 10), 40312))
+        );
+        assert_eq!(parse_socat_peer("nothing"), None);
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //!   ([`Cloud::ping`], [`Cloud::arping`], [`Cloud::tcp_transfer`], scapy frames), captures
 //!   ([`Capture`]), counters ([`Cloud::stats`]) and state changes ([`Cloud::update_state`],
 //!   [`Cloud::add_vm_later`]). Dropping it removes everything it made, also on panic.
+//! - [`Topology::external`] adds the external network (upstream router, internet host, `ext0`
+//!   per host) and [`Topology::fip`] floating IPs; [`external`] has their helpers
+//!   ([`Cloud::associate`], [`Cloud::conntrack`], [`Cloud::fips`], captures on `br-ext`, ...).
 //! - [`require_preconditions`] makes a test that cannot run here fail with a clear message:
 //!   these tests never pass by skipping.
 //!
@@ -16,18 +19,22 @@
 pub mod capture;
 pub mod cloud;
 pub mod cmd;
+pub mod external;
 pub mod state;
 
 use std::path::Path;
 
 use anyhow::{Result, bail};
 
-pub use capture::{Capture, Packet};
+pub use capture::{Arp, Capture, Packet};
 pub use cloud::{
     AgentPort, AgentRun, ArpFrame, ArpingResult, Cidr, Cloud, HostInfo, LateVm, NetInfo,
     PingResult, Topology, TransferReport, UdpFrame, Vm, VmSpec, locate_bins, scapy_python,
 };
 pub use cmd::{exec, exec_ok, wait_until};
+pub use external::{
+    Bg, EXT, EXT_GATEWAY, EXT_IFACE, ExternalInfo, FipInfo, HostExt, INTERNET_HOST, UdpReply,
+};
 pub use state::State;
 
 /// Tools the test bed runs.

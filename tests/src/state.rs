@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 pub const OWNER_COMPUTE: &str = "compute:nova";
 pub const OWNER_ROUTER_INTERFACE: &str = "network:router_interface_distributed";
+/// `device_owner` of a host's port on the external network (Neutron's `fg-` device).
+pub const OWNER_FIP_AGENT_GATEWAY: &str = "network:floatingip_agent_gateway";
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
@@ -25,8 +27,16 @@ pub struct Network {
     pub name: String,
     #[serde(rename = "provider:network_type")]
     pub network_type: String,
+    /// `None` (written as `null`) for the flat external network.
     #[serde(rename = "provider:segmentation_id")]
-    pub segmentation_id: u32,
+    pub segmentation_id: Option<u32>,
+    /// Only flat/vlan networks have one (`public` for the external network).
+    #[serde(
+        rename = "provider:physical_network",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub physical_network: Option<String>,
     #[serde(rename = "router:external")]
     pub router_external: bool,
     pub mtu: u32,
@@ -73,7 +83,8 @@ pub struct Router {
     pub id: String,
     pub distributed: bool,
     pub ha: bool,
-    /// Always `null` here: the east-west tests have no external gateway.
+    /// `null` without an external network; else `{"network_id", "enable_snat",
+    /// "external_fixed_ips"}`.
     pub external_gateway_info: Option<serde_json::Value>,
 }
 
@@ -83,6 +94,9 @@ pub struct Host {
     pub agent_mode: String,
     pub tunnel_ip: String,
     pub dvr_mac: String,
+    /// The host's NIC on the external network (`ext0`), absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_interface: Option<String>,
 }
 
 impl State {
@@ -94,6 +108,10 @@ impl State {
     }
     pub fn network_mut(&mut self, id: &str) -> Option<&mut Network> {
         self.networks.iter_mut().find(|n| n.id == id)
+    }
+    /// The floating IP object with this id.
+    pub fn floatingip_mut(&mut self, id: &str) -> Option<&mut serde_json::Value> {
+        self.floatingips.iter_mut().find(|f| f["id"] == id)
     }
     /// The whole state as a JSON value, for tests that write shapes the types cannot express.
     pub fn to_value(&self) -> anyhow::Result<serde_json::Value> {

@@ -1051,22 +1051,74 @@ fn dvrctl_stats_json_lists_every_counter() -> Result<()> {
     Ok(())
 }
 
+/// The agent lifecycle: SIGTERM exits 0 and leaves the datapath in place (pinned maps and
+/// links keep forwarding), a restarted agent adopts it, and `dvr-agent --uninstall` removes the
+/// pins, the programs and the tunnel device.
 #[test]
-fn sigterm_exits_zero_and_removes_pins() -> Result<()> {
+fn sigterm_keeps_forwarding_restart_adopts_and_uninstall_removes() -> Result<()> {
     require_preconditions();
     let mut t = Topology::new();
-    t.host("h1");
+    t.host("h1").host("h2");
     t.network("a", 2801, "192.168.91.0/24");
-    t.vm(VmSpec::new("v1", "a", "h1"));
+    t.vm(VmSpec::new("v1", "a", "h1"))
+        .vm(VmSpec::new("v2", "a", "h2"));
     let mut c = t.build()?;
+    let v2 = c.ip("v2")?;
+    c.ping_ok("v1", v2, 1)?;
     let pins = c.pin_dir("h1")?;
     ensure!(
         pins.is_dir() && std::fs::read_dir(&pins)?.next().is_some(),
         "no pins under {}",
         pins.display()
     );
+    for h in ["h1", "h2"] {
+        let status = c.stop_agent(h)?;
+        ensure!(
+            status.success(),
+            "agent of {h} exited with {status} on SIGTERM"
+        );
+    }
+    ensure!(
+        pins.is_dir(),
+        "a stopped agent must leave its pins for a hitless restart: {} is gone",
+        pins.display()
+    );
+    c.ping_ok("v1", v2, 3)
+        .context("forwarding must continue while the agents are stopped")?;
+
+    c.start_agent("h1")?;
+    c.wait_agent_ready("h1", WAIT)?;
+    c.ping_ok("v1", v2, 3)
+        .context("forwarding after the agent restarted")?;
     let status = c.stop_agent("h1")?;
-    ensure!(status.success(), "agent exited with {status} on SIGTERM");
-    ensure!(!pins.exists(), "agent left {} behind", pins.display());
+    ensure!(
+        status.success(),
+        "restarted agent exited with {status} on SIGTERM"
+    );
+
+    let out = c.uninstall_agent("h1")?;
+    ensure!(
+        out.status.success(),
+        "dvr-agent --uninstall failed ({}): {}",
+        out.status,
+        cmd::text(&out).trim()
+    );
+    ensure!(
+        !pins.exists(),
+        "dvr-agent --uninstall left {} behind",
+        pins.display()
+    );
+    let dev = c.exec_host("h1", &["ip", "link", "show", "dev", "dvr-vx"])?;
+    ensure!(
+        !dev.status.success(),
+        "dvr-agent --uninstall left dvr-vx in h1: {}",
+        cmd::text(&dev)
+    );
+    let p = c.ping("v1", v2, 2)?;
+    ensure!(
+        p.received == 0,
+        "v1 still reaches v2 after h1's datapath was uninstalled:\n{}",
+        p.output
+    );
     Ok(())
 }

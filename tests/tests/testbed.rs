@@ -311,3 +311,244 @@ fn capture_parses_kernel_vxlan() -> Result<()> {
     );
     Ok(())
 }
+
+/// The external network: the external namespace (bridge, upstream router, internet host), one
+/// `ext0` per host on the bridge, the Neutron-shaped external objects in the state (accepted by
+/// the agent's model), the floating IP edits, and a teardown without leaks.
+#[test]
+fn external_testbed_builds_and_tears_down() -> Result<()> {
+    require_testbed_preconditions();
+    let before = own_namespaces()?;
+    let mut t = topology();
+    t.external();
+    t.fip("f1", Some("v1")).fip("f2", None);
+    let mut cloud = t.build_without_agents()?;
+    let dir = cloud.temp_dir().to_path_buf();
+    ensure!(
+        cloud.namespaces().len() == 1 + 1 + 2 + 3,
+        "want underlay + external + 2 hosts + 3 VMs: {:?}",
+        cloud.namespaces()
+    );
+    let ext = cloud.external_info()?.clone();
+    let br = cmd::stdout(&exec_ok(
+        &ext.ns,
+        &["ip", "-o", "-4", "addr", "show", "dev", "br-ext"],
+    )?);
+    ensure!(br.contains("10.5.0.1/16"), "br-ext: {br}");
+    let inet = cmd::stdout(&exec_ok(
+        &ext.ns,
+        &["ip", "-o", "-4", "addr", "show", "dev", "lo"],
+    )?);
+    ensure!(inet.contains("198.51.100.10/32"), "lo: {inet}");
+    let fwd = cmd::stdout(&exec_ok(&ext.ns, &["sysctl", "-n", "net.ipv4.ip_forward"])?);
+    ensure!(
+        fwd.trim() == "1",
+        "ip_forward in the external namespace: {fwd}"
+    );
+
+    for (i, h) in cloud.hosts().iter().enumerate() {
+        let x = h.ext.clone().context("host without ext")?;
+        ensure!(
+            x.fg_ip == Ipv4Addr::new(10, 5, 1, 11 + u8::try_from(i)?),
+            "{}: fg ip {}",
+            h.name,
+            x.fg_ip
+        );
+        let link = cmd::stdout(&exec_ok(
+            &h.ns,
+            &["ip", "-o", "link", "show", "dev", "ext0"],
+        )?);
+        ensure!(
+            link.contains(&x.mac) && link.contains("mtu 1500") && link.contains("UP"),
+            "ext0 of {}: {link}",
+            h.name
+        );
+        let addr = cmd::stdout(&exec_ok(
+            &h.ns,
+            &["ip", "-o", "-4", "addr", "show", "dev", "ext0"],
+        )?);
+        ensure!(
+            addr.trim().is_empty(),
+            "ext0 of {} has an address: {addr}",
+            h.name
+        );
+        let port = cmd::stdout(&exec_ok(
+            &ext.ns,
+            &["ip", "-o", "link", "show", "dev", &x.bridge_port],
+        )?);
+        ensure!(
+            port.contains("master br-ext") && port.contains("UP"),
+            "{} not on br-ext: {port}",
+            x.bridge_port
+        );
+    }
+
+    // L2 through br-ext: a temporary address on h2's ext0, pinged from the upstream router.
+    let h2 = cloud.host("h2")?.clone();
+    exec_ok(
+        &h2.ns,
+        &["ip", "addr", "add", "10.5.1.12/16", "dev", "ext0"],
+    )?;
+    exec_ok(&ext.ns, &["ping", "-n", "-c", "1", "-W", "2", "10.5.1.12"])?;
+    exec_ok(
+        &h2.ns,
+        &["ip", "addr", "del", "10.5.1.12/16", "dev", "ext0"],
+    )?;
+
+    // A gratuitous ARP from h1's ext0 as the agent sends them, parsed from a hex capture on
+    // br-ext; and the upstream router's reply to an ARP request, parsed from tcpdump's text.
+    let h1 = cloud.host("h1")?.clone();
+    let h1_mac = cloud.ext_mac("h1")?;
+    let cap = cloud.capture_ext_hex("arp")?;
+    cloud.scapy_at(
+        "h1",
+        &format!(
+            "sendp(Ether(src='{h1_mac}', dst='ff:ff:ff:ff:ff:ff')/ARP(op=1, hwsrc='{h1_mac}', \
+             psrc='10.5.2.200', hwdst='00:00:00:00:00:00', pdst='10.5.2.200'), iface='ext0')"
+        ),
+    )?;
+    let garp = cap.wait_for("the gratuitous ARP", Duration::from_secs(5), |p| {
+        p.arp().is_some_and(|a| a.is_gratuitous())
+    })?;
+    let a = garp.arp().context("no ARP fields")?;
+    ensure!(
+        a.sha == h1_mac
+            && a.spa == Ipv4Addr::new(10, 5, 2, 200)
+            && garp.outer_eth().map(|e| e.0) == Some(h1_mac.clone())
+            && garp.is_arp_request("10.5.2.200", "10.5.2.200"),
+        "{garp}"
+    );
+    exec_ok(
+        &h1.ns,
+        &["ip", "addr", "add", "10.5.1.11/16", "dev", "ext0"],
+    )?;
+    exec_ok(
+        &h1.ns,
+        &["arping", "-c", "1", "-w", "3", "-I", "ext0", "10.5.0.1"],
+    )?;
+    exec_ok(
+        &h1.ns,
+        &["ip", "addr", "del", "10.5.1.11/16", "dev", "ext0"],
+    )?;
+    let reply = cap.wait_for("the gateway's ARP reply", Duration::from_secs(5), |p| {
+        !p.arp_replies().is_empty()
+    })?;
+    ensure!(
+        reply.arp_replies()[0].0 == "10.5.0.1"
+            && reply.arp().is_some_and(|a| a.op == 2 && a.tha == h1_mac),
+        "{reply}"
+    );
+    cap.stop()?;
+
+    let raw: serde_json::Value = serde_json::from_slice(&std::fs::read(cloud.state_path())?)?;
+    let net = raw["networks"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["router:external"] == true))
+        .context("no external network in the state")?
+        .clone();
+    ensure!(
+        net["provider:network_type"] == "flat"
+            && net["provider:physical_network"] == "public"
+            && net["provider:segmentation_id"].is_null()
+            && net["mtu"] == 1500
+            && net["id"] == ext.network_id.as_str(),
+        "{net}"
+    );
+    let sub = raw["subnets"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["id"] == ext.subnet_id.as_str()))
+        .context("no external subnet")?;
+    ensure!(
+        sub["cidr"] == "10.5.0.0/16" && sub["gateway_ip"] == "10.5.0.1",
+        "{sub}"
+    );
+    let fg: Vec<_> = raw["ports"]
+        .as_array()
+        .context("ports")?
+        .iter()
+        .filter(|p| p["device_owner"] == "network:floatingip_agent_gateway")
+        .cloned()
+        .collect();
+    ensure!(fg.len() == 2, "one fg port per host: {fg:?}");
+    for h in cloud.hosts() {
+        let x = h.ext.clone().context("ext")?;
+        let p = fg
+            .iter()
+            .find(|p| p["binding:host_id"] == h.agent_name.as_str())
+            .with_context(|| format!("no fg port for {}", h.name))?;
+        ensure!(
+            p["device_id"] == h.agent_name.as_str()
+                && p["network_id"] == ext.network_id.as_str()
+                && p["mac_address"] == x.mac.as_str()
+                && p["fixed_ips"][0]["ip_address"] == x.fg_ip.to_string().as_str()
+                && p["fixed_ips"][0]["subnet_id"] == ext.subnet_id.as_str(),
+            "{p}"
+        );
+    }
+    ensure!(
+        raw["hosts"]
+            .as_array()
+            .is_some_and(|h| h.iter().all(|h| h["external_interface"] == "ext0")),
+        "{}",
+        raw["hosts"]
+    );
+    let gw = &raw["routers"][0]["external_gateway_info"];
+    ensure!(
+        gw["network_id"] == ext.network_id.as_str()
+            && gw["enable_snat"] == true
+            && gw["external_fixed_ips"][0]["ip_address"] == "10.5.3.1",
+        "{gw}"
+    );
+    let router = cloud.router_id("r1")?.to_string();
+    let fips = raw["floatingips"]
+        .as_array()
+        .context("floatingips")?
+        .clone();
+    let v1 = cloud.vm("v1")?.clone();
+    ensure!(
+        fips.len() == 2
+            && fips[0]["floating_ip_address"] == "10.5.2.1"
+            && fips[0]["port_id"] == v1.port_id.as_str()
+            && fips[0]["fixed_ip_address"] == v1.ip.to_string().as_str()
+            && fips[0]["router_id"] == router.as_str()
+            && fips[0]["floating_network_id"] == ext.network_id.as_str()
+            && fips[1]["floating_ip_address"] == "10.5.2.2"
+            && fips[1]["port_id"].is_null()
+            && fips[1]["fixed_ip_address"].is_null(),
+        "{fips:?}"
+    );
+    let text = std::fs::read_to_string(cloud.state_path())?;
+    dvr_userspace::model::State::from_json(&text)
+        .map_err(|e| anyhow::anyhow!("the agent's model rejects the state: {e}"))?;
+
+    // Floating IP edits rewrite the state file like Neutron would.
+    cloud.associate("f1", "v3")?;
+    cloud.disassociate("f1")?;
+    cloud.associate("f2", "v2")?;
+    cloud.delete_fip("f1")?;
+    let raw: serde_json::Value = serde_json::from_slice(&std::fs::read(cloud.state_path())?)?;
+    let fips = raw["floatingips"]
+        .as_array()
+        .context("floatingips")?
+        .clone();
+    let v2 = cloud.vm("v2")?.clone();
+    ensure!(
+        fips.len() == 1
+            && fips[0]["floating_ip_address"] == "10.5.2.2"
+            && fips[0]["port_id"] == v2.port_id.as_str()
+            && fips[0]["fixed_ip_address"] == "192.168.2.50",
+        "{fips:?}"
+    );
+    let text = std::fs::read_to_string(cloud.state_path())?;
+    dvr_userspace::model::State::from_json(&text)
+        .map_err(|e| anyhow::anyhow!("the agent's model rejects the edited state: {e}"))?;
+
+    drop(cloud);
+    let after = own_namespaces()?;
+    ensure!(
+        after == before,
+        "namespaces leaked: {after:?} (before: {before:?})"
+    );
+    ensure!(!dir.exists(), "temp dir {} left behind", dir.display());
+    Ok(())
+}

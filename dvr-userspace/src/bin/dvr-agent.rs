@@ -13,8 +13,11 @@ struct Args {
     #[arg(long)]
     host: String,
     /// Router state as JSON in Neutron API shapes; watched for changes.
+    #[arg(long, required_unless_present = "uninstall")]
+    state: Option<PathBuf>,
+    /// Remove every program, link, pin and device the agent made on this host, then exit.
     #[arg(long)]
-    state: PathBuf,
+    uninstall: bool,
     /// bpffs directory holding one pin directory per host.
     #[arg(long, default_value = DEFAULT_BPFFS_ROOT)]
     bpffs: PathBuf,
@@ -88,7 +91,19 @@ fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     agent::install_signal_handlers();
-    let agent = agent::Agent::start(&args.host, &args.state, &args.bpffs, args.options())
+    if args.uninstall {
+        let removed = dvr_userspace::attach::uninstall(&args.bpffs, &args.host)
+            .with_context(|| format!("uninstall for host {}", args.host))?;
+        for r in &removed {
+            println!("removed {r}");
+        }
+        if removed.is_empty() {
+            println!("nothing to remove for host {}", args.host);
+        }
+        return Ok(());
+    }
+    let state = args.state.clone().context("--state is required")?;
+    let agent = agent::Agent::start(&args.host, &state, &args.bpffs, args.options())
         .with_context(|| format!("dvr-agent for host {} not started", args.host))?;
     agent.run().context("dvr-agent stopped with an error")
 }

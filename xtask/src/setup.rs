@@ -14,7 +14,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_LINKER_LLVM_MAJOR: &str = "22";
 
 /// Tools the integration tests and the demo run (Debian package names).
-const PACKAGES: [&str; 10] = [
+const PACKAGES: [&str; 14] = [
     "iproute2",
     "iperf3",
     "iputils-ping",
@@ -24,6 +24,10 @@ const PACKAGES: [&str; 10] = [
     "netcat-openbsd",
     "bpftool",
     "python3-scapy",
+    "keepalived",
+    "etcd-server",
+    "etcd-client",
+    "sockperf",
     "ethtool",
 ];
 

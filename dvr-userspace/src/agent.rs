@@ -5,7 +5,10 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -18,9 +21,14 @@ use crate::{
     conntrack::{self, Owned, Timeouts},
     model::State,
     reconcile,
+    source::{self, etcd},
 };
 
+/// How often interfaces (taps appearing and going) are looked at.
 pub const POLL: Duration = Duration::from_millis(100);
+/// How often the state source is looked at: a written state file is applied well within
+/// 100 ms.
+pub const STATE_POLL: Duration = Duration::from_millis(20);
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -46,8 +54,8 @@ impl From<AttachError> for AgentError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("state file {path}: {msg}")]
-    State { path: PathBuf, msg: String },
+    #[error("state from {source_desc}: {msg}")]
+    State { source_desc: String, msg: String },
     #[error(transparent)]
     Attach(Box<AttachError>),
     #[error(transparent)]
@@ -72,11 +80,147 @@ fn stamp(path: &Path) -> Option<FileStamp> {
     })
 }
 
-fn load_state(path: &Path) -> Result<State, AgentError> {
-    State::load(path).map_err(|e| AgentError::State {
-        path: path.into(),
-        msg: e.to_string(),
-    })
+/// Where the agent's state comes from.
+#[derive(Debug, Clone)]
+pub enum SourceSpec {
+    /// A JSON file, watched.
+    File(PathBuf),
+    /// An etcd endpoint (`http://host:port`), snapshot + watch.
+    Etcd(String),
+}
+
+impl SourceSpec {
+    fn describe(&self) -> String {
+        match self {
+            Self::File(p) => format!("file {}", p.display()),
+            Self::Etcd(u) => format!("etcd {u}"),
+        }
+    }
+}
+
+/// The live side of a source.
+enum Source {
+    File {
+        path: PathBuf,
+        stamp: Option<FileStamp>,
+    },
+    Etcd {
+        rx: mpsc::Receiver<etcd::Update>,
+        kvs: BTreeMap<String, String>,
+        lost: bool,
+    },
+}
+
+impl Source {
+    /// Open the source and return it with the first state document. For etcd this waits
+    /// for the first snapshot (the pinned datapath keeps forwarding meanwhile).
+    fn open(spec: &SourceSpec, host: &str) -> Result<(Self, Option<String>), AgentError> {
+        let err = |msg: String| AgentError::State {
+            source_desc: spec.describe(),
+            msg,
+        };
+        match spec {
+            SourceSpec::File(path) => {
+                let stamp = stamp(path);
+                let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+                Ok((
+                    Self::File {
+                        path: path.clone(),
+                        stamp,
+                    },
+                    Some(text),
+                ))
+            }
+            SourceSpec::Etcd(url) => {
+                let rx = etcd::spawn(url.clone(), host.into()).map_err(|e| err(e.to_string()))?;
+                let mut src = Self::Etcd {
+                    rx,
+                    kvs: BTreeMap::new(),
+                    lost: false,
+                };
+                loop {
+                    if STOP.load(Ordering::SeqCst) {
+                        return Err(err("stopped before the first snapshot".into()));
+                    }
+                    if let Some(text) = src.poll(Some(Duration::from_millis(200)))? {
+                        return Ok((src, Some(text)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A new state document if the source changed since the last call. `wait` blocks for
+    /// etcd news up to that long.
+    fn poll(&mut self, wait: Option<Duration>) -> Result<Option<String>, AgentError> {
+        match self {
+            Self::File { path, stamp: last } => {
+                let now = stamp(path);
+                if now == *last {
+                    return Ok(None);
+                }
+                *last = now;
+                match std::fs::read_to_string(&*path) {
+                    Ok(t) => Ok(Some(t)),
+                    Err(e) => {
+                        warn!(path = %path.display(), error = %e, "state file unreadable; keeping the last good state");
+                        Ok(None)
+                    }
+                }
+            }
+            Self::Etcd { rx, kvs, lost } => {
+                let mut changed = false;
+                let mut first = wait.and_then(|w| rx.recv_timeout(w).ok());
+                loop {
+                    let msg = match first.take() {
+                        Some(m) => m,
+                        None => match rx.try_recv() {
+                            Ok(m) => m,
+                            Err(_) => break,
+                        },
+                    };
+                    match msg {
+                        etcd::Update::Snapshot {
+                            kvs: snap,
+                            revision,
+                        } => {
+                            if *lost {
+                                info!(revision, "etcd back: resynced from a fresh snapshot");
+                            }
+                            *lost = false;
+                            *kvs = snap;
+                            changed = true;
+                        }
+                        etcd::Update::Changes { changes, revision } => {
+                            for (k, v) in changes {
+                                match v {
+                                    Some(v) => kvs.insert(k, v),
+                                    None => kvs.remove(&k),
+                                };
+                            }
+                            tracing::debug!(revision, "etcd changes");
+                            changed = true;
+                        }
+                        etcd::Update::Lost(msg) => {
+                            if !*lost {
+                                warn!(error = %msg, "etcd unreachable: forwarding with the last state, retrying");
+                            }
+                            *lost = true;
+                        }
+                    }
+                }
+                if !changed {
+                    return Ok(None);
+                }
+                source::from_kvs(kvs)
+                    .map(Some)
+                    .map_err(|e| AgentError::State {
+                        source_desc: "etcd".into(),
+                        msg: e.to_string(),
+                    })
+            }
+        }
+    }
 }
 
 /// Tunables of the agent beyond its state.
@@ -113,9 +257,9 @@ const PROBE_REFRESH: Duration = Duration::from_secs(10);
 
 pub struct Agent {
     host: String,
-    state_path: PathBuf,
+    source_desc: String,
+    source: Source,
     state: State,
-    stamp: Option<FileStamp>,
     dp: Datapath,
     opts: Options,
     /// Tap names of this host's VM ports in the current state.
@@ -145,25 +289,49 @@ impl Agent {
     /// An invalid state file fails here, before anything on the host is touched.
     pub fn start(
         host: &str,
-        state_path: &Path,
+        spec: &SourceSpec,
         bpffs_root: &Path,
         opts: Options,
     ) -> Result<Self, AgentError> {
-        let stamp = stamp(state_path);
-        let state = load_state(state_path)?;
+        let source_desc = spec.describe();
+        let (mut source, mut text) = Source::open(spec, host)?;
+        let err = |msg: String| AgentError::State {
+            source_desc: source_desc.clone(),
+            msg,
+        };
         // Compile once before touching the host, so a state that names no such host or
-        // cannot be compiled is refused up front too.
-        let first = compile::compile(&state, host, &|_| None).map_err(|e| AgentError::State {
-            path: state_path.into(),
-            msg: e.to_string(),
-        })?;
+        // cannot be compiled is refused up front too. A file is refused at once (exit code
+        // 1); a cluster store may simply not be filled yet, so the agent waits for a usable
+        // state while a previous agent's pinned datapath keeps forwarding.
+        let (state, first) = loop {
+            let parsed = State::from_json(&text.take().unwrap_or_default())
+                .map_err(|e| e.to_string())
+                .and_then(|s| {
+                    compile::compile(&s, host, &|_| None)
+                        .map(|c| (s, c))
+                        .map_err(|e| e.to_string())
+                });
+            match (parsed, spec) {
+                (Ok(ok), _) => break ok,
+                (Err(e), SourceSpec::File(_)) => return Err(err(e)),
+                (Err(e), SourceSpec::Etcd(_)) => {
+                    warn!(error = %e, "no usable state in etcd yet; waiting for one");
+                    while text.is_none() {
+                        if STOP.load(Ordering::SeqCst) {
+                            return Err(err("stopped while waiting for a usable state".into()));
+                        }
+                        text = source.poll(Some(Duration::from_millis(200)))?;
+                    }
+                }
+            }
+        };
         let dp = Datapath::load(bpffs_root, host, &opts.load)?;
         info!(host, pins = %dp.dir.display(), tunnel_ifindex = dp.tunnel_ifindex, "datapath loaded");
         let mut agent = Self {
             host: host.into(),
-            state_path: state_path.into(),
+            source_desc,
+            source,
             state,
-            stamp,
             dp,
             opts,
             wanted: first.taps.into_keys().collect(),
@@ -190,12 +358,10 @@ impl Agent {
 
     /// One poll step: pick up a changed state file and interface changes, reconcile if
     /// needed, then the periodic work (ARP, conntrack GC).
-    pub fn tick(&mut self) -> Result<(), AgentError> {
+    pub fn tick(&mut self, scan: bool) -> Result<(), AgentError> {
         let mut changed = false;
-        let now = stamp(&self.state_path);
-        if now != self.stamp {
-            self.stamp = now;
-            match load_state(&self.state_path) {
+        if let Some(text) = self.source.poll(None)? {
+            match State::from_json(&text) {
                 Ok(s) => match compile::compile(&s, &self.host, &|_| None) {
                     Ok(c) => {
                         self.wanted = c.taps.into_keys().collect();
@@ -207,6 +373,9 @@ impl Agent {
                 },
                 Err(e) => warn!(error = %e, "refused new state; keeping the last good one"),
             }
+        }
+        if !(scan || changed) {
+            return Ok(());
         }
         self.sync(changed)?;
         self.send_arp();
@@ -220,7 +389,7 @@ impl Agent {
     fn compile(&self, present: &BTreeMap<String, u32>) -> Result<Compiled, AgentError> {
         compile::compile(&self.state, &self.host, &|tap| present.get(tap).copied()).map_err(|e| {
             AgentError::State {
-                path: self.state_path.clone(),
+                source_desc: self.source_desc.clone(),
                 msg: e.to_string(),
             }
         })
@@ -409,12 +578,17 @@ impl Agent {
 
     /// Run until SIGTERM/SIGINT. The datapath stays in place: see [`Datapath::release`].
     pub fn run(mut self) -> Result<(), AgentError> {
-        info!(host = %self.host, "ready");
+        info!(host = %self.host, source = %self.source_desc, "ready");
+        let mut i: u32 = 0;
         while !STOP.load(Ordering::SeqCst) {
-            if let Err(e) = self.tick() {
+            // State changes are looked for every STATE_POLL; interfaces, ARP and GC every
+            // POLL.
+            let scan = i.is_multiple_of((POLL.as_millis() / STATE_POLL.as_millis()).max(1) as u32);
+            if let Err(e) = self.tick(scan) {
                 warn!(error = %e, "reconcile step failed; retrying");
             }
-            std::thread::sleep(POLL);
+            i = i.wrapping_add(1);
+            std::thread::sleep(STATE_POLL);
         }
         info!(
             "stopping: programs stay attached and maps pinned; traffic keeps flowing (dvr-agent --uninstall removes them)"

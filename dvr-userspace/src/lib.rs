@@ -17,3 +17,4 @@ pub mod ebpf;
 pub mod maps;
 pub mod model;
 pub mod reconcile;
+pub mod source;

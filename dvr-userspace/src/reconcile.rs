@@ -30,19 +30,19 @@ impl Applied {
 }
 
 /// Entries to write and keys to delete so that `actual` becomes `desired`.
-pub fn diff<K: Ord + Copy, V: PartialEq + Copy>(
+pub fn diff<K: Ord + Clone, V: PartialEq + Clone>(
     actual: &BTreeMap<K, V>,
     desired: &BTreeMap<K, V>,
 ) -> (Vec<(K, V)>, Vec<K>) {
     let puts = desired
         .iter()
         .filter(|(k, v)| actual.get(k) != Some(v))
-        .map(|(k, v)| (*k, *v))
+        .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let dels = actual
         .keys()
         .filter(|k| !desired.contains_key(k))
-        .copied()
+        .cloned()
         .collect();
     (puts, dels)
 }

@@ -14,7 +14,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_LINKER_LLVM_MAJOR: &str = "22";
 
 /// Tools the integration tests and the demo run (Debian package names).
-const PACKAGES: [&str; 14] = [
+const PACKAGES: [&str; 15] = [
     "iproute2",
     "iperf3",
     "iputils-ping",
@@ -28,6 +28,8 @@ const PACKAGES: [&str; 14] = [
     "etcd-server",
     "etcd-client",
     "sockperf",
+    // protoc, for the etcd client's generated gRPC code.
+    "protobuf-compiler",
     "ethtool",
 ];
 

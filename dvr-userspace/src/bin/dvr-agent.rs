@@ -13,8 +13,11 @@ struct Args {
     #[arg(long)]
     host: String,
     /// Router state as JSON in Neutron API shapes; watched for changes.
-    #[arg(long, required_unless_present = "uninstall")]
+    #[arg(long, required_unless_present_any = ["uninstall", "etcd"], conflicts_with = "etcd")]
     state: Option<PathBuf>,
+    /// Take the state from etcd instead (e.g. http://192.0.2.254:2379): snapshot, then watch.
+    #[arg(long)]
+    etcd: Option<String>,
     /// Remove every program, link, pin and device the agent made on this host, then exit.
     #[arg(long)]
     uninstall: bool,
@@ -102,8 +105,12 @@ fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let state = args.state.clone().context("--state is required")?;
-    let agent = agent::Agent::start(&args.host, &state, &args.bpffs, args.options())
+    let source = match (&args.state, &args.etcd) {
+        (Some(p), _) => agent::SourceSpec::File(p.clone()),
+        (None, Some(u)) => agent::SourceSpec::Etcd(u.clone()),
+        (None, None) => anyhow::bail!("one of --state FILE or --etcd URL is required"),
+    };
+    let agent = agent::Agent::start(&args.host, &source, &args.bpffs, args.options())
         .with_context(|| format!("dvr-agent for host {} not started", args.host))?;
     agent.run().context("dvr-agent stopped with an error")
 }

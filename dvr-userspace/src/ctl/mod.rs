@@ -1,4 +1,6 @@
 //! dvrctl subcommands, one file each. They read a host's pinned maps from any namespace.
+pub mod apply;
+pub mod hosts;
 pub mod show;
 
 use std::net::Ipv4Addr;

@@ -1,0 +1,264 @@
+//! etcd as the state store of a cluster.
+//!
+//! An agent loads a consistent snapshot (one range read at one revision), then follows a
+//! watch from the next revision and hands every batch of changes to its control loop. When
+//! etcd goes away the agent keeps forwarding with what it has; when it comes back (or the
+//! watch's revision was compacted) it resyncs from a fresh snapshot. Each agent keeps a key
+//! `alive/<host>` under a lease, so `dvrctl hosts` sees which agents are alive.
+use std::{collections::BTreeMap, sync::mpsc, time::Duration};
+
+use etcd_client::{
+    Client, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+};
+
+use super::{ALIVE, PREFIX, SourceError};
+
+/// Lease TTL of an agent's `alive/` key, seconds.
+pub const LEASE_TTL: i64 = 5;
+const KEEPALIVE: Duration = Duration::from_secs(1);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// etcd's default limit on operations in one transaction.
+const TXN_OPS: usize = 128;
+
+/// What the watcher thread tells the agent.
+#[derive(Debug)]
+pub enum Update {
+    /// Everything under the prefix at `revision` (alive keys left out).
+    Snapshot {
+        kvs: BTreeMap<String, String>,
+        revision: i64,
+    },
+    /// Changes since the last message: value `None` = deleted.
+    Changes {
+        changes: Vec<(String, Option<String>)>,
+        revision: i64,
+    },
+    /// The connection is gone; the agent keeps its state and the watcher retries.
+    Lost(String),
+}
+
+fn err(url: &str) -> impl Fn(etcd_client::Error) -> SourceError + '_ {
+    move |e| SourceError::Etcd {
+        url: url.into(),
+        msg: e.to_string(),
+    }
+}
+
+async fn connect(url: &str) -> Result<Client, SourceError> {
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(CONNECT_TIMEOUT)
+        .with_timeout(REQUEST_TIMEOUT);
+    Client::connect([url], Some(opts)).await.map_err(err(url))
+}
+
+fn is_state_key(k: &str) -> bool {
+    k.starts_with(PREFIX) && !k.starts_with(ALIVE)
+}
+
+/// The state keys and values under the prefix, and the revision they were read at.
+async fn snapshot(
+    client: &mut Client,
+    url: &str,
+) -> Result<(BTreeMap<String, String>, i64), SourceError> {
+    let resp = client
+        .get(PREFIX, Some(GetOptions::new().with_prefix()))
+        .await
+        .map_err(err(url))?;
+    let revision = resp.header().map_or(0, |h| h.revision());
+    let mut kvs = BTreeMap::new();
+    for kv in resp.kvs() {
+        let (Ok(k), Ok(v)) = (kv.key_str(), kv.value_str()) else {
+            continue;
+        };
+        if is_state_key(k) {
+            kvs.insert(k.to_string(), v.to_string());
+        }
+    }
+    Ok((kvs, revision))
+}
+
+/// One connected session: register, snapshot, follow. Returns when the connection or the
+/// watch fails; the caller reconnects.
+async fn session(url: &str, host: &str, tx: &mpsc::Sender<Update>) -> Result<(), SourceError> {
+    let mut client = connect(url).await?;
+    let lease = client
+        .lease_grant(LEASE_TTL, None)
+        .await
+        .map_err(err(url))?
+        .id();
+    let alive = serde_json::json!({ "host": host, "pid": std::process::id() }).to_string();
+    client
+        .put(
+            format!("{ALIVE}{host}"),
+            alive,
+            Some(PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .map_err(err(url))?;
+    let (mut keeper, mut keep_stream) = client.lease_keep_alive(lease).await.map_err(err(url))?;
+    let (kvs, revision) = snapshot(&mut client, url).await?;
+    if tx.send(Update::Snapshot { kvs, revision }).is_err() {
+        return Ok(());
+    }
+    let opts = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(revision + 1);
+    let mut watch = client.watch(PREFIX, Some(opts)).await.map_err(err(url))?;
+    let mut tick = tokio::time::interval(KEEPALIVE);
+    loop {
+        tokio::select! {
+            msg = watch.message() => {
+                let Some(resp) = msg.map_err(err(url))? else {
+                    return Err(SourceError::Etcd { url: url.into(), msg: "watch closed".into() });
+                };
+                if resp.canceled() || resp.compact_revision() > 0 {
+                    // Our revision was compacted away: start over from a fresh snapshot.
+                    return Err(SourceError::Etcd {
+                        url: url.into(),
+                        msg: format!("watch cancelled (compacted to {}): resyncing", resp.compact_revision()),
+                    });
+                }
+                let mut changes = Vec::new();
+                let mut rev = 0;
+                for ev in resp.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    let Ok(k) = kv.key_str() else { continue };
+                    rev = rev.max(kv.mod_revision());
+                    if !is_state_key(k) {
+                        continue;
+                    }
+                    let v = match ev.event_type() {
+                        EventType::Put => kv.value_str().ok().map(str::to_string),
+                        EventType::Delete => None,
+                    };
+                    changes.push((k.to_string(), v));
+                }
+                if !changes.is_empty() && tx.send(Update::Changes { changes, revision: rev }).is_err() {
+                    return Ok(());
+                }
+            }
+            _ = tick.tick() => {
+                keeper.keep_alive().await.map_err(err(url))?;
+            }
+            ka = keep_stream.message() => {
+                match ka.map_err(err(url))? {
+                    Some(r) if r.ttl() > 0 => {}
+                    _ => return Err(SourceError::Etcd { url: url.into(), msg: "lease expired".into() }),
+                }
+            }
+        }
+    }
+}
+
+/// Start the watcher thread for `host`. It runs until the receiver is dropped.
+pub fn spawn(url: String, host: String) -> Result<mpsc::Receiver<Update>, SourceError> {
+    let (tx, rx) = mpsc::channel();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| SourceError::Etcd {
+            url: url.clone(),
+            msg: format!("runtime: {e}"),
+        })?;
+    std::thread::Builder::new()
+        .name("etcd-watch".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let mut backoff = Duration::from_millis(100);
+                loop {
+                    let result = session(&url, &host, &tx).await;
+                    let msg = match result {
+                        Ok(()) => return, // the agent is gone
+                        Err(e) => e.to_string(),
+                    };
+                    if tx.send(Update::Lost(msg)).is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            });
+        })
+        .map_err(|e| SourceError::Etcd {
+            url: String::new(),
+            msg: format!("thread: {e}"),
+        })?;
+    Ok(rx)
+}
+
+/// What `dvrctl apply` changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub put: usize,
+    pub deleted: usize,
+    pub unchanged: usize,
+}
+
+fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, SourceError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| SourceError::Etcd {
+            url: String::new(),
+            msg: format!("runtime: {e}"),
+        })?;
+    Ok(rt.block_on(f))
+}
+
+/// Write a state document to etcd as one key per resource: only the resources that changed
+/// are written and only the ones gone are deleted, in transactions of at most 128 ops.
+pub fn apply(url: &str, desired: &BTreeMap<String, String>) -> Result<Applied, SourceError> {
+    block_on(async {
+        let mut client = connect(url).await?;
+        let (actual, _) = snapshot(&mut client, url).await?;
+        let (puts, dels) = crate::reconcile::diff(&actual, desired);
+        let mut ops: Vec<TxnOp> = puts
+            .iter()
+            .map(|(k, v)| TxnOp::put(k.as_str(), v.as_str(), None))
+            .collect();
+        ops.extend(dels.iter().map(|k| TxnOp::delete(k.as_str(), None)));
+        for chunk in ops.chunks(TXN_OPS) {
+            client
+                .txn(Txn::new().and_then(chunk.to_vec()))
+                .await
+                .map_err(err(url))?;
+        }
+        Ok(Applied {
+            put: puts.len(),
+            deleted: dels.len(),
+            unchanged: desired.len() - puts.len(),
+        })
+    })?
+}
+
+/// Agents registered alive: host -> seconds left on its lease.
+pub fn alive(url: &str) -> Result<BTreeMap<String, i64>, SourceError> {
+    block_on(async {
+        let mut client = connect(url).await?;
+        let resp = client
+            .get(ALIVE, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(err(url))?;
+        let mut out = BTreeMap::new();
+        for kv in resp.kvs() {
+            let Ok(k) = kv.key_str() else { continue };
+            let host = k.trim_start_matches(ALIVE).to_string();
+            let ttl = match client.lease_time_to_live(kv.lease(), None).await {
+                Ok(r) => r.ttl(),
+                Err(_) => -1,
+            };
+            out.insert(host, ttl);
+        }
+        Ok(out)
+    })?
+}
+
+/// The state currently stored (for `dvrctl hosts` and inspection).
+pub fn read_state(url: &str) -> Result<BTreeMap<String, String>, SourceError> {
+    block_on(async {
+        let mut client = connect(url).await?;
+        Ok(snapshot(&mut client, url).await?.0)
+    })?
+}

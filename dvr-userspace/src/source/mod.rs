@@ -1,0 +1,133 @@
+//! Where router state comes from: a watched JSON file, or etcd for a cluster.
+//!
+//! etcd key layout (one key per resource, so one FIP change is one small write):
+//! - `/dvr/v1/<kind>/<id>`: one resource as JSON, in its Neutron API shape; `<kind>` is one
+//!   of `networks`, `subnets`, `ports`, `routers`, `floatingips`, `hosts` (hosts are keyed by
+//!   `name`);
+//! - `/dvr/v1/alive/<host>`: written by each agent under a lease (TTL [`etcd::LEASE_TTL`]
+//!   seconds), so it disappears when the agent stops renewing it.
+pub mod etcd;
+
+use std::collections::BTreeMap;
+
+pub const PREFIX: &str = "/dvr/v1/";
+pub const ALIVE: &str = "/dvr/v1/alive/";
+/// The state's resource lists, as top-level keys of the state file.
+pub const KINDS: [&str; 6] = [
+    "networks",
+    "subnets",
+    "ports",
+    "routers",
+    "floatingips",
+    "hosts",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("state: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("state: {kind}[{index}]: field `{field}`: missing or not a string")]
+    Id {
+        kind: &'static str,
+        index: usize,
+        field: &'static str,
+    },
+    #[error("state: `{kind}` must be a list")]
+    NotList { kind: &'static str },
+    #[error("state: {0}")]
+    Invalid(String),
+    #[error("etcd {url}: {msg}")]
+    Etcd { url: String, msg: String },
+}
+
+/// The id field of a resource kind.
+fn id_field(kind: &str) -> &'static str {
+    if kind == "hosts" { "name" } else { "id" }
+}
+
+pub fn key(kind: &str, id: &str) -> String {
+    format!("{PREFIX}{kind}/{id}")
+}
+
+/// Split a state document into one (key, JSON value) per resource.
+pub fn to_kvs(text: &str) -> Result<BTreeMap<String, String>, SourceError> {
+    let doc: serde_json::Value = serde_json::from_str(text)?;
+    let mut out = BTreeMap::new();
+    for kind in KINDS {
+        let Some(list) = doc.get(kind) else { continue };
+        let list = list.as_array().ok_or(SourceError::NotList { kind })?;
+        for (index, item) in list.iter().enumerate() {
+            let field = id_field(kind);
+            let id = item
+                .get(field)
+                .and_then(|v| v.as_str())
+                .ok_or(SourceError::Id { kind, index, field })?;
+            out.insert(key(kind, id), item.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Assemble a state document from (key, JSON value) pairs; keys outside the resource kinds
+/// (e.g. `alive/`) are ignored. A value that is not JSON is reported, naming its key.
+pub fn from_kvs(kvs: &BTreeMap<String, String>) -> Result<String, SourceError> {
+    let mut doc = serde_json::Map::new();
+    for kind in KINDS {
+        doc.insert(kind.into(), serde_json::Value::Array(Vec::new()));
+    }
+    for (k, v) in kvs {
+        let Some(rest) = k.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let Some((kind, _id)) = rest.split_once('/') else {
+            continue;
+        };
+        let Some(serde_json::Value::Array(list)) = doc.get_mut(kind) else {
+            continue;
+        };
+        let value: serde_json::Value = serde_json::from_str(v)
+            .map_err(|e| SourceError::Invalid(format!("key {k}: not JSON: {e}")))?;
+        list.push(value);
+    }
+    Ok(serde_json::Value::Object(doc).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = r#"{"networks":[{"id":"n1","x":1}],"hosts":[{"name":"h1"}],"ports":[]}"#;
+
+    #[test]
+    fn one_key_per_resource_and_back() {
+        let kvs = to_kvs(DOC).unwrap_or_default();
+        assert_eq!(
+            kvs.keys().collect::<Vec<_>>(),
+            vec!["/dvr/v1/hosts/h1", "/dvr/v1/networks/n1"]
+        );
+        let back: serde_json::Value =
+            serde_json::from_str(&from_kvs(&kvs).unwrap_or_default()).unwrap_or_default();
+        assert_eq!(back["networks"][0]["x"], 1);
+        assert_eq!(back["hosts"][0]["name"], "h1");
+        assert_eq!(back["floatingips"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn resources_without_id_are_reported() {
+        let e = to_kvs(r#"{"ports":[{"name":"p"}]}"#)
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            e.as_deref(),
+            Some("state: ports[0]: field `id`: missing or not a string")
+        );
+    }
+
+    #[test]
+    fn alive_keys_are_not_state() {
+        let kvs = BTreeMap::from([("/dvr/v1/alive/h1".to_string(), "{}".to_string())]);
+        let back: serde_json::Value =
+            serde_json::from_str(&from_kvs(&kvs).unwrap_or_default()).unwrap_or_default();
+        assert_eq!(back["hosts"], serde_json::json!([]));
+    }
+}

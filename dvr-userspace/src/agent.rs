@@ -19,6 +19,7 @@ use crate::{
     attach::{AttachError, Datapath, LoadOptions, interfaces, mac_of},
     compile::{self, Compiled, External},
     conntrack::{self, Owned, Timeouts},
+    metrics,
     model::State,
     reconcile,
     source::{self, etcd},
@@ -60,6 +61,11 @@ pub enum AgentError {
     Attach(Box<AttachError>),
     #[error(transparent)]
     Maps(#[from] crate::maps::MapsError),
+    #[error("metrics endpoint {addr}: {msg}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        msg: String,
+    },
 }
 
 /// Identity of the state file's current version (changes on every write or replace).
@@ -232,6 +238,8 @@ pub struct Options {
     pub gc_interval: Duration,
     /// Port-address translation range (inclusive).
     pub snat_ports: (u16, u16),
+    /// Serve Prometheus metrics here.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Default for Options {
@@ -244,6 +252,7 @@ impl Default for Options {
                 dvr_common::snat::SNAT_PORT_MIN,
                 dvr_common::snat::SNAT_PORT_MAX,
             ),
+            metrics: None,
         }
     }
 }
@@ -280,6 +289,7 @@ pub struct Agent {
     /// Per-router count of flows refused for lack of a port, as last logged.
     exhausted_seen: BTreeMap<u32, u64>,
     garp_due: BTreeMap<Ipv4Addr, u8>,
+    metrics: metrics::Shared,
     last_probe: HashMap<Ipv4Addr, Instant>,
     last_gc: Instant,
 }
@@ -345,9 +355,23 @@ impl Agent {
             snat_names: BTreeMap::new(),
             exhausted_seen: BTreeMap::new(),
             garp_due: BTreeMap::new(),
+            metrics: metrics::Shared::default(),
             last_probe: HashMap::new(),
             last_gc: Instant::now(),
         };
+        if let Some(addr) = agent.opts.metrics {
+            let at = metrics::spawn(
+                addr,
+                agent.host.clone(),
+                agent.dp.dir.clone(),
+                agent.metrics.clone(),
+            )
+            .map_err(|e| AgentError::Metrics {
+                addr,
+                msg: e.to_string(),
+            })?;
+            info!(%at, "serving Prometheus metrics at /metrics");
+        }
         agent.sync(true)?;
         let pruned = agent.dp.prune_links();
         if !pruned.is_empty() {
@@ -372,6 +396,9 @@ impl Agent {
                     Err(e) => warn!(error = %e, "refused new state; keeping the last good one"),
                 },
                 Err(e) => warn!(error = %e, "refused new state; keeping the last good one"),
+            }
+            if !changed {
+                self.note(|m| m.states_refused += 1);
             }
         }
         if !(scan || changed) {
@@ -426,7 +453,15 @@ impl Agent {
             cfg.ext_mac = mac_of(name).unwrap_or_default();
         }
         (cfg.snat_port_min, cfg.snat_port_max) = self.opts.snat_ports;
-        let applied = reconcile::apply(&mut self.dp.maps, &cfg, &compiled.entries)?;
+        let started = Instant::now();
+        let applied = match reconcile::apply(&mut self.dp.maps, &cfg, &compiled.entries) {
+            Ok(a) => a,
+            Err(e) => {
+                self.note(|m| m.reconcile_errors += 1);
+                return Err(e.into());
+            }
+        };
+        let took = started.elapsed().as_secs_f64();
         // Entries first, then the programs: a tap or the external interface is served from
         // its first frame.
         let mut added = Vec::new();
@@ -474,8 +509,25 @@ impl Agent {
                 );
             }
         }
+        let (fips, taps) = (self.served.len() as u64, self.present.len() as u64);
+        let routers: Vec<(u32, String)> = self
+            .snat_names
+            .iter()
+            .map(|(h, n)| (*h, n.clone()))
+            .collect();
+        self.note(|m| {
+            m.reconciles += 1;
+            m.reconcile_seconds_total += took;
+            m.reconcile_seconds_last = took;
+            m.entries_upserted += applied.upserted as u64;
+            m.entries_deleted += applied.deleted as u64;
+            m.fips_served = fips;
+            m.taps_attached = taps;
+            m.routers = routers;
+        });
         if !applied.is_empty() || !added.is_empty() || !gone.is_empty() {
             info!(
+                seconds = took,
                 upserted = applied.upserted,
                 deleted = applied.deleted,
                 taps_attached = ?added,
@@ -487,6 +539,12 @@ impl Agent {
             );
         }
         Ok(())
+    }
+
+    fn note(&self, f: impl FnOnce(&mut metrics::AgentMetrics)) {
+        if let Ok(mut m) = self.metrics.lock() {
+            f(&mut m);
+        }
     }
 
     fn owned(&self) -> Owned {

@@ -15,6 +15,7 @@ pub mod conntrack;
 pub mod ctl;
 pub mod ebpf;
 pub mod maps;
+pub mod metrics;
 pub mod model;
 pub mod reconcile;
 pub mod source;

@@ -48,6 +48,9 @@ struct Args {
     /// Port-address translation range on a SNAT host, `MIN-MAX` (inclusive).
     #[arg(long, default_value = "32768-60999", value_parser = parse_range)]
     snat_ports: (u16, u16),
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9465), path /metrics.
+    #[arg(long)]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
@@ -79,6 +82,7 @@ impl Args {
             },
             gc_interval: Duration::from_millis(self.ct_gc_interval_ms.max(10)),
             snat_ports: self.snat_ports,
+            metrics: self.metrics,
         }
     }
 }

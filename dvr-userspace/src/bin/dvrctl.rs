@@ -37,6 +37,36 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// What the datapath of `--host` would do with a packet, step by step, from the live maps.
+    Trace {
+        /// Interface it arrives on: a tap, `dvr-vx` (then give --vni and --remote) or the
+        /// external interface.
+        #[arg(long = "in")]
+        iface: String,
+        #[arg(long)]
+        src: std::net::Ipv4Addr,
+        #[arg(long)]
+        dst: std::net::Ipv4Addr,
+        /// tcp, udp or icmp (echo; --sport is the id).
+        #[arg(long, default_value = "icmp")]
+        proto: String,
+        #[arg(long, default_value_t = 40000)]
+        sport: u16,
+        #[arg(long, default_value_t = 80)]
+        dport: u16,
+        #[arg(long)]
+        src_mac: Option<String>,
+        #[arg(long)]
+        dst_mac: Option<String>,
+        #[arg(long)]
+        vni: Option<u32>,
+        #[arg(long)]
+        remote: Option<std::net::Ipv4Addr>,
+        #[arg(long, default_value_t = 64)]
+        ttl: u8,
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a state file and write it to etcd, one key per resource, changing only what
     /// differs.
     Apply {
@@ -64,6 +94,58 @@ fn main() -> anyhow::Result<()> {
             print!("{out}");
             if json {
                 println!();
+            }
+        }
+        Cmd::Trace {
+            iface,
+            src,
+            dst,
+            proto,
+            sport,
+            dport,
+            src_mac,
+            dst_mac,
+            vni,
+            remote,
+            ttl,
+            json,
+        } => {
+            let host = args
+                .host
+                .ok_or_else(|| anyhow!("trace needs --host NAME"))?;
+            let maps = HostMaps::open(&host_dir(&args.bpffs, &host))
+                .with_context(|| format!("host {host}"))?;
+            let mac = |m: Option<String>, what: &str| -> anyhow::Result<Option<[u8; 6]>> {
+                m.map(|s| {
+                    dvr_userspace::model::parse_mac(&s)
+                        .ok_or_else(|| anyhow!("--{what}: not a MAC: {s}"))
+                })
+                .transpose()
+            };
+            let proto = match proto.as_str() {
+                "icmp" => 1,
+                "tcp" => 6,
+                "udp" => 17,
+                other => anyhow::bail!("--proto {other}: use tcp, udp or icmp"),
+            };
+            let probe = ctl::trace::Probe {
+                iface,
+                src,
+                dst,
+                proto,
+                sport,
+                dport,
+                src_mac: mac(src_mac, "src-mac")?,
+                dst_mac: mac(dst_mac, "dst-mac")?,
+                vni,
+                remote,
+                ttl,
+            };
+            let t = ctl::trace::trace(&maps, probe).context("reading maps")?;
+            if json {
+                println!("{}", serde_json::to_string(&t)?);
+            } else {
+                print!("{}", ctl::trace::render(&t));
             }
         }
         Cmd::Apply { file, etcd } => println!(

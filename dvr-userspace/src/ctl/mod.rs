@@ -2,6 +2,7 @@
 pub mod apply;
 pub mod hosts;
 pub mod show;
+pub mod trace;
 
 use std::net::Ipv4Addr;
 

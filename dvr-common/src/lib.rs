@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod csum;
+pub mod events;
 pub mod l2;
 pub mod nat;
 pub mod port;

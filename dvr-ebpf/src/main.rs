@@ -24,19 +24,19 @@ use aya_ebpf::{macros::classifier, programs::TcContext};
 /// TC ingress on every local VM tap: frames the VM sends.
 #[classifier]
 pub fn dvr_tap(ctx: TcContext) -> i32 {
-    verdict::finish(verdict::settle(tap::run(&ctx)))
+    verdict::finish(&ctx, verdict::settle(tap::run(&ctx)))
 }
 
 /// TC ingress on the VXLAN collect_md device: frames from other hosts.
 #[classifier]
 pub fn dvr_tunnel(ctx: TcContext) -> i32 {
-    verdict::finish(verdict::settle(tunnel::run(&ctx)))
+    verdict::finish(&ctx, verdict::settle(tunnel::run(&ctx)))
 }
 
 /// TC ingress on the external interface: floating IPs (proxy ARP, DNAT), gateway learning.
 #[classifier]
 pub fn dvr_ext(ctx: TcContext) -> i32 {
-    verdict::finish(verdict::settle(ext::run(&ctx)))
+    verdict::finish(&ctx, verdict::settle(ext::run(&ctx)))
 }
 
 #[cfg(not(test))]

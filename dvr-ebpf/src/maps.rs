@@ -2,10 +2,11 @@
 //! `pub const` in `dvr-common` (the `#[map]` macro names the map after the static).
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use dvr_common::{
     config::HostConfig,
+    events::{self, RateLimit},
     l2::{self, FdbEntry, FdbKey, FloodSet, MacKey},
     nat::{self, CtEntry, CtKey, FipEntry, FipSrc, Neigh, VipCandidate, VipKey, VipLoc},
     port::{self, LocalPort, SecKey},
@@ -111,3 +112,11 @@ pub static DVR_VIP_CAND: HashMap<VipKey, VipCandidate> = HashMap::with_max_entri
 /// (VNI, VIP) -> current holder, learned from its ARP. Datapath-written.
 #[map]
 pub static DVR_VIP_LOC: HashMap<IpKey, VipLoc> = HashMap::with_max_entries(nat::VIP_MAX, 0);
+
+/// Drop events for `dvrctl monitor`. Datapath-written.
+#[map]
+pub static DVR_EVENTS: RingBuf = RingBuf::with_byte_size(events::EVENTS_BYTES, 0);
+
+/// Token bucket limiting the event rate, per CPU. Datapath-written.
+#[map]
+pub static DVR_EVENTS_RL: PerCpuArray<RateLimit> = PerCpuArray::with_max_entries(1, 0);

@@ -13,6 +13,7 @@ use aya::{
 };
 use dvr_common::{
     config::{self, HostConfig},
+    events::{self, RateLimit},
     l2::{self, FdbEntry, FdbKey, FloodSet, MacKey},
     nat::{self, CtEntry, CtKey, FipEntry, FipSrc, Neigh, VipCandidate, VipKey, VipLoc},
     port::{self, LocalPort, SecKey},
@@ -165,7 +166,7 @@ fn lpm<K: Pod, V: Pod>(dir: &Path, name: &'static str) -> Result<Lpm<K, V>, Maps
 }
 
 /// Every map of the datapath.
-pub const NAMES: [&str; 23] = [
+pub const NAMES: [&str; 25] = [
     config::HOST_CONFIG,
     l2::TUNNEL_PEERS,
     l2::DVR_MACS,
@@ -189,6 +190,8 @@ pub const NAMES: [&str; 23] = [
     nat::VIP_CAND,
     nat::VIP_LOC,
     stats::STATS,
+    events::EVENTS,
+    events::EVENTS_RL,
 ];
 
 /// Pins in `dir` that this build cannot adopt (a different key or value layout, or a
@@ -209,7 +212,7 @@ pub fn incompatible_pins(dir: &Path, ct_max: u32) -> Vec<(&'static str, String)>
         }
     }
     let s = |r: Result<(), MapsError>| r.map_err(|e| e.to_string());
-    let checks: [(&'static str, Result<(), String>); 23] = [
+    let checks: [(&'static str, Result<(), String>); 25] = [
         (
             config::HOST_CONFIG,
             s(open(dir, config::HOST_CONFIG).and_then(|m| {
@@ -312,6 +315,18 @@ pub fn incompatible_pins(dir: &Path, ct_max: u32) -> Vec<(&'static str, String)>
             }))
             .and_then(|()| capacity(dir, stats::STATS, stats::STAT_COUNT)),
         ),
+        (
+            events::EVENTS,
+            capacity(dir, events::EVENTS, events::EVENTS_BYTES),
+        ),
+        (
+            events::EVENTS_RL,
+            s(open(dir, events::EVENTS_RL).and_then(|m| {
+                PerCpuArray::<_, RateLimit>::try_from(Map::PerCpuArray(m))
+                    .map(|_| ())
+                    .map_err(access(events::EVENTS_RL))
+            })),
+        ),
     ];
     checks
         .into_iter()
@@ -376,4 +391,10 @@ impl HostMaps {
             })
             .collect()
     }
+}
+
+/// The drop-event ring of the host whose pins are in `dir` (one reader at a time).
+pub fn open_events(dir: &Path) -> Result<aya::maps::RingBuf<MapData>, MapsError> {
+    aya::maps::RingBuf::try_from(Map::RingBuf(open(dir, events::EVENTS)?))
+        .map_err(access(events::EVENTS))
 }

@@ -67,6 +67,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Stream drop events of `--host` with their reasons (rate-limited in the datapath).
+    Monitor {
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        timeout: Option<f64>,
+    },
     /// Validate a state file and write it to etcd, one key per resource, changing only what
     /// differs.
     Apply {
@@ -147,6 +158,18 @@ fn main() -> anyhow::Result<()> {
             } else {
                 print!("{}", ctl::trace::render(&t));
             }
+        }
+        Cmd::Monitor {
+            json,
+            count,
+            timeout,
+        } => {
+            let host = args
+                .host
+                .ok_or_else(|| anyhow!("monitor needs --host NAME"))?;
+            let timeout = timeout.map(std::time::Duration::from_secs_f64);
+            ctl::monitor::monitor(&host_dir(&args.bpffs, &host), json, count, timeout)
+                .with_context(|| format!("host {host}"))?;
         }
         Cmd::Apply { file, etcd } => println!(
             "{}",

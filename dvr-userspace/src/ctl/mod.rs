@@ -1,6 +1,7 @@
 //! dvrctl subcommands, one file each. They read a host's pinned maps from any namespace.
 pub mod apply;
 pub mod hosts;
+pub mod monitor;
 pub mod show;
 pub mod trace;
 

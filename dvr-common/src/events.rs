@@ -1,0 +1,83 @@
+//! Drop events for `dvrctl monitor`: a ring buffer the datapath writes one record to per
+//! dropped packet, rate-limited per CPU so a flood of drops cannot swamp the reader.
+
+/// Ring buffer of [`DropEvent`]s. Datapath-written, read by `dvrctl monitor`.
+pub const EVENTS: &str = "DVR_EVENTS";
+/// Ring size in bytes (a power of two, a multiple of the page size).
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+/// Per-CPU array `u32 0 -> RateLimit`: the token bucket of the event ring. Datapath-written.
+pub const EVENTS_RL: &str = "DVR_EVENTS_RL";
+/// Events per second per CPU, and burst.
+pub const EVENTS_PER_SEC: u64 = 1000;
+pub const EVENTS_BURST: u64 = 100;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DropEvent {
+    /// bpf_ktime_get_coarse_ns() when it was dropped.
+    pub ts_ns: u64,
+    /// Interface it arrived on.
+    pub ifindex: u32,
+    /// `Stat` discriminant (a drop reason).
+    pub reason: u32,
+    pub len: u32,
+    /// Ethertype (host order).
+    pub ethertype: u16,
+    /// IP protocol, 0 when not IPv4.
+    pub proto: u8,
+    pub _pad: u8,
+    /// Network order; 0 when not IPv4.
+    pub saddr_be: u32,
+    pub daddr_be: u32,
+    pub src_mac: crate::Mac,
+    pub dst_mac: crate::Mac,
+}
+crate::assert_size!(DropEvent, 48);
+
+/// Token bucket state, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RateLimit {
+    pub tokens: u64,
+    pub last_ns: u64,
+}
+crate::assert_size!(RateLimit, 16);
+
+/// Refill `rl` for time `now` and take a token if there is one. Pure, shared with tests.
+#[inline(always)]
+pub fn take_token(rl: &mut RateLimit, now: u64) -> bool {
+    let elapsed = now.saturating_sub(rl.last_ns);
+    let refill = elapsed / (1_000_000_000 / EVENTS_PER_SEC);
+    if refill > 0 {
+        rl.tokens = (rl.tokens + refill).min(EVENTS_BURST);
+        rl.last_ns = now;
+    }
+    if rl.tokens == 0 {
+        return false;
+    }
+    rl.tokens -= 1;
+    true
+}
+
+crate::user_pod!(DropEvent, RateLimit);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_bursts_then_refills_at_the_rate() {
+        let mut rl = RateLimit {
+            tokens: 0,
+            last_ns: 0,
+        };
+        let t0 = 10_000_000_000;
+        let taken = (0..500).filter(|_| take_token(&mut rl, t0)).count();
+        assert_eq!(taken as u64, EVENTS_BURST, "a burst is capped");
+        assert!(!take_token(&mut rl, t0));
+        assert!(
+            take_token(&mut rl, t0 + 1_000_000),
+            "one token per millisecond at 1000/s"
+        );
+    }
+}

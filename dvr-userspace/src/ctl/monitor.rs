@@ -1,0 +1,93 @@
+//! `dvrctl monitor`: stream the datapath's drop events (rate-limited per CPU in the
+//! datapath) with their reasons, until a count or a deadline is reached.
+use std::{
+    net::Ipv4Addr,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+
+use super::{fmt_mac, ip_be};
+use crate::maps::{MapsError, open_events};
+use dvr_common::{events::DropEvent, stats::Stat};
+
+#[derive(Serialize)]
+pub struct EventRow {
+    pub ts_ns: u64,
+    pub ifindex: u32,
+    pub reason: &'static str,
+    pub describe: &'static str,
+    pub len: u32,
+    pub ethertype: String,
+    pub proto: u8,
+    pub src: Option<Ipv4Addr>,
+    pub dst: Option<Ipv4Addr>,
+    pub src_mac: String,
+    pub dst_mac: String,
+}
+
+fn row(e: &DropEvent) -> EventRow {
+    let stat = Stat::ALL.get(e.reason as usize).copied();
+    let ip = e.ethertype == 0x0800;
+    EventRow {
+        ts_ns: e.ts_ns,
+        ifindex: e.ifindex,
+        reason: stat.map_or("unknown", Stat::as_str),
+        describe: stat.map_or("", Stat::describe),
+        len: e.len,
+        ethertype: format!("0x{:04x}", e.ethertype),
+        proto: e.proto,
+        src: ip.then(|| ip_be(e.saddr_be)),
+        dst: ip.then(|| ip_be(e.daddr_be)),
+        src_mac: fmt_mac(e.src_mac),
+        dst_mac: fmt_mac(e.dst_mac),
+    }
+}
+
+/// Print events from the host whose pins are in `dir` until `count` events were printed or
+/// `timeout` passed (either may be unlimited).
+pub fn monitor(
+    dir: &Path,
+    json: bool,
+    count: Option<usize>,
+    timeout: Option<Duration>,
+) -> Result<usize, MapsError> {
+    let mut ring = open_events(dir)?;
+    let start = Instant::now();
+    let mut seen = 0;
+    loop {
+        while let Some(item) = ring.next() {
+            if item.len() < std::mem::size_of::<DropEvent>() {
+                continue;
+            }
+            // SAFETY: the record is a DropEvent written whole by the datapath; read_unaligned
+            // copes with the ring's 8-byte record alignment.
+            let ev: DropEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            let r = row(&ev);
+            if json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                println!(
+                    "if#{:<4} {:<28} {} -> {}  {} -> {}  proto {} len {}",
+                    r.ifindex,
+                    r.reason,
+                    r.src.map_or_else(|| r.ethertype.clone(), |a| a.to_string()),
+                    r.dst.map_or_else(|| "-".into(), |a| a.to_string()),
+                    r.src_mac,
+                    r.dst_mac,
+                    r.proto,
+                    r.len
+                );
+            }
+            seen += 1;
+            if count.is_some_and(|c| seen >= c) {
+                return Ok(seen);
+            }
+        }
+        if timeout.is_some_and(|t| start.elapsed() >= t) {
+            return Ok(seen);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

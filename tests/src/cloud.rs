@@ -37,6 +37,7 @@ use crate::cmd::{
     self, ChildGuard, exec, exec_ok, exec_with_deadline, ip, run_with_deadline, text, wait_until,
 };
 use crate::external::{ExternalInfo, FipInfo, FipSpec, HostExt};
+use crate::snat::{CsnatInfo, HostMode, VipInfo, VipSpec};
 use crate::state::{self, AddressPair, FixedIp, State};
 
 /// How long agents get to list all local taps after start.
@@ -196,6 +197,11 @@ pub struct HostSpec {
     pub name: String,
     pub tunnel_ip: Ipv4Addr,
     pub dvr_mac: String,
+    /// The L3 agent mode (`dvr` unless set with [`Topology::snat_host`] or
+    /// [`Topology::no_external_host`]).
+    pub mode: HostMode,
+    /// Extra arguments for this host's agent only (after [`Topology::agent_args`]).
+    pub agent_args: Vec<String>,
 }
 
 /// A network with its single IPv4 subnet.
@@ -213,6 +219,8 @@ pub struct NetSpec {
 pub struct RouterSpec {
     pub name: String,
     pub networks: Vec<String>,
+    /// `external_gateway_info.enable_snat` (with [`Topology::external`]); true by default.
+    pub enable_snat: bool,
 }
 
 /// A VM: a port on a network bound to a host, and a namespace with `eth0` behind its tap.
@@ -268,6 +276,11 @@ pub struct Topology {
     /// Build the external network (see [`Topology::external`]).
     pub external: bool,
     pub fips: Vec<FipSpec>,
+    /// Unbound VIP ports (see [`Topology::vip`]).
+    pub vips: Vec<VipSpec>,
+    /// Mistakes the chaining methods found (e.g. agent args for an undefined host), reported
+    /// by [`Topology::build`].
+    pub errors: Vec<String>,
     /// Extra arguments for every `dvr-agent` (e.g. `--ct-timeout-udp 2`).
     pub agent_args: Vec<String>,
 }
@@ -284,6 +297,8 @@ impl Topology {
             name: name.into(),
             tunnel_ip: Ipv4Addr::new(192, 0, 2, 11 + i),
             dvr_mac: format!("fa:16:3f:00:00:{:02x}", i + 1),
+            mode: HostMode::Dvr,
+            agent_args: Vec::new(),
         });
         self
     }
@@ -293,7 +308,43 @@ impl Topology {
             name: name.into(),
             tunnel_ip,
             dvr_mac: dvr_mac.into(),
+            mode: HostMode::Dvr,
+            agent_args: Vec::new(),
         });
+        self
+    }
+
+    /// A [`Topology::host`] with `agent_mode: dvr_snat`: the network node. Needs
+    /// [`Topology::external`]; it has `ext0` like every host, and every router with a gateway
+    /// gets one `network:router_centralized_snat` port per subnet bound to it (at most one
+    /// such host per topology). See [`crate::snat`].
+    pub fn snat_host(&mut self, name: &str) -> &mut Topology {
+        self.host(name);
+        if let Some(h) = self.hosts.last_mut() {
+            h.mode = HostMode::DvrSnat;
+        }
+        self
+    }
+
+    /// A [`Topology::host`] with `agent_mode: dvr_no_external`: no `ext0` and no
+    /// `external_interface`; its VMs' floating IPs are served on the SNAT host.
+    pub fn no_external_host(&mut self, name: &str) -> &mut Topology {
+        self.host(name);
+        if let Some(h) = self.hosts.last_mut() {
+            h.mode = HostMode::DvrNoExternal;
+        }
+        self
+    }
+
+    /// Extra arguments for the agent of one host (e.g. `--snat-ports 40000-40003` on the
+    /// SNAT host). The host must be defined already.
+    pub fn host_agent_args(&mut self, host: &str, args: &[&str]) -> &mut Topology {
+        match self.hosts.iter_mut().find(|h| h.name == host) {
+            Some(h) => h.agent_args.extend(args.iter().map(|a| a.to_string())),
+            None => self
+                .errors
+                .push(format!("agent args {args:?} for undefined host {host}")),
+        }
         self
     }
 
@@ -329,6 +380,41 @@ impl Topology {
         self.routers.push(RouterSpec {
             name: name.into(),
             networks: networks.iter().map(|s| s.to_string()).collect(),
+            enable_snat: true,
+        });
+        self
+    }
+
+    /// Sets `enable_snat` of a router defined before (true by default).
+    pub fn enable_snat(&mut self, router: &str, enabled: bool) -> &mut Topology {
+        match self.routers.iter_mut().find(|r| r.name == router) {
+            Some(r) => r.enable_snat = enabled,
+            None => self
+                .errors
+                .push(format!("enable_snat for undefined router {router}")),
+        }
+        self
+    }
+
+    /// An unbound port with `device_owner` "" holding `ip` on `network`: a VIP that VMs
+    /// listing `ip` in their allowed address pairs ([`VmSpec::allowed_pair`]) may hold (with
+    /// keepalived: [`crate::keepalived`]). Give it a floating IP with [`Topology::fip_on_vip`].
+    pub fn vip(&mut self, name: &str, network: &str, ip: Ipv4Addr) -> &mut Topology {
+        self.vips.push(VipSpec {
+            name: name.into(),
+            network: network.into(),
+            ip,
+        });
+        self
+    }
+
+    /// A floating IP (like [`Topology::fip`]) associated with VIP port `vip`.
+    pub fn fip_on_vip(&mut self, name: &str, vip: &str) -> &mut Topology {
+        self.fips.push(FipSpec {
+            name: name.into(),
+            vm: None,
+            vip: Some(vip.into()),
+            ip: None,
         });
         self
     }
@@ -356,6 +442,7 @@ impl Topology {
         self.fips.push(FipSpec {
             name: name.into(),
             vm: vm.map(str::to_string),
+            vip: None,
             ip: None,
         });
         self
@@ -377,6 +464,11 @@ impl Topology {
 
     /// Creates namespaces, links and the state file but starts no agent.
     pub fn build_without_agents(&self) -> Result<Cloud> {
+        ensure!(
+            self.errors.is_empty(),
+            "bad topology: {}",
+            self.errors.join("; ")
+        );
         let mut cloud = Cloud::empty()?;
         // On error `cloud` is dropped here, removing whatever was already created.
         cloud.create(self)?;
@@ -393,6 +485,10 @@ pub struct HostInfo {
     pub ext: Option<HostExt>,
     /// The `--host` name the agent runs as, unique per process and cloud ("h1-<pid>-<n>").
     pub agent_name: String,
+    /// Its `agent_mode`.
+    pub mode: HostMode,
+    /// Extra arguments of its agent only.
+    pub agent_args: Vec<String>,
     pub ns: String,
     pub tunnel_ip: Ipv4Addr,
     pub dvr_mac: String,
@@ -413,6 +509,9 @@ pub struct NetInfo {
     pub router: Option<String>,
     pub gateway_mac: Option<String>,
     pub gateway_port_id: Option<String>,
+    /// Its router's centralized SNAT port, when the router has a gateway and the topology a
+    /// SNAT host.
+    pub csnat: Option<CsnatInfo>,
     next_host: u32,
 }
 
@@ -515,6 +614,7 @@ pub struct Cloud {
     pub(crate) files_seq: u32,
     pub(crate) external: Option<ExternalInfo>,
     pub(crate) fips: Vec<FipInfo>,
+    pub(crate) vips: Vec<VipInfo>,
     /// Extra arguments for agents started from now on.
     pub agent_args: Vec<String>,
     /// Print the tail of each agent's log when dropped (libtest shows it for failing tests only).
@@ -557,6 +657,7 @@ impl Cloud {
             files_seq: 0,
             external: None,
             fips: Vec::new(),
+            vips: Vec::new(),
             agent_args: Vec::new(),
             dump_logs_on_drop: true,
         })
@@ -591,6 +692,9 @@ impl Cloud {
         }
         for r in &topo.routers {
             self.create_router(r)?;
+        }
+        for v in &topo.vips {
+            self.create_vip(v)?;
         }
         for v in &topo.vms {
             let vm = self.add_port(v)?;
@@ -629,6 +733,16 @@ impl Cloud {
             h.name
         );
         ensure!(
+            h.mode != HostMode::DvrSnat || self.external.is_some(),
+            "host {}: a dvr_snat host needs the external network (.external())",
+            h.name
+        );
+        ensure!(
+            h.mode != HostMode::DvrSnat || self.hosts.iter().all(|o| o.mode != HostMode::DvrSnat),
+            "host {}: the test bed supports one dvr_snat host",
+            h.name
+        );
+        ensure!(
             Cidr::parse("192.0.2.0/24")?.contains(h.tunnel_ip),
             "host {}: tunnel ip {} outside 192.0.2.0/24",
             h.name,
@@ -653,14 +767,14 @@ impl Cloud {
         ip(&["-n", &ul, "link", "set", &uplink, "master", "br0"])?;
         ip(&["-n", &ul, "link", "set", &uplink, "up"])?;
         let agent_name = format!("{}-{}-{}", h.name, std::process::id(), self.seq);
-        let ext = if self.external.is_some() {
+        let ext = if self.external.is_some() && h.mode != HostMode::DvrNoExternal {
             Some(self.create_host_external(&ns, &agent_name)?)
         } else {
             None
         };
         self.state.hosts.push(state::Host {
             name: agent_name.clone(),
-            agent_mode: "dvr".into(),
+            agent_mode: h.mode.as_str().into(),
             tunnel_ip: h.tunnel_ip.to_string(),
             dvr_mac: h.dvr_mac.clone(),
             external_interface: ext.as_ref().map(|_| crate::external::EXT_IFACE.to_string()),
@@ -669,6 +783,8 @@ impl Cloud {
             ext,
             name: h.name.clone(),
             agent_name,
+            mode: h.mode,
+            agent_args: h.agent_args.clone(),
             ns,
             tunnel_ip: h.tunnel_ip,
             dvr_mac: h.dvr_mac.clone(),
@@ -716,6 +832,7 @@ impl Cloud {
             router: None,
             gateway_mac: None,
             gateway_port_id: None,
+            csnat: None,
             next_host: 10,
         });
         Ok(())
@@ -728,7 +845,7 @@ impl Cloud {
             r.name
         );
         let router_id = new_id(KIND_ROUTER, self.seq);
-        let external_gateway_info = self.router_gateway_info(self.routers.len())?;
+        let external_gateway_info = self.router_gateway_info(self.routers.len(), r.enable_snat)?;
         self.state.routers.push(state::Router {
             id: router_id.clone(),
             distributed: true,
@@ -765,6 +882,7 @@ impl Cloud {
                 allowed_address_pairs: Vec::new(),
                 port_security_enabled: true,
             });
+            self.create_csnat_port(i, &router_id)?;
         }
         self.routers.insert(r.name.clone(), router_id);
         Ok(())
@@ -910,6 +1028,7 @@ impl Cloud {
             for h in &names {
                 self.wait_external_ready(h, AGENT_READY_DEADLINE)?;
             }
+            self.wait_snat_ready(AGENT_READY_DEADLINE)?;
         }
         Ok(())
     }
@@ -941,6 +1060,7 @@ impl Cloud {
             .arg("--bpffs")
             .arg(&self.bpffs)
             .args(&self.agent_args)
+            .args(&h.agent_args)
             .stdin(Stdio::null())
             .stdout(fs::File::create(&stdout).with_context(|| format!("{}", stdout.display()))?)
             .stderr(fs::File::create(&stderr).with_context(|| format!("{}", stderr.display()))?);

@@ -64,8 +64,10 @@ pub const EXTERNAL_READY_DEADLINE: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 pub struct FipSpec {
     pub name: String,
-    /// The VM whose port it is associated with; `None`: unassociated.
+    /// The VM whose port it is associated with; `None`: unassociated (or a VIP's).
     pub vm: Option<String>,
+    /// The VIP port (see [`crate::Topology::vip`]) it is associated with instead of a VM.
+    pub vip: Option<String>,
     /// `None`: 10.5.2.(1 + index).
     pub ip: Option<Ipv4Addr>,
 }
@@ -101,6 +103,8 @@ pub struct FipInfo {
     pub ip: Ipv4Addr,
     /// The VM it is associated with now.
     pub vm: Option<String>,
+    /// The VIP port it is associated with now (then `vm` is `None`).
+    pub vip: Option<String>,
     /// The router (logical name) it belongs to now.
     pub router: Option<String>,
     /// Removed from the state by [`Cloud::delete_fip`].
@@ -181,6 +185,20 @@ impl Bg {
             );
             Ok(None)
         })
+    }
+
+    /// Writes `data` to its stdin (e.g. a command line for a script reading stdin).
+    pub fn write_stdin(&mut self, data: &[u8]) -> Result<()> {
+        use std::io::Write as _;
+        let what = self.guard.what().to_string();
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| anyhow!("{what}: stdin already closed"))?;
+        stdin
+            .write_all(data)
+            .and_then(|()| stdin.flush())
+            .with_context(|| format!("writing to the stdin of {what}"))
     }
 
     /// Closes its stdin (a reader sees EOF).
@@ -396,7 +414,11 @@ impl Cloud {
 
     /// The `external_gateway_info` of the router with this index (`None` without external
     /// network).
-    pub(crate) fn router_gateway_info(&self, index: usize) -> Result<Option<Value>> {
+    pub(crate) fn router_gateway_info(
+        &self,
+        index: usize,
+        enable_snat: bool,
+    ) -> Result<Option<Value>> {
         let Some(ext) = &self.external else {
             return Ok(None);
         };
@@ -406,7 +428,7 @@ impl Cloud {
             .ok_or_else(|| anyhow!("too many routers for the external network"))?;
         Ok(Some(json!({
             "network_id": ext.network_id,
-            "enable_snat": true,
+            "enable_snat": enable_snat,
             "external_fixed_ips": [{
                 "subnet_id": ext.subnet_id,
                 "ip_address": Ipv4Addr::new(10, 5, 3, n).to_string(),
@@ -440,24 +462,37 @@ impl Cloud {
             f.name,
             ext.cidr
         );
+        ensure!(
+            f.vm.is_none() || f.vip.is_none(),
+            "floating IP {}: both a VM and a VIP",
+            f.name
+        );
         // Neutron gives an unassociated floating IP no router.
-        let router = match &f.vm {
-            Some(vm) => Some(self.router_of_vm(vm)?),
-            None => None,
+        let router = match (&f.vm, &f.vip) {
+            (Some(vm), _) => Some(self.router_of_vm(vm)?),
+            (None, Some(vip)) => Some(self.router_of_network(&self.vip_info(vip)?.network)?),
+            (None, None) => None,
         };
         let router_id = match &router {
             Some(r) => Value::from(self.router_id(r)?),
             None => Value::Null,
         };
-        let (port_id, fixed) = match &f.vm {
-            Some(vm) => {
+        let (port_id, fixed) = match (&f.vm, &f.vip) {
+            (Some(vm), _) => {
                 let v = self.vm(vm)?;
                 (
                     Value::from(v.port_id.clone()),
                     Value::from(v.ip.to_string()),
                 )
             }
-            None => (Value::Null, Value::Null),
+            (None, Some(vip)) => {
+                let v = self.vip_info(vip)?;
+                (
+                    Value::from(v.port_id.clone()),
+                    Value::from(v.ip.to_string()),
+                )
+            }
+            (None, None) => (Value::Null, Value::Null),
         };
         let id = new_id(KIND_FIP, self.seq);
         self.state.floatingips.push(json!({
@@ -474,6 +509,7 @@ impl Cloud {
             id,
             ip,
             vm: f.vm.clone(),
+            vip: f.vip.clone(),
             router,
             deleted: false,
         });
@@ -482,10 +518,15 @@ impl Cloud {
 
     fn router_of_vm(&self, vm: &str) -> Result<String> {
         let net = self.vm(vm)?.network.clone();
-        self.network(&net)?
+        self.router_of_network(&net)
+            .with_context(|| format!("VM {vm}"))
+    }
+
+    pub(crate) fn router_of_network(&self, net: &str) -> Result<String> {
+        self.network(net)?
             .router
             .clone()
-            .ok_or_else(|| anyhow!("VM {vm}: network {net} has no router for a floating IP"))
+            .ok_or_else(|| anyhow!("network {net} has no router for a floating IP"))
     }
 
     // ---- lookups ---------------------------------------------------------------------------
@@ -576,6 +617,7 @@ impl Cloud {
         })?;
         if let Some(info) = self.fips.iter_mut().find(|f| f.name == fip) {
             info.vm = Some(vm.to_string());
+            info.vip = None;
             info.router = Some(router);
         }
         Ok(())
@@ -591,6 +633,7 @@ impl Cloud {
         })?;
         if let Some(info) = self.fips.iter_mut().find(|f| f.name == fip) {
             info.vm = None;
+            info.vip = None;
             info.router = None;
         }
         Ok(())
@@ -606,6 +649,7 @@ impl Cloud {
         self.write_state()?;
         if let Some(info) = self.fips.iter_mut().find(|f| f.name == fip) {
             info.vm = None;
+            info.vip = None;
             info.deleted = true;
         }
         Ok(())
@@ -630,9 +674,9 @@ impl Cloud {
             .find(|e| e["fip"].as_str() == Some(ip.as_str())))
     }
 
-    /// Waits until `host` lists floating IP `fip` with `kind` ("local", "remote",
-    /// "unassociated", "elsewhere"), or (`None`) does not list it at all. For "local" the
-    /// fixed IP must be its current VM's.
+    /// Waits until `host` lists floating IP `fip` with `kind` ("local", "central", "remote",
+    /// "unassociated", "elsewhere"), or (`None`) does not list it at all. For "local" and
+    /// "central" the fixed IP must be its current VM's (or VIP's).
     pub fn wait_fip_kind(
         &self,
         host: &str,
@@ -640,8 +684,12 @@ impl Cloud {
         kind: Option<&str>,
         deadline: Duration,
     ) -> Result<Value> {
-        let want_fixed = match (&self.fip_info(fip)?.vm, kind) {
-            (Some(vm), Some("local")) => Some(self.vm(vm)?.ip.to_string()),
+        let info = self.fip_info(fip)?;
+        let want_fixed = match (&info.vm, &info.vip, kind) {
+            (Some(vm), _, Some("local" | "central")) => Some(self.vm(vm)?.ip.to_string()),
+            (None, Some(vip), Some("local" | "central")) => {
+                Some(self.vip_info(vip)?.ip.to_string())
+            }
             _ => None,
         };
         wait_until(
@@ -703,25 +751,34 @@ impl Cloud {
     }
 
     /// Waits until `host`'s agent lists every floating IP associated with one of its VMs as
-    /// "local" and, if there is one, has learned the external gateway's MAC
-    /// (`ext_neigh_learned` > 0). Called by `build` for every host of an external topology.
+    /// "local" (on a SNAT host also those it serves centrally, of VMs on `dvr_no_external`
+    /// hosts and of VIPs, as "central") and, if there is one, has learned the external
+    /// gateway's MAC (`ext_neigh_learned` > 0). Hosts without `ext0` have nothing to wait for.
+    /// Called by `build` for every host of an external topology, before it checks the SNAT
+    /// host and the steering (see [`crate::snat`]).
     pub fn wait_external_ready(&self, host: &str, deadline: Duration) -> Result<()> {
-        let local: Vec<String> = self
-            .fips
-            .iter()
-            .filter(|f| !f.deleted)
-            .filter(|f| {
-                f.vm.as_ref()
-                    .and_then(|v| self.vm(v).ok())
-                    .is_some_and(|v| v.host == host)
-            })
-            .map(|f| f.name.clone())
-            .collect();
-        for f in &local {
-            self.wait_fip_kind(host, f, Some("local"), deadline)
+        let info = self.host(host)?;
+        let snat_host = info.mode == crate::snat::HostMode::DvrSnat;
+        if info.ext.is_none() {
+            return Ok(());
+        }
+        let mut want: Vec<(String, &str)> = Vec::new();
+        for f in self.fips.iter().filter(|f| !f.deleted) {
+            let vm_host = f.vm.as_ref().and_then(|v| self.vm(v).ok()).map(|v| &v.host);
+            let vm_host_has_ext = vm_host
+                .and_then(|h| self.host(h).ok())
+                .is_some_and(|h| h.ext.is_some());
+            if vm_host.is_some_and(|h| h == host) && vm_host_has_ext {
+                want.push((f.name.clone(), "local"));
+            } else if snat_host && ((vm_host.is_some() && !vm_host_has_ext) || f.vip.is_some()) {
+                want.push((f.name.clone(), "central"));
+            }
+        }
+        for (f, kind) in &want {
+            self.wait_fip_kind(host, f, Some(kind), deadline)
                 .with_context(|| format!("agent log:\n{}", self.agent_log_tail(host, 30)))?;
         }
-        if !local.is_empty() {
+        if !want.is_empty() {
             self.wait_stat_at_least(host, "ext_neigh_learned", 1, deadline)
                 .with_context(|| {
                     format!(
@@ -883,6 +940,52 @@ impl Cloud {
             o.trim()
         );
         parse_udp_reply(&o).ok_or_else(|| anyhow!("UDP client printed no reply line: {o}"))
+    }
+
+    /// Connects from `who` to `dst:port` (TCP, `timeout` to connect) and returns what the
+    /// server sends before closing, trimmed ("" if the connection fails): which VM a
+    /// per-VM banner service (`socat TCP4-LISTEN:PORT,fork SYSTEM:'echo NAME'`) runs in.
+    pub fn tcp_banner(
+        &self,
+        who: &str,
+        dst: Ipv4Addr,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<String> {
+        let out = exec_with_deadline(
+            &self.ns_of(who)?,
+            &[
+                "socat",
+                "-u",
+                &format!(
+                    "TCP4:{dst}:{port},connect-timeout={:.3}",
+                    timeout.as_secs_f64()
+                ),
+                "STDOUT",
+            ],
+            timeout + Duration::from_secs(5),
+        )?;
+        Ok(cmd::stdout(&out).trim().to_string())
+    }
+
+    /// Sends one UDP datagram from `who`'s own socket bound to `sport` (the kernel picks the
+    /// source address) to `dst:dport`.
+    pub fn udp_send(&self, who: &str, dst: Ipv4Addr, dport: u16, sport: u16) -> Result<()> {
+        let out = self.python(
+            who,
+            "import socket, sys\n\
+             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             s.bind(('0.0.0.0', int(sys.argv[3])))\n\
+             s.sendto(b'dvr-tests', (sys.argv[1], int(sys.argv[2])))\n",
+            &[&dst.to_string(), &dport.to_string(), &sport.to_string()],
+            Duration::from_secs(10),
+        )?;
+        ensure!(
+            out.status.success(),
+            "UDP send from {who} to {dst}:{dport}: {}",
+            text(&out).trim()
+        );
+        Ok(())
     }
 
     /// Runs a scapy script in an endpoint's namespace (`from scapy.all import *` prepended).

@@ -9,6 +9,11 @@
 //! - [`Topology::external`] adds the external network (upstream router, internet host, `ext0`
 //!   per host) and [`Topology::fip`] floating IPs; [`external`] has their helpers
 //!   ([`Cloud::associate`], [`Cloud::conntrack`], [`Cloud::fips`], captures on `br-ext`, ...).
+//! - [`Topology::snat_host`] and [`Topology::no_external_host`] add the `dvr_snat` network node
+//!   (with centralized SNAT ports for every router) and `dvr_no_external` hosts;
+//!   [`Topology::vip`] unbound VIP ports; [`snat`] has their helpers ([`Cloud::show_snat`],
+//!   [`Cloud::vips`], ...) and [`keepalived`] runs keepalived in VMs to move a VIP.
+//! - [`Counters`] snapshots counters for deltas.
 //! - [`require_preconditions`] makes a test that cannot run here fail with a clear message:
 //!   these tests never pass by skipping.
 //!
@@ -16,10 +21,14 @@
 //! names), so test binaries may run side by side; within one binary, run with
 //! `--test-threads=1` (two cores, and each test runs several agents).
 
+pub mod bench;
 pub mod capture;
 pub mod cloud;
 pub mod cmd;
+pub mod counters;
 pub mod external;
+pub mod keepalived;
+pub mod snat;
 pub mod state;
 
 use std::path::Path;
@@ -32,9 +41,12 @@ pub use cloud::{
     PingResult, Topology, TransferReport, UdpFrame, Vm, VmSpec, locate_bins, scapy_python,
 };
 pub use cmd::{exec, exec_ok, wait_until};
+pub use counters::{COUNTER_WAIT, Counters, not_sentinel};
 pub use external::{
     Bg, EXT, EXT_GATEWAY, EXT_IFACE, ExternalInfo, FipInfo, HostExt, INTERNET_HOST, UdpReply,
 };
+pub use keepalived::{Keepalived, KeepalivedConf};
+pub use snat::{CsnatInfo, HostMode, VipInfo};
 pub use state::State;
 
 /// Tools the test bed runs.

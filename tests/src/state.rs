@@ -10,6 +10,11 @@ pub const OWNER_COMPUTE: &str = "compute:nova";
 pub const OWNER_ROUTER_INTERFACE: &str = "network:router_interface_distributed";
 /// `device_owner` of a host's port on the external network (Neutron's `fg-` device).
 pub const OWNER_FIP_AGENT_GATEWAY: &str = "network:floatingip_agent_gateway";
+/// `device_owner` of a router's centralized SNAT port (Neutron's `sg-` device), one per
+/// subnet of the router, bound to its SNAT host.
+pub const OWNER_ROUTER_CENTRALIZED_SNAT: &str = "network:router_centralized_snat";
+/// `device_owner` of an unbound VIP port (keepalived's address, created by the user).
+pub const OWNER_NONE: &str = "";
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {

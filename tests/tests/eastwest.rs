@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use dvr_common::stats::Stat;
 use dvr_tests::{
-    ArpFrame, Cloud, Packet, Topology, UdpFrame, VmSpec, cmd, exec_ok, require_preconditions,
+    ArpFrame, Cloud, Packet, Topology, UdpFrame, VmSpec, cmd, exec_ok, not_sentinel,
+    require_preconditions,
 };
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -25,27 +26,6 @@ const MIB: usize = 1 << 20;
 
 fn s(ip: Ipv4Addr) -> String {
     ip.to_string()
-}
-
-/// Packets on the underlay that are not part of a sentinel exchange between tunnel IPs
-/// (plain ICMP echo or ARP between 192.0.2.x addresses).
-fn not_sentinel(packets: &[Packet]) -> Vec<&Packet> {
-    packets
-        .iter()
-        .filter(|p| {
-            p.is_vxlan()
-                || !(p.contains("192.0.2.") && (p.contains("ICMP echo") || p.contains("ARP")))
-        })
-        .collect()
-}
-
-/// Sends an underlay sentinel from `from` to `to` and waits until `cap` has seen it.
-fn sentinel(c: &Cloud, cap: &dvr_tests::Capture, from: &str, to: &str) -> Result<()> {
-    let (a, b) = c.underlay_sentinel(from, to)?;
-    cap.wait_for("underlay sentinel", WAIT, |p| {
-        !p.is_vxlan() && p.is_icmp_echo_request() && p.has_ips(&s(a), &s(b))
-    })?;
-    Ok(())
 }
 
 fn all_ttl(ttls: &[u8], want: u8) -> bool {
@@ -225,7 +205,7 @@ fn cross_subnet_on_one_host_is_routed_locally() -> Result<()> {
         "TCP v1 -> v2 (routed, same host): {} bytes in {:?}",
         r.bytes, r.elapsed
     );
-    sentinel(&c, &under, "h1", "h2")?;
+    c.wait_underlay_sentinel(&under, "h1", "h2")?;
     let packets = under.stop()?;
     let leaked = not_sentinel(&packets);
     ensure!(
@@ -379,7 +359,7 @@ fn gateway_arp_and_ping_are_answered_on_the_host() -> Result<()> {
         );
         c.ping_ok(vm, gw, 3)?;
     }
-    sentinel(&c, &under, "h1", "h2")?;
+    c.wait_underlay_sentinel(&under, "h1", "h2")?;
     let packets = under.stop()?;
     let leaked = not_sentinel(&packets);
     ensure!(
@@ -453,7 +433,7 @@ fn broadcast_reaches_only_hosts_and_vms_of_its_network() -> Result<()> {
 
     // h3 hosts only network b: the flood must not go there. The sentinel to h3 follows the
     // flood on the same link; anything sent to h3 before it was captured before it.
-    sentinel(&c, &up3, "h1", "h3")?;
+    c.wait_underlay_sentinel(&up3, "h1", "h3")?;
     let at_h3 = up3.stop()?;
     let leaked = not_sentinel(&at_h3);
     ensure!(

@@ -13,15 +13,15 @@
 //! legitimate traffic is sent along the same path and awaited (or a counter that only the
 //! dropped packets move is awaited).
 
-use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use dvr_common::stats::Stat;
-use dvr_tests::cmd::{self, exec_with_deadline, wait_until};
+use dvr_tests::cmd::{self, wait_until};
 use dvr_tests::{
-    Cloud, EXT, EXT_GATEWAY, INTERNET_HOST, Packet, Topology, VmSpec, require_preconditions,
+    Cloud, Counters, EXT, EXT_GATEWAY, INTERNET_HOST, Packet, Topology, VmSpec, not_sentinel,
+    require_preconditions,
 };
 use serde_json::Value;
 
@@ -34,59 +34,6 @@ fn s(ip: Ipv4Addr) -> String {
 
 fn all_ttl(ttls: &[u8], want: u8) -> bool {
     !ttls.is_empty() && ttls.iter().all(|t| *t == want)
-}
-
-/// Counter snapshots of some hosts, for deltas.
-struct Counters(HashMap<String, HashMap<String, u64>>);
-
-impl Counters {
-    fn take(c: &Cloud, hosts: &[&str]) -> Result<Counters> {
-        let mut m = HashMap::new();
-        for h in hosts {
-            m.insert(h.to_string(), c.stats(h)?);
-        }
-        Ok(Counters(m))
-    }
-
-    fn base(&self, host: &str, id: Stat) -> u64 {
-        self.0
-            .get(host)
-            .and_then(|s| s.get(id.as_str()))
-            .copied()
-            .unwrap_or(0)
-    }
-
-    /// How much `id` of `host` grew since the snapshot.
-    fn delta(&self, c: &Cloud, host: &str, id: Stat) -> Result<u64> {
-        Ok(c.stat(host, id.as_str())?
-            .saturating_sub(self.base(host, id)))
-    }
-
-    /// Waits until `id` of `host` grew by at least `n`; returns the growth.
-    fn wait_delta(&self, c: &Cloud, host: &str, id: Stat, n: u64) -> Result<u64> {
-        let v = c.wait_stat_at_least(host, id.as_str(), self.base(host, id) + n, WAIT)?;
-        Ok(v - self.base(host, id))
-    }
-}
-
-/// Packets on the underlay that are not part of a sentinel exchange between tunnel IPs.
-fn not_sentinel(packets: &[Packet]) -> Vec<&Packet> {
-    packets
-        .iter()
-        .filter(|p| {
-            p.is_vxlan()
-                || !(p.contains("192.0.2.") && (p.contains("ICMP echo") || p.contains("ARP")))
-        })
-        .collect()
-}
-
-/// Sends an underlay sentinel from `from` to `to` and waits until `cap` has seen it.
-fn underlay_sentinel(c: &Cloud, cap: &dvr_tests::Capture, from: &str, to: &str) -> Result<()> {
-    let (a, b) = c.underlay_sentinel(from, to)?;
-    cap.wait_for("underlay sentinel", WAIT, |p| {
-        !p.is_vxlan() && p.is_icmp_echo_request() && p.has_ips(&s(a), &s(b))
-    })?;
-    Ok(())
 }
 
 /// A UDP packet `src.sport > dst.dport` (tcpdump -nn spelling).
@@ -116,25 +63,6 @@ fn ext_udp_frames(
         ),
     )
     .map(|_| ())
-}
-
-/// One datagram from a VM's own socket (the kernel picks its fixed IP as source).
-fn vm_udp_send(c: &Cloud, vm: &str, dst: Ipv4Addr, dport: u16, sport: u16) -> Result<()> {
-    let out = c.python(
-        vm,
-        "import socket, sys\n\
-         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
-         s.bind(('0.0.0.0', int(sys.argv[3])))\n\
-         s.sendto(b'dvr-tests', (sys.argv[1], int(sys.argv[2])))\n",
-        &[&s(dst), &dport.to_string(), &sport.to_string()],
-        WAIT,
-    )?;
-    ensure!(
-        out.status.success(),
-        "UDP send from {vm}: {}",
-        cmd::text(&out)
-    );
-    Ok(())
 }
 
 /// One router "r1" over network "a" (and "b" if `two_nets`), hosts h1 and h2, the external
@@ -337,7 +265,7 @@ fn vm_with_a_fip_reaches_external_hosts_as_its_fip() -> Result<()> {
         );
     }
 
-    underlay_sentinel(&c, &under, "h1", "h2")?;
+    c.wait_underlay_sentinel(&under, "h1", "h2")?;
     let packets = under.stop()?;
     let leaked = not_sentinel(&packets);
     ensure!(
@@ -503,17 +431,7 @@ fn vms_of_the_same_router_reach_a_vm_through_its_fip() -> Result<()> {
 /// What the TCP service behind `fip:port` answers to a client in the external namespace ("" if
 /// the connection fails).
 fn who_answers(c: &Cloud, fip: Ipv4Addr, port: u16) -> Result<String> {
-    let out = exec_with_deadline(
-        &c.ext_ns()?,
-        &[
-            "socat",
-            "-u",
-            &format!("TCP4:{fip}:{port},connect-timeout=1"),
-            "STDOUT",
-        ],
-        Duration::from_secs(5),
-    )?;
-    Ok(cmd::stdout(&out).trim().to_string())
+    c.tcp_banner(EXT, fip, port, Duration::from_secs(1))
 }
 
 #[test]
@@ -995,7 +913,7 @@ fn vm_sending_with_another_ports_fip_as_source_is_dropped() -> Result<()> {
     )?;
     before.wait_delta(&c, "h1", Stat::DropFipSpoof, 3)?;
     // Sentinel: v1's own datagram leaves through the same ext0, translated to the FIP.
-    vm_udp_send(&c, "v1", INTERNET_HOST, 9012, 40012)?;
+    c.udp_send("v1", INTERNET_HOST, 9012, 40012)?;
     at_ext.wait_for("v1's datagram from its FIP", WAIT, |p| {
         udp_flow(p, fip, Some(40012), INTERNET_HOST, 9012)
     })?;

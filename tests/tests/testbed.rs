@@ -552,3 +552,179 @@ fn external_testbed_builds_and_tears_down() -> Result<()> {
     ensure!(!dir.exists(), "temp dir {} left behind", dir.display());
     Ok(())
 }
+
+#[test]
+fn snat_testbed_writes_modes_csnat_ports_and_vips() -> Result<()> {
+    require_testbed_preconditions();
+    let before = own_namespaces()?;
+    let vip = Ipv4Addr::new(192, 168, 1, 100);
+    let mut t = Topology::new();
+    t.host("h1")
+        .no_external_host("hn")
+        .snat_host("hs")
+        .external()
+        .host_agent_args("hs", &["--snat-ports", "40000-40003"]);
+    t.network("a", 1001, "192.168.1.0/24")
+        .network("b", 1002, "192.168.2.0/24")
+        .network("c", 1003, "192.168.3.0/24");
+    t.router("r1", &["a", "b"])
+        .router("r2", &["c"])
+        .enable_snat("r2", false);
+    t.vip("vip", "a", vip)
+        .vm(VmSpec::new("v1", "a", "h1").allowed_pair(vip, None))
+        .vm(VmSpec::new("v2", "a", "hn").allowed_pair(vip, None))
+        .vm(VmSpec::new("v3", "c", "hn"))
+        .fip("f2", Some("v2"))
+        .fip_on_vip("fv", "vip");
+    let cloud = t.build_without_agents()?;
+    let dir = cloud.temp_dir().to_path_buf();
+    ensure!(
+        cloud.host("hn")?.ext.is_none()
+            && cloud.host("hs")?.ext.is_some()
+            && cloud.host("hs")?.agent_args == ["--snat-ports", "40000-40003"]
+            && cloud.host("h1")?.agent_args.is_empty(),
+        "hn has no ext0 attachment, hs has one and its own agent args: {:?}",
+        cloud.hosts()
+    );
+    let link = cmd::exec(
+        &cloud.host("hn")?.ns,
+        &["ip", "link", "show", "dev", "ext0"],
+    )?;
+    ensure!(!link.status.success(), "hn must have no ext0");
+    ensure!(cloud.snat_host()? == "hs", "hs is the SNAT host");
+
+    let raw: serde_json::Value = serde_json::from_slice(&std::fs::read(cloud.state_path())?)?;
+    let host = |name: &str| -> Result<serde_json::Value> {
+        let agent = cloud.host(name)?.agent_name.clone();
+        raw["hosts"]
+            .as_array()
+            .and_then(|h| h.iter().find(|h| h["name"] == agent.as_str()))
+            .cloned()
+            .with_context(|| format!("no host {name} in the state"))
+    };
+    let (h1, hn, hs) = (host("h1")?, host("hn")?, host("hs")?);
+    ensure!(
+        h1["agent_mode"] == "dvr"
+            && h1["external_interface"] == "ext0"
+            && hn["agent_mode"] == "dvr_no_external"
+            && hn.get("external_interface").is_none()
+            && hs["agent_mode"] == "dvr_snat"
+            && hs["external_interface"] == "ext0",
+        "host modes: {h1} {hn} {hs}"
+    );
+    let ports = raw["ports"].as_array().context("ports")?;
+    let csnat: Vec<_> = ports
+        .iter()
+        .filter(|p| p["device_owner"] == "network:router_centralized_snat")
+        .collect();
+    ensure!(
+        csnat.len() == 3,
+        "one csnat port per router subnet: {csnat:?}"
+    );
+    for (net, router, ip) in [
+        ("a", "r1", "192.168.1.2"),
+        ("b", "r1", "192.168.2.2"),
+        ("c", "r2", "192.168.3.2"),
+    ] {
+        let n = cloud.network(net)?;
+        let info = cloud.csnat(net)?;
+        let p = csnat
+            .iter()
+            .find(|p| p["id"] == info.port_id.as_str())
+            .with_context(|| format!("no csnat port for {net}"))?;
+        ensure!(
+            p["network_id"] == n.network_id.as_str()
+                && p["mac_address"] == info.mac.as_str()
+                && p["device_id"] == cloud.router_id(router)?
+                && p["binding:host_id"] == cloud.host("hs")?.agent_name.as_str()
+                && p["fixed_ips"][0]["subnet_id"] == n.subnet_id.as_str()
+                && p["fixed_ips"][0]["ip_address"] == ip
+                && info.ip.to_string() == ip
+                && info.host == "hs",
+            "csnat port of {net}: {p} ({info:?})"
+        );
+    }
+    let gw = |i: usize| raw["routers"][i]["external_gateway_info"].clone();
+    ensure!(
+        gw(0)["enable_snat"] == true
+            && gw(1)["enable_snat"] == false
+            && cloud.router_external_ip("r1")? == Ipv4Addr::new(10, 5, 3, 1)
+            && cloud.router_external_ip("r2")? == Ipv4Addr::new(10, 5, 3, 2),
+        "{} {}",
+        gw(0),
+        gw(1)
+    );
+    let info = cloud.vip_info("vip")?;
+    let p = ports
+        .iter()
+        .find(|p| p["id"] == info.port_id.as_str())
+        .context("no VIP port")?;
+    ensure!(
+        p["device_owner"] == ""
+            && p["binding:host_id"] == ""
+            && p["fixed_ips"][0]["ip_address"] == "192.168.1.100"
+            && p["network_id"] == cloud.network("a")?.network_id.as_str(),
+        "VIP port: {p}"
+    );
+    for vm in ["v1", "v2"] {
+        let id = cloud.vm(vm)?.port_id.clone();
+        let p = ports
+            .iter()
+            .find(|p| p["id"] == id.as_str())
+            .context("VM port")?;
+        ensure!(
+            p["allowed_address_pairs"][0]["ip_address"] == "192.168.1.100",
+            "{vm} lists the VIP: {p}"
+        );
+    }
+    let fv = raw["floatingips"]
+        .as_array()
+        .and_then(|f| {
+            f.iter().find(|f| {
+                f["id"]
+                    == cloud
+                        .fip_info("fv")
+                        .map(|i| i.id.clone())
+                        .unwrap_or_default()
+                        .as_str()
+            })
+        })
+        .context("no fv")?;
+    ensure!(
+        fv["port_id"] == info.port_id.as_str()
+            && fv["fixed_ip_address"] == "192.168.1.100"
+            && fv["router_id"] == cloud.router_id("r1")?,
+        "{fv}"
+    );
+    let text = std::fs::read_to_string(cloud.state_path())?;
+    dvr_userspace::model::State::from_json(&text)
+        .map_err(|e| anyhow::anyhow!("the agent's model rejects the state: {e}"))?;
+
+    // A dvr_snat host needs the external network; unknown names are reported.
+    let mut bad = Topology::new();
+    bad.snat_host("hs");
+    let e = bad
+        .build_without_agents()
+        .err()
+        .context("dvr_snat without external")?;
+    ensure!(
+        format!("{e:#}").contains("needs the external network"),
+        "{e:#}"
+    );
+    let mut bad = Topology::new();
+    bad.host("h1").host_agent_args("hx", &["-v"]);
+    let e = bad
+        .build_without_agents()
+        .err()
+        .context("args for an undefined host")?;
+    ensure!(format!("{e:#}").contains("undefined host hx"), "{e:#}");
+
+    drop(cloud);
+    let after = own_namespaces()?;
+    ensure!(
+        after == before,
+        "namespaces leaked: {after:?} (before: {before:?})"
+    );
+    ensure!(!dir.exists(), "temp dir {} left behind", dir.display());
+    Ok(())
+}

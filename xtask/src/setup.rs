@@ -14,7 +14,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_LINKER_LLVM_MAJOR: &str = "22";
 
 /// Tools the integration tests and the demo run (Debian package names).
-const PACKAGES: [&str; 15] = [
+const PACKAGES: [&str; 16] = [
     "iproute2",
     "iperf3",
     "iputils-ping",
@@ -31,6 +31,9 @@ const PACKAGES: [&str; 15] = [
     // protoc, for the etcd client's generated gRPC code.
     "protobuf-compiler",
     "ethtool",
+    // iptables-restore, ip rule and ebtables-nft for `cargo xtask bench`'s namespace
+    // (Neutron DVR) baseline.
+    "iptables",
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";

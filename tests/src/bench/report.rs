@@ -1,0 +1,645 @@
+//! The benchmark report: a text table, `results.json` and an SVG chart of the same figures.
+//!
+//! `results.json`:
+//!
+//! ```json
+//! {
+//!   "results": [{"path": "east-west", "datapath": "ebpf", "tcp_gbps": 9.1, "udp_kpps": 310.2,
+//!                "p50_us": 21.3, "p99_us": 40.2, "tcp_runs": [...], "udp_runs": [...]}, ...],
+//!   "control_plane": [{"fips": 1000, "datapath": "ebpf", "seconds": 0.01, "steps": {...}}, ...],
+//!   "fip_change": [{"datapath": "ebpf", "changes": 40, "p50_ms": 21.0, "p99_ms": 30.1}, ...],
+//!   "environment": {...}
+//! }
+//! ```
+//!
+//! `path` is `east-west`, `ext-to-fip`, `fip-to-ext`, `snat` or `veth-pair` (the upper bound,
+//! datapath `veth`); a path that failed its checks has null figures and an `error`.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+
+use super::control::CpTiming;
+use super::measure::Figures;
+use super::{Datapath, PathKind};
+
+/// One path on one datapath: its figures, or why it was not measured.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub path: PathKind,
+    pub datapath: Datapath,
+    pub result: Result<Figures, String>,
+}
+
+/// FIP change latency of one datapath.
+#[derive(Clone, Debug)]
+pub struct FipChange {
+    pub datapath: Datapath,
+    pub samples_ms: Vec<f64>,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub rows: Vec<Row>,
+    pub control: Vec<CpTiming>,
+    pub fip_change: Vec<FipChange>,
+    /// Steps that failed outside a path (a cloud that did not build, a timing that failed).
+    pub failures: Vec<String>,
+    pub environment: Value,
+}
+
+impl Report {
+    fn figures(&self, path: PathKind, dp: Datapath) -> Option<&Figures> {
+        self.rows
+            .iter()
+            .find(|r| r.path == path && r.datapath == dp)
+            .and_then(|r| r.result.as_ref().ok())
+    }
+
+    fn upper_bound(&self) -> Option<&Figures> {
+        self.figures(PathKind::VethPair, Datapath::Veth)
+    }
+
+    /// The table printed at the end of a run.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{:<11} {:<10} {:>11} {:>10} {:>9} {:>9}",
+            "path", "datapath", "TCP Gbit/s", "UDP kpps", "p50 us", "p99 us"
+        );
+        let line =
+            |s: &mut String, path: &str, dp: &str, f: Option<&Figures>, err: Option<&str>| match (
+                f, err,
+            ) {
+                (Some(f), _) => {
+                    let _ = writeln!(
+                        s,
+                        "{path:<11} {dp:<10} {:>11.2} {:>10.1} {:>9.1} {:>9.1}",
+                        f.tcp_gbps, f.udp_kpps, f.p50_us, f.p99_us
+                    );
+                }
+                (None, Some(e)) => {
+                    let _ = writeln!(s, "{path:<11} {dp:<10} not measured: {e}");
+                }
+                (None, None) => {}
+            };
+        let ratio = |s: &mut String, label: &str, a: Option<&Figures>, b: Option<&Figures>| {
+            if let (Some(a), Some(b)) = (a, b) {
+                let r = |x: f64, y: f64| {
+                    if y > 0.0 {
+                        format!("{:.2}x", x / y)
+                    } else {
+                        "-".into()
+                    }
+                };
+                let _ = writeln!(
+                    s,
+                    "{:<11} {label:<10} {:>11} {:>10} {:>9} {:>9}",
+                    "",
+                    r(a.tcp_gbps, b.tcp_gbps),
+                    r(a.udp_kpps, b.udp_kpps),
+                    r(a.p50_us, b.p50_us),
+                    r(a.p99_us, b.p99_us)
+                );
+            }
+        };
+        for r in self.rows.iter().filter(|r| r.path == PathKind::VethPair) {
+            line(
+                &mut s,
+                r.path.as_str(),
+                r.datapath.as_str(),
+                r.result.as_ref().ok(),
+                r.result.as_ref().err().map(String::as_str),
+            );
+        }
+        for path in PathKind::ROUTED {
+            let mut first = true;
+            for dp in [Datapath::Ebpf, Datapath::Namespace] {
+                if let Some(r) = self
+                    .rows
+                    .iter()
+                    .find(|r| r.path == path && r.datapath == dp)
+                {
+                    let p = if first { path.as_str() } else { "" };
+                    first = false;
+                    line(
+                        &mut s,
+                        p,
+                        dp.as_str(),
+                        r.result.as_ref().ok(),
+                        r.result.as_ref().err().map(String::as_str),
+                    );
+                }
+            }
+            let e = self.figures(path, Datapath::Ebpf);
+            ratio(
+                &mut s,
+                "ebpf/ns",
+                e,
+                self.figures(path, Datapath::Namespace),
+            );
+            ratio(&mut s, "ebpf/veth", e, self.upper_bound());
+        }
+        let _ = writeln!(
+            s,
+            "(TCP and UDP: higher is better; latency: lower is better, so a ratio < 1 favours eBPF)"
+        );
+        if !self.control.is_empty() {
+            let _ = writeln!(
+                s,
+                "\ncontrol plane: programming N FIPs and their ports into one host (seconds)"
+            );
+            let _ = writeln!(
+                s,
+                "{:>8} {:>10} {:>10} {:>9}",
+                "FIPs", "ebpf", "namespace", "ns/ebpf"
+            );
+            let mut counts: Vec<usize> = self.control.iter().map(|c| c.fips).collect();
+            counts.sort_unstable();
+            counts.dedup();
+            for n in counts {
+                let get = |dp: Datapath| {
+                    self.control
+                        .iter()
+                        .find(|c| c.fips == n && c.datapath == dp.as_str())
+                        .map(|c| c.seconds)
+                };
+                let cell = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.3}"));
+                let (e, ns) = (get(Datapath::Ebpf), get(Datapath::Namespace));
+                let r = match (e, ns) {
+                    (Some(e), Some(ns)) if e > 0.0 => format!("{:.1}x", ns / e),
+                    _ => "-".into(),
+                };
+                let _ = writeln!(s, "{n:>8} {:>10} {:>10} {r:>9}", cell(e), cell(ns));
+            }
+        }
+        if !self.fip_change.is_empty() {
+            let _ = writeln!(s, "\none FIP change, state change to datapath ready (ms)");
+            for c in &self.fip_change {
+                let _ = writeln!(
+                    s,
+                    "{:<10} p50 {:>8.2}  p99 {:>8.2}  ({} changes)",
+                    c.datapath.as_str(),
+                    c.p50_ms,
+                    c.p99_ms,
+                    c.samples_ms.len()
+                );
+            }
+        }
+        for f in &self.failures {
+            let _ = writeln!(s, "FAILED: {f}");
+        }
+        s
+    }
+
+    pub fn to_json(&self) -> Value {
+        let results: Vec<Value> = self
+            .rows
+            .iter()
+            .map(|r| match &r.result {
+                Ok(f) => json!({
+                    "path": r.path.as_str(),
+                    "datapath": r.datapath.as_str(),
+                    "tcp_gbps": round(f.tcp_gbps, 3),
+                    "udp_kpps": round(f.udp_kpps, 1),
+                    "p50_us": round(f.p50_us, 2),
+                    "p99_us": round(f.p99_us, 2),
+                    "tcp_runs": f.tcp_runs.iter().map(|v| round(*v, 3)).collect::<Vec<_>>(),
+                    "udp_runs": f.udp_runs.iter().map(|v| round(*v, 1)).collect::<Vec<_>>(),
+                }),
+                Err(e) => json!({
+                    "path": r.path.as_str(),
+                    "datapath": r.datapath.as_str(),
+                    "tcp_gbps": null, "udp_kpps": null, "p50_us": null, "p99_us": null,
+                    "error": e,
+                }),
+            })
+            .collect();
+        let control: Vec<Value> = self
+            .control
+            .iter()
+            .map(|c| {
+                let steps: serde_json::Map<String, Value> = c
+                    .steps
+                    .iter()
+                    .map(|(k, v)| (k.clone(), json!(round(*v, 4))))
+                    .collect();
+                json!({
+                    "fips": c.fips,
+                    "datapath": c.datapath,
+                    "seconds": round(c.seconds, 4),
+                    "steps": steps,
+                })
+            })
+            .collect();
+        let changes: Vec<Value> = self
+            .fip_change
+            .iter()
+            .map(|c| {
+                json!({
+                    "datapath": c.datapath.as_str(),
+                    "changes": c.samples_ms.len(),
+                    "p50_ms": round(c.p50_ms, 3),
+                    "p99_ms": round(c.p99_ms, 3),
+                    "samples_ms": c.samples_ms.iter().map(|v| round(*v, 3)).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({
+            "results": results,
+            "control_plane": control,
+            "fip_change": changes,
+            "failures": self.failures,
+            "environment": self.environment,
+        })
+    }
+
+    /// Writes `results.json` and `results.svg` into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let json = serde_json::to_string_pretty(&self.to_json())?;
+        fs::write(dir.join("results.json"), json + "\n")
+            .with_context(|| format!("writing {}/results.json", dir.display()))?;
+        fs::write(dir.join("results.svg"), self.svg())
+            .with_context(|| format!("writing {}/results.svg", dir.display()))?;
+        Ok(())
+    }
+
+    /// Four bar panels (TCP, UDP, p50, p99: eBPF and namespace per path, the veth upper bound
+    /// as a dashed line), the control-plane timings (log scale) and the FIP change latency.
+    pub fn svg(&self) -> String {
+        const W: f64 = 1000.0;
+        const PW: f64 = 470.0;
+        const PH: f64 = 230.0;
+        let mut s = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"1010\" \
+             viewBox=\"0 0 {W} 1010\" font-family=\"sans-serif\" font-size=\"12\">\n\
+             <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+             <text x=\"20\" y=\"28\" font-size=\"18\" font-weight=\"bold\">eBPF DVR vs Neutron \
+             DVR namespace datapath</text>\n"
+        );
+        legend(&mut s, 560.0, 14.0);
+        type Pick = fn(&Figures) -> f64;
+        let panels: [(&str, Pick); 4] = [
+            ("TCP throughput, Gbit/s (higher is better)", |f| f.tcp_gbps),
+            (
+                "UDP 64-byte frames, kpps received (higher is better)",
+                |f| f.udp_kpps,
+            ),
+            ("request/response p50, us (lower is better)", |f| f.p50_us),
+            ("request/response p99, us (lower is better)", |f| f.p99_us),
+        ];
+        for (i, (title, pick)) in panels.iter().enumerate() {
+            let x = 20.0 + (i % 2) as f64 * (PW + 20.0);
+            let y = 50.0 + (i / 2) as f64 * (PH + 50.0);
+            let groups: Vec<(&str, Vec<(Datapath, Option<f64>)>)> = PathKind::ROUTED
+                .iter()
+                .map(|&p| {
+                    (
+                        p.as_str(),
+                        [Datapath::Ebpf, Datapath::Namespace]
+                            .iter()
+                            .map(|&dp| (dp, self.figures(p, dp).map(pick)))
+                            .collect(),
+                    )
+                })
+                .collect();
+            bar_panel(
+                &mut s,
+                x,
+                y,
+                PW,
+                PH,
+                title,
+                &groups,
+                self.upper_bound().map(pick),
+                false,
+            );
+        }
+        // Control plane.
+        let mut counts: Vec<usize> = self.control.iter().map(|c| c.fips).collect();
+        counts.sort_unstable();
+        counts.dedup();
+        let labels: Vec<String> = counts.iter().map(|n| format!("{n} FIPs")).collect();
+        let groups: Vec<(&str, Vec<(Datapath, Option<f64>)>)> = counts
+            .iter()
+            .zip(&labels)
+            .map(|(&n, l)| {
+                (
+                    l.as_str(),
+                    [Datapath::Ebpf, Datapath::Namespace]
+                        .iter()
+                        .map(|&dp| {
+                            (
+                                dp,
+                                self.control
+                                    .iter()
+                                    .find(|c| c.fips == n && c.datapath == dp.as_str())
+                                    .map(|c| c.seconds),
+                            )
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        let y = 50.0 + 2.0 * (PH + 50.0);
+        bar_panel(
+            &mut s,
+            20.0,
+            y,
+            PW,
+            PH,
+            "programming N FIPs into a host, seconds (log scale)",
+            &groups,
+            None,
+            true,
+        );
+        let changes: Vec<(&str, Vec<(Datapath, Option<f64>)>)> = ["p50", "p99"]
+            .iter()
+            .map(|&q| {
+                (
+                    q,
+                    [Datapath::Ebpf, Datapath::Namespace]
+                        .iter()
+                        .map(|&dp| {
+                            let c = self.fip_change.iter().find(|c| c.datapath == dp);
+                            (dp, c.map(|c| if q == "p50" { c.p50_ms } else { c.p99_ms }))
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        bar_panel(
+            &mut s,
+            20.0 + PW + 20.0,
+            y,
+            PW,
+            PH,
+            "one FIP change until the datapath is ready, ms",
+            &changes,
+            None,
+            false,
+        );
+        s.push_str("</svg>\n");
+        s
+    }
+}
+
+fn round(v: f64, digits: i32) -> f64 {
+    let m = 10f64.powi(digits);
+    (v * m).round() / m
+}
+
+fn color(dp: Datapath) -> &'static str {
+    match dp {
+        Datapath::Ebpf => "#2b8cbe",
+        Datapath::Namespace => "#e6550d",
+        Datapath::Veth => "#636363",
+    }
+}
+
+fn legend(s: &mut String, x: f64, y: f64) {
+    let items = [
+        (Datapath::Ebpf, "eBPF (this project)"),
+        (Datapath::Namespace, "namespace (Neutron DVR)"),
+    ];
+    let mut cx = x;
+    for (dp, label) in items {
+        let _ = writeln!(
+            s,
+            "<rect x=\"{cx}\" y=\"{y}\" width=\"12\" height=\"12\" fill=\"{}\"/>\
+             <text x=\"{}\" y=\"{}\">{label}</text>",
+            color(dp),
+            cx + 16.0,
+            y + 11.0
+        );
+        cx += 170.0;
+    }
+    let _ = writeln!(
+        s,
+        "<line x1=\"{cx}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"{}\" stroke-dasharray=\"5,3\" \
+         stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">veth pair</text>",
+        y + 6.0,
+        cx + 20.0,
+        y + 6.0,
+        color(Datapath::Veth),
+        cx + 24.0,
+        y + 11.0
+    );
+}
+
+/// One panel of grouped bars with value labels; `reference` is drawn as a dashed line.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a drawing primitive: position, size, data"
+)]
+fn bar_panel(
+    s: &mut String,
+    x: f64,
+    y: f64,
+    w: f64,
+    h: f64,
+    title: &str,
+    groups: &[(&str, Vec<(Datapath, Option<f64>)>)],
+    reference: Option<f64>,
+    log: bool,
+) {
+    let _ = writeln!(
+        s,
+        "<g><rect x=\"{x}\" y=\"{y}\" width=\"{w}\" height=\"{h}\" fill=\"none\" \
+         stroke=\"#ccc\"/><text x=\"{}\" y=\"{}\" font-weight=\"bold\">{}</text>",
+        x + 8.0,
+        y + 16.0,
+        esc(title)
+    );
+    let values = groups
+        .iter()
+        .flat_map(|(_, v)| v.iter().filter_map(|(_, v)| *v))
+        .chain(reference);
+    let max = values.clone().fold(0.0f64, f64::max);
+    let min_pos = values.filter(|v| *v > 0.0).fold(f64::INFINITY, f64::min);
+    if max <= 0.0 || groups.is_empty() {
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" fill=\"#999\">no data</text></g>",
+            x + w / 2.0 - 25.0,
+            y + h / 2.0
+        );
+        return;
+    }
+    let (top, bottom) = (y + 30.0, y + h - 28.0);
+    let plot_h = bottom - top - 14.0;
+    // Log scale: one decade below the smallest value to just above the largest.
+    let lo = if log {
+        (min_pos / 10.0).log10().floor()
+    } else {
+        0.0
+    };
+    let hi = if log {
+        max.log10().ceil().max(lo + 1.0)
+    } else {
+        max * 1.1
+    };
+    let scale = |v: f64| -> f64 {
+        let frac = if log {
+            (v.max(10f64.powf(lo)).log10() - lo) / (hi - lo)
+        } else {
+            v / hi
+        };
+        frac.clamp(0.0, 1.0) * plot_h
+    };
+    let gw = (w - 20.0) / groups.len() as f64;
+    let bw = (gw - 30.0) / 2.0;
+    for (gi, (label, bars)) in groups.iter().enumerate() {
+        let gx = x + 10.0 + gi as f64 * gw;
+        for (bi, (dp, v)) in bars.iter().enumerate() {
+            let bx = gx + 15.0 + bi as f64 * bw;
+            match v {
+                Some(v) => {
+                    let bh = scale(*v);
+                    let _ = writeln!(
+                        s,
+                        "<rect x=\"{bx:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" \
+                         fill=\"{}\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" \
+                         font-size=\"10\">{}</text>",
+                        bottom - bh,
+                        bw - 4.0,
+                        color(*dp),
+                        bx + (bw - 4.0) / 2.0,
+                        bottom - bh - 3.0,
+                        fmt_value(*v)
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        s,
+                        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"10\" \
+                         fill=\"#999\">n/a</text>",
+                        bx + (bw - 4.0) / 2.0,
+                        bottom - 3.0
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+            gx + gw / 2.0,
+            bottom + 16.0,
+            esc(label)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "<line x1=\"{}\" y1=\"{bottom}\" x2=\"{}\" y2=\"{bottom}\" stroke=\"#333\"/>",
+        x + 10.0,
+        x + w - 10.0
+    );
+    if let Some(r) = reference {
+        let ry = bottom - scale(r);
+        let _ = writeln!(
+            s,
+            "<line x1=\"{}\" y1=\"{ry:.1}\" x2=\"{}\" y2=\"{ry:.1}\" stroke=\"{}\" \
+             stroke-dasharray=\"5,3\" stroke-width=\"2\"/><text x=\"{}\" y=\"{:.1}\" \
+             text-anchor=\"end\" font-size=\"10\" fill=\"{}\">veth {}</text>",
+            x + 10.0,
+            x + w - 10.0,
+            color(Datapath::Veth),
+            x + w - 12.0,
+            ry - 3.0,
+            color(Datapath::Veth),
+            fmt_value(r)
+        );
+    }
+    s.push_str("</g>\n");
+}
+
+fn fmt_value(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else if v >= 0.1 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figures(x: f64) -> Figures {
+        Figures {
+            tcp_gbps: x,
+            udp_kpps: 100.0 * x,
+            p50_us: 10.0 / x,
+            p99_us: 20.0 / x,
+            tcp_runs: vec![x],
+            udp_runs: vec![100.0 * x],
+        }
+    }
+
+    #[test]
+    fn table_json_and_svg() {
+        let mut r = Report::default();
+        r.rows.push(Row {
+            path: PathKind::VethPair,
+            datapath: Datapath::Veth,
+            result: Ok(figures(4.0)),
+        });
+        r.rows.push(Row {
+            path: PathKind::EastWest,
+            datapath: Datapath::Ebpf,
+            result: Ok(figures(2.0)),
+        });
+        r.rows.push(Row {
+            path: PathKind::EastWest,
+            datapath: Datapath::Namespace,
+            result: Ok(figures(1.0)),
+        });
+        r.rows.push(Row {
+            path: PathKind::Snat,
+            datapath: Datapath::Ebpf,
+            result: Err("ping failed".into()),
+        });
+        r.control.push(CpTiming {
+            fips: 1000,
+            datapath: "ebpf",
+            seconds: 0.01,
+            steps: vec![],
+        });
+        r.control.push(CpTiming {
+            fips: 1000,
+            datapath: "namespace",
+            seconds: 0.5,
+            steps: vec![],
+        });
+        let t = r.table();
+        assert!(t.contains("ebpf/ns"), "{t}");
+        assert!(t.contains("2.00x"), "{t}");
+        assert!(t.contains("0.50x"), "{t}");
+        assert!(t.contains("not measured: ping failed"), "{t}");
+        assert!(t.contains("50.0x"), "{t}");
+        let j = r.to_json();
+        assert_eq!(j["results"][1]["path"], "east-west");
+        assert_eq!(j["results"][1]["tcp_gbps"], 2.0);
+        assert!(j["results"][3]["tcp_gbps"].is_null());
+        assert_eq!(j["control_plane"][1]["seconds"], 0.5);
+        let svg = r.svg();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    }
+}

@@ -1,0 +1,374 @@
+//! dvr-bench: this project's eBPF datapath against Neutron DVR's namespace datapath and the
+//! machine's upper bound (one veth pair), in network namespaces. See `dvr_tests::bench`.
+//!
+//! ```text
+//! dvr-bench [--quick] [--out DIR] [--skip veth,ebpf,namespace,control]
+//! ```
+//!
+//! Builds each cloud, runs the same connectivity checks on every path, measures TCP
+//! throughput, 64-byte UDP packet rate and request/response latency per path, then the
+//! control-plane timings; prints one table and writes `DIR/results.json` and
+//! `DIR/results.svg` (DIR defaults to `bench`). Exits non-zero if anything failed (what
+//! could be measured is still written). Needs root, bpffs, iperf3, sockperf, iptables and
+//! the agent binaries (`$DVR_BIN_DIR`, else next to this binary). `cargo xtask bench` builds
+//! and runs it.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use dvr_tests::bench::baseline::{NeutronDvr, Spec};
+use dvr_tests::bench::check::check_path;
+use dvr_tests::bench::measure::measure_path;
+use dvr_tests::bench::report::{FipChange, Report, Row};
+use dvr_tests::bench::{
+    Datapath, PathEnds, Settings, bail_if_interrupted, control, ebpf, install_signal_handlers,
+    percentile, veth,
+};
+use dvr_tests::cmd::{find_in_path, run_with_deadline, stdout};
+use dvr_tests::{check_preconditions, locate_bins};
+use serde_json::json;
+
+/// Tools the benchmarks run, beyond the test bed's.
+const BENCH_TOOLS: &[&str] = &[
+    "iperf3",
+    "sockperf",
+    "iptables-restore",
+    "iptables-save",
+    "ebtables",
+    "bridge",
+];
+
+struct Args {
+    quick: bool,
+    out: PathBuf,
+    skip: BTreeSet<String>,
+    /// Keep each cloud this long after its paths were checked and measured (for inspection).
+    hold: Option<std::time::Duration>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        quick: false,
+        out: PathBuf::from("bench"),
+        skip: BTreeSet::new(),
+        hold: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--quick" => a.quick = true,
+            "--out" => {
+                a.out = it
+                    .next()
+                    .ok_or_else(|| anyhow!("--out needs a directory"))?
+                    .into()
+            }
+            "--skip" => {
+                let v = it.next().ok_or_else(|| anyhow!("--skip needs a list"))?;
+                for s in v.split(',') {
+                    if !["veth", "ebpf", "namespace", "control"].contains(&s) {
+                        bail!("--skip: unknown part {s:?} (veth, ebpf, namespace, control)");
+                    }
+                    a.skip.insert(s.to_string());
+                }
+            }
+            "--hold" => {
+                let v = it.next().ok_or_else(|| anyhow!("--hold needs seconds"))?;
+                a.hold = Some(std::time::Duration::from_secs(v.parse().context("--hold")?));
+            }
+            "-h" | "--help" => {
+                println!(
+                    "dvr-bench [--quick] [--out DIR] [--skip veth,ebpf,namespace,control] [--hold SECONDS]\n\
+                     eBPF DVR vs Neutron DVR's namespace datapath vs one veth pair; writes \
+                     DIR/results.json and DIR/results.svg (default DIR: bench)"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    Ok(a)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("dvr-bench: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    install_signal_handlers();
+    match run(&args) {
+        Ok(report) => {
+            println!("\n{}", report.table());
+            println!(
+                "written: {} and {}",
+                args.out.join("results.json").display(),
+                args.out.join("results.svg").display()
+            );
+            let failed =
+                !report.failures.is_empty() || report.rows.iter().any(|r| r.result.is_err());
+            if failed {
+                println!("dvr-bench: some steps FAILED (see above)");
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("dvr-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn preconditions() -> Result<()> {
+    check_preconditions(true)?;
+    let missing: Vec<&str> = BENCH_TOOLS
+        .iter()
+        .copied()
+        .filter(|t| find_in_path(t).is_none())
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "the benchmarks cannot run here: not in PATH: {} (cargo xtask setup installs them)",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn first_line(program: &str, args: &[&str]) -> String {
+    run_with_deadline(program, args, std::time::Duration::from_secs(10))
+        .map(|o| {
+            let t = stdout(&o);
+            let t = if t.trim().is_empty() {
+                dvr_tests::cmd::stderr(&o)
+            } else {
+                t
+            };
+            t.lines().next().unwrap_or_default().trim().to_string()
+        })
+        .unwrap_or_default()
+}
+
+fn environment(args: &Args) -> Result<serde_json::Value> {
+    let bins = locate_bins()?;
+    let agent_build = if bins.agent.components().any(|c| c.as_os_str() == "release") {
+        "release"
+    } else {
+        "debug"
+    };
+    Ok(json!({
+        "date": first_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+        "kernel": first_line("uname", &["-r"]),
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "loadavg_at_start": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
+        "quick": args.quick,
+        "agent": bins.agent.display().to_string(),
+        "agent_build": agent_build,
+        "bench_build": if cfg!(debug_assertions) { "debug" } else { "release" },
+        "iperf3": first_line("iperf3", &["--version"]),
+        "sockperf": first_line("sockperf", &["--version"]),
+        "iptables": first_line("iptables-restore", &["--version"]),
+    }))
+}
+
+fn run(args: &Args) -> Result<Report> {
+    preconditions()?;
+    let s = if args.quick {
+        Settings::QUICK
+    } else {
+        Settings::FULL
+    };
+    let logs = std::env::temp_dir().join(format!("dvrb-{}-logs", std::process::id()));
+    std::fs::create_dir_all(&logs)?;
+    let mut report = Report {
+        environment: environment(args)?,
+        ..Report::default()
+    };
+    println!(
+        "dvr-bench: {} pass; agent {} build; load {}",
+        if args.quick { "quick" } else { "full" },
+        report.environment["agent_build"].as_str().unwrap_or("?"),
+        report.environment["loadavg_at_start"]
+            .as_str()
+            .unwrap_or("?")
+    );
+    let started = Instant::now();
+    let result = run_parts(args, &s, &logs, &mut report);
+    let _ = std::fs::remove_dir_all(&logs);
+    if let Err(e) = result {
+        report.failures.push(format!("{e:#}"));
+    }
+    report.environment["seconds"] = json!(started.elapsed().as_secs());
+    report.write(&args.out)?;
+    Ok(report)
+}
+
+fn run_parts(args: &Args, s: &Settings, logs: &Path, report: &mut Report) -> Result<()> {
+    let skip = |p: &str| args.skip.contains(p);
+    if !skip("veth") {
+        section("upper bound: one veth pair");
+        match veth::build() {
+            Ok(v) => measure_all(
+                report,
+                Datapath::Veth,
+                &[v.ends.clone()],
+                s,
+                logs,
+                String::new,
+            ),
+            Err(e) => report.failures.push(format!("veth pair: {e:#}")),
+        }
+    }
+    bail_if_interrupted()?;
+    if !skip("ebpf") {
+        section("eBPF datapath (dvr-agent)");
+        match ebpf::build() {
+            Ok(mut cloud) => {
+                let paths = ebpf::paths(&cloud)?;
+                measure_all(report, Datapath::Ebpf, &paths, s, logs, || {
+                    ebpf::agent_logs(&cloud)
+                });
+                hold(args, &cloud.namespaces().join(" "))?;
+                bail_if_interrupted()?;
+                println!("  FIP change latency: {} changes", s.fip_changes);
+                match ebpf::fip_change_latency(&mut cloud, s.fip_changes) {
+                    Ok(v) => report.fip_change.push(fip_change(Datapath::Ebpf, v)),
+                    Err(e) => report.failures.push(format!(
+                        "eBPF FIP change latency: {e:#}\n{}",
+                        ebpf::agent_logs(&cloud)
+                    )),
+                }
+            }
+            Err(e) => report.failures.push(format!("eBPF cloud: {e:#}")),
+        }
+    }
+    bail_if_interrupted()?;
+    if !skip("namespace") {
+        section("namespace datapath (Neutron DVR layout)");
+        match NeutronDvr::build(Spec::bench()?) {
+            Ok(mut nd) => {
+                let paths = nd.paths()?;
+                measure_all(report, Datapath::Namespace, &paths, s, logs, String::new);
+                hold(args, &nd.namespaces().join(" "))?;
+                bail_if_interrupted()?;
+                println!("  FIP change latency: {} changes", s.fip_changes);
+                match nd.fip_change_latency(s.fip_changes) {
+                    Ok(v) => report.fip_change.push(fip_change(Datapath::Namespace, v)),
+                    Err(e) => report
+                        .failures
+                        .push(format!("namespace FIP change latency: {e:#}")),
+                }
+            }
+            Err(e) => report.failures.push(format!("namespace cloud: {e:#}")),
+        }
+    }
+    bail_if_interrupted()?;
+    if !skip("control") {
+        section("control plane: programming N FIPs into one host");
+        for &n in s.fip_counts {
+            for dp in [Datapath::Ebpf, Datapath::Namespace] {
+                bail_if_interrupted()?;
+                let r = match dp {
+                    Datapath::Ebpf => control::ebpf(n),
+                    _ => control::namespace(n, logs),
+                };
+                match r {
+                    Ok(t) => {
+                        let steps: Vec<String> = t
+                            .steps
+                            .iter()
+                            .map(|(k, v)| format!("{k} {v:.3}s"))
+                            .collect();
+                        println!(
+                            "  {n:>6} FIPs {:<10} {:>8.3} s  ({})",
+                            dp.as_str(),
+                            t.seconds,
+                            steps.join(", ")
+                        );
+                        report.control.push(t);
+                    }
+                    Err(e) => report
+                        .failures
+                        .push(format!("control plane, {n} FIPs, {}: {e:#}", dp.as_str())),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `--hold`: keeps the current cloud for inspection.
+fn hold(args: &Args, namespaces: &str) -> Result<()> {
+    if let Some(d) = args.hold {
+        println!("  holding for {d:?}; namespaces: {namespaces}");
+        dvr_tests::bench::sleep_interruptible(d)?;
+    }
+    Ok(())
+}
+
+fn section(title: &str) {
+    println!("\n== {title}");
+}
+
+fn fip_change(datapath: Datapath, samples_ms: Vec<f64>) -> FipChange {
+    FipChange {
+        datapath,
+        p50_ms: percentile(&samples_ms, 50.0).unwrap_or_default(),
+        p99_ms: percentile(&samples_ms, 99.0).unwrap_or_default(),
+        samples_ms,
+    }
+}
+
+/// Checks, then measures, every path; a path that fails its checks is reported and skipped.
+fn measure_all(
+    report: &mut Report,
+    datapath: Datapath,
+    paths: &[PathEnds],
+    s: &Settings,
+    logs: &Path,
+    diagnostics: impl Fn() -> String,
+) {
+    for p in paths {
+        if bail_if_interrupted().is_err() {
+            return;
+        }
+        let result = check_path(p).context("connectivity check").and_then(|()| {
+            println!("  {:<10} checks passed; measuring", p.path.as_str());
+            measure_path(p, s, logs).context("measuring")
+        });
+        let result = match result {
+            Ok(f) => {
+                println!(
+                    "  {:<10} TCP {:.2} Gbit/s (runs {:?}), UDP {:.1} kpps, p50 {:.1} us, p99 {:.1} us",
+                    p.path.as_str(),
+                    f.tcp_gbps,
+                    f.tcp_runs
+                        .iter()
+                        .map(|v| (v * 100.0).round() / 100.0)
+                        .collect::<Vec<_>>(),
+                    f.udp_kpps,
+                    f.p50_us,
+                    f.p99_us
+                );
+                Ok(f)
+            }
+            Err(e) => {
+                let d = diagnostics();
+                println!("  {:<10} FAILED: {e:#}\n{d}", p.path.as_str());
+                Err(format!("{e:#}"))
+            }
+        };
+        report.rows.push(Row {
+            path: p.path,
+            datapath,
+            result,
+        });
+    }
+}

@@ -35,6 +35,7 @@ stats! {
     Routed = "routed", false, "routed between subnets";
     Flooded = "flooded", false, "broadcast/unknown unicast replicated";
     ArpReply = "arp_reply", false, "ARP for a router interface answered";
+    IcmpTimeExceeded = "icmp_time_exceeded", false, "TTL expired at the router: ICMP time exceeded sent back";
     IcmpEchoReply = "icmp_echo_reply", false, "ICMP echo to a router interface answered";
     RxTunnel = "rx_tunnel", false, "received from the tunnel";
     FipDnat = "fip_dnat", false, "floating IP: inbound translated to the fixed IP";

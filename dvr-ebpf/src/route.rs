@@ -97,8 +97,8 @@ fn route(
             None => return Err(Verdict::drop(Stat::DropNoEndpoint)),
         },
     };
-    fip::hairpin_reply(ctx, port.vni, saddr, true)?;
     nat::ttl_decrement(ctx)?;
+    fip::hairpin_reply(ctx, port.vni, saddr, true)?;
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: re-derived after the helpers above; bounds-checked.
     unsafe {

@@ -145,14 +145,14 @@ fn out(
         Some(n) if n.learned != 0 => n.mac,
         _ => return Err(Verdict::drop(Stat::DropNoNeighbor)),
     };
+    if route {
+        nat::ttl_decrement(ctx)?;
+    }
     let k = nat::flow_key(vni, f);
     let nat_port = match nat::track(&k, f) {
         Some(e) if e.kind == CT_SNAT | CT_PAT && e.nat_ip_be == r.ext_ip_be => e.nat_port_be,
         _ => allocate(&k, f, vni, r, cfg)?,
     };
-    if route {
-        nat::ttl_decrement(ctx)?;
-    }
     nat::rewrite_port(ctx, f, true, nat_port)?;
     nat::rewrite_addr(ctx, f, true, r.ext_ip_be)?;
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;

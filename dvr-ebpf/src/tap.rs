@@ -47,7 +47,13 @@ pub fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
             };
             // SAFETY: read-only use of an agent-written hash value.
             if let Some(gw) = unsafe { DVR_GW_BY_MAC.get(&gw_key) } {
-                return Ok(route::stage(ctx, ifindex, port, gw, cfg));
+                let v = route::stage(ctx, ifindex, port, gw, cfg);
+                // Whatever the path (east-west, FIP, SNAT), a TTL that runs out at the
+                // router is answered from the VM's gateway.
+                if v.stat == Stat::DropTtlExceeded {
+                    return Ok(crate::icmp::time_exceeded(ctx, ifindex, gw.ip_be));
+                }
+                return Ok(v);
             }
             // A reply to a hairpin flow from a VM in the same subnet goes straight back at
             // L2, not through the gateway: its source still becomes the FIP here.

@@ -400,14 +400,37 @@ fn port_security_disabled_lets_foreign_source_through() {
 }
 
 #[test]
-fn ttl_one_is_not_routed() {
+fn ttl_one_is_answered_with_time_exceeded_from_the_gateway() {
     let mut f = fixture(STATE);
-    f.expect(
-        PROG_TAP,
-        &ping(VM1_MAC, GW1_MAC, VM1_IP, VM2_IP, 1),
-        TCX_DROP,
-        Stat::DropTtlExceeded,
+    let probe = ping(VM1_MAC, GW1_MAC, VM1_IP, VM2_IP, 1);
+    let out = f.expect(PROG_TAP, &probe, TCX_REDIRECT, Stat::IcmpTimeExceeded);
+    assert_eq!(out.len(), 14 + 56, "IP + ICMP + quoted header and 8 bytes");
+    assert_eq!(&out[0..6], &VM1_MAC, "back to the VM");
+    assert_eq!(&out[6..12], &GW1_MAC, "from its gateway");
+    let ip = ip_of(&out);
+    assert_eq!(&ip[12..16], &GW1_IP, "sent by the gateway address");
+    assert_eq!(&ip[16..20], &VM1_IP);
+    assert_eq!(checksum(ip), 0, "IPv4 header checksum");
+    let icmp = &out[34..];
+    assert_eq!((icmp[0], icmp[1]), (11, 0), "time exceeded in transit");
+    assert_eq!(checksum(icmp), 0, "ICMP checksum");
+    assert_eq!(
+        &icmp[8..36],
+        &probe[14..42],
+        "quotes the expired header and 8 bytes"
     );
+    // An ICMP error whose TTL runs out is not answered with another.
+    let mut unreach = vec![3u8, 3, 0, 0, 0, 0, 0, 0];
+    unreach.extend_from_slice(&probe[14..42]);
+    let c = checksum(&unreach);
+    unreach[2..4].copy_from_slice(&c.to_be_bytes());
+    let err = eth(
+        GW1_MAC,
+        VM1_MAC,
+        0x0800,
+        &ipv4(VM1_IP, VM2_IP, 1, 1, &unreach),
+    );
+    f.expect(PROG_TAP, &err, TCX_DROP, Stat::DropTtlExceeded);
 }
 
 #[test]

@@ -193,7 +193,7 @@ fn dnat_inner(
         }
         nat::rewrite_addr(ctx, f, false, fip.fixed_ip_be)?;
     }
-    deliver(
+    crate::l2::deliver_routed(
         ctx,
         mac,
         fip.gw_mac,
@@ -203,46 +203,6 @@ fn dnat_inner(
         cfg,
         stat,
     )
-}
-
-/// Send a translated packet to the VM behind a FIP: out of its local tap with its subnet's
-/// gateway MAC as source, or, when it is on another host (a centrally served FIP), routed
-/// there over the tunnel with this host's DVR MAC, which that host turns into the gateway
-/// MAC.
-#[inline(always)]
-#[expect(
-    clippy::too_many_arguments,
-    reason = "flat values keep the verifier's view simple"
-)]
-fn deliver(
-    ctx: &TcContext,
-    mac: dvr_common::Mac,
-    gw_mac: dvr_common::Mac,
-    ifindex: u32,
-    tunnel_ip_host: u32,
-    vni: u32,
-    cfg: &HostConfig,
-    stat: Stat,
-) -> Result<Verdict, Verdict> {
-    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
-    // SAFETY: re-derived after the helpers that ran before; bounds-checked.
-    unsafe {
-        (*eth).src = if ifindex == 0 { cfg.dvr_mac } else { gw_mac };
-        (*eth).dst = mac;
-    }
-    if ifindex == 0 {
-        return Ok(crate::l2::to_port(
-            ctx,
-            0,
-            tunnel_ip_host,
-            vni,
-            cfg.tunnel_ifindex,
-            stat,
-            stat,
-        ));
-    }
-    // SAFETY: plain helper call.
-    Ok(Verdict::redirect(stat, unsafe { bpf_redirect(ifindex, 0) }))
 }
 
 /// Account the packet to its flow, creating both directions for a new one.

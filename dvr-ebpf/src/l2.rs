@@ -136,3 +136,42 @@ fn flood(ctx: &TcContext, vni: u32, from_ifindex: u32, tunnel_ifindex: u32) -> V
     }
     Verdict::drop(Stat::Flooded)
 }
+
+/// Deliver a routed (or translated) packet to a port: out of its local tap with its
+/// subnet's gateway MAC as source, or over the tunnel to its host with this host's DVR MAC,
+/// which that host turns into the gateway MAC.
+#[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "flat values keep the verifier's view simple"
+)]
+pub fn deliver_routed(
+    ctx: &TcContext,
+    mac: dvr_common::Mac,
+    gw_mac: dvr_common::Mac,
+    ifindex: u32,
+    tunnel_ip_host: u32,
+    vni: u32,
+    cfg: &dvr_common::config::HostConfig,
+    stat: Stat,
+) -> Result<Verdict, Verdict> {
+    let eth: *mut crate::packet::EthHdr = crate::packet::ptr_at(ctx, 0)?;
+    // SAFETY: re-derived after the helpers that ran before; bounds-checked.
+    unsafe {
+        (*eth).src = if ifindex == 0 { cfg.dvr_mac } else { gw_mac };
+        (*eth).dst = mac;
+    }
+    if ifindex == 0 {
+        return Ok(to_port(
+            ctx,
+            0,
+            tunnel_ip_host,
+            vni,
+            cfg.tunnel_ifindex,
+            stat,
+            stat,
+        ));
+    }
+    // SAFETY: plain helper call.
+    Ok(Verdict::redirect(stat, unsafe { bpf_redirect(ifindex, 0) }))
+}

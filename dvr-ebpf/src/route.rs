@@ -99,25 +99,16 @@ fn route(
     };
     nat::ttl_decrement(ctx)?;
     fip::hairpin_reply(ctx, port.vni, saddr, true)?;
-    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
-    // SAFETY: re-derived after the helpers above; bounds-checked.
-    unsafe {
-        (*eth).dst = ep.mac;
-        (*eth).src = if ep.ifindex != 0 {
-            route.gw_mac
-        } else {
-            cfg.dvr_mac
-        };
-    }
-    Ok(l2::to_port(
+    l2::deliver_routed(
         ctx,
+        ep.mac,
+        route.gw_mac,
         ep.ifindex,
         ep.tunnel_ip_host,
         route.vni,
-        cfg.tunnel_ifindex,
+        cfg,
         Stat::Routed,
-        Stat::Routed,
-    ))
+    )
 }
 
 /// Answer an ICMP echo request to a router interface address, back out of the same tap.

@@ -284,23 +284,14 @@ pub fn reply(ctx: &TcContext, r: &SnatRouter, cfg: &HostConfig) -> Result<Verdic
     let Some(route) = DVR_ROUTES.get(&rk) else {
         return Err(Verdict::drop(Stat::DropNoRoute));
     };
-    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
-    // SAFETY: re-derived after the helpers above; bounds-checked.
-    unsafe {
-        (*eth).dst = ep.mac;
-        (*eth).src = if ep.ifindex != 0 {
-            route.gw_mac
-        } else {
-            cfg.dvr_mac
-        };
-    }
-    Ok(l2::to_port(
+    l2::deliver_routed(
         ctx,
+        ep.mac,
+        route.gw_mac,
         ep.ifindex,
         ep.tunnel_ip_host,
         vni,
-        cfg.tunnel_ifindex,
+        cfg,
         Stat::SnatIn,
-        Stat::SnatIn,
-    ))
+    )
 }

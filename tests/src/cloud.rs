@@ -12,10 +12,10 @@
 //!
 //! It writes the Neutron-shaped state file, starts one `dvr-agent` per host through
 //! `nsenter --net=` (so all agents share the real bpffs) and waits until each agent lists all of
-//! its host's taps. Dropping the cloud stops the agents by pid, runs `dvr-agent --uninstall` for
-//! each host with pins (a stopped agent leaves its datapath in place for a hitless restart),
-//! deletes every namespace it made (which removes all links in them), removes left-over pin
-//! directories and its temp dir.
+//! its host's taps. Dropping the cloud stops the agents by pid (then etcd, if the cloud runs
+//! one: [`crate::etcd`]), runs `dvr-agent --uninstall` for each host with pins (a stopped agent
+//! leaves its datapath in place for a hitless restart), deletes every namespace it made (which
+//! removes all links in them), removes left-over pin directories and its temp dir.
 //!
 //! With [`Topology::external`] there is also an external network and floating IPs: see
 //! [`crate::external`].
@@ -591,9 +591,25 @@ pub struct TransferReport {
 }
 
 pub(crate) struct Agent {
-    guard: ChildGuard,
+    pub(crate) guard: ChildGuard,
     stdout: PathBuf,
     stderr: PathBuf,
+}
+
+/// Where agents started by [`Cloud::start_agent`] take their state from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum AgentSource {
+    /// `--state <the cloud's state file>` (the default).
+    #[default]
+    File,
+    /// `--etcd URL` (see [`crate::etcd`]).
+    Etcd(String),
+}
+
+/// What one agent process is started on.
+enum SpawnSource {
+    File(PathBuf),
+    Etcd(String),
 }
 
 /// The running test cloud. See the module docs.
@@ -617,6 +633,10 @@ pub struct Cloud {
     pub(crate) vips: Vec<VipInfo>,
     /// Extra arguments for agents started from now on.
     pub agent_args: Vec<String>,
+    /// Where agents started from now on take their state from.
+    pub(crate) agent_source: AgentSource,
+    /// The etcd server of the cloud, if started ([`crate::etcd`]); stopped after the agents.
+    pub(crate) etcd: Option<crate::etcd::EtcdServer>,
     /// Print the tail of each agent's log when dropped (libtest shows it for failing tests only).
     pub dump_logs_on_drop: bool,
 }
@@ -659,6 +679,8 @@ impl Cloud {
             fips: Vec::new(),
             vips: Vec::new(),
             agent_args: Vec::new(),
+            agent_source: AgentSource::File,
+            etcd: None,
             dump_logs_on_drop: true,
         })
     }
@@ -1039,7 +1061,7 @@ impl Cloud {
             .ok_or_else(|| anyhow!("no agent binaries located (cloud built without agents)"))
     }
 
-    fn spawn_agent(&mut self, host: &str, state_path: &Path, tag: &str) -> Result<Agent> {
+    fn spawn_agent(&mut self, host: &str, source: &SpawnSource, tag: &str) -> Result<Agent> {
         if self.bins.is_none() {
             self.bins = Some(locate_bins()?);
         }
@@ -1054,10 +1076,12 @@ impl Cloud {
         cmd.arg(format!("--net=/run/netns/{}", h.ns))
             .arg(&bins.agent)
             .arg("--host")
-            .arg(&h.agent_name)
-            .arg("--state")
-            .arg(state_path)
-            .arg("--bpffs")
+            .arg(&h.agent_name);
+        match source {
+            SpawnSource::File(path) => cmd.arg("--state").arg(path),
+            SpawnSource::Etcd(url) => cmd.arg("--etcd").arg(url),
+        };
+        cmd.arg("--bpffs")
             .arg(&self.bpffs)
             .args(&self.agent_args)
             .args(&h.agent_args)
@@ -1077,16 +1101,34 @@ impl Cloud {
         })
     }
 
-    /// Starts the agent of `host` on the cloud's state file (does not wait for readiness).
+    /// Starts the agent of `host` on the cloud's state file, or on etcd after
+    /// [`Cloud::agents_use_etcd`] (does not wait for readiness). A restarted agent logs to new
+    /// files ([`Cloud::agent_log`] shows the current agent's); earlier logs stay in the temp
+    /// dir.
     pub fn start_agent(&mut self, host: &str) -> Result<()> {
         ensure!(
             !self.agents.contains_key(host),
             "agent of {host} already running"
         );
-        let path = self.state_path.clone();
-        let agent = self.spawn_agent(host, &path, "main")?;
+        let source = match &self.agent_source {
+            AgentSource::File => SpawnSource::File(self.state_path.clone()),
+            AgentSource::Etcd(url) => SpawnSource::Etcd(url.clone()),
+        };
+        let name = self.host(host)?.name.clone();
+        let tag = if self.dir.join(format!("agent-{name}-main.stderr")).exists() {
+            self.files_seq += 1;
+            format!("start{}", self.files_seq)
+        } else {
+            "main".to_string()
+        };
+        let agent = self.spawn_agent(host, &source, &tag)?;
         self.agents.insert(host.to_string(), agent);
         Ok(())
+    }
+
+    /// Where agents started from now on take their state from.
+    pub fn agent_source(&self) -> &AgentSource {
+        &self.agent_source
     }
 
     /// Waits until the agent of `host` has created [`VXLAN_DEV`] and lists every local VM's tap
@@ -1185,7 +1227,7 @@ impl Cloud {
         let tag = format!("run{}", self.files_seq);
         let path = self.dir.join(format!("state-{tag}.json"));
         fs::write(&path, serde_json::to_vec_pretty(state)?)?;
-        let mut agent = self.spawn_agent(host, &path, &tag)?;
+        let mut agent = self.spawn_agent(host, &SpawnSource::File(path), &tag)?;
         let status = match agent.guard.wait_deadline(deadline)? {
             Some(s) => Some(s),
             None => {
@@ -1840,6 +1882,12 @@ impl Drop for Cloud {
                     Err(e) => problems.push(format!("stopping agent {h}: {e:#}")),
                 }
             }
+        }
+        if let Some(mut etcd) = self.etcd.take()
+            && etcd.running()
+            && let Err(e) = etcd.stop()
+        {
+            problems.push(format!("stopping etcd: {e:#}"));
         }
         // A stopped agent leaves its programs attached and its maps pinned (hitless restart);
         // `dvr-agent --uninstall` removes them, in the host's namespace.

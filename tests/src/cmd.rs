@@ -269,6 +269,26 @@ impl ChildGuard {
         }
     }
 
+    /// SIGKILL at once (no chance to clean up, like `kill -9`) and reap. Returns the exit status
+    /// (that of an earlier exit if the process had ended by itself).
+    pub fn kill(&mut self) -> Result<ExitStatus> {
+        if let Some(status) = self.try_wait()? {
+            return Ok(status);
+        }
+        let Some(mut child) = self.child.take() else {
+            bail!("{} vanished before SIGKILL", self.what);
+        };
+        // Our own child, by its pid.
+        child
+            .kill()
+            .with_context(|| format!("SIGKILL {}", self.what))?;
+        let status = child
+            .wait()
+            .with_context(|| format!("reaping {}", self.what))?;
+        self.status = Some(status);
+        Ok(status)
+    }
+
     /// SIGTERM, wait up to `grace`, then SIGKILL. Returns the exit status and whether SIGKILL was
     /// needed.
     pub fn stop(&mut self, grace: Duration) -> Result<(ExitStatus, bool)> {

@@ -6,7 +6,7 @@
 //! that must not appear, a plain echo between two hosts' tunnel IPs is sent and awaited in the
 //! capture ([`Cloud::wait_underlay_sentinel`]); [`not_sentinel`] then filters it out.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -43,6 +43,18 @@ impl Counters {
     pub fn delta(&self, c: &Cloud, host: &str, id: Stat) -> Result<u64> {
         Ok(c.stat(host, id.as_str())?
             .saturating_sub(self.base(host, id)))
+    }
+
+    /// Every counter of `host` that grew since the snapshot, with its growth.
+    pub fn moved(&self, c: &Cloud, host: &str) -> Result<BTreeMap<String, u64>> {
+        let base = self.0.get(host);
+        Ok(c.stats(host)?
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let d = v.saturating_sub(base.and_then(|b| b.get(&k)).copied().unwrap_or(0));
+                (d > 0).then_some((k, d))
+            })
+            .collect())
     }
 
     /// Waits up to [`COUNTER_WAIT`] until `id` of `host` grew by at least `n`; returns the

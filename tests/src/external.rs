@@ -139,6 +139,27 @@ impl std::fmt::Debug for Bg {
 }
 
 impl Bg {
+    /// Starts `cmd` (stdin a pipe, stdout and stderr to the files `out` and `err`); the child
+    /// must be the program itself (no forking wrapper), so that stopping it by pid stops it.
+    pub(crate) fn start(mut cmd: Command, what: String, out: PathBuf, err: PathBuf) -> Result<Bg> {
+        cmd.stdin(Stdio::piped())
+            .stdout(fs::File::create(&out).with_context(|| format!("{}", out.display()))?)
+            .stderr(fs::File::create(&err).with_context(|| format!("{}", err.display()))?);
+        let mut child = cmd.spawn().with_context(|| format!("starting {what}"))?;
+        let stdin = child.stdin.take();
+        Ok(Bg {
+            guard: ChildGuard::new(child, what),
+            stdin,
+            out,
+            err,
+        })
+    }
+
+    /// Its process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.guard.pid()
+    }
+
     pub fn what(&self) -> &str {
         self.guard.what()
     }
@@ -238,6 +259,17 @@ while True:
     d, a = s.recvfrom(65535)
     print("peer %s:%d %d" % (a[0], a[1], len(d)), flush=True)
     s.sendto(d, a)
+"#;
+
+/// A UDP sink: prints "listening", then "peer <ip>:<port> <len>" per datagram; never replies.
+const UDP_SINK: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+print("listening", flush=True)
+while True:
+    d, a = s.recvfrom(65535)
+    print("peer %s:%d %d" % (a[0], a[1], len(d)), flush=True)
 "#;
 
 /// Sends one datagram per try (1 s reply timeout each) until a reply arrives.
@@ -623,6 +655,22 @@ impl Cloud {
         Ok(())
     }
 
+    /// Creates floating IP `name` (10.5.2.(1 + number of floating IPs so far)) associated with
+    /// `vm`'s port (or unassociated) while the agents run, and rewrites the state file. Does not
+    /// wait for the agents. Returns its address.
+    pub fn add_fip(&mut self, name: &str, vm: Option<&str>) -> Result<Ipv4Addr> {
+        let spec = FipSpec {
+            name: name.into(),
+            vm: vm.map(str::to_string),
+            vip: None,
+            ip: None,
+        };
+        let index = self.fips.len();
+        self.create_fip(&spec, index)?;
+        self.write_state()?;
+        self.fip_ip(name)
+    }
+
     /// Disassociates floating IP `fip` and rewrites the state file. Like Neutron, this sets
     /// `port_id`, `fixed_ip_address` and `router_id` to `null`.
     pub fn disassociate(&mut self, fip: &str) -> Result<()> {
@@ -856,19 +904,8 @@ impl Cloud {
         );
         let mut c = Command::new("ip");
         // `ip netns exec` execs the program, so the child's pid is the program's.
-        c.args(["netns", "exec", &ns])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(fs::File::create(&out).with_context(|| format!("{}", out.display()))?)
-            .stderr(fs::File::create(&err).with_context(|| format!("{}", err.display()))?);
-        let mut child = c.spawn().with_context(|| format!("starting {what}"))?;
-        let stdin = child.stdin.take();
-        Ok(Bg {
-            guard: ChildGuard::new(child, what),
-            stdin,
-            out,
-            err,
-        })
+        c.args(["netns", "exec", &ns]).args(args);
+        Bg::start(c, what, out, err)
     }
 
     /// Starts a Python script in the background (see [`Cloud::python`]).
@@ -901,6 +938,17 @@ impl Cloud {
     /// one "peer <ip>:<port> <len>" line per datagram: the source address it saw.
     pub fn udp_echo_server(&mut self, who: &str, port: u16) -> Result<Bg> {
         let mut bg = self.spawn_python(who, UDP_ECHO_SERVER, &[&port.to_string()])?;
+        bg.wait_stdout("listening", Duration::from_secs(10), |o| {
+            o.contains("listening")
+        })?;
+        self.wait_listening(who, true, port, Duration::from_secs(5))?;
+        Ok(bg)
+    }
+
+    /// Starts a UDP sink on `port` in `who` and waits until it listens: it answers nothing (so
+    /// no reply or ICMP error moves a counter) and prints `peer <ip>:<port> <len>` per datagram.
+    pub fn udp_sink(&mut self, who: &str, port: u16) -> Result<Bg> {
+        let mut bg = self.spawn_python(who, UDP_SINK, &[&port.to_string()])?;
         bg.wait_stdout("listening", Duration::from_secs(10), |o| {
             o.contains("listening")
         })?;

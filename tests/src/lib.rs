@@ -13,6 +13,12 @@
 //!   (with centralized SNAT ports for every router) and `dvr_no_external` hosts;
 //!   [`Topology::vip`] unbound VIP ports; [`snat`] has their helpers ([`Cloud::show_snat`],
 //!   [`Cloud::vips`], ...) and [`keepalived`] runs keepalived in VMs to move a VIP.
+//! - [`lifecycle`]: killing and restarting agents ([`Cloud::kill_agent`],
+//!   [`Cloud::restart_agent`]), their `applied` log lines, pins and TCX links, and background
+//!   traffic that runs across a restart ([`Cloud::ping_bg`], [`Cloud::start_paced_transfer`]).
+//! - [`etcd`]: etcd in the underlay namespace, agents on `--etcd`, `dvrctl apply|hosts`.
+//! - [`inspect`]: `dvrctl trace` ([`Cloud::trace`]), `dvrctl monitor` ([`Cloud::spawn_monitor`])
+//!   and the agents' Prometheus endpoint ([`Cloud::scrape_metrics`]).
 //! - [`Counters`] snapshots counters for deltas.
 //! - [`require_preconditions`] makes a test that cannot run here fail with a clear message:
 //!   these tests never pass by skipping.
@@ -26,8 +32,11 @@ pub mod capture;
 pub mod cloud;
 pub mod cmd;
 pub mod counters;
+pub mod etcd;
 pub mod external;
+pub mod inspect;
 pub mod keepalived;
+pub mod lifecycle;
 pub mod snat;
 pub mod state;
 
@@ -37,15 +46,18 @@ use anyhow::{Result, bail};
 
 pub use capture::{Arp, Capture, Packet};
 pub use cloud::{
-    AgentPort, AgentRun, ArpFrame, ArpingResult, Cidr, Cloud, HostInfo, LateVm, NetInfo,
-    PingResult, Topology, TransferReport, UdpFrame, Vm, VmSpec, locate_bins, scapy_python,
+    AgentPort, AgentRun, AgentSource, ArpFrame, ArpingResult, Cidr, Cloud, HostInfo, LateVm,
+    NetInfo, PingResult, Topology, TransferReport, UdpFrame, Vm, VmSpec, locate_bins, scapy_python,
 };
 pub use cmd::{exec, exec_ok, wait_until};
 pub use counters::{COUNTER_WAIT, Counters, not_sentinel};
+pub use etcd::{HostRow, require_etcd_preconditions};
 pub use external::{
     Bg, EXT, EXT_GATEWAY, EXT_IFACE, ExternalInfo, FipInfo, HostExt, INTERNET_HOST, UdpReply,
 };
+pub use inspect::{DropEvent, Metrics, OutputKind, Trace, TraceProbe};
 pub use keepalived::{Keepalived, KeepalivedConf};
+pub use lifecycle::{AppliedLine, BgPing, PacedReport, PacedTransfer, Tcx};
 pub use snat::{CsnatInfo, HostMode, VipInfo};
 pub use state::State;
 

@@ -6,6 +6,8 @@
 //!   copy it to `target/bpf/dvr.o` for bpftool.
 //! - `test`: unit tests, then the root-only multi-host integration tests.
 //! - `demo`: run the namespace demo.
+//! - `bench`: the benchmarks: eBPF datapath vs Neutron DVR's namespace datapath vs one veth
+//!   pair, and control-plane timings (release build; results in `bench/`).
 mod run;
 mod setup;
 
@@ -45,6 +47,20 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run setup, build (release), then benchmark the eBPF datapath against Neutron DVR's
+    /// namespace datapath and one veth pair; writes bench/results.json and bench/results.svg
+    /// (needs root).
+    Bench {
+        /// A short pass (a few minutes): fewer and shorter runs, no 50,000-FIP timing.
+        #[arg(long)]
+        quick: bool,
+        /// Measure debug builds of the agent and the benchmark instead of release builds.
+        #[arg(long)]
+        debug: bool,
+        /// Passed to dvr-bench (e.g. `--skip control`, `--fips 1000,10000`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,6 +71,7 @@ fn main() -> anyhow::Result<()> {
         Command::BuildEbpf => build_ebpf(&env),
         Command::Test { args } => test(&env, &args),
         Command::Demo { args } => demo(&env, &args),
+        Command::Bench { quick, debug, args } => bench(&env, quick, debug, &args),
     }
 }
 
@@ -156,6 +173,32 @@ fn demo(env: &Env, args: &[String]) -> anyhow::Result<()> {
             .args(args)
             .env("DVR_BIN_DIR", env.bin_dir()),
     )
+}
+
+/// Builds the agent and `dvr-bench` (release unless `debug`: the agent's per-packet work is
+/// in BPF either way, but its control plane and the in-process compile/reconcile timing are
+/// user-space code) and runs the benchmarks with results in `<root>/bench/`.
+fn bench(env: &Env, quick: bool, debug: bool, args: &[String]) -> anyhow::Result<()> {
+    setup::all(env)?;
+    let profile: &[&str] = if debug { &[] } else { &["--release"] };
+    env.run(
+        cargo(env)
+            .args(["build", "--package", "dvr-userspace", "--bins"])
+            .args(profile),
+    )?;
+    env.run(
+        cargo(env)
+            .args(["build", "--package", "dvr-tests", "--bin", "dvr-bench"])
+            .args(profile),
+    )?;
+    require_root("the benchmarks need root")?;
+    let bin_dir = env.target_dir.join(if debug { "debug" } else { "release" });
+    let mut cmd = env.command(bin_dir.join("dvr-bench"));
+    cmd.arg("--out").arg(env.root.join("bench"));
+    if quick {
+        cmd.arg("--quick");
+    }
+    env.run(cmd.args(args).env("DVR_BIN_DIR", &bin_dir))
 }
 
 fn require_root(message: &str) -> anyhow::Result<()> {

@@ -5,17 +5,13 @@
 //! is programmed here directly, with `ip`, `bridge`, `iptables-restore` and `ebtables`:
 //!
 //! ```text
-//!  compute host c1 (netns)                                   SNAT host s (netns)
-//!  ┌──────────────────────────────────────────────┐          ┌───────────────────────────┐
-//!  │ v1,v3 ─ tap ─┐                               │          │          snat-r1 (netns)   │
-//!  │            brq-a ─ vx-101 ─┐   qrouter-r1    │          │ brq-a ─ sg-a 192.168.1.2   │
-//!  │ qr-a ───────┘ (veth)       │   (netns)       │  VXLAN   │ brq-b ─ sg-b 192.168.2.2   │
-//!  │ qr-b ─────── brq-b ─ vx-102┼── ul0 ═════════════════════ ul0    qg-r1 10.5.3.1 ─┐   │
-//!  │ rfp-r1 169.254.106.114/31  │                 │          │  iptables SNAT          │   │
-//!  │   │ veth                   │                 │          │  --random-fully         │   │
-//!  │ fpr-r1 (fip-ext netns)     │                 │          │                  br-ex ─┴─ ext0
-//!  │ fg-c1 10.5.1.11, proxy_arp ─ br-ex ─ ext0 ═══════ br-ext (upstream 10.5.0.1) ════════╝
-//!  └──────────────────────────────────────────────┘
+//!  compute hosts c1, c2 (dvr)                 SNAT host s (dvr_snat)
+//!  taps, qrp-a/qrp-b on brq-a/brq-b           sgp-a/sgp-b on brq-a/brq-b
+//!  brq-* -- vx-<vni> -- ul0 ==== underlay br0 ==== ul0 -- vx-<vni> -- brq-*
+//!  netns qrouter-r1: qr-a, qr-b, rfp-r1       netns snat-r1: sg-a, sg-b, qg-r1
+//!  netns fip-ext:    fpr-r1, fg-<host>        qgp (qg-r1) -- br-ex -- ext0 ==+
+//!  fgp (fg-<host>) -- br-ex -- ext0 =============== br-ext: 10.5.0.1 (upstream router),
+//!                                                   198.51.100.10 (internet host)
 //! ```
 //!
 //! - **Tenant L2** (what the Linux bridge agent with l2population builds): per host and
@@ -26,8 +22,9 @@
 //! - **DVR MAC handling** (what Neutron's OVS flows on `br-tun`/`br-int` do), as ebtables
 //!   rules: a routed frame leaving for the tunnel gets the host's DVR MAC as source instead
 //!   of the gateway MAC (`nat POSTROUTING -o vx-* -s <gw mac> -j snat`); a frame arriving with
-//!   a peer's DVR MAC gets the gateway MAC back (per local port: `-o tap.. -s <peer dvr mac>`); frames to a gateway
-//!   MAC and ARP for a gateway IP are dropped on the tunnel port.
+//!   a peer's DVR MAC gets the gateway MAC back (per local port, `-o <tap> -s <peer dvr mac>
+//!   -j snat`); frames to a gateway MAC and ARP for a gateway IP are dropped on the tunnel
+//!   port.
 //! - **`qrouter-r1`** on each compute host: `qr-a`/`qr-b` with the gateway IPs and gateway MACs
 //!   (identical on every host), permanent ARP entries for every port of the router's subnets
 //!   (as the DVR agent adds them), ICMP redirects off, and for non-FIP traffic one policy
@@ -919,7 +916,9 @@ impl NeutronDvr {
             }
             rules.push(format!("-A FORWARD -i {vx} -d {gw_mac} -j DROP"));
             for dir in ["-i", "-o"] {
-                rules.push(format!("-A FORWARD {dir} {vx} -p ARP --arp-ip-dst {gw} -j DROP"));
+                rules.push(format!(
+                    "-A FORWARD {dir} {vx} -p ARP --arp-ip-dst {gw} -j DROP"
+                ));
             }
         }
         for r in rules {
@@ -1086,5 +1085,38 @@ impl NeutronDvr {
 
     pub fn temp_dir(&self) -> &Path {
         &self.dir
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn neutron_nat_chains() {
+        let fips = [(Ipv4Addr::new(192, 168, 1, 10), Ipv4Addr::new(10, 5, 2, 1))];
+        let full = qrouter_nat(&fips, true);
+        assert!(full.contains("-A PREROUTING -j neutron-l3-agent-PREROUTING\n"));
+        assert!(full.contains(
+            "-A neutron-l3-agent-PREROUTING -d 10.5.2.1/32 -i rfp-r1 -j DNAT --to-destination 192.168.1.10\n"
+        ));
+        assert!(full.contains(
+            "-A neutron-l3-agent-float-snat -s 192.168.1.10/32 -j SNAT --to-source 10.5.2.1 --random-fully\n"
+        ));
+        assert!(full.ends_with("COMMIT\n"));
+        // The update form leaves the built-in chains (and their jumps) alone.
+        let update = qrouter_nat(&fips, false);
+        assert!(!update.contains(":PREROUTING") && !update.contains("-A PREROUTING"));
+        assert_eq!(update.matches("NAT --to-").count(), 2);
+        assert!(snat_tables(ROUTER_EXT_IP).contains("-o qg-r1 -j SNAT --to-source 10.5.3.1"));
+    }
+
+    #[test]
+    fn bench_spec_matches_the_test_bed_addresses() -> Result<()> {
+        let s = Spec::bench()?;
+        assert_eq!(s.hosts[0].tunnel_ip, Ipv4Addr::new(192, 0, 2, 11));
+        assert_eq!(s.nets[0].csnat_ip, Ipv4Addr::new(192, 168, 1, 2));
+        assert_eq!(s.vms[0].fip, Some(Ipv4Addr::new(10, 5, 2, 1)));
+        Ok(())
     }
 }

@@ -133,7 +133,7 @@ pub fn fip_change_latency(c: &mut Cloud, changes: usize) -> Result<Vec<f64>> {
     }
     // The last change left f3 unassociated when `changes` is even; make sure it works when
     // associated: one more association, checked with traffic from outside.
-    if changes % 2 == 0 {
+    if changes.is_multiple_of(2) {
         c.associate("f3", "v3")?;
         crate::cmd::wait_until("f3 to answer pings", Duration::from_secs(5), |_| {
             Ok(

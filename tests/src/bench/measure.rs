@@ -7,7 +7,14 @@
 //!   UDP + 22); the rate is datagrams the server *received* per second (sent minus lost),
 //!   median over [`Settings::udp_runs`] runs.
 //! - Request/response latency: `sockperf ping-pong -m 64 --full-rtt` (UDP, one message in
-//!   flight, 64-byte messages): p50 and p99 of the round trip in microseconds.
+//!   flight, 64-byte messages): p50 and p99 of the round trip in microseconds. Client and
+//!   server are pinned to the same CPU (`taskset`): the whole path (veth, bridge, VXLAN, TC,
+//!   netfilter) then runs on that CPU in the sender's softirq and the CPU never idles
+//!   between request and reply. Unpinned, every round trip pays for waking a halted vCPU
+//!   (about 60 us on this VM, more than the datapath itself); busy polling instead makes
+//!   the two spinning processes compete with the agents and ksoftirqd for the two cores
+//!   (multi-millisecond p99 outliers). So the figures are the datapath's latency plus two
+//!   context switches and the socket calls.
 //!
 //! One tool at a time (the machine has two cores: client and server each get one).
 
@@ -131,9 +138,20 @@ pub fn udp_kpps(v: &Value) -> Result<f64> {
 /// sockperf ping-pong for `seconds`; (p50, p99) round trip in microseconds.
 fn sockperf(ends: &PathEnds, seconds: u32, dir: &Path) -> Result<(f64, f64)> {
     let port = SOCKPERF_PORT.to_string();
+    let cpu = latency_cpu();
     let mut server = spawn_in(
         &ends.server_ns,
-        &["sockperf", "server", "-i", &ends.listen.to_string(), "-p", &port],
+        &[
+            "taskset",
+            "-c",
+            &cpu,
+            "sockperf",
+            "server",
+            "-i",
+            &ends.listen.to_string(),
+            "-p",
+            &port,
+        ],
         dir,
         &format!("sockperf-{}", ends.path.as_str()),
     )?;
@@ -142,6 +160,9 @@ fn sockperf(ends: &PathEnds, seconds: u32, dir: &Path) -> Result<(f64, f64)> {
     let out = exec_with_deadline(
         &ends.client_ns,
         &[
+            "taskset",
+            "-c",
+            &cpu,
             "sockperf",
             "ping-pong",
             "-i",
@@ -165,6 +186,13 @@ fn sockperf(ends: &PathEnds, seconds: u32, dir: &Path) -> Result<(f64, f64)> {
         t.trim()
     );
     parse_sockperf(&t).ok_or_else(|| anyhow!("no percentiles in sockperf output:\n{t}"))
+}
+
+/// The CPU the latency test runs on: the last one.
+fn latency_cpu() -> String {
+    std::thread::available_parallelism()
+        .map_or(0, |n| n.get() - 1)
+        .to_string()
 }
 
 /// (p50, p99) from sockperf's "---> percentile 50.000 =    5.634" lines.

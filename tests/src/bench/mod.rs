@@ -191,6 +191,28 @@ pub fn sleep_interruptible(d: Duration) -> Result<()> {
     bail_if_interrupted()
 }
 
+/// Removes `dvrb-<pid>-*` entries of `dir` whose process is gone: pin directories and temp
+/// dirs of a run that was killed before its guards ran. Only names of this shape.
+pub fn reap_stale_dirs(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("dvrb-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            eprintln!("dvr-bench: removing stale {}", e.path().display());
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// Median of a non-empty list (mean of the middle two for an even count).
 pub fn median(values: &[f64]) -> Option<f64> {
     if values.is_empty() {

@@ -278,13 +278,30 @@ impl Report {
         const PW: f64 = 470.0;
         const PH: f64 = 230.0;
         let mut s = format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"1010\" \
-             viewBox=\"0 0 {W} 1010\" font-family=\"sans-serif\" font-size=\"12\">\n\
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"850\" \
+             viewBox=\"0 0 {W} 850\" font-family=\"sans-serif\" font-size=\"12\">\n\
              <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
              <text x=\"20\" y=\"28\" font-size=\"18\" font-weight=\"bold\">eBPF DVR vs Neutron \
              DVR namespace datapath</text>\n"
         );
-        legend(&mut s, 560.0, 14.0);
+        legend(&mut s, 500.0, 14.0);
+        let env = &self.environment;
+        let _ = writeln!(
+            s,
+            "<text x=\"20\" y=\"44\" font-size=\"11\" fill=\"#555\">{}</text>",
+            esc(&format!(
+                "{} pass, {}, kernel {}, {} CPUs, agent {} build",
+                if env["quick"].as_bool() == Some(true) {
+                    "quick"
+                } else {
+                    "full"
+                },
+                env["date"].as_str().unwrap_or("?"),
+                env["kernel"].as_str().unwrap_or("?"),
+                env["cpus"],
+                env["agent_build"].as_str().unwrap_or("?"),
+            ))
+        );
         type Pick = fn(&Figures) -> f64;
         let panels: [(&str, Pick); 4] = [
             ("TCP throughput, Gbit/s (higher is better)", |f| f.tcp_gbps),
@@ -297,8 +314,8 @@ impl Report {
         ];
         for (i, (title, pick)) in panels.iter().enumerate() {
             let x = 20.0 + (i % 2) as f64 * (PW + 20.0);
-            let y = 50.0 + (i / 2) as f64 * (PH + 50.0);
-            let groups: Vec<(&str, Vec<(Datapath, Option<f64>)>)> = PathKind::ROUTED
+            let y = 56.0 + (i / 2) as f64 * (PH + 30.0);
+            let groups: Vec<Group<'_>> = PathKind::ROUTED
                 .iter()
                 .map(|&p| {
                     (
@@ -327,7 +344,7 @@ impl Report {
         counts.sort_unstable();
         counts.dedup();
         let labels: Vec<String> = counts.iter().map(|n| format!("{n} FIPs")).collect();
-        let groups: Vec<(&str, Vec<(Datapath, Option<f64>)>)> = counts
+        let groups: Vec<Group<'_>> = counts
             .iter()
             .zip(&labels)
             .map(|(&n, l)| {
@@ -348,7 +365,7 @@ impl Report {
                 )
             })
             .collect();
-        let y = 50.0 + 2.0 * (PH + 50.0);
+        let y = 56.0 + 2.0 * (PH + 30.0);
         bar_panel(
             &mut s,
             20.0,
@@ -360,7 +377,7 @@ impl Report {
             None,
             true,
         );
-        let changes: Vec<(&str, Vec<(Datapath, Option<f64>)>)> = ["p50", "p99"]
+        let changes: Vec<Group<'_>> = ["p50", "p99"]
             .iter()
             .map(|&q| {
                 (
@@ -391,6 +408,9 @@ impl Report {
     }
 }
 
+/// One group of bars: its label and one optional value per datapath.
+type Group<'a> = (&'a str, Vec<(Datapath, Option<f64>)>);
+
 fn round(v: f64, digits: i32) -> f64 {
     let m = 10f64.powi(digits);
     (v * m).round() / m
@@ -419,7 +439,7 @@ fn legend(s: &mut String, x: f64, y: f64) {
             cx + 16.0,
             y + 11.0
         );
-        cx += 170.0;
+        cx += 16.0 + 7.0 * label.len() as f64 + 14.0;
     }
     let _ = writeln!(
         s,
@@ -446,7 +466,7 @@ fn bar_panel(
     w: f64,
     h: f64,
     title: &str,
-    groups: &[(&str, Vec<(Datapath, Option<f64>)>)],
+    groups: &[Group<'_>],
     reference: Option<f64>,
     log: bool,
 ) {
@@ -546,13 +566,13 @@ fn bar_panel(
         let _ = writeln!(
             s,
             "<line x1=\"{}\" y1=\"{ry:.1}\" x2=\"{}\" y2=\"{ry:.1}\" stroke=\"{}\" \
-             stroke-dasharray=\"5,3\" stroke-width=\"2\"/><text x=\"{}\" y=\"{:.1}\" \
-             text-anchor=\"end\" font-size=\"10\" fill=\"{}\">veth {}</text>",
+             stroke-dasharray=\"5,3\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\" \
+             text-anchor=\"end\" font-size=\"11\" fill=\"{}\">veth pair: {}</text>",
             x + 10.0,
             x + w - 10.0,
             color(Datapath::Veth),
-            x + w - 12.0,
-            ry - 3.0,
+            x + w - 8.0,
+            y + 16.0,
             color(Datapath::Veth),
             fmt_value(r)
         );

@@ -2,7 +2,7 @@
 //! machine's upper bound (one veth pair), in network namespaces. See `dvr_tests::bench`.
 //!
 //! ```text
-//! dvr-bench [--quick] [--out DIR] [--skip veth,ebpf,namespace,control]
+//! dvr-bench [--quick] [--out DIR] [--skip veth,ebpf,namespace,control] [--fips N,..] [--hold S]
 //! ```
 //!
 //! Builds each cloud, runs the same connectivity checks on every path, measures TCP
@@ -39,6 +39,7 @@ const BENCH_TOOLS: &[&str] = &[
     "iptables-save",
     "ebtables",
     "bridge",
+    "taskset",
 ];
 
 struct Args {
@@ -47,6 +48,8 @@ struct Args {
     skip: BTreeSet<String>,
     /// Keep each cloud this long after its paths were checked and measured (for inspection).
     hold: Option<std::time::Duration>,
+    /// `--fips`: FIP counts for the control-plane timing instead of the pass's.
+    fips: Option<Vec<usize>>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -55,6 +58,7 @@ fn parse_args() -> Result<Args> {
         out: PathBuf::from("bench"),
         skip: BTreeSet::new(),
         hold: None,
+        fips: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -79,9 +83,18 @@ fn parse_args() -> Result<Args> {
                 let v = it.next().ok_or_else(|| anyhow!("--hold needs seconds"))?;
                 a.hold = Some(std::time::Duration::from_secs(v.parse().context("--hold")?));
             }
+            "--fips" => {
+                let v = it.next().ok_or_else(|| anyhow!("--fips needs a list"))?;
+                let counts = v
+                    .split(',')
+                    .map(|n| n.trim().replace('_', "").parse::<usize>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .context("--fips: a comma-separated list of counts")?;
+                a.fips = Some(counts);
+            }
             "-h" | "--help" => {
                 println!(
-                    "dvr-bench [--quick] [--out DIR] [--skip veth,ebpf,namespace,control] [--hold SECONDS]\n\
+                    "dvr-bench [--quick] [--out DIR] [--skip veth,ebpf,namespace,control] [--fips N,..] [--hold SECONDS]\n\
                      eBPF DVR vs Neutron DVR's namespace datapath vs one veth pair; writes \
                      DIR/results.json and DIR/results.svg (default DIR: bench)"
                 );
@@ -138,6 +151,11 @@ fn preconditions() -> Result<()> {
             "the benchmarks cannot run here: not in PATH: {} (cargo xtask setup installs them)",
             missing.join(", ")
         );
+    }
+    // check_preconditions has deleted the namespaces of dead runs; the pins and temp dirs
+    // a killed run left (`dvrb-<pid>-...`) go here.
+    for dir in [dvr_tests::cloud::bpffs_root(), std::env::temp_dir()] {
+        dvr_tests::bench::reap_stale_dirs(&dir);
     }
     Ok(())
 }
@@ -218,7 +236,7 @@ fn run_parts(args: &Args, s: &Settings, logs: &Path, report: &mut Report) -> Res
             Ok(v) => measure_all(
                 report,
                 Datapath::Veth,
-                &[v.ends.clone()],
+                std::slice::from_ref(&v.ends),
                 s,
                 logs,
                 String::new,
@@ -272,7 +290,7 @@ fn run_parts(args: &Args, s: &Settings, logs: &Path, report: &mut Report) -> Res
     bail_if_interrupted()?;
     if !skip("control") {
         section("control plane: programming N FIPs into one host");
-        for &n in s.fip_counts {
+        for &n in args.fips.as_deref().unwrap_or(s.fip_counts) {
             for dp in [Datapath::Ebpf, Datapath::Namespace] {
                 bail_if_interrupted()?;
                 let r = match dp {

@@ -284,7 +284,7 @@ impl Report {
              <text x=\"20\" y=\"28\" font-size=\"18\" font-weight=\"bold\">eBPF DVR vs Neutron \
              DVR namespace datapath</text>\n"
         );
-        legend(&mut s, 500.0, 14.0);
+        legend(&mut s, 540.0, 14.0);
         let env = &self.environment;
         let _ = writeln!(
             s,

@@ -12,6 +12,10 @@
 //! could be measured is still written). Needs root, bpffs, iperf3, sockperf, iptables and
 //! the agent binaries (`$DVR_BIN_DIR`, else next to this binary). `cargo xtask bench` builds
 //! and runs it.
+//!
+//! `--skip` leaves parts out, `--fips` replaces the FIP counts of the control-plane timing,
+//! `--hold S` keeps each cloud S seconds after its measurements (namespaces printed) for
+//! inspection. SIGINT/SIGTERM stop the run between steps and tear everything down.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

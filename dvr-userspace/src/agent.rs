@@ -109,6 +109,7 @@ enum Source {
     File {
         path: PathBuf,
         stamp: Option<FileStamp>,
+        watch: Option<source::file::DirWatch>,
     },
     Etcd {
         rx: mpsc::Receiver<etcd::Update>,
@@ -133,6 +134,7 @@ impl Source {
                     Self::File {
                         path: path.clone(),
                         stamp,
+                        watch: source::file::DirWatch::new(path),
                     },
                     Some(text),
                 ))
@@ -156,11 +158,23 @@ impl Source {
         }
     }
 
+    /// Wait up to `timeout` for news: a state file write wakes the agent at once.
+    fn wait(&self, timeout: Duration) {
+        match self {
+            Self::File { watch: Some(w), .. } => {
+                w.wait(timeout);
+            }
+            _ => std::thread::sleep(timeout),
+        }
+    }
+
     /// A new state document if the source changed since the last call. `wait` blocks for
     /// etcd news up to that long.
     fn poll(&mut self, wait: Option<Duration>) -> Result<Option<String>, AgentError> {
         match self {
-            Self::File { path, stamp: last } => {
+            Self::File {
+                path, stamp: last, ..
+            } => {
                 let now = stamp(path);
                 if now == *last {
                     return Ok(None);
@@ -646,7 +660,7 @@ impl Agent {
                 warn!(error = %e, "reconcile step failed; retrying");
             }
             i = i.wrapping_add(1);
-            std::thread::sleep(STATE_POLL);
+            self.source.wait(STATE_POLL);
         }
         info!(
             "stopping: programs stay attached and maps pinned; traffic keeps flowing (dvr-agent --uninstall removes them)"

@@ -7,6 +7,7 @@
 //! - `/dvr/v1/alive/<host>`: written by each agent under a lease (TTL [`etcd::LEASE_TTL`]
 //!   seconds), so it disappears when the agent stops renewing it.
 pub mod etcd;
+pub mod file;
 
 use std::collections::BTreeMap;
 

@@ -80,20 +80,20 @@ const STATE: &str = r#"{
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-struct Fixture {
-    ebpf: Ebpf,
-    maps: HostMaps,
-    dir: PathBuf,
+/// A fixture's pin directory, removed when dropped: also when loading panics midway.
+struct PinDir(PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-        // The shared parent goes when the last fixture is gone (fails harmlessly before).
-        if let Some(parent) = self.dir.parent() {
-            let _ = std::fs::remove_dir(parent);
-        }
-    }
+struct Fixture {
+    // Field order is drop order: the maps and the object close before their pins go.
+    ebpf: Ebpf,
+    maps: HostMaps,
+    _dir: PinDir,
 }
 
 fn require_root() {
@@ -107,14 +107,15 @@ fn require_root() {
 
 fn fixture(state: &str) -> Fixture {
     require_root();
-    let root = PathBuf::from("/sys/fs/bpf/dvr-fixtures");
-    ensure_bpffs(&root).unwrap_or_else(|e| panic!("bpffs unavailable: {e}"));
-    let dir = root.join(format!(
-        "{}-{}",
+    // One directory per fixture directly on bpffs: nothing shared is left behind.
+    let dir = PathBuf::from(format!(
+        "/sys/fs/bpf/dvr-fixture-{}-{}",
         std::process::id(),
         SEQ.fetch_add(1, Ordering::SeqCst)
     ));
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    let guard = PinDir(dir.clone());
+    // ensure_bpffs mounts bpffs when needed and creates the directory on it.
+    ensure_bpffs(&dir).unwrap_or_else(|e| panic!("bpffs unavailable: {e}"));
     let ebpf =
         load_object(&dir, &Default::default()).unwrap_or_else(|e| panic!("load object: {e}"));
     let mut maps = HostMaps::open(&dir).unwrap_or_else(|e| panic!("open maps: {e}"));
@@ -130,7 +131,11 @@ fn fixture(state: &str) -> Fixture {
     cfg.ext_ifindex = EXT_IFINDEX;
     cfg.ext_mac = EXT_MAC;
     reconcile::apply(&mut maps, &cfg, &compiled.entries).unwrap_or_else(|e| panic!("apply: {e}"));
-    Fixture { ebpf, maps, dir }
+    Fixture {
+        ebpf,
+        maps,
+        _dir: guard,
+    }
 }
 
 impl Fixture {

@@ -182,3 +182,8 @@ pub fn own_namespaces() -> Result<Vec<String>> {
         .map(str::to_string)
         .collect())
 }
+
+/// True when every TTL seen equals `want` (and at least one was seen).
+pub fn all_ttl(ttls: &[u8], want: u8) -> bool {
+    !ttls.is_empty() && ttls.iter().all(|t| *t == want)
+}

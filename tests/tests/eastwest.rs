@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use dvr_common::stats::Stat;
 use dvr_tests::{
-    ArpFrame, Cloud, Packet, Topology, UdpFrame, VmSpec, cmd, exec_ok, not_sentinel,
+    ArpFrame, Cloud, Packet, Topology, UdpFrame, VmSpec, all_ttl, cmd, exec_ok, not_sentinel,
     require_preconditions,
 };
 
@@ -26,10 +26,6 @@ const MIB: usize = 1 << 20;
 
 fn s(ip: Ipv4Addr) -> String {
     ip.to_string()
-}
-
-fn all_ttl(ttls: &[u8], want: u8) -> bool {
-    !ttls.is_empty() && ttls.iter().all(|t| *t == want)
 }
 
 // ---- same subnet ------------------------------------------------------------------------------

@@ -20,8 +20,8 @@ use anyhow::{Context, Result, bail, ensure};
 use dvr_common::stats::Stat;
 use dvr_tests::cmd::{self, wait_until};
 use dvr_tests::{
-    Cloud, Counters, EXT, EXT_GATEWAY, INTERNET_HOST, Packet, Topology, VmSpec, not_sentinel,
-    require_preconditions,
+    Cloud, Counters, EXT, EXT_GATEWAY, INTERNET_HOST, Packet, Topology, VmSpec, all_ttl,
+    not_sentinel, require_preconditions,
 };
 use serde_json::Value;
 
@@ -30,10 +30,6 @@ const MIB: usize = 1 << 20;
 
 fn s(ip: Ipv4Addr) -> String {
     ip.to_string()
-}
-
-fn all_ttl(ttls: &[u8], want: u8) -> bool {
-    !ttls.is_empty() && ttls.iter().all(|t| *t == want)
 }
 
 /// A UDP packet `src.sport > dst.dport` (tcpdump -nn spelling).

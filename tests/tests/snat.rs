@@ -26,7 +26,7 @@ use dvr_tests::external::Bg;
 use dvr_tests::snat::{busiest, icmp_echo_id};
 use dvr_tests::{
     ArpFrame, Cloud, Counters, EXT, EXT_GATEWAY, INTERNET_HOST, KeepalivedConf, Packet, Topology,
-    VmSpec, require_preconditions,
+    VmSpec, all_ttl, require_preconditions,
 };
 use dvr_userspace::compile::fnv1a32;
 use serde_json::Value;
@@ -43,10 +43,6 @@ fn nonzero(c: &Cloud, host: &str) -> BTreeMap<String, u64> {
     c.stats(host)
         .map(|m| m.into_iter().filter(|(_, v)| *v > 0).collect())
         .unwrap_or_default()
-}
-
-fn all_ttl(ttls: &[u8], want: u8) -> bool {
-    !ttls.is_empty() && ttls.iter().all(|t| *t == want)
 }
 
 /// Compute hosts h1 and h2, the SNAT host hs, the external network, network "a" (VNI `vni`,

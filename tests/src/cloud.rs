@@ -1367,13 +1367,19 @@ impl Cloud {
             .with_context(|| format!("dvrctl {args:?} printed no JSON: {}", text(&out).trim()))
     }
 
+    /// `dvrctl show <what> --json` of `host`, for the subjects that print a JSON array.
+    pub(crate) fn show_list(&self, host: &str, what: &str) -> Result<Vec<Value>> {
+        let v = self.dvrctl_json(host, &["show", what, "--json"])?;
+        match v {
+            Value::Array(a) => Ok(a),
+            v => Err(anyhow!("show {what} --json of {host} is not an array: {v}")),
+        }
+    }
+
     /// `dvrctl show ports --json`.
     pub fn show_ports(&self, host: &str) -> Result<Vec<AgentPort>> {
-        let v = self.dvrctl_json(host, &["show", "ports", "--json"])?;
-        let arr = v
-            .as_array()
-            .ok_or_else(|| anyhow!("show ports --json is not an array: {v}"))?;
-        arr.iter()
+        self.show_list(host, "ports")?
+            .iter()
             .map(|p| {
                 Ok(AgentPort {
                     ifindex: p["ifindex"]

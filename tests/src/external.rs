@@ -707,10 +707,7 @@ impl Cloud {
 
     /// `dvrctl show fips --json` of `host`.
     pub fn fips(&self, host: &str) -> Result<Vec<Value>> {
-        let v = self.dvrctl_json(host, &["show", "fips", "--json"])?;
-        v.as_array()
-            .cloned()
-            .ok_or_else(|| anyhow!("show fips --json of {host} is not an array: {v}"))
+        self.show_list(host, "fips")
     }
 
     /// The entry of floating IP `fip` (by name) in `host`'s `show fips`, if listed.
@@ -769,10 +766,7 @@ impl Cloud {
 
     /// `dvrctl show conntrack --json` of `host`.
     pub fn conntrack(&self, host: &str) -> Result<Vec<Value>> {
-        let v = self.dvrctl_json(host, &["show", "conntrack", "--json"])?;
-        v.as_array()
-            .cloned()
-            .ok_or_else(|| anyhow!("show conntrack --json of {host} is not an array: {v}"))
+        self.show_list(host, "conntrack")
     }
 
     /// The conntrack entries of `host` translated for floating IP `fip` (by name).

@@ -285,10 +285,7 @@ impl Cloud {
 
     /// `dvrctl show vips --json` of `host`.
     pub fn vips(&self, host: &str) -> Result<Vec<Value>> {
-        let v = self.dvrctl_json(host, &["show", "vips", "--json"])?;
-        v.as_array()
-            .cloned()
-            .ok_or_else(|| anyhow!("show vips --json of {host} is not an array: {v}"))
+        self.show_list(host, "vips")
     }
 
     /// The row of VIP `vip` (by name) in `host`'s `show vips`.

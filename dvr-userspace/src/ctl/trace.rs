@@ -83,6 +83,30 @@ fn out(stat: Stat, output: impl Into<String>, src_mac: Mac, dst_mac: Mac) -> Out
     }
 }
 
+/// A routed or translated packet delivered to a port: its local tap with the subnet's
+/// gateway MAC as source, or its host over the tunnel with this host's DVR MAC (as
+/// `l2::deliver_routed` in the datapath).
+fn deliver(
+    stat: Stat,
+    mac: Mac,
+    gw_mac: Mac,
+    ifindex: u32,
+    tunnel_ip_host: u32,
+    vni: u32,
+    dvr_mac: Mac,
+) -> Out {
+    if ifindex != 0 {
+        out(stat, format!("tap#{ifindex}"), gw_mac, mac)
+    } else {
+        out(
+            stat,
+            format!("tunnel {} vni {vni}", Ipv4Addr::from(tunnel_ip_host)),
+            dvr_mac,
+            mac,
+        )
+    }
+}
+
 fn drop(stat: Stat) -> Out {
     Out {
         stat,
@@ -330,16 +354,15 @@ impl Walk<'_> {
                 }
             ),
         );
-        Ok(if epifx != 0 {
-            out(Stat::Routed, format!("tap#{epifx}"), route.gw_mac, mac)
-        } else {
-            out(
-                Stat::Routed,
-                format!("tunnel {} vni {}", Ipv4Addr::from(host), route.vni),
-                cfg.dvr_mac,
-                mac,
-            )
-        })
+        Ok(deliver(
+            Stat::Routed,
+            mac,
+            route.gw_mac,
+            epifx,
+            host,
+            route.vni,
+            cfg.dvr_mac,
+        ))
     }
 
     fn hairpin_reply(&mut self, vni: u32) -> Result<(), MapsError> {
@@ -722,16 +745,15 @@ impl Walk<'_> {
             let gw = self
                 .route(r.router_id, e.nat_ip_be)?
                 .map_or([0; 6], |r| r.gw_mac);
-            return Ok(if ep.ifindex != 0 {
-                out(Stat::SnatIn, format!("tap#{}", ep.ifindex), gw, ep.mac)
-            } else {
-                out(
-                    Stat::SnatIn,
-                    format!("tunnel {} vni {vni}", Ipv4Addr::from(ep.tunnel_ip_host)),
-                    cfg.dvr_mac,
-                    ep.mac,
-                )
-            });
+            return Ok(deliver(
+                Stat::SnatIn,
+                ep.mac,
+                gw,
+                ep.ifindex,
+                ep.tunnel_ip_host,
+                vni,
+                cfg.dvr_mac,
+            ));
         }
         let Some(f) = self.m.fips.get(&be(self.p.dst))? else {
             let deny = self
@@ -779,16 +801,15 @@ impl Walk<'_> {
             format!("DNAT {} -> {}", self.p.dst, ip_be(f.fixed_ip_be)),
         );
         self.p.dst = ip_be(f.fixed_ip_be);
-        Ok(if ifx != 0 {
-            out(Stat::FipDnat, format!("tap#{ifx}"), f.gw_mac, mac)
-        } else {
-            out(
-                Stat::FipDnat,
-                format!("tunnel {} vni {}", Ipv4Addr::from(host), f.vni),
-                cfg.dvr_mac,
-                mac,
-            )
-        })
+        Ok(deliver(
+            Stat::FipDnat,
+            mac,
+            f.gw_mac,
+            ifx,
+            host,
+            f.vni,
+            cfg.dvr_mac,
+        ))
     }
 }
 

@@ -30,6 +30,9 @@ pub const POLL: Duration = Duration::from_millis(100);
 /// How often the state source is looked at: a written state file is applied well within
 /// 100 ms.
 pub const STATE_POLL: Duration = Duration::from_millis(20);
+/// How often the agent reads every map back instead of trusting what it wrote last, so an
+/// entry changed or removed by hand is repaired.
+pub const FULL_READ_INTERVAL: Duration = Duration::from_secs(30);
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -306,6 +309,11 @@ pub struct Agent {
     metrics: metrics::Shared,
     last_probe: HashMap<Ipv4Addr, Instant>,
     last_gc: Instant,
+    /// When the state now being applied was read (for the "applied" log line).
+    change_seen: Option<Instant>,
+    /// What the last successful reconcile wrote (`None`: read the maps back next time).
+    written: Option<reconcile::Written>,
+    last_full_read: Instant,
 }
 
 impl Agent {
@@ -372,6 +380,9 @@ impl Agent {
             metrics: metrics::Shared::default(),
             last_probe: HashMap::new(),
             last_gc: Instant::now(),
+            change_seen: None,
+            written: None,
+            last_full_read: Instant::now(),
         };
         if let Some(addr) = agent.opts.metrics {
             let at = metrics::spawn(
@@ -398,7 +409,9 @@ impl Agent {
     /// needed, then the periodic work (ARP, conntrack GC).
     pub fn tick(&mut self, scan: bool) -> Result<(), AgentError> {
         let mut changed = false;
+        let polled = Instant::now();
         if let Some(text) = self.source.poll(None)? {
+            self.change_seen = Some(polled);
             match State::from_json(&text) {
                 Ok(s) => match compile::compile(&s, &self.host, &|_| None) {
                     Ok(c) => {
@@ -468,14 +481,31 @@ impl Agent {
         }
         (cfg.snat_port_min, cfg.snat_port_max) = self.opts.snat_ports;
         let started = Instant::now();
-        let applied = match reconcile::apply(&mut self.dp.maps, &cfg, &compiled.entries) {
+        if self.last_full_read.elapsed() >= FULL_READ_INTERVAL {
+            self.written = None;
+        }
+        let known = self.written.take();
+        let applied = match reconcile::apply_known(
+            &mut self.dp.maps,
+            &cfg,
+            &compiled.entries,
+            known.as_ref(),
+        ) {
             Ok(a) => a,
             Err(e) => {
                 self.note(|m| m.reconcile_errors += 1);
                 return Err(e.into());
             }
         };
+        if known.is_none() {
+            self.last_full_read = Instant::now();
+        }
+        self.written = Some(reconcile::Written {
+            config: cfg,
+            entries: compiled.entries.clone(),
+        });
         let took = started.elapsed().as_secs_f64();
+        let since_change = self.change_seen.take().map(|t| t.elapsed().as_secs_f64());
         // Entries first, then the programs: a tap or the external interface is served from
         // its first frame.
         let mut added = Vec::new();
@@ -542,6 +572,7 @@ impl Agent {
         if !applied.is_empty() || !added.is_empty() || !gone.is_empty() {
             info!(
                 seconds = took,
+                since_state_read = ?since_change,
                 upserted = applied.upserted,
                 deleted = applied.deleted,
                 taps_attached = ?added,

@@ -14,6 +14,7 @@ pub mod compile;
 pub mod conntrack;
 pub mod ctl;
 pub mod ebpf;
+pub mod json;
 pub mod maps;
 pub mod metrics;
 pub mod model;

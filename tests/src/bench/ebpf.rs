@@ -80,6 +80,20 @@ pub fn paths(c: &Cloud) -> Result<Vec<PathEnds>> {
     ])
 }
 
+/// The agent-side part of the last `n` state changes c1 applied, in milliseconds: from the
+/// agent reading the state file to its maps written (`since_state_read` of its "applied"
+/// log lines). The rest of a measured change is the file write, the wake-up and the poll.
+pub fn agent_side_ms(c: &Cloud, n: usize) -> Vec<f64> {
+    let log = c.agent_log("c1").unwrap_or_default();
+    let all: Vec<f64> = log
+        .lines()
+        .filter_map(|l| l.split("since_state_read=Some(").nth(1))
+        .filter_map(|rest| rest.split(')').next()?.parse::<f64>().ok())
+        .map(|s| s * 1e3)
+        .collect();
+    all[all.len().saturating_sub(n)..].to_vec()
+}
+
 /// The agents' logs (tails), for a failure report.
 pub fn agent_logs(c: &Cloud) -> String {
     let mut s = String::new();

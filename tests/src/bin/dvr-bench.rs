@@ -257,16 +257,25 @@ fn run_parts(args: &Args, s: &Settings, logs: &Path, report: &mut Report) -> Res
                 measure_all(report, Datapath::Ebpf, &paths, s, logs, || {
                     ebpf::agent_logs(&cloud)
                 });
-                hold(args, &cloud.namespaces().join(" "))?;
                 bail_if_interrupted()?;
                 println!("  FIP change latency: {} changes", s.fip_changes);
                 match ebpf::fip_change_latency(&mut cloud, s.fip_changes) {
-                    Ok(v) => report.fip_change.push(fip_change(Datapath::Ebpf, v)),
+                    Ok(v) => {
+                        let agent = ebpf::agent_side_ms(&cloud, v.len());
+                        println!(
+                            "  agent side (state read -> maps written): p50 {:.2} ms, p99 {:.2} ms over {} changes",
+                            percentile(&agent, 50.0).unwrap_or_default(),
+                            percentile(&agent, 99.0).unwrap_or_default(),
+                            agent.len()
+                        );
+                        report.fip_change.push(fip_change(Datapath::Ebpf, v))
+                    }
                     Err(e) => report.failures.push(format!(
                         "eBPF FIP change latency: {e:#}\n{}",
                         ebpf::agent_logs(&cloud)
                     )),
                 }
+                hold(args, &cloud.namespaces().join(" "))?;
             }
             Err(e) => report.failures.push(format!("eBPF cloud: {e:#}")),
         }
@@ -278,7 +287,6 @@ fn run_parts(args: &Args, s: &Settings, logs: &Path, report: &mut Report) -> Res
             Ok(mut nd) => {
                 let paths = nd.paths()?;
                 measure_all(report, Datapath::Namespace, &paths, s, logs, String::new);
-                hold(args, &nd.namespaces().join(" "))?;
                 bail_if_interrupted()?;
                 println!("  FIP change latency: {} changes", s.fip_changes);
                 match nd.fip_change_latency(s.fip_changes) {
@@ -287,6 +295,7 @@ fn run_parts(args: &Args, s: &Settings, logs: &Path, report: &mut Report) -> Res
                         .failures
                         .push(format!("namespace FIP change latency: {e:#}")),
                 }
+                hold(args, &nd.namespaces().join(" "))?;
             }
             Err(e) => report.failures.push(format!("namespace cloud: {e:#}")),
         }

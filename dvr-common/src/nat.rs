@@ -48,6 +48,10 @@ pub const FIP_CENTRAL: u32 = 8;
 /// The FIP's port is unbound: its address is a VIP that VMs hold in turn (keepalived), and
 /// its location is the one the datapath learned from ARP ([`VIP_LOC`]).
 pub const FIP_VIP: u32 = 16;
+/// Set with [`FIP_CENTRAL`] when the FIP's router (`FipEntry::router_id`) is HA: served
+/// (ARP answered, DNAT done) only while the router's fence
+/// ([`crate::snat::HA_FENCE`]) is live, else dropped as `drop_snat_standby`.
+pub const FIP_HA: u32 = 32;
 
 /// Hash `VipKey (vni, VIP, MAC) -> VipCandidate`: the ports allowed to hold a VIP (its
 /// address is in their allowed address pairs) and where they are. Agent-written.
@@ -317,6 +321,24 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(p.peer(&pe), k);
+    }
+
+    #[test]
+    fn fip_flags_are_distinct_bits() {
+        let flags = [
+            FIP_LOCAL,
+            FIP_REMOTE,
+            FIP_UNASSOCIATED,
+            FIP_CENTRAL,
+            FIP_VIP,
+            FIP_HA,
+        ];
+        for (i, a) in flags.iter().enumerate() {
+            assert!(a.is_power_of_two());
+            for b in &flags[i + 1..] {
+                assert_eq!(a & b, 0);
+            }
+        }
     }
 
     #[test]

@@ -15,6 +15,13 @@ pub const SNAT_IPS: &str = "DVR_SNAT_IPS";
 /// Hash `u32 router id -> u64`: new flows refused for lack of a free port, per router.
 /// Datapath-written; the agent logs increases.
 pub const SNAT_EXHAUSTED: &str = "DVR_SNAT_EXH";
+/// Hash `u32 router id -> u64 active_until_ns`: the fence of an HA router (docs/HA.md).
+/// The datapath serves a router whose entries carry [`SNAT_HA`] (or a central FIP with
+/// [`crate::nat::FIP_HA`]) only while the value is later than `bpf_ktime_get_ns()`
+/// (CLOCK_MONOTONIC, in ns); an absent key means "not served here". Written only by the
+/// agent's election (after every beat etcd accepted, deleted on losing the role), never by
+/// compile/reconcile; pinned, so the fence outlives the agent and expires by itself.
+pub const HA_FENCE: &str = "DVR_HA_FENCE";
 pub const SNAT_MAX: u32 = 16384;
 
 /// Default PAT range (inclusive), as Linux's ephemeral ports.
@@ -26,6 +33,20 @@ pub const SNAT_PROBES: u32 = 32;
 
 /// The router does SNAT (`external_gateway_info.enable_snat`).
 pub const SNAT_ENABLED: u32 = 1;
+/// The router is HA (`"ha": true` with `ha_hosts`): served only while its [`HA_FENCE`]
+/// entry is live ([`fence_active`]); otherwise its frames are dropped (`drop_snat_standby`)
+/// and ARP for its external IP is not answered.
+pub const SNAT_HA: u32 = 2;
+
+/// Whether an HA router is served now: its fence (`DVR_HA_FENCE[router_id]`, `None` when
+/// absent) lies strictly after `now_ns` (CLOCK_MONOTONIC, as `bpf_ktime_get_ns`).
+#[inline(always)]
+pub const fn fence_active(until_ns: Option<u64>, now_ns: u64) -> bool {
+    match until_ns {
+        Some(until) => until > now_ns,
+        None => false,
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -49,7 +70,7 @@ pub struct SnatRouter {
     pub ext_ip_be: u32,
     /// Next hop on the external network (its subnet's gateway), network order.
     pub ext_gw_ip_be: u32,
-    /// `SNAT_ENABLED`.
+    /// `SNAT_ENABLED`, `SNAT_HA`.
     pub flags: u32,
 }
 crate::assert_size!(SnatRouter, 16);
@@ -89,5 +110,21 @@ mod tests {
             "walk covers the range: {seen:?}"
         );
         assert_eq!(probe_port(5, 5, 123, 9), 5);
+    }
+
+    #[test]
+    fn fence_is_live_only_strictly_before_its_deadline() {
+        assert!(!fence_active(None, 0));
+        assert!(!fence_active(None, u64::MAX));
+        assert!(fence_active(Some(1_000), 999));
+        assert!(!fence_active(Some(1_000), 1_000));
+        assert!(!fence_active(Some(1_000), 1_001));
+        assert!(!fence_active(Some(0), 0), "a zeroed entry serves nothing");
+    }
+
+    #[test]
+    fn flags_are_distinct_bits() {
+        assert_eq!(SNAT_ENABLED & SNAT_HA, 0);
+        assert!(SNAT_HA.is_power_of_two());
     }
 }

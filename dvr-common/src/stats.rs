@@ -80,6 +80,7 @@ stats! {
     DropSnatFragment = "drop_snat_fragment", true, "non-first IPv4 fragment through port translation";
     DropSnatNoFlow = "drop_snat_no_flow", true, "to a router gateway IP for no tracked flow";
     DropArpOther = "drop_arp_other", true, "ARP that is neither request nor reply";
+    DropSnatStandby = "drop_snat_standby", true, "frame for an HA router this host does not serve now (fence expired or absent)";
 }
 
 pub const STAT_COUNT: u32 = Stat::ALL.len() as u32;

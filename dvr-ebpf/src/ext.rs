@@ -2,9 +2,13 @@
 //! interface): proxy ARP for the floating IPs this host serves (and its own external
 //! address), learning the external gateway's MAC from ARP, and DNAT of traffic to a served
 //! floating IP towards the VM. Everything else is the host's own business and passes on.
-//! Reads DVR_HOST_CONFIG, DVR_FIPS, DVR_EXT_DENY; writes DVR_EXT_NEIGH values and DVR_CT.
+//! The external IP and central FIPs of an HA router are answered and translated only while
+//! its fence is live (see `ha`); otherwise ARP for them passes on unanswered and packets to
+//! them are dropped. Reads DVR_HOST_CONFIG, DVR_FIPS, DVR_SNAT_IPS, DVR_EXT_DENY,
+//! DVR_HA_FENCE; writes DVR_EXT_NEIGH values and DVR_CT.
 //! Verdicts: ext_arp_reply, ext_neigh_learned, ext_pass, fip_dnat, fip_icmp_error,
-//! drop_fip_unassociated, drop_fip_not_here, drop_ext_to_fixed_ip, drop_*.
+//! drop_fip_unassociated, drop_fip_not_here, drop_ext_to_fixed_ip, drop_snat_standby,
+//! drop_*.
 use aya_ebpf::{
     bindings::tcx_action_base::TCX_NEXT, helpers::bpf_redirect, maps::lpm_trie::Key,
     programs::TcContext,
@@ -19,7 +23,7 @@ use dvr_common::{
 };
 
 use crate::{
-    flow,
+    flow, ha,
     maps::{DVR_EXT_DENY, DVR_EXT_NEIGH, DVR_FIPS, DVR_HOST_CONFIG, DVR_SNAT_IPS},
     nat,
     packet::{ArpHdr, ETH_LEN, ETH_P_ARP, ETH_P_IP, EthHdr, Ipv4Hdr, be16, ptr_at},
@@ -81,9 +85,10 @@ fn arp(ctx: &TcContext, cfg: &HostConfig) -> Result<Verdict, Verdict> {
     if be16(arp.oper) == ARP_REQUEST && spa != tpa {
         let ours = tpa == cfg.fg_ip_be && tpa != 0
             // SAFETY: read-only use of agent-written hash values.
-            || matches!(unsafe { DVR_FIPS.get(&tpa) }, Some(f) if f.flags & (FIP_LOCAL | FIP_CENTRAL) != 0)
+            || matches!(unsafe { DVR_FIPS.get(&tpa) },
+                Some(f) if f.flags & FIP_LOCAL != 0 || f.flags & FIP_CENTRAL != 0 && ha::serves_fip(f))
             // SAFETY: as above.
-            || unsafe { DVR_SNAT_IPS.get(&tpa) }.is_some();
+            || matches!(unsafe { DVR_SNAT_IPS.get(&tpa) }, Some(r) if ha::serves_router(r));
         if ours {
             eth.dst = eth.src;
             eth.src = cfg.ext_mac;
@@ -128,6 +133,9 @@ fn ipv4(ctx: &TcContext, cfg: &HostConfig) -> Result<Verdict, Verdict> {
         } else {
             Stat::DropFipNotHere
         }));
+    }
+    if !ha::serves_fip(fip) {
+        return Err(Verdict::drop(Stat::DropSnatStandby));
     }
     Ok(dnat(
         ctx,

@@ -7,6 +7,7 @@ mod arp;
 mod ext;
 mod fip;
 mod flow;
+mod ha;
 mod icmp;
 mod l2;
 mod maps;

@@ -105,6 +105,11 @@ pub static DVR_SNAT_IPS: HashMap<u32, SnatRouter> = HashMap::with_max_entries(sn
 #[map]
 pub static DVR_SNAT_EXH: HashMap<u32, u64> = HashMap::with_max_entries(snat::SNAT_MAX, 0);
 
+/// HA router id -> CLOCK_MONOTONIC ns until which this host serves it. Agent-written
+/// (election), never by reconcile.
+#[map]
+pub static DVR_HA_FENCE: HashMap<u32, u64> = HashMap::with_max_entries(snat::SNAT_MAX, 0);
+
 /// (VNI, VIP, MAC) -> port allowed to hold the VIP and where it is. Agent-written.
 #[map]
 pub static DVR_VIP_CAND: HashMap<VipKey, VipCandidate> = HashMap::with_max_entries(nat::VIP_MAX, 0);

@@ -1,11 +1,13 @@
 //! Centralized SNAT. On a compute host: steer a router's external traffic from VMs without
 //! a floating IP over the tunnel to the router's SNAT host (to the csnat port's MAC). On the
 //! SNAT host: port-address translation to the router's gateway IP, out of the external
-//! interface; replies translated back and sent straight to the VM's host. Reads
-//! DVR_SNAT_STEER, DVR_SNAT_RTR, DVR_SNAT_IPS, DVR_ENDPOINTS, DVR_ROUTES, DVR_EXT_NEIGH;
+//! interface; replies translated back and sent straight to the VM's host. An HA router
+//! (`SNAT_HA`) is served only while its fence is live (see `ha`). Reads DVR_SNAT_STEER,
+//! DVR_SNAT_RTR, DVR_SNAT_IPS, DVR_ENDPOINTS, DVR_ROUTES, DVR_EXT_NEIGH, DVR_HA_FENCE;
 //! writes DVR_CT and DVR_SNAT_EXH.
 //! Verdicts: snat_steered, snat_out, snat_in, drop_snat_disabled, drop_snat_exhausted,
-//! drop_snat_no_flow, drop_snat_fragment, drop_no_neighbor, drop_no_external, drop_*.
+//! drop_snat_no_flow, drop_snat_fragment, drop_snat_standby, drop_no_neighbor,
+//! drop_no_external, drop_*.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_prandom_u32, bpf_redirect},
@@ -25,7 +27,7 @@ use dvr_common::{
 use crate::{
     fip,
     flow::{self, Flow},
-    l2,
+    ha, l2,
     maps::{
         DVR_CT, DVR_ENDPOINTS, DVR_EXT_NEIGH, DVR_FIP_SRC, DVR_ROUTES, DVR_SNAT_EXH, DVR_SNAT_RTR,
         DVR_SNAT_STEER,
@@ -67,6 +69,7 @@ pub fn steer(
         let Some(r) = (unsafe { DVR_SNAT_RTR.get(&rkey) }) else {
             return Err(Verdict::drop(Stat::DropNoRoute));
         };
+        ha::check_router(r)?;
         return out(ctx, f, port.vni, r, cfg, true);
     }
     nat::ttl_decrement(ctx)?;
@@ -95,6 +98,8 @@ pub fn from_tunnel(
     r: &SnatRouter,
     cfg: &HostConfig,
 ) -> Result<Verdict, Verdict> {
+    // First: a standby translates nothing, also not the central FIPs of the router.
+    ha::check_router(r)?;
     let f = flow::parse(ctx)?;
     // Only sources inside the router's subnets may be translated for it.
     let key = Key::new(
@@ -248,6 +253,7 @@ fn allocate(
 /// translated flow goes back to the VM; anything else is dropped.
 #[inline(always)]
 pub fn reply(ctx: &TcContext, r: &SnatRouter, cfg: &HostConfig) -> Result<Verdict, Verdict> {
+    ha::check_router(r)?;
     let f = flow::parse(ctx)?;
     if f.later_fragment {
         return Err(Verdict::drop(Stat::DropSnatFragment));

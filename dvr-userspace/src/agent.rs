@@ -3,15 +3,17 @@
 //! which bounds how late a change or a new tap is seen.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::{
+        Arc,
         atomic::{AtomicBool, Ordering},
         mpsc,
     },
     time::{Duration, Instant, SystemTime},
 };
 
+use dvr_common::nat::{CT_PAT, CtEntry, CtKey};
 use tracing::{info, warn};
 
 use crate::{
@@ -19,10 +21,10 @@ use crate::{
     attach::{AttachError, Datapath, LoadOptions, interfaces, mac_of},
     compile::{self, Compiled, External},
     conntrack::{self, Owned, Timeouts},
-    metrics,
-    model::State,
+    ctsync, metrics,
+    model::{HaRuntime, State},
     reconcile,
-    source::{self, etcd},
+    source::{self, etcd, ha},
 };
 
 /// How often interfaces (taps appearing and going) are looked at.
@@ -116,15 +118,26 @@ enum Source {
     },
     Etcd {
         rx: mpsc::Receiver<etcd::Update>,
+        /// A message received while waiting, not handled yet.
+        stash: Option<etcd::Update>,
         kvs: BTreeMap<String, String>,
         lost: bool,
+        /// What the agent shares with the HA election.
+        ha: ha::Shared,
+        /// The election's latest view, and whether the agent has applied it.
+        ha_rt: HaRuntime,
+        ha_changed: bool,
     },
 }
 
 impl Source {
     /// Open the source and return it with the first state document. For etcd this waits
     /// for the first snapshot (the pinned datapath keeps forwarding meanwhile).
-    fn open(spec: &SourceSpec, host: &str) -> Result<(Self, Option<String>), AgentError> {
+    fn open(
+        spec: &SourceSpec,
+        host: &str,
+        ha: &ha::Shared,
+    ) -> Result<(Self, Option<String>), AgentError> {
         let err = |msg: String| AgentError::State {
             source_desc: spec.describe(),
             msg,
@@ -143,11 +156,16 @@ impl Source {
                 ))
             }
             SourceSpec::Etcd(url) => {
-                let rx = etcd::spawn(url.clone(), host.into()).map_err(|e| err(e.to_string()))?;
+                let rx = etcd::spawn(url.clone(), host.into(), ha.clone())
+                    .map_err(|e| err(e.to_string()))?;
                 let mut src = Self::Etcd {
                     rx,
+                    stash: None,
                     kvs: BTreeMap::new(),
                     lost: false,
+                    ha: ha.clone(),
+                    ha_rt: HaRuntime::default(),
+                    ha_changed: false,
                 };
                 loop {
                     if STOP.load(Ordering::SeqCst) {
@@ -161,13 +179,41 @@ impl Source {
         }
     }
 
-    /// Wait up to `timeout` for news: a state file write wakes the agent at once.
-    fn wait(&self, timeout: Duration) {
+    /// Wait up to `timeout` for news: a state file write or an etcd message wakes the
+    /// agent at once.
+    fn wait(&mut self, timeout: Duration) {
         match self {
             Self::File { watch: Some(w), .. } => {
                 w.wait(timeout);
             }
+            Self::Etcd { rx, stash, .. } if stash.is_none() => {
+                *stash = rx.recv_timeout(timeout).ok();
+            }
             _ => std::thread::sleep(timeout),
+        }
+    }
+
+    /// The HA election's view to compile with: `None` with a state file (HA routers are
+    /// then served statically by their most preferred candidate).
+    fn ha_runtime(&self) -> Option<HaRuntime> {
+        match self {
+            Self::File { .. } => None,
+            Self::Etcd { ha_rt, .. } => Some(ha_rt.clone()),
+        }
+    }
+
+    /// True once per change of the election's view.
+    fn take_ha_change(&mut self) -> bool {
+        match self {
+            Self::File { .. } => false,
+            Self::Etcd { ha_changed, .. } => std::mem::take(ha_changed),
+        }
+    }
+
+    fn ha_shared(&self) -> Option<&ha::Shared> {
+        match self {
+            Self::File { .. } => None,
+            Self::Etcd { ha, .. } => Some(ha),
         }
     }
 
@@ -191,9 +237,19 @@ impl Source {
                     }
                 }
             }
-            Self::Etcd { rx, kvs, lost } => {
+            Self::Etcd {
+                rx,
+                stash,
+                kvs,
+                lost,
+                ha_rt,
+                ha_changed,
+                ..
+            } => {
                 let mut changed = false;
-                let mut first = wait.and_then(|w| rx.recv_timeout(w).ok());
+                let mut first = stash
+                    .take()
+                    .or_else(|| wait.and_then(|w| rx.recv_timeout(w).ok()));
                 loop {
                     let msg = match first.take() {
                         Some(m) => m,
@@ -224,6 +280,10 @@ impl Source {
                             tracing::debug!(revision, "etcd changes");
                             changed = true;
                         }
+                        etcd::Update::Ha(rt) => {
+                            *ha_rt = rt;
+                            *ha_changed = true;
+                        }
                         etcd::Update::Lost(msg) => {
                             if !*lost {
                                 warn!(error = %msg, "etcd unreachable: forwarding with the last state, retrying");
@@ -246,6 +306,32 @@ impl Source {
     }
 }
 
+/// The conntrack sync threads of an HA candidate.
+struct CtSync {
+    listener: ctsync::Listener,
+    replicator: Arc<ctsync::Replicator>,
+}
+
+impl CtSync {
+    fn start(me: Ipv4Addr, pins: &Path, rate: u64) -> Result<Self, String> {
+        let listener = ctsync::Listener::spawn(
+            SocketAddr::from((me, ctsync::PORT)),
+            ctsync::PinnedCt::open(pins)?,
+        )?;
+        let replicator = ctsync::Replicator::spawn(
+            ctsync::PinnedCt::open(pins)?,
+            ctsync::Config {
+                rate_bytes_per_sec: rate,
+                ..ctsync::Config::default()
+            },
+        )?;
+        Ok(CtSync {
+            listener,
+            replicator: Arc::new(replicator),
+        })
+    }
+}
+
 /// Tunables of the agent beyond its state.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
@@ -257,6 +343,8 @@ pub struct Options {
     pub snat_ports: (u16, u16),
     /// Serve Prometheus metrics here.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Byte rate limit of the HA conntrack sync, per host.
+    pub ct_sync_rate: u64,
 }
 
 impl Default for Options {
@@ -270,6 +358,7 @@ impl Default for Options {
                 dvr_common::snat::SNAT_PORT_MAX,
             ),
             metrics: None,
+            ct_sync_rate: 4_000_000,
         }
     }
 }
@@ -311,6 +400,10 @@ pub struct Agent {
     last_gc: Instant,
     /// When the state now being applied was read (for the "applied" log line).
     change_seen: Option<Instant>,
+    /// The HA routers this host is a candidate for (last compile).
+    ha_roles: Vec<compile::HaRole>,
+    /// Conntrack replication of HA roles (etcd mode, candidates only).
+    ct_sync: Option<CtSync>,
     /// What the last successful reconcile wrote (`None`: read the maps back next time).
     written: Option<reconcile::Written>,
     last_full_read: Instant,
@@ -326,7 +419,8 @@ impl Agent {
         opts: Options,
     ) -> Result<Self, AgentError> {
         let source_desc = spec.describe();
-        let (mut source, mut text) = Source::open(spec, host)?;
+        let ha_shared = ha::Shared::default();
+        let (mut source, mut text) = Source::open(spec, host, &ha_shared)?;
         let err = |msg: String| AgentError::State {
             source_desc: source_desc.clone(),
             msg,
@@ -338,7 +432,8 @@ impl Agent {
         let (state, first) = loop {
             let parsed = State::from_json(&text.take().unwrap_or_default())
                 .map_err(|e| e.to_string())
-                .and_then(|s| {
+                .and_then(|mut s| {
+                    s.set_ha_runtime(source.ha_runtime());
                     compile::compile(&s, host, &|_| None)
                         .map(|c| (s, c))
                         .map_err(|e| e.to_string())
@@ -381,6 +476,8 @@ impl Agent {
             last_probe: HashMap::new(),
             last_gc: Instant::now(),
             change_seen: None,
+            ha_roles: Vec::new(),
+            ct_sync: None,
             written: None,
             last_full_read: Instant::now(),
         };
@@ -413,7 +510,14 @@ impl Agent {
         if let Some(text) = self.source.poll(None)? {
             self.change_seen = Some(polled);
             match State::from_json(&text) {
-                Ok(s) => match compile::compile(&s, &self.host, &|_| None) {
+                Ok(mut s) => match compile::compile(
+                    {
+                        s.set_ha_runtime(self.source.ha_runtime());
+                        &s
+                    },
+                    &self.host,
+                    &|_| None,
+                ) {
                     Ok(c) => {
                         self.wanted = c.taps.into_keys().collect();
                         self.ext_wanted = c.external.map(|e| e.iface);
@@ -427,6 +531,13 @@ impl Agent {
             if !changed {
                 self.note(|m| m.states_refused += 1);
             }
+        }
+        if self.source.take_ha_change() {
+            let rt = self.source.ha_runtime();
+            info!(holders = ?rt.as_ref().map(|r| &r.holders), active_here = ?rt.as_ref().map(|r| &r.active_here), "HA view changed");
+            self.state.set_ha_runtime(rt);
+            self.change_seen.get_or_insert(polled);
+            changed = true;
         }
         if !(scan || changed) {
             return Ok(());
@@ -535,8 +646,34 @@ impl Agent {
         for fip in served.keys().filter(|f| !self.served.contains_key(f)) {
             self.garp_due.insert(*fip, GARP_COUNT);
         }
-        self.garp_due.retain(|f, _| served.contains_key(f));
         let snat_ips: BTreeSet<u32> = compiled.entries.snat_ips.keys().copied().collect();
+        // An HA router's external address is announced when its role moves here: the
+        // external network must learn this host's MAC for it.
+        let announced: BTreeSet<Ipv4Addr> = compiled
+            .entries
+            .snat_ips
+            .iter()
+            .filter(|(_, r)| r.flags & dvr_common::snat::SNAT_HA != 0)
+            .map(|(ip, _)| Ipv4Addr::from(ip.to_ne_bytes()))
+            .collect();
+        if self.ext_present.is_some() {
+            for ip in announced
+                .iter()
+                .filter(|ip| !self.snat_ips.contains(&u32::from_ne_bytes(ip.octets())))
+            {
+                self.garp_due.insert(*ip, GARP_COUNT);
+            }
+        }
+        self.garp_due
+            .retain(|f, _| served.contains_key(f) || announced.contains(f));
+        self.ha_roles = compiled.ha.clone();
+        if let Some(shared) = self.source.ha_shared()
+            && let Ok(mut sh) = shared.lock()
+        {
+            sh.roles = compiled.ha.clone();
+            sh.fence_pin = Some(self.dp.dir.join(dvr_common::snat::HA_FENCE));
+        }
+        self.ct_sync_update();
         // On the first sync (force) flows left by a previous agent are checked too.
         let remapped = force || served != self.served || snat_ips != self.snat_ips;
         self.served = served;
@@ -593,7 +730,7 @@ impl Agent {
     }
 
     fn owned(&self) -> Owned {
-        Owned {
+        let mut owned = Owned {
             fips: self
                 .served
                 .iter()
@@ -605,6 +742,94 @@ impl Agent {
                 })
                 .collect(),
             snat_ips: self.snat_ips.clone(),
+        };
+        // A standby keeps the flows streamed from the active host of its HA routers.
+        for role in &self.ha_roles {
+            owned
+                .snat_ips
+                .extend(role.ext_ip.map(|ip| u32::from_ne_bytes(ip.octets())));
+            for (f, x) in &role.central_fips {
+                owned.fips.insert(
+                    u32::from_ne_bytes(f.octets()),
+                    u32::from_ne_bytes(x.octets()),
+                );
+            }
+        }
+        owned
+    }
+
+    /// Conntrack replication for the HA roles (docs/HA.md): every candidate listens on its
+    /// tunnel address; the active host streams its roles' flows to the other candidates.
+    fn ct_sync_update(&mut self) {
+        if self.ha_roles.is_empty() || self.source.ha_shared().is_none() {
+            return;
+        }
+        let me = match self.state.host(&self.host) {
+            Some(h) => h.tunnel_ip,
+            None => return,
+        };
+        if self.ct_sync.is_none() {
+            match CtSync::start(me, &self.dp.dir, self.opts.ct_sync_rate) {
+                Ok(s) => {
+                    info!(addr = %SocketAddr::from((me, ctsync::PORT)), "conntrack sync listening");
+                    self.ct_sync = Some(s);
+                }
+                Err(e) => {
+                    warn!(error = %e, "conntrack sync not started; will retry");
+                    return;
+                }
+            }
+        }
+        let active: BTreeSet<String> = self
+            .state
+            .ha_runtime()
+            .map(|rt| rt.active_here.clone())
+            .unwrap_or_default();
+        let mut peers = BTreeSet::new();
+        let mut ext_ips = BTreeSet::new();
+        let mut central = BTreeSet::new();
+        for role in self
+            .ha_roles
+            .iter()
+            .filter(|r| active.contains(&r.router_id))
+        {
+            peers.extend(
+                role.candidates
+                    .iter()
+                    .filter(|c| c.host != self.host)
+                    .map(|c| SocketAddr::from((c.tunnel_ip, ctsync::PORT))),
+            );
+            ext_ips.extend(role.ext_ip.map(|ip| u32::from_ne_bytes(ip.octets())));
+            central.extend(
+                role.central_fips
+                    .keys()
+                    .map(|f| u32::from_ne_bytes(f.octets())),
+            );
+        }
+        if let Some(s) = &self.ct_sync {
+            // Only the other candidates of this host's HA routers may stream flows to it.
+            let allowed: BTreeSet<std::net::IpAddr> = self
+                .ha_roles
+                .iter()
+                .flat_map(|r| r.candidates.iter())
+                .filter(|c| c.host != self.host)
+                .map(|c| std::net::IpAddr::V4(c.tunnel_ip))
+                .collect();
+            s.listener.set_allowed(Some(allowed.into_iter().collect()));
+            let select: ctsync::Select = Arc::new(move |_k: &CtKey, e: &CtEntry| {
+                (e.kind & CT_PAT != 0 && ext_ips.contains(&e.fip_be))
+                    || (e.kind & CT_PAT == 0 && central.contains(&e.fip_be))
+            });
+            s.replicator.set(peers.into_iter().collect(), select);
+            if let Some(shared) = self.source.ha_shared()
+                && let Ok(mut sh) = shared.lock()
+                && sh.sync_to.is_none()
+            {
+                let r = s.replicator.clone();
+                sh.sync_to = Some(Arc::new(move |ip: Ipv4Addr, timeout: Duration| {
+                    r.sync_to(SocketAddr::from((ip, ctsync::PORT)), timeout)
+                }));
+            }
         }
     }
 

@@ -67,14 +67,14 @@ use std::net::Ipv4Addr;
 use dvr_common::config::HostConfig;
 use dvr_common::l2::{FLOOD_MAX_LOCAL, FLOOD_MAX_REMOTE, FdbEntry, FdbKey, FloodSet, MacKey};
 use dvr_common::nat::{
-    FIP_CENTRAL, FIP_LOCAL, FIP_REMOTE, FIP_UNASSOCIATED, FIP_VIP, FipEntry, FipSrc, VipCandidate,
-    VipKey,
+    FIP_CENTRAL, FIP_HA, FIP_LOCAL, FIP_REMOTE, FIP_UNASSOCIATED, FIP_VIP, FipEntry, FipSrc,
+    VipCandidate, VipKey,
 };
 use dvr_common::port::{
     LocalPort, PORT_FLAG_SECURITY, SEC_IP_ALLOWED, SEC_KEY_PREFIX_BITS, SEC_MAC_ONLY, SecKey,
 };
 use dvr_common::route::{Endpoint, IpKey, ROUTE_KEY_PREFIX_BITS, Route, RouteKey, RouterIface};
-use dvr_common::snat::{SNAT_ENABLED, SnatRouter, SnatSteer};
+use dvr_common::snat::{SNAT_ENABLED, SNAT_HA, SnatRouter, SnatSteer};
 
 use crate::model::{
     AgentMode, ExternalGateway, FloatingIp, Host, Mac, Network, Port, Router, State, Subnet,
@@ -166,6 +166,31 @@ pub struct Compiled {
     pub served_fips: BTreeMap<Ipv4Addr, Ipv4Addr>,
     /// Router id hash -> router id of every router this host does SNAT for (for logs).
     pub snat_router_names: BTreeMap<u32, String>,
+    /// The HA routers this host is a candidate for, in state order (docs/HA.md).
+    pub ha: Vec<HaRole>,
+}
+
+/// An HA router as one of its candidate hosts sees it: what the election and the conntrack
+/// sync need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaRole {
+    pub router_id: String,
+    /// `fnv1a32(router_id)`: the key of the datapath's fence map.
+    pub router_hash: u32,
+    /// Candidates, most preferred first.
+    pub candidates: Vec<HaCandidate>,
+    /// The router's external address: port-address translated flows carry it.
+    pub ext_ip: Option<Ipv4Addr>,
+    /// Floating -> fixed IP of the FIPs served wherever the router is elected
+    /// (`dvr_no_external` ports and VIPs).
+    pub central_fips: BTreeMap<Ipv4Addr, Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaCandidate {
+    pub host: String,
+    pub priority: u32,
+    pub tunnel_ip: Ipv4Addr,
 }
 
 /// A host's external side.
@@ -393,14 +418,14 @@ pub fn compile(
             .map(|i| (i.subnet.id.as_str(), (i.router_id, i.port.mac)))
             .collect(),
     };
-    let csnat = Csnat::of(state);
+    let csnat = Csnat::of(state, host);
     let vips = Vips::of(state, &c.iface_of_subnet);
     // Routers this host does SNAT for, in state order.
     let snat_here: Vec<(&Router, &ExternalGateway)> = if me.has_external() {
         state
             .routers()
             .iter()
-            .filter(|r| csnat.host_of.get(r.id.as_str()) == Some(&host))
+            .filter(|r| csnat.serves(&r.id, host))
             .filter_map(|r| Some((r, r.external_gateway.as_ref()?)))
             .collect()
     } else {
@@ -580,6 +605,7 @@ pub fn compile(
         snat_port_min: 0,
         snat_port_max: 0,
     };
+    let ha = ha_roles(state, host, &c, &vips);
     Ok(Compiled {
         config,
         taps,
@@ -587,6 +613,7 @@ pub fn compile(
         external,
         served_fips,
         snat_router_names,
+        ha,
     })
 }
 
@@ -594,33 +621,54 @@ pub fn compile(
 struct Csnat<'s> {
     /// (router id, subnet id) -> the router's csnat port on that subnet.
     on_subnet: HashMap<(&'s str, &'s str), &'s Port>,
-    /// Router id -> its SNAT host (validation: all its bound csnat ports share one).
+    /// Router id -> its SNAT host (validation: all its bound csnat ports share one): for an
+    /// HA router, the elected host (docs/HA.md), which compute hosts steer to.
     host_of: HashMap<&'s str, &'s str>,
     /// Router id -> its csnat ports, in state order.
     ports_of: HashMap<&'s str, Vec<&'s Port>>,
+    /// HA routers steered to this host that it does not serve (yet, or any more): no role.
+    inactive: HashSet<&'s str>,
 }
 
 impl<'s> Csnat<'s> {
-    fn of(state: &'s State) -> Self {
+    fn of(state: &'s State, me: &str) -> Self {
         let mut csnat = Csnat {
             on_subnet: HashMap::new(),
             host_of: HashMap::new(),
             ports_of: HashMap::new(),
+            inactive: HashSet::new(),
         };
         for port in state.ports().iter().filter(|p| p.is_centralized_snat()) {
-            // Unbound: not scheduled yet, so no SNAT host serves this subnet.
-            let (Some(host), [fixed]) = (port.host_id.as_deref(), port.fixed_ips.as_slice()) else {
+            let router = port.device_id.as_str();
+            let ha = state.router(router).filter(|r| r.is_ha_managed());
+            // Unbound: not scheduled yet, so no SNAT host serves this subnet (an HA
+            // router's ports are served where it is elected, bound or not).
+            let host = match ha {
+                Some(r) => state.ha_target(r),
+                None => port.host_id.as_deref(),
+            };
+            let (Some(host), [fixed]) = (host, port.fixed_ips.as_slice()) else {
                 continue;
             };
-            let router = port.device_id.as_str();
             csnat
                 .on_subnet
                 .entry((router, fixed.subnet_id.as_str()))
                 .or_insert(port);
             csnat.host_of.entry(router).or_insert(host);
             csnat.ports_of.entry(router).or_default().push(port);
+            if let Some(r) = ha
+                && host == me
+                && !state.ha_serving(r, me)
+            {
+                csnat.inactive.insert(router);
+            }
         }
         csnat
+    }
+
+    /// True when this host (`me`) does the centralized work of `router`.
+    fn serves(&self, router: &str, me: &str) -> bool {
+        self.host_of.get(router) == Some(&me) && !self.inactive.contains(router)
     }
 }
 
@@ -651,7 +699,7 @@ fn add_snat_steer(
         else {
             continue;
         };
-        let Some(snat_host) = port.host_id.as_deref() else {
+        let Some(&snat_host) = csnat.host_of.get(iface.router_id) else {
             continue;
         };
         let tunnel_ip_host = if snat_host == c.host {
@@ -700,11 +748,16 @@ fn add_snat_router(
             subnet: ext.subnet_id.clone(),
             address: ext.ip,
         })?;
+    let ha = if fenced(state, &router.id) {
+        SNAT_HA
+    } else {
+        0
+    };
     let value = SnatRouter {
         router_id: fnv1a32(&router.id),
         ext_ip_be: be(ext.ip),
         ext_gw_ip_be: be(next_hop),
-        flags: snat_flags(gw),
+        flags: snat_flags(gw) | ha,
     };
     for port in csnat.ports_of.get(router.id.as_str()).into_iter().flatten() {
         if let Some(vni) = vni_of(state, &port.network_id) {
@@ -713,6 +766,66 @@ fn add_snat_router(
     }
     out.snat_ips.insert(value.ext_ip_be, value);
     Ok(next_hop)
+}
+
+/// The HA routers `host` is a candidate for.
+fn ha_roles(state: &State, host: &str, c: &Compiler<'_>, vips: &Vips<'_>) -> Vec<HaRole> {
+    let mine: Vec<&Router> = state
+        .routers()
+        .iter()
+        .filter(|r| r.is_ha_managed() && r.ha_hosts.iter().any(|h| h.host == host))
+        .collect();
+    if mine.is_empty() {
+        return Vec::new();
+    }
+    let mut central: HashMap<&str, BTreeMap<Ipv4Addr, Ipv4Addr>> = HashMap::new();
+    for fip in state.floatingips() {
+        let Some(t) = FipTarget::of(state, fip, &c.iface_of_subnet) else {
+            continue;
+        };
+        let bound_no_external = t
+            .port
+            .host_id
+            .as_deref()
+            .filter(|_| t.port.is_vm())
+            .and_then(|h| state.host(h))
+            .is_some_and(|h| h.agent_mode == AgentMode::DvrNoExternal);
+        if bound_no_external || vips.get(t.port, t.fixed).is_some() {
+            central
+                .entry(t.router_id)
+                .or_default()
+                .insert(fip.floating_ip_address, t.fixed);
+        }
+    }
+    mine.into_iter()
+        .map(|r| HaRole {
+            router_id: r.id.clone(),
+            router_hash: fnv1a32(&r.id),
+            candidates: r
+                .ha_candidates()
+                .into_iter()
+                .filter_map(|h| {
+                    Some(HaCandidate {
+                        host: h.host.clone(),
+                        priority: h.priority,
+                        tunnel_ip: state.host(&h.host)?.tunnel_ip,
+                    })
+                })
+                .collect(),
+            ext_ip: r
+                .external_gateway
+                .as_ref()
+                .and_then(|g| g.external_fixed_ips.first())
+                .map(|f| f.ip),
+            central_fips: central.remove(r.id.as_str()).unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// True when the datapath must check the HA fence for `router_id`'s centralized work: an
+/// HA router whose role is elected (etcd mode).
+fn fenced(state: &State, router_id: &str) -> bool {
+    state.ha_runtime().is_some() && state.router(router_id).is_some_and(Router::is_ha_managed)
 }
 
 /// A VIP (see the module doc).
@@ -861,7 +974,7 @@ fn add_vip_candidates(
     served: &HashSet<&str>,
 ) {
     for vip in &vips.list {
-        let snat_host = csnat.host_of.get(vip.router_id) == Some(&c.host);
+        let snat_host = csnat.serves(vip.router_id, c.host);
         if !snat_host && !served.contains(vip.network_id) {
             continue;
         }
@@ -1055,6 +1168,11 @@ fn add_floating_ips(
             .filter(|&h| h != c.host && my_routers.contains(t.router_id))
             .and_then(|h| state.host(h))
             .filter(|h| h.has_external());
+        let central_ha = if fenced(state, t.router_id) {
+            FIP_HA
+        } else {
+            0
+        };
         let served_here = match (local_ifindex, central_from) {
             (Some(ifindex), _) => Some(FipEntry {
                 ifindex,
@@ -1063,11 +1181,11 @@ fn add_floating_ips(
             }),
             (None, Some(tunnel_ip_host)) => Some(FipEntry {
                 tunnel_ip_host,
-                flags: FIP_CENTRAL,
+                flags: FIP_CENTRAL | central_ha,
                 ..base
             }),
             (None, None) if central_vip => Some(FipEntry {
-                flags: FIP_CENTRAL | FIP_VIP,
+                flags: FIP_CENTRAL | FIP_VIP | central_ha,
                 ..base
             }),
             (None, None) => None,
@@ -1308,6 +1426,13 @@ mod tests {
 
     fn ip(a: u8, b: u8, c: u8, d: u8) -> u32 {
         be(Ipv4Addr::new(a, b, c, d))
+    }
+
+    fn compiled_state(st: &State, host: &str) -> Compiled {
+        match compile(st, host, &snat_taps) {
+            Ok(c) => c,
+            Err(e) => panic!("compile {host}: {e}"),
+        }
     }
 
     fn compiled(v: &Value, host: &str, taps: &dyn Fn(&str) -> Option<u32>) -> Compiled {
@@ -2455,6 +2580,112 @@ mod tests {
             ext_gw_ip_be: ip(10, 5, 0, 1),
             flags,
         }
+    }
+
+    /// snat_fixture with r1 HA on host-s (priority 200) and host-t (100).
+    fn ha_fixture() -> Value {
+        let mut v = snat_fixture();
+        push(
+            &mut v,
+            "hosts",
+            json!({"name": "host-t", "agent_mode": "dvr_snat", "tunnel_ip": "192.0.2.6",
+                "dvr_mac": "fa:16:3f:00:00:0f", "external_interface": "ext0"}),
+        );
+        let r = elem(&mut v, "routers", "id", "r1");
+        r["ha"] = json!(true);
+        r["ha_hosts"] =
+            json!([{"host": "host-t", "priority": 100}, {"host": "host-s", "priority": 200}]);
+        v
+    }
+
+    #[test]
+    fn ha_router_role_follows_the_election() {
+        const TUN_T: u32 = 0xc000_0206;
+        let v = ha_fixture();
+        let with = |holder: Option<&str>, active_here: bool| {
+            let mut st = state_of(&v);
+            st.set_ha_runtime(Some(crate::model::HaRuntime {
+                holders: holder
+                    .map(|h| BTreeMap::from([("r1".to_string(), h.to_string())]))
+                    .unwrap_or_default(),
+                active_here: if active_here {
+                    BTreeSet::from(["r1".to_string()])
+                } else {
+                    BTreeSet::new()
+                },
+            }));
+            st
+        };
+        // State file: the preferred candidate serves, without a fence.
+        let s = compiled(&v, "host-s", &snat_taps);
+        assert_eq!(
+            s.entries.snat_ips,
+            BTreeMap::from([(ip(10, 5, 3, 1), snat_r1(SNAT_ENABLED))])
+        );
+        assert!(
+            compiled(&v, "host-t", &snat_taps)
+                .entries
+                .snat_ips
+                .is_empty()
+        );
+        // etcd: host-t elected. It serves with the fence flag, central FIPs included;
+        // host-s (preferred, not elected) serves nothing; compute hosts steer to host-t.
+        let st = with(Some("host-t"), true);
+        let t = compiled_state(&st, "host-t");
+        assert_eq!(
+            t.entries.snat_ips,
+            BTreeMap::from([(ip(10, 5, 3, 1), snat_r1(SNAT_ENABLED | SNAT_HA))])
+        );
+        assert_eq!(t.entries.snat_routers.len(), 2);
+        let Some(central) = t.entries.fips.get(&ip(10, 5, 2, 7)) else {
+            panic!("no central FIP on host-t")
+        };
+        assert_eq!(central.flags, FIP_CENTRAL | FIP_HA);
+        assert_eq!(t.ha.len(), 1);
+        assert_eq!(
+            t.ha[0]
+                .candidates
+                .iter()
+                .map(|c| c.host.as_str())
+                .collect::<Vec<_>>(),
+            ["host-s", "host-t"]
+        );
+        assert_eq!(t.ha[0].ext_ip, Some(Ipv4Addr::new(10, 5, 3, 1)));
+        assert_eq!(
+            t.ha[0].central_fips,
+            BTreeMap::from([
+                // fip_fixture's VIP FIP, and host-n's (dvr_no_external) FIP.
+                (Ipv4Addr::new(10, 5, 2, 4), Ipv4Addr::new(192, 168, 1, 30)),
+                (Ipv4Addr::new(10, 5, 2, 7), Ipv4Addr::new(192, 168, 1, 40))
+            ])
+        );
+        let s = compiled_state(&with(Some("host-t"), false), "host-s");
+        assert!(s.entries.snat_ips.is_empty() && s.entries.snat_routers.is_empty());
+        assert!(
+            !s.entries.fips.contains_key(&ip(10, 5, 2, 7))
+                || s.entries.fips[&ip(10, 5, 2, 7)].flags & FIP_CENTRAL == 0
+        );
+        assert_eq!(s.ha.len(), 1, "host-s is still a candidate");
+        let a = compiled_state(&with(Some("host-t"), false), "host-a");
+        assert_eq!(
+            a.entries.snat_steer,
+            BTreeMap::from([(
+                fdb_key(FVNI1, MAC_R1N1),
+                steer(TUN_T, MAC_CSNAT1, SNAT_ENABLED)
+            )])
+        );
+        assert!(a.ha.is_empty(), "host-a is no candidate");
+        // Nobody elected yet: nobody serves; compute hosts steer to the preferred one.
+        let s = compiled_state(&with(None, false), "host-s");
+        assert!(s.entries.snat_ips.is_empty());
+        let a = compiled_state(&with(None, false), "host-a");
+        assert_eq!(
+            a.entries.snat_steer,
+            BTreeMap::from([(
+                fdb_key(FVNI1, MAC_R1N1),
+                steer(TUN_S, MAC_CSNAT1, SNAT_ENABLED)
+            )])
+        );
     }
 
     #[test]

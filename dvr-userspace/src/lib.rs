@@ -13,6 +13,7 @@ pub mod attach;
 pub mod compile;
 pub mod conntrack;
 pub mod ctl;
+pub mod ctsync;
 pub mod ebpf;
 pub mod json;
 pub mod maps;

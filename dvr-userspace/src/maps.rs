@@ -57,6 +57,16 @@ pub struct Lpm<K, V> {
     map: LpmTrie<MapData, K, V>,
 }
 
+/// A delete of a key that is not there: aya reports `bpf_map_delete_elem`'s ENOENT as a
+/// syscall error, not as `KeyNotFound`.
+fn is_absent(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
 fn access(name: &'static str) -> impl Fn(MapError) -> MapsError {
     move |source| MapsError::Access { name, source }
 }
@@ -89,9 +99,11 @@ impl<K: Pod + Ord, V: Pod + PartialEq> Hash<K, V> {
             Err(e) => Err(access(self.name)(e)),
         }
     }
+    /// Delete `k`; an absent key is no error.
     pub fn del(&mut self, k: &K) -> Result<(), MapsError> {
         match self.map.remove(k) {
-            Err(MapError::KeyNotFound) | Ok(()) => Ok(()),
+            Err(e) if is_absent(&e) => Ok(()),
+            Ok(()) => Ok(()),
             Err(e) => Err(access(self.name)(e)),
         }
     }
@@ -112,9 +124,11 @@ impl<K: Pod + Ord, V: Pod + PartialEq> Lpm<K, V> {
             .insert(&LpmKey::new(k.0, k.1), v, 0)
             .map_err(access(self.name))
     }
+    /// Delete `k`; an absent key is no error.
     pub fn del(&mut self, k: &(u32, K)) -> Result<(), MapsError> {
         match self.map.remove(&LpmKey::new(k.0, k.1)) {
-            Err(MapError::KeyNotFound) | Ok(()) => Ok(()),
+            Err(e) if is_absent(&e) => Ok(()),
+            Ok(()) => Ok(()),
             Err(e) => Err(access(self.name)(e)),
         }
     }
@@ -143,6 +157,10 @@ pub struct HostMaps {
     pub snat_routers: Hash<FdbKey, SnatRouter>,
     pub snat_ips: Hash<u32, SnatRouter>,
     pub snat_exhausted: Hash<u32, u64>,
+    /// HA router id (`compile::fnv1a32`) -> CLOCK_MONOTONIC ns until which this host serves
+    /// it ([`fence_now_ns`]). Written by the HA election only: not part of
+    /// `compile::MapEntries`, so reconcile never touches it.
+    pub ha_fence: Hash<u32, u64>,
     pub vip_cand: Hash<VipKey, VipCandidate>,
     pub vip_loc: Hash<IpKey, VipLoc>,
     pub stats: PerCpuArray<MapData, u64>,
@@ -166,7 +184,7 @@ fn lpm<K: Pod, V: Pod>(dir: &Path, name: &'static str) -> Result<Lpm<K, V>, Maps
 }
 
 /// Every map of the datapath.
-pub const NAMES: [&str; 25] = [
+pub const NAMES: [&str; 26] = [
     config::HOST_CONFIG,
     l2::TUNNEL_PEERS,
     l2::DVR_MACS,
@@ -187,6 +205,7 @@ pub const NAMES: [&str; 25] = [
     snat::SNAT_ROUTERS,
     snat::SNAT_IPS,
     snat::SNAT_EXHAUSTED,
+    snat::HA_FENCE,
     nat::VIP_CAND,
     nat::VIP_LOC,
     stats::STATS,
@@ -212,7 +231,7 @@ pub fn incompatible_pins(dir: &Path, ct_max: u32) -> Vec<(&'static str, String)>
         }
     }
     let s = |r: Result<(), MapsError>| r.map_err(|e| e.to_string());
-    let checks: [(&'static str, Result<(), String>); 25] = [
+    let checks: [(&'static str, Result<(), String>); 26] = [
         (
             config::HOST_CONFIG,
             s(open(dir, config::HOST_CONFIG).and_then(|m| {
@@ -299,6 +318,10 @@ pub fn incompatible_pins(dir: &Path, ct_max: u32) -> Vec<(&'static str, String)>
             s(hash::<u32, u64>(dir, snat::SNAT_EXHAUSTED).map(|_| ())),
         ),
         (
+            snat::HA_FENCE,
+            s(hash::<u32, u64>(dir, snat::HA_FENCE).map(|_| ())),
+        ),
+        (
             nat::VIP_CAND,
             s(hash::<VipKey, VipCandidate>(dir, nat::VIP_CAND).map(|_| ())),
         ),
@@ -361,6 +384,7 @@ impl HostMaps {
             snat_routers: hash(dir, snat::SNAT_ROUTERS)?,
             snat_ips: hash(dir, snat::SNAT_IPS)?,
             snat_exhausted: hash(dir, snat::SNAT_EXHAUSTED)?,
+            ha_fence: hash(dir, snat::HA_FENCE)?,
             vip_cand: hash(dir, nat::VIP_CAND)?,
             vip_loc: hash(dir, nat::VIP_LOC)?,
             stats: PerCpuArray::try_from(Map::PerCpuArray(open(dir, stats::STATS)?))
@@ -391,6 +415,18 @@ impl HostMaps {
             })
             .collect()
     }
+}
+
+/// Now on the clock of `DVR_HA_FENCE` values: CLOCK_MONOTONIC in ns, what the datapath's
+/// `bpf_ktime_get_ns()` reads (not the coarse clock conntrack timestamps use).
+pub fn fence_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The drop-event ring of the host whose pins are in `dir` (one reader at a time).

@@ -13,6 +13,7 @@
 //! rely on every reference resolving.
 
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
 /// The state's indexes hash ids it parsed itself; foldhash is several times faster than
 /// SipHash on them (a tenth of load time at 10,000 ports).
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
@@ -197,6 +198,48 @@ pub struct Router {
     pub external_gateway: Option<ExternalGateway>,
     pub distributed: bool,
     pub ha: bool,
+    /// `ha_hosts`: the `dvr_snat` hosts that may hold the router's centralized role, as
+    /// listed (see [`Router::ha_candidates`] for the order of preference).
+    pub ha_hosts: Vec<HaHost>,
+}
+
+/// One entry of a router's `ha_hosts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaHost {
+    pub host: String,
+    /// Higher is preferred; ties go to the host name that sorts first.
+    pub priority: u32,
+}
+
+impl Router {
+    /// True when the router's centralized role is elected among `ha_hosts` (docs/HA.md);
+    /// otherwise it is where its csnat ports are bound.
+    pub fn is_ha_managed(&self) -> bool {
+        self.ha && !self.ha_hosts.is_empty()
+    }
+
+    /// `ha_hosts`, most preferred first.
+    pub fn ha_candidates(&self) -> Vec<&HaHost> {
+        let mut c: Vec<&HaHost> = self.ha_hosts.iter().collect();
+        c.sort_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then_with(|| a.host.cmp(&b.host))
+        });
+        c
+    }
+}
+
+/// Who holds the centralized role of HA routers right now, as the agent learned it from
+/// etcd. Not part of the Neutron state: it never makes a state invalid, and a holder that
+/// is not a candidate of the router is ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HaRuntime {
+    /// Router id -> the host last known to hold its role (kept while the role is vacant, so
+    /// compute hosts keep steering somewhere during an election).
+    pub holders: BTreeMap<String, String>,
+    /// Routers whose role this agent's host holds now.
+    pub active_here: BTreeSet<String>,
 }
 
 /// A Neutron floating IP.
@@ -397,6 +440,9 @@ pub struct State {
     subnets_by_network: Vec<Vec<usize>>,
     /// Per network index: port indexes, in state order.
     ports_by_network: Vec<Vec<usize>>,
+    /// Election results (etcd mode); `None` with a state file: HA routers are then served
+    /// statically by their most preferred candidate.
+    ha_runtime: Option<HaRuntime>,
 }
 
 impl State {
@@ -468,6 +514,42 @@ impl State {
     }
     pub fn routers(&self) -> &[Router] {
         &self.routers
+    }
+
+    /// Set the election results (etcd mode) the compiler uses for HA routers.
+    pub fn set_ha_runtime(&mut self, rt: Option<HaRuntime>) {
+        self.ha_runtime = rt;
+    }
+
+    pub fn ha_runtime(&self) -> Option<&HaRuntime> {
+        self.ha_runtime.as_ref()
+    }
+
+    /// The host compute hosts steer an HA router's centralized traffic to: the elected
+    /// holder (or the last one while the role is vacant), else the most preferred candidate.
+    pub fn ha_target<'a>(&'a self, router: &'a Router) -> Option<&'a str> {
+        let candidates = router.ha_candidates();
+        let held = self
+            .ha_runtime
+            .as_ref()
+            .and_then(|rt| rt.holders.get(&router.id))
+            .filter(|h| candidates.iter().any(|c| &c.host == *h));
+        match held {
+            Some(h) => Some(h.as_str()),
+            None => candidates.first().map(|c| c.host.as_str()),
+        }
+    }
+
+    /// True when `host` serves HA router `router`'s centralized role now: it holds the
+    /// election (etcd mode), or is the most preferred candidate (state file).
+    pub fn ha_serving(&self, router: &Router, host: &str) -> bool {
+        match &self.ha_runtime {
+            Some(rt) => {
+                rt.active_here.contains(&router.id)
+                    && router.ha_hosts.iter().any(|c| c.host == host)
+            }
+            None => self.ha_target(router) == Some(host),
+        }
     }
     pub fn floatingips(&self) -> &[FloatingIp] {
         &self.floatingips
@@ -998,6 +1080,15 @@ impl Parser {
         };
         let distributed = r.opt("distributed", conv_bool).unwrap_or(true);
         let ha = r.opt("ha", conv_bool).unwrap_or(false);
+        let mut ha_hosts = Vec::new();
+        for (path, obj) in r.list("ha_hosts", false) {
+            let mut h = r.child(&path, obj);
+            let host = h.req("host", conv_id);
+            let priority = h.req("priority", conv_u32);
+            if let (Some(host), Some(priority)) = (host, priority) {
+                ha_hosts.push(HaHost { host, priority });
+            }
+        }
         match id {
             Some(id) if self.errors.len() == before => {
                 self.state
@@ -1009,6 +1100,7 @@ impl Parser {
                     external_gateway,
                     distributed,
                     ha,
+                    ha_hosts,
                 });
             }
             _ => {
@@ -1141,6 +1233,7 @@ impl<'s> Validator<'s, '_> {
         self.subnets();
         self.ports();
         self.routers();
+        self.ha_hosts();
         self.snat_ports();
         self.floatingips();
     }
@@ -1493,6 +1586,51 @@ impl<'s> Validator<'s, '_> {
         }
     }
 
+    /// `ha_hosts`: only with `ha: true`, at least two distinct `dvr_snat` hosts with an
+    /// external interface.
+    fn ha_hosts(&mut self) {
+        let s = self.s;
+        for r in s.routers.iter().filter(|r| !r.ha_hosts.is_empty()) {
+            if !r.ha {
+                let message = "only an HA router (ha: true) has ha_hosts";
+                self.error("router", &r.id, "ha_hosts", message);
+                continue;
+            }
+            if r.ha_hosts.len() < 2 {
+                let message = "an HA router needs at least two ha_hosts";
+                self.error("router", &r.id, "ha_hosts", message);
+            }
+            let mut seen: HashMap<&str, usize> = HashMap::default();
+            for (i, c) in r.ha_hosts.iter().enumerate() {
+                let field = format!("ha_hosts[{i}].host");
+                if let Some(first) = seen.insert(&c.host, i) {
+                    let message =
+                        format!("host {} is listed twice (also ha_hosts[{first}])", c.host);
+                    self.error("router", &r.id, &field, message);
+                    continue;
+                }
+                let problem = match s.host(&c.host) {
+                    None if self.broken.hosts.contains(&c.host) => None,
+                    None => Some(format!("host {} does not exist", c.host)),
+                    Some(h) => match (h.agent_mode, &h.external_interface) {
+                        (AgentMode::DvrSnat, Some(_)) => None,
+                        (AgentMode::DvrSnat, None) => Some(format!(
+                            "host {} is dvr_snat but has no external_interface",
+                            c.host
+                        )),
+                        (mode, _) => Some(format!(
+                            "host {} is agent_mode {mode}, not dvr_snat",
+                            c.host
+                        )),
+                    },
+                };
+                if let Some(message) = problem {
+                    self.error("router", &r.id, &field, message);
+                }
+            }
+        }
+    }
+
     fn routers(&mut self) {
         let s = self.s;
         for r in &s.routers {
@@ -1568,6 +1706,10 @@ impl<'s> Validator<'s, '_> {
             let Some(host) = p.host_id.as_deref() else {
                 continue;
             };
+            // An HA router's csnat ports are served where it is elected, not where bound.
+            if s.router(router).is_some_and(Router::is_ha_managed) {
+                continue;
+            }
             if let Some(h) = s.host(host) {
                 let problem = match (h.agent_mode, &h.external_interface) {
                     (AgentMode::DvrSnat, Some(_)) => None,
@@ -1808,6 +1950,104 @@ pub(crate) mod tests {
             Err(StateError::Invalid(errors)) => errors,
             Err(e) => panic!("not a validation error: {e}"),
         }
+    }
+
+    fn with_ha(v: &mut Value, ha: bool, hosts: Value) {
+        push(
+            v,
+            "hosts",
+            serde_json::json!({"name": "host-c", "agent_mode": "dvr_snat", "tunnel_ip": "192.0.2.3",
+                               "dvr_mac": "fa:16:3f:00:00:0c", "external_interface": "eth1"}),
+        );
+        let r = elem(v, "routers", "id", "router1");
+        r["ha"] = ha.into();
+        r["ha_hosts"] = hosts;
+    }
+
+    #[test]
+    fn ha_hosts_elect_the_preferred_candidate_unless_told_otherwise() {
+        let mut v = fixture_value();
+        with_ha(
+            &mut v,
+            true,
+            serde_json::json!([{"host": "host-c", "priority": 100}, {"host": "host-b", "priority": 200}]),
+        );
+        let mut s = state_of(&v);
+        let Some(r) = s.router("router1").cloned() else {
+            panic!("no router1")
+        };
+        assert!(r.is_ha_managed());
+        let order: Vec<&str> = r.ha_candidates().iter().map(|c| c.host.as_str()).collect();
+        assert_eq!(order, ["host-b", "host-c"]);
+        assert_eq!(
+            s.ha_target(&r),
+            Some("host-b"),
+            "state file: the preferred one"
+        );
+        assert!(s.ha_serving(&r, "host-b") && !s.ha_serving(&r, "host-c"));
+        s.set_ha_runtime(Some(HaRuntime {
+            holders: BTreeMap::from([("router1".into(), "host-c".into())]),
+            active_here: BTreeSet::from(["router1".into()]),
+        }));
+        assert_eq!(s.ha_target(&r), Some("host-c"), "elected holder");
+        assert!(s.ha_serving(&r, "host-c"));
+        s.set_ha_runtime(Some(HaRuntime {
+            holders: BTreeMap::from([("router1".into(), "host-a".into())]),
+            active_here: BTreeSet::new(),
+        }));
+        assert_eq!(
+            s.ha_target(&r),
+            Some("host-b"),
+            "a holder that is no candidate is ignored"
+        );
+        assert!(
+            !s.ha_serving(&r, "host-b"),
+            "etcd mode: only the elected host serves"
+        );
+    }
+
+    #[test]
+    fn bad_ha_hosts_name_router_and_field() {
+        let e = errors_after(|v| {
+            with_ha(
+                v,
+                false,
+                serde_json::json!([{"host": "host-b", "priority": 1}, {"host": "host-c", "priority": 2}]),
+            )
+        });
+        assert_error(&e, "router", "router1", "ha_hosts", "only an HA router");
+        let e = errors_after(|v| {
+            with_ha(
+                v,
+                true,
+                serde_json::json!([{"host": "host-b", "priority": 1}]),
+            )
+        });
+        assert_error(&e, "router", "router1", "ha_hosts", "at least two");
+        let e = errors_after(|v| {
+            with_ha(
+                v,
+                true,
+                serde_json::json!([{"host": "host-b", "priority": 1}, {"host": "host-a", "priority": 2}]),
+            )
+        });
+        assert_error(&e, "router", "router1", "ha_hosts[1].host", "not dvr_snat");
+        let e = errors_after(|v| {
+            with_ha(
+                v,
+                true,
+                serde_json::json!([{"host": "host-b", "priority": 1}, {"host": "host-b", "priority": 2}]),
+            )
+        });
+        assert_error(&e, "router", "router1", "ha_hosts[1].host", "listed twice");
+        let e = errors_after(|v| {
+            with_ha(
+                v,
+                true,
+                serde_json::json!([{"host": "host-b", "priority": 1}, {"host": "nowhere", "priority": -2}]),
+            )
+        });
+        assert_error(&e, "router", "router1", "ha_hosts[1].priority", "unsigned");
     }
 
     /// Asserts one error is about `kind id`, `field`, with `text` in its message, and that its

@@ -221,6 +221,8 @@ pub struct RouterSpec {
     pub networks: Vec<String>,
     /// `external_gateway_info.enable_snat` (with [`Topology::external`]); true by default.
     pub enable_snat: bool,
+    /// With [`Topology::ha_hosts`]: `"ha": true` and these `(host, priority)` candidates.
+    pub ha_hosts: Vec<(String, u32)>,
 }
 
 /// A VM: a port on a network bound to a host, and a namespace with `eth0` behind its tap.
@@ -316,8 +318,9 @@ impl Topology {
 
     /// A [`Topology::host`] with `agent_mode: dvr_snat`: the network node. Needs
     /// [`Topology::external`]; it has `ext0` like every host, and every router with a gateway
-    /// gets one `network:router_centralized_snat` port per subnet bound to it (at most one
-    /// such host per topology). See [`crate::snat`].
+    /// gets one `network:router_centralized_snat` port per subnet bound to it (to the first
+    /// such host; an HA router's to its most preferred [`Topology::ha_hosts`] entry). See
+    /// [`crate::snat`].
     pub fn snat_host(&mut self, name: &str) -> &mut Topology {
         self.host(name);
         if let Some(h) = self.hosts.last_mut() {
@@ -381,7 +384,22 @@ impl Topology {
             name: name.into(),
             networks: networks.iter().map(|s| s.to_string()).collect(),
             enable_snat: true,
+            ha_hosts: Vec::new(),
         });
+        self
+    }
+
+    /// Makes a router defined before HA (`"ha": true`, `ha_hosts` = these `(host, priority)`
+    /// pairs, hosts by logical name, see docs/HA.md); its csnat ports are bound to the most
+    /// preferred `dvr_snat` one. The hosts must be in the topology (any mode: an invalid choice
+    /// is written as given). See [`crate::ha`].
+    pub fn ha_hosts(&mut self, router: &str, hosts: &[(&str, u32)]) -> &mut Topology {
+        match self.routers.iter_mut().find(|r| r.name == router) {
+            Some(r) => r.ha_hosts = hosts.iter().map(|(h, p)| (h.to_string(), *p)).collect(),
+            None => self
+                .errors
+                .push(format!("ha_hosts for undefined router {router}")),
+        }
         self
     }
 
@@ -760,11 +778,6 @@ impl Cloud {
             h.name
         );
         ensure!(
-            h.mode != HostMode::DvrSnat || self.hosts.iter().all(|o| o.mode != HostMode::DvrSnat),
-            "host {}: the test bed supports one dvr_snat host",
-            h.name
-        );
-        ensure!(
             Cidr::parse("192.0.2.0/24")?.contains(h.tunnel_ip),
             "host {}: tunnel ip {} outside 192.0.2.0/24",
             h.name,
@@ -868,12 +881,31 @@ impl Cloud {
         );
         let router_id = new_id(KIND_ROUTER, self.seq);
         let external_gateway_info = self.router_gateway_info(self.routers.len(), r.enable_snat)?;
+        let ha_hosts = r
+            .ha_hosts
+            .iter()
+            .map(|(h, priority)| {
+                let host = self
+                    .host(h)
+                    .with_context(|| format!("router {}: ha_hosts", r.name))?;
+                Ok(state::HaHost {
+                    host: host.agent_name.clone(),
+                    priority: *priority,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         self.state.routers.push(state::Router {
             id: router_id.clone(),
             distributed: true,
-            ha: false,
+            ha: !ha_hosts.is_empty(),
             external_gateway_info,
+            ha_hosts,
         });
+        let csnat_host = self
+            .state
+            .routers
+            .last()
+            .and_then(|r| self.csnat_host_for(r));
         for net_name in &r.networks {
             let i = self
                 .net_index(net_name)
@@ -904,7 +936,9 @@ impl Cloud {
                 allowed_address_pairs: Vec::new(),
                 port_security_enabled: true,
             });
-            self.create_csnat_port(i, &router_id)?;
+            if let Some(h) = &csnat_host {
+                self.create_csnat_port(i, &router_id, h)?;
+            }
         }
         self.routers.insert(r.name.clone(), router_id);
         Ok(())

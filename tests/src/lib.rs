@@ -17,6 +17,9 @@
 //!   [`Cloud::restart_agent`]), their `applied` log lines, pins and TCX links, and background
 //!   traffic that runs across a restart ([`Cloud::ping_bg`], [`Cloud::start_paced_transfer`]).
 //! - [`etcd`]: etcd in the underlay namespace, agents on `--etcd`, `dvrctl apply|hosts`.
+//! - [`ha`]: HA routers over two `dvr_snat` hosts ([`Topology::ha_hosts`]), the election
+//!   (`dvrctl ha|failover`), the fences ([`Cloud::fence`], [`FenceSampler`]) and failures to
+//!   inject (links down, cut from etcd).
 //! - [`inspect`]: `dvrctl trace` ([`Cloud::trace`]), `dvrctl monitor` ([`Cloud::spawn_monitor`])
 //!   and the agents' Prometheus endpoint ([`Cloud::scrape_metrics`]).
 //! - [`Counters`] snapshots counters for deltas.
@@ -34,6 +37,7 @@ pub mod cmd;
 pub mod counters;
 pub mod etcd;
 pub mod external;
+pub mod ha;
 pub mod inspect;
 pub mod keepalived;
 pub mod lifecycle;
@@ -55,6 +59,7 @@ pub use etcd::{HostRow, require_etcd_preconditions};
 pub use external::{
     Bg, EXT, EXT_GATEWAY, EXT_IFACE, ExternalInfo, FipInfo, HostExt, INTERNET_HOST, UdpReply,
 };
+pub use ha::{Fence, FenceSample, FenceSampler, HaHolder, PingGaps, ping_gaps, tcp_sources};
 pub use inspect::{DropEvent, Metrics, OutputKind, Trace, TraceProbe};
 pub use keepalived::{Keepalived, KeepalivedConf};
 pub use lifecycle::{AppliedLine, BgPing, PacedReport, PacedTransfer, Tcx};

@@ -12,7 +12,8 @@
 //!   `ext0`), [`Topology::no_external_host`](crate::Topology::no_external_host) a
 //!   `dvr_no_external` one (no `ext0`, no `external_interface`). With a SNAT host, every router
 //!   gets one `network:router_centralized_snat` port per subnet (the first free address from
-//!   `.2`, bound to the SNAT host): [`Cloud::csnat`].
+//!   `.2`, bound to the (first) SNAT host, or for an HA router to its most preferred candidate:
+//!   [`crate::ha`]): [`Cloud::csnat`].
 //! - [`Topology::enable_snat`](crate::Topology::enable_snat) sets a router's `enable_snat`;
 //!   [`Cloud::set_enable_snat`] changes it at run time.
 //! - [`Topology::vip`](crate::Topology::vip) adds an unbound VIP port (device_owner "", no
@@ -88,15 +89,32 @@ pub struct VipInfo {
 impl Cloud {
     // ---- creation --------------------------------------------------------------------------
 
-    /// With a SNAT host and the external network: the centralized SNAT port of router
-    /// `router_id` on the subnet of network `net_index`.
-    pub(crate) fn create_csnat_port(&mut self, net_index: usize, router_id: &str) -> Result<()> {
-        if self.external.is_none() {
-            return Ok(());
-        }
-        let Some(snat) = self.hosts.iter().find(|h| h.mode == HostMode::DvrSnat) else {
-            return Ok(());
-        };
+    /// Where router `r`'s centralized SNAT ports are bound, with the external network: its
+    /// most preferred `dvr_snat` HA candidate, else the first `dvr_snat` host; `None` without
+    /// either.
+    pub(crate) fn csnat_host_for(&self, r: &state::Router) -> Option<String> {
+        self.external.as_ref()?;
+        let is_snat = |name: &str| self.host(name).is_ok_and(|h| h.mode == HostMode::DvrSnat);
+        self.candidates_of(r)
+            .into_iter()
+            .find(|h| is_snat(h))
+            .or_else(|| {
+                self.hosts
+                    .iter()
+                    .find(|h| h.mode == HostMode::DvrSnat)
+                    .map(|h| h.name.clone())
+            })
+    }
+
+    /// The centralized SNAT port of router `router_id` on the subnet of network `net_index`,
+    /// bound to host `snat_host` (logical name).
+    pub(crate) fn create_csnat_port(
+        &mut self,
+        net_index: usize,
+        router_id: &str,
+        snat_host: &str,
+    ) -> Result<()> {
+        let snat = self.host(snat_host)?;
         let (snat_name, snat_agent) = (snat.name.clone(), snat.agent_name.clone());
         let port_id = new_id(KIND_PORT, self.seq);
         let mac = new_mac();
@@ -331,60 +349,71 @@ impl Cloud {
 
     // ---- readiness -------------------------------------------------------------------------
 
-    /// With a SNAT host: waits until it lists every router that has centralized SNAT ports in
-    /// `show snat` and has learned the external gateway's MAC, and until every host with VMs
-    /// on such a router's networks steers them (a `steering` row for the network's VNI and
-    /// gateway MAC, pointing at the SNAT host). Called by `build`.
+    /// With a SNAT host: waits until each router that has centralized SNAT ports is listed in
+    /// `show snat` of the host its csnat ports are bound to (for an HA router: of any of its
+    /// candidates, the one elected: [`crate::ha`]), which has learned the external gateway's
+    /// MAC, and until every host with VMs on such a router's networks steers them (a
+    /// `steering` row for the network's VNI and gateway MAC, pointing at that host or, for an
+    /// HA router, at any of its candidates). Called by `build`.
     pub(crate) fn wait_snat_ready(&self, deadline: Duration) -> Result<()> {
-        let Ok(snat) = self.snat_host() else {
-            return Ok(());
-        };
-        let snat_ip = self.host(&snat)?.tunnel_ip;
-        let routers: Vec<String> = self
-            .networks
-            .iter()
-            .filter(|n| n.csnat.is_some())
-            .filter_map(|n| n.router.clone())
-            .collect();
-        if routers.is_empty() {
-            return Ok(());
-        }
         let log = |h: &str| format!("agent log:\n{}", self.agent_log_tail(h, 30));
-        for r in &routers {
-            wait_until(
-                &format!("{snat} to list router {r} in show snat"),
-                deadline,
-                |why| {
-                    let row = self.snat_row(&snat, r)?;
-                    *why = format!("{row:?}");
-                    Ok(row.map(|_| ()))
-                },
-            )
-            .with_context(|| log(&snat))?;
-        }
-        self.wait_stat_at_least(&snat, "ext_neigh_learned", 1, deadline)
-            .with_context(|| {
-                format!(
-                    "the SNAT host {snat} did not learn the external gateway's MAC; {}",
-                    log(&snat)
+        let mut checked: Vec<String> = Vec::new();
+        for n in self.networks.iter() {
+            let (Some(csnat), Some(r)) = (&n.csnat, &n.router) else {
+                continue;
+            };
+            let mut targets = self.ha_candidates(r)?;
+            if targets.is_empty() {
+                targets.push(csnat.host.clone());
+            }
+            if !checked.contains(r) {
+                checked.push(r.clone());
+                let snat = wait_until(
+                    &format!("one of {targets:?} to list router {r} in show snat"),
+                    deadline,
+                    |why| {
+                        for t in &targets {
+                            let row = self.snat_row(t, r)?;
+                            *why = format!("{t}: {row:?}");
+                            if row.is_some() {
+                                return Ok(Some(t.clone()));
+                            }
+                        }
+                        Ok(None)
+                    },
                 )
-            })?;
-        for h in &self.hosts {
-            let nets: Vec<_> = self
-                .networks
-                .iter()
-                .filter(|n| n.csnat.is_some())
-                .filter(|n| {
-                    self.vms
+                .with_context(|| {
+                    targets
                         .iter()
-                        .any(|v| v.host == h.name && v.network == n.name)
-                })
-                .collect();
-            for n in nets {
-                let gw_mac = n.gateway_mac.clone().unwrap_or_default().to_lowercase();
-                let want_host = (h.name != snat).then(|| snat_ip.to_string());
+                        .map(|t| log(t))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })?;
+                self.wait_stat_at_least(&snat, "ext_neigh_learned", 1, deadline)
+                    .with_context(|| {
+                        format!(
+                            "the SNAT host {snat} did not learn the external gateway's MAC; {}",
+                            log(&snat)
+                        )
+                    })?;
+            }
+            let target_ips: Vec<String> = targets
+                .iter()
+                .map(|t| self.host(t).map(|h| h.tunnel_ip.to_string()))
+                .collect::<Result<_>>()?;
+            let gw_mac = n.gateway_mac.clone().unwrap_or_default().to_lowercase();
+            for h in &self.hosts {
+                if !self
+                    .vms
+                    .iter()
+                    .any(|v| v.host == h.name && v.network == n.name)
+                {
+                    continue;
+                }
+                // A host steering to itself has no remote SNAT host.
+                let own = targets.contains(&h.name);
                 wait_until(
-                    &format!("{} to steer network {} to the SNAT host", h.name, n.name),
+                    &format!("{} to steer network {} to {targets:?}", h.name, n.name),
                     deadline,
                     |why| {
                         let rows = self.snat_steering(&h.name)?;
@@ -394,7 +423,10 @@ impl Cloud {
                             .any(|s| {
                                 s["vni"] == n.vni
                                     && s["gateway_mac"].as_str() == Some(gw_mac.as_str())
-                                    && s["snat_host"].as_str().map(str::to_string) == want_host
+                                    && match s["snat_host"].as_str() {
+                                        None => own,
+                                        Some(ip) => target_ips.iter().any(|t| t == ip),
+                                    }
                             })
                             .then_some(()))
                     },

@@ -91,6 +91,17 @@ pub struct Router {
     /// `null` without an external network; else `{"network_id", "enable_snat",
     /// "external_fixed_ips"}`.
     pub external_gateway_info: Option<serde_json::Value>,
+    /// The `dvr_snat` hosts that may hold an HA router's centralized role (docs/HA.md);
+    /// absent (not written) for other routers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ha_hosts: Vec<HaHost>,
+}
+
+/// One entry of a router's `ha_hosts`: a host (by agent name) and its priority (higher wins).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HaHost {
+    pub host: String,
+    pub priority: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -113,6 +124,9 @@ impl State {
     }
     pub fn network_mut(&mut self, id: &str) -> Option<&mut Network> {
         self.networks.iter_mut().find(|n| n.id == id)
+    }
+    pub fn router_mut(&mut self, id: &str) -> Option<&mut Router> {
+        self.routers.iter_mut().find(|r| r.id == id)
     }
     /// The floating IP object with this id.
     pub fn floatingip_mut(&mut self, id: &str) -> Option<&mut serde_json::Value> {

@@ -837,3 +837,354 @@ fn hairpin_to_a_local_fip_is_translated_here() {
     assert_eq!(&ip_of(&out)[16..20], &FIP4);
     assert_eq!(ip_of(&out)[8], 63);
 }
+
+// ---- SNAT high availability: the fence (docs/HA.md) ----
+
+const HA_EXT_IP: [u8; 4] = [10, 5, 3, 1];
+/// Central FIP of VM5, a port of host C (dvr_no_external), served on A.
+const FIP_CENTRAL_IP: [u8; 4] = [10, 5, 2, 7];
+const VM5_IP: [u8; 4] = [10, 1, 0, 15];
+const VM5_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 0x05];
+const TUNNEL_C_HOST: u32 = 0xc000_0203; // 192.0.2.3
+
+/// fip_state with host A as r1's SNAT host (dvr_snat, csnat ports on both subnets), VM1
+/// without a FIP (so its external traffic is port-address translated here), and VM5 on
+/// host C (dvr_no_external) with FIP 10.5.2.7, served centrally on A.
+fn ha_state() -> String {
+    let mut s: serde_json::Value =
+        serde_json::from_str(&fip_state(true)).unwrap_or_else(|e| panic!("{e}"));
+    fn push(v: &mut serde_json::Value, item: serde_json::Value) {
+        v.as_array_mut()
+            .unwrap_or_else(|| panic!("not a list"))
+            .push(item);
+    }
+    s["hosts"][0]["agent_mode"] = "dvr_snat".into();
+    push(
+        &mut s["hosts"],
+        serde_json::json!({"name": "C", "agent_mode": "dvr_no_external", "tunnel_ip": "192.0.2.3",
+            "dvr_mac": "fa:16:3f:00:00:03"}),
+    );
+    for (id, net, sub, ip, mac) in [
+        ("r1-snat1", "net1", "sub1", "10.1.0.5", "fa:16:3e:00:03:11"),
+        ("r1-snat2", "net2", "sub2", "10.2.0.5", "fa:16:3e:00:03:12"),
+    ] {
+        push(
+            &mut s["ports"],
+            serde_json::json!({"id": id, "network_id": net, "mac_address": mac,
+                "fixed_ips": [{"subnet_id": sub, "ip_address": ip}],
+                "device_owner": "network:router_centralized_snat", "device_id": "r1",
+                "binding:host_id": "A"}),
+        );
+    }
+    push(
+        &mut s["ports"],
+        serde_json::json!({"id": "vm5-port-0005", "network_id": "net1",
+            "mac_address": "fa:16:3e:00:00:05", "device_owner": "compute:nova",
+            "binding:host_id": "C", "fixed_ips": [{"subnet_id": "sub1", "ip_address": "10.1.0.15"}]}),
+    );
+    let fips = s["floatingips"]
+        .as_array_mut()
+        .unwrap_or_else(|| panic!("not a list"));
+    fips.retain(|f| f["id"] != "fip1");
+    fips.push(
+        serde_json::json!({"id": "fip5", "floating_ip_address": "10.5.2.7",
+        "floating_network_id": "ext", "router_id": "r1", "port_id": "vm5-port-0005",
+        "fixed_ip_address": "10.1.0.15"}),
+    );
+    s.to_string()
+}
+
+/// An HA fixture (gateway MAC learned). `ha`: mark r1's SNAT entries `SNAT_HA` and its
+/// central FIP `FIP_HA`, as the compiler does for an elected HA router; no fence yet.
+fn ha_fixture(ha: bool) -> (Fixture, u32) {
+    use dvr_common::{nat::FIP_HA, snat::SNAT_HA};
+    let mut f = fixture(&ha_state());
+    let reply = eth(
+        EXT_MAC,
+        UPSTREAM_MAC,
+        0x0806,
+        &arp(2, UPSTREAM_MAC, UPSTREAM_IP, EXT_MAC, [10, 5, 1, 1]),
+    );
+    f.expect(PROG_EXT, &reply, TCX_NEXT, Stat::ExtNeighLearned);
+    let router = dvr_userspace::compile::fnv1a32("r1");
+    let ips = f.maps.snat_ips.read().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        ips.get(&u32::from_ne_bytes(HA_EXT_IP)).map(|r| r.router_id),
+        Some(router),
+        "A translates for r1: {ips:?}"
+    );
+    let central = f
+        .maps
+        .fips
+        .get(&u32::from_ne_bytes(FIP_CENTRAL_IP))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("central FIP compiled on A"));
+    assert_eq!(
+        (
+            central.flags & dvr_common::nat::FIP_CENTRAL,
+            central.router_id,
+            central.tunnel_ip_host
+        ),
+        (dvr_common::nat::FIP_CENTRAL, router, TUNNEL_C_HOST)
+    );
+    if ha {
+        for (k, mut r) in f.maps.snat_routers.read().unwrap_or_else(|e| panic!("{e}")) {
+            r.flags |= SNAT_HA;
+            f.maps
+                .snat_routers
+                .put(&k, &r)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        for (k, mut r) in ips {
+            r.flags |= SNAT_HA;
+            f.maps
+                .snat_ips
+                .put(&k, &r)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let fip = dvr_common::nat::FipEntry {
+            flags: central.flags | FIP_HA,
+            ..central
+        };
+        f.maps
+            .fips
+            .put(&u32::from_ne_bytes(FIP_CENTRAL_IP), &fip)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    (f, router)
+}
+
+impl Fixture {
+    /// Fence `router` until `offset_ms` from now (negative: already expired); None removes it.
+    fn fence(&mut self, router: u32, offset_ms: Option<i64>) {
+        match offset_ms {
+            Some(ms) => {
+                let now = dvr_userspace::maps::fence_now_ns() as i64;
+                let until = (now + ms * 1_000_000) as u64;
+                self.maps
+                    .ha_fence
+                    .put(&router, &until)
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+            None => self
+                .maps
+                .ha_fence
+                .del(&router)
+                .unwrap_or_else(|e| panic!("{e}")),
+        }
+    }
+
+    fn ct_len(&self) -> usize {
+        self.maps.ct.read().unwrap_or_else(|e| panic!("{e}")).len()
+    }
+}
+
+/// VM1 (no FIP) to the internet: steered to its router's SNAT host, which is this host.
+fn vm1_udp_out(sport: u16) -> Vec<u8> {
+    eth(
+        GW1_MAC,
+        VM1_MAC,
+        0x0800,
+        &udp(VM1_IP, INTERNET, sport, 9999, b"out"),
+    )
+}
+
+fn arp_from_upstream(tpa: [u8; 4]) -> Vec<u8> {
+    eth(
+        [0xff; 6],
+        UPSTREAM_MAC,
+        0x0806,
+        &arp(1, UPSTREAM_MAC, UPSTREAM_IP, [0; 6], tpa),
+    )
+}
+
+#[test]
+fn snat_without_ha_flag_ignores_the_fence() {
+    let (mut f, router) = ha_fixture(false);
+    // No fence entry at all, then an expired one: a non-HA router is served regardless.
+    for fence in [None, Some(-1_000)] {
+        f.fence(router, fence);
+        let out = f.expect(PROG_TAP, &vm1_udp_out(5555), TCX_REDIRECT, Stat::SnatOut);
+        assert_eq!(&ip_of(&out)[12..16], &HA_EXT_IP);
+        f.expect(
+            PROG_EXT,
+            &arp_from_upstream(HA_EXT_IP),
+            TCX_REDIRECT,
+            Stat::ExtArpReply,
+        );
+        f.expect(
+            PROG_EXT,
+            &arp_from_upstream(FIP_CENTRAL_IP),
+            TCX_REDIRECT,
+            Stat::ExtArpReply,
+        );
+    }
+}
+
+#[test]
+fn ha_snat_is_served_only_under_a_live_fence() {
+    let (mut f, router) = ha_fixture(true);
+    // (a) Live fence: translated as without HA, and the reply finds its way back.
+    f.fence(router, Some(60_000));
+    let out = f.expect(PROG_TAP, &vm1_udp_out(5555), TCX_REDIRECT, Stat::SnatOut);
+    assert_eq!(&out[0..6], &UPSTREAM_MAC);
+    assert_eq!(&out[6..12], &EXT_MAC);
+    assert_eq!(&ip_of(&out)[12..16], &HA_EXT_IP);
+    assert_checksums(&out);
+    let nat_port = u16::from_be_bytes([out[34], out[35]]);
+    assert_eq!(f.ct_len(), 2, "both directions tracked");
+    let reply = eth(
+        EXT_MAC,
+        UPSTREAM_MAC,
+        0x0800,
+        &udp(INTERNET, HA_EXT_IP, 9999, nat_port, b"back"),
+    );
+    let back = f.expect(PROG_EXT, &reply, TCX_REDIRECT, Stat::SnatIn);
+    assert_eq!(&ip_of(&back)[16..20], &VM1_IP);
+    assert_checksums(&back);
+
+    // (b) Expired fence: the steered frame and the reply are dropped as standby, nothing
+    // else moves (no conntrack entry, no exhaustion count).
+    f.fence(router, Some(-1));
+    let exhausted = f
+        .maps
+        .snat_exhausted
+        .read()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ct = f.maps.ct.read().unwrap_or_else(|e| panic!("{e}"));
+    let frame = vm1_udp_out(6666);
+    let out = f.expect(PROG_TAP, &frame, TCX_DROP, Stat::DropSnatStandby);
+    assert_eq!(out, frame, "dropped untouched");
+    f.expect(
+        PROG_TAP,
+        &vm1_udp_out(5555),
+        TCX_DROP,
+        Stat::DropSnatStandby,
+    );
+    f.expect(PROG_EXT, &reply, TCX_DROP, Stat::DropSnatStandby);
+    // Tracking (last_seen, counters) is untouched too: same entries, same values.
+    assert_eq!(f.maps.ct.read().unwrap_or_else(|e| panic!("{e}")), ct);
+    assert_eq!(
+        f.maps
+            .snat_exhausted
+            .read()
+            .unwrap_or_else(|e| panic!("{e}")),
+        exhausted
+    );
+
+    // (c) No fence entry: the same.
+    f.fence(router, None);
+    f.expect(
+        PROG_TAP,
+        &vm1_udp_out(7777),
+        TCX_DROP,
+        Stat::DropSnatStandby,
+    );
+    f.expect(PROG_EXT, &reply, TCX_DROP, Stat::DropSnatStandby);
+    assert_eq!(f.ct_len(), 2);
+
+    // A fence for another router does not serve this one.
+    f.fence(router ^ 1, Some(60_000));
+    f.expect(
+        PROG_TAP,
+        &vm1_udp_out(7777),
+        TCX_DROP,
+        Stat::DropSnatStandby,
+    );
+
+    // Renewed (failback / new term): served again, the synced flow still translates.
+    f.fence(router, Some(60_000));
+    let out = f.expect(PROG_TAP, &vm1_udp_out(5555), TCX_REDIRECT, Stat::SnatOut);
+    assert_eq!(
+        u16::from_be_bytes([out[34], out[35]]),
+        nat_port,
+        "same mapping"
+    );
+    f.expect(PROG_EXT, &reply, TCX_REDIRECT, Stat::SnatIn);
+}
+
+#[test]
+fn ha_external_ip_is_answered_only_under_a_live_fence() {
+    let (mut f, router) = ha_fixture(true);
+    let req = arp_from_upstream(HA_EXT_IP);
+    // Not answered (passed on as for any address not ours) without a fence or with an
+    // expired one.
+    f.expect(PROG_EXT, &req, TCX_NEXT, Stat::ExtNeighLearned);
+    f.fence(router, Some(-1));
+    f.expect(PROG_EXT, &req, TCX_NEXT, Stat::ExtNeighLearned);
+    f.fence(router, Some(60_000));
+    let out = f.expect(PROG_EXT, &req, TCX_REDIRECT, Stat::ExtArpReply);
+    let want = eth(
+        UPSTREAM_MAC,
+        EXT_MAC,
+        0x0806,
+        &arp(2, EXT_MAC, HA_EXT_IP, UPSTREAM_MAC, UPSTREAM_IP),
+    );
+    assert_eq!(&out[..want.len()], &want[..]);
+}
+
+#[test]
+fn ha_central_fip_is_served_only_under_a_live_fence() {
+    let (mut f, router) = ha_fixture(true);
+    let arp_req = arp_from_upstream(FIP_CENTRAL_IP);
+    let inbound = eth(
+        EXT_MAC,
+        UPSTREAM_MAC,
+        0x0800,
+        &udp(INTERNET, FIP_CENTRAL_IP, 4000, 53, b"q"),
+    );
+    for fence in [None, Some(-1)] {
+        f.fence(router, fence);
+        f.expect(PROG_EXT, &arp_req, TCX_NEXT, Stat::ExtNeighLearned);
+        f.expect(PROG_EXT, &inbound, TCX_DROP, Stat::DropSnatStandby);
+        assert_eq!(f.ct_len(), 0, "nothing tracked by a standby");
+    }
+    f.fence(router, Some(60_000));
+    f.expect(PROG_EXT, &arp_req, TCX_REDIRECT, Stat::ExtArpReply);
+    // Translated and sent over the tunnel to VM5's host.
+    let out = f.expect(PROG_EXT, &inbound, TCX_REDIRECT, Stat::FipDnat);
+    assert_eq!(&out[0..6], &VM5_MAC);
+    assert_eq!(&ip_of(&out)[16..20], &VM5_IP);
+    assert_checksums(&out);
+    assert_eq!(f.ct_len(), 2);
+}
+
+#[test]
+fn show_ha_lists_fences_with_remaining_time() {
+    use dvr_userspace::ctl::show::{Subject, show};
+    let (mut f, router) = ha_fixture(true);
+    assert_eq!(
+        show(&f.maps, Subject::Ha, true).unwrap_or_else(|e| panic!("{e}")),
+        "[]"
+    );
+    f.fence(router, Some(60_000));
+    f.fence(router ^ 1, Some(-5_000));
+    let json = show(&f.maps, Subject::Ha, true).unwrap_or_else(|e| panic!("{e}"));
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
+    let row = |id: u32| {
+        rows.as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["router_id"] == format!("{id:08x}"))
+            .unwrap_or_else(|| panic!("router {id:08x} in {json}"))
+            .clone()
+    };
+    let live = row(router);
+    assert_eq!(live["active"], true);
+    let ms = live["remaining_ms"].as_f64().unwrap_or_default();
+    assert!(ms > 50_000.0 && ms <= 60_000.0, "{json}");
+    assert!(live["active_until_ns"].as_u64().is_some(), "{json}");
+    let dead = row(router ^ 1);
+    assert_eq!(dead["active"], false);
+    assert!(
+        dead["remaining_ms"].as_f64().unwrap_or_default() <= -5_000.0,
+        "{json}"
+    );
+    let text = show(&f.maps, Subject::Ha, false).unwrap_or_else(|e| panic!("{e}"));
+    assert!(text.starts_with("ROUTER"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&format!("{router:08x}")) && l.ends_with("yes")),
+        "{text}"
+    );
+}

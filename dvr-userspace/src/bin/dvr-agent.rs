@@ -51,6 +51,9 @@ struct Args {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9465), path /metrics.
     #[arg(long)]
     metrics: Option<std::net::SocketAddr>,
+    /// Bytes per second the conntrack sync of HA routers may send (docs/HA.md).
+    #[arg(long, default_value_t = 4_000_000)]
+    ct_sync_rate: u64,
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
@@ -83,6 +86,7 @@ impl Args {
             gc_interval: Duration::from_millis(self.ct_gc_interval_ms.max(10)),
             snat_ports: self.snat_ports,
             metrics: self.metrics,
+            ct_sync_rate: self.ct_sync_rate,
         }
     }
 }

@@ -92,6 +92,25 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// HA routers: their candidates and the host elected to serve them.
+    Ha {
+        #[arg(long)]
+        etcd: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move an HA router's role to HOST: the active host first streams its conntrack to
+    /// HOST; returns once HOST serves the router.
+    Failover {
+        router: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        etcd: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 15.0)]
+        timeout: f64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -174,6 +193,27 @@ fn main() -> anyhow::Result<()> {
         Cmd::Apply { file, etcd } => println!(
             "{}",
             ctl::apply::apply(&file, &etcd).map_err(|e| anyhow!(e))?
+        ),
+        Cmd::Ha { etcd, json } => {
+            print!("{}", ctl::ha::ha(&etcd, json).map_err(|e| anyhow!(e))?);
+            if json {
+                println!();
+            }
+        }
+        Cmd::Failover {
+            router,
+            to,
+            etcd,
+            timeout,
+        } => println!(
+            "{}",
+            ctl::ha::failover(
+                &etcd,
+                &router,
+                &to,
+                std::time::Duration::from_secs_f64(timeout)
+            )
+            .map_err(|e| anyhow!(e))?
         ),
         Cmd::Hosts { etcd, json } => {
             print!(

@@ -1,5 +1,6 @@
 //! dvrctl subcommands, one file each. They read a host's pinned maps from any namespace.
 pub mod apply;
+pub mod ha;
 pub mod hosts;
 pub mod monitor;
 pub mod show;

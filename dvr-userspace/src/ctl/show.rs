@@ -1,4 +1,5 @@
-//! `dvrctl show ports|fdb|endpoints|routes|stats [--json]`: the live maps of a host.
+//! `dvrctl show ports|fdb|endpoints|routes|fips|snat|ha|vips|conntrack|stats [--json]`: the
+//! live maps of a host.
 use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
 
 use serde::Serialize;
@@ -13,7 +14,7 @@ use dvr_common::{
         CT_DNAT, CT_HAIRPIN, CT_PAT, CT_SNAT, FIP_CENTRAL, FIP_LOCAL, FIP_REMOTE, FIP_UNASSOCIATED,
     },
     port::PORT_FLAG_SECURITY,
-    snat::SNAT_ENABLED,
+    snat::{SNAT_ENABLED, fence_active},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -24,6 +25,8 @@ pub enum Subject {
     Routes,
     Fips,
     Snat,
+    /// HA fences: the HA routers this host serves now, or served recently.
+    Ha,
     Vips,
     Conntrack,
     Stats,
@@ -112,6 +115,31 @@ struct SnatRow {
     busiest_destinations: Vec<(String, usize)>,
     /// New flows refused for lack of a port since the datapath loaded.
     exhausted: u64,
+}
+
+#[derive(Serialize)]
+struct HaRow {
+    router_id: String,
+    /// The fence: CLOCK_MONOTONIC ns until which this host serves the router.
+    active_until_ns: u64,
+    /// Until the fence expires; negative once it has.
+    remaining_ms: f64,
+    active: bool,
+}
+
+fn ha_rows(maps: &HostMaps) -> Result<Vec<HaRow>, MapsError> {
+    let now = crate::maps::fence_now_ns();
+    Ok(maps
+        .ha_fence
+        .read()?
+        .into_iter()
+        .map(|(router, until)| HaRow {
+            router_id: format!("{router:08x}"),
+            active_until_ns: until,
+            remaining_ms: (i128::from(until) - i128::from(now)) as f64 / 1e6,
+            active: fence_active(Some(until), now),
+        })
+        .collect())
 }
 
 #[derive(Serialize)]
@@ -502,6 +530,22 @@ pub fn show(maps: &HostMaps, subject: Subject, json: bool) -> Result<String, Map
                 ));
                 out
             }
+        }
+        Subject::Ha => {
+            let rows = ha_rows(maps)?;
+            render(
+                json,
+                &rows,
+                &["ROUTER", "ACTIVE-UNTIL-NS", "REMAINING-MS", "ACTIVE"],
+                |r| {
+                    vec![
+                        r.router_id.clone(),
+                        r.active_until_ns.to_string(),
+                        format!("{:.1}", r.remaining_ms),
+                        if r.active { "yes" } else { "no" }.to_string(),
+                    ]
+                },
+            )
         }
         Subject::Vips => {
             let rows = vip_rows(maps)?;

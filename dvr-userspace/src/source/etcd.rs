@@ -11,7 +11,9 @@ use etcd_client::{
     Client, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
 };
 
-use super::{ALIVE, PREFIX, SourceError};
+use super::ha::{self, Election};
+use super::{ALIVE, KINDS, PREFIX, SourceError};
+use crate::model::HaRuntime;
 
 /// Lease TTL of an agent's `alive/` key, seconds.
 pub const LEASE_TTL: i64 = 5;
@@ -37,6 +39,8 @@ pub enum Update {
     },
     /// The connection is gone; the agent keeps its state and the watcher retries.
     Lost(String),
+    /// The HA election's view changed (docs/HA.md).
+    Ha(HaRuntime),
 }
 
 fn err(url: &str) -> impl Fn(etcd_client::Error) -> SourceError + '_ {
@@ -53,8 +57,12 @@ async fn connect(url: &str) -> Result<Client, SourceError> {
     Client::connect([url], Some(opts)).await.map_err(err(url))
 }
 
+/// `/dvr/v1/<kind>/<id>` with a resource kind: part of the state (unlike liveness and
+/// election keys).
 fn is_state_key(k: &str) -> bool {
-    k.starts_with(PREFIX) && !k.starts_with(ALIVE)
+    k.strip_prefix(PREFIX)
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(kind, _)| KINDS.contains(&kind))
 }
 
 /// The state keys and values under the prefix, and the revision they were read at.
@@ -62,26 +70,46 @@ async fn snapshot(
     client: &mut Client,
     url: &str,
 ) -> Result<(BTreeMap<String, String>, i64), SourceError> {
+    let (kvs, _, revision) = snapshot_all(client, url).await?;
+    Ok((kvs, revision))
+}
+
+type Kvs = BTreeMap<String, String>;
+
+/// State keys, election keys (liveness, HA holders, beats, requests) and the revision.
+async fn snapshot_all(
+    client: &mut Client,
+    url: &str,
+) -> Result<(Kvs, Vec<(String, String, i64)>, i64), SourceError> {
     let resp = client
         .get(PREFIX, Some(GetOptions::new().with_prefix()))
         .await
         .map_err(err(url))?;
     let revision = resp.header().map_or(0, |h| h.revision());
     let mut kvs = BTreeMap::new();
+    let mut election = Vec::new();
     for kv in resp.kvs() {
         let (Ok(k), Ok(v)) = (kv.key_str(), kv.value_str()) else {
             continue;
         };
         if is_state_key(k) {
             kvs.insert(k.to_string(), v.to_string());
+        } else if ha::is_election_key(k) {
+            election.push((k.to_string(), v.to_string(), kv.mod_revision()));
         }
     }
-    Ok((kvs, revision))
+    Ok((kvs, election, revision))
 }
 
 /// One connected session: register, snapshot, follow. Returns when the connection or the
 /// watch fails; the caller reconnects.
-async fn session(url: &str, host: &str, tx: &mpsc::Sender<Update>) -> Result<(), SourceError> {
+async fn session(
+    url: &str,
+    host: &str,
+    tx: &mpsc::Sender<Update>,
+    election: &mut Election,
+    shared: &ha::Shared,
+) -> Result<(), SourceError> {
     let mut client = connect(url).await?;
     let lease = client
         .lease_grant(LEASE_TTL, None)
@@ -98,8 +126,14 @@ async fn session(url: &str, host: &str, tx: &mpsc::Sender<Update>) -> Result<(),
         .await
         .map_err(err(url))?;
     let (mut keeper, mut keep_stream) = client.lease_keep_alive(lease).await.map_err(err(url))?;
-    let (kvs, revision) = snapshot(&mut client, url).await?;
+    let (kvs, ekvs, revision) = snapshot_all(&mut client, url).await?;
+    election.reset(&ekvs, lease);
     if tx.send(Update::Snapshot { kvs, revision }).is_err() {
+        return Ok(());
+    }
+    if let Some(rt) = election.runtime_if_changed()
+        && tx.send(Update::Ha(rt)).is_err()
+    {
         return Ok(());
     }
     let opts = WatchOptions::new()
@@ -107,6 +141,8 @@ async fn session(url: &str, host: &str, tx: &mpsc::Sender<Update>) -> Result<(),
         .with_start_revision(revision + 1);
     let mut watch = client.watch(PREFIX, Some(opts)).await.map_err(err(url))?;
     let mut tick = tokio::time::interval(KEEPALIVE);
+    let mut ha_tick = tokio::time::interval(ha::TICK);
+    ha_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             msg = watch.message() => {
@@ -122,20 +158,34 @@ async fn session(url: &str, host: &str, tx: &mpsc::Sender<Update>) -> Result<(),
                 }
                 let mut changes = Vec::new();
                 let mut rev = 0;
+                let now = std::time::Instant::now();
                 for ev in resp.events() {
                     let Some(kv) = ev.kv() else { continue };
                     let Ok(k) = kv.key_str() else { continue };
                     rev = rev.max(kv.mod_revision());
-                    if !is_state_key(k) {
-                        continue;
-                    }
                     let v = match ev.event_type() {
                         EventType::Put => kv.value_str().ok().map(str::to_string),
                         EventType::Delete => None,
                     };
+                    if ha::is_election_key(k) {
+                        election.observe(k, v.as_deref(), kv.mod_revision(), now);
+                        continue;
+                    }
+                    if !is_state_key(k) {
+                        continue;
+                    }
                     changes.push((k.to_string(), v));
                 }
                 if !changes.is_empty() && tx.send(Update::Changes { changes, revision: rev }).is_err() {
+                    return Ok(());
+                }
+                if let Some(rt) = election.runtime_if_changed() && tx.send(Update::Ha(rt)).is_err() {
+                    return Ok(());
+                }
+            }
+            _ = ha_tick.tick() => {
+                election.step(&mut client, lease, shared).await;
+                if let Some(rt) = election.runtime_if_changed() && tx.send(Update::Ha(rt)).is_err() {
                     return Ok(());
                 }
             }
@@ -153,7 +203,11 @@ async fn session(url: &str, host: &str, tx: &mpsc::Sender<Update>) -> Result<(),
 }
 
 /// Start the watcher thread for `host`. It runs until the receiver is dropped.
-pub fn spawn(url: String, host: String) -> Result<mpsc::Receiver<Update>, SourceError> {
+pub fn spawn(
+    url: String,
+    host: String,
+    shared: ha::Shared,
+) -> Result<mpsc::Receiver<Update>, SourceError> {
     let (tx, rx) = mpsc::channel();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -167,13 +221,21 @@ pub fn spawn(url: String, host: String) -> Result<mpsc::Receiver<Update>, Source
         .spawn(move || {
             rt.block_on(async move {
                 let mut backoff = Duration::from_millis(100);
+                let mut election = Election::new(&host);
                 loop {
-                    let result = session(&url, &host, &tx).await;
+                    let result = session(&url, &host, &tx, &mut election, &shared).await;
                     let msg = match result {
                         Ok(()) => return, // the agent is gone
                         Err(e) => e.to_string(),
                     };
                     if tx.send(Update::Lost(msg)).is_err() {
+                        return;
+                    }
+                    // Cut off from etcd: no role can be proven any more (the fence already
+                    // stops the datapath); the agent drops the role's entries.
+                    if let Some(rt) = election.disconnected()
+                        && tx.send(Update::Ha(rt)).is_err()
+                    {
                         return;
                     }
                     tokio::time::sleep(backoff).await;
@@ -260,5 +322,42 @@ pub fn read_state(url: &str) -> Result<BTreeMap<String, String>, SourceError> {
     block_on(async {
         let mut client = connect(url).await?;
         Ok(snapshot(&mut client, url).await?.0)
+    })?
+}
+
+/// The HA holders: router id -> (host, lease), from `ha/` keys.
+pub fn ha_holders(url: &str) -> Result<BTreeMap<String, ha::HolderValue>, SourceError> {
+    block_on(async {
+        let mut client = connect(url).await?;
+        let resp = client
+            .get(ha::HA_PREFIX, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(err(url))?;
+        let mut out = BTreeMap::new();
+        for kv in resp.kvs() {
+            let (Ok(k), Ok(v)) = (kv.key_str(), kv.value_str()) else {
+                continue;
+            };
+            if let Ok(h) = serde_json::from_str::<ha::HolderValue>(v) {
+                out.insert(k.trim_start_matches(ha::HA_PREFIX).to_string(), h);
+            }
+        }
+        Ok(out)
+    })?
+}
+
+/// Ask the holder of `router`'s role to hand it to `to` (`ha-request/<router>`).
+pub fn request_failover(url: &str, router: &str, to: &str) -> Result<(), SourceError> {
+    block_on(async {
+        let mut client = connect(url).await?;
+        let value = serde_json::to_string(&ha::RequestValue {
+            to: to.into(),
+            released: false,
+        })?;
+        client
+            .put(format!("{}{router}", ha::REQUEST_PREFIX), value, None)
+            .await
+            .map_err(err(url))?;
+        Ok(())
     })?
 }

@@ -8,6 +8,7 @@
 //!   seconds), so it disappears when the agent stops renewing it.
 pub mod etcd;
 pub mod file;
+pub mod ha;
 
 use std::collections::BTreeMap;
 

@@ -133,6 +133,7 @@ pub fn fip_state(n: usize) -> Result<String> {
             "enable_snat": true,
             "external_fixed_ips": [{"subnet_id": "sub-ext", "ip_address": "10.5.3.1"}],
         })),
+        ha_hosts: Vec::new(),
     }];
     let port = |id: String,
                 net: &str,

@@ -95,12 +95,17 @@ pub fn timeout(proto: u8, st: FlowState, t: &Timeouts) -> Duration {
 /// Current time on the clock the datapath stamps entries with
 /// (`bpf_ktime_get_coarse_ns` = CLOCK_MONOTONIC_COARSE).
 pub fn now_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC_COARSE)
+}
+
+/// Now on clock `id`, in nanoseconds.
+pub fn clock_ns(id: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    unsafe { libc::clock_gettime(id, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 

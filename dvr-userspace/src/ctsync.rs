@@ -1872,6 +1872,34 @@ mod tests {
         Listener::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), store)
     }
 
+    /// `(src, dst, l, peer, r)`: a replicator `r` streaming `src` to one listener `l` (at
+    /// `peer`) that writes into `dst`.
+    type Link = (Mem, Mem, Listener, SocketAddr, Replicator);
+
+    /// `n` entries streamed without a rate limit to a fresh listener, all sent again every
+    /// `refresh`.
+    fn link(n: u32, refresh: Duration) -> Result<Link, String> {
+        let src = Mem::with(entries(n));
+        let dst = Mem::default();
+        let l = listen(dst.clone())?;
+        let peer = l.local_addr();
+        let r = Replicator::spawn(src.clone(), cfg(0, refresh))?;
+        r.set(vec![peer], all());
+        Ok((src, dst, l, peer, r))
+    }
+
+    /// A [`link`] of `n` entries without refreshes, once the receiver holds them all (else the
+    /// error `what`).
+    fn replicated(n: u32, what: &str) -> Result<Link, String> {
+        let link = link(n, Duration::from_secs(600))?;
+        let (src, dst) = (&link.0, &link.1);
+        check(
+            wait_until(Duration::from_secs(10), || dst.snapshot() == src.snapshot()),
+            what,
+        )?;
+        Ok(link)
+    }
+
     fn rounds(r: &Replicator, peer: SocketAddr) -> u64 {
         r.stats().peers.get(&peer).map_or(0, |p| p.rounds)
     }
@@ -1982,16 +2010,7 @@ mod tests {
 
     #[test]
     fn ctsync_replicates_and_resends_only_changes() -> Result<(), String> {
-        let src = Mem::with(entries(300));
-        let dst = Mem::default();
-        let l = listen(dst.clone())?;
-        let peer = l.local_addr();
-        let r = Replicator::spawn(src.clone(), cfg(0, Duration::from_secs(600)))?;
-        r.set(vec![peer], all());
-        check(
-            wait_until(Duration::from_secs(10), || dst.snapshot() == src.snapshot()),
-            "entries not replicated",
-        )?;
+        let (src, dst, _l, peer, r) = replicated(300, "entries not replicated")?;
         more_rounds(&r, peer, 3)?;
         check(r.stats().entries_sent == 300, "unchanged entries re-sent")?;
 
@@ -2064,11 +2083,7 @@ mod tests {
 
     #[test]
     fn ctsync_refresh_sends_everything_again() -> Result<(), String> {
-        let src = Mem::with(entries(50));
-        let dst = Mem::default();
-        let l = listen(dst.clone())?;
-        let r = Replicator::spawn(src.clone(), cfg(0, Duration::from_millis(200)))?;
-        r.set(vec![l.local_addr()], all());
+        let (src, dst, _l, _, r) = link(50, Duration::from_millis(200))?;
         check(
             wait_until(Duration::from_secs(10), || r.stats().entries_sent >= 200),
             "no refreshes",
@@ -2180,12 +2195,7 @@ mod tests {
 
     #[test]
     fn ctsync_garbage_closes_only_its_connection() -> Result<(), String> {
-        let src = Mem::with(entries(100));
-        let dst = Mem::default();
-        let l = listen(dst.clone())?;
-        let peer = l.local_addr();
-        let r = Replicator::spawn(src.clone(), cfg(0, Duration::from_secs(600)))?;
-        r.set(vec![peer], all());
+        let (src, dst, l, peer, r) = link(100, Duration::from_secs(600))?;
         check(
             wait_until(Duration::from_secs(10), || dst.len() == 100),
             "not replicated",
@@ -2284,18 +2294,7 @@ mod tests {
 
     #[test]
     fn ctsync_receiver_restart_gets_a_full_dump() -> Result<(), String> {
-        let src = Mem::with(entries(500));
-        let first = Mem::default();
-        let l = listen(first.clone())?;
-        let peer = l.local_addr();
-        let r = Replicator::spawn(src.clone(), cfg(0, Duration::from_secs(600)))?;
-        r.set(vec![peer], all());
-        check(
-            wait_until(Duration::from_secs(10), || {
-                first.snapshot() == src.snapshot()
-            }),
-            "not replicated",
-        )?;
+        let (src, _first, l, peer, r) = replicated(500, "not replicated")?;
         drop(l);
         check(
             wait_until(Duration::from_secs(10), || {

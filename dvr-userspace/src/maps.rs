@@ -420,13 +420,7 @@ impl HostMaps {
 /// Now on the clock of `DVR_HA_FENCE` values: CLOCK_MONOTONIC in ns, what the datapath's
 /// `bpf_ktime_get_ns()` reads (not the coarse clock conntrack timestamps use).
 pub fn fence_now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    crate::conntrack::clock_ns(libc::CLOCK_MONOTONIC)
 }
 
 /// The drop-event ring of the host whose pins are in `dir` (one reader at a time).

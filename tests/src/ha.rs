@@ -264,25 +264,22 @@ impl Cloud {
     /// (packets to etcd vanish silently, as in a partition; VXLAN to the other hosts' tunnel
     /// addresses, and so conntrack sync, keep working).
     pub fn block_etcd(&self, host: &str) -> Result<()> {
-        let ns = self.host(host)?.ns.clone();
-        crate::cmd::ip(&[
-            "-n",
-            &ns,
-            "route",
-            "add",
-            "blackhole",
-            &format!("{ETCD_IP}/32"),
-        ])
+        self.etcd_blackhole(host, "add")
     }
 
     /// Undoes [`Cloud::block_etcd`].
     pub fn unblock_etcd(&self, host: &str) -> Result<()> {
+        self.etcd_blackhole(host, "del")
+    }
+
+    /// `ip route add|del blackhole <etcd>/32` (`op`) in `host`'s namespace.
+    fn etcd_blackhole(&self, host: &str, op: &str) -> Result<()> {
         let ns = self.host(host)?.ns.clone();
         crate::cmd::ip(&[
             "-n",
             &ns,
             "route",
-            "del",
+            op,
             "blackhole",
             &format!("{ETCD_IP}/32"),
         ])

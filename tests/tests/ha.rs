@@ -26,7 +26,8 @@ use dvr_tests::cmd::{self, wait_until};
 use dvr_tests::ha::max_sample_interval;
 use dvr_tests::state::HaHost;
 use dvr_tests::{
-    Cloud, Counters, EXT, FenceSample, INTERNET_HOST, Packet, Topology, VmSpec, ping_gaps,
+    ArpingResult, BgPing, Capture, Cloud, Counters, EXT, FenceSample, FenceSampler, INTERNET_HOST,
+    PacedReport, PacedTransfer, Packet, PingGaps, Topology, VmSpec, ping_gaps,
     require_etcd_preconditions, tcp_sources,
 };
 use serde_json::Value;
@@ -63,10 +64,12 @@ fn ha_topology(vni: u32, octet: u8) -> Topology {
     t
 }
 
-/// [`ha_topology`] built, etcd started and the state applied, agents on `--etcd`; returns
-/// once sa has won the first election, serves r1 (its fence, not sb's, is live) and SNAT
-/// through it answers.
-fn ha_cloud(vni: u32, octet: u8) -> Result<Cloud> {
+/// [`ha_topology`] built (after the preconditions are checked), etcd started and the state
+/// applied, agents on `--etcd`; returns once sa has won the first election, serves r1 (its
+/// fence, not sb's, is live) and SNAT through it answers: the cloud, r1's external address and
+/// the MACs of sa's and sb's `ext0`.
+fn ha_cloud(vni: u32, octet: u8) -> Result<(Cloud, Ipv4Addr, String, String)> {
+    require_etcd_preconditions();
     let mut c = ha_topology(vni, octet).build_without_agents()?;
     let url = c.start_etcd()?;
     let out = c.etcd_apply()?;
@@ -94,7 +97,71 @@ fn ha_cloud(vni: u32, octet: u8) -> Result<Cloud> {
         elected.saturating_duration_since(t0),
         c.ha_holders()?
     );
-    Ok(c)
+    let gw = c.router_external_ip("r1")?;
+    let (sa_mac, sb_mac) = (c.ext_mac("sa")?, c.ext_mac("sb")?);
+    Ok((c, gw, sa_mac, sb_mac))
+}
+
+/// Samples r1's fences on sa and sb (in that order) every [`SAMPLE_EVERY`]; returns once sa's
+/// has been seen active.
+fn sample_r1(c: &Cloud) -> Result<FenceSampler> {
+    let sampler = c.sample_fences("r1", &["sa", "sb"], SAMPLE_EVERY)?;
+    sampler.wait_active("sa", true, WAIT)?;
+    Ok(sampler)
+}
+
+/// How sb took r1 over from sa after a failure at t0.
+struct Takeover {
+    /// sb's first active sample.
+    sb_on: Instant,
+    /// When, after t0, sa's fence lapsed, sb's became active and `dvrctl ha` named sb.
+    sa_off: Duration,
+    sb_active: Duration,
+    sb_holder: Duration,
+}
+
+impl std::fmt::Display for Takeover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "sa's fence lapsed at +{:?}, sb active at +{:?}, dvrctl ha names sb at +{:?}",
+            self.sa_off, self.sb_active, self.sb_holder
+        )
+    }
+}
+
+/// Waits until sa's fence has lapsed, sb's is active and `dvrctl ha` names sb (each within
+/// [`FAILOVER_DEADLINE`]) after a failure at `t0`.
+fn wait_takeover(c: &Cloud, sampler: &FenceSampler, t0: Instant) -> Result<Takeover> {
+    let sa_off = sampler.wait_active("sa", false, FAILOVER_DEADLINE)?;
+    let sb_on = sampler.wait_active("sb", true, FAILOVER_DEADLINE)?;
+    let holder = c.wait_ha_holder("r1", "sb", FAILOVER_DEADLINE)?;
+    Ok(Takeover {
+        sb_on,
+        sa_off: sa_off.saturating_duration_since(t0),
+        sb_active: sb_on.saturating_duration_since(t0),
+        sb_holder: holder.saturating_duration_since(t0),
+    })
+}
+
+/// Waits until sa's agent is alive in etcd again, then until the sampler has watched
+/// [`NO_PREEMPTION_WINDOW`] beyond that; returns when sa was alive again.
+fn sa_back_and_watched(c: &Cloud, sampler: &FenceSampler) -> Result<Instant> {
+    let back = wait_until(
+        "sa's agent to be alive in etcd again",
+        Duration::from_secs(20),
+        |why| {
+            let row = c.etcd_host_row("sa")?;
+            *why = format!("{row:?}");
+            Ok(row.filter(|r| r.alive).map(|_| Instant::now()))
+        },
+    )?;
+    sampler.wait(
+        &format!("{NO_PREEMPTION_WINDOW:?} of samples after sa came back"),
+        NO_PREEMPTION_WINDOW + WAIT,
+        |x| x.at >= back + NO_PREEMPTION_WINDOW,
+    )?;
+    Ok(back)
 }
 
 /// The conntrack row of `host` that port-address translates `v1`'s TCP flow to
@@ -139,6 +206,15 @@ fn first_since(
         .map(|x| x.at.saturating_duration_since(since))
 }
 
+/// "N fence samples, longest interval D".
+fn sampling(samples: &[FenceSample]) -> String {
+    format!(
+        "{} fence samples, longest interval {:?}",
+        samples.len(),
+        max_sample_interval(samples)
+    )
+}
+
 /// Samples in which both hosts (indexes 0 and 1) were active.
 fn overlaps(samples: &[FenceSample]) -> Vec<&FenceSample> {
     samples.iter().filter(|x| x.active_count() > 1).collect()
@@ -176,88 +252,224 @@ fn shows_standby(c: &Cloud, host: &str) -> Result<Option<Value>> {
     Ok(row)
 }
 
+/// Neither sa nor sb (samples: sa, sb) was ever active while the other was.
+fn never_both_active(samples: &[FenceSample]) -> Result<()> {
+    let both = overlaps(samples);
+    ensure!(
+        both.is_empty(),
+        "sa and sb were both active in {} of {} samples, first {:?}",
+        both.len(),
+        samples.len(),
+        both.first()
+    );
+    Ok(())
+}
+
+/// From `sb_on` (sb's first active sample) on: never both active, sa never active again (no
+/// pre-emption, no fence extended past its revocation), sb never lapsed. Samples: sa, sb.
+fn sb_kept_the_role(samples: &[FenceSample], sb_on: Instant) -> Result<()> {
+    never_both_active(samples)?;
+    let later: Vec<&FenceSample> = samples.iter().filter(|x| x.at >= sb_on).collect();
+    let sa_again = later.iter().filter(|x| x.active(0)).count();
+    let sb_lost = later.iter().filter(|x| !x.active(1)).count();
+    let first = |pred: &dyn Fn(&FenceSample) -> bool| {
+        later
+            .iter()
+            .find(|x| pred(x))
+            .map(|x| (x.at.saturating_duration_since(sb_on), x.fences.clone()))
+    };
+    ensure!(
+        sa_again == 0 && sb_lost == 0,
+        "after sb took over, sa was active again in {sa_again} and sb inactive in {sb_lost} of \
+         {} samples (first: sa active {:?}, sb inactive {:?} after sb took over)",
+        later.len(),
+        first(&|x| x.active(0)),
+        first(&|x| !x.active(1))
+    );
+    Ok(())
+}
+
+/// Only sb's ext0 (`sb_mac`) answered the ARP requests for the router's address `gw`.
+fn only_sb_answers_arp(arp: &ArpingResult, gw: Ipv4Addr, sb_mac: &str) -> Result<()> {
+    ensure!(
+        !arp.reply_macs.is_empty() && arp.reply_macs.iter().all(|m| *m == sb_mac),
+        "ARP for the router's address {gw} must be answered by sb's ext0 ({sb_mac}) only:\n{}",
+        arp.output
+    );
+    Ok(())
+}
+
+/// A paced TCP transfer from v1 to `INTERNET_HOST:port` through r1, its packets captured on
+/// br-ext.
+struct Flow {
+    port: u16,
+    cap: Capture,
+    xfer: PacedTransfer,
+    /// The external port r1's PAT gave the flow.
+    ext_port: u64,
+    /// How long the standby took to hold the copy of the flow's PAT entry after the active
+    /// host's was seen.
+    copied: Duration,
+}
+
+/// Starts a [`Flow`] of `bytes` to `port` paced over `secs` seconds; returns once `flowing`
+/// bytes have arrived through `active` and the flow's conntrack entry has been streamed to
+/// `standby` (before anything fails; sync every 200 ms).
+fn start_synced_flow(
+    c: &mut Cloud,
+    (active, standby): (&str, &str),
+    port: u16,
+    bytes: usize,
+    secs: u64,
+    flowing: u64,
+) -> Result<Flow> {
+    let cap = c.capture_ext(&format!(
+        "tcp and dst host {INTERNET_HOST} and dst port {port}"
+    ))?;
+    let pace = Duration::from_secs(secs);
+    let mut xfer = c.start_paced_transfer("v1", EXT, INTERNET_HOST, port, bytes, pace, None)?;
+    xfer.wait_received(flowing, Duration::from_secs(10))
+        .with_context(|| format!("transfer flowing through {active}"))?;
+    let ext_port = wait_pat_flow(c, active, port, None, WAIT)?;
+    let synced = Instant::now();
+    wait_pat_flow(c, standby, port, Some(ext_port), WAIT)
+        .with_context(|| format!("{active} must stream the flow's conntrack entry to {standby}"))?;
+    Ok(Flow {
+        port,
+        cap,
+        xfer,
+        ext_port,
+        copied: synced.elapsed(),
+    })
+}
+
+/// What a failover under a [`Flow`] and a background ping left.
+struct Outcome {
+    rep: PacedReport,
+    gaps: PingGaps,
+    samples: Vec<FenceSample>,
+    /// The flow's distinct source address:port and source MACs on br-ext.
+    sources: BTreeSet<SocketAddrV4>,
+    macs: BTreeSet<String>,
+}
+
+impl Flow {
+    /// Ends the transfer across the `failover` (as messages name it), the ping, the fence
+    /// sampler and the capture, in that order.
+    fn finish(self, failover: &str, ping: BgPing, sampler: FenceSampler) -> Result<Outcome> {
+        let rep = self
+            .xfer
+            .finish()
+            .with_context(|| format!("the transfer across the {failover}"))?;
+        let p = ping.finish()?;
+        let samples = sampler.stop()?;
+        let packets = self.cap.stop()?;
+        let (sources, macs) = flow_sources(&packets, self.port);
+        Ok(Outcome {
+            rep,
+            gaps: ping_gaps(&p.output, PING_INTERVAL),
+            samples,
+            sources,
+            macs,
+        })
+    }
+}
+
+impl Outcome {
+    /// Prints the ping's figures; `across` follows the interval.
+    fn print_ping(&self, across: &str) {
+        let g = &self.gaps;
+        eprintln!(
+            "ping v1 -> {INTERNET_HOST} every {PING_INTERVAL:?}{across}: {}/{} answered, {} lost, \
+             longest gap {:?}",
+            g.received, g.transmitted, g.lost, g.longest_gap
+        );
+    }
+
+    /// The flow kept the source `want` (r1's address, the port PAT gave it) for the server and
+    /// on br-ext, and left through the ext0 of `before` and then of `after` (name, MAC). `whom`
+    /// and `note` complete the first two messages.
+    fn ensure_one_source(
+        &self,
+        want: SocketAddrV4,
+        (whom, note): (&str, &str),
+        (before, before_mac): (&str, &str),
+        (after, after_mac): (&str, &str),
+    ) -> Result<()> {
+        ensure!(
+            self.rep.peer == Some(want),
+            "the server must see {whom}{want}, saw {:?}",
+            self.rep.peer
+        );
+        ensure!(
+            self.sources == BTreeSet::from([want]),
+            "every packet of the flow must come from {want}{note}, br-ext saw {:?}",
+            self.sources
+        );
+        ensure!(
+            self.macs.contains(before_mac) && self.macs.contains(after_mac),
+            "the flow must leave through {before}'s ext0 ({before_mac}) before and {after}'s \
+             ({after_mac}) after: {:?}",
+            self.macs
+        );
+        Ok(())
+    }
+
+    /// The `failover` (as the message names it) silenced the ping for less than [`MAX_GAP`].
+    fn ensure_short_gap(&self, failover: &str) -> Result<()> {
+        ensure!(
+            self.gaps.longest_gap < MAX_GAP,
+            "the {failover} silenced the ping for {:?} (bound {MAX_GAP:?})",
+            self.gaps.longest_gap
+        );
+        Ok(())
+    }
+}
+
 // ---- unplanned failover -----------------------------------------------------------------------
 
 #[test]
 fn failover_keeps_established_tcp() -> Result<()> {
-    require_etcd_preconditions();
-    let mut c = ha_cloud(7101, 1)?;
-    let gw = c.router_external_ip("r1")?;
-    let (sa_mac, sb_mac) = (c.ext_mac("sa")?, c.ext_mac("sb")?);
+    let (mut c, gw, sa_mac, sb_mac) = ha_cloud(7101, 1)?;
     const PORT: u16 = 5701;
     const BYTES: usize = 6 * MIB;
 
-    let cap = c.capture_ext(&format!(
-        "tcp and dst host {INTERNET_HOST} and dst port {PORT}"
-    ))?;
-    let mut xfer = c.start_paced_transfer(
-        "v1",
-        EXT,
-        INTERNET_HOST,
-        PORT,
-        BYTES,
-        Duration::from_secs(12),
-        None,
-    )?;
-    xfer.wait_received(MIB as u64, Duration::from_secs(10))
-        .context("transfer flowing through sa")?;
-    let ext_port = wait_pat_flow(&c, "sa", PORT, None, WAIT)?;
-    // Streamed to the other candidate before anything fails (sync every 200 ms).
-    let synced = Instant::now();
-    wait_pat_flow(&c, "sb", PORT, Some(ext_port), WAIT)
-        .context("sa must stream the flow's conntrack entry to sb")?;
+    let mut flow = start_synced_flow(&mut c, ("sa", "sb"), PORT, BYTES, 12, MIB as u64)?;
+    let ext_port = flow.ext_port;
     eprintln!(
         "flow v1 -> {INTERNET_HOST}:{PORT} as {gw}:{ext_port} on sa; copy on sb within {:?}",
-        synced.elapsed()
+        flow.copied
     );
 
     let mut ping = c.ping_bg("v1", INTERNET_HOST, 500, PING_INTERVAL, &[])?;
     ping.wait_replies(25, WAIT)
         .context("ping before the failure")?;
-    let sampler = c.sample_fences("r1", &["sa", "sb"], SAMPLE_EVERY)?;
-    sampler.wait_active("sa", true, WAIT)?;
+    let sampler = sample_r1(&c)?;
 
     // sa dies: unreachable for etcd, sb, h1 and the external network.
-    let received_before = xfer.received_so_far();
+    let received_before = flow.xfer.received_so_far();
     let t0 = Instant::now();
     c.set_host_links("sa", false)?;
-    let sa_off = sampler.wait_active("sa", false, FAILOVER_DEADLINE)?;
-    let sb_on = sampler.wait_active("sb", true, FAILOVER_DEADLINE)?;
-    let holder = c.wait_ha_holder("r1", "sb", FAILOVER_DEADLINE)?;
-    let (fence_lapsed, sb_active, sb_holder) = (
-        sa_off.saturating_duration_since(t0),
-        sb_on.saturating_duration_since(t0),
-        holder.saturating_duration_since(t0),
-    );
-    xfer.wait_received(received_before + 2 * 65536, Duration::from_secs(20))
+    let takeover = wait_takeover(&c, &sampler, t0)?;
+    flow.xfer
+        .wait_received(received_before + 2 * 65536, Duration::from_secs(20))
         .context("the transfer must go on through sb")?;
     let resumed = t0.elapsed();
 
-    let rep = xfer.finish().context("the transfer across the failover")?;
-    let p = ping.finish()?;
-    let samples = sampler.stop()?;
-    let packets = cap.stop()?;
-    let gaps = ping_gaps(&p.output, PING_INTERVAL);
-    let (sources, macs) = flow_sources(&packets, PORT);
-    eprintln!(
-        "sa down at t0: sa's fence lapsed at +{fence_lapsed:?}, sb active at +{sb_active:?}, \
-         dvrctl ha names sb at +{sb_holder:?}, transfer moving again by +{resumed:?}"
-    );
-    eprintln!(
-        "ping v1 -> {INTERNET_HOST} every {PING_INTERVAL:?}: {}/{} answered, {} lost, longest \
-         gap {:?}",
-        gaps.received, gaps.transmitted, gaps.lost, gaps.longest_gap
-    );
+    let o = flow.finish("failover", ping, sampler)?;
+    let rep = &o.rep;
+    eprintln!("sa down at t0: {takeover}, transfer moving again by +{resumed:?}");
+    o.print_ping("");
     eprintln!(
         "transfer: {} bytes intact (sha256 {}) in {:?}; server saw {:?}; br-ext saw sources \
-         {sources:?} from MACs {macs:?} (sa {sa_mac}, sb {sb_mac}); {} fence samples, longest \
-         interval {:?}",
+         {:?} from MACs {:?} (sa {sa_mac}, sb {sb_mac}); {}",
         rep.bytes,
         rep.sha256,
         rep.elapsed,
         rep.peer,
-        samples.len(),
-        max_sample_interval(&samples)
+        o.sources,
+        o.macs,
+        sampling(&o.samples)
     );
 
     let want = SocketAddrV4::new(gw, u16::try_from(ext_port)?);
@@ -266,33 +478,23 @@ fn failover_keeps_established_tcp() -> Result<()> {
         "received {} of {BYTES} bytes",
         rep.bytes
     );
-    ensure!(
-        rep.peer == Some(want),
-        "the server must see the router's external address {want}, saw {:?}",
-        rep.peer
-    );
-    ensure!(
-        sources == BTreeSet::from([want]),
-        "every packet of the flow must come from {want} (same port before and after the \
-         failover), br-ext saw {sources:?}"
-    );
-    ensure!(
-        macs.contains(&sa_mac) && macs.contains(&sb_mac),
-        "the flow must leave through sa's ext0 ({sa_mac}) before and sb's ({sb_mac}) after: \
-         {macs:?}"
-    );
-    sb_kept_the_role(&samples, sb_on)?;
+    o.ensure_one_source(
+        want,
+        (
+            "the router's external address ",
+            " (same port before and after the failover)",
+        ),
+        ("sa", &sa_mac),
+        ("sb", &sb_mac),
+    )?;
+    sb_kept_the_role(&o.samples, takeover.sb_on)?;
     ensure!(
         c.ha_holder("r1")?.as_deref() == Some("sb"),
         "sb must hold r1: {:?}",
         c.ha_holders()?
     );
     let row = shows_active(&c, "sb")?;
-    ensure!(
-        gaps.longest_gap < MAX_GAP,
-        "the failover silenced the ping for {:?} (bound {MAX_GAP:?})",
-        gaps.longest_gap
-    );
+    o.ensure_short_gap("failover")?;
     eprintln!("sb's show ha: {row}");
     // Back up for an orderly teardown (sa's agent exits on SIGTERM either way).
     c.set_host_links("sa", true)?;
@@ -303,28 +505,16 @@ fn failover_keeps_established_tcp() -> Result<()> {
 
 #[test]
 fn partition_never_two_active() -> Result<()> {
-    require_etcd_preconditions();
-    let mut c = ha_cloud(7201, 2)?;
-    let gw = c.router_external_ip("r1")?;
-    let (sa_mac, sb_mac) = (c.ext_mac("sa")?, c.ext_mac("sb")?);
-    let sampler = c.sample_fences("r1", &["sa", "sb"], SAMPLE_EVERY)?;
-    sampler.wait_active("sa", true, WAIT)?;
+    let (mut c, gw, sa_mac, sb_mac) = ha_cloud(7201, 2)?;
+    let sampler = sample_r1(&c)?;
 
     // sa loses etcd; VXLAN (and conntrack sync) to the other hosts still works.
     let t0 = Instant::now();
     c.block_etcd("sa")?;
     c.underlay_sentinel("sa", "sb")
         .context("the underlay must keep working while sa is cut from etcd")?;
-    let sa_off = sampler.wait_active("sa", false, FAILOVER_DEADLINE)?;
-    let sb_on = sampler.wait_active("sb", true, FAILOVER_DEADLINE)?;
-    let holder = c.wait_ha_holder("r1", "sb", FAILOVER_DEADLINE)?;
-    eprintln!(
-        "sa cut from etcd at t0: sa's fence lapsed at +{:?}, sb active at +{:?}, dvrctl ha \
-         names sb at +{:?}",
-        sa_off.saturating_duration_since(t0),
-        sb_on.saturating_duration_since(t0),
-        holder.saturating_duration_since(t0)
-    );
+    let takeover = wait_takeover(&c, &sampler, t0)?;
+    eprintln!("sa cut from etcd at t0: {takeover}");
     let sa_row = shows_standby(&c, "sa")?;
     shows_active(&c, "sb")?;
 
@@ -334,21 +524,8 @@ fn partition_never_two_active() -> Result<()> {
         .context("SNAT through sb while sa is partitioned")?;
     c.unblock_etcd("sa")?;
     let healed = Instant::now();
-    let back = wait_until(
-        "sa's agent to be alive in etcd again",
-        Duration::from_secs(20),
-        |why| {
-            let row = c.etcd_host_row("sa")?;
-            *why = format!("{row:?}");
-            Ok(row.filter(|r| r.alive).map(|_| Instant::now()))
-        },
-    )?;
     // No pre-emption: watch sa for a while with sb healthy.
-    sampler.wait(
-        &format!("{NO_PREEMPTION_WINDOW:?} of samples after sa came back"),
-        NO_PREEMPTION_WINDOW + WAIT,
-        |x| x.at >= back + NO_PREEMPTION_WINDOW,
-    )?;
+    let back = sa_back_and_watched(&c, &sampler)?;
     let holder_after = c.ha_holder("r1")?;
     eprintln!(
         "partition healed at +{:?}; sa alive in etcd {:?} later; holder {holder_after:?} \
@@ -356,7 +533,7 @@ fn partition_never_two_active() -> Result<()> {
         healed.saturating_duration_since(t0),
         back.saturating_duration_since(healed)
     );
-    sb_kept_the_role(&sampler.samples(), sb_on)?;
+    sb_kept_the_role(&sampler.samples(), takeover.sb_on)?;
     ensure!(
         holder_after.as_deref() == Some("sb"),
         "sb must still hold r1 {NO_PREEMPTION_WINDOW:?} after sa came back (no pre-emption): \
@@ -385,76 +562,27 @@ fn partition_never_two_active() -> Result<()> {
     let arp = c.arping_ext(gw, 3, 3)?;
     let samples = sampler.stop()?;
     eprintln!(
-        "ARP for {gw} answered by {:?} (sa {sa_mac}, sb {sb_mac}); {} fence samples, longest \
-         interval {:?}",
+        "ARP for {gw} answered by {:?} (sa {sa_mac}, sb {sb_mac}); {}",
         arp.reply_macs,
-        samples.len(),
-        max_sample_interval(&samples)
+        sampling(&samples)
     );
-    ensure!(
-        !arp.reply_macs.is_empty() && arp.reply_macs.iter().all(|m| *m == sb_mac),
-        "ARP for the router's address {gw} must be answered by sb's ext0 ({sb_mac}) only:\n{}",
-        arp.output
-    );
-    sb_kept_the_role(&samples, sb_on)
-}
-
-/// From `sb_on` (sb's first active sample) on: never both active, sa never active again (no
-/// pre-emption, no fence extended past its revocation), sb never lapsed. Samples: sa, sb.
-fn sb_kept_the_role(samples: &[FenceSample], sb_on: Instant) -> Result<()> {
-    let both = overlaps(samples);
-    ensure!(
-        both.is_empty(),
-        "sa and sb were both active in {} of {} samples, first {:?}",
-        both.len(),
-        samples.len(),
-        both.first()
-    );
-    let later: Vec<&FenceSample> = samples.iter().filter(|x| x.at >= sb_on).collect();
-    let sa_again = later.iter().filter(|x| x.active(0)).count();
-    let sb_lost = later.iter().filter(|x| !x.active(1)).count();
-    let first = |pred: &dyn Fn(&FenceSample) -> bool| {
-        later
-            .iter()
-            .find(|x| pred(x))
-            .map(|x| (x.at.saturating_duration_since(sb_on), x.fences.clone()))
-    };
-    ensure!(
-        sa_again == 0 && sb_lost == 0,
-        "after sb took over, sa was active again in {sa_again} and sb inactive in {sb_lost} of \
-         {} samples (first: sa active {:?}, sb inactive {:?} after sb took over)",
-        later.len(),
-        first(&|x| x.active(0)),
-        first(&|x| !x.active(1))
-    );
-    Ok(())
+    only_sb_answers_arp(&arp, gw, &sb_mac)?;
+    sb_kept_the_role(&samples, takeover.sb_on)
 }
 
 // ---- planned failover -------------------------------------------------------------------------
 
 #[test]
 fn manual_failover_back() -> Result<()> {
-    require_etcd_preconditions();
-    let mut c = ha_cloud(7301, 3)?;
-    let gw = c.router_external_ip("r1")?;
-    let (sa_mac, sb_mac) = (c.ext_mac("sa")?, c.ext_mac("sb")?);
-    let sampler = c.sample_fences("r1", &["sa", "sb"], SAMPLE_EVERY)?;
-    sampler.wait_active("sa", true, WAIT)?;
+    let (mut c, gw, sa_mac, sb_mac) = ha_cloud(7301, 3)?;
+    let sampler = sample_r1(&c)?;
 
     // sa's agent stops (SIGTERM): its datapath stays, but its fence must lapse.
     let t0 = Instant::now();
     let st = c.stop_agent("sa")?;
     ensure!(st.success(), "agent of sa exited with {st} on SIGTERM");
-    let sa_off = sampler.wait_active("sa", false, FAILOVER_DEADLINE)?;
-    let sb_on = sampler.wait_active("sb", true, FAILOVER_DEADLINE)?;
-    let holder = c.wait_ha_holder("r1", "sb", FAILOVER_DEADLINE)?;
-    eprintln!(
-        "sa's agent stopped at t0: sa's fence lapsed at +{:?}, sb active at +{:?}, dvrctl ha \
-         names sb at +{:?}",
-        sa_off.saturating_duration_since(t0),
-        sb_on.saturating_duration_since(t0),
-        holder.saturating_duration_since(t0)
-    );
+    let takeover = wait_takeover(&c, &sampler, t0)?;
+    eprintln!("sa's agent stopped at t0: {takeover}");
     c.ping_ok("v1", INTERNET_HOST, 3)
         .context("SNAT through sb after sa's agent stopped")?;
     // sa's datapath still holds r1's entries (nobody removed them) but its fence has lapsed:
@@ -475,34 +603,17 @@ fn manual_failover_back() -> Result<()> {
          ARP for {gw} answered by {:?} (sa {sa_mac}, sb {sb_mac})",
         arp.reply_macs
     );
-    ensure!(
-        !arp.reply_macs.is_empty() && arp.reply_macs.iter().all(|m| *m == sb_mac),
-        "ARP for the router's address {gw} must be answered by sb's ext0 ({sb_mac}) only:\n{}",
-        arp.output
-    );
+    only_sb_answers_arp(&arp, gw, &sb_mac)?;
 
     // sa comes back as a standby and stays one.
     let restart = c.restart_agent("sa")?;
-    let back = wait_until(
-        "sa's agent to be alive in etcd again",
-        Duration::from_secs(20),
-        |why| {
-            let row = c.etcd_host_row("sa")?;
-            *why = format!("{row:?}");
-            Ok(row.filter(|r| r.alive).map(|_| Instant::now()))
-        },
-    )?;
-    sampler.wait(
-        &format!("{NO_PREEMPTION_WINDOW:?} of samples after sa came back"),
-        NO_PREEMPTION_WINDOW + WAIT,
-        |x| x.at >= back + NO_PREEMPTION_WINDOW,
-    )?;
+    sa_back_and_watched(&c, &sampler)?;
     let holder_back = c.ha_holder("r1")?;
     eprintln!(
         "sa's agent restarted in {restart:?}; holder {holder_back:?} {NO_PREEMPTION_WINDOW:?} \
          after it was alive again"
     );
-    sb_kept_the_role(&sampler.samples(), sb_on)?;
+    sb_kept_the_role(&sampler.samples(), takeover.sb_on)?;
     ensure!(
         holder_back.as_deref() == Some("sb"),
         "sb must keep r1 after sa's agent came back (no pre-emption): {holder_back:?}"
@@ -512,29 +623,14 @@ fn manual_failover_back() -> Result<()> {
     // A TCP connection through sb, its entry streamed to sa.
     const PORT: u16 = 5703;
     const BYTES: usize = 4 * MIB;
-    let cap = c.capture_ext(&format!(
-        "tcp and dst host {INTERNET_HOST} and dst port {PORT}"
-    ))?;
-    let mut xfer = c.start_paced_transfer(
-        "v1",
-        EXT,
-        INTERNET_HOST,
-        PORT,
-        BYTES,
-        Duration::from_secs(10),
-        None,
-    )?;
-    xfer.wait_received(512 * 1024, Duration::from_secs(10))
-        .context("transfer flowing through sb")?;
-    let ext_port = wait_pat_flow(&c, "sb", PORT, None, WAIT)?;
-    wait_pat_flow(&c, "sa", PORT, Some(ext_port), WAIT)
-        .context("sb must stream the flow's conntrack entry to sa")?;
+    let mut flow = start_synced_flow(&mut c, ("sb", "sa"), PORT, BYTES, 10, 512 * 1024)?;
+    let ext_port = flow.ext_port;
     let mut ping = c.ping_bg("v1", INTERNET_HOST, 400, PING_INTERVAL, &[])?;
     ping.wait_replies(25, WAIT)
         .context("ping before the failover")?;
 
     // Planned failover back to sa.
-    let received_before = xfer.received_so_far();
+    let received_before = flow.xfer.received_so_far();
     let tf = Instant::now();
     let out = c.ha_failover("r1", "sa")?;
     let took = tf.elapsed();
@@ -553,66 +649,38 @@ fn manual_failover_back() -> Result<()> {
         x.active(0) && !x.active(1)
     })?;
     shows_active(&c, "sa")?;
-    xfer.wait_received(received_before + 2 * 65536, Duration::from_secs(20))
+    flow.xfer
+        .wait_received(received_before + 2 * 65536, Duration::from_secs(20))
         .context("the transfer must go on through sa")?;
-    let rep = xfer
-        .finish()
-        .context("the transfer across the planned failover")?;
-    let p = ping.finish()?;
-    let samples = sampler.stop()?;
-    let packets = cap.stop()?;
-    let gaps = ping_gaps(&p.output, PING_INTERVAL);
-    let (sources, macs) = flow_sources(&packets, PORT);
+    let o = flow.finish("planned failover", ping, sampler)?;
+    let rep = &o.rep;
     eprintln!(
         "dvrctl failover r1 --to sa took {took:?} ({}); sb's fence off at +{:?}, sa active at \
          +{:?}",
         cmd::text(&out).trim(),
-        first_since(&samples, tf, |x| !x.active(1)),
-        first_since(&samples, tf, |x| x.active(0)),
+        first_since(&o.samples, tf, |x| !x.active(1)),
+        first_since(&o.samples, tf, |x| x.active(0)),
     );
+    o.print_ping(" across the planned failover");
     eprintln!(
-        "ping v1 -> {INTERNET_HOST} every {PING_INTERVAL:?} across the planned failover: {}/{} \
-         answered, {} lost, longest gap {:?}",
-        gaps.received, gaps.transmitted, gaps.lost, gaps.longest_gap
-    );
-    eprintln!(
-        "transfer: {} bytes intact in {:?}; server saw {:?}; br-ext saw {sources:?} from \
-         {macs:?} (sa {sa_mac}, sb {sb_mac}); {} fence samples, longest interval {:?}",
+        "transfer: {} bytes intact in {:?}; server saw {:?}; br-ext saw {:?} from {:?} (sa \
+         {sa_mac}, sb {sb_mac}); {}",
         rep.bytes,
         rep.elapsed,
         rep.peer,
-        samples.len(),
-        max_sample_interval(&samples)
+        o.sources,
+        o.macs,
+        sampling(&o.samples)
     );
 
-    let want = SocketAddrV4::new(gw, u16::try_from(ext_port)?);
-    ensure!(
-        rep.peer == Some(want),
-        "the server must see {want}, saw {:?}",
-        rep.peer
-    );
-    ensure!(
-        sources == BTreeSet::from([want]),
-        "every packet of the flow must come from {want}, br-ext saw {sources:?}"
-    );
-    ensure!(
-        macs.contains(&sa_mac) && macs.contains(&sb_mac),
-        "the flow must leave through sb's ext0 ({sb_mac}) before and sa's ({sa_mac}) after: \
-         {macs:?}"
-    );
-    let both = overlaps(&samples);
-    ensure!(
-        both.is_empty(),
-        "sa and sb were both active in {} of {} samples, first {:?}",
-        both.len(),
-        samples.len(),
-        both.first()
-    );
-    ensure!(
-        gaps.longest_gap < MAX_GAP,
-        "the planned failover silenced the ping for {:?} (bound {MAX_GAP:?})",
-        gaps.longest_gap
-    );
+    o.ensure_one_source(
+        SocketAddrV4::new(gw, u16::try_from(ext_port)?),
+        ("", ""),
+        ("sb", &sb_mac),
+        ("sa", &sa_mac),
+    )?;
+    never_both_active(&o.samples)?;
+    o.ensure_short_gap("planned failover")?;
     Ok(())
 }
 

@@ -511,6 +511,7 @@ impl Walk<'_> {
                 _pad: [0; 2],
             })?;
             return match r {
+                Some(r) if !self.fence_ok(r.flags, r.router_id)? => Ok(drop(Stat::DropSnatStandby)),
                 Some(r) => self.pat(vni, &r, cfg),
                 None => Ok(drop(Stat::DropNoRoute)),
             };
@@ -638,6 +639,9 @@ impl Walk<'_> {
                 "snat",
                 format!("to a csnat port of router {:08x}", r.router_id),
             );
+            if !self.fence_ok(r.flags, r.router_id)? {
+                return Ok(drop(Stat::DropSnatStandby));
+            }
             if self.route(r.router_id, be(self.p.src))?.is_none() {
                 return Ok(drop(Stat::DropNoRoute));
             }
@@ -720,6 +724,26 @@ impl Walk<'_> {
         ))
     }
 
+    /// An HA router is served only while its fence runs (docs/HA.md); records the check.
+    fn fence_ok(&mut self, flags: u32, router_id: u32) -> Result<bool, MapsError> {
+        if flags & dvr_common::snat::SNAT_HA == 0 {
+            return Ok(true);
+        }
+        let until = self.m.ha_fence.get(&router_id)?;
+        let now = crate::maps::fence_now_ns();
+        let ok = dvr_common::snat::fence_active(until, now);
+        let left = until.map_or(-1.0, |u| (u as f64 - now as f64) / 1e6);
+        self.step(
+            "ha",
+            if ok {
+                format!("HA router {router_id:08x}: this host serves it (fence {left:.0} ms left)")
+            } else {
+                format!("HA router {router_id:08x}: not served here (fence expired or absent)")
+            },
+        );
+        Ok(ok)
+    }
+
     fn ext(&mut self) -> Result<Out, MapsError> {
         let cfg = self.m.read_config()?;
         if let Some(r) = self.m.snat_ips.get(&be(self.p.dst))? {
@@ -727,6 +751,9 @@ impl Walk<'_> {
                 "snat",
                 format!("to router {:08x}'s external IP", r.router_id),
             );
+            if !self.fence_ok(r.flags, r.router_id)? {
+                return Ok(drop(Stat::DropSnatStandby));
+            }
             let Some(e) = self
                 .ct(ZONE_EXTERNAL)?
                 .filter(|e| e.kind == CT_DNAT | CT_PAT)
@@ -780,6 +807,14 @@ impl Walk<'_> {
             } else {
                 Stat::DropFipNotHere
             }));
+        }
+        let ha = if f.flags & dvr_common::nat::FIP_HA != 0 {
+            dvr_common::snat::SNAT_HA
+        } else {
+            0
+        };
+        if !self.fence_ok(ha, f.router_id)? {
+            return Ok(drop(Stat::DropSnatStandby));
         }
         let (mac, ifx, host) = if f.flags & FIP_VIP != 0 {
             match self.m.vip_loc.get(&IpKey {

@@ -402,19 +402,7 @@ pub struct PinnedCt {
     batch: bool,
 }
 
-/// `union bpf_attr`, the `batch` member (BPF_MAP_*_BATCH commands).
-#[repr(C)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+use crate::maps::{BPF_MAP_LOOKUP_BATCH, BatchAttr, bpf_batch};
 /// The kernel's internal ENOTSUPP, which leaks to user space from some map types.
 const ENOTSUPP: i32 = 524;
 
@@ -464,19 +452,7 @@ impl PinnedCt {
                 elem_flags: 0,
                 flags: 0,
             };
-            // SAFETY: the attribute points at buffers we own that hold `count` keys and
-            // values of the map's key and value sizes (checked when the map was opened) and
-            // at two 8-byte cursors; the kernel writes at most that much, and `count` back
-            // into `attr`. CtKey and CtEntry are plain data: any bytes are valid.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_MAP_LOOKUP_BATCH,
-                    &raw mut attr,
-                    size_of::<BatchAttr>() as libc::c_uint,
-                )
-            };
-            let err = (r < 0).then(io::Error::last_os_error);
+            let err = bpf_batch(BPF_MAP_LOOKUP_BATCH, &mut attr).err();
             let done = match &err {
                 None => false,
                 Some(e) if e.raw_os_error() == Some(libc::ENOENT) => true,

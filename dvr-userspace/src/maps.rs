@@ -67,19 +67,155 @@ fn is_absent(e: &MapError) -> bool {
     }
 }
 
+/// `union bpf_attr`, the `batch` member (BPF_MAP_*_BATCH commands).
+#[repr(C)]
+pub(crate) struct BatchAttr {
+    pub in_batch: u64,
+    pub out_batch: u64,
+    pub keys: u64,
+    pub values: u64,
+    pub count: u32,
+    pub map_fd: u32,
+    pub elem_flags: u64,
+    pub flags: u64,
+}
+
+pub(crate) const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// `bpf(cmd, attr)`.
+pub(crate) fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<()> {
+    // SAFETY: `attr` is a valid `bpf_attr` batch member; the callers make its pointers
+    // refer to buffers of `count` keys and values of the map's sizes, which outlive the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            std::ptr::from_mut(attr),
+            size_of::<BatchAttr>() as libc::c_uint,
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 fn access(name: &'static str) -> impl Fn(MapError) -> MapsError {
     move |source| MapsError::Access { name, source }
 }
 
-impl<K: Pod + Ord, V: Pod + PartialEq> Hash<K, V> {
+impl<K: Pod + Ord + Default, V: Pod + PartialEq + Default> Hash<K, V> {
+    /// Every entry. BPF_MAP_LOOKUP_BATCH, 4096 per call: walking a sparse table key by key
+    /// (the 512k-slot conntrack map in the agent's GC) held the agent's loop for
+    /// milliseconds. Entry by entry when the kernel does not batch this map.
     pub fn read(&self) -> Result<BTreeMap<K, V>, MapsError> {
-        self.map
-            .iter()
-            .map(|r| r.map_err(access(self.name)))
-            .collect()
+        match self.read_batch() {
+            Some(Ok(all)) => Ok(all),
+            Some(Err(e)) => Err(access(self.name)(MapError::SyscallError(
+                aya::sys::SyscallError {
+                    call: "bpf_map_lookup_batch",
+                    io_error: e,
+                },
+            ))),
+            None => self
+                .map
+                .iter()
+                .map(|r| r.map_err(access(self.name)))
+                .collect(),
+        }
+    }
+
+    /// `None` when the kernel does not support batch lookups on this map.
+    fn read_batch(&self) -> Option<Result<BTreeMap<K, V>, std::io::Error>> {
+        use aya::maps::IterableMap;
+        use std::os::fd::{AsFd, AsRawFd};
+        const CHUNK: usize = 4096;
+        let fd = self.map.map().fd().as_fd().as_raw_fd() as u32;
+        let mut keys = vec![K::default(); CHUNK];
+        let mut values = vec![V::default(); CHUNK];
+        // The hash map's cursor is a bucket index (u32); 8 bytes leave room.
+        let (mut token_in, mut token_out) = (0u64, 0u64);
+        let mut out = BTreeMap::new();
+        let mut first = true;
+        loop {
+            let mut attr = BatchAttr {
+                in_batch: if first {
+                    0
+                } else {
+                    (&raw const token_in) as u64
+                },
+                out_batch: (&raw mut token_out) as u64,
+                keys: keys.as_mut_ptr() as u64,
+                values: values.as_mut_ptr() as u64,
+                count: CHUNK as u32,
+                map_fd: fd,
+                elem_flags: 0,
+                flags: 0,
+            };
+            let res = bpf_batch(BPF_MAP_LOOKUP_BATCH, &mut attr);
+            let done = match res {
+                Ok(()) => false,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+                Err(e)
+                    if first
+                        && matches!(
+                            e.raw_os_error(),
+                            Some(libc::EINVAL | libc::ENOSYS | libc::ENOTSUP | 524)
+                        ) =>
+                {
+                    return None;
+                }
+                Err(e) => return Some(Err(e)),
+            };
+            let n = (attr.count as usize).min(CHUNK);
+            out.extend(keys.iter().copied().zip(values.iter().copied()).take(n));
+            if done {
+                return Some(Ok(out));
+            }
+            token_in = token_out;
+            first = false;
+        }
     }
     pub fn put(&mut self, k: &K, v: &V) -> Result<(), MapsError> {
         self.map.insert(k, v, 0).map_err(access(self.name))
+    }
+    /// Write many entries: BPF_MAP_UPDATE_BATCH, 4096 per call (10,000 FIPs are 30,000
+    /// entries: one syscall each cost a quarter of programming them); entry by entry when
+    /// the kernel does not batch this map.
+    pub fn put_many(&mut self, entries: &[(K, V)]) -> Result<(), MapsError> {
+        use aya::maps::IterableMap;
+        use std::os::fd::{AsFd, AsRawFd};
+        const CHUNK: usize = 4096;
+        let fd = self.map.map().fd().as_fd().as_raw_fd() as u32;
+        for chunk in entries.chunks(CHUNK) {
+            let keys: Vec<K> = chunk.iter().map(|(k, _)| *k).collect();
+            let values: Vec<V> = chunk.iter().map(|(_, v)| *v).collect();
+            let mut attr = BatchAttr {
+                in_batch: 0,
+                out_batch: 0,
+                keys: keys.as_ptr() as u64,
+                values: values.as_ptr() as u64,
+                count: chunk.len() as u32,
+                map_fd: fd,
+                elem_flags: 0,
+                flags: 0,
+            };
+            if let Err(e) = bpf_batch(BPF_MAP_UPDATE_BATCH, &mut attr) {
+                // Not batched here (or a partial failure): the rest one by one, which
+                // reports a real error with the map's name.
+                let done = if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP)) {
+                    0
+                } else {
+                    (attr.count as usize).min(chunk.len())
+                };
+                for (k, v) in &chunk[done..] {
+                    self.put(k, v)?;
+                }
+            }
+        }
+        Ok(())
     }
     /// Insert only when the key is absent (BPF_NOEXIST); an existing value is kept.
     pub fn put_new(&mut self, k: &K, v: &V) -> Result<(), MapsError> {
@@ -118,6 +254,10 @@ impl<K: Pod + Ord, V: Pod + PartialEq> Lpm<K, V> {
                     .map_err(access(self.name))
             })
             .collect()
+    }
+    /// One update per entry (LPM tries hold few entries here).
+    pub fn put_many(&mut self, entries: &[((u32, K), V)]) -> Result<(), MapsError> {
+        entries.iter().try_for_each(|(k, v)| self.put(k, v))
     }
     pub fn put(&mut self, k: &(u32, K), v: &V) -> Result<(), MapsError> {
         self.map

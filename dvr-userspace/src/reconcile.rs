@@ -116,7 +116,7 @@ pub fn apply_known(
     );
     macro_rules! upsert {
         ($($field:ident),*) => {$(
-            for (k, v) in &$field.0 { maps.$field.put(k, v)?; }
+            maps.$field.put_many(&$field.0)?;
             applied.upserted += $field.0.len();
         )*};
     }

@@ -69,8 +69,19 @@ fn ha_topology(vni: u32, octet: u8) -> Topology {
 /// fence, not sb's, is live) and SNAT through it answers: the cloud, r1's external address and
 /// the MACs of sa's and sb's `ext0`.
 fn ha_cloud(vni: u32, octet: u8) -> Result<(Cloud, Ipv4Addr, String, String)> {
+    ha_cloud_with(vni, octet, |_| {})
+}
+
+/// [`ha_cloud`] with `more` added to the topology.
+fn ha_cloud_with(
+    vni: u32,
+    octet: u8,
+    more: impl FnOnce(&mut Topology),
+) -> Result<(Cloud, Ipv4Addr, String, String)> {
     require_etcd_preconditions();
-    let mut c = ha_topology(vni, octet).build_without_agents()?;
+    let mut t = ha_topology(vni, octet);
+    more(&mut t);
+    let mut c = t.build_without_agents()?;
     let url = c.start_etcd()?;
     let out = c.etcd_apply()?;
     eprintln!("etcd at {url}: {out}");
@@ -497,6 +508,77 @@ fn failover_keeps_established_tcp() -> Result<()> {
     o.ensure_short_gap("failover")?;
     eprintln!("sb's show ha: {row}");
     // Back up for an orderly teardown (sa's agent exits on SIGTERM either way).
+    c.set_host_links("sa", true)?;
+    Ok(())
+}
+
+// ---- central floating IPs ---------------------------------------------------------------------
+
+/// A `dvr_no_external` host's VM has its floating IP served by r1's elected host: when sa
+/// dies the FIP is answered by sb (ARP from sb's ext0 only, pings from outside answered again,
+/// the VM reaches outside as its FIP).
+#[test]
+fn central_fip_moves_with_the_role() -> Result<()> {
+    let (mut c, _gw, sa_mac, sb_mac) = ha_cloud_with(7401, 4, |t| {
+        t.no_external_host("hn");
+        t.vm(VmSpec::new("vn", "a", "hn"));
+        t.fip("fn", Some("vn"));
+    })?;
+    let fip = c.fip_ip("fn")?;
+    c.wait_fip_kind("sa", "fn", Some("central"), WAIT)
+        .context("sa, elected, must serve vn's FIP centrally")?;
+    let arp = c.arping_ext(fip, 2, 5)?;
+    ensure!(
+        !arp.reply_macs.is_empty() && arp.reply_macs.iter().all(|m| *m == sa_mac),
+        "before the failure only sa's ext0 ({sa_mac}) may answer ARP for the FIP {fip}:\n{}",
+        arp.output
+    );
+    let sampler = sample_r1(&c)?;
+    let mut ping = c.ping_bg(EXT, fip, 400, PING_INTERVAL, &[])?;
+    ping.wait_replies(25, WAIT)
+        .context("outside -> central FIP through sa")?;
+
+    let t0 = Instant::now();
+    c.set_host_links("sa", false)?;
+    let takeover = wait_takeover(&c, &sampler, t0)?;
+    let before = ping.replies();
+    ping.wait_replies(before + 25, Duration::from_secs(20))
+        .context("outside -> central FIP must be answered again, through sb")?;
+    let answered_again = t0.elapsed();
+    let p = ping.finish()?;
+    let gaps = ping_gaps(&p.output, PING_INTERVAL);
+    let samples = sampler.stop()?;
+    eprintln!(
+        "sa down at t0: {takeover}; 25 more pings to the central FIP {fip} answered by +{answered_again:?}; {}/{} answered, {} lost, longest gap {:?}; {}",
+        gaps.received,
+        gaps.transmitted,
+        gaps.lost,
+        gaps.longest_gap,
+        sampling(&samples)
+    );
+    sb_kept_the_role(&samples, takeover.sb_on)?;
+    let arp = c.arping_ext(fip, 2, 5)?;
+    ensure!(
+        !arp.reply_macs.is_empty() && arp.reply_macs.iter().all(|m| *m == sb_mac),
+        "after the failover only sb's ext0 ({sb_mac}) may answer ARP for the FIP {fip}:\n{}",
+        arp.output
+    );
+    // Outbound: the VM is seen outside as its FIP, leaving through sb.
+    let cap = c.capture_ext(&format!("icmp and src host {fip}"))?;
+    c.ping_ok("vn", INTERNET_HOST, 2)
+        .context("vn -> outside through sb")?;
+    let pkts = cap.stop()?;
+    let texts: Vec<&str> = pkts.iter().map(|p| p.text.as_str()).collect();
+    ensure!(
+        pkts.iter()
+            .any(|p| p.contains("echo request") && p.contains(&sb_mac)),
+        "vn's echoes must leave as {fip} from sb's ext0 ({sb_mac}): {texts:?}"
+    );
+    ensure!(
+        gaps.longest_gap < MAX_GAP,
+        "the failover silenced the central FIP for {:?} (bound {MAX_GAP:?})",
+        gaps.longest_gap
+    );
     c.set_host_links("sa", true)?;
     Ok(())
 }

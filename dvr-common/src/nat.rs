@@ -123,7 +123,9 @@ pub struct FipSrc {
     /// Gateway of the floating network's subnet (next hop), network order.
     pub ext_gw_ip_be: u32,
     pub router_id: u32,
-    pub _pad: u32,
+    /// `FIP_HA` when the FIP is served centrally for an HA router: a VM sending through it
+    /// from a tap of this host is served only under the router's fence.
+    pub flags: u32,
 }
 crate::assert_size!(FipSrc, 16);
 

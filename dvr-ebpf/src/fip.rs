@@ -71,6 +71,7 @@ pub fn snat(
     if cfg.ext_ifindex == 0 {
         return Err(Verdict::drop(Stat::DropNoExternal));
     }
+    crate::ha::check_fip_src(src)?;
     // SAFETY: read-only use of a hash value; the datapath writes it whole on ARP.
     let next_hop = match unsafe { DVR_EXT_NEIGH.get(&src.ext_gw_ip_be) } {
         Some(n) if n.learned != 0 => n.mac,

@@ -5,7 +5,7 @@
 //! never fenced. Reads DVR_HA_FENCE. Verdicts: drop_snat_standby.
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use dvr_common::{
-    nat::{FIP_HA, FipEntry},
+    nat::{FIP_HA, FipEntry, FipSrc},
     snat::{SNAT_HA, SnatRouter, fence_active},
     stats::Stat,
 };
@@ -41,6 +41,17 @@ pub fn serves_fip(fip: &FipEntry) -> bool {
 #[inline(always)]
 pub fn check_router(r: &SnatRouter) -> Result<(), Verdict> {
     if serves_router(r) {
+        Ok(())
+    } else {
+        Err(Verdict::drop(Stat::DropSnatStandby))
+    }
+}
+
+/// `Err(drop_snat_standby)` when a VM sends through a central FIP of an HA router this host
+/// does not serve now.
+#[inline(always)]
+pub fn check_fip_src(src: &FipSrc) -> Result<(), Verdict> {
+    if src.flags & FIP_HA == 0 || fenced_in(src.router_id) {
         Ok(())
     } else {
         Err(Verdict::drop(Stat::DropSnatStandby))

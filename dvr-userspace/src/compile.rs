@@ -1207,7 +1207,7 @@ fn add_floating_ips(
                     fip_be,
                     ext_gw_ip_be: be(ext_gw),
                     router_id: base.router_id,
-                    _pad: 0,
+                    flags: entry.flags & FIP_HA,
                 },
             );
             gateways.insert(ext_gw);
@@ -2211,7 +2211,7 @@ mod tests {
                     fip_be: ip(10, 5, 2, 1),
                     ext_gw_ip_be: ip(10, 5, 0, 1),
                     router_id: fnv1a32("r1"),
-                    _pad: 0
+                    flags: 0
                 }
             )])
         );
@@ -2641,6 +2641,11 @@ mod tests {
             panic!("no central FIP on host-t")
         };
         assert_eq!(central.flags, FIP_CENTRAL | FIP_HA);
+        let src = t.entries.fip_src.get(&IpKey {
+            vni: FVNI1,
+            ip_be: ip(192, 168, 1, 40),
+        });
+        assert_eq!(src.map(|s| s.flags), Some(FIP_HA), "{src:?}");
         assert_eq!(t.ha.len(), 1);
         assert_eq!(
             t.ha[0]
@@ -2826,7 +2831,7 @@ mod tests {
             fip_be,
             ext_gw_ip_be: ip(10, 5, 0, 1),
             router_id: fnv1a32("r1"),
-            _pad: 0,
+            flags: 0,
         };
         assert_eq!(
             e.fip_src,
@@ -3141,7 +3146,7 @@ mod tests {
                 fip_be: ip(10, 5, 2, 9),
                 ext_gw_ip_be: ip(10, 5, 0, 1),
                 router_id: fnv1a32("r1"),
-                _pad: 0
+                flags: 0
             })
         );
         assert_eq!(

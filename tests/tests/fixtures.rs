@@ -1149,6 +1149,49 @@ fn ha_central_fip_is_served_only_under_a_live_fence() {
     assert_eq!(f.ct_len(), 2);
 }
 
+/// A VM on the elected host itself sending through a central FIP of an HA router (a VIP
+/// holder there): translated only under the router's fence.
+#[test]
+fn ha_central_fip_source_on_a_tap_is_fenced() {
+    use dvr_common::{nat::FIP_HA, nat::FipSrc, route::IpKey};
+    let (mut f, router) = ha_fixture(true);
+    let vni = f
+        .maps
+        .local_ports
+        .get(&VM1_IFINDEX)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("VM1 is a local port"))
+        .vni;
+    let src = FipSrc {
+        fip_be: u32::from_ne_bytes(FIP_CENTRAL_IP),
+        ext_gw_ip_be: u32::from_ne_bytes(UPSTREAM_IP),
+        router_id: router,
+        flags: FIP_HA,
+    };
+    let key = IpKey {
+        vni,
+        ip_be: u32::from_ne_bytes(VM1_IP),
+    };
+    f.maps
+        .fip_src
+        .put(&key, &src)
+        .unwrap_or_else(|e| panic!("{e}"));
+    for fence in [None, Some(-1)] {
+        f.fence(router, fence);
+        f.expect(
+            PROG_TAP,
+            &vm1_udp_out(7000),
+            TCX_DROP,
+            Stat::DropSnatStandby,
+        );
+        assert_eq!(f.ct_len(), 0, "nothing tracked by a standby");
+    }
+    f.fence(router, Some(60_000));
+    let out = f.expect(PROG_TAP, &vm1_udp_out(7000), TCX_REDIRECT, Stat::FipSnat);
+    assert_eq!(&ip_of(&out)[12..16], &FIP_CENTRAL_IP);
+    assert_checksums(&out);
+}
+
 #[test]
 fn show_ha_lists_fences_with_remaining_time() {
     use dvr_userspace::ctl::show::{Subject, show};

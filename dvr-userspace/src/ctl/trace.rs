@@ -565,6 +565,14 @@ impl Walk<'_> {
         if cfg.ext_ifindex == 0 {
             return Ok(drop(Stat::DropNoExternal));
         }
+        let ha = if src.flags & dvr_common::nat::FIP_HA != 0 {
+            dvr_common::snat::SNAT_HA
+        } else {
+            0
+        };
+        if !self.fence_ok(ha, src.router_id)? {
+            return Ok(drop(Stat::DropSnatStandby));
+        }
         let Some(nh) = self.next_hop(src.ext_gw_ip_be)? else {
             return Ok(drop(Stat::DropNoNeighbor));
         };

@@ -509,23 +509,21 @@ impl Agent {
         let polled = Instant::now();
         if let Some(text) = self.source.poll(None)? {
             self.change_seen = Some(polled);
-            match State::from_json(&text) {
-                Ok(mut s) => match compile::compile(
-                    {
-                        s.set_ha_runtime(self.source.ha_runtime());
-                        &s
-                    },
-                    &self.host,
-                    &|_| None,
-                ) {
-                    Ok(c) => {
-                        self.wanted = c.taps.into_keys().collect();
-                        self.ext_wanted = c.external.map(|e| e.iface);
-                        self.state = s;
-                        changed = true;
-                    }
-                    Err(e) => warn!(error = %e, "refused new state; keeping the last good one"),
-                },
+            let parsed = State::from_json(&text)
+                .map_err(|e| e.to_string())
+                .and_then(|mut s| {
+                    s.set_ha_runtime(self.source.ha_runtime());
+                    let c =
+                        compile::compile(&s, &self.host, &|_| None).map_err(|e| e.to_string())?;
+                    Ok((s, c))
+                });
+            match parsed {
+                Ok((s, c)) => {
+                    self.wanted = c.taps.into_keys().collect();
+                    self.ext_wanted = c.external.map(|e| e.iface);
+                    self.state = s;
+                    changed = true;
+                }
                 Err(e) => warn!(error = %e, "refused new state; keeping the last good one"),
             }
             if !changed {

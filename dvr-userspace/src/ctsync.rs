@@ -402,10 +402,6 @@ pub struct PinnedCt {
     batch: bool,
 }
 
-use crate::maps::{BPF_MAP_LOOKUP_BATCH, BatchAttr, bpf_batch};
-/// The kernel's internal ENOTSUPP, which leaks to user space from some map types.
-const ENOTSUPP: i32 = 524;
-
 impl PinnedCt {
     /// Open `<pin_dir>/DVR_CT` (`pin_dir` is the host's pin directory, `<bpffs>/<host>`).
     pub fn open(pin_dir: &Path) -> Result<Self, String> {
@@ -429,63 +425,15 @@ impl PinnedCt {
         select: &dyn Fn(&CtKey, &CtEntry) -> bool,
         out: &mut Vec<(CtKey, CtEntry)>,
     ) -> Result<bool, String> {
-        const CHUNK: usize = 1024;
-        let mut keys = vec![CtKey::default(); CHUNK];
-        let mut vals = vec![CtEntry::default(); CHUNK];
-        // The hash map's cursor is a bucket index (u32); 8 bytes leave room.
-        let mut token_in = 0u64;
-        let mut token_out = 0u64;
-        let mut first = true;
-        let fd = u32::try_from(self.fd()).map_err(|_| "bad map fd".to_string())?;
-        loop {
-            let mut attr = BatchAttr {
-                in_batch: if first {
-                    0
-                } else {
-                    (&raw const token_in) as u64
-                },
-                out_batch: (&raw mut token_out) as u64,
-                keys: keys.as_mut_ptr() as u64,
-                values: vals.as_mut_ptr() as u64,
-                count: CHUNK as u32,
-                map_fd: fd,
-                elem_flags: 0,
-                flags: 0,
-            };
-            let err = bpf_batch(BPF_MAP_LOOKUP_BATCH, &mut attr).err();
-            let done = match &err {
-                None => false,
-                Some(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
-                Some(e)
-                    if first
-                        && matches!(
-                            e.raw_os_error(),
-                            Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP | ENOTSUPP)
-                        ) =>
-                {
-                    return Ok(false);
-                }
-                Some(e) => return Err(format!("map {}: BPF_MAP_LOOKUP_BATCH: {e}", nat::CT)),
-            };
-            let n = (attr.count as usize).min(CHUNK);
-            out.extend(
-                keys.iter()
-                    .zip(&vals)
-                    .take(n)
-                    .filter(|(k, e)| select(k, e))
-                    .map(|(k, e)| (*k, *e)),
-            );
-            if done {
-                return Ok(true);
+        let r = crate::maps::lookup_batch(self.fd(), |k: &CtKey, e: &CtEntry| {
+            if select(k, e) {
+                out.push((*k, *e));
             }
-            if n == 0 {
-                return Err(format!(
-                    "map {}: BPF_MAP_LOOKUP_BATCH made no progress",
-                    nat::CT
-                ));
-            }
-            token_in = token_out;
-            first = false;
+        });
+        match r {
+            None => Ok(false),
+            Some(Ok(())) => Ok(true),
+            Some(Err(e)) => Err(format!("map {}: BPF_MAP_LOOKUP_BATCH: {e}", nat::CT)),
         }
     }
 }
@@ -2345,19 +2293,19 @@ mod tests {
             )
         };
         if fd < 0 {
-            eprintln!(
-                "skipped: cannot create a BPF map: {}",
+            return Err(format!(
+                "this test needs root (CAP_BPF): cannot create a BPF map: {}",
                 io::Error::last_os_error()
-            );
-            return Ok(());
+            ));
         }
         // SAFETY: the kernel just returned this descriptor to us.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
         let dir =
             std::path::PathBuf::from(format!("/sys/fs/bpf/ctsync-test-{}", std::process::id()));
-        if std::fs::create_dir_all(&dir).is_err() {
-            eprintln!("skipped: no bpffs at /sys/fs/bpf");
-            return Ok(());
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            return Err(format!(
+                "this test needs bpffs at /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf): {e}"
+            ));
         }
         let result = (|| {
             let data = MapData::from_fd(fd).map_err(|e| e.to_string())?;

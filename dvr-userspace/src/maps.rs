@@ -80,7 +80,7 @@ pub(crate) struct BatchAttr {
     pub flags: u64,
 }
 
-pub(crate) const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
 /// `bpf(cmd, attr)`.
@@ -99,6 +99,66 @@ pub(crate) fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Res
         Err(std::io::Error::last_os_error())
     } else {
         Ok(())
+    }
+}
+
+/// Every entry of the hash map `fd` through BPF_MAP_LOOKUP_BATCH, 4096 per call, handed to
+/// `each`; `None` when the kernel does not batch this map (nothing was handed over).
+pub(crate) fn lookup_batch<K: Pod + Default, V: Pod + Default>(
+    fd: std::os::fd::RawFd,
+    mut each: impl FnMut(&K, &V),
+) -> Option<std::io::Result<()>> {
+    const CHUNK: usize = 4096;
+    let mut keys = vec![K::default(); CHUNK];
+    let mut values = vec![V::default(); CHUNK];
+    // The hash map's cursor is a bucket index (u32); 8 bytes leave room.
+    let (mut token_in, mut token_out) = (0u64, 0u64);
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                (&raw const token_in) as u64
+            },
+            out_batch: (&raw mut token_out) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: CHUNK as u32,
+            map_fd: fd as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        let done = match bpf_batch(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+            Ok(()) => false,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+            // EINVAL/ENOSYS/EOPNOTSUPP, or the kernel's internal ENOTSUPP (524).
+            Err(e)
+                if first
+                    && matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP | 524)
+                    ) =>
+            {
+                return None;
+            }
+            Err(e) => return Some(Err(e)),
+        };
+        let n = (attr.count as usize).min(CHUNK);
+        keys.iter()
+            .zip(&values)
+            .take(n)
+            .for_each(|(k, v)| each(k, v));
+        if done {
+            return Some(Ok(()));
+        }
+        if n == 0 {
+            return Some(Err(std::io::Error::other(
+                "BPF_MAP_LOOKUP_BATCH made no progress",
+            )));
+        }
+        token_in = token_out;
+        first = false;
     }
 }
 
@@ -131,52 +191,12 @@ impl<K: Pod + Ord + Default, V: Pod + PartialEq + Default> Hash<K, V> {
     fn read_batch(&self) -> Option<Result<BTreeMap<K, V>, std::io::Error>> {
         use aya::maps::IterableMap;
         use std::os::fd::{AsFd, AsRawFd};
-        const CHUNK: usize = 4096;
-        let fd = self.map.map().fd().as_fd().as_raw_fd() as u32;
-        let mut keys = vec![K::default(); CHUNK];
-        let mut values = vec![V::default(); CHUNK];
-        // The hash map's cursor is a bucket index (u32); 8 bytes leave room.
-        let (mut token_in, mut token_out) = (0u64, 0u64);
         let mut out = BTreeMap::new();
-        let mut first = true;
-        loop {
-            let mut attr = BatchAttr {
-                in_batch: if first {
-                    0
-                } else {
-                    (&raw const token_in) as u64
-                },
-                out_batch: (&raw mut token_out) as u64,
-                keys: keys.as_mut_ptr() as u64,
-                values: values.as_mut_ptr() as u64,
-                count: CHUNK as u32,
-                map_fd: fd,
-                elem_flags: 0,
-                flags: 0,
-            };
-            let res = bpf_batch(BPF_MAP_LOOKUP_BATCH, &mut attr);
-            let done = match res {
-                Ok(()) => false,
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
-                Err(e)
-                    if first
-                        && matches!(
-                            e.raw_os_error(),
-                            Some(libc::EINVAL | libc::ENOSYS | libc::ENOTSUP | 524)
-                        ) =>
-                {
-                    return None;
-                }
-                Err(e) => return Some(Err(e)),
-            };
-            let n = (attr.count as usize).min(CHUNK);
-            out.extend(keys.iter().copied().zip(values.iter().copied()).take(n));
-            if done {
-                return Some(Ok(out));
-            }
-            token_in = token_out;
-            first = false;
-        }
+        let fd = self.map.map().fd().as_fd().as_raw_fd();
+        lookup_batch(fd, |k: &K, v: &V| {
+            out.insert(*k, *v);
+        })
+        .map(|r| r.map(|()| out))
     }
     pub fn put(&mut self, k: &K, v: &V) -> Result<(), MapsError> {
         self.map.insert(k, v, 0).map_err(access(self.name))

@@ -1525,6 +1525,16 @@ impl Cloud {
             .ok_or_else(|| anyhow!("no router {router}"))
     }
 
+    /// Router `router` (logical name) as the cloud's state holds it.
+    pub fn state_router(&self, router: &str) -> Result<&crate::state::Router> {
+        let id = self.router_id(router)?;
+        self.state
+            .routers
+            .iter()
+            .find(|r| r.id == id)
+            .ok_or_else(|| anyhow!("router {router} not in the state"))
+    }
+
     pub fn underlay_ns(&self) -> &str {
         &self.underlay_ns
     }

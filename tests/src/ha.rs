@@ -88,14 +88,7 @@ impl Cloud {
     /// The logical names of `router`'s `ha_hosts` in the cloud's state, most preferred first;
     /// empty for a router that is not HA.
     pub fn ha_candidates(&self, router: &str) -> Result<Vec<String>> {
-        let id = self.router_id(router)?;
-        let r = self
-            .state
-            .routers
-            .iter()
-            .find(|r| r.id == id)
-            .ok_or_else(|| anyhow!("router {router} not in the state"))?;
-        Ok(self.candidates_of(r))
+        Ok(self.candidates_of(self.state_router(router)?))
     }
 
     /// The logical names of a state router's `ha_hosts`, most preferred first (priority, then

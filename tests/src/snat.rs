@@ -215,13 +215,7 @@ impl Cloud {
 
     /// The router's external gateway IP (`external_gateway_info.external_fixed_ips[0]`).
     pub fn router_external_ip(&self, router: &str) -> Result<Ipv4Addr> {
-        let id = self.router_id(router)?;
-        let r = self
-            .state
-            .routers
-            .iter()
-            .find(|r| r.id == id)
-            .ok_or_else(|| anyhow!("router {router} not in the state"))?;
+        let r = self.state_router(router)?;
         let ip = r
             .external_gateway_info
             .as_ref()

@@ -1,0 +1,236 @@
+//! The loaded datapath: the object with its pinned maps, the tunnel program on the VXLAN
+//! device and the tap/external programs on their interfaces through pinned TCX links; and
+//! `uninstall`, which removes all of it.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf,
+    programs::{
+        TcAttachType,
+        links::{FdLink, Link as _, PinnedLink},
+        tc::SchedClassifierLink,
+    },
+};
+
+use super::{
+    bpffs::ensure_bpffs,
+    error::AttachError,
+    load::{LoadOptions, PROG_EXT, PROG_TAP, PROG_TUNNEL, load_object, program},
+    tunnel::{TUNNEL_DEV, ensure_tunnel_dev, remove_tunnel_dev},
+};
+use crate::maps::HostMaps;
+
+/// A program attached to an interface through a TCX link pinned at
+/// `<dir>/links/<iface>@<ifindex>`: it stays attached when the agent exits, and the next
+/// agent swaps its own program in atomically (BPF_LINK_UPDATE), so traffic never sees a gap.
+struct Attached {
+    ifindex: u32,
+    prog: &'static str,
+    link: PinnedLink,
+}
+
+/// The loaded object, its pinned maps and its pinned links.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pub maps: HostMaps,
+    pub dir: PathBuf,
+    pub tunnel_ifindex: u32,
+    links: BTreeMap<String, Attached>,
+}
+
+fn links_dir(dir: &Path) -> PathBuf {
+    dir.join("links")
+}
+
+fn link_pin(dir: &Path, iface: &str, ifindex: u32) -> PathBuf {
+    links_dir(dir).join(format!("{iface}@{ifindex}"))
+}
+
+impl Datapath {
+    /// Load the embedded object with the maps pinned under `<root>/<host>` (adopting what a
+    /// previous agent left), make sure the tunnel device exists and attach (or take over)
+    /// the tunnel program on it.
+    pub fn load(root: &Path, host: &str, opts: &LoadOptions) -> Result<Self, AttachError> {
+        ensure_bpffs(root)?;
+        let dir = crate::maps::host_dir(root, host);
+        let ldir = links_dir(&dir);
+        std::fs::create_dir_all(&ldir)
+            .map_err(|source| AttachError::PinDir { path: ldir, source })?;
+        let tunnel_ifindex = ensure_tunnel_dev()?;
+        let ebpf = load_object(&dir, opts)?;
+        let maps = HostMaps::open(&dir)?;
+        let mut dp = Self {
+            ebpf,
+            maps,
+            dir,
+            tunnel_ifindex,
+            links: BTreeMap::new(),
+        };
+        dp.attach(PROG_TUNNEL, TUNNEL_DEV, tunnel_ifindex)?;
+        Ok(dp)
+    }
+
+    /// Attach `prog` to `iface` (ingress), taking over the pinned link a previous agent left
+    /// for the same interface instance if there is one.
+    fn attach(&mut self, prog: &'static str, iface: &str, ifindex: u32) -> Result<(), AttachError> {
+        let err = |source| AttachError::Attach {
+            prog,
+            iface: iface.into(),
+            source,
+        };
+        let path = link_pin(&self.dir, iface, ifindex);
+        let p = program(&mut self.ebpf, prog)?;
+        let adopted = PinnedLink::from_pin(&path)
+            .ok()
+            .and_then(|old| SchedClassifierLink::try_from(FdLink::from(old)).ok());
+        let id = match adopted {
+            Some(link) => p.attach_to_link(link).map_err(err)?,
+            None => p.attach(iface, TcAttachType::Ingress).map_err(err)?,
+        };
+        let link = p.take_link(id).map_err(err)?;
+        let fd: FdLink = link.try_into().map_err(|e| AttachError::Link {
+            iface: iface.into(),
+            source: e,
+        })?;
+        // The adopted link is the one pinned at `path`: re-pin our handle in its place.
+        let _ = std::fs::remove_file(&path);
+        let link = fd.pin(&path).map_err(|source| AttachError::Pin {
+            name: path.display().to_string(),
+            source,
+        })?;
+        self.links.insert(
+            iface.into(),
+            Attached {
+                ifindex,
+                prog,
+                link,
+            },
+        );
+        Ok(())
+    }
+
+    fn detach(&mut self, iface: &str) {
+        if let Some(a) = self.links.remove(iface) {
+            // Unpinned and closed, the link goes and the program leaves the interface (it
+            // already has if the interface is gone).
+            if let Ok(fd) = a.link.unpin() {
+                let _ = fd.detach();
+            }
+        }
+    }
+
+    /// Remove link pins this agent did not take over: interfaces gone, recreated (new
+    /// ifindex) or no longer served. Call after the first full sync.
+    pub fn prune_links(&self) -> Vec<String> {
+        let keep: std::collections::BTreeSet<String> = self
+            .links
+            .iter()
+            .map(|(n, a)| format!("{n}@{}", a.ifindex))
+            .collect();
+        let mut pruned = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(links_dir(&self.dir)) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !keep.contains(&name) && std::fs::remove_file(e.path()).is_ok() {
+                    pruned.push(name);
+                }
+            }
+        }
+        pruned
+    }
+
+    /// Taps the tap program is attached to: name -> ifindex.
+    pub fn attached(&self) -> BTreeMap<String, u32> {
+        self.links
+            .iter()
+            .filter(|(_, a)| a.prog == PROG_TAP)
+            .map(|(n, a)| (n.clone(), a.ifindex))
+            .collect()
+    }
+
+    /// Detach from taps not in `want` (or whose ifindex changed: the device was recreated).
+    pub fn detach_stale(
+        &mut self,
+        want: &BTreeMap<String, u32>,
+    ) -> Result<Vec<String>, AttachError> {
+        let stale: Vec<String> = self
+            .links
+            .iter()
+            .filter(|(name, a)| a.prog == PROG_TAP && want.get(*name) != Some(&a.ifindex))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &stale {
+            self.detach(name);
+        }
+        Ok(stale)
+    }
+
+    /// Attach to every tap in `want` not attached yet.
+    pub fn attach_new(&mut self, want: &BTreeMap<String, u32>) -> Result<Vec<String>, AttachError> {
+        let mut added = Vec::new();
+        for (name, ifx) in want {
+            if self.links.contains_key(name) {
+                continue;
+            }
+            self.attach(PROG_TAP, name, *ifx)?;
+            added.push(name.clone());
+        }
+        Ok(added)
+    }
+
+    /// The external interface currently served: (name, ifindex).
+    pub fn external(&self) -> Option<(String, u32)> {
+        self.links
+            .iter()
+            .find(|(_, a)| a.prog == PROG_EXT)
+            .map(|(n, a)| (n.clone(), a.ifindex))
+    }
+
+    /// Attach the external program to `want` (name, ifindex), detaching it from an
+    /// interface that went away, was recreated or is no longer configured.
+    pub fn sync_external(&mut self, want: Option<(&str, u32)>) -> Result<(), AttachError> {
+        let now = self.external();
+        if now.as_ref().map(|(n, i)| (n.as_str(), *i)) == want {
+            return Ok(());
+        }
+        if let Some((name, _)) = now {
+            self.detach(&name);
+        }
+        if let Some((name, ifx)) = want {
+            self.attach(PROG_EXT, name, ifx)?;
+        }
+        Ok(())
+    }
+
+    /// Leave everything in place (SIGTERM, or an upgrade): the pinned links keep the
+    /// programs attached and the pinned maps keep their contents; the next agent adopts them.
+    pub fn release(self) {}
+}
+
+/// Remove everything an agent made for `host`: the link pins (which detaches its programs),
+/// the map pins and the directory, and the tunnel device (only if it is a VXLAN collect_md
+/// device, as the agent creates it). Runs in the host's network namespace.
+pub fn uninstall(root: &Path, host: &str) -> Result<Vec<String>, AttachError> {
+    let dir = crate::maps::host_dir(root, host);
+    let mut removed = Vec::new();
+    if dir.exists() {
+        let ldir = links_dir(&dir);
+        if let Ok(rd) = std::fs::read_dir(&ldir) {
+            for e in rd.flatten() {
+                removed.push(format!("link {}", e.file_name().to_string_lossy()));
+            }
+        }
+        std::fs::remove_dir_all(&dir).map_err(|source| AttachError::PinDir {
+            path: dir.clone(),
+            source,
+        })?;
+        removed.push(format!("pins {}", dir.display()));
+    }
+    if remove_tunnel_dev()? {
+        removed.push(format!("device {TUNNEL_DEV}"));
+    }
+    Ok(removed)
+}

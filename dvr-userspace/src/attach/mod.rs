@@ -1,0 +1,24 @@
+//! Host plumbing: bpffs, the VXLAN collect_md device, loading and pinning the object, and
+//! attaching the tap program to taps as they come and go (TCX links on this kernel).
+//!
+//! - `bpffs`: the bpf filesystem the pins live on.
+//! - `load`: the embedded object, loaded with its maps pinned.
+//! - `datapath`: the loaded [`Datapath`], its TCX links, and [`uninstall`].
+//! - `tunnel`: the VXLAN collect_md device `dvr-vx` ([`ensure_tunnel_dev`]).
+//! - [`netlink`]: the rtnetlink client (links, the interface list, MAC addresses).
+//! - `linkwatch`: link add/remove notifications ([`LinkWatch`]).
+mod bpffs;
+mod datapath;
+mod error;
+mod linkwatch;
+mod load;
+pub mod netlink;
+mod tunnel;
+
+pub use bpffs::ensure_bpffs;
+pub use datapath::{Datapath, uninstall};
+pub use error::AttachError;
+pub use linkwatch::LinkWatch;
+pub use load::{LoadOptions, PROG_EXT, PROG_TAP, PROG_TUNNEL, load_object, program};
+pub use netlink::{interfaces, mac_of};
+pub use tunnel::{TUNNEL_DEV, VXLAN_PORT, ensure_tunnel_dev};

@@ -1,8 +1,9 @@
 //! Prometheus metrics (`dvr-agent --metrics ADDR`): packets per action and drop reason,
 //! conntrack and SNAT usage read from the live maps, and the agent's own reconcile work.
-//! A small blocking HTTP server on its own thread; each scrape reads the pinned maps afresh.
+//! The text comes from the `prometheus` crate's encoder (text format 0.0.4, label values
+//! escaped); a small blocking HTTP server on its own thread serves it, and each scrape reads
+//! the pinned maps afresh. (One GET per connection needs no HTTP crate.)
 use std::{
-    fmt::Write as _,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
@@ -10,7 +11,14 @@ use std::{
     time::Duration,
 };
 
-use dvr_common::nat::{CT_PAT, CT_SNAT};
+use dvr_common::{
+    nat::{CT_PAT, CT_SNAT},
+    stats::Stat,
+};
+use prometheus::{
+    TEXT_FORMAT, TextEncoder,
+    proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType},
+};
 
 use crate::maps::HostMaps;
 
@@ -32,129 +40,223 @@ pub struct AgentMetrics {
 
 pub type Shared = Arc<Mutex<AgentMetrics>>;
 
-/// Render the exposition text.
-pub fn render(host: &str, maps: &HostMaps, agent: &AgentMetrics) -> String {
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "# HELP dvr_packets_total Packets handled by the datapath, by what was done or why they were dropped."
-    );
-    let _ = writeln!(s, "# TYPE dvr_packets_total counter");
-    if let Ok(stats) = maps.read_stats() {
-        for (stat, n) in stats {
-            let kind = if stat.is_drop() { "drop" } else { "forward" };
-            let _ = writeln!(
-                s,
-                "dvr_packets_total{{host=\"{host}\",kind=\"{kind}\",reason=\"{}\"}} {n}",
-                stat.as_str()
-            );
-        }
-    }
+/// What the datapath's maps say at one scrape.
+#[derive(Debug, Default)]
+struct DatapathReading {
+    /// Packets per counter; `None` when the counters could not be read.
+    stats: Option<Vec<(Stat, u64)>>,
+    /// Conntrack entries.
+    conntrack: usize,
+    /// Router id -> port-translated flows, one row per SNAT IP.
+    snat_flows: Vec<(u32, usize)>,
+    /// Router id -> new flows refused for lack of a SNAT port.
+    snat_exhausted: Vec<(u32, u64)>,
+}
+
+fn read(maps: &HostMaps) -> DatapathReading {
+    let stats = maps.read_stats().ok();
     let ct = maps.ct.read().unwrap_or_default();
-    let _ = writeln!(
-        s,
-        "# HELP dvr_conntrack_entries Conntrack entries (two per flow)."
-    );
-    let _ = writeln!(s, "# TYPE dvr_conntrack_entries gauge");
-    let _ = writeln!(s, "dvr_conntrack_entries{{host=\"{host}\"}} {}", ct.len());
-    let name = |id: u32| {
-        agent
+    let snat_flows = maps
+        .snat_ips
+        .read()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(ip, r)| {
+            let flows = ct
+                .values()
+                .filter(|e| e.kind == CT_SNAT | CT_PAT && e.nat_ip_be == ip)
+                .count();
+            (r.router_id, flows)
+        })
+        .collect();
+    DatapathReading {
+        stats,
+        conntrack: ct.len(),
+        snat_flows,
+        snat_exhausted: maps
+            .snat_exhausted
+            .read()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// One metric family: its samples are (label name/value pairs, value).
+fn family(
+    name: &str,
+    kind: Kind,
+    help: &str,
+    samples: impl IntoIterator<Item = (Vec<(&'static str, String)>, f64)>,
+) -> MetricFamily {
+    let metrics = samples
+        .into_iter()
+        .map(|(labels, v)| {
+            let mut m = Metric::default();
+            m.set_label(
+                labels
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let mut l = LabelPair::default();
+                        l.set_name(k.into());
+                        l.set_value(v);
+                        l
+                    })
+                    .collect(),
+            );
+            match kind {
+                Kind::Counter => {
+                    let mut c = Counter::default();
+                    c.set_value(v);
+                    m.set_counter(c);
+                }
+                Kind::Gauge => {
+                    let mut g = Gauge::default();
+                    g.set_value(v);
+                    m.set_gauge(g);
+                }
+            }
+            m
+        })
+        .collect();
+    let mut f = MetricFamily::default();
+    f.set_name(name.into());
+    f.set_help(help.into());
+    f.set_field_type(match kind {
+        Kind::Counter => MetricType::COUNTER,
+        Kind::Gauge => MetricType::GAUGE,
+    });
+    f.set_metric(metrics);
+    f
+}
+
+/// The exposition text (Prometheus text format 0.0.4) of one reading.
+fn encode(host: &str, dp: &DatapathReading, agent: &AgentMetrics) -> String {
+    let h = || ("host", host.to_string());
+    let router = |id: u32| {
+        let name = agent
             .routers
             .iter()
             .find(|(h, _)| *h == id)
-            .map_or_else(|| format!("{id:08x}"), |(_, n)| n.clone())
+            .map_or_else(|| format!("{id:08x}"), |(_, n)| n.clone());
+        ("router", name)
     };
-    let _ = writeln!(
-        s,
-        "# HELP dvr_snat_flows Port-translated flows per router (one external port each)."
-    );
-    let _ = writeln!(s, "# TYPE dvr_snat_flows gauge");
-    for (ip, r) in maps.snat_ips.read().unwrap_or_default() {
-        let flows = ct
-            .values()
-            .filter(|e| e.kind == CT_SNAT | CT_PAT && e.nat_ip_be == ip)
-            .count();
-        let _ = writeln!(
-            s,
-            "dvr_snat_flows{{host=\"{host}\",router=\"{}\"}} {flows}",
-            name(r.router_id)
-        );
-    }
-    let _ = writeln!(
-        s,
-        "# HELP dvr_snat_exhausted_total New flows refused for lack of a SNAT port."
-    );
-    let _ = writeln!(s, "# TYPE dvr_snat_exhausted_total counter");
-    for (r, n) in maps.snat_exhausted.read().unwrap_or_default() {
-        let _ = writeln!(
-            s,
-            "dvr_snat_exhausted_total{{host=\"{host}\",router=\"{}\"}} {n}",
-            name(r)
-        );
-    }
+    let mut families = vec![
+        family(
+            "dvr_packets_total",
+            Kind::Counter,
+            "Packets handled by the datapath, by what was done or why they were dropped.",
+            dp.stats.iter().flatten().map(|(stat, n)| {
+                let kind = if stat.is_drop() { "drop" } else { "forward" };
+                (
+                    vec![
+                        h(),
+                        ("kind", kind.to_string()),
+                        ("reason", stat.as_str().to_string()),
+                    ],
+                    *n as f64,
+                )
+            }),
+        ),
+        family(
+            "dvr_conntrack_entries",
+            Kind::Gauge,
+            "Conntrack entries (two per flow).",
+            [(vec![h()], dp.conntrack as f64)],
+        ),
+        family(
+            "dvr_snat_flows",
+            Kind::Gauge,
+            "Port-translated flows per router (one external port each).",
+            dp.snat_flows
+                .iter()
+                .map(|(r, flows)| (vec![h(), router(*r)], *flows as f64)),
+        ),
+        family(
+            "dvr_snat_exhausted_total",
+            Kind::Counter,
+            "New flows refused for lack of a SNAT port.",
+            dp.snat_exhausted
+                .iter()
+                .map(|(r, n)| (vec![h(), router(*r)], *n as f64)),
+        ),
+    ];
     let a = agent;
-    for (metric, kind, help, v) in [
+    for (name, kind, help, v) in [
         (
             "dvr_reconciles_total",
-            "counter",
+            Kind::Counter,
             "Reconcile passes applied.",
             a.reconciles as f64,
         ),
         (
             "dvr_reconcile_errors_total",
-            "counter",
+            Kind::Counter,
             "Reconcile passes that failed.",
             a.reconcile_errors as f64,
         ),
         (
             "dvr_reconcile_seconds_total",
-            "counter",
+            Kind::Counter,
             "Time spent reconciling.",
             a.reconcile_seconds_total,
         ),
         (
             "dvr_reconcile_seconds_last",
-            "gauge",
+            Kind::Gauge,
             "Duration of the last reconcile pass.",
             a.reconcile_seconds_last,
         ),
         (
             "dvr_map_entries_upserted_total",
-            "counter",
+            Kind::Counter,
             "Map entries written.",
             a.entries_upserted as f64,
         ),
         (
             "dvr_map_entries_deleted_total",
-            "counter",
+            Kind::Counter,
             "Map entries deleted.",
             a.entries_deleted as f64,
         ),
         (
             "dvr_states_refused_total",
-            "counter",
+            Kind::Counter,
             "Invalid states refused.",
             a.states_refused as f64,
         ),
         (
             "dvr_fips_served",
-            "gauge",
+            Kind::Gauge,
             "Floating IPs served on this host.",
             a.fips_served as f64,
         ),
         (
             "dvr_taps_attached",
-            "gauge",
+            Kind::Gauge,
             "VM taps the datapath is attached to.",
             a.taps_attached as f64,
         ),
     ] {
-        let _ = writeln!(
-            s,
-            "# HELP {metric} {help}\n# TYPE {metric} {kind}\n{metric}{{host=\"{host}\"}} {v}"
-        );
+        families.push(family(name, kind, help, [(vec![h()], v)]));
     }
+    // The text format has no way to say "no samples": a family without any is left out.
+    families.retain(|f| !f.get_metric().is_empty());
+    let mut s = String::new();
+    // The encoder only refuses families without a name or samples, and there are none.
+    let _ = TextEncoder::new().encode_utf8(&families, &mut s);
     s
+}
+
+/// Render the exposition text.
+pub fn render(host: &str, maps: &HostMaps, agent: &AgentMetrics) -> String {
+    encode(host, &read(maps), agent)
 }
 
 fn serve_one(mut conn: TcpStream, host: &str, maps: &HostMaps, shared: &Shared) {
@@ -171,7 +273,7 @@ fn serve_one(mut conn: TcpStream, host: &str, maps: &HostMaps, shared: &Shared) 
     };
     let _ = write!(
         conn,
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: {TEXT_FORMAT}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
 }
@@ -194,4 +296,101 @@ pub fn spawn(
             }
         })?;
     Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(routers: Vec<(u32, String)>) -> AgentMetrics {
+        AgentMetrics {
+            reconciles: 3,
+            reconcile_errors: 0,
+            reconcile_seconds_total: 0.5,
+            reconcile_seconds_last: 0.0017,
+            entries_upserted: 10,
+            entries_deleted: 2,
+            states_refused: 1,
+            fips_served: 1,
+            taps_attached: 2,
+            routers,
+        }
+    }
+
+    /// Line for line what the hand-written exposition produced before the encoder.
+    #[test]
+    fn text_is_what_it_was() {
+        let dp = DatapathReading {
+            stats: Some(vec![(Stat::TxLocal, 6), (Stat::DropSpoofIp, 3)]),
+            conntrack: 4,
+            snat_flows: vec![(0xabc, 2)],
+            snat_exhausted: vec![(7, 1)],
+        };
+        let text = encode("h1", &dp, &agent(vec![(0xabc, "r1".into())]));
+        let want = r#"# HELP dvr_packets_total Packets handled by the datapath, by what was done or why they were dropped.
+# TYPE dvr_packets_total counter
+dvr_packets_total{host="h1",kind="forward",reason="tx_local"} 6
+dvr_packets_total{host="h1",kind="drop",reason="drop_spoof_ip"} 3
+# HELP dvr_conntrack_entries Conntrack entries (two per flow).
+# TYPE dvr_conntrack_entries gauge
+dvr_conntrack_entries{host="h1"} 4
+# HELP dvr_snat_flows Port-translated flows per router (one external port each).
+# TYPE dvr_snat_flows gauge
+dvr_snat_flows{host="h1",router="r1"} 2
+# HELP dvr_snat_exhausted_total New flows refused for lack of a SNAT port.
+# TYPE dvr_snat_exhausted_total counter
+dvr_snat_exhausted_total{host="h1",router="00000007"} 1
+# HELP dvr_reconciles_total Reconcile passes applied.
+# TYPE dvr_reconciles_total counter
+dvr_reconciles_total{host="h1"} 3
+# HELP dvr_reconcile_errors_total Reconcile passes that failed.
+# TYPE dvr_reconcile_errors_total counter
+dvr_reconcile_errors_total{host="h1"} 0
+# HELP dvr_reconcile_seconds_total Time spent reconciling.
+# TYPE dvr_reconcile_seconds_total counter
+dvr_reconcile_seconds_total{host="h1"} 0.5
+# HELP dvr_reconcile_seconds_last Duration of the last reconcile pass.
+# TYPE dvr_reconcile_seconds_last gauge
+dvr_reconcile_seconds_last{host="h1"} 0.0017
+# HELP dvr_map_entries_upserted_total Map entries written.
+# TYPE dvr_map_entries_upserted_total counter
+dvr_map_entries_upserted_total{host="h1"} 10
+# HELP dvr_map_entries_deleted_total Map entries deleted.
+# TYPE dvr_map_entries_deleted_total counter
+dvr_map_entries_deleted_total{host="h1"} 2
+# HELP dvr_states_refused_total Invalid states refused.
+# TYPE dvr_states_refused_total counter
+dvr_states_refused_total{host="h1"} 1
+# HELP dvr_fips_served Floating IPs served on this host.
+# TYPE dvr_fips_served gauge
+dvr_fips_served{host="h1"} 1
+# HELP dvr_taps_attached VM taps the datapath is attached to.
+# TYPE dvr_taps_attached gauge
+dvr_taps_attached{host="h1"} 2
+"#;
+        assert_eq!(text, want);
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let dp = DatapathReading {
+            snat_flows: vec![(1, 2)],
+            snat_exhausted: vec![(1, 5)],
+            ..DatapathReading::default()
+        };
+        let router = "r \"one\"\\two\nthree";
+        let text = encode(r"h\1", &dp, &agent(vec![(1, router.into())]));
+        for want in [
+            r#"dvr_snat_flows{host="h\\1",router="r \"one\"\\two\nthree"} 2"#,
+            r#"dvr_snat_exhausted_total{host="h\\1",router="r \"one\"\\two\nthree"} 5"#,
+        ] {
+            assert!(text.lines().any(|l| l == want), "no line {want} in\n{text}");
+        }
+        // One sample per line: the newline in the name did not break its line.
+        assert!(
+            text.lines()
+                .all(|l| l.starts_with('#') || l.starts_with("dvr_")),
+            "{text}"
+        );
+    }
 }

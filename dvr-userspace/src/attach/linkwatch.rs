@@ -124,8 +124,8 @@ impl LinkWatch {
         }
     }
 
-    /// Sleeps until a notification is pending or `timeout` has passed; true when one is
-    /// pending (then call [`Self::changed`]).
+    /// Sleeps until a notification (or a socket error, such as an overrun) is pending or
+    /// `timeout` has passed; true when something is pending (then call [`Self::changed`]).
     pub fn wait(&self, timeout: Duration) -> bool {
         let mut pfd = libc::pollfd {
             fd: self.sock.as_raw_fd(),
@@ -136,7 +136,7 @@ impl LinkWatch {
             libc::c_int::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX);
         // SAFETY: one pollfd that lives across the call, for a socket this struct owns.
         let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-        n > 0 && pfd.revents & libc::POLLIN != 0
+        n > 0
     }
 }
 

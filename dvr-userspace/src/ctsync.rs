@@ -461,7 +461,7 @@ impl CtStore for PinnedCt {
     }
 
     fn write(&mut self, entries: &[(CtKey, CtEntry)]) -> Result<(), String> {
-        let now = crate::conntrack::now_ns();
+        let now = crate::clock::conntrack_now_ns();
         for (k, e) in entries {
             let e = CtEntry {
                 created_ns: now,
@@ -2313,7 +2313,7 @@ mod tests {
             drop(data);
             let mut ct = PinnedCt::open(&dir)?;
             let want = entries(3000);
-            let before = crate::conntrack::now_ns();
+            let before = crate::clock::conntrack_now_ns();
             ct.write(&want)?;
             let even = |k: &CtKey, _: &CtEntry| k.saddr_be.is_multiple_of(2);
             for batch in [true, false] {

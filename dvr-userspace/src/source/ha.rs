@@ -90,7 +90,7 @@ pub struct RequestValue {
 }
 
 fn now_ns() -> u64 {
-    crate::maps::fence_now_ns()
+    crate::clock::fence_now_ns()
 }
 
 /// The election state of one agent; survives reconnections.

@@ -37,8 +37,8 @@ struct ListenerShared {
     counters: ListenerCounters,
 }
 
-/// The receiving side: see the [`ctsync`](super) module documentation. Dropping it closes the socket and
-/// every connection.
+/// The receiving side: see the [`ctsync`](super) module documentation. Dropping it closes
+/// the socket and every connection.
 pub struct Listener {
     addr: SocketAddr,
     sh: Arc<ListenerShared>,

@@ -4,13 +4,12 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::{Ipv4Addr, SocketAddr},
-    path::{Path, PathBuf},
+    path::Path,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
-        mpsc,
     },
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use dvr_common::nat::{CT_PAT, CtEntry, CtKey};
@@ -22,9 +21,9 @@ use crate::{
     compile::{self, Compiled, External},
     conntrack::{self, Owned, Timeouts},
     ctsync, metrics,
-    model::{HaRuntime, State},
+    model::State,
     reconcile,
-    source::{self, etcd, ha},
+    source::{Source, SourceSpec, StateError, ha},
 };
 
 /// How often interfaces (taps appearing and going) are looked at.
@@ -52,6 +51,15 @@ pub fn install_signal_handlers() {
     }
 }
 
+impl From<StateError> for AgentError {
+    fn from(e: StateError) -> Self {
+        Self::State {
+            source_desc: e.source_desc,
+            msg: e.msg,
+        }
+    }
+}
+
 impl From<AttachError> for AgentError {
     fn from(e: AttachError) -> Self {
         Self::Attach(Box::new(e))
@@ -71,239 +79,6 @@ pub enum AgentError {
         addr: std::net::SocketAddr,
         msg: String,
     },
-}
-
-/// Identity of the state file's current version (changes on every write or replace).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-struct FileStamp {
-    modified: Option<SystemTime>,
-    len: u64,
-    ino: u64,
-}
-
-fn stamp(path: &Path) -> Option<FileStamp> {
-    use std::os::unix::fs::MetadataExt as _;
-    let m = std::fs::metadata(path).ok()?;
-    Some(FileStamp {
-        modified: m.modified().ok(),
-        len: m.len(),
-        ino: m.ino(),
-    })
-}
-
-/// Where the agent's state comes from.
-#[derive(Debug, Clone)]
-pub enum SourceSpec {
-    /// A JSON file, watched.
-    File(PathBuf),
-    /// An etcd endpoint (`http://host:port`), snapshot + watch.
-    Etcd(String),
-}
-
-impl SourceSpec {
-    fn describe(&self) -> String {
-        match self {
-            Self::File(p) => format!("file {}", p.display()),
-            Self::Etcd(u) => format!("etcd {u}"),
-        }
-    }
-}
-
-/// The live side of a source.
-enum Source {
-    File {
-        path: PathBuf,
-        stamp: Option<FileStamp>,
-        watch: Option<source::file::DirWatch>,
-    },
-    Etcd {
-        rx: mpsc::Receiver<etcd::Update>,
-        /// A message received while waiting, not handled yet.
-        stash: Option<etcd::Update>,
-        kvs: BTreeMap<String, String>,
-        lost: bool,
-        /// What the agent shares with the HA election.
-        ha: ha::Shared,
-        /// The election's latest view, and whether the agent has applied it.
-        ha_rt: HaRuntime,
-        ha_changed: bool,
-    },
-}
-
-impl Source {
-    /// Open the source and return it with the first state document. For etcd this waits
-    /// for the first snapshot (the pinned datapath keeps forwarding meanwhile).
-    fn open(
-        spec: &SourceSpec,
-        host: &str,
-        ha: &ha::Shared,
-    ) -> Result<(Self, Option<String>), AgentError> {
-        let err = |msg: String| AgentError::State {
-            source_desc: spec.describe(),
-            msg,
-        };
-        match spec {
-            SourceSpec::File(path) => {
-                let stamp = stamp(path);
-                let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-                Ok((
-                    Self::File {
-                        path: path.clone(),
-                        stamp,
-                        watch: source::file::DirWatch::new(path),
-                    },
-                    Some(text),
-                ))
-            }
-            SourceSpec::Etcd(url) => {
-                let rx = etcd::spawn(url.clone(), host.into(), ha.clone())
-                    .map_err(|e| err(e.to_string()))?;
-                let mut src = Self::Etcd {
-                    rx,
-                    stash: None,
-                    kvs: BTreeMap::new(),
-                    lost: false,
-                    ha: ha.clone(),
-                    ha_rt: HaRuntime::default(),
-                    ha_changed: false,
-                };
-                loop {
-                    if STOP.load(Ordering::SeqCst) {
-                        return Err(err("stopped before the first snapshot".into()));
-                    }
-                    if let Some(text) = src.poll(Some(Duration::from_millis(200)))? {
-                        return Ok((src, Some(text)));
-                    }
-                }
-            }
-        }
-    }
-
-    /// Wait up to `timeout` for news: a state file write or an etcd message wakes the
-    /// agent at once.
-    fn wait(&mut self, timeout: Duration) {
-        match self {
-            Self::File { watch: Some(w), .. } => {
-                w.wait(timeout);
-            }
-            Self::Etcd { rx, stash, .. } if stash.is_none() => {
-                *stash = rx.recv_timeout(timeout).ok();
-            }
-            _ => std::thread::sleep(timeout),
-        }
-    }
-
-    /// The HA election's view to compile with: `None` with a state file (HA routers are
-    /// then served statically by their most preferred candidate).
-    fn ha_runtime(&self) -> Option<HaRuntime> {
-        match self {
-            Self::File { .. } => None,
-            Self::Etcd { ha_rt, .. } => Some(ha_rt.clone()),
-        }
-    }
-
-    /// True once per change of the election's view.
-    fn take_ha_change(&mut self) -> bool {
-        match self {
-            Self::File { .. } => false,
-            Self::Etcd { ha_changed, .. } => std::mem::take(ha_changed),
-        }
-    }
-
-    fn ha_shared(&self) -> Option<&ha::Shared> {
-        match self {
-            Self::File { .. } => None,
-            Self::Etcd { ha, .. } => Some(ha),
-        }
-    }
-
-    /// A new state document if the source changed since the last call. `wait` blocks for
-    /// etcd news up to that long.
-    fn poll(&mut self, wait: Option<Duration>) -> Result<Option<String>, AgentError> {
-        match self {
-            Self::File {
-                path, stamp: last, ..
-            } => {
-                let now = stamp(path);
-                if now == *last {
-                    return Ok(None);
-                }
-                *last = now;
-                match std::fs::read_to_string(&*path) {
-                    Ok(t) => Ok(Some(t)),
-                    Err(e) => {
-                        warn!(path = %path.display(), error = %e, "state file unreadable; keeping the last good state");
-                        Ok(None)
-                    }
-                }
-            }
-            Self::Etcd {
-                rx,
-                stash,
-                kvs,
-                lost,
-                ha_rt,
-                ha_changed,
-                ..
-            } => {
-                let mut changed = false;
-                let mut first = stash
-                    .take()
-                    .or_else(|| wait.and_then(|w| rx.recv_timeout(w).ok()));
-                loop {
-                    let msg = match first.take() {
-                        Some(m) => m,
-                        None => match rx.try_recv() {
-                            Ok(m) => m,
-                            Err(_) => break,
-                        },
-                    };
-                    match msg {
-                        etcd::Update::Snapshot {
-                            kvs: snap,
-                            revision,
-                        } => {
-                            if *lost {
-                                info!(revision, "etcd back: resynced from a fresh snapshot");
-                            }
-                            *lost = false;
-                            *kvs = snap;
-                            changed = true;
-                        }
-                        etcd::Update::Changes { changes, revision } => {
-                            for (k, v) in changes {
-                                match v {
-                                    Some(v) => kvs.insert(k, v),
-                                    None => kvs.remove(&k),
-                                };
-                            }
-                            tracing::debug!(revision, "etcd changes");
-                            changed = true;
-                        }
-                        etcd::Update::Ha(rt) => {
-                            *ha_rt = rt;
-                            *ha_changed = true;
-                        }
-                        etcd::Update::Lost(msg) => {
-                            if !*lost {
-                                warn!(error = %msg, "etcd unreachable: forwarding with the last state, retrying");
-                            }
-                            *lost = true;
-                        }
-                    }
-                }
-                if !changed {
-                    return Ok(None);
-                }
-                source::from_kvs(kvs)
-                    .map(Some)
-                    .map_err(|e| AgentError::State {
-                        source_desc: "etcd".into(),
-                        msg: e.to_string(),
-                    })
-            }
-        }
-    }
 }
 
 /// The conntrack sync threads of an HA candidate.
@@ -420,7 +195,7 @@ impl Agent {
     ) -> Result<Self, AgentError> {
         let source_desc = spec.describe();
         let ha_shared = ha::Shared::default();
-        let (mut source, mut text) = Source::open(spec, host, &ha_shared)?;
+        let (mut source, mut text) = Source::open(spec, host, &ha_shared, &STOP)?;
         let err = |msg: String| AgentError::State {
             source_desc: source_desc.clone(),
             msg,

@@ -9,7 +9,10 @@ use std::{
 
 use dvr_common::nat::{CT_PAT, CtEntry, CtKey, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
-use crate::maps::{HostMaps, MapsError};
+use crate::{
+    clock,
+    maps::{HostMaps, MapsError},
+};
 
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
@@ -92,23 +95,6 @@ pub fn timeout(proto: u8, st: FlowState, t: &Timeouts) -> Duration {
     }
 }
 
-/// Current time on the clock the datapath stamps entries with
-/// (`bpf_ktime_get_coarse_ns` = CLOCK_MONOTONIC_COARSE).
-pub fn now_ns() -> u64 {
-    clock_ns(libc::CLOCK_MONOTONIC_COARSE)
-}
-
-/// Now on clock `id`, in nanoseconds.
-pub fn clock_ns(id: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(id, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// What one sweep removed (flows, i.e. pairs of entries).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Swept {
@@ -168,7 +154,7 @@ pub fn plan_sweep(
 /// Expire and purge in the live map.
 pub fn sweep(maps: &mut HostMaps, t: &Timeouts, owned: &Owned) -> Result<Swept, MapsError> {
     let entries = maps.ct.read()?;
-    let (doomed, swept) = plan_sweep(&entries, now_ns(), t, owned);
+    let (doomed, swept) = plan_sweep(&entries, clock::conntrack_now_ns(), t, owned);
     for k in &doomed {
         maps.ct.del(k)?;
     }

@@ -5,11 +5,13 @@
 //! - [`maps`]: typed handles on the pinned maps; the only place map names are looked up.
 //! - [`reconcile`]: diff desired vs actual entries and apply in a safe order.
 //! - [`attach`]: bpffs, the VXLAN device, program loading, tap attach/detach.
+//! - [`clock`]: every clock read (the datapath's two kernel clocks).
 //! - [`agent`]: the control loop of `dvr-agent`.
 //! - [`ctl`]: dvrctl subcommands.
 pub mod agent;
 pub mod arp;
 pub mod attach;
+pub mod clock;
 pub mod compile;
 pub mod conntrack;
 pub mod ctl;

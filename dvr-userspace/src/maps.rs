@@ -22,6 +22,9 @@ use dvr_common::{
     stats,
 };
 
+/// The fence clock, re-exported for callers that predate [`crate::clock`].
+pub use crate::clock::fence_now_ns;
+
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
     #[error("map {name}: cannot open pin {path}: {source} (is the agent running for this host?)")]
@@ -318,7 +321,7 @@ pub struct HostMaps {
     pub snat_ips: Hash<u32, SnatRouter>,
     pub snat_exhausted: Hash<u32, u64>,
     /// HA router id (`compile::fnv1a32`) -> CLOCK_MONOTONIC ns until which this host serves
-    /// it ([`fence_now_ns`]). Written by the HA election only: not part of
+    /// it ([`crate::clock::fence_now_ns`]). Written by the HA election only: not part of
     /// `compile::MapEntries`, so reconcile never touches it.
     pub ha_fence: Hash<u32, u64>,
     pub vip_cand: Hash<VipKey, VipCandidate>,
@@ -575,12 +578,6 @@ impl HostMaps {
             })
             .collect()
     }
-}
-
-/// Now on the clock of `DVR_HA_FENCE` values: CLOCK_MONOTONIC in ns, what the datapath's
-/// `bpf_ktime_get_ns()` reads (not the coarse clock conntrack timestamps use).
-pub fn fence_now_ns() -> u64 {
-    crate::conntrack::clock_ns(libc::CLOCK_MONOTONIC)
 }
 
 /// The drop-event ring of the host whose pins are in `dir` (one reader at a time).

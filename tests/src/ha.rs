@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use dvr_userspace::compile::fnv1a32;
-use dvr_userspace::maps::{HostMaps, fence_now_ns};
+use dvr_userspace::{clock::fence_now_ns, maps::HostMaps};
 use serde_json::Value;
 
 use crate::capture::Packet;

@@ -114,8 +114,8 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let source = match (&args.state, &args.etcd) {
-        (Some(p), _) => agent::SourceSpec::File(p.clone()),
-        (None, Some(u)) => agent::SourceSpec::Etcd(u.clone()),
+        (Some(p), _) => dvr_userspace::source::SourceSpec::File(p.clone()),
+        (None, Some(u)) => dvr_userspace::source::SourceSpec::Etcd(u.clone()),
         (None, None) => anyhow::bail!("one of --state FILE or --etcd URL is required"),
     };
     let agent = agent::Agent::start(&args.host, &source, &args.bpffs, args.options())

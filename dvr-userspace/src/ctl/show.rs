@@ -128,7 +128,7 @@ struct HaRow {
 }
 
 fn ha_rows(maps: &HostMaps) -> Result<Vec<HaRow>, MapsError> {
-    let now = crate::maps::fence_now_ns();
+    let now = crate::clock::fence_now_ns();
     Ok(maps
         .ha_fence
         .read()?
@@ -156,7 +156,7 @@ struct VipRow {
 
 fn vip_rows(maps: &HostMaps) -> Result<Vec<VipRow>, MapsError> {
     let loc = maps.vip_loc.read()?;
-    let now = conntrack::now_ns();
+    let now = crate::clock::conntrack_now_ns();
     let mut rows: BTreeMap<(u32, u32), VipRow> = BTreeMap::new();
     for (k, c) in maps.vip_cand.read()? {
         let row = rows.entry((k.vni, k.ip_be)).or_insert_with(|| {
@@ -276,7 +276,7 @@ fn proto_name(p: u8) -> String {
 
 fn ct_rows(maps: &HostMaps) -> Result<Vec<CtRow>, MapsError> {
     let entries = maps.ct.read()?;
-    let now = conntrack::now_ns();
+    let now = crate::clock::conntrack_now_ns();
     let secs = |t: u64| now.saturating_sub(t) as f64 / 1e9;
     Ok(entries
         .iter()

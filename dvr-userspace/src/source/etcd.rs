@@ -10,9 +10,11 @@ use std::{collections::BTreeMap, sync::mpsc, time::Duration};
 use etcd_client::{
     Client, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
 };
+use tracing::{info, warn};
 
+use super::error::{SourceError, StateError};
 use super::ha::{self, Election};
-use super::{ALIVE, KINDS, PREFIX, SourceError};
+use super::kv::{self, ALIVE, KINDS, PREFIX};
 use crate::model::HaRuntime;
 
 /// Lease TTL of an agent's `alive/` key, seconds.
@@ -248,6 +250,120 @@ pub fn spawn(
             msg: format!("thread: {e}"),
         })?;
     Ok(rx)
+}
+
+/// The live side of etcd as the agent's source: the watcher's messages, the state's keys
+/// as last seen, and the HA election's view.
+pub struct EtcdSource {
+    rx: mpsc::Receiver<Update>,
+    /// A message received while waiting, not handled yet.
+    stash: Option<Update>,
+    kvs: BTreeMap<String, String>,
+    lost: bool,
+    /// What the agent shares with the HA election.
+    ha: ha::Shared,
+    /// The election's latest view, and whether the agent has applied it.
+    ha_rt: HaRuntime,
+    ha_changed: bool,
+}
+
+impl EtcdSource {
+    /// Start the watcher thread ([`spawn`]); the state arrives through [`EtcdSource::poll`].
+    pub fn start(url: &str, host: &str, ha: &ha::Shared) -> Result<Self, SourceError> {
+        let rx = spawn(url.to_string(), host.into(), ha.clone())?;
+        Ok(Self {
+            rx,
+            stash: None,
+            kvs: BTreeMap::new(),
+            lost: false,
+            ha: ha.clone(),
+            ha_rt: HaRuntime::default(),
+            ha_changed: false,
+        })
+    }
+
+    /// Wait up to `timeout` for a message from the watcher.
+    pub fn wait(&mut self, timeout: Duration) {
+        if self.stash.is_none() {
+            self.stash = self.rx.recv_timeout(timeout).ok();
+        } else {
+            std::thread::sleep(timeout);
+        }
+    }
+
+    /// The HA election's latest view.
+    pub fn ha_runtime(&self) -> HaRuntime {
+        self.ha_rt.clone()
+    }
+
+    /// True once per change of the election's view.
+    pub fn take_ha_change(&mut self) -> bool {
+        std::mem::take(&mut self.ha_changed)
+    }
+
+    /// What the agent shares with the HA election.
+    pub fn ha_shared(&self) -> &ha::Shared {
+        &self.ha
+    }
+
+    /// A new state document if the keys changed since the last call; `wait` blocks for
+    /// news up to that long.
+    pub fn poll(&mut self, wait: Option<Duration>) -> Result<Option<String>, StateError> {
+        let mut changed = false;
+        let mut first = self
+            .stash
+            .take()
+            .or_else(|| wait.and_then(|w| self.rx.recv_timeout(w).ok()));
+        loop {
+            let msg = match first.take() {
+                Some(m) => m,
+                None => match self.rx.try_recv() {
+                    Ok(m) => m,
+                    Err(_) => break,
+                },
+            };
+            match msg {
+                Update::Snapshot {
+                    kvs: snap,
+                    revision,
+                } => {
+                    if self.lost {
+                        info!(revision, "etcd back: resynced from a fresh snapshot");
+                    }
+                    self.lost = false;
+                    self.kvs = snap;
+                    changed = true;
+                }
+                Update::Changes { changes, revision } => {
+                    for (k, v) in changes {
+                        match v {
+                            Some(v) => self.kvs.insert(k, v),
+                            None => self.kvs.remove(&k),
+                        };
+                    }
+                    tracing::debug!(revision, "etcd changes");
+                    changed = true;
+                }
+                Update::Ha(rt) => {
+                    self.ha_rt = rt;
+                    self.ha_changed = true;
+                }
+                Update::Lost(msg) => {
+                    if !self.lost {
+                        warn!(error = %msg, "etcd unreachable: forwarding with the last state, retrying");
+                    }
+                    self.lost = true;
+                }
+            }
+        }
+        if !changed {
+            return Ok(None);
+        }
+        kv::from_kvs(&self.kvs).map(Some).map_err(|e| StateError {
+            source_desc: "etcd".into(),
+            msg: e.to_string(),
+        })
+    }
 }
 
 /// What `dvrctl apply` changed.

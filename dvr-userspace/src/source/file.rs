@@ -1,13 +1,85 @@
-//! Wake-up on state file writes: inotify on the file's directory (so a file replaced by
-//! rename is seen too). The agent still compares the file's stamp, so a spurious wake-up
-//! or a missed event costs nothing but a stat; this only removes the polling delay.
+//! A watched JSON file as the state source ([`FileSource`]): a new version is noticed by its
+//! stamp (mtime, length, inode), and inotify on the file's directory wakes the agent at once
+//! on a write (so a file replaced by rename is seen too). A spurious wake-up or a missed
+//! event costs nothing but a stat; the watch only removes the polling delay.
 use std::{
     ffi::CString,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-    path::Path,
-    time::Duration,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
 };
 
+use tracing::warn;
+
+/// Identity of the state file's current version (changes on every write or replace).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    ino: u64,
+}
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileStamp {
+        modified: m.modified().ok(),
+        len: m.len(),
+        ino: m.ino(),
+    })
+}
+
+/// The live side of a state file.
+pub struct FileSource {
+    path: PathBuf,
+    stamp: Option<FileStamp>,
+    watch: Option<DirWatch>,
+}
+
+impl FileSource {
+    /// Start watching `path` and read its first document.
+    pub fn open(path: &Path) -> std::io::Result<(Self, String)> {
+        let stamp = stamp(path);
+        let text = std::fs::read_to_string(path)?;
+        Ok((
+            Self {
+                path: path.to_path_buf(),
+                stamp,
+                watch: DirWatch::new(path),
+            },
+            text,
+        ))
+    }
+
+    /// Wait up to `timeout` for a write of the file.
+    pub fn wait(&self, timeout: Duration) {
+        match &self.watch {
+            Some(w) => {
+                w.wait(timeout);
+            }
+            None => std::thread::sleep(timeout),
+        }
+    }
+
+    /// The file's document if it changed since the last call. An unreadable file is logged
+    /// and skipped: the agent keeps its last good state.
+    pub fn poll(&mut self) -> Option<String> {
+        let now = stamp(&self.path);
+        if now == self.stamp {
+            return None;
+        }
+        self.stamp = now;
+        match std::fs::read_to_string(&self.path) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                warn!(path = %self.path.display(), error = %e, "state file unreadable; keeping the last good state");
+                None
+            }
+        }
+    }
+}
+
+/// Wake-up on writes of one file: inotify on its directory.
 pub struct DirWatch {
     fd: OwnedFd,
     /// The watched file's name within the directory: other files' events are ignored.

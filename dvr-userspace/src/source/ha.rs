@@ -90,7 +90,7 @@ pub struct RequestValue {
 }
 
 fn now_ns() -> u64 {
-    crate::maps::fence_now_ns()
+    crate::clock::fence_now_ns()
 }
 
 /// The election state of one agent; survives reconnections.
@@ -136,7 +136,7 @@ fn parse_key(k: &str) -> Option<Key<'_>> {
     } else if let Some(r) = k.strip_prefix(REQUEST_PREFIX) {
         Some(Key::Request(r))
     } else {
-        k.strip_prefix(super::ALIVE).map(Key::Alive)
+        k.strip_prefix(super::kv::ALIVE).map(Key::Alive)
     }
 }
 
@@ -622,11 +622,16 @@ mod tests {
         let now = Instant::now();
         let mut e = Election::new("sc");
         for h in ["sa", "sb", "sc"] {
-            e.observe(&format!("{}{h}", super::super::ALIVE), Some("{}"), 1, now);
+            e.observe(
+                &format!("{}{h}", super::super::kv::ALIVE),
+                Some("{}"),
+                1,
+                now,
+            );
         }
         assert_eq!(e.rank(&role(), None), Some(2));
         assert_eq!(e.rank(&role(), Some("sa")), Some(1));
-        e.observe(&format!("{}sb", super::super::ALIVE), None, 1, now);
+        e.observe(&format!("{}sb", super::super::kv::ALIVE), None, 1, now);
         assert_eq!(e.rank(&role(), Some("sa")), Some(0), "sb is gone");
         e.observe(
             &format!("{REQUEST_PREFIX}r1"),

@@ -1,135 +1,137 @@
 //! Where router state comes from: a watched JSON file, or etcd for a cluster.
 //!
+//! [`SourceSpec`] names the source; [`Source`] is its live side in the agent: it hands out
+//! a new state document when the source changed, wakes the agent on news, and (etcd) carries
+//! the HA election's view.
+//!
 //! etcd key layout (one key per resource, so one FIP change is one small write):
 //! - `/dvr/v1/<kind>/<id>`: one resource as JSON, in its Neutron API shape; `<kind>` is one
 //!   of `networks`, `subnets`, `ports`, `routers`, `floatingips`, `hosts` (hosts are keyed by
 //!   `name`);
 //! - `/dvr/v1/alive/<host>`: written by each agent under a lease (TTL [`etcd::LEASE_TTL`]
 //!   seconds), so it disappears when the agent stops renewing it.
+//!
+//! Files: `kv.rs` (the key layout, document <-> keys), `file.rs` (the watched file),
+//! `etcd.rs` (snapshot + watch, `dvrctl`'s etcd requests), `ha.rs` (the HA election, run in
+//! the etcd session), `error.rs`.
+mod error;
 pub mod etcd;
 pub mod file;
 pub mod ha;
+mod kv;
 
-use std::collections::BTreeMap;
+use std::{
+    path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
-pub const PREFIX: &str = "/dvr/v1/";
-pub const ALIVE: &str = "/dvr/v1/alive/";
-/// The state's resource lists, as top-level keys of the state file.
-pub const KINDS: [&str; 6] = [
-    "networks",
-    "subnets",
-    "ports",
-    "routers",
-    "floatingips",
-    "hosts",
-];
+pub use error::{SourceError, StateError};
+use etcd::EtcdSource;
+use file::FileSource;
+pub use kv::{ALIVE, KINDS, PREFIX, from_kvs, key, to_kvs};
 
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    #[error("state: {0}")]
-    Json(#[from] serde_json::Error),
-    #[error("state: {kind}[{index}]: field `{field}`: missing or not a string")]
-    Id {
-        kind: &'static str,
-        index: usize,
-        field: &'static str,
-    },
-    #[error("state: `{kind}` must be a list")]
-    NotList { kind: &'static str },
-    #[error("state: {0}")]
-    Invalid(String),
-    #[error("etcd {url}: {msg}")]
-    Etcd { url: String, msg: String },
+use crate::model::HaRuntime;
+
+/// Where the agent's state comes from.
+#[derive(Debug, Clone)]
+pub enum SourceSpec {
+    /// A JSON file, watched.
+    File(PathBuf),
+    /// An etcd endpoint (`http://host:port`), snapshot + watch.
+    Etcd(String),
 }
 
-/// The id field of a resource kind.
-fn id_field(kind: &str) -> &'static str {
-    if kind == "hosts" { "name" } else { "id" }
-}
-
-pub fn key(kind: &str, id: &str) -> String {
-    format!("{PREFIX}{kind}/{id}")
-}
-
-/// Split a state document into one (key, JSON value) per resource.
-pub fn to_kvs(text: &str) -> Result<BTreeMap<String, String>, SourceError> {
-    let doc: serde_json::Value = serde_json::from_str(text)?;
-    let mut out = BTreeMap::new();
-    for kind in KINDS {
-        let Some(list) = doc.get(kind) else { continue };
-        let list = list.as_array().ok_or(SourceError::NotList { kind })?;
-        for (index, item) in list.iter().enumerate() {
-            let field = id_field(kind);
-            let id = item
-                .get(field)
-                .and_then(|v| v.as_str())
-                .ok_or(SourceError::Id { kind, index, field })?;
-            out.insert(key(kind, id), item.to_string());
+impl SourceSpec {
+    /// `file <path>` or `etcd <url>`, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::File(p) => format!("file {}", p.display()),
+            Self::Etcd(u) => format!("etcd {u}"),
         }
     }
-    Ok(out)
 }
 
-/// Assemble a state document from (key, JSON value) pairs; keys outside the resource kinds
-/// (e.g. `alive/`) are ignored. A value that is not JSON is reported, naming its key.
-pub fn from_kvs(kvs: &BTreeMap<String, String>) -> Result<String, SourceError> {
-    let mut doc = serde_json::Map::new();
-    for kind in KINDS {
-        doc.insert(kind.into(), serde_json::Value::Array(Vec::new()));
-    }
-    for (k, v) in kvs {
-        let Some(rest) = k.strip_prefix(PREFIX) else {
-            continue;
-        };
-        let Some((kind, _id)) = rest.split_once('/') else {
-            continue;
-        };
-        let Some(serde_json::Value::Array(list)) = doc.get_mut(kind) else {
-            continue;
-        };
-        let value: serde_json::Value = serde_json::from_str(v)
-            .map_err(|e| SourceError::Invalid(format!("key {k}: not JSON: {e}")))?;
-        list.push(value);
-    }
-    Ok(serde_json::Value::Object(doc).to_string())
+/// The live side of a source.
+pub enum Source {
+    File(FileSource),
+    Etcd(EtcdSource),
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const DOC: &str = r#"{"networks":[{"id":"n1","x":1}],"hosts":[{"name":"h1"}],"ports":[]}"#;
-
-    #[test]
-    fn one_key_per_resource_and_back() {
-        let kvs = to_kvs(DOC).unwrap_or_default();
-        assert_eq!(
-            kvs.keys().collect::<Vec<_>>(),
-            vec!["/dvr/v1/hosts/h1", "/dvr/v1/networks/n1"]
-        );
-        let back: serde_json::Value =
-            serde_json::from_str(&from_kvs(&kvs).unwrap_or_default()).unwrap_or_default();
-        assert_eq!(back["networks"][0]["x"], 1);
-        assert_eq!(back["hosts"][0]["name"], "h1");
-        assert_eq!(back["floatingips"], serde_json::json!([]));
+impl Source {
+    /// Open the source and return it with the first state document. For etcd this waits
+    /// for the first snapshot (the pinned datapath keeps forwarding meanwhile), or until
+    /// `stop` is set.
+    pub fn open(
+        spec: &SourceSpec,
+        host: &str,
+        ha: &ha::Shared,
+        stop: &AtomicBool,
+    ) -> Result<(Self, Option<String>), StateError> {
+        let err = |msg: String| StateError {
+            source_desc: spec.describe(),
+            msg,
+        };
+        match spec {
+            SourceSpec::File(path) => {
+                let (src, text) = FileSource::open(path).map_err(|e| err(e.to_string()))?;
+                Ok((Self::File(src), Some(text)))
+            }
+            SourceSpec::Etcd(url) => {
+                let mut src =
+                    Self::Etcd(EtcdSource::start(url, host, ha).map_err(|e| err(e.to_string()))?);
+                loop {
+                    if stop.load(Ordering::SeqCst) {
+                        return Err(err("stopped before the first snapshot".into()));
+                    }
+                    if let Some(text) = src.poll(Some(Duration::from_millis(200)))? {
+                        return Ok((src, Some(text)));
+                    }
+                }
+            }
+        }
     }
 
-    #[test]
-    fn resources_without_id_are_reported() {
-        let e = to_kvs(r#"{"ports":[{"name":"p"}]}"#)
-            .err()
-            .map(|e| e.to_string());
-        assert_eq!(
-            e.as_deref(),
-            Some("state: ports[0]: field `id`: missing or not a string")
-        );
+    /// Wait up to `timeout` for news: a state file write or an etcd message wakes the
+    /// agent at once.
+    pub fn wait(&mut self, timeout: Duration) {
+        match self {
+            Self::File(f) => f.wait(timeout),
+            Self::Etcd(e) => e.wait(timeout),
+        }
     }
 
-    #[test]
-    fn alive_keys_are_not_state() {
-        let kvs = BTreeMap::from([("/dvr/v1/alive/h1".to_string(), "{}".to_string())]);
-        let back: serde_json::Value =
-            serde_json::from_str(&from_kvs(&kvs).unwrap_or_default()).unwrap_or_default();
-        assert_eq!(back["hosts"], serde_json::json!([]));
+    /// The HA election's view to compile with: `None` with a state file (HA routers are
+    /// then served statically by their most preferred candidate).
+    pub fn ha_runtime(&self) -> Option<HaRuntime> {
+        match self {
+            Self::File(_) => None,
+            Self::Etcd(e) => Some(e.ha_runtime()),
+        }
+    }
+
+    /// True once per change of the election's view.
+    pub fn take_ha_change(&mut self) -> bool {
+        match self {
+            Self::File(_) => false,
+            Self::Etcd(e) => e.take_ha_change(),
+        }
+    }
+
+    /// What the agent shares with the HA election (etcd only).
+    pub fn ha_shared(&self) -> Option<&ha::Shared> {
+        match self {
+            Self::File(_) => None,
+            Self::Etcd(e) => Some(e.ha_shared()),
+        }
+    }
+
+    /// A new state document if the source changed since the last call. `wait` blocks for
+    /// etcd news up to that long.
+    pub fn poll(&mut self, wait: Option<Duration>) -> Result<Option<String>, StateError> {
+        match self {
+            Self::File(f) => Ok(f.poll()),
+            Self::Etcd(e) => e.poll(wait),
+        }
     }
 }

@@ -6,7 +6,7 @@ use dvr_common::{
     stats::Stat,
 };
 
-use super::{Out, Walk, attached_ifindex, be, drop, out};
+use super::walk::{Out, Walk, attached_ifindex, be, drop, out};
 use crate::{ctl::fmt_mac, maps::MapsError};
 
 impl Walk<'_> {

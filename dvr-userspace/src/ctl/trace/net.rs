@@ -10,7 +10,7 @@ use dvr_common::{
     stats::Stat,
 };
 
-use super::{Out, Walk, be, in_prefix, out};
+use super::walk::{Out, Walk, be, in_prefix, out};
 use crate::{
     ctl::{fmt_mac, ip_be},
     maps::MapsError,

@@ -17,7 +17,10 @@ use dvr_common::{
     stats::Stat,
 };
 
-use super::{Out, Walk, be, drop, in_prefix, net::deliver, out};
+use super::{
+    net::deliver,
+    walk::{Out, Walk, be, drop, in_prefix, out},
+};
 use crate::{
     ctl::{fmt_mac, ip_be},
     maps::{MapsError, fence_now_ns},

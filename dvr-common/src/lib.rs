@@ -1,7 +1,7 @@
 //! The contract between the BPF datapath (`dvr-ebpf`) and user space (`dvr-userspace`).
 //!
 //! One module per map family. Map names are at most 15 bytes (the kernel's BPF_OBJ_NAME_LEN
-//! less the NUL), and each equals the name of the `static` that declares it in `dvr-ebpf/src/maps.rs`
+//! less the NUL), and each equals the name of the `static` that declares it in `dvr-ebpf/src/base/maps.rs`
 //! (the `#[map]` macro takes the static's identifier; the agent fails at load if one differs).
 //! Every map name and capacity is a `pub const` here; nothing
 //! else spells a map name. Keys and values are `#[repr(C)]` with explicit padding, so hash

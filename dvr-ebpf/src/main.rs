@@ -1,44 +1,34 @@
-//! Entry points of the DVR datapath. Each turns its pipeline's verdict into a TCX return
-//! code and counts it exactly once.
+//! The DVR datapath: three TC programs. The code is layered, every module calling only
+//! downwards: `entry` (one pipeline per program) -> `stage` (features) -> `net` (parsed
+//! flow, conntrack, rewrites, L2 delivery, route lookup) -> `base` (packet access,
+//! verdicts, clocks, maps, drop events). Each entry's verdict becomes the TCX return code
+//! and is counted exactly once (`entry::finish`).
 #![no_std]
 #![no_main]
 
-mod arp;
-mod ext;
-mod fip;
-mod flow;
-mod ha;
-mod icmp;
-mod l2;
-mod maps;
-mod nat;
-mod packet;
-mod route;
-mod security;
-mod snat;
-mod tap;
-mod tunnel;
-mod verdict;
-mod vip;
+mod base;
+mod entry;
+mod net;
+mod stage;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 
 /// TC ingress on every local VM tap: frames the VM sends.
 #[classifier]
 pub fn dvr_tap(ctx: TcContext) -> i32 {
-    verdict::finish(&ctx, verdict::settle(tap::run(&ctx)))
+    entry::finish(&ctx, entry::tap::run(&ctx))
 }
 
 /// TC ingress on the VXLAN collect_md device: frames from other hosts.
 #[classifier]
 pub fn dvr_tunnel(ctx: TcContext) -> i32 {
-    verdict::finish(&ctx, verdict::settle(tunnel::run(&ctx)))
+    entry::finish(&ctx, entry::tunnel::run(&ctx))
 }
 
 /// TC ingress on the external interface: floating IPs (proxy ARP, DNAT), gateway learning.
 #[classifier]
 pub fn dvr_ext(ctx: TcContext) -> i32 {
-    verdict::finish(&ctx, verdict::settle(ext::run(&ctx)))
+    entry::finish(&ctx, entry::ext::run(&ctx))
 }
 
 #[cfg(not(test))]

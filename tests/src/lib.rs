@@ -23,6 +23,8 @@
 //! - [`inspect`]: `dvrctl trace` ([`Cloud::trace`]), `dvrctl monitor` ([`Cloud::spawn_monitor`])
 //!   and the agents' Prometheus endpoint ([`Cloud::scrape_metrics`]).
 //! - [`Counters`] snapshots counters for deltas.
+//! - [`packet`]: a builder for raw frames (ARP, IPv4 with ICMP/TCP/UDP, valid checksums),
+//!   for the packet fixture tables (`tests/fixtures.rs`).
 //! - [`require_preconditions`] makes a test that cannot run here fail with a clear message:
 //!   these tests never pass by skipping.
 //!
@@ -41,6 +43,7 @@ pub mod ha;
 pub mod inspect;
 pub mod keepalived;
 pub mod lifecycle;
+pub mod packet;
 pub mod snat;
 pub mod state;
 

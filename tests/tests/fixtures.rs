@@ -1,7 +1,11 @@
 //! Packet fixture tables run through BPF_PROG_TEST_RUN: the real object, maps filled by the
-//! real compiler and reconciler from a Neutron-shaped state, one input frame per case, and
-//! the verdict, output bytes and counter each case must produce. Needs root (CAP_BPF) and
-//! bpffs, no namespaces.
+//! real compiler and reconciler from a Neutron-shaped state, and tables of cases. A case
+//! ([`Case`]) is one input frame through one program, with the return code, the one counter
+//! that must move and what the output frame must be (unchanged, given bytes, or checks).
+//! Each test sets up its state (the fixture, and between rows any map change the scenario
+//! needs) and runs its rows in order; a row that builds on an earlier one's output is run
+//! on its own (`Fixture::case` returns the output). Frames come from the shared builder
+//! `dvr_tests::packet`. Needs root (CAP_BPF) and bpffs, no namespaces.
 use std::{
     path::PathBuf,
     sync::atomic::{AtomicU32, Ordering},
@@ -12,6 +16,10 @@ use aya::{
     programs::{TestRun, TestRunOptions},
 };
 use dvr_common::{csum::checksum, stats::Stat};
+use dvr_tests::packet::{
+    ARP_REPLY, ARP_REQUEST, BROADCAST, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_UDP,
+    arp, assert_checksums, eth, icmp_error, ip_of, ipv4, ping, tcp, udp,
+};
 use dvr_userspace::{
     attach::{PROG_EXT, PROG_TAP, PROG_TUNNEL, ensure_bpffs, load_object, program},
     compile::compile,
@@ -22,7 +30,7 @@ use dvr_userspace::{
 
 const TCX_DROP: u32 = 2;
 const TCX_REDIRECT: u32 = 7;
-
+const TCX_NEXT: u32 = u32::MAX;
 const VM1_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 0x01];
 const VM2_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 0x02];
 const VM3_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 0x03];
@@ -78,8 +86,70 @@ const STATE: &str = r#"{
    "fixed_ips": [{"subnet_id": "sub2", "ip_address": "10.2.0.14"}]}]
 }"#;
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
+// ---- the table ----
 
+/// One row: `frame` through `prog` must return `code`, move exactly the counter `stat`, and
+/// leave as `expect` says.
+struct Case {
+    name: &'static str,
+    prog: &'static str,
+    frame: Vec<u8>,
+    code: u32,
+    stat: Stat,
+    expect: Expect,
+}
+
+/// What the output frame of a case must be.
+enum Expect {
+    /// Nothing beyond the return code and the counter (drops, passes).
+    Verdict,
+    /// The frame leaves as it came in.
+    Unchanged,
+    /// The output starts with these bytes.
+    Frame(Vec<u8>),
+    /// Checks on the output frame (assertions with their own messages).
+    Check(OutputCheck),
+}
+
+type OutputCheck = Box<dyn Fn(&[u8])>;
+
+fn case(name: &'static str, prog: &'static str, frame: Vec<u8>, code: u32, stat: Stat) -> Case {
+    Case {
+        name,
+        prog,
+        frame,
+        code,
+        stat,
+        expect: Expect::Verdict,
+    }
+}
+
+impl Case {
+    fn unchanged(self) -> Self {
+        Self {
+            expect: Expect::Unchanged,
+            ..self
+        }
+    }
+
+    fn output(self, want: Vec<u8>) -> Self {
+        Self {
+            expect: Expect::Frame(want),
+            ..self
+        }
+    }
+
+    fn check(self, f: impl Fn(&[u8]) + 'static) -> Self {
+        Self {
+            expect: Expect::Check(Box::new(f)),
+            ..self
+        }
+    }
+}
+
+// ---- the fixture ----
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
 /// A fixture's pin directory, removed when dropped: also when loading panics midway.
 struct PinDir(PathBuf);
 
@@ -153,10 +223,12 @@ impl Fixture {
         (res.return_value, out)
     }
 
-    /// Run `frame` through `prog`, assert the return code and that exactly `stat` moved.
-    fn expect(&mut self, prog: &'static str, frame: &[u8], code: u32, stat: Stat) -> Vec<u8> {
+    /// Run one row and check it; returns the output frame.
+    fn case(&mut self, c: Case) -> Vec<u8> {
+        let name = c.name;
+        eprintln!("fixture case: {name}");
         let before = self.maps.read_stats().unwrap_or_else(|e| panic!("{e}"));
-        let (ret, out) = self.run(prog, frame);
+        let (ret, out) = self.run(c.prog, &c.frame);
         let after = self.maps.read_stats().unwrap_or_else(|e| panic!("{e}"));
         let moved: Vec<Stat> = before
             .iter()
@@ -164,145 +236,155 @@ impl Fixture {
             .filter(|((_, a), (_, b))| a != b)
             .map(|((s, _), _)| *s)
             .collect();
-        assert_eq!(moved, vec![stat], "counters that moved");
-        assert_eq!(ret, code, "return code for {stat:?}");
+        assert_eq!(moved, vec![c.stat], "{name}: counters that moved");
+        assert_eq!(ret, c.code, "{name}: return code for {:?}", c.stat);
+        match &c.expect {
+            Expect::Verdict => {}
+            Expect::Unchanged => assert_eq!(out, c.frame, "{name}: output frame"),
+            Expect::Frame(want) => assert_eq!(
+                out.get(..want.len()),
+                Some(&want[..]),
+                "{name}: output frame"
+            ),
+            Expect::Check(f) => f(&out),
+        }
         out
+    }
+
+    /// Run the rows in order.
+    fn table(&mut self, cases: Vec<Case>) {
+        for c in cases {
+            self.case(c);
+        }
     }
 }
 
-// ---- a tiny packet builder ----
-
-fn eth(dst: [u8; 6], src: [u8; 6], proto: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(14 + payload.len());
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&proto.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
+/// A case fails when its frame does something else: the table is no rubber stamp.
+#[test]
+#[should_panic(expected = "counters that moved")]
+fn a_case_with_the_wrong_counter_fails() {
+    let mut f = fixture(STATE);
+    f.case(case(
+        "echo to the gateway claimed as routed",
+        PROG_TAP,
+        ping(VM1_MAC, GW1_MAC, VM1_IP, GW1_IP, 64),
+        TCX_REDIRECT,
+        Stat::Routed,
+    ));
 }
 
-fn arp(oper: u16, sha: [u8; 6], spa: [u8; 4], tha: [u8; 6], tpa: [u8; 4]) -> Vec<u8> {
-    let mut a = vec![0, 1, 8, 0, 6, 4];
-    a.extend_from_slice(&oper.to_be_bytes());
-    a.extend_from_slice(&sha);
-    a.extend_from_slice(&spa);
-    a.extend_from_slice(&tha);
-    a.extend_from_slice(&tpa);
-    a
+#[test]
+#[should_panic(expected = "output frame")]
+fn a_case_with_the_wrong_output_fails() {
+    let mut f = fixture(STATE);
+    let frame = ping(VM1_MAC, VM3_MAC, VM1_IP, VM3_IP, 64);
+    let mut other = frame.clone();
+    other[0] ^= 1;
+    f.case(
+        case(
+            "tunnelled frame",
+            PROG_TAP,
+            frame,
+            TCX_REDIRECT,
+            Stat::TxTunnel,
+        )
+        .output(other),
+    );
 }
 
-fn ipv4(src: [u8; 4], dst: [u8; 4], ttl: u8, proto: u8, payload: &[u8]) -> Vec<u8> {
-    let len = (20 + payload.len()) as u16;
-    let mut h = vec![0x45, 0];
-    h.extend_from_slice(&len.to_be_bytes());
-    h.extend_from_slice(&[0x12, 0x34, 0x40, 0, ttl, proto, 0, 0]);
-    h.extend_from_slice(&src);
-    h.extend_from_slice(&dst);
-    let c = checksum(&h);
-    h[10..12].copy_from_slice(&c.to_be_bytes());
-    h.extend_from_slice(payload);
-    h
-}
-
-fn icmp_echo(kind: u8, id: u16, seq: u16) -> Vec<u8> {
-    let mut m = vec![kind, 0, 0, 0];
-    m.extend_from_slice(&id.to_be_bytes());
-    m.extend_from_slice(&seq.to_be_bytes());
-    m.extend_from_slice(b"dvr-fixture-payload");
-    let c = checksum(&m);
-    m[2..4].copy_from_slice(&c.to_be_bytes());
-    m
-}
-
-fn ping(src_mac: [u8; 6], dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], ttl: u8) -> Vec<u8> {
-    eth(
-        dst_mac,
-        src_mac,
-        0x0800,
-        &ipv4(src, dst, ttl, 1, &icmp_echo(8, 0x4242, 7)),
-    )
-}
-
-fn ip_of(frame: &[u8]) -> &[u8] {
-    &frame[14..34]
-}
-
-// ---- cases ----
+// ---- cases: one network host ----
 
 #[test]
 fn arp_request_for_gateway_is_answered_on_the_tap() {
-    let mut f = fixture(STATE);
-    let req = eth(
-        [0xff; 6],
-        VM1_MAC,
-        0x0806,
-        &arp(1, VM1_MAC, VM1_IP, [0; 6], GW1_IP),
-    );
-    let out = f.expect(PROG_TAP, &req, TCX_REDIRECT, Stat::ArpReply);
-    let want = eth(
-        VM1_MAC,
-        GW1_MAC,
-        0x0806,
-        &arp(2, GW1_MAC, GW1_IP, VM1_MAC, VM1_IP),
-    );
-    assert_eq!(&out[..want.len()], &want[..]);
+    fixture(STATE).table(vec![
+        case(
+            "ARP for the gateway",
+            PROG_TAP,
+            eth(
+                BROADCAST,
+                VM1_MAC,
+                ETH_P_ARP,
+                &arp(ARP_REQUEST, VM1_MAC, VM1_IP, [0; 6], GW1_IP),
+            ),
+            TCX_REDIRECT,
+            Stat::ArpReply,
+        )
+        .output(eth(
+            VM1_MAC,
+            GW1_MAC,
+            ETH_P_ARP,
+            &arp(ARP_REPLY, GW1_MAC, GW1_IP, VM1_MAC, VM1_IP),
+        )),
+    ]);
 }
 
 #[test]
 fn icmp_echo_to_gateway_is_answered_with_valid_checksums() {
-    let mut f = fixture(STATE);
-    let out = f.expect(
-        PROG_TAP,
-        &ping(VM1_MAC, GW1_MAC, VM1_IP, GW1_IP, 64),
-        TCX_REDIRECT,
-        Stat::IcmpEchoReply,
-    );
-    assert_eq!(&out[0..6], &VM1_MAC, "reply goes back to the VM");
-    assert_eq!(&out[6..12], &GW1_MAC, "from the gateway MAC");
-    let ip = ip_of(&out);
-    assert_eq!(&ip[12..16], &GW1_IP);
-    assert_eq!(&ip[16..20], &VM1_IP);
-    assert_eq!(ip[8], 64, "fresh TTL");
-    assert_eq!(checksum(ip), 0, "IPv4 header checksum");
-    assert_eq!(out[34], 0, "echo reply type");
-    assert_eq!(checksum(&out[34..]), 0, "ICMP checksum");
+    fixture(STATE).table(vec![
+        case(
+            "echo to the gateway",
+            PROG_TAP,
+            ping(VM1_MAC, GW1_MAC, VM1_IP, GW1_IP, 64),
+            TCX_REDIRECT,
+            Stat::IcmpEchoReply,
+        )
+        .check(|out| {
+            assert_eq!(&out[0..6], &VM1_MAC, "reply goes back to the VM");
+            assert_eq!(&out[6..12], &GW1_MAC, "from the gateway MAC");
+            let ip = ip_of(out);
+            assert_eq!(&ip[12..16], &GW1_IP);
+            assert_eq!(&ip[16..20], &VM1_IP);
+            assert_eq!(ip[8], 64, "fresh TTL");
+            assert_eq!(checksum(ip), 0, "IPv4 header checksum");
+            assert_eq!(out[34], 0, "echo reply type");
+            assert_eq!(checksum(&out[34..]), 0, "ICMP checksum");
+        }),
+    ]);
 }
 
 #[test]
 fn cross_subnet_to_local_vm_is_routed_with_gateway_mac_and_ttl_minus_one() {
-    let mut f = fixture(STATE);
-    let out = f.expect(
-        PROG_TAP,
-        &ping(VM1_MAC, GW1_MAC, VM1_IP, VM2_IP, 64),
-        TCX_REDIRECT,
-        Stat::Routed,
-    );
-    assert_eq!(&out[0..6], &VM2_MAC);
-    assert_eq!(
-        &out[6..12],
-        &GW2_MAC,
-        "destination subnet's gateway MAC as source"
-    );
-    let ip = ip_of(&out);
-    assert_eq!(ip[8], 63);
-    assert_eq!(checksum(ip), 0, "IPv4 header checksum after TTL decrement");
-    assert_eq!(checksum(&out[34..]), 0, "ICMP untouched and valid");
+    fixture(STATE).table(vec![
+        case(
+            "routed to VM2 on this host",
+            PROG_TAP,
+            ping(VM1_MAC, GW1_MAC, VM1_IP, VM2_IP, 64),
+            TCX_REDIRECT,
+            Stat::Routed,
+        )
+        .check(|out| {
+            assert_eq!(&out[0..6], &VM2_MAC);
+            assert_eq!(
+                &out[6..12],
+                &GW2_MAC,
+                "destination subnet's gateway MAC as source"
+            );
+            let ip = ip_of(out);
+            assert_eq!(ip[8], 63);
+            assert_eq!(checksum(ip), 0, "IPv4 header checksum after TTL decrement");
+            assert_eq!(checksum(&out[34..]), 0, "ICMP untouched and valid");
+        }),
+    ]);
 }
 
 #[test]
 fn cross_subnet_to_remote_vm_leaves_with_this_hosts_dvr_mac() {
-    let mut f = fixture(STATE);
     // VM1 (net1, host A) to VM4 (net2, host B): routed on A, tunnelled with A's DVR MAC.
-    let out = f.expect(
-        PROG_TAP,
-        &ping(VM1_MAC, GW1_MAC, VM1_IP, VM4_IP, 64),
-        TCX_REDIRECT,
-        Stat::Routed,
-    );
-    assert_eq!(&out[0..6], &VM4_MAC);
-    assert_eq!(&out[6..12], &DVR_MAC_A, "host A's DVR MAC on the tunnel");
-    assert_eq!(ip_of(&out)[8], 63);
-    assert_eq!(checksum(ip_of(&out)), 0);
+    fixture(STATE).table(vec![
+        case(
+            "routed to VM4 on host B",
+            PROG_TAP,
+            ping(VM1_MAC, GW1_MAC, VM1_IP, VM4_IP, 64),
+            TCX_REDIRECT,
+            Stat::Routed,
+        )
+        .check(|out| {
+            assert_eq!(&out[0..6], &VM4_MAC);
+            assert_eq!(&out[6..12], &DVR_MAC_A, "host A's DVR MAC on the tunnel");
+            assert_eq!(ip_of(out)[8], 63);
+            assert_eq!(checksum(ip_of(out)), 0);
+        }),
+    ]);
 }
 
 #[test]
@@ -314,79 +396,104 @@ fn frames_are_attributed_to_the_tap_they_arrive_on() {
         "\"binding:host_id\": \"B\",\n   \"fixed_ips\": [{\"subnet_id\": \"sub1\"",
     );
     assert_ne!(moved, STATE);
-    let mut f = fixture(&moved);
-    f.expect(
+    fixture(&moved).table(vec![case(
+        "VM1's frame on a tap that is no port here",
         PROG_TAP,
-        &ping(VM1_MAC, VM3_MAC, VM1_IP, VM3_IP, 64),
+        ping(VM1_MAC, VM3_MAC, VM1_IP, VM3_IP, 64),
         TCX_DROP,
         Stat::DropUnknownPort,
-    );
-    let mut f = fixture(STATE);
+    )]);
     // And a frame with VM2's addresses on VM1's tap is a spoof, not VM2's traffic.
-    f.expect(
+    fixture(STATE).table(vec![case(
+        "VM2's frame on VM1's tap",
         PROG_TAP,
-        &ping(VM2_MAC, GW2_MAC, VM2_IP, VM1_IP, 64),
+        ping(VM2_MAC, GW2_MAC, VM2_IP, VM1_IP, 64),
         TCX_DROP,
         Stat::DropSpoofMac,
-    );
+    )]);
 }
 
 #[test]
 fn same_subnet_unicast_to_remote_port_goes_into_the_tunnel_unchanged() {
-    let mut f = fixture(STATE);
-    let frame = ping(VM1_MAC, VM3_MAC, VM1_IP, VM3_IP, 64);
-    let out = f.expect(PROG_TAP, &frame, TCX_REDIRECT, Stat::TxTunnel);
-    assert_eq!(out, frame);
+    fixture(STATE).table(vec![
+        case(
+            "to VM3 on host B",
+            PROG_TAP,
+            ping(VM1_MAC, VM3_MAC, VM1_IP, VM3_IP, 64),
+            TCX_REDIRECT,
+            Stat::TxTunnel,
+        )
+        .unchanged(),
+    ]);
 }
 
 #[test]
 fn spoofed_source_mac_is_dropped() {
-    let mut f = fixture(STATE);
-    let frame = ping([0xfa, 0x16, 0x3e, 9, 9, 9], VM3_MAC, VM1_IP, VM3_IP, 64);
-    f.expect(PROG_TAP, &frame, TCX_DROP, Stat::DropSpoofMac);
+    fixture(STATE).table(vec![case(
+        "foreign source MAC",
+        PROG_TAP,
+        ping([0xfa, 0x16, 0x3e, 9, 9, 9], VM3_MAC, VM1_IP, VM3_IP, 64),
+        TCX_DROP,
+        Stat::DropSpoofMac,
+    )]);
 }
 
 #[test]
 fn spoofed_source_ip_is_dropped_and_allowed_pair_accepted() {
-    let mut f = fixture(STATE);
-    f.expect(
-        PROG_TAP,
-        &ping(VM1_MAC, VM3_MAC, [10, 1, 0, 99], VM3_IP, 64),
-        TCX_DROP,
-        Stat::DropSpoofIp,
-    );
-    // 10.1.0.200/30 is an allowed address pair of VM1.
-    f.expect(
-        PROG_TAP,
-        &ping(VM1_MAC, VM3_MAC, [10, 1, 0, 202], VM3_IP, 64),
-        TCX_REDIRECT,
-        Stat::TxTunnel,
-    );
-    f.expect(
-        PROG_TAP,
-        &ping(VM1_MAC, VM3_MAC, [10, 1, 0, 204], VM3_IP, 64),
-        TCX_DROP,
-        Stat::DropSpoofIp,
-    );
+    fixture(STATE).table(vec![
+        case(
+            "foreign source IP",
+            PROG_TAP,
+            ping(VM1_MAC, VM3_MAC, [10, 1, 0, 99], VM3_IP, 64),
+            TCX_DROP,
+            Stat::DropSpoofIp,
+        ),
+        // 10.1.0.200/30 is an allowed address pair of VM1.
+        case(
+            "source in an allowed address pair",
+            PROG_TAP,
+            ping(VM1_MAC, VM3_MAC, [10, 1, 0, 202], VM3_IP, 64),
+            TCX_REDIRECT,
+            Stat::TxTunnel,
+        ),
+        case(
+            "source just outside the allowed pair",
+            PROG_TAP,
+            ping(VM1_MAC, VM3_MAC, [10, 1, 0, 204], VM3_IP, 64),
+            TCX_DROP,
+            Stat::DropSpoofIp,
+        ),
+    ]);
 }
 
 #[test]
 fn arp_with_foreign_sender_ip_is_dropped() {
-    let mut f = fixture(STATE);
-    let req = eth(
-        [0xff; 6],
-        VM1_MAC,
-        0x0806,
-        &arp(1, VM1_MAC, VM3_IP, [0; 6], GW1_IP),
-    );
-    f.expect(PROG_TAP, &req, TCX_DROP, Stat::DropSpoofArp);
-    let forged_sha = eth(
-        [0xff; 6],
-        VM1_MAC,
-        0x0806,
-        &arp(1, VM3_MAC, VM1_IP, [0; 6], GW1_IP),
-    );
-    f.expect(PROG_TAP, &forged_sha, TCX_DROP, Stat::DropSpoofArp);
+    fixture(STATE).table(vec![
+        case(
+            "ARP with VM3's address as sender",
+            PROG_TAP,
+            eth(
+                BROADCAST,
+                VM1_MAC,
+                ETH_P_ARP,
+                &arp(ARP_REQUEST, VM1_MAC, VM3_IP, [0; 6], GW1_IP),
+            ),
+            TCX_DROP,
+            Stat::DropSpoofArp,
+        ),
+        case(
+            "ARP with VM3's MAC as sender hardware address",
+            PROG_TAP,
+            eth(
+                BROADCAST,
+                VM1_MAC,
+                ETH_P_ARP,
+                &arp(ARP_REQUEST, VM3_MAC, VM1_IP, [0; 6], GW1_IP),
+            ),
+            TCX_DROP,
+            Stat::DropSpoofArp,
+        ),
+    ]);
 }
 
 #[test]
@@ -395,98 +502,139 @@ fn port_security_disabled_lets_foreign_source_through() {
         "\"allowed_address_pairs\": [{\"ip_address\": \"10.1.0.200/30\"}]",
         "\"port_security_enabled\": false",
     );
-    let mut f = fixture(&state);
-    f.expect(
+    fixture(&state).table(vec![case(
+        "foreign MAC and IP",
         PROG_TAP,
-        &ping([2, 0, 0, 0, 0, 9], VM3_MAC, [172, 16, 0, 1], VM3_IP, 64),
+        ping([2, 0, 0, 0, 0, 9], VM3_MAC, [172, 16, 0, 1], VM3_IP, 64),
         TCX_REDIRECT,
         Stat::TxTunnel,
-    );
+    )]);
 }
 
 #[test]
 fn ttl_one_is_answered_with_time_exceeded_from_the_gateway() {
-    let mut f = fixture(STATE);
     let probe = ping(VM1_MAC, GW1_MAC, VM1_IP, VM2_IP, 1);
-    let out = f.expect(PROG_TAP, &probe, TCX_REDIRECT, Stat::IcmpTimeExceeded);
-    assert_eq!(out.len(), 14 + 56, "IP + ICMP + quoted header and 8 bytes");
-    assert_eq!(&out[0..6], &VM1_MAC, "back to the VM");
-    assert_eq!(&out[6..12], &GW1_MAC, "from its gateway");
-    let ip = ip_of(&out);
-    assert_eq!(&ip[12..16], &GW1_IP, "sent by the gateway address");
-    assert_eq!(&ip[16..20], &VM1_IP);
-    assert_eq!(checksum(ip), 0, "IPv4 header checksum");
-    let icmp = &out[34..];
-    assert_eq!((icmp[0], icmp[1]), (11, 0), "time exceeded in transit");
-    assert_eq!(checksum(icmp), 0, "ICMP checksum");
-    assert_eq!(
-        &icmp[8..36],
-        &probe[14..42],
-        "quotes the expired header and 8 bytes"
-    );
-    // An ICMP error whose TTL runs out is not answered with another.
-    let mut unreach = vec![3u8, 3, 0, 0, 0, 0, 0, 0];
-    unreach.extend_from_slice(&probe[14..42]);
-    let c = checksum(&unreach);
-    unreach[2..4].copy_from_slice(&c.to_be_bytes());
-    let err = eth(
-        GW1_MAC,
-        VM1_MAC,
-        0x0800,
-        &ipv4(VM1_IP, VM2_IP, 1, 1, &unreach),
-    );
-    f.expect(PROG_TAP, &err, TCX_DROP, Stat::DropTtlExceeded);
+    let quoted = probe[14..42].to_vec();
+    fixture(STATE).table(vec![
+        case(
+            "TTL 1 through the router",
+            PROG_TAP,
+            probe.clone(),
+            TCX_REDIRECT,
+            Stat::IcmpTimeExceeded,
+        )
+        .check(move |out| {
+            assert_eq!(out.len(), 14 + 56, "IP + ICMP + quoted header and 8 bytes");
+            assert_eq!(&out[0..6], &VM1_MAC, "back to the VM");
+            assert_eq!(&out[6..12], &GW1_MAC, "from its gateway");
+            let ip = ip_of(out);
+            assert_eq!(&ip[12..16], &GW1_IP, "sent by the gateway address");
+            assert_eq!(&ip[16..20], &VM1_IP);
+            assert_eq!(checksum(ip), 0, "IPv4 header checksum");
+            let icmp = &out[34..];
+            assert_eq!((icmp[0], icmp[1]), (11, 0), "time exceeded in transit");
+            assert_eq!(checksum(icmp), 0, "ICMP checksum");
+            assert_eq!(
+                &icmp[8..36],
+                &quoted[..],
+                "quotes the expired header and 8 bytes"
+            );
+        }),
+        // An ICMP error whose TTL runs out is not answered with another.
+        case(
+            "ICMP error with TTL 1",
+            PROG_TAP,
+            eth(
+                GW1_MAC,
+                VM1_MAC,
+                ETH_P_IP,
+                &ipv4(
+                    VM1_IP,
+                    VM2_IP,
+                    1,
+                    IPPROTO_ICMP,
+                    &icmp_error(3, 3, &probe[14..42]),
+                ),
+            ),
+            TCX_DROP,
+            Stat::DropTtlExceeded,
+        ),
+    ]);
 }
 
 #[test]
 fn destination_outside_the_router_has_no_route() {
-    let mut f = fixture(STATE);
-    f.expect(
-        PROG_TAP,
-        &ping(VM1_MAC, GW1_MAC, VM1_IP, [10, 9, 0, 1], 64),
-        TCX_DROP,
-        Stat::DropNoRoute,
-    );
-    f.expect(
-        PROG_TAP,
-        &ping(VM1_MAC, GW1_MAC, VM1_IP, [10, 2, 0, 99], 64),
-        TCX_DROP,
-        Stat::DropNoEndpoint,
-    );
+    fixture(STATE).table(vec![
+        case(
+            "outside every subnet of the router",
+            PROG_TAP,
+            ping(VM1_MAC, GW1_MAC, VM1_IP, [10, 9, 0, 1], 64),
+            TCX_DROP,
+            Stat::DropNoRoute,
+        ),
+        case(
+            "in a subnet, no port there",
+            PROG_TAP,
+            ping(VM1_MAC, GW1_MAC, VM1_IP, [10, 2, 0, 99], 64),
+            TCX_DROP,
+            Stat::DropNoEndpoint,
+        ),
+    ]);
 }
 
 #[test]
 fn malformed_and_foreign_frames_are_dropped_with_a_reason() {
-    let mut f = fixture(STATE);
     // (A truncated IPv4 header cannot be fed in: BPF_PROG_TEST_RUN itself refuses it.)
-    let truncated = eth([0xff; 6], VM1_MAC, 0x0806, &[0, 1, 8, 0, 6, 4, 0, 1]);
-    f.expect(PROG_TAP, &truncated, TCX_DROP, Stat::DropMalformed);
-    let bad_version = eth(VM3_MAC, VM1_MAC, 0x0800, &{
-        let mut p = ipv4(VM1_IP, VM3_IP, 64, 17, &[0; 8]);
-        p[0] = 0x65;
-        p
-    });
-    f.expect(PROG_TAP, &bad_version, TCX_DROP, Stat::DropMalformed);
-    let v6 = eth(VM3_MAC, VM1_MAC, 0x86dd, &[0x60; 40]);
-    f.expect(PROG_TAP, &v6, TCX_DROP, Stat::DropEthertype);
-    let arp_bad = eth(
-        [0xff; 6],
-        VM1_MAC,
-        0x0806,
-        &arp(3, VM1_MAC, VM1_IP, [0; 6], GW1_IP),
-    );
-    f.expect(PROG_TAP, &arp_bad, TCX_DROP, Stat::DropArpOther);
+    fixture(STATE).table(vec![
+        case(
+            "truncated ARP",
+            PROG_TAP,
+            eth(BROADCAST, VM1_MAC, ETH_P_ARP, &[0, 1, 8, 0, 6, 4, 0, 1]),
+            TCX_DROP,
+            Stat::DropMalformed,
+        ),
+        case(
+            "IP version 6 in an IPv4 frame",
+            PROG_TAP,
+            eth(VM3_MAC, VM1_MAC, ETH_P_IP, &{
+                let mut p = ipv4(VM1_IP, VM3_IP, 64, IPPROTO_UDP, &[0; 8]);
+                p[0] = 0x65;
+                p
+            }),
+            TCX_DROP,
+            Stat::DropMalformed,
+        ),
+        case(
+            "IPv6",
+            PROG_TAP,
+            eth(VM3_MAC, VM1_MAC, ETH_P_IPV6, &[0x60; 40]),
+            TCX_DROP,
+            Stat::DropEthertype,
+        ),
+        case(
+            "ARP operation 3",
+            PROG_TAP,
+            eth(
+                BROADCAST,
+                VM1_MAC,
+                ETH_P_ARP,
+                &arp(3, VM1_MAC, VM1_IP, [0; 6], GW1_IP),
+            ),
+            TCX_DROP,
+            Stat::DropArpOther,
+        ),
+    ]);
 }
 
 #[test]
 fn tunnel_frame_without_metadata_is_dropped() {
-    let mut f = fixture(STATE);
-    f.expect(
+    fixture(STATE).table(vec![case(
+        "no tunnel key",
         PROG_TUNNEL,
-        &ping(VM3_MAC, VM1_MAC, VM3_IP, VM1_IP, 64),
+        ping(VM3_MAC, VM1_MAC, VM3_IP, VM1_IP, 64),
         TCX_DROP,
         Stat::DropNoTunnelKey,
-    );
+    )]);
 }
 
 // ---- floating IPs ----
@@ -538,99 +686,88 @@ fn fip_state(vm1_port_security: bool) -> String {
     s.to_string()
 }
 
+/// The upstream gateway's ARP reply to host A's fg address: its MAC is learned.
+fn upstream_arp_reply() -> Case {
+    case(
+        "upstream gateway's ARP reply",
+        PROG_EXT,
+        eth(
+            EXT_MAC,
+            UPSTREAM_MAC,
+            ETH_P_ARP,
+            &arp(ARP_REPLY, UPSTREAM_MAC, UPSTREAM_IP, EXT_MAC, [10, 5, 1, 1]),
+        ),
+        TCX_NEXT,
+        Stat::ExtNeighLearned,
+    )
+}
+
 /// A FIP fixture whose upstream gateway MAC has been learned.
 fn fip_fixture(vm1_port_security: bool) -> Fixture {
     let mut f = fixture(&fip_state(vm1_port_security));
-    let reply = eth(
-        EXT_MAC,
-        UPSTREAM_MAC,
-        0x0806,
-        &arp(2, UPSTREAM_MAC, UPSTREAM_IP, EXT_MAC, [10, 5, 1, 1]),
-    );
-    f.expect(PROG_EXT, &reply, TCX_NEXT, Stat::ExtNeighLearned);
+    f.case(upstream_arp_reply());
     f
 }
 
-fn l4_checksum(src: &[u8], dst: &[u8], proto: u8, seg: &[u8]) -> u16 {
-    let mut p = Vec::new();
-    p.extend_from_slice(src);
-    p.extend_from_slice(dst);
-    p.extend_from_slice(&[0, proto]);
-    p.extend_from_slice(&(seg.len() as u16).to_be_bytes());
-    p.extend_from_slice(seg);
-    checksum(&p)
+/// An ARP request from the upstream gateway for `tpa`.
+fn arp_from_upstream(tpa: [u8; 4]) -> Vec<u8> {
+    eth(
+        BROADCAST,
+        UPSTREAM_MAC,
+        ETH_P_ARP,
+        &arp(ARP_REQUEST, UPSTREAM_MAC, UPSTREAM_IP, [0; 6], tpa),
+    )
 }
 
-fn tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
-    let mut t = Vec::new();
-    t.extend_from_slice(&sport.to_be_bytes());
-    t.extend_from_slice(&dport.to_be_bytes());
-    t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
-    t.extend_from_slice(payload);
-    let c = l4_checksum(&src, &dst, 6, &t);
-    t[16..18].copy_from_slice(&c.to_be_bytes());
-    ipv4(src, dst, 64, 6, &t)
+/// What the external interface answers to `arp_from_upstream(ip)`.
+fn proxy_arp_reply(ip: [u8; 4]) -> Vec<u8> {
+    eth(
+        UPSTREAM_MAC,
+        EXT_MAC,
+        ETH_P_ARP,
+        &arp(ARP_REPLY, EXT_MAC, ip, UPSTREAM_MAC, UPSTREAM_IP),
+    )
 }
-
-fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let mut u = Vec::new();
-    u.extend_from_slice(&sport.to_be_bytes());
-    u.extend_from_slice(&dport.to_be_bytes());
-    u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    u.extend_from_slice(&[0, 0]);
-    u.extend_from_slice(payload);
-    let c = l4_checksum(&src, &dst, 17, &u);
-    u[6..8].copy_from_slice(&c.to_be_bytes());
-    ipv4(src, dst, 64, 17, &u)
-}
-
-/// Assert the IPv4 header and the TCP/UDP checksum (with pseudo header) of `frame` are valid.
-fn assert_checksums(frame: &[u8]) {
-    let ip = &frame[14..];
-    assert_eq!(checksum(&ip[..20]), 0, "IPv4 header checksum");
-    let len = u16::from_be_bytes([ip[2], ip[3]]) as usize;
-    assert_eq!(
-        l4_checksum(&ip[12..16], &ip[16..20], ip[9], &ip[20..len]),
-        0,
-        "L4 checksum"
-    );
-}
-
-const TCX_NEXT: u32 = u32::MAX;
 
 #[test]
 fn proxy_arp_answers_only_for_fips_served_here() {
     let mut f = fip_fixture(true);
-    let req = eth(
-        [0xff; 6],
-        UPSTREAM_MAC,
-        0x0806,
-        &arp(1, UPSTREAM_MAC, UPSTREAM_IP, [0; 6], FIP1),
-    );
-    let out = f.expect(PROG_EXT, &req, TCX_REDIRECT, Stat::ExtArpReply);
-    let want = eth(
-        UPSTREAM_MAC,
-        EXT_MAC,
-        0x0806,
-        &arp(2, EXT_MAC, FIP1, UPSTREAM_MAC, UPSTREAM_IP),
-    );
-    assert_eq!(&out[..want.len()], &want[..]);
-    for other in [FIP4, FIP_UNUSED, VM1_IP] {
-        let req = eth(
-            [0xff; 6],
-            UPSTREAM_MAC,
-            0x0806,
-            &arp(1, UPSTREAM_MAC, UPSTREAM_IP, [0; 6], other),
-        );
-        f.expect(PROG_EXT, &req, TCX_NEXT, Stat::ExtNeighLearned);
+    let mut rows = vec![
+        case(
+            "ARP for FIP1, served here",
+            PROG_EXT,
+            arp_from_upstream(FIP1),
+            TCX_REDIRECT,
+            Stat::ExtArpReply,
+        )
+        .output(proxy_arp_reply(FIP1)),
+    ];
+    for (name, other) in [
+        ("ARP for FIP4, served on B", FIP4),
+        ("ARP for an unassociated FIP", FIP_UNUSED),
+        ("ARP for a fixed IP", VM1_IP),
+    ] {
+        rows.push(case(
+            name,
+            PROG_EXT,
+            arp_from_upstream(other),
+            TCX_NEXT,
+            Stat::ExtNeighLearned,
+        ));
     }
-    let stranger = eth(
-        [0xff; 6],
-        [2, 1, 1, 1, 1, 1],
-        0x0806,
-        &arp(1, [2, 1, 1, 1, 1, 1], [10, 5, 7, 7], [0; 6], FIP4),
-    );
-    f.expect(PROG_EXT, &stranger, TCX_NEXT, Stat::ExtPass);
+    rows.push(case(
+        "ARP from a stranger for FIP4",
+        PROG_EXT,
+        eth(
+            BROADCAST,
+            [2, 1, 1, 1, 1, 1],
+            ETH_P_ARP,
+            &arp(ARP_REQUEST, [2, 1, 1, 1, 1, 1], [10, 5, 7, 7], [0; 6], FIP4),
+        ),
+        TCX_NEXT,
+        Stat::ExtPass,
+    ));
+    f.table(rows);
 }
 
 #[test]
@@ -643,13 +780,18 @@ fn gateway_mac_is_learned_and_relearned_from_arp() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(n.map(|n| (n.mac, n.learned)), Some((UPSTREAM_MAC, 1)));
     let new_mac = [0x02, 0x99, 0, 0, 0, 0x02];
-    let garp = eth(
-        [0xff; 6],
-        new_mac,
-        0x0806,
-        &arp(1, new_mac, UPSTREAM_IP, [0; 6], UPSTREAM_IP),
-    );
-    f.expect(PROG_EXT, &garp, TCX_NEXT, Stat::ExtNeighLearned);
+    f.table(vec![case(
+        "gratuitous ARP from the gateway's new MAC",
+        PROG_EXT,
+        eth(
+            BROADCAST,
+            new_mac,
+            ETH_P_ARP,
+            &arp(ARP_REQUEST, new_mac, UPSTREAM_IP, [0; 6], UPSTREAM_IP),
+        ),
+        TCX_NEXT,
+        Stat::ExtNeighLearned,
+    )]);
     let n = f
         .maps
         .ext_neigh
@@ -657,13 +799,24 @@ fn gateway_mac_is_learned_and_relearned_from_arp() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(n.map(|n| n.mac), Some(new_mac));
     // Nobody else's ARP creates a neighbour entry.
-    let other = eth(
-        [0xff; 6],
-        [2, 1, 1, 1, 1, 1],
-        0x0806,
-        &arp(2, [2, 1, 1, 1, 1, 1], [10, 5, 7, 7], EXT_MAC, [10, 5, 1, 1]),
-    );
-    f.expect(PROG_EXT, &other, TCX_NEXT, Stat::ExtPass);
+    f.table(vec![case(
+        "ARP reply from a stranger",
+        PROG_EXT,
+        eth(
+            BROADCAST,
+            [2, 1, 1, 1, 1, 1],
+            ETH_P_ARP,
+            &arp(
+                ARP_REPLY,
+                [2, 1, 1, 1, 1, 1],
+                [10, 5, 7, 7],
+                EXT_MAC,
+                [10, 5, 1, 1],
+            ),
+        ),
+        TCX_NEXT,
+        Stat::ExtPass,
+    )]);
     assert_eq!(
         f.maps
             .ext_neigh
@@ -677,35 +830,53 @@ fn gateway_mac_is_learned_and_relearned_from_arp() {
 #[test]
 fn inbound_to_fip_is_translated_with_valid_checksums_and_tracked() {
     let mut f = fip_fixture(true);
-    let syn = eth(
-        EXT_MAC,
-        UPSTREAM_MAC,
-        0x0800,
-        &tcp(INTERNET, FIP1, 40000, 80, 0x02, b"hello"),
-    );
-    let out = f.expect(PROG_EXT, &syn, TCX_REDIRECT, Stat::FipDnat);
-    assert_eq!(&out[0..6], &VM1_MAC);
-    assert_eq!(&out[6..12], &GW1_MAC, "from the VM subnet's gateway MAC");
-    let ip = ip_of(&out);
-    assert_eq!(&ip[12..16], &INTERNET, "the VM sees the real source");
-    assert_eq!(&ip[16..20], &VM1_IP);
-    assert_eq!(ip[8], 63);
-    assert_checksums(&out);
+    f.table(vec![
+        case(
+            "SYN from the internet to FIP1",
+            PROG_EXT,
+            eth(
+                EXT_MAC,
+                UPSTREAM_MAC,
+                ETH_P_IP,
+                &tcp(INTERNET, FIP1, 40000, 80, 0x02, b"hello"),
+            ),
+            TCX_REDIRECT,
+            Stat::FipDnat,
+        )
+        .check(|out| {
+            assert_eq!(&out[0..6], &VM1_MAC);
+            assert_eq!(&out[6..12], &GW1_MAC, "from the VM subnet's gateway MAC");
+            let ip = ip_of(out);
+            assert_eq!(&ip[12..16], &INTERNET, "the VM sees the real source");
+            assert_eq!(&ip[16..20], &VM1_IP);
+            assert_eq!(ip[8], 63);
+            assert_checksums(out);
+        }),
+    ]);
     let ct = f.maps.ct.read().unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(ct.len(), 2, "both directions tracked: {ct:?}");
     // The VM's answer leaves with the FIP as source, to the learned gateway MAC.
-    let synack = eth(
-        GW1_MAC,
-        VM1_MAC,
-        0x0800,
-        &tcp(VM1_IP, INTERNET, 80, 40000, 0x12, b""),
-    );
-    let out = f.expect(PROG_TAP, &synack, TCX_REDIRECT, Stat::FipSnat);
-    assert_eq!(&out[0..6], &UPSTREAM_MAC);
-    assert_eq!(&out[6..12], &EXT_MAC);
-    assert_eq!(&ip_of(&out)[12..16], &FIP1);
-    assert_eq!(ip_of(&out)[8], 63);
-    assert_checksums(&out);
+    f.table(vec![
+        case(
+            "SYN-ACK from VM1",
+            PROG_TAP,
+            eth(
+                GW1_MAC,
+                VM1_MAC,
+                ETH_P_IP,
+                &tcp(VM1_IP, INTERNET, 80, 40000, 0x12, b""),
+            ),
+            TCX_REDIRECT,
+            Stat::FipSnat,
+        )
+        .check(|out| {
+            assert_eq!(&out[0..6], &UPSTREAM_MAC);
+            assert_eq!(&out[6..12], &EXT_MAC);
+            assert_eq!(&ip_of(out)[12..16], &FIP1);
+            assert_eq!(ip_of(out)[8], 63);
+            assert_checksums(out);
+        }),
+    ]);
     assert_eq!(
         f.maps.ct.read().unwrap_or_else(|e| panic!("{e}")).len(),
         2,
@@ -716,126 +887,186 @@ fn inbound_to_fip_is_translated_with_valid_checksums_and_tracked() {
 #[test]
 fn outbound_udp_from_fip_vm_and_the_icmp_error_it_draws() {
     let mut f = fip_fixture(true);
-    let dgram = eth(
-        GW1_MAC,
-        VM1_MAC,
-        0x0800,
-        &udp(VM1_IP, INTERNET, 5555, 9999, b"ping?"),
+    let out = f.case(
+        case(
+            "UDP from VM1 to the internet",
+            PROG_TAP,
+            eth(
+                GW1_MAC,
+                VM1_MAC,
+                ETH_P_IP,
+                &udp(VM1_IP, INTERNET, 5555, 9999, b"ping?"),
+            ),
+            TCX_REDIRECT,
+            Stat::FipSnat,
+        )
+        .check(|out| {
+            assert_eq!(&ip_of(out)[12..16], &FIP1);
+            assert_checksums(out);
+        }),
     );
-    let out = f.expect(PROG_TAP, &dgram, TCX_REDIRECT, Stat::FipSnat);
-    assert_eq!(&ip_of(&out)[12..16], &FIP1);
-    assert_checksums(&out);
     // The external host answers with port unreachable quoting what it received.
-    let quoted = &out[14..14 + 28];
-    let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
-    icmp.extend_from_slice(quoted);
-    let c = checksum(&icmp);
-    icmp[2..4].copy_from_slice(&c.to_be_bytes());
     let err = eth(
         EXT_MAC,
         UPSTREAM_MAC,
-        0x0800,
-        &ipv4(INTERNET, FIP1, 64, 1, &icmp),
+        ETH_P_IP,
+        &ipv4(
+            INTERNET,
+            FIP1,
+            64,
+            IPPROTO_ICMP,
+            &icmp_error(3, 3, &out[14..14 + 28]),
+        ),
     );
-    let out = f.expect(PROG_EXT, &err, TCX_REDIRECT, Stat::FipIcmpError);
-    let ip = ip_of(&out);
-    assert_eq!(&ip[16..20], &VM1_IP, "outer destination");
-    assert_eq!(checksum(ip), 0);
-    let icmp = &out[34..];
-    assert_eq!(checksum(icmp), 0, "ICMP checksum over the rewritten quote");
-    let inner = &icmp[8..28];
-    assert_eq!(
-        &inner[12..16],
-        &VM1_IP,
-        "quoted source is the fixed IP again"
-    );
-    assert_eq!(checksum(inner), 0, "quoted IPv4 header checksum");
-    let quoted_udp_csum = u16::from_be_bytes([icmp[34], icmp[35]]);
-    let orig = udp(VM1_IP, INTERNET, 5555, 9999, b"ping?");
-    assert_eq!(
-        quoted_udp_csum,
-        u16::from_be_bytes([orig[26], orig[27]]),
-        "quoted UDP checksum matches what the VM sent"
+    let out = f.case(
+        case(
+            "port unreachable quoting the translated datagram",
+            PROG_EXT,
+            err,
+            TCX_REDIRECT,
+            Stat::FipIcmpError,
+        )
+        .check(|out| {
+            let ip = ip_of(out);
+            assert_eq!(&ip[16..20], &VM1_IP, "outer destination");
+            assert_eq!(checksum(ip), 0);
+            let icmp = &out[34..];
+            assert_eq!(checksum(icmp), 0, "ICMP checksum over the rewritten quote");
+            let inner = &icmp[8..28];
+            assert_eq!(
+                &inner[12..16],
+                &VM1_IP,
+                "quoted source is the fixed IP again"
+            );
+            assert_eq!(checksum(inner), 0, "quoted IPv4 header checksum");
+            let quoted_udp_csum = u16::from_be_bytes([icmp[34], icmp[35]]);
+            let orig = udp(VM1_IP, INTERNET, 5555, 9999, b"ping?");
+            assert_eq!(
+                quoted_udp_csum,
+                u16::from_be_bytes([orig[26], orig[27]]),
+                "quoted UDP checksum matches what the VM sent"
+            );
+        }),
     );
     // An error about a flow nobody tracks is dropped.
-    let mut stray = icmp.to_vec();
+    let mut stray = out[34..].to_vec();
     stray[28..30].copy_from_slice(&1234u16.to_be_bytes());
     stray[2..4].copy_from_slice(&[0, 0]);
     let c = checksum(&stray);
     stray[2..4].copy_from_slice(&c.to_be_bytes());
-    let stray = eth(
-        EXT_MAC,
-        UPSTREAM_MAC,
-        0x0800,
-        &ipv4(INTERNET, FIP1, 64, 1, &stray),
-    );
-    f.expect(PROG_EXT, &stray, TCX_DROP, Stat::DropIcmpErrorNoFlow);
+    f.table(vec![case(
+        "port unreachable for an untracked flow",
+        PROG_EXT,
+        eth(
+            EXT_MAC,
+            UPSTREAM_MAC,
+            ETH_P_IP,
+            &ipv4(INTERNET, FIP1, 64, IPPROTO_ICMP, &stray),
+        ),
+        TCX_DROP,
+        Stat::DropIcmpErrorNoFlow,
+    )]);
 }
 
 #[test]
 fn external_security_drops() {
-    let mut f = fip_fixture(true);
     let to = |dst| {
         eth(
             EXT_MAC,
             UPSTREAM_MAC,
-            0x0800,
+            ETH_P_IP,
             &udp(INTERNET, dst, 1, 2, b"x"),
         )
     };
-    f.expect(
-        PROG_EXT,
-        &to(FIP_UNUSED),
-        TCX_DROP,
-        Stat::DropFipUnassociated,
-    );
-    f.expect(PROG_EXT, &to(VM1_IP), TCX_DROP, Stat::DropExtToFixedIp);
-    f.expect(PROG_EXT, &to(FIP4), TCX_DROP, Stat::DropFipNotHere);
-    f.expect(PROG_EXT, &to([10, 5, 1, 1]), TCX_NEXT, Stat::ExtPass);
+    fip_fixture(true).table(vec![
+        case(
+            "to an unassociated FIP",
+            PROG_EXT,
+            to(FIP_UNUSED),
+            TCX_DROP,
+            Stat::DropFipUnassociated,
+        ),
+        case(
+            "to a fixed IP",
+            PROG_EXT,
+            to(VM1_IP),
+            TCX_DROP,
+            Stat::DropExtToFixedIp,
+        ),
+        case(
+            "to a FIP served on B",
+            PROG_EXT,
+            to(FIP4),
+            TCX_DROP,
+            Stat::DropFipNotHere,
+        ),
+        case(
+            "to the host's own fg address",
+            PROG_EXT,
+            to([10, 5, 1, 1]),
+            TCX_NEXT,
+            Stat::ExtPass,
+        ),
+    ]);
 }
 
 #[test]
 fn vm_cannot_send_from_a_fip_even_without_port_security() {
-    let mut f = fip_fixture(false);
-    let spoof = eth(GW1_MAC, VM1_MAC, 0x0800, &udp(FIP4, INTERNET, 1, 2, b"x"));
-    f.expect(PROG_TAP, &spoof, TCX_DROP, Stat::DropFipSpoof);
+    fip_fixture(false).table(vec![case(
+        "VM1 sending from FIP4",
+        PROG_TAP,
+        eth(GW1_MAC, VM1_MAC, ETH_P_IP, &udp(FIP4, INTERNET, 1, 2, b"x")),
+        TCX_DROP,
+        Stat::DropFipSpoof,
+    )]);
 }
 
 #[test]
 fn outbound_waits_for_the_gateway_mac() {
-    let mut f = fixture(&fip_state(true));
-    let dgram = eth(
-        GW1_MAC,
-        VM1_MAC,
-        0x0800,
-        &udp(VM1_IP, INTERNET, 5555, 9999, b"x"),
-    );
-    f.expect(PROG_TAP, &dgram, TCX_DROP, Stat::DropNoNeighbor);
+    fixture(&fip_state(true)).table(vec![case(
+        "UDP out before the gateway's MAC is learned",
+        PROG_TAP,
+        eth(
+            GW1_MAC,
+            VM1_MAC,
+            ETH_P_IP,
+            &udp(VM1_IP, INTERNET, 5555, 9999, b"x"),
+        ),
+        TCX_DROP,
+        Stat::DropNoNeighbor,
+    )]);
 }
 
 #[test]
 fn hairpin_to_a_local_fip_is_translated_here() {
-    let mut f = fip_fixture(true);
-    // VM1 reaching its own router's FIP 10.5.2.1 (its own, served here): DNAT locally.
-    let out = f.expect(
-        PROG_TAP,
-        &ping(VM1_MAC, GW1_MAC, VM1_IP, FIP1, 64),
-        TCX_REDIRECT,
-        Stat::FipHairpin,
-    );
-    assert_eq!(&ip_of(&out)[16..20], &VM1_IP);
-    assert_eq!(checksum(ip_of(&out)), 0);
-    // To FIP 10.5.2.4 (served on B): routed untranslated into the tunnel towards VM4.
-    let out = f.expect(
-        PROG_TAP,
-        &ping(VM1_MAC, GW1_MAC, VM1_IP, FIP4, 64),
-        TCX_REDIRECT,
-        Stat::FipHairpin,
-    );
-    assert_eq!(&out[0..6], &VM4_MAC);
-    assert_eq!(&out[6..12], &DVR_MAC_A);
-    assert_eq!(&ip_of(&out)[16..20], &FIP4);
-    assert_eq!(ip_of(&out)[8], 63);
+    fip_fixture(true).table(vec![
+        // VM1 reaching its own router's FIP 10.5.2.1 (its own, served here): DNAT locally.
+        case(
+            "to FIP1, served here",
+            PROG_TAP,
+            ping(VM1_MAC, GW1_MAC, VM1_IP, FIP1, 64),
+            TCX_REDIRECT,
+            Stat::FipHairpin,
+        )
+        .check(|out| {
+            assert_eq!(&ip_of(out)[16..20], &VM1_IP);
+            assert_eq!(checksum(ip_of(out)), 0);
+        }),
+        // To FIP 10.5.2.4 (served on B): routed untranslated into the tunnel towards VM4.
+        case(
+            "to FIP4, served on B",
+            PROG_TAP,
+            ping(VM1_MAC, GW1_MAC, VM1_IP, FIP4, 64),
+            TCX_REDIRECT,
+            Stat::FipHairpin,
+        )
+        .check(|out| {
+            assert_eq!(&out[0..6], &VM4_MAC);
+            assert_eq!(&out[6..12], &DVR_MAC_A);
+            assert_eq!(&ip_of(out)[16..20], &FIP4);
+            assert_eq!(ip_of(out)[8], 63);
+        }),
+    ]);
 }
 
 // ---- SNAT high availability: the fence (docs/HA.md) ----
@@ -899,13 +1130,7 @@ fn ha_state() -> String {
 fn ha_fixture(ha: bool) -> (Fixture, u32) {
     use dvr_common::{nat::FIP_HA, snat::SNAT_HA};
     let mut f = fixture(&ha_state());
-    let reply = eth(
-        EXT_MAC,
-        UPSTREAM_MAC,
-        0x0806,
-        &arp(2, UPSTREAM_MAC, UPSTREAM_IP, EXT_MAC, [10, 5, 1, 1]),
-    );
-    f.expect(PROG_EXT, &reply, TCX_NEXT, Stat::ExtNeighLearned);
+    f.case(upstream_arp_reply());
     let router = dvr_userspace::compile::fnv1a32("r1");
     let ips = f.maps.snat_ips.read().unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
@@ -984,17 +1209,8 @@ fn vm1_udp_out(sport: u16) -> Vec<u8> {
     eth(
         GW1_MAC,
         VM1_MAC,
-        0x0800,
+        ETH_P_IP,
         &udp(VM1_IP, INTERNET, sport, 9999, b"out"),
-    )
-}
-
-fn arp_from_upstream(tpa: [u8; 4]) -> Vec<u8> {
-    eth(
-        [0xff; 6],
-        UPSTREAM_MAC,
-        0x0806,
-        &arp(1, UPSTREAM_MAC, UPSTREAM_IP, [0; 6], tpa),
     )
 }
 
@@ -1004,20 +1220,30 @@ fn snat_without_ha_flag_ignores_the_fence() {
     // No fence entry at all, then an expired one: a non-HA router is served regardless.
     for fence in [None, Some(-1_000)] {
         f.fence(router, fence);
-        let out = f.expect(PROG_TAP, &vm1_udp_out(5555), TCX_REDIRECT, Stat::SnatOut);
-        assert_eq!(&ip_of(&out)[12..16], &HA_EXT_IP);
-        f.expect(
-            PROG_EXT,
-            &arp_from_upstream(HA_EXT_IP),
-            TCX_REDIRECT,
-            Stat::ExtArpReply,
-        );
-        f.expect(
-            PROG_EXT,
-            &arp_from_upstream(FIP_CENTRAL_IP),
-            TCX_REDIRECT,
-            Stat::ExtArpReply,
-        );
+        f.table(vec![
+            case(
+                "VM1 to the internet, translated here",
+                PROG_TAP,
+                vm1_udp_out(5555),
+                TCX_REDIRECT,
+                Stat::SnatOut,
+            )
+            .check(|out| assert_eq!(&ip_of(out)[12..16], &HA_EXT_IP)),
+            case(
+                "ARP for the router's external IP",
+                PROG_EXT,
+                arp_from_upstream(HA_EXT_IP),
+                TCX_REDIRECT,
+                Stat::ExtArpReply,
+            ),
+            case(
+                "ARP for the central FIP",
+                PROG_EXT,
+                arp_from_upstream(FIP_CENTRAL_IP),
+                TCX_REDIRECT,
+                Stat::ExtArpReply,
+            ),
+        ]);
     }
 }
 
@@ -1026,22 +1252,42 @@ fn ha_snat_is_served_only_under_a_live_fence() {
     let (mut f, router) = ha_fixture(true);
     // (a) Live fence: translated as without HA, and the reply finds its way back.
     f.fence(router, Some(60_000));
-    let out = f.expect(PROG_TAP, &vm1_udp_out(5555), TCX_REDIRECT, Stat::SnatOut);
-    assert_eq!(&out[0..6], &UPSTREAM_MAC);
-    assert_eq!(&out[6..12], &EXT_MAC);
-    assert_eq!(&ip_of(&out)[12..16], &HA_EXT_IP);
-    assert_checksums(&out);
+    let out = f.case(
+        case(
+            "live fence: VM1 to the internet",
+            PROG_TAP,
+            vm1_udp_out(5555),
+            TCX_REDIRECT,
+            Stat::SnatOut,
+        )
+        .check(|out| {
+            assert_eq!(&out[0..6], &UPSTREAM_MAC);
+            assert_eq!(&out[6..12], &EXT_MAC);
+            assert_eq!(&ip_of(out)[12..16], &HA_EXT_IP);
+            assert_checksums(out);
+        }),
+    );
     let nat_port = u16::from_be_bytes([out[34], out[35]]);
     assert_eq!(f.ct_len(), 2, "both directions tracked");
     let reply = eth(
         EXT_MAC,
         UPSTREAM_MAC,
-        0x0800,
+        ETH_P_IP,
         &udp(INTERNET, HA_EXT_IP, 9999, nat_port, b"back"),
     );
-    let back = f.expect(PROG_EXT, &reply, TCX_REDIRECT, Stat::SnatIn);
-    assert_eq!(&ip_of(&back)[16..20], &VM1_IP);
-    assert_checksums(&back);
+    f.table(vec![
+        case(
+            "live fence: the reply",
+            PROG_EXT,
+            reply.clone(),
+            TCX_REDIRECT,
+            Stat::SnatIn,
+        )
+        .check(|back| {
+            assert_eq!(&ip_of(back)[16..20], &VM1_IP);
+            assert_checksums(back);
+        }),
+    ]);
 
     // (b) Expired fence: the steered frame and the reply are dropped as standby, nothing
     // else moves (no conntrack entry, no exhaustion count).
@@ -1052,16 +1298,31 @@ fn ha_snat_is_served_only_under_a_live_fence() {
         .read()
         .unwrap_or_else(|e| panic!("{e}"));
     let ct = f.maps.ct.read().unwrap_or_else(|e| panic!("{e}"));
-    let frame = vm1_udp_out(6666);
-    let out = f.expect(PROG_TAP, &frame, TCX_DROP, Stat::DropSnatStandby);
-    assert_eq!(out, frame, "dropped untouched");
-    f.expect(
-        PROG_TAP,
-        &vm1_udp_out(5555),
-        TCX_DROP,
-        Stat::DropSnatStandby,
-    );
-    f.expect(PROG_EXT, &reply, TCX_DROP, Stat::DropSnatStandby);
+    f.table(vec![
+        // Dropped untouched.
+        case(
+            "expired fence: a new flow",
+            PROG_TAP,
+            vm1_udp_out(6666),
+            TCX_DROP,
+            Stat::DropSnatStandby,
+        )
+        .unchanged(),
+        case(
+            "expired fence: the tracked flow",
+            PROG_TAP,
+            vm1_udp_out(5555),
+            TCX_DROP,
+            Stat::DropSnatStandby,
+        ),
+        case(
+            "expired fence: the reply",
+            PROG_EXT,
+            reply.clone(),
+            TCX_DROP,
+            Stat::DropSnatStandby,
+        ),
+    ]);
     // Tracking (last_seen, counters) is untouched too: same entries, same values.
     assert_eq!(f.maps.ct.read().unwrap_or_else(|e| panic!("{e}")), ct);
     assert_eq!(
@@ -1074,33 +1335,59 @@ fn ha_snat_is_served_only_under_a_live_fence() {
 
     // (c) No fence entry: the same.
     f.fence(router, None);
-    f.expect(
-        PROG_TAP,
-        &vm1_udp_out(7777),
-        TCX_DROP,
-        Stat::DropSnatStandby,
-    );
-    f.expect(PROG_EXT, &reply, TCX_DROP, Stat::DropSnatStandby);
+    f.table(vec![
+        case(
+            "no fence: a new flow",
+            PROG_TAP,
+            vm1_udp_out(7777),
+            TCX_DROP,
+            Stat::DropSnatStandby,
+        ),
+        case(
+            "no fence: the reply",
+            PROG_EXT,
+            reply.clone(),
+            TCX_DROP,
+            Stat::DropSnatStandby,
+        ),
+    ]);
     assert_eq!(f.ct_len(), 2);
 
     // A fence for another router does not serve this one.
     f.fence(router ^ 1, Some(60_000));
-    f.expect(
+    f.table(vec![case(
+        "another router's fence",
         PROG_TAP,
-        &vm1_udp_out(7777),
+        vm1_udp_out(7777),
         TCX_DROP,
         Stat::DropSnatStandby,
-    );
+    )]);
 
     // Renewed (failback / new term): served again, the synced flow still translates.
     f.fence(router, Some(60_000));
-    let out = f.expect(PROG_TAP, &vm1_udp_out(5555), TCX_REDIRECT, Stat::SnatOut);
-    assert_eq!(
-        u16::from_be_bytes([out[34], out[35]]),
-        nat_port,
-        "same mapping"
-    );
-    f.expect(PROG_EXT, &reply, TCX_REDIRECT, Stat::SnatIn);
+    f.table(vec![
+        case(
+            "renewed fence: the tracked flow",
+            PROG_TAP,
+            vm1_udp_out(5555),
+            TCX_REDIRECT,
+            Stat::SnatOut,
+        )
+        .check(move |out| {
+            assert_eq!(
+                u16::from_be_bytes([out[34], out[35]]),
+                nat_port,
+                "same mapping"
+            )
+        }),
+        case(
+            "renewed fence: the reply",
+            PROG_EXT,
+            reply,
+            TCX_REDIRECT,
+            Stat::SnatIn,
+        ),
+    ]);
 }
 
 #[test]
@@ -1109,18 +1396,26 @@ fn ha_external_ip_is_answered_only_under_a_live_fence() {
     let req = arp_from_upstream(HA_EXT_IP);
     // Not answered (passed on as for any address not ours) without a fence or with an
     // expired one.
-    f.expect(PROG_EXT, &req, TCX_NEXT, Stat::ExtNeighLearned);
+    f.table(vec![case(
+        "no fence",
+        PROG_EXT,
+        req.clone(),
+        TCX_NEXT,
+        Stat::ExtNeighLearned,
+    )]);
     f.fence(router, Some(-1));
-    f.expect(PROG_EXT, &req, TCX_NEXT, Stat::ExtNeighLearned);
+    f.table(vec![case(
+        "expired fence",
+        PROG_EXT,
+        req.clone(),
+        TCX_NEXT,
+        Stat::ExtNeighLearned,
+    )]);
     f.fence(router, Some(60_000));
-    let out = f.expect(PROG_EXT, &req, TCX_REDIRECT, Stat::ExtArpReply);
-    let want = eth(
-        UPSTREAM_MAC,
-        EXT_MAC,
-        0x0806,
-        &arp(2, EXT_MAC, HA_EXT_IP, UPSTREAM_MAC, UPSTREAM_IP),
-    );
-    assert_eq!(&out[..want.len()], &want[..]);
+    f.table(vec![
+        case("live fence", PROG_EXT, req, TCX_REDIRECT, Stat::ExtArpReply)
+            .output(proxy_arp_reply(HA_EXT_IP)),
+    ]);
 }
 
 #[test]
@@ -1130,22 +1425,52 @@ fn ha_central_fip_is_served_only_under_a_live_fence() {
     let inbound = eth(
         EXT_MAC,
         UPSTREAM_MAC,
-        0x0800,
+        ETH_P_IP,
         &udp(INTERNET, FIP_CENTRAL_IP, 4000, 53, b"q"),
     );
     for fence in [None, Some(-1)] {
         f.fence(router, fence);
-        f.expect(PROG_EXT, &arp_req, TCX_NEXT, Stat::ExtNeighLearned);
-        f.expect(PROG_EXT, &inbound, TCX_DROP, Stat::DropSnatStandby);
+        f.table(vec![
+            case(
+                "standby: ARP for the central FIP",
+                PROG_EXT,
+                arp_req.clone(),
+                TCX_NEXT,
+                Stat::ExtNeighLearned,
+            ),
+            case(
+                "standby: to the central FIP",
+                PROG_EXT,
+                inbound.clone(),
+                TCX_DROP,
+                Stat::DropSnatStandby,
+            ),
+        ]);
         assert_eq!(f.ct_len(), 0, "nothing tracked by a standby");
     }
     f.fence(router, Some(60_000));
-    f.expect(PROG_EXT, &arp_req, TCX_REDIRECT, Stat::ExtArpReply);
-    // Translated and sent over the tunnel to VM5's host.
-    let out = f.expect(PROG_EXT, &inbound, TCX_REDIRECT, Stat::FipDnat);
-    assert_eq!(&out[0..6], &VM5_MAC);
-    assert_eq!(&ip_of(&out)[16..20], &VM5_IP);
-    assert_checksums(&out);
+    f.table(vec![
+        case(
+            "live fence: ARP for the central FIP",
+            PROG_EXT,
+            arp_req,
+            TCX_REDIRECT,
+            Stat::ExtArpReply,
+        ),
+        // Translated and sent over the tunnel to VM5's host.
+        case(
+            "live fence: to the central FIP",
+            PROG_EXT,
+            inbound,
+            TCX_REDIRECT,
+            Stat::FipDnat,
+        )
+        .check(|out| {
+            assert_eq!(&out[0..6], &VM5_MAC);
+            assert_eq!(&ip_of(out)[16..20], &VM5_IP);
+            assert_checksums(out);
+        }),
+    ]);
     assert_eq!(f.ct_len(), 2);
 }
 
@@ -1178,18 +1503,29 @@ fn ha_central_fip_source_on_a_tap_is_fenced() {
         .unwrap_or_else(|e| panic!("{e}"));
     for fence in [None, Some(-1)] {
         f.fence(router, fence);
-        f.expect(
+        f.table(vec![case(
+            "standby: VM1 through the central FIP",
             PROG_TAP,
-            &vm1_udp_out(7000),
+            vm1_udp_out(7000),
             TCX_DROP,
             Stat::DropSnatStandby,
-        );
+        )]);
         assert_eq!(f.ct_len(), 0, "nothing tracked by a standby");
     }
     f.fence(router, Some(60_000));
-    let out = f.expect(PROG_TAP, &vm1_udp_out(7000), TCX_REDIRECT, Stat::FipSnat);
-    assert_eq!(&ip_of(&out)[12..16], &FIP_CENTRAL_IP);
-    assert_checksums(&out);
+    f.table(vec![
+        case(
+            "live fence: VM1 through the central FIP",
+            PROG_TAP,
+            vm1_udp_out(7000),
+            TCX_REDIRECT,
+            Stat::FipSnat,
+        )
+        .check(|out| {
+            assert_eq!(&ip_of(out)[12..16], &FIP_CENTRAL_IP);
+            assert_checksums(out);
+        }),
+    ]);
 }
 
 #[test]

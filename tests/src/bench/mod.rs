@@ -18,6 +18,7 @@
 //! - [`control`]: control-plane timings: programming 1,000 to 50,000 floating IPs (and their
 //!   ports) into a host, and the latency of one floating IP change.
 //! - [`report`]: the table, `results.json` and the SVG chart.
+//! - [`verifier`]: the verifier instruction count of each BPF program (`dvr-bench verifier`).
 //!
 //! Every namespace, process and pin is owned by a guard that removes it on drop, also when a
 //! step fails; every command runs under a deadline.
@@ -29,6 +30,7 @@ pub mod ebpf;
 pub mod measure;
 pub mod netns;
 pub mod report;
+pub mod verifier;
 pub mod veth;
 
 use std::net::Ipv4Addr;

@@ -8,6 +8,7 @@
 //!                "p50_us": 21.3, "p99_us": 40.2, "tcp_runs": [...], "udp_runs": [...]}, ...],
 //!   "control_plane": [{"fips": 1000, "datapath": "ebpf", "seconds": 0.01, "steps": {...}}, ...],
 //!   "fip_change": [{"datapath": "ebpf", "changes": 40, "p50_ms": 21.0, "p99_ms": 30.1}, ...],
+//!   "verifier": [{"program": "dvr_tap", "verified_insns": 151000}, ...],
 //!   "environment": {...}
 //! }
 //! ```
@@ -24,6 +25,7 @@ use serde_json::{Value, json};
 
 use super::control::CpTiming;
 use super::measure::Figures;
+use super::verifier::{self, Count};
 use super::{Datapath, PathKind};
 
 /// One path on one datapath: its figures, or why it was not measured.
@@ -48,6 +50,8 @@ pub struct Report {
     pub rows: Vec<Row>,
     pub control: Vec<CpTiming>,
     pub fip_change: Vec<FipChange>,
+    /// Verified instruction count of each BPF program.
+    pub verifier: Vec<Count>,
     /// Steps that failed outside a path (a cloud that did not build, a timing that failed).
     pub failures: Vec<String>,
     pub environment: Value,
@@ -192,6 +196,10 @@ impl Report {
                 );
             }
         }
+        if !self.verifier.is_empty() {
+            let _ = writeln!(s, "\nverifier: instructions walked per BPF program");
+            s.push_str(&verifier::table(&self.verifier));
+        }
         for f in &self.failures {
             let _ = writeln!(s, "FAILED: {f}");
         }
@@ -255,6 +263,11 @@ impl Report {
             "results": results,
             "control_plane": control,
             "fip_change": changes,
+            "verifier": self
+                .verifier
+                .iter()
+                .map(|c| json!({"program": c.program, "verified_insns": c.verified_insns}))
+                .collect::<Vec<_>>(),
             "failures": self.failures,
             "environment": self.environment,
         })

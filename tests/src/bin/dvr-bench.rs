@@ -2,7 +2,8 @@
 //! machine's upper bound (one veth pair), in network namespaces. See `dvr_tests::bench`.
 //!
 //! ```text
-//! dvr-bench [--quick] [--out DIR] [--skip veth,ebpf,namespace,control] [--fips N,..] [--hold S]
+//! dvr-bench [--quick] [--out DIR] [--skip verifier,veth,ebpf,namespace,control] [--fips N,..] [--hold S]
+//! dvr-bench verifier [OBJECT]
 //! ```
 //!
 //! Builds each cloud, runs the same connectivity checks on every path, measures TCP
@@ -12,6 +13,10 @@
 //! could be measured is still written). Needs root, bpffs, iperf3, sockperf, iptables and
 //! the agent binaries (`$DVR_BIN_DIR`, else next to this binary). `cargo xtask bench` builds
 //! and runs it.
+//!
+//! `dvr-bench verifier` only prints the verifier instruction count of each BPF program (of
+//! the embedded object, or of the `dvr` object file OBJECT) and exits: see
+//! `dvr_tests::bench::verifier`. A full run records the same counts first.
 //!
 //! `--skip` leaves parts out, `--fips` replaces the FIP counts of the control-plane timing,
 //! `--hold S` keeps each cloud S seconds after its measurements (namespaces printed) for
@@ -29,7 +34,7 @@ use dvr_tests::bench::measure::measure_path;
 use dvr_tests::bench::report::{FipChange, Report, Row};
 use dvr_tests::bench::{
     Datapath, PathEnds, Settings, bail_if_interrupted, control, ebpf, install_signal_handlers,
-    percentile, veth,
+    percentile, verifier, veth,
 };
 use dvr_tests::cmd::{find_in_path, run_with_deadline, stdout};
 use dvr_tests::{check_preconditions, locate_bins};
@@ -77,8 +82,10 @@ fn parse_args() -> Result<Args> {
             "--skip" => {
                 let v = it.next().ok_or_else(|| anyhow!("--skip needs a list"))?;
                 for s in v.split(',') {
-                    if !["veth", "ebpf", "namespace", "control"].contains(&s) {
-                        bail!("--skip: unknown part {s:?} (veth, ebpf, namespace, control)");
+                    if !["verifier", "veth", "ebpf", "namespace", "control"].contains(&s) {
+                        bail!(
+                            "--skip: unknown part {s:?} (verifier, veth, ebpf, namespace, control)"
+                        );
                     }
                     a.skip.insert(s.to_string());
                 }
@@ -98,9 +105,11 @@ fn parse_args() -> Result<Args> {
             }
             "-h" | "--help" => {
                 println!(
-                    "dvr-bench [--quick] [--out DIR] [--skip veth,ebpf,namespace,control] [--fips N,..] [--hold SECONDS]\n\
+                    "dvr-bench [--quick] [--out DIR] [--skip verifier,veth,ebpf,namespace,control] [--fips N,..] [--hold SECONDS]\n\
+                     dvr-bench verifier [OBJECT]\n\
                      eBPF DVR vs Neutron DVR's namespace datapath vs one veth pair; writes \
-                     DIR/results.json and DIR/results.svg (default DIR: bench)"
+                     DIR/results.json and DIR/results.svg (default DIR: bench). `verifier`: only \
+                     the verified instruction count of each BPF program"
                 );
                 std::process::exit(0);
             }
@@ -110,7 +119,31 @@ fn parse_args() -> Result<Args> {
     Ok(a)
 }
 
+/// `dvr-bench verifier [OBJECT]`: the verifier's instruction counts, nothing else.
+fn verifier_only(object: Option<String>) -> ExitCode {
+    let counts = match object {
+        Some(path) => std::fs::read(&path)
+            .with_context(|| format!("reading {path}"))
+            .and_then(|bytes| verifier::counts(&bytes)),
+        None => verifier::embedded(),
+    };
+    match counts {
+        Ok(c) => {
+            print!("{}", verifier::table(&c));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("dvr-bench verifier: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    let mut argv = std::env::args().skip(1);
+    if argv.next().as_deref() == Some("verifier") {
+        return verifier_only(argv.next());
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -234,6 +267,16 @@ fn run(args: &Args) -> Result<Report> {
 
 fn run_parts(args: &Args, s: &Settings, logs: &Path, report: &mut Report) -> Result<()> {
     let skip = |p: &str| args.skip.contains(p);
+    if !skip("verifier") {
+        section("verifier: instructions walked per BPF program");
+        match verifier::embedded() {
+            Ok(c) => {
+                print!("{}", verifier::table(&c));
+                report.verifier = c;
+            }
+            Err(e) => report.failures.push(format!("verifier counts: {e:#}")),
+        }
+    }
     if !skip("veth") {
         section("upper bound: one veth pair");
         match veth::build() {

@@ -1,40 +1,46 @@
-//! Centralized SNAT. On a compute host: steer a router's external traffic from VMs without
-//! a floating IP over the tunnel to the router's SNAT host (to the csnat port's MAC). On the
-//! SNAT host: port-address translation to the router's gateway IP, out of the external
-//! interface; replies translated back and sent straight to the VM's host. An HA router
-//! (`SNAT_HA`) is served only while its fence is live (see `ha`). Reads DVR_SNAT_STEER,
-//! DVR_SNAT_RTR, DVR_SNAT_IPS, DVR_ENDPOINTS, DVR_ROUTES, DVR_EXT_NEIGH, DVR_HA_FENCE;
-//! writes DVR_CT and DVR_SNAT_EXH.
-//! Verdicts: snat_steered, snat_out, snat_in, drop_snat_disabled, drop_snat_exhausted,
-//! drop_snat_no_flow, drop_snat_fragment, drop_snat_standby, drop_no_neighbor,
-//! drop_no_external, drop_*.
-use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_get_prandom_u32, bpf_redirect},
-    maps::lpm_trie::Key,
-    programs::TcContext,
-};
+//! Centralized SNAT (stage). On a compute host (`steer`): a router's external traffic from
+//! VMs without a floating IP goes over the tunnel to the router's SNAT host (to the csnat
+//! port's MAC). On the SNAT host (`from_tunnel`, or `steer` when this host is it):
+//! port-address translation to the router's gateway IP, out of the external interface;
+//! replies (`reply`) translated back and sent straight to the VM's host. An HA router
+//! (`SNAT_HA`) is served only while its fence is live (see `ha`).
+//!
+//! Calls `fip` (central FIPs of VMs on dvr_no_external hosts), `ha`. Maps: reads
+//! DVR_SNAT_STEER, DVR_SNAT_RTR, DVR_FIP_SRC, DVR_ENDPOINTS, DVR_ROUTES, DVR_EXT_NEIGH;
+//! reads and writes DVR_CT, DVR_SNAT_EXH. Verdicts: snat_steered, snat_out, snat_in,
+//! those of `fip::snat`, drop_snat_disabled, drop_snat_exhausted, drop_snat_no_flow,
+//! drop_snat_fragment, drop_snat_standby, drop_no_neighbor, drop_no_external,
+//! drop_no_route, drop_no_endpoint, drop_icmp_error_no_flow, drop_ct_insert,
+//! drop_ttl_exceeded, drop_redirect, drop_malformed.
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32, programs::TcContext};
 use dvr_common::{
     config::HostConfig,
     l2::FdbKey,
-    nat::{CT_DNAT, CT_PAT, CT_SNAT, CtEntry, ZONE_EXTERNAL},
+    nat::{CT_DNAT, CT_PAT, CT_SNAT, CtEntry, CtKey, ZONE_EXTERNAL},
     port::LocalPort,
-    route::{IpKey, ROUTE_KEY_PREFIX_BITS, RouteKey, RouterIface},
+    route::{IpKey, RouterIface},
     snat::{SNAT_ENABLED, SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_PROBES, SnatRouter, probe_port},
     stats::Stat,
 };
 
 use crate::{
-    fip,
-    flow::{self, Flow},
-    ha, l2,
-    maps::{
-        DVR_CT, DVR_ENDPOINTS, DVR_EXT_NEIGH, DVR_FIP_SRC, DVR_ROUTES, DVR_SNAT_EXH, DVR_SNAT_RTR,
-        DVR_SNAT_STEER,
+    base::{
+        clock,
+        maps::{
+            DVR_CT, DVR_ENDPOINTS, DVR_EXT_NEIGH, DVR_FIP_SRC, DVR_SNAT_EXH, DVR_SNAT_RTR,
+            DVR_SNAT_STEER,
+        },
+        packet::{Eth, IPPROTO_ICMP},
+        verdict::{Verdict, redirect},
     },
-    nat,
-    packet::{EthHdr, ptr_at},
-    verdict::Verdict,
+    net::{
+        conntrack,
+        flow::{Flow, Parsed},
+        l2::{self, Location},
+        rewrite::{self, Dir, Ttl},
+        route,
+    },
+    stage::{fip, ha},
 };
 
 /// Compute host: a VM without a FIP sends outside its router's subnets.
@@ -70,46 +76,37 @@ pub fn steer(
             return Err(Verdict::drop(Stat::DropNoRoute));
         };
         ha::check_router(r)?;
-        return out(ctx, f, port.vni, r, cfg, true);
+        return out(ctx, f, port.vni, r, cfg, Ttl::Decrement);
     }
-    nat::ttl_decrement(ctx)?;
-    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
-    // SAFETY: re-derived after the TTL update; bounds-checked.
-    unsafe {
-        (*eth).src = cfg.dvr_mac;
-        (*eth).dst = st.csnat_mac;
-    }
-    Ok(l2::to_port(
+    rewrite::ttl_decrement(ctx)?;
+    // Re-derived after the TTL update.
+    let eth = Eth::at(ctx)?;
+    eth.set_src(cfg.dvr_mac);
+    eth.set_dst(st.csnat_mac);
+    Ok(l2::to_tunnel(
         ctx,
-        0,
-        st.tunnel_ip_host,
         port.vni,
+        st.tunnel_ip_host,
         cfg.tunnel_ifindex,
-        Stat::SnatSteered,
         Stat::SnatSteered,
     ))
 }
 
-/// SNAT host: a frame from the tunnel addressed to a csnat port of router `r`.
+/// SNAT host: a frame from the tunnel on network `vni` addressed to a csnat port of router
+/// `r`.
 #[inline(always)]
 pub fn from_tunnel(
     ctx: &TcContext,
+    f: &Flow,
     vni: u32,
     r: &SnatRouter,
     cfg: &HostConfig,
 ) -> Result<Verdict, Verdict> {
     // First: a standby translates nothing, also not the central FIPs of the router.
     ha::check_router(r)?;
-    let f = flow::parse(ctx)?;
+    f.require(Parsed::L4)?;
     // Only sources inside the router's subnets may be translated for it.
-    let key = Key::new(
-        ROUTE_KEY_PREFIX_BITS + 32,
-        RouteKey {
-            router_id_be: r.router_id.to_be(),
-            ip_be: f.saddr,
-        },
-    );
-    if DVR_ROUTES.get(&key).is_none() {
+    if !route::in_router(r.router_id, f.saddr) {
         return Err(Verdict::drop(Stat::DropNoRoute));
     }
     // A VM of a dvr_no_external host with a floating IP served centrally here.
@@ -120,16 +117,16 @@ pub fn from_tunnel(
             ip_be: f.saddr,
         })
     } {
-        return fip::snat(ctx, &f, vni, src, cfg, false);
+        return fip::snat(ctx, f, vni, src, cfg, Ttl::Keep);
     }
     if r.flags & SNAT_ENABLED == 0 {
         return Err(Verdict::drop(Stat::DropSnatDisabled));
     }
-    out(ctx, &f, vni, r, cfg, false)
+    out(ctx, f, vni, r, cfg, Ttl::Keep)
 }
 
 /// Translate `f` (seen in zone `vni`) to the router's external IP and a free port, and send
-/// it to the external gateway. `route`: decrement the TTL here (not yet done upstream).
+/// it to the external gateway. `ttl` is `Decrement` when the packet was not yet routed.
 #[inline(always)]
 fn out(
     ctx: &TcContext,
@@ -137,7 +134,7 @@ fn out(
     vni: u32,
     r: &SnatRouter,
     cfg: &HostConfig,
-    route: bool,
+    ttl: Ttl,
 ) -> Result<Verdict, Verdict> {
     if cfg.ext_ifindex == 0 {
         return Err(Verdict::drop(Stat::DropNoExternal));
@@ -150,26 +147,19 @@ fn out(
         Some(n) if n.learned != 0 => n.mac,
         _ => return Err(Verdict::drop(Stat::DropNoNeighbor)),
     };
-    if route {
-        nat::ttl_decrement(ctx)?;
-    }
-    let k = nat::flow_key(vni, f);
-    let nat_port = match nat::track(&k, f) {
+    rewrite::ttl(ctx, ttl)?;
+    let k = conntrack::flow_key(vni, f);
+    let nat_port = match conntrack::track(&k, f) {
         Some(e) if e.kind == CT_SNAT | CT_PAT && e.nat_ip_be == r.ext_ip_be => e.nat_port_be,
         _ => allocate(&k, f, vni, r, cfg)?,
     };
-    nat::rewrite_port(ctx, f, true, nat_port)?;
-    nat::rewrite_addr(ctx, f, true, r.ext_ip_be)?;
-    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
-    // SAFETY: re-derived after the helpers above; bounds-checked.
-    unsafe {
-        (*eth).src = cfg.ext_mac;
-        (*eth).dst = next_hop;
-    }
-    // SAFETY: plain helper call.
-    Ok(Verdict::redirect(Stat::SnatOut, unsafe {
-        bpf_redirect(cfg.ext_ifindex, 0)
-    }))
+    rewrite::rewrite_port(ctx, f, Dir::Src, nat_port)?;
+    rewrite::rewrite_addr(ctx, f, Dir::Src, r.ext_ip_be)?;
+    // Re-derived after the helpers above.
+    let eth = Eth::at(ctx)?;
+    eth.set_src(cfg.ext_mac);
+    eth.set_dst(next_hop);
+    Ok(redirect(cfg.ext_ifindex, Stat::SnatOut))
 }
 
 /// Find a free external port for a new flow: the original port when it is in range and
@@ -178,7 +168,7 @@ fn out(
 /// two CPUs racing for a port exactly one wins. Then the forward direction goes in.
 #[inline(always)]
 fn allocate(
-    k: &dvr_common::nat::CtKey,
+    k: &CtKey,
     f: &Flow,
     vni: u32,
     r: &SnatRouter,
@@ -192,7 +182,7 @@ fn allocate(
     let orig = u16::from_be(f.sport);
     // SAFETY: helper without arguments.
     let start = unsafe { bpf_get_prandom_u32() };
-    let t = nat::now();
+    let t = clock::coarse_ns();
     let reply_entry = CtEntry {
         nat_ip_be: f.saddr,
         fip_be: r.ext_ip_be,
@@ -211,12 +201,12 @@ fn allocate(
             probe_port(min, max, start, i)
         };
         let port = host_port.to_be();
-        let (rs, rd) = if f.proto == crate::packet::IPPROTO_ICMP {
+        let (rs, rd) = if f.proto == IPPROTO_ICMP {
             (port, port)
         } else {
             (f.dport, port)
         };
-        let rk = nat::key(ZONE_EXTERNAL, f.daddr, r.ext_ip_be, rs, rd, f.proto);
+        let rk = conntrack::key(ZONE_EXTERNAL, f.daddr, r.ext_ip_be, rs, rd, f.proto);
         if DVR_CT.insert(&rk, &reply_entry, BPF_NOEXIST as u64).is_ok() {
             let fwd = CtEntry {
                 nat_ip_be: r.ext_ip_be,
@@ -252,24 +242,29 @@ fn allocate(
 /// SNAT host, external interface: a packet to router external IP `r`: the reply of a
 /// translated flow goes back to the VM; anything else is dropped.
 #[inline(always)]
-pub fn reply(ctx: &TcContext, r: &SnatRouter, cfg: &HostConfig) -> Result<Verdict, Verdict> {
+pub fn reply(
+    ctx: &TcContext,
+    f: &Flow,
+    r: &SnatRouter,
+    cfg: &HostConfig,
+) -> Result<Verdict, Verdict> {
     ha::check_router(r)?;
-    let f = flow::parse(ctx)?;
+    f.require(Parsed::L4)?;
     if f.later_fragment {
         return Err(Verdict::drop(Stat::DropSnatFragment));
     }
     let e = if f.is_icmp_error() {
-        nat::icmp_error(ctx, &f, ZONE_EXTERNAL, true)?
+        rewrite::icmp_error(ctx, f, ZONE_EXTERNAL, Dir::Dst)?
     } else {
-        let e = match nat::track(&nat::flow_key(ZONE_EXTERNAL, &f), &f) {
+        let e = match conntrack::track(&conntrack::flow_key(ZONE_EXTERNAL, f), f) {
             Some(e) if e.kind == CT_DNAT | CT_PAT => e,
             _ => return Err(Verdict::drop(Stat::DropSnatNoFlow)),
         };
-        nat::rewrite_port(ctx, &f, false, e.nat_port_be)?;
-        nat::rewrite_addr(ctx, &f, false, e.nat_ip_be)?;
+        rewrite::rewrite_port(ctx, f, Dir::Dst, e.nat_port_be)?;
+        rewrite::rewrite_addr(ctx, f, Dir::Dst, e.nat_ip_be)?;
         e
     };
-    nat::ttl_decrement(ctx)?;
+    rewrite::ttl_decrement(ctx)?;
     let vni = e.peer_zone;
     // SAFETY: read-only use of agent-written hash values.
     let Some(ep) = (unsafe {
@@ -280,22 +275,14 @@ pub fn reply(ctx: &TcContext, r: &SnatRouter, cfg: &HostConfig) -> Result<Verdic
     }) else {
         return Err(Verdict::drop(Stat::DropNoEndpoint));
     };
-    let rk = Key::new(
-        ROUTE_KEY_PREFIX_BITS + 32,
-        RouteKey {
-            router_id_be: r.router_id.to_be(),
-            ip_be: e.nat_ip_be,
-        },
-    );
-    let Some(route) = DVR_ROUTES.get(&rk) else {
+    let Some(route) = route::lookup(r.router_id, e.nat_ip_be) else {
         return Err(Verdict::drop(Stat::DropNoRoute));
     };
     l2::deliver_routed(
         ctx,
         ep.mac,
         route.gw_mac,
-        ep.ifindex,
-        ep.tunnel_ip_host,
+        Location::of(ep.ifindex, ep.tunnel_ip_host),
         vni,
         cfg,
         Stat::SnatIn,

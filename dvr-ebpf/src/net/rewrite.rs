@@ -1,32 +1,41 @@
-//! NAT stage: conntrack lookup/creation, address rewrite with IP and L4 checksum updates
-//! (through the skb checksum helpers, which also handle CHECKSUM_PARTIAL packets from veth
-//! and taps), TTL decrement, and the translation of ICMP errors whose quoted header was
-//! translated. Reads/writes DVR_CT. Verdicts: drop_ct_insert, drop_ttl_exceeded,
-//! drop_icmp_error_no_flow, drop_malformed.
+//! Header rewrites (layer: net): TTL decrement, address and port translation with the IPv4
+//! and L4 checksum updates (through the skb checksum helpers, which also handle
+//! CHECKSUM_PARTIAL packets from veth and taps), and the translation of ICMP errors whose
+//! quoted header belongs to a translated flow. Maps: reads and writes DVR_CT (through
+//! `conntrack`, for ICMP errors). Verdicts: drop_ttl_exceeded, drop_icmp_error_no_flow,
+//! drop_malformed.
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST},
-    helpers::bpf_ktime_get_coarse_ns,
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
-use dvr_common::{
-    csum,
-    nat::{CtEntry, CtKey},
-    stats::Stat,
-};
+use dvr_common::{csum, nat::CtEntry, stats::Stat};
 
 use crate::{
-    flow::{Flow, IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF, IPPROTO_TCP, IPPROTO_UDP},
-    maps::DVR_CT,
-    packet::{ETH_LEN, IPPROTO_ICMP, Ipv4Hdr, be16, ptr_at},
-    verdict::Verdict,
+    base::{
+        packet::{
+            ETH_LEN, ICMP_CSUM_OFF, ICMP_ECHO_ID_OFF, ICMP_HDR_LEN, IP_CSUM_OFF, IP_DADDR_OFF,
+            IP_HDR_LEN, IP_SADDR_OFF, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr,
+            TCP_CSUM_OFF, UDP_CSUM_OFF, be16, ptr_at,
+        },
+        verdict::Verdict,
+    },
+    net::{conntrack, flow::Flow},
 };
 
-/// Coarse monotonic clock (CLOCK_MONOTONIC_COARSE): cheap, and precise enough for
-/// idle timeouts measured in seconds.
-#[inline(always)]
-pub fn now() -> u64 {
-    // SAFETY: helper without arguments.
-    unsafe { bpf_ktime_get_coarse_ns() }
+/// Which address (and port) of a packet a translation rewrites: the source (SNAT, packets
+/// from a VM) or the destination (DNAT, packets towards a VM).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    Src,
+    Dst,
+}
+
+/// Whether a path decrements the TTL: `Keep` when the sending host already routed the
+/// packet (it crossed the router once).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Ttl {
+    Decrement,
+    Keep,
 }
 
 #[inline(always)]
@@ -34,11 +43,20 @@ fn malformed<T>(_: T) -> Verdict {
     Verdict::drop(Stat::DropMalformed)
 }
 
+/// Decrement the TTL when `ttl` says so (see [`ttl_decrement`]).
+#[inline(always)]
+pub fn ttl(ctx: &TcContext, ttl: Ttl) -> Result<(), Verdict> {
+    match ttl {
+        Ttl::Decrement => ttl_decrement(ctx),
+        Ttl::Keep => Ok(()),
+    }
+}
+
 /// Decrement TTL (the packet is routed). TTL <= 1 is dropped.
 #[inline(always)]
 pub fn ttl_decrement(ctx: &TcContext) -> Result<(), Verdict> {
     let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_LEN)?;
-    // SAFETY: bounds-checked by ptr_at; no helper ran since.
+    // SAFETY: bounds-checked by ptr_at; no helper ran since; Ipv4Hdr is all bytes.
     let ip = unsafe { &mut *ip };
     if ip.ttl <= 1 {
         return Err(Verdict::drop(Stat::DropTtlExceeded));
@@ -49,16 +67,19 @@ pub fn ttl_decrement(ctx: &TcContext) -> Result<(), Verdict> {
     Ok(())
 }
 
-/// Rewrite the source (`src`) or destination address to `new` (network order as read),
-/// updating the IPv4 header checksum and the TCP/UDP pseudo-header checksum.
+/// Rewrite the source or destination address to `new` (network order as read), updating
+/// the IPv4 header checksum and the TCP/UDP pseudo-header checksum.
 #[inline(always)]
-pub fn rewrite_addr(ctx: &TcContext, f: &Flow, src: bool, new: u32) -> Result<(), Verdict> {
-    let old = if src { f.saddr } else { f.daddr };
+pub fn rewrite_addr(ctx: &TcContext, f: &Flow, dir: Dir, new: u32) -> Result<(), Verdict> {
+    let old = match dir {
+        Dir::Src => f.saddr,
+        Dir::Dst => f.daddr,
+    };
     if !f.later_fragment {
         match f.proto {
             IPPROTO_TCP => ctx
                 .l4_csum_replace(
-                    f.l4_off + 16,
+                    f.l4_off + TCP_CSUM_OFF,
                     old as u64,
                     new as u64,
                     (BPF_F_PSEUDO_HDR | 4) as u64,
@@ -66,7 +87,7 @@ pub fn rewrite_addr(ctx: &TcContext, f: &Flow, src: bool, new: u32) -> Result<()
                 .map_err(malformed)?,
             IPPROTO_UDP => ctx
                 .l4_csum_replace(
-                    f.l4_off + 6,
+                    f.l4_off + UDP_CSUM_OFF,
                     old as u64,
                     new as u64,
                     (BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0 | 4) as u64,
@@ -77,26 +98,36 @@ pub fn rewrite_addr(ctx: &TcContext, f: &Flow, src: bool, new: u32) -> Result<()
     }
     ctx.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 4)
         .map_err(malformed)?;
-    ctx.store(if src { IP_SADDR_OFF } else { IP_DADDR_OFF }, &new, 0)
-        .map_err(malformed)
+    let off = match dir {
+        Dir::Src => IP_SADDR_OFF,
+        Dir::Dst => IP_DADDR_OFF,
+    };
+    ctx.store(off, &new, 0).map_err(malformed)
 }
 
-/// Rewrite the source (`src`) or destination port (ICMP echo: the identifier) to `new`
-/// (network order as read), updating the L4 checksum. Ports are not in the pseudo header.
+/// Rewrite the source or destination port (ICMP echo: the identifier) to `new` (network
+/// order as read), updating the L4 checksum. Ports are not in the pseudo header.
 #[inline(always)]
-pub fn rewrite_port(ctx: &TcContext, f: &Flow, src: bool, new: u16) -> Result<(), Verdict> {
-    let old = if src { f.sport } else { f.dport };
+pub fn rewrite_port(ctx: &TcContext, f: &Flow, dir: Dir, new: u16) -> Result<(), Verdict> {
+    let old = match dir {
+        Dir::Src => f.sport,
+        Dir::Dst => f.dport,
+    };
     if old == new {
         return Ok(());
     }
+    let port = match dir {
+        Dir::Src => 0,
+        Dir::Dst => 2,
+    };
     let (csum_off, port_off, flags) = match f.proto {
-        IPPROTO_TCP => (f.l4_off + 16, f.l4_off + if src { 0 } else { 2 }, 2u64),
+        IPPROTO_TCP => (f.l4_off + TCP_CSUM_OFF, f.l4_off + port, 2u64),
         IPPROTO_UDP => (
-            f.l4_off + 6,
-            f.l4_off + if src { 0 } else { 2 },
+            f.l4_off + UDP_CSUM_OFF,
+            f.l4_off + port,
             (BPF_F_MARK_MANGLED_0 | 2) as u64,
         ),
-        IPPROTO_ICMP => (f.l4_off + 2, f.l4_off + 4, 2u64),
+        IPPROTO_ICMP => (f.l4_off + ICMP_CSUM_OFF, f.l4_off + ICMP_ECHO_ID_OFF, 2u64),
         _ => return Ok(()),
     };
     ctx.l4_csum_replace(csum_off, old as u64, new as u64, flags)
@@ -104,79 +135,16 @@ pub fn rewrite_port(ctx: &TcContext, f: &Flow, src: bool, new: u16) -> Result<()
     ctx.store(port_off, &new, 0).map_err(malformed)
 }
 
-#[inline(always)]
-pub fn key(zone: u32, saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> CtKey {
-    CtKey {
-        zone,
-        saddr_be: saddr,
-        daddr_be: daddr,
-        sport_be: sport,
-        dport_be: dport,
-        proto,
-        _pad: [0; 3],
-    }
-}
-
-#[inline(always)]
-pub fn flow_key(zone: u32, f: &Flow) -> CtKey {
-    key(zone, f.saddr, f.daddr, f.sport, f.dport, f.proto)
-}
-
-/// Look a direction up and account the packet to it; returns a copy of the entry.
-#[inline(always)]
-pub fn track(k: &CtKey, f: &Flow) -> Option<CtEntry> {
-    let e = DVR_CT.get_ptr_mut(k)?;
-    // SAFETY: map value pointer from a successful lookup; concurrent updates from other
-    // CPUs may interleave, which only makes the counters approximate.
-    unsafe {
-        (*e).last_seen_ns = now();
-        (*e).packets += 1;
-        (*e).bytes += f.tot_len as u64;
-        (*e).tcp_flags |= f.tcp_flags;
-        Some(*e)
-    }
-}
-
-/// Create both directions of a new flow. The reverse entry goes in first, so a reply can
-/// never find half a flow; an entry another CPU created meanwhile is kept.
-#[inline(always)]
-pub fn create(
-    k: &CtKey,
-    e: &CtEntry,
-    peer: &CtKey,
-    peer_e: &CtEntry,
-    f: &Flow,
-) -> Result<(), Verdict> {
-    let t = now();
-    let mut pe = *peer_e;
-    pe.created_ns = t;
-    pe.last_seen_ns = t;
-    let mut fe = *e;
-    fe.created_ns = t;
-    fe.last_seen_ns = t;
-    fe.packets = 1;
-    fe.bytes = f.tot_len as u64;
-    // -EEXIST (17) means another CPU won the race: its entry is as good as ours.
-    for (kk, vv) in [(peer, &pe), (k, &fe)] {
-        if let Err(err) = DVR_CT.insert(kk, vv, BPF_NOEXIST as u64) {
-            if err != -17 {
-                return Err(Verdict::drop(Stat::DropCtInsert));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Translate an ICMP error whose quoted packet belongs to a tracked flow. `dnat`: the error
-/// travels towards the VM (outer destination and quoted source are the floating IP);
-/// otherwise it leaves the VM (outer source and quoted destination are the fixed IP).
+/// Translate an ICMP error whose quoted packet belongs to a tracked flow. `Dir::Dst`: the
+/// error travels towards the VM (outer destination and quoted source are the floating IP);
+/// `Dir::Src`: it leaves the VM (outer source and quoted destination are the fixed IP).
 /// Returns the flow entry that matched.
 #[inline(always)]
-pub fn icmp_error(ctx: &TcContext, f: &Flow, zone: u32, dnat: bool) -> Result<CtEntry, Verdict> {
-    let inner = f.l4_off + 8;
-    let ih: [u8; 20] = ctx.load(inner).map_err(malformed)?;
+pub fn icmp_error(ctx: &TcContext, f: &Flow, zone: u32, dir: Dir) -> Result<CtEntry, Verdict> {
+    let inner = f.l4_off + ICMP_HDR_LEN;
+    let ih: [u8; IP_HDR_LEN] = ctx.load(inner).map_err(malformed)?;
     let ihl = (ih[0] & 0x0f) as usize * 4;
-    if ih[0] >> 4 != 4 || ihl < 20 {
+    if ih[0] >> 4 != 4 || ihl < IP_HDR_LEN {
         return Err(Verdict::drop(Stat::DropMalformed));
     }
     let proto = ih[9];
@@ -193,21 +161,20 @@ pub fn icmp_error(ctx: &TcContext, f: &Flow, zone: u32, dnat: bool) -> Result<Ct
         }
         IPPROTO_ICMP => {
             let p: [u8; 8] = ctx.load(inner_l4).map_err(malformed)?;
-            let id = u16::from_ne_bytes([p[4], p[5]]);
+            let id = u16::from_ne_bytes([p[ICMP_ECHO_ID_OFF], p[ICMP_ECHO_ID_OFF + 1]]);
             (id, id)
         }
         _ => (0, 0),
     };
     // The quoted packet went the other way: its reply direction is what we track here.
-    let k = key(zone, idst, isrc, idport, isport, proto);
-    let e = track(&k, f).ok_or(Verdict::drop(Stat::DropIcmpErrorNoFlow))?;
+    let k = conntrack::key(zone, idst, isrc, idport, isport, proto);
+    let e = conntrack::track(&k, f).ok_or(Verdict::drop(Stat::DropIcmpErrorNoFlow))?;
     let new = e.nat_ip_be;
-    let (outer_off, inner_addr_off, old) = if dnat {
-        (IP_DADDR_OFF, inner + 12, isrc)
-    } else {
-        (IP_SADDR_OFF, inner + 16, idst)
+    let (outer_off, inner_addr_off, old) = match dir {
+        Dir::Dst => (IP_DADDR_OFF, inner + 12, isrc),
+        Dir::Src => (IP_SADDR_OFF, inner + 16, idst),
     };
-    let icmp_csum = f.l4_off + 2;
+    let icmp_csum = f.l4_off + ICMP_CSUM_OFF;
     // Outer header: the ICMP checksum does not cover it.
     ctx.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 4)
         .map_err(malformed)?;
@@ -222,22 +189,22 @@ pub fn icmp_error(ctx: &TcContext, f: &Flow, zone: u32, dnat: bool) -> Result<Ct
     // Port-address translated flows: the quoted port (or echo id) is translated back too.
     let new_port = e.nat_port_be;
     let (port_off, old_port) = match proto {
-        IPPROTO_TCP | IPPROTO_UDP if dnat => (inner_l4, isport),
+        IPPROTO_TCP | IPPROTO_UDP if dir == Dir::Dst => (inner_l4, isport),
         IPPROTO_TCP | IPPROTO_UDP => (inner_l4 + 2, idport),
-        _ => (inner_l4 + 4, isport),
+        _ => (inner_l4 + ICMP_ECHO_ID_OFF, isport),
     };
     if new_port != 0 && new_port != old_port && proto != 0 {
         let (o, n) = (u16::from_be(old_port), u16::from_be(new_port));
         replace_word(ctx, icmp_csum, port_off, o, n)?;
         if proto == IPPROTO_UDP {
-            if let Ok(c) = ctx.load::<[u8; 2]>(inner_l4 + 6) {
+            if let Ok(c) = ctx.load::<[u8; 2]>(inner_l4 + UDP_CSUM_OFF) {
                 let old_u = u16::from_be_bytes(c);
                 if old_u != 0 {
                     let nu = csum::replace16(old_u, o, n);
                     replace_word(
                         ctx,
                         icmp_csum,
-                        inner_l4 + 6,
+                        inner_l4 + UDP_CSUM_OFF,
                         old_u,
                         if nu == 0 { 0xffff } else { nu },
                     )?;
@@ -247,14 +214,14 @@ pub fn icmp_error(ctx: &TcContext, f: &Flow, zone: u32, dnat: bool) -> Result<Ct
     }
     if proto == IPPROTO_UDP {
         // The quoted UDP checksum covers the quoted addresses through its pseudo header.
-        if let Ok(c) = ctx.load::<[u8; 2]>(inner_l4 + 6) {
+        if let Ok(c) = ctx.load::<[u8; 2]>(inner_l4 + UDP_CSUM_OFF) {
             let old_u = u16::from_be_bytes(c);
             if old_u != 0 {
                 let mut new_u = csum::replace32(old_u, u32::from_be(old), u32::from_be(new));
                 if new_u == 0 {
                     new_u = 0xffff;
                 }
-                replace_word(ctx, icmp_csum, inner_l4 + 6, old_u, new_u)?;
+                replace_word(ctx, icmp_csum, inner_l4 + UDP_CSUM_OFF, old_u, new_u)?;
             }
         }
     }

@@ -1,6 +1,6 @@
-//! Port security stage: a frame from a tap must carry the port's MAC and IP (or an allowed
-//! address pair). Reads DVR_PORT_SEC. Verdicts: drop_spoof_mac, drop_spoof_ip,
-//! drop_spoof_arp.
+//! Port security (stage, leaf): a frame from a tap must carry the port's MAC and IP (or an
+//! allowed address pair). Maps: reads DVR_PORT_SEC. Verdicts: drop_spoof_mac,
+//! drop_spoof_ip, drop_spoof_arp.
 use aya_ebpf::maps::lpm_trie::Key;
 use dvr_common::{
     Mac,
@@ -8,7 +8,7 @@ use dvr_common::{
     stats::Stat,
 };
 
-use crate::{maps::DVR_PORT_SEC, verdict::Verdict};
+use crate::base::{maps::DVR_PORT_SEC, verdict::Verdict};
 
 /// Check (tap, source MAC, source IP). `ip_stat` is the reason used when the MAC is the
 /// port's but the address is not (IP or ARP sender).

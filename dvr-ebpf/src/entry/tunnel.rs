@@ -1,12 +1,16 @@
 //! Entry pipeline for frames from the VXLAN collect_md device (TC ingress): accept only
-//! known hosts, never let a frame reach a router interface from the tunnel (each host's
-//! router is local), rewrite a peer's DVR MAC to the destination subnet's gateway MAC, and
-//! deliver to local taps only. Reads DVR_PEERS, DVR_GW_BY_MAC, DVR_FDB, DVR_DVR_MACS.
-//! Verdicts: rx_tunnel, flooded, drop_no_tunnel_key, drop_unknown_peer,
-//! drop_gateway_from_tunnel, drop_no_local_port, drop_malformed.
+//! known hosts, learn VIPs from their ARP, translate for the csnat ports of the routers
+//! this host is the SNAT host of (`snat` stage), never let a frame reach a router interface
+//! from the tunnel (each host's router is local), rewrite a peer's DVR MAC to the
+//! destination subnet's gateway MAC, translate hairpin traffic to a FIP served here (`fip`
+//! stage), and deliver to local taps only. Maps: reads DVR_PEERS, DVR_HOST_CONFIG,
+//! DVR_SNAT_RTR, DVR_GW_BY_MAC, DVR_FDB, DVR_DVR_MACS (and those of the stages).
+//! Verdicts: rx_tunnel, flooded, those of the stages, drop_no_tunnel_key,
+//! drop_unknown_peer, drop_gateway_from_tunnel, drop_no_local_port, drop_not_ready,
+//! drop_redirect, drop_malformed.
 use aya_ebpf::{
     bindings::{__sk_buff, bpf_tunnel_key},
-    helpers::{bpf_redirect, bpf_skb_get_tunnel_key},
+    helpers::bpf_skb_get_tunnel_key,
     programs::TcContext,
 };
 use dvr_common::{
@@ -15,11 +19,16 @@ use dvr_common::{
 };
 
 use crate::{
-    fip, l2,
-    maps::{DVR_DVR_MACS, DVR_FDB, DVR_GW_BY_MAC, DVR_HOST_CONFIG, DVR_PEERS, DVR_SNAT_RTR},
-    packet::{ArpHdr, ETH_LEN, ETH_P_ARP, ETH_P_IP, EthHdr, be16, is_multicast, ptr_at},
-    snat,
-    verdict::Verdict,
+    base::{
+        maps::{DVR_DVR_MACS, DVR_FDB, DVR_GW_BY_MAC, DVR_HOST_CONFIG, DVR_PEERS, DVR_SNAT_RTR},
+        packet::{ArpHdr, ETH_LEN, ETH_P_ARP, ETH_P_IP, Eth, is_multicast, ptr_at},
+        verdict::{Verdict, redirect},
+    },
+    net::{
+        flow::Flow,
+        l2::{self, Ingress, Location},
+    },
+    stage::{fip, snat, vip},
 };
 
 #[inline(always)]
@@ -45,19 +54,19 @@ pub fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
     if unsafe { DVR_PEERS.get(&remote) }.is_none() {
         return Err(Verdict::drop(Stat::DropUnknownPeer));
     }
-    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
-    // SAFETY: bounds-checked by ptr_at.
-    let eth = unsafe { &mut *eth };
-    let dst = eth.dst;
-    if be16(eth.proto) == ETH_P_ARP {
+    let eth = Eth::at(ctx)?;
+    let (proto, dst) = (eth.proto(), eth.dst());
+    if proto == ETH_P_ARP {
         let arp: *const ArpHdr = ptr_at(ctx, ETH_LEN)?;
-        // SAFETY: bounds-checked by ptr_at.
+        // SAFETY: bounds-checked by ptr_at; ArpHdr is all bytes.
         let (spa, sha) = unsafe { ((*arp).spa, (*arp).sha) };
-        crate::vip::learn(vni, spa, &sha, 0, remote);
+        vip::learn(vni, spa, &sha, Location::Remote(remote));
     }
     if is_multicast(&dst) {
-        return Ok(l2::forward(ctx, vni, &dst, 0, 0));
+        return Ok(l2::forward(ctx, vni, &dst, Ingress::Tunnel));
     }
+    // Parsed whatever the ethertype: the stages below require what they use.
+    let f = Flow::parse(ctx);
     let fdb_key = FdbKey {
         vni,
         mac: dst,
@@ -68,7 +77,7 @@ pub fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
         let cfg = DVR_HOST_CONFIG
             .get(0)
             .ok_or(Verdict::drop(Stat::DropNotReady))?;
-        return snat::from_tunnel(ctx, vni, r, cfg);
+        return snat::from_tunnel(ctx, &f, vni, r, cfg);
     }
     // SAFETY: as above.
     if unsafe { DVR_GW_BY_MAC.get(&fdb_key) }.is_some() {
@@ -81,26 +90,22 @@ pub fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
     if e.ifindex == 0 {
         return Err(Verdict::drop(Stat::DropNoLocalPort));
     }
-    let is_ipv4 = be16(eth.proto) == ETH_P_IP;
     let src_key = MacKey {
-        mac: eth.src,
+        mac: eth.src(),
         _pad: [0; 2],
     };
     // SAFETY: as above.
     if unsafe { DVR_DVR_MACS.get(&src_key) }.is_some() && e.gw_mac != [0; 6] {
-        eth.src = e.gw_mac;
+        eth.set_src(e.gw_mac);
     }
     let ifindex = e.ifindex;
-    if is_ipv4 {
+    if proto == ETH_P_IP {
         let cfg = DVR_HOST_CONFIG
             .get(0)
             .ok_or(Verdict::drop(Stat::DropNotReady))?;
-        if let Some(v) = fip::from_tunnel(ctx, cfg)? {
+        if let Some(v) = fip::from_tunnel(ctx, &f, cfg)? {
             return Ok(v);
         }
     }
-    // SAFETY: plain helper call.
-    Ok(Verdict::redirect(Stat::RxTunnel, unsafe {
-        bpf_redirect(ifindex, 0)
-    }))
+    Ok(redirect(ifindex, Stat::RxTunnel))
 }

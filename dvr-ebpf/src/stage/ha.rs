@@ -1,26 +1,24 @@
-//! SNAT HA fence (docs/HA.md): an HA router's centralized role (PAT and its central FIPs)
-//! is served on this host only while the agent keeps `DVR_HA_FENCE[router_id]` in the
-//! future, so a host cut off from etcd, or whose agent died, stops serving by itself at most
-//! one fence period after its last accepted beat. Entries without `SNAT_HA` / `FIP_HA` are
-//! never fenced. Reads DVR_HA_FENCE. Verdicts: drop_snat_standby.
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+//! SNAT HA fence (stage, leaf; docs/HA.md): an HA router's centralized role (PAT and its
+//! central FIPs) is served on this host only while the agent keeps
+//! `DVR_HA_FENCE[router_id]` in the future, so a host cut off from etcd, or whose agent
+//! died, stops serving by itself at most one fence period after its last accepted beat.
+//! Entries without `SNAT_HA` / `FIP_HA` are never fenced. Maps: reads DVR_HA_FENCE.
+//! Verdicts: drop_snat_standby.
 use dvr_common::{
     nat::{FIP_HA, FipEntry, FipSrc},
     snat::{SNAT_HA, SnatRouter, fence_active},
     stats::Stat,
 };
 
-use crate::{maps::DVR_HA_FENCE, verdict::Verdict};
+use crate::base::{clock, maps::DVR_HA_FENCE, verdict::Verdict};
 
-/// Whether this host holds the live fence of `router_id`. The precise clock
-/// (CLOCK_MONOTONIC, what the agent writes against), not the coarse one conntrack uses: a
-/// fence is ~350 ms and the coarse clock may lag by a tick.
+/// Whether this host holds the live fence of `router_id`, on the precise clock (what the
+/// agent writes against), not the coarse one conntrack uses.
 #[inline(always)]
 fn fenced_in(router_id: u32) -> bool {
     // SAFETY: read-only copy of an agent-written u64 (a single aligned store).
     match unsafe { DVR_HA_FENCE.get(&router_id) } {
-        // SAFETY: helper without arguments.
-        Some(until) => fence_active(Some(*until), unsafe { bpf_ktime_get_ns() }),
+        Some(until) => fence_active(Some(*until), clock::precise_ns()),
         None => false,
     }
 }

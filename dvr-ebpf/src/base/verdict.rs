@@ -1,0 +1,59 @@
+//! How a pipeline ends (layer: base): the TCX action to return and the one counter to bump,
+//! and `redirect`, the one place a frame is sent out of an interface. Maps: none (the
+//! verdict is counted by `entry::finish`). Verdicts: any; `redirect` yields its `stat` or
+//! drop_redirect.
+use aya_ebpf::{
+    bindings::tcx_action_base::{TCX_DROP, TCX_NEXT, TCX_REDIRECT},
+    helpers::bpf_redirect,
+};
+use dvr_common::stats::Stat;
+
+#[derive(Clone, Copy)]
+pub struct Verdict {
+    pub stat: Stat,
+    pub action: i32,
+}
+
+impl Verdict {
+    #[inline(always)]
+    pub fn drop(stat: Stat) -> Self {
+        Self {
+            stat,
+            action: TCX_DROP,
+        }
+    }
+
+    /// Leave the frame to the next TCX program or the host stack, counted as `stat`.
+    #[inline(always)]
+    pub fn pass(stat: Stat) -> Self {
+        Self {
+            stat,
+            action: TCX_NEXT,
+        }
+    }
+}
+
+/// A pipeline ends either way with a verdict: `Err` only means "stopped early".
+#[inline(always)]
+pub fn settle(r: Result<Verdict, Verdict>) -> Verdict {
+    match r {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+/// Send the frame out of `ifindex` (`bpf_redirect`, no flags: egress). Counted as `stat`
+/// when the helper returns TC_ACT_REDIRECT (== TCX_REDIRECT), else as drop_redirect.
+#[inline(always)]
+pub fn redirect(ifindex: u32, stat: Stat) -> Verdict {
+    // SAFETY: bpf_redirect takes two integers and touches no memory of ours; it only records
+    // the target on the per-CPU redirect state, which the kernel acts on after we return.
+    let ret = unsafe { bpf_redirect(ifindex, 0) };
+    if ret == TCX_REDIRECT as i64 {
+        Verdict {
+            stat,
+            action: TCX_REDIRECT,
+        }
+    } else {
+        Verdict::drop(Stat::DropRedirect)
+    }
+}

@@ -1,0 +1,31 @@
+//! Entry pipelines (top layer), one per program: identify where the frame comes from,
+//! parse it once (`net::flow::Flow`) and run the stages. `finish` counts the verdict once,
+//! reports a drop and turns the verdict into the program's return code (here and not in
+//! `base::verdict`, because reporting reads the packet, whose accessors return verdicts).
+//! Maps: writes DVR_STATS (and DVR_EVENTS through `base::events`).
+pub mod ext;
+pub mod tap;
+pub mod tunnel;
+
+use aya_ebpf::programs::TcContext;
+
+use crate::base::{
+    events,
+    maps::DVR_STATS,
+    verdict::{Verdict, settle},
+};
+
+/// Count the verdict once, report a drop to `dvrctl monitor`, and turn the verdict into
+/// the program's return code.
+#[inline(always)]
+pub fn finish(ctx: &TcContext, r: Result<Verdict, Verdict>) -> i32 {
+    let v = settle(r);
+    if v.stat.is_drop() {
+        events::report(ctx, v.stat);
+    }
+    if let Some(c) = DVR_STATS.get_ptr_mut(v.stat as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *c += 1 };
+    }
+    v.action
+}

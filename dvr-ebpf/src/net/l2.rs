@@ -1,0 +1,189 @@
+//! Delivery at L2 (layer: net): by destination MAC within one network (VNI), to a local tap
+//! by redirect or to a remote host over the tunnel; broadcast and unknown unicast
+//! replicated to the network's local taps and (from a tap only) to the hosts that have
+//! ports on it; and the delivery of a routed or translated packet to its port.
+//! Maps: reads DVR_FDB, DVR_FLOOD. Verdicts: tx_local, tx_tunnel, flooded, the caller's
+//! stat, drop_no_local_port, drop_redirect, drop_malformed.
+use aya_ebpf::{
+    bindings::{__sk_buff, bpf_tunnel_key},
+    helpers::{bpf_clone_redirect, bpf_skb_set_tunnel_key},
+    programs::TcContext,
+};
+use dvr_common::{
+    Mac,
+    config::HostConfig,
+    l2::{FLOOD_MAX_LOCAL, FLOOD_MAX_REMOTE, FdbKey},
+    stats::Stat,
+};
+
+use crate::base::{
+    maps::{DVR_FDB, DVR_FLOOD},
+    packet::{Eth, is_multicast},
+    verdict::{Verdict, redirect},
+};
+
+const TUNNEL_TTL: u8 = 64;
+
+/// Where a port (or a VIP's holder) is: a tap of this host, or another host, by its tunnel
+/// address (host order).
+#[derive(Clone, Copy)]
+pub enum Location {
+    Local(u32),
+    Remote(u32),
+}
+
+impl Location {
+    /// From the map encoding: a local tap ifindex, 0 when remote (then the tunnel address).
+    #[inline(always)]
+    pub fn of(ifindex: u32, tunnel_ip_host: u32) -> Self {
+        if ifindex != 0 {
+            Location::Local(ifindex)
+        } else {
+            Location::Remote(tunnel_ip_host)
+        }
+    }
+}
+
+/// Where a frame to forward at L2 came from.
+#[derive(Clone, Copy)]
+pub enum Ingress {
+    /// A local tap (not sent back there); flooding may also replicate it into the tunnel.
+    Tap { ifindex: u32, tunnel_ifindex: u32 },
+    /// The tunnel: delivered to local taps only.
+    Tunnel,
+}
+
+/// Put the VXLAN metadata (VNI, remote host) on the skb for the collect_md device.
+#[inline(always)]
+fn set_tunnel(ctx: &TcContext, vni: u32, remote_host: u32) -> Result<(), Verdict> {
+    // SAFETY: bpf_tunnel_key is plain old data; all-zero is a valid value.
+    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    key.tunnel_id = vni;
+    key.__bindgen_anon_1.remote_ipv4 = remote_host;
+    key.tunnel_ttl = TUNNEL_TTL;
+    // SAFETY: key lives on our stack for the call; size is the full struct.
+    let ret = unsafe {
+        bpf_skb_set_tunnel_key(
+            ctx.skb.skb as *mut __sk_buff,
+            &mut key,
+            core::mem::size_of::<bpf_tunnel_key>() as u32,
+            0,
+        )
+    };
+    if ret != 0 {
+        return Err(Verdict::drop(Stat::DropRedirect));
+    }
+    Ok(())
+}
+
+/// Send the frame over the tunnel to host `remote_host` on network `vni`, counted as `stat`.
+#[inline(always)]
+pub fn to_tunnel(
+    ctx: &TcContext,
+    vni: u32,
+    remote_host: u32,
+    tunnel_ifindex: u32,
+    stat: Stat,
+) -> Verdict {
+    if let Err(v) = set_tunnel(ctx, vni, remote_host) {
+        return v;
+    }
+    redirect(tunnel_ifindex, stat)
+}
+
+/// Forward a frame on network `vni` by destination MAC.
+#[inline(always)]
+pub fn forward(ctx: &TcContext, vni: u32, dst: &Mac, from: Ingress) -> Verdict {
+    // The flat encoding the loops below compare against: 0 = from the tunnel.
+    let (from_ifindex, tunnel_ifindex) = match from {
+        Ingress::Tap {
+            ifindex,
+            tunnel_ifindex,
+        } => (ifindex, tunnel_ifindex),
+        Ingress::Tunnel => (0, 0),
+    };
+    if !is_multicast(dst) {
+        let key = FdbKey {
+            vni,
+            mac: *dst,
+            _pad: [0; 2],
+        };
+        // SAFETY: read-only use of an agent-written hash value.
+        if let Some(e) = unsafe { DVR_FDB.get(&key) } {
+            if from_ifindex == 0 && e.ifindex == 0 {
+                return Verdict::drop(Stat::DropNoLocalPort);
+            }
+            return match Location::of(e.ifindex, e.tunnel_ip_host) {
+                Location::Local(ifindex) => redirect(ifindex, Stat::TxLocal),
+                Location::Remote(host) => to_tunnel(ctx, vni, host, tunnel_ifindex, Stat::TxTunnel),
+            };
+        }
+    }
+    flood(ctx, vni, from_ifindex, tunnel_ifindex)
+}
+
+#[inline(always)]
+fn flood(ctx: &TcContext, vni: u32, from_ifindex: u32, tunnel_ifindex: u32) -> Verdict {
+    // SAFETY: read-only use of an agent-written hash value.
+    let Some(set) = (unsafe { DVR_FLOOD.get(&vni) }) else {
+        return Verdict::drop(if from_ifindex == 0 {
+            Stat::DropNoLocalPort
+        } else {
+            Stat::Flooded
+        });
+    };
+    let skb = ctx.skb.skb as *mut __sk_buff;
+    let n_local = set.n_local as usize;
+    for i in 0..FLOOD_MAX_LOCAL {
+        if i >= n_local {
+            break;
+        }
+        let ifx = set.local[i];
+        if ifx != from_ifindex {
+            // SAFETY: clone_redirect copies the skb; we touch no packet pointer afterwards.
+            unsafe { bpf_clone_redirect(skb, ifx, 0) };
+        }
+    }
+    if from_ifindex != 0 {
+        let n_remote = set.n_remote as usize;
+        for i in 0..FLOOD_MAX_REMOTE {
+            if i >= n_remote {
+                break;
+            }
+            if set_tunnel(ctx, vni, set.remote[i]).is_ok() {
+                // SAFETY: as above.
+                unsafe { bpf_clone_redirect(skb, tunnel_ifindex, 0) };
+            }
+        }
+    }
+    Verdict::drop(Stat::Flooded)
+}
+
+/// Deliver a routed (or translated) packet to port `mac` at `loc` on network `vni`: out of
+/// its local tap with its subnet's gateway MAC `gw_mac` as source, or over the tunnel to its
+/// host with this host's DVR MAC, which that host turns into the gateway MAC.
+#[inline(always)]
+pub fn deliver_routed(
+    ctx: &TcContext,
+    mac: Mac,
+    gw_mac: Mac,
+    loc: Location,
+    vni: u32,
+    cfg: &HostConfig,
+    stat: Stat,
+) -> Result<Verdict, Verdict> {
+    // Re-derived after the helpers that ran before.
+    let eth = Eth::at(ctx)?;
+    match loc {
+        Location::Local(ifindex) => {
+            eth.set_src(gw_mac);
+            eth.set_dst(mac);
+            Ok(redirect(ifindex, stat))
+        }
+        Location::Remote(host) => {
+            eth.set_src(cfg.dvr_mac);
+            eth.set_dst(mac);
+            Ok(to_tunnel(ctx, vni, host, cfg.tunnel_ifindex, stat))
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Middle layer: what the feature stages build on. The packet's one parsed description
+//! (`flow`), connection tracking (`conntrack`), header rewrites with their checksums, TTL
+//! and ICMP error translation (`rewrite`), delivery at L2 (`l2`) and the route lookup
+//! (`route`). Calls only `base`; within the layer: `rewrite` -> `conntrack` -> `flow`.
+pub mod conntrack;
+pub mod flow;
+pub mod l2;
+pub mod rewrite;
+pub mod route;

@@ -1,0 +1,69 @@
+//! ARP on the external interface (stage): learn the external gateway's MAC from any ARP it
+//! sends, and answer (proxy ARP) requests for this host's own external address and for
+//! the floating IPs and router external IPs it serves; the external IP and central FIPs of
+//! an HA router only while its fence is live (otherwise the request passes on unanswered).
+//! Calls `ha`. Maps: reads DVR_FIPS, DVR_SNAT_IPS; writes DVR_EXT_NEIGH values.
+//! Verdicts: ext_arp_reply, ext_neigh_learned, ext_pass, drop_redirect, drop_malformed.
+use aya_ebpf::programs::TcContext;
+use dvr_common::{
+    config::HostConfig,
+    nat::{FIP_CENTRAL, FIP_LOCAL},
+    stats::Stat,
+};
+
+use crate::{
+    base::{
+        clock,
+        maps::{DVR_EXT_NEIGH, DVR_FIPS, DVR_SNAT_IPS},
+        packet::{
+            ARP_REQUEST, ArpHdr, ETH_LEN, Eth, arp_is_ethernet_ipv4, arp_reply_in_place, be16,
+            ptr_at,
+        },
+        verdict::{Verdict, redirect},
+    },
+    stage::ha,
+};
+
+#[inline(always)]
+pub fn stage(ctx: &TcContext, cfg: &HostConfig) -> Result<Verdict, Verdict> {
+    let eth = Eth::at(ctx)?;
+    let arp: *mut ArpHdr = ptr_at(ctx, ETH_LEN)?;
+    // SAFETY: bounds-checked by ptr_at; no helper ran since; ArpHdr is all bytes.
+    let arp = unsafe { &mut *arp };
+    if !arp_is_ethernet_ipv4(arp) {
+        return Ok(Verdict::pass(Stat::ExtPass));
+    }
+    let spa = u32::from_ne_bytes(arp.spa);
+    let mut learned = false;
+    // Only addresses the agent listed (gateways) are learned: no cache for arbitrary senders.
+    if let Some(n) = DVR_EXT_NEIGH.get_ptr_mut(&spa) {
+        // SAFETY: map value pointer from a successful lookup.
+        unsafe {
+            (*n).mac = arp.sha;
+            (*n).learned = 1;
+            (*n).seen_ns = clock::coarse_ns();
+        }
+        learned = true;
+    }
+    let tpa = u32::from_ne_bytes(arp.tpa);
+    if be16(arp.oper) == ARP_REQUEST && spa != tpa {
+        let ours = tpa == cfg.fg_ip_be && tpa != 0
+            // SAFETY: read-only use of agent-written hash values.
+            || matches!(unsafe { DVR_FIPS.get(&tpa) },
+                Some(f) if f.flags & FIP_LOCAL != 0 || f.flags & FIP_CENTRAL != 0 && ha::serves_fip(f))
+            // SAFETY: as above.
+            || matches!(unsafe { DVR_SNAT_IPS.get(&tpa) }, Some(r) if ha::serves_router(r));
+        if ours {
+            arp_reply_in_place(eth, arp, cfg.ext_mac, tpa.to_ne_bytes());
+            // Out of the interface the request came in on.
+            // SAFETY: the context pointer is valid for the program's run.
+            let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+            return Ok(redirect(ifindex, Stat::ExtArpReply));
+        }
+    }
+    Ok(Verdict::pass(if learned {
+        Stat::ExtNeighLearned
+    } else {
+        Stat::ExtPass
+    }))
+}

@@ -1,0 +1,85 @@
+//! `dvrctl trace`: what the datapath would do with a packet, step by step, from the live
+//! maps of a host (like ovn-trace). Read-only: nothing is sent and no map is written. The
+//! walk mirrors the layers of `dvr-ebpf`, each calling only downwards: [`entry`] holds the
+//! three pipelines (tap, tunnel and external ingress), [`stage`] the feature stages they
+//! call (security, route, fip, snat, ha: the names of `dvr-ebpf/src/stage/`), [`net`] what
+//! those build on (route lookup, conntrack, L2 delivery) and [`walk`] the walk's state. The
+//! integration tests check its verdicts against what real packets did.
+mod entry;
+mod net;
+mod stage;
+mod walk;
+
+use serde::Serialize;
+
+use super::fmt_mac;
+use crate::maps::{HostMaps, MapsError};
+use walk::Walk;
+pub use walk::{Probe, Step, attached_ifindex};
+
+#[derive(Debug, Serialize)]
+pub struct Trace {
+    pub steps: Vec<Step>,
+    /// The counter the packet would bump (`dvrctl show stats` id).
+    pub verdict: &'static str,
+    pub drop: bool,
+    /// Where it would go: `tap#N`, `tunnel <host> vni <v>`, `ext#N`, `host stack`, or null.
+    pub output: Option<String>,
+    /// The packet as it would leave.
+    pub out_src: Option<String>,
+    pub out_dst: Option<String>,
+    pub out_src_mac: Option<String>,
+    pub out_dst_mac: Option<String>,
+}
+
+/// Trace `p` through the maps of a host.
+pub fn trace(maps: &HostMaps, p: Probe) -> Result<Trace, MapsError> {
+    let mut w = Walk {
+        m: maps,
+        steps: Vec::new(),
+        p,
+    };
+    let cfg = maps.read_config()?;
+    let tunnel = crate::attach::TUNNEL_DEV;
+    let is_ext =
+        cfg.ext_ifindex != 0 && attached_ifindex(maps, &w.p.iface) == Some(cfg.ext_ifindex);
+    let o = if w.p.iface == tunnel {
+        w.tunnel()?
+    } else if is_ext {
+        w.ext()?
+    } else {
+        w.tap()?
+    };
+    Ok(Trace {
+        steps: w.steps,
+        verdict: o.stat.as_str(),
+        drop: o.stat.is_drop(),
+        output: o.output,
+        out_src: (!o.stat.is_drop()).then(|| w.p.src.to_string()),
+        out_dst: (!o.stat.is_drop()).then(|| w.p.dst.to_string()),
+        out_src_mac: o.src_mac.map(fmt_mac),
+        out_dst_mac: o.dst_mac.map(fmt_mac),
+    })
+}
+
+/// Human rendering.
+pub fn render(t: &Trace) -> String {
+    let mut s = String::new();
+    for (i, st) in t.steps.iter().enumerate() {
+        s.push_str(&format!("{:>2}. {:<14} {}\n", i + 1, st.stage, st.what));
+    }
+    if t.drop {
+        s.push_str(&format!("=> DROP ({})\n", t.verdict));
+    } else {
+        s.push_str(&format!(
+            "=> {} via {} : {} -> {} [{} -> {}]\n",
+            t.verdict,
+            t.output.as_deref().unwrap_or("-"),
+            t.out_src.as_deref().unwrap_or("-"),
+            t.out_dst.as_deref().unwrap_or("-"),
+            t.out_src_mac.as_deref().unwrap_or("-"),
+            t.out_dst_mac.as_deref().unwrap_or("-"),
+        ));
+    }
+    s
+}

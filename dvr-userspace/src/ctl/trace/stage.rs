@@ -1,0 +1,573 @@
+//! The trace's counterpart of `dvr-ebpf/src/stage/`, one block per stage in the same
+//! order as the datapath's graph: security, route (with the outbound decision), fip, snat,
+//! ha (and the external gateway's learned MAC that fip and snat send to).
+use std::net::Ipv4Addr;
+
+use dvr_common::{
+    Mac,
+    config::HostConfig,
+    l2::FdbKey,
+    nat::{
+        CT_DNAT, CT_HAIRPIN, CT_PAT, CT_SNAT, FIP_CENTRAL, FIP_HA, FIP_LOCAL, FIP_REMOTE,
+        FIP_UNASSOCIATED, FIP_VIP, FipEntry, FipSrc, ZONE_EXTERNAL,
+    },
+    port::{LocalPort, PORT_FLAG_SECURITY, SEC_IP_ALLOWED, SEC_KEY_PREFIX_BITS},
+    route::{IpKey, RouterIface},
+    snat::{SNAT_ENABLED, SNAT_HA, SnatRouter, fence_active},
+    stats::Stat,
+};
+
+use super::{
+    net::deliver,
+    walk::{Out, Walk, be, drop, in_prefix, out},
+};
+use crate::{
+    ctl::{fmt_mac, ip_be},
+    maps::{MapsError, fence_now_ns},
+};
+
+// ---- security ----
+
+impl Walk<'_> {
+    /// `stage::security`: `Some(drop)` when the source MAC or IP is not the port's.
+    pub(super) fn security(
+        &mut self,
+        ifindex: u32,
+        port: &LocalPort,
+        src_mac: Mac,
+    ) -> Result<Option<Out>, MapsError> {
+        if port.flags & PORT_FLAG_SECURITY != 0 {
+            let allowed = self
+                .m
+                .port_security
+                .read()?
+                .into_iter()
+                .filter(|((plen, k), _)| {
+                    u32::from_be(k.ifindex_be) == ifindex
+                        && k.mac == src_mac
+                        && in_prefix(be(self.p.src), k.ip_be, plen - SEC_KEY_PREFIX_BITS)
+                })
+                .max_by_key(|((plen, _), _)| *plen);
+            match allowed {
+                None => {
+                    self.step(
+                        "port security",
+                        format!("source MAC {} is not the port's", fmt_mac(src_mac)),
+                    );
+                    return Ok(Some(drop(Stat::DropSpoofMac)));
+                }
+                Some((_, f)) if f & SEC_IP_ALLOWED == 0 => {
+                    self.step(
+                        "port security",
+                        format!("source IP {} is not the port's", self.p.src),
+                    );
+                    return Ok(Some(drop(Stat::DropSpoofIp)));
+                }
+                Some(_) => self.step("port security", "source MAC and IP allowed"),
+            }
+        } else {
+            self.step("port security", "disabled for this port");
+        }
+        Ok(None)
+    }
+}
+
+// ---- route ----
+
+impl Walk<'_> {
+    /// `stage::route`: a frame to router interface `gw`, from the VM on tap `ifindex`.
+    pub(super) fn route(
+        &mut self,
+        vni: u32,
+        ifindex: u32,
+        gw: &RouterIface,
+        src_mac: Mac,
+        dst_mac: Mac,
+        cfg: &HostConfig,
+    ) -> Result<Out, MapsError> {
+        self.step(
+            "router",
+            format!(
+                "to router interface {} ({}) of router {:08x}",
+                ip_be(gw.ip_be),
+                fmt_mac(gw.mac),
+                gw.router_id
+            ),
+        );
+        let Some(route) = self.route_lookup(gw.router_id, be(self.p.dst))? else {
+            self.step(
+                "route",
+                format!("{} is outside the router's subnets", self.p.dst),
+            );
+            return self.route_outbound(vni, gw.router_id, gw.mac, cfg);
+        };
+        self.step(
+            "route",
+            format!(
+                "{} via subnet of vni {} (gateway {})",
+                self.p.dst,
+                route.vni,
+                ip_be(route.gw_ip_be)
+            ),
+        );
+        if be(self.p.dst) == route.gw_ip_be {
+            if self.p.proto == 1 {
+                self.step("router", "ICMP echo to a router interface: answered here");
+                return Ok(out(
+                    Stat::IcmpEchoReply,
+                    format!("tap#{ifindex}"),
+                    dst_mac,
+                    src_mac,
+                ));
+            }
+            return Ok(drop(Stat::DropRouterLocal));
+        }
+        let ep = match self.m.endpoints.get(&IpKey {
+            vni: route.vni,
+            ip_be: be(self.p.dst),
+        })? {
+            Some(ep) => Some((ep.mac, ep.ifindex, ep.tunnel_ip_host)),
+            None => self
+                .m
+                .vip_loc
+                .get(&IpKey {
+                    vni: route.vni,
+                    ip_be: be(self.p.dst),
+                })?
+                .map(|l| (l.mac, l.ifindex, l.tunnel_ip_host)),
+        };
+        let Some((mac, epifx, host)) = ep else {
+            self.step(
+                "endpoint",
+                format!("no port with {} on vni {}", self.p.dst, route.vni),
+            );
+            return Ok(drop(Stat::DropNoEndpoint));
+        };
+        if self.p.ttl <= 1 {
+            return Ok(drop(Stat::DropTtlExceeded));
+        }
+        self.fip_hairpin_reply(vni)?;
+        self.step(
+            "endpoint",
+            format!(
+                "{} is {} {}",
+                self.p.dst,
+                fmt_mac(mac),
+                if epifx != 0 {
+                    format!("on tap#{epifx}")
+                } else {
+                    format!("on host {}", Ipv4Addr::from(host))
+                }
+            ),
+        );
+        Ok(deliver(
+            Stat::Routed,
+            mac,
+            route.gw_mac,
+            epifx,
+            host,
+            route.vni,
+            cfg.dvr_mac,
+        ))
+    }
+
+    /// `stage::route`, outside the router's subnets: a FIP of the same router (hairpin),
+    /// else out through the VM's own FIP, else through the router's centralized SNAT.
+    fn route_outbound(
+        &mut self,
+        vni: u32,
+        router: u32,
+        gw_mac: Mac,
+        cfg: &HostConfig,
+    ) -> Result<Out, MapsError> {
+        if let Some(f) = self.m.fips.get(&be(self.p.dst))?
+            && f.router_id == router
+            && f.flags & (FIP_LOCAL | FIP_REMOTE) != 0
+        {
+            return Ok(self.fip_hairpin(&f, cfg));
+        }
+        if self.m.fips.get(&be(self.p.src))?.is_some() {
+            self.step("fip", format!("source {} is a floating IP", self.p.src));
+            return Ok(drop(Stat::DropFipSpoof));
+        }
+        if let Some(src) = self.m.fip_src.get(&IpKey {
+            vni,
+            ip_be: be(self.p.src),
+        })? {
+            return self.fip_snat(vni, src, cfg);
+        }
+        self.snat_steer(vni, gw_mac, cfg)
+    }
+}
+
+// ---- fip ----
+
+impl Walk<'_> {
+    /// `stage::fip::hairpin`: to FIP `f` of the VM's own router.
+    fn fip_hairpin(&mut self, f: &FipEntry, cfg: &HostConfig) -> Out {
+        self.step(
+            "fip",
+            format!(
+                "{} is a floating IP of this router (fixed {}): hairpin",
+                self.p.dst,
+                ip_be(f.fixed_ip_be)
+            ),
+        );
+        if f.flags & FIP_LOCAL != 0 {
+            self.p.dst = ip_be(f.fixed_ip_be);
+            return out(
+                Stat::FipHairpin,
+                format!("tap#{}", f.ifindex),
+                f.gw_mac,
+                f.port_mac,
+            );
+        }
+        out(
+            Stat::FipHairpin,
+            format!("tunnel {} vni {}", Ipv4Addr::from(f.tunnel_ip_host), f.vni),
+            cfg.dvr_mac,
+            f.port_mac,
+        )
+    }
+
+    /// `stage::fip::hairpin_reply`: the reply of a hairpin flow leaves with the FIP as
+    /// source.
+    pub(super) fn fip_hairpin_reply(&mut self, vni: u32) -> Result<(), MapsError> {
+        if self
+            .m
+            .fip_src
+            .get(&IpKey {
+                vni,
+                ip_be: be(self.p.src),
+            })?
+            .is_some()
+            && let Some(e) = self.ct(vni)?
+            && e.kind == CT_SNAT | CT_HAIRPIN
+        {
+            self.step(
+                "fip",
+                format!(
+                    "reply of a hairpin flow: source becomes {}",
+                    ip_be(e.nat_ip_be)
+                ),
+            );
+            self.p.src = ip_be(e.nat_ip_be);
+        }
+        Ok(())
+    }
+
+    /// `stage::fip::snat`: from a VM with FIP `src`, translated to it.
+    fn fip_snat(&mut self, vni: u32, src: FipSrc, cfg: &HostConfig) -> Result<Out, MapsError> {
+        self.step(
+            "fip",
+            format!("source has floating IP {}: SNAT to it", ip_be(src.fip_be)),
+        );
+        if cfg.ext_ifindex == 0 {
+            return Ok(drop(Stat::DropNoExternal));
+        }
+        let ha = if src.flags & FIP_HA != 0 { SNAT_HA } else { 0 };
+        if !self.ha_serves(ha, src.router_id)? {
+            return Ok(drop(Stat::DropSnatStandby));
+        }
+        let Some(nh) = self.next_hop(src.ext_gw_ip_be)? else {
+            return Ok(drop(Stat::DropNoNeighbor));
+        };
+        self.ct(vni)?;
+        self.p.src = ip_be(src.fip_be);
+        Ok(out(
+            Stat::FipSnat,
+            format!("ext#{}", cfg.ext_ifindex),
+            cfg.ext_mac,
+            nh,
+        ))
+    }
+
+    /// `stage::fip::from_tunnel`: hairpin traffic to a FIP served here (None: not to a
+    /// FIP).
+    pub(super) fn fip_from_tunnel(&mut self) -> Result<Option<Out>, MapsError> {
+        let Some(f) = self.m.fips.get(&be(self.p.dst))? else {
+            return Ok(None);
+        };
+        if f.flags & FIP_LOCAL == 0 || self.route_lookup(f.router_id, be(self.p.src))?.is_none() {
+            return Ok(Some(drop(Stat::DropFipNotExternal)));
+        }
+        self.step(
+            "fip",
+            format!(
+                "hairpin to floating IP {}: DNAT to {}",
+                self.p.dst,
+                ip_be(f.fixed_ip_be)
+            ),
+        );
+        self.p.dst = ip_be(f.fixed_ip_be);
+        Ok(Some(out(
+            Stat::FipHairpin,
+            format!("tap#{}", f.ifindex),
+            f.gw_mac,
+            f.port_mac,
+        )))
+    }
+
+    /// `stage::fip::inbound`: from the external network to a FIP (or passed on).
+    pub(super) fn fip_inbound(&mut self, cfg: &HostConfig) -> Result<Out, MapsError> {
+        let Some(f) = self.m.fips.get(&be(self.p.dst))? else {
+            let deny = self
+                .m
+                .ext_deny
+                .read()?
+                .into_keys()
+                .any(|(plen, net)| in_prefix(be(self.p.dst), net, plen));
+            if deny {
+                self.step("fip", format!("{} is a tenant address", self.p.dst));
+                return Ok(drop(Stat::DropExtToFixedIp));
+            }
+            self.step("fip", "not for the datapath: passed to the host");
+            return Ok(Out {
+                stat: Stat::ExtPass,
+                output: Some("host stack".into()),
+                src_mac: None,
+                dst_mac: None,
+            });
+        };
+        if f.flags & (FIP_LOCAL | FIP_CENTRAL) == 0 {
+            return Ok(drop(if f.flags & FIP_UNASSOCIATED != 0 {
+                Stat::DropFipUnassociated
+            } else {
+                Stat::DropFipNotHere
+            }));
+        }
+        let ha = if f.flags & FIP_HA != 0 { SNAT_HA } else { 0 };
+        if !self.ha_serves(ha, f.router_id)? {
+            return Ok(drop(Stat::DropSnatStandby));
+        }
+        let (mac, ifx, host) = if f.flags & FIP_VIP != 0 {
+            match self.m.vip_loc.get(&IpKey {
+                vni: f.vni,
+                ip_be: f.fixed_ip_be,
+            })? {
+                Some(l) => (l.mac, l.ifindex, l.tunnel_ip_host),
+                None => {
+                    self.step("vip", "holder not learned yet");
+                    return Ok(drop(Stat::DropVipUnknown));
+                }
+            }
+        } else {
+            (f.port_mac, f.ifindex, f.tunnel_ip_host)
+        };
+        self.ct(ZONE_EXTERNAL)?;
+        self.step(
+            "fip",
+            format!("DNAT {} -> {}", self.p.dst, ip_be(f.fixed_ip_be)),
+        );
+        self.p.dst = ip_be(f.fixed_ip_be);
+        Ok(deliver(
+            Stat::FipDnat,
+            mac,
+            f.gw_mac,
+            ifx,
+            host,
+            f.vni,
+            cfg.dvr_mac,
+        ))
+    }
+}
+
+// ---- snat ----
+
+impl Walk<'_> {
+    /// `stage::snat::steer`: a VM without a FIP, to the router's SNAT host.
+    fn snat_steer(&mut self, vni: u32, gw_mac: Mac, cfg: &HostConfig) -> Result<Out, MapsError> {
+        let Some(st) = self.m.snat_steer.get(&FdbKey {
+            vni,
+            mac: gw_mac,
+            _pad: [0; 2],
+        })?
+        else {
+            self.step("snat", "router has no SNAT (no gateway or no csnat port)");
+            return Ok(drop(Stat::DropNoRoute));
+        };
+        if st.flags & SNAT_ENABLED == 0 {
+            self.step("snat", "router has enable_snat false");
+            return Ok(drop(Stat::DropSnatDisabled));
+        }
+        if st.tunnel_ip_host == 0 {
+            self.step("snat", "this host is the router's SNAT host");
+            let r = self.m.snat_routers.get(&FdbKey {
+                vni,
+                mac: st.csnat_mac,
+                _pad: [0; 2],
+            })?;
+            return match r {
+                Some(r) if !self.ha_serves(r.flags, r.router_id)? => {
+                    Ok(drop(Stat::DropSnatStandby))
+                }
+                Some(r) => self.snat_out(vni, &r, cfg),
+                None => Ok(drop(Stat::DropNoRoute)),
+            };
+        }
+        self.step(
+            "snat",
+            format!(
+                "steered to SNAT host {} (csnat port {})",
+                Ipv4Addr::from(st.tunnel_ip_host),
+                fmt_mac(st.csnat_mac)
+            ),
+        );
+        Ok(out(
+            Stat::SnatSteered,
+            format!("tunnel {} vni {vni}", Ipv4Addr::from(st.tunnel_ip_host)),
+            cfg.dvr_mac,
+            st.csnat_mac,
+        ))
+    }
+
+    /// `stage::snat::from_tunnel`: the SNAT host, a frame to a csnat port of router `r`.
+    pub(super) fn snat_from_tunnel(
+        &mut self,
+        vni: u32,
+        r: &SnatRouter,
+        cfg: &HostConfig,
+    ) -> Result<Out, MapsError> {
+        self.step(
+            "snat",
+            format!("to a csnat port of router {:08x}", r.router_id),
+        );
+        if !self.ha_serves(r.flags, r.router_id)? {
+            return Ok(drop(Stat::DropSnatStandby));
+        }
+        if self.route_lookup(r.router_id, be(self.p.src))?.is_none() {
+            return Ok(drop(Stat::DropNoRoute));
+        }
+        if let Some(src) = self.m.fip_src.get(&IpKey {
+            vni,
+            ip_be: be(self.p.src),
+        })? {
+            return self.fip_snat(vni, src, cfg);
+        }
+        if r.flags & SNAT_ENABLED == 0 {
+            return Ok(drop(Stat::DropSnatDisabled));
+        }
+        self.snat_out(vni, r, cfg)
+    }
+
+    /// `stage::snat::out`: port-address translation to router `r`'s external IP.
+    fn snat_out(&mut self, vni: u32, r: &SnatRouter, cfg: &HostConfig) -> Result<Out, MapsError> {
+        if cfg.ext_ifindex == 0 {
+            return Ok(drop(Stat::DropNoExternal));
+        }
+        let Some(nh) = self.next_hop(r.ext_gw_ip_be)? else {
+            return Ok(drop(Stat::DropNoNeighbor));
+        };
+        let tracked = self.ct(vni)?;
+        let port = match tracked {
+            Some(e) if e.kind == CT_SNAT | CT_PAT => format!("{}", u16::from_be(e.nat_port_be)),
+            _ => format!(
+                "one allocated from {}-{}",
+                cfg.snat_port_min, cfg.snat_port_max
+            ),
+        };
+        self.step(
+            "snat",
+            format!(
+                "port-address translation to {} port {port}",
+                ip_be(r.ext_ip_be)
+            ),
+        );
+        self.p.src = ip_be(r.ext_ip_be);
+        Ok(out(
+            Stat::SnatOut,
+            format!("ext#{}", cfg.ext_ifindex),
+            cfg.ext_mac,
+            nh,
+        ))
+    }
+
+    /// `stage::snat::reply`: external interface, to router `r`'s external IP.
+    pub(super) fn snat_reply(
+        &mut self,
+        r: &SnatRouter,
+        cfg: &HostConfig,
+    ) -> Result<Out, MapsError> {
+        self.step(
+            "snat",
+            format!("to router {:08x}'s external IP", r.router_id),
+        );
+        if !self.ha_serves(r.flags, r.router_id)? {
+            return Ok(drop(Stat::DropSnatStandby));
+        }
+        let Some(e) = self
+            .ct(ZONE_EXTERNAL)?
+            .filter(|e| e.kind == CT_DNAT | CT_PAT)
+        else {
+            return Ok(drop(Stat::DropSnatNoFlow));
+        };
+        let vni = e.peer_zone;
+        self.p.dst = ip_be(e.nat_ip_be);
+        let Some(ep) = self.m.endpoints.get(&IpKey {
+            vni,
+            ip_be: e.nat_ip_be,
+        })?
+        else {
+            return Ok(drop(Stat::DropNoEndpoint));
+        };
+        let gw = self
+            .route_lookup(r.router_id, e.nat_ip_be)?
+            .map_or([0; 6], |r| r.gw_mac);
+        Ok(deliver(
+            Stat::SnatIn,
+            ep.mac,
+            gw,
+            ep.ifindex,
+            ep.tunnel_ip_host,
+            vni,
+            cfg.dvr_mac,
+        ))
+    }
+}
+
+// ---- ha, and the external gateway ----
+
+impl Walk<'_> {
+    /// `stage::ha`: an HA router is served only while its fence runs (docs/HA.md); records
+    /// the check.
+    fn ha_serves(&mut self, flags: u32, router_id: u32) -> Result<bool, MapsError> {
+        if flags & SNAT_HA == 0 {
+            return Ok(true);
+        }
+        let until = self.m.ha_fence.get(&router_id)?;
+        let now = fence_now_ns();
+        let ok = fence_active(until, now);
+        let left = until.map_or(-1.0, |u| (u as f64 - now as f64) / 1e6);
+        self.step(
+            "ha",
+            if ok {
+                format!("HA router {router_id:08x}: this host serves it (fence {left:.0} ms left)")
+            } else {
+                format!("HA router {router_id:08x}: not served here (fence expired or absent)")
+            },
+        );
+        Ok(ok)
+    }
+
+    /// The learned MAC of external gateway `gw` (DVR_EXT_NEIGH), which `fip::snat` and
+    /// `snat::out` send to.
+    fn next_hop(&mut self, gw: u32) -> Result<Option<Mac>, MapsError> {
+        let n = self.m.ext_neigh.get(&gw)?;
+        Ok(match n {
+            Some(n) if n.learned != 0 => {
+                self.step(
+                    "neighbour",
+                    format!("gateway {} is {}", ip_be(gw), fmt_mac(n.mac)),
+                );
+                Some(n.mac)
+            }
+            _ => {
+                self.step(
+                    "neighbour",
+                    format!("gateway {} not learned yet", ip_be(gw)),
+                );
+                None
+            }
+        })
+    }
+}

@@ -1,0 +1,99 @@
+//! The state of a trace walk and what every layer of it uses: the probe, the steps, the
+//! packet as it is now, and how a walk ends.
+use std::net::Ipv4Addr;
+
+use serde::Serialize;
+
+use crate::maps::HostMaps;
+use dvr_common::{Mac, stats::Stat};
+
+/// The packet to trace.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// Interface it arrives on: a tap, the tunnel device or the external interface.
+    pub iface: String,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    /// 1 (ICMP echo), 6 or 17.
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub src_mac: Option<Mac>,
+    pub dst_mac: Option<Mac>,
+    /// Tunnel metadata, for packets arriving on the tunnel device.
+    pub vni: Option<u32>,
+    pub remote: Option<Ipv4Addr>,
+    pub ttl: u8,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Step {
+    pub stage: &'static str,
+    pub what: String,
+}
+
+/// The walk's state: the maps, the steps so far and the packet as it is now (stages
+/// rewrite its addresses as the datapath would).
+pub(super) struct Walk<'a> {
+    pub(super) m: &'a HostMaps,
+    pub(super) steps: Vec<Step>,
+    pub(super) p: Probe,
+}
+
+/// Where a walk ends: the counter it bumps, and where and how the packet leaves.
+pub(super) struct Out {
+    pub(super) stat: Stat,
+    pub(super) output: Option<String>,
+    pub(super) src_mac: Option<Mac>,
+    pub(super) dst_mac: Option<Mac>,
+}
+
+pub(super) fn out(stat: Stat, output: impl Into<String>, src_mac: Mac, dst_mac: Mac) -> Out {
+    Out {
+        stat,
+        output: Some(output.into()),
+        src_mac: Some(src_mac),
+        dst_mac: Some(dst_mac),
+    }
+}
+
+pub(super) fn drop(stat: Stat) -> Out {
+    Out {
+        stat,
+        output: None,
+        src_mac: None,
+        dst_mac: None,
+    }
+}
+
+pub(super) fn be(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+pub(super) fn in_prefix(ip: u32, net: u32, plen: u32) -> bool {
+    let mask = if plen == 0 {
+        0
+    } else {
+        u32::MAX << (32 - plen.min(32))
+    };
+    (u32::from_be(ip) & mask) == (u32::from_be(net) & mask)
+}
+
+/// ifindex of an interface the agent attached to, from its link pin `<iface>@<ifindex>`.
+pub fn attached_ifindex(maps: &HostMaps, iface: &str) -> Option<u32> {
+    let rd = std::fs::read_dir(maps.dir.join("links")).ok()?;
+    rd.flatten().find_map(|e| {
+        let n = e.file_name().to_string_lossy().into_owned();
+        let (name, ifx) = n.rsplit_once('@')?;
+        (name == iface).then(|| ifx.parse().ok()).flatten()
+    })
+}
+
+impl Walk<'_> {
+    pub(super) fn step(&mut self, stage: &'static str, what: impl Into<String>) {
+        self.steps.push(Step {
+            stage,
+            what: what.into(),
+        });
+    }
+}

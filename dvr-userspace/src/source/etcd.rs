@@ -13,7 +13,7 @@ use etcd_client::{
 
 use super::ha::{self, Election};
 use super::{ALIVE, KINDS, PREFIX, SourceError};
-use crate::model::HaRuntime;
+use crate::compile::HaRuntime;
 
 /// Lease TTL of an agent's `alive/` key, seconds.
 pub const LEASE_TTL: i64 = 5;

@@ -153,6 +153,7 @@ pub(crate) fn assert_error(errors: &[FieldError], kind: &str, id: &str, field: &
     }
 }
 
+/// The fixture plus host-c (`dvr_snat`), with router1's `ha` and `ha_hosts` set.
 pub(crate) fn with_ha(v: &mut Value, ha: bool, hosts: Value) {
     push(
         v,

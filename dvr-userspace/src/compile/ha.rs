@@ -118,8 +118,8 @@ pub(super) fn ha_roles<'s>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::entries::fdb_key;
     use super::*;
-    use crate::compile::entries::fdb_key;
     use crate::compile::{Compiled, compile};
     use crate::testing::*;
     use dvr_common::nat::{FIP_CENTRAL, FIP_HA};

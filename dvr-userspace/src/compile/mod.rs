@@ -40,7 +40,7 @@ mod route;
 mod snat;
 mod vip;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
 
 use dvr_common::config::HostConfig;
@@ -110,7 +110,7 @@ pub fn compile(
     snat::add_snat_steer(&mut out.snat_steer, &c, &csnat);
     vip::add_vip_candidates(&mut out.vip_cand, &c, &csnat, &vips);
     let ext = ExtSide::of(state, me);
-    let snat_ids = snat_here.iter().map(|(r, _)| r.id.as_str()).collect();
+    let snat_ids: HashSet<&str> = snat_here.iter().map(|(r, _)| r.id.as_str()).collect();
     let (served_fips, mut gateways) =
         fip::add_floating_ips(&mut out, &c, ext.as_ref(), &vips, &routers.mine, &snat_ids)?;
     let snat_router_names =
@@ -147,13 +147,13 @@ fn host_config(me: &Host, external: Option<&External>) -> HostConfig {
 
 #[cfg(test)]
 mod tests {
+    use super::entries::fdb_key;
     use super::*;
     use crate::model::Mac;
     use crate::testing::*;
     use dvr_common::l2::MacKey;
     use dvr_common::port::{LocalPort, PORT_FLAG_SECURITY, SEC_IP_ALLOWED, SEC_MAC_ONLY, SecKey};
     use dvr_common::route::{IpKey, Route, RouterIface};
-    use entries::fdb_key;
     use serde_json::{Value, json};
 
     fn router1(ip_be: u32, mac: Mac) -> RouterIface {

@@ -146,9 +146,9 @@ fn add_port_security(sec: &mut BTreeMap<(u32, SecKey), u32>, port: &Port, ifinde
 
 #[cfg(test)]
 mod tests {
+    use super::super::entries::fdb_key;
     use super::*;
     use crate::compile::compile;
-    use crate::compile::entries::fdb_key;
     use crate::testing::*;
     use serde_json::json;
 

@@ -190,8 +190,7 @@ mod tests {
     use crate::testing::*;
     use dvr_common::nat::{FIP_CENTRAL, FIP_VIP, FipEntry, FipSrc};
     use dvr_common::route::IpKey;
-    use serde_json::Value;
-    use serde_json::json;
+    use serde_json::{Value, json};
     use std::collections::BTreeSet;
 
     // VIPs: snat_fixture plus the unbound port "vip" 192.168.2.100 on n2 (r1's subnet s2)

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use crate::{
     arp,
     attach::{AttachError, Datapath, LoadOptions, interfaces, mac_of},
-    compile::{self, Compiled, External},
+    compile::{self, Compiled, External, HaRuntime},
     conntrack::{self, Owned, Timeouts},
     ctsync, metrics,
     model::State,
@@ -150,6 +150,8 @@ pub struct Agent {
     source_desc: String,
     source: Source,
     state: State,
+    /// The HA election view `state` is compiled with (etcd mode; `None` with a state file).
+    ha_view: Option<HaRuntime>,
     dp: Datapath,
     opts: Options,
     /// Tap names of this host's VM ports in the current state.
@@ -204,17 +206,17 @@ impl Agent {
         // cannot be compiled is refused up front too. A file is refused at once (exit code
         // 1); a cluster store may simply not be filled yet, so the agent waits for a usable
         // state while a previous agent's pinned datapath keeps forwarding.
-        let (state, first) = loop {
+        let (state, first, ha_view) = loop {
+            let ha_view = source.ha_runtime();
             let parsed = State::from_json(&text.take().unwrap_or_default())
                 .map_err(|e| e.to_string())
-                .and_then(|mut s| {
-                    s.set_ha_runtime(source.ha_runtime());
-                    compile::compile(&s, host, &|_| None)
+                .and_then(|s| {
+                    compile::compile(&s, host, ha_view.as_ref(), &|_| None)
                         .map(|c| (s, c))
                         .map_err(|e| e.to_string())
                 });
             match (parsed, spec) {
-                (Ok(ok), _) => break ok,
+                (Ok((s, c)), _) => break (s, c, ha_view),
                 (Err(e), SourceSpec::File(_)) => return Err(err(e)),
                 (Err(e), SourceSpec::Etcd(_)) => {
                     warn!(error = %e, "no usable state in etcd yet; waiting for one");
@@ -234,6 +236,7 @@ impl Agent {
             source_desc,
             source,
             state,
+            ha_view,
             dp,
             opts,
             wanted: first.taps.into_keys().collect(),
@@ -284,12 +287,12 @@ impl Agent {
         let polled = Instant::now();
         if let Some(text) = self.source.poll(None)? {
             self.change_seen = Some(polled);
+            let ha_view = self.source.ha_runtime();
             let parsed = State::from_json(&text)
                 .map_err(|e| e.to_string())
-                .and_then(|mut s| {
-                    s.set_ha_runtime(self.source.ha_runtime());
-                    let c =
-                        compile::compile(&s, &self.host, &|_| None).map_err(|e| e.to_string())?;
+                .and_then(|s| {
+                    let c = compile::compile(&s, &self.host, ha_view.as_ref(), &|_| None)
+                        .map_err(|e| e.to_string())?;
                     Ok((s, c))
                 });
             match parsed {
@@ -297,6 +300,7 @@ impl Agent {
                     self.wanted = c.taps.into_keys().collect();
                     self.ext_wanted = c.external.map(|e| e.iface);
                     self.state = s;
+                    self.ha_view = ha_view;
                     changed = true;
                 }
                 Err(e) => warn!(error = %e, "refused new state; keeping the last good one"),
@@ -308,7 +312,7 @@ impl Agent {
         if self.source.take_ha_change() {
             let rt = self.source.ha_runtime();
             info!(holders = ?rt.as_ref().map(|r| &r.holders), active_here = ?rt.as_ref().map(|r| &r.active_here), "HA view changed");
-            self.state.set_ha_runtime(rt);
+            self.ha_view = rt;
             self.change_seen.get_or_insert(polled);
             changed = true;
         }
@@ -325,11 +329,12 @@ impl Agent {
     }
 
     fn compile(&self, present: &BTreeMap<String, u32>) -> Result<Compiled, AgentError> {
-        compile::compile(&self.state, &self.host, &|tap| present.get(tap).copied()).map_err(|e| {
-            AgentError::State {
-                source_desc: self.source_desc.clone(),
-                msg: e.to_string(),
-            }
+        compile::compile(&self.state, &self.host, self.ha_view.as_ref(), &|tap| {
+            present.get(tap).copied()
+        })
+        .map_err(|e| AgentError::State {
+            source_desc: self.source_desc.clone(),
+            msg: e.to_string(),
         })
     }
 
@@ -554,8 +559,8 @@ impl Agent {
             }
         }
         let active: BTreeSet<String> = self
-            .state
-            .ha_runtime()
+            .ha_view
+            .as_ref()
             .map(|rt| rt.active_here.clone())
             .unwrap_or_default();
         let mut peers = BTreeSet::new();

@@ -1,7 +1,7 @@
 //! dvr-agent and dvrctl share this library.
 //!
 //! - [`model`]: Neutron-shaped router state and its validation.
-//! - [`compile`]: (state, host) -> the exact map entries that host needs; pure.
+//! - [`compile`]: (state, host, HA election view) -> the exact map entries that host needs; pure.
 //! - [`maps`]: typed handles on the pinned maps; the only place map names are looked up.
 //! - [`reconcile`]: diff desired vs actual entries and apply in a safe order.
 //! - [`attach`]: bpffs, the VXLAN device, program loading, tap attach/detach.
@@ -23,3 +23,5 @@ pub mod metrics;
 pub mod model;
 pub mod reconcile;
 pub mod source;
+#[cfg(test)]
+pub(crate) mod testing;

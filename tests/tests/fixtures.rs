@@ -195,7 +195,7 @@ fn fixture(state: &str) -> Fixture {
         "tapvm2-port-00" => Some(VM2_IFINDEX),
         _ => None,
     };
-    let compiled = compile(&state, "A", &taps).unwrap_or_else(|e| panic!("compile: {e}"));
+    let compiled = compile(&state, "A", None, &taps).unwrap_or_else(|e| panic!("compile: {e}"));
     let mut cfg = compiled.config;
     cfg.tunnel_ifindex = 99;
     cfg.ext_ifindex = EXT_IFINDEX;

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use super::error::{SourceError, StateError};
 use super::ha::{self, Election};
 use super::kv::{self, ALIVE, KINDS, PREFIX};
-use crate::model::HaRuntime;
+use crate::compile::HaRuntime;
 
 /// Lease TTL of an agent's `alive/` key, seconds.
 pub const LEASE_TTL: i64 = 5;

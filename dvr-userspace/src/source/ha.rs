@@ -26,8 +26,7 @@ use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use tracing::{info, warn};
 
-use crate::compile::HaRole;
-use crate::model::HaRuntime;
+use crate::compile::{HaRole, HaRuntime};
 
 pub const HA_PREFIX: &str = "/dvr/v1/ha/";
 pub const BEAT_PREFIX: &str = "/dvr/v1/beat/";

@@ -31,7 +31,7 @@ use etcd::EtcdSource;
 use file::FileSource;
 pub use kv::{ALIVE, KINDS, PREFIX, from_kvs, key, to_kvs};
 
-use crate::model::HaRuntime;
+use crate::compile::HaRuntime;
 
 /// Where the agent's state comes from.
 #[derive(Debug, Clone)]

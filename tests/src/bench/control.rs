@@ -241,7 +241,7 @@ pub fn ebpf(n: usize) -> Result<CpTiming> {
     let t0 = Instant::now();
     let state = model::State::from_json(&text).context("state rejected")?;
     let t1 = Instant::now();
-    let compiled = compile::compile(&state, SNAT_HOST, &|_| None).context("compile")?;
+    let compiled = compile::compile(&state, SNAT_HOST, None, &|_| None).context("compile")?;
     let t2 = Instant::now();
     let applied = reconcile::apply(&mut maps, &compiled.config, &compiled.entries)
         .context("writing the maps")?;
@@ -421,7 +421,7 @@ mod tests {
     #[test]
     fn fip_state_compiles_to_n_central_fips() -> Result<()> {
         let state = model::State::from_json(&fip_state(5)?)?;
-        let c = compile::compile(&state, SNAT_HOST, &|_| None)?;
+        let c = compile::compile(&state, SNAT_HOST, None, &|_| None)?;
         let central = c
             .entries
             .fips

@@ -1,0 +1,294 @@
+//! Routing inside the routers of this host: their interfaces on served networks
+//! (`gw_by_mac`, `gw_by_ip`), their subnets (`routes`) and the VM ports on the networks
+//! they route (`endpoints`).
+//!
+//! The *routers of H* are the routers with a distributed interface on a served network,
+//! and the routers H does SNAT for; a *routed network* is a tenant network with an
+//! interface of a router of H.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use dvr_common::route::{Endpoint, IpKey, ROUTE_KEY_PREFIX_BITS, Route, RouteKey, RouterIface};
+
+use super::context::{Compiler, Iface, Networks};
+use super::entries::{MapEntries, be, fdb_key, fnv1a32};
+use super::error::CompileError;
+use crate::model::{ExternalGateway, Router};
+
+/// The routers of this host and the networks they route.
+pub(super) struct MyRouters<'s> {
+    /// Router ids.
+    pub(super) mine: HashSet<&'s str>,
+    /// Network ids.
+    pub(super) routed: HashSet<&'s str>,
+}
+
+impl<'s> MyRouters<'s> {
+    /// `snat_here`: the routers this host does SNAT for.
+    pub(super) fn of(
+        c: &Compiler<'s>,
+        snat_here: &[(&'s Router, &'s ExternalGateway)],
+    ) -> Result<Self, CompileError> {
+        let mut mine: HashSet<&str> = c
+            .ifaces
+            .iter()
+            .filter(|i| c.served.contains(i.network_id))
+            .map(|i| i.router_id)
+            .collect();
+        mine.extend(snat_here.iter().map(|(r, _)| r.id.as_str()));
+        let routed: HashSet<&str> = c
+            .ifaces
+            .iter()
+            .filter(|i| mine.contains(i.router_id))
+            .map(|i| i.network_id)
+            .collect();
+        check_router_ids(&mine)?;
+        Ok(MyRouters { mine, routed })
+    }
+}
+
+/// `endpoints`: every fixed IP of the located VM ports of the routed networks.
+pub(super) fn add_endpoints(
+    endpoints: &mut BTreeMap<IpKey, Endpoint>,
+    c: &Compiler<'_>,
+    networks: &Networks<'_>,
+    routed: &HashSet<&str>,
+) {
+    for &(net, vni) in &networks.list {
+        if !routed.contains(net.id.as_str()) {
+            continue;
+        }
+        for &port in networks.vm_ports(&net.id) {
+            let Some((ifindex, tunnel_ip_host)) = c.location(port) else {
+                continue;
+            };
+            for fixed in &port.fixed_ips {
+                endpoints.insert(
+                    IpKey {
+                        vni,
+                        ip_be: be(fixed.ip),
+                    },
+                    Endpoint {
+                        mac: port.mac,
+                        _pad: [0; 2],
+                        ifindex,
+                        tunnel_ip_host,
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// `gw_by_mac` and `gw_by_ip` of the interfaces on served networks, `routes` of the subnets
+/// of the routers of this host.
+pub(super) fn add_routes(out: &mut MapEntries, c: &Compiler<'_>, mine: &HashSet<&str>) {
+    for iface in &c.ifaces {
+        if c.served.contains(iface.network_id) {
+            let value = router_iface(iface);
+            out.gw_by_mac
+                .insert(fdb_key(iface.vni, iface.port.mac), value);
+            out.gw_by_ip.insert(
+                IpKey {
+                    vni: iface.vni,
+                    ip_be: be(iface.ip),
+                },
+                value,
+            );
+        }
+        if mine.contains(iface.router_id) {
+            let cidr = iface.subnet.cidr;
+            let key = RouteKey {
+                router_id_be: fnv1a32(iface.router_id).to_be(),
+                ip_be: be(cidr.network()),
+            };
+            let route = Route {
+                vni: iface.vni,
+                gw_ip_be: be(iface.ip),
+                gw_mac: iface.port.mac,
+                _pad: [0; 2],
+            };
+            out.routes.insert(
+                (ROUTE_KEY_PREFIX_BITS + u32::from(cidr.prefix_len()), key),
+                route,
+            );
+        }
+    }
+}
+
+fn router_iface(iface: &Iface<'_>) -> RouterIface {
+    RouterIface {
+        router_id: fnv1a32(iface.router_id),
+        ip_be: be(iface.ip),
+        mac: iface.port.mac,
+        _pad: [0; 2],
+    }
+}
+
+/// Router ids are 32-bit hashes in the datapath: two routers of one host must not share one.
+fn check_router_ids(routers: &HashSet<&str>) -> Result<(), CompileError> {
+    let mut sorted: Vec<&str> = routers.iter().copied().collect();
+    sorted.sort_unstable();
+    let mut by_hash: HashMap<u32, &str> = HashMap::with_capacity(sorted.len());
+    for router in sorted {
+        let hash = fnv1a32(router);
+        match by_hash.entry(hash) {
+            Entry::Occupied(o) => {
+                return Err(CompileError::RouterIdCollision {
+                    first: (*o.get()).into(),
+                    second: router.into(),
+                    hash,
+                });
+            }
+            Entry::Vacant(v) => {
+                v.insert(router);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::compile;
+    use crate::testing::*;
+    use serde_json::{Value, json};
+
+    #[test]
+    fn overlapping_tenants_get_disjoint_keys() {
+        let mut v: Value = json!({
+            "networks": [
+                {"id": "red-net", "provider:network_type": "vxlan", "provider:segmentation_id": 10},
+                {"id": "blue-net", "provider:network_type": "vxlan", "provider:segmentation_id": 20}
+            ],
+            "subnets": [
+                {"id": "red-sub", "network_id": "red-net", "cidr": "192.168.21.0/24", "gateway_ip": "192.168.21.1", "ip_version": 4},
+                {"id": "blue-sub", "network_id": "blue-net", "cidr": "192.168.21.0/24", "gateway_ip": "192.168.21.1", "ip_version": 4}
+            ],
+            "routers": [{"id": "red-router"}, {"id": "blue-router"}],
+            "ports": [],
+            "hosts": [{"name": "h", "agent_mode": "dvr", "tunnel_ip": "192.0.2.1", "dvr_mac": "fa:16:3f:00:00:01"}]
+        });
+        for (color, n) in [("red", 1u8), ("blue", 2)] {
+            push(
+                &mut v,
+                "ports",
+                json!({"id": format!("{color}-rif"), "network_id": format!("{color}-net"),
+                "mac_address": format!("fa:16:3e:00:0{n}:01"),
+                "fixed_ips": [{"subnet_id": format!("{color}-sub"), "ip_address": "192.168.21.1"}],
+                "device_owner": "network:router_interface_distributed", "device_id": format!("{color}-router")}),
+            );
+            push(
+                &mut v,
+                "ports",
+                json!({"id": format!("{color}-vm"), "network_id": format!("{color}-net"),
+                "mac_address": format!("fa:16:3e:00:0{n}:05"),
+                "fixed_ips": [{"subnet_id": format!("{color}-sub"), "ip_address": "192.168.21.5"}],
+                "device_owner": "compute:nova", "binding:host_id": "h"}),
+            );
+        }
+        let taps = |tap: &str| match tap {
+            "tapred-vm" => Some(1),
+            "tapblue-vm" => Some(2),
+            _ => None,
+        };
+        let e = compiled(&v, "h", &taps).entries;
+        assert_eq!(e.routes.len(), 2);
+        assert_eq!(e.gw_by_ip.len(), 2);
+        assert_eq!(e.endpoints.len(), 2);
+        assert_eq!(
+            e.endpoints.keys().copied().collect::<Vec<_>>(),
+            [
+                IpKey {
+                    vni: 10,
+                    ip_be: ip(192, 168, 21, 5)
+                },
+                IpKey {
+                    vni: 20,
+                    ip_be: ip(192, 168, 21, 5)
+                }
+            ]
+        );
+        let red = e
+            .routes
+            .get(&route_key(56, "red-router", ip(192, 168, 21, 0)));
+        let blue = e
+            .routes
+            .get(&route_key(56, "blue-router", ip(192, 168, 21, 0)));
+        assert_eq!(red.map(|r| r.vni), Some(10));
+        assert_eq!(blue.map(|r| r.vni), Some(20));
+    }
+
+    #[test]
+    fn router_id_collision_names_both() {
+        // fnv1a32("r66999") == fnv1a32("r916676") == 0x6fbed7e2.
+        assert_eq!(fnv1a32("r66999"), fnv1a32("r916676"));
+        let mut v = fixture_value();
+        push(&mut v, "routers", json!({"id": "r66999"}));
+        push(&mut v, "routers", json!({"id": "r916676"}));
+        for (id, router, subnet, net, cidr, gw, vm_ip) in [
+            (
+                "rif-x",
+                "r66999",
+                "sx",
+                "nx",
+                "10.8.1.0/24",
+                "10.8.1.1",
+                "10.8.1.5",
+            ),
+            (
+                "rif-y",
+                "r916676",
+                "sy",
+                "ny",
+                "10.8.2.0/24",
+                "10.8.2.1",
+                "10.8.2.5",
+            ),
+        ] {
+            let vni = if net == "nx" { 31 } else { 32 };
+            push(
+                &mut v,
+                "networks",
+                json!({"id": net, "provider:network_type": "vxlan", "provider:segmentation_id": vni}),
+            );
+            push(
+                &mut v,
+                "subnets",
+                json!({"id": subnet, "network_id": net, "cidr": cidr, "ip_version": 4}),
+            );
+            push(
+                &mut v,
+                "ports",
+                json!({"id": id, "network_id": net, "mac_address": format!("fa:16:3e:08:00:{vni}"),
+                "fixed_ips": [{"subnet_id": subnet, "ip_address": gw}],
+                "device_owner": "network:router_interface_distributed", "device_id": router}),
+            );
+            push(
+                &mut v,
+                "ports",
+                json!({"id": format!("vm-{net}"), "network_id": net, "mac_address": format!("fa:16:3e:09:00:{vni}"),
+                "fixed_ips": [{"subnet_id": subnet, "ip_address": vm_ip}],
+                "device_owner": "compute:nova", "binding:host_id": "host-b"}),
+            );
+        }
+        let state = state_of(&v);
+        let err = compile(&state, "host-b", None, &all_taps);
+        assert_eq!(
+            err,
+            Err(CompileError::RouterIdCollision {
+                first: "r66999".into(),
+                second: "r916676".into(),
+                hash: 0x6fbe_d7e2
+            })
+        );
+        assert!(
+            err.err()
+                .is_some_and(|e| e.to_string().contains("r66999 and r916676"))
+        );
+        // host-a has no port on those networks: the routers are not its, it compiles.
+        assert!(compile(&state, "host-a", None, &all_taps).is_ok());
+    }
+}

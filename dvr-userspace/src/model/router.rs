@@ -1,0 +1,312 @@
+//! Routers: their external gateway and, for HA routers, the hosts that may hold their
+//! centralized role.
+
+use super::check::{Known, Ref, Report, ip_in};
+use super::host::{AgentMode, Host};
+use super::network::{FixedIp, Network, Subnet, check_external_network, read_fixed_ips};
+use super::parse::{Element, Reader, conv_bool, conv_id, conv_string, conv_u32, describe};
+use super::table::HashMap;
+use crate::json::Value;
+
+/// A router's `external_gateway_info`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalGateway {
+    pub network_id: String,
+    pub enable_snat: bool,
+    pub external_fixed_ips: Vec<FixedIp>,
+}
+
+/// A Neutron router.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Router {
+    pub id: String,
+    pub name: Option<String>,
+    pub external_gateway: Option<ExternalGateway>,
+    pub distributed: bool,
+    pub ha: bool,
+    /// `ha_hosts`: the `dvr_snat` hosts that may hold the router's centralized role, as
+    /// listed (see [`Router::ha_candidates`] for the order of preference).
+    pub ha_hosts: Vec<HaHost>,
+}
+
+/// One entry of a router's `ha_hosts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaHost {
+    pub host: String,
+    /// Higher is preferred; ties go to the host name that sorts first.
+    pub priority: u32,
+}
+
+impl Router {
+    /// True when the router's centralized role is elected among `ha_hosts` (docs/HA.md);
+    /// otherwise it is where its csnat ports are bound.
+    pub fn is_ha_managed(&self) -> bool {
+        self.ha && !self.ha_hosts.is_empty()
+    }
+
+    /// `ha_hosts`, most preferred first.
+    pub fn ha_candidates(&self) -> Vec<&HaHost> {
+        let mut c: Vec<&HaHost> = self.ha_hosts.iter().collect();
+        c.sort_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then_with(|| a.host.cmp(&b.host))
+        });
+        c
+    }
+}
+
+impl Element for Router {
+    const KIND: &'static str = "router";
+    const LIST: &'static str = "routers";
+
+    fn read(r: &mut Reader<'_, '_>) -> Option<Self> {
+        let id = r.req("id", conv_id);
+        let name = r.opt("name", conv_string);
+        let external_gateway = match r.present("external_gateway_info") {
+            None => None,
+            Some(Value::Object(gw)) => {
+                let mut g = r.child("external_gateway_info.", gw);
+                let network_id = g.req("network_id", conv_id);
+                let enable_snat = g.opt("enable_snat", conv_bool).unwrap_or(true);
+                let external_fixed_ips = read_fixed_ips(&mut g, "external_fixed_ips", false);
+                network_id.map(|network_id| ExternalGateway {
+                    network_id,
+                    enable_snat,
+                    external_fixed_ips,
+                })
+            }
+            Some(other) => {
+                let message = format!("expected an object or null, got {}", describe(other));
+                r.error("external_gateway_info", message);
+                None
+            }
+        };
+        let distributed = r.opt("distributed", conv_bool).unwrap_or(true);
+        let ha = r.opt("ha", conv_bool).unwrap_or(false);
+        let mut ha_hosts = Vec::new();
+        for (path, obj) in r.list("ha_hosts", false) {
+            let mut h = r.child(&path, obj);
+            let host = h.req("host", conv_id);
+            let priority = h.req("priority", conv_u32);
+            if let (Some(host), Some(priority)) = (host, priority) {
+                ha_hosts.push(HaHost { host, priority });
+            }
+        }
+        Some(Router {
+            id: id?,
+            name,
+            external_gateway,
+            distributed,
+            ha,
+            ha_hosts,
+        })
+    }
+
+    fn key(&self) -> &str {
+        &self.id
+    }
+}
+
+/// A gateway is on an external network, its addresses on subnets of that network.
+pub(super) fn check_routers(
+    out: &mut Report<'_>,
+    routers: &[Router],
+    networks: Known<'_, Network>,
+    subnets: Known<'_, Subnet>,
+) {
+    for r in routers {
+        let Some(gw) = &r.external_gateway else {
+            continue;
+        };
+        check_external_network(
+            out,
+            networks,
+            "router",
+            &r.id,
+            "external_gateway_info.network_id",
+            &gw.network_id,
+        );
+        for (i, fip) in gw.external_fixed_ips.iter().enumerate() {
+            let prefix = format!("external_gateway_info.external_fixed_ips[{i}]");
+            match subnets.resolve(&fip.subnet_id) {
+                Ref::Found(si) => {
+                    let Some(sub) = subnets.table.at(si) else {
+                        continue;
+                    };
+                    if sub.network_id != gw.network_id {
+                        let message = format!(
+                            "subnet {} is on network {}, not on the gateway network {}",
+                            sub.id, sub.network_id, gw.network_id
+                        );
+                        out.error("router", &r.id, &format!("{prefix}.subnet_id"), message);
+                    } else if !ip_in(&sub.cidr, fip.ip) {
+                        let message =
+                            format!("{} is outside subnet {} ({})", fip.ip, sub.id, sub.cidr);
+                        out.error("router", &r.id, &format!("{prefix}.ip_address"), message);
+                    }
+                }
+                Ref::Broken => {}
+                Ref::Missing => {
+                    let message = format!("subnet {} does not exist", fip.subnet_id);
+                    out.error("router", &r.id, &format!("{prefix}.subnet_id"), message);
+                }
+            }
+        }
+    }
+}
+
+/// `ha_hosts`: only with `ha: true`, at least two distinct `dvr_snat` hosts with an
+/// external interface.
+pub(super) fn check_ha_hosts(out: &mut Report<'_>, routers: &[Router], hosts: Known<'_, Host>) {
+    for r in routers.iter().filter(|r| !r.ha_hosts.is_empty()) {
+        if !r.ha {
+            let message = "only an HA router (ha: true) has ha_hosts";
+            out.error("router", &r.id, "ha_hosts", message);
+            continue;
+        }
+        if r.ha_hosts.len() < 2 {
+            let message = "an HA router needs at least two ha_hosts";
+            out.error("router", &r.id, "ha_hosts", message);
+        }
+        let mut seen: HashMap<&str, usize> = HashMap::default();
+        for (i, c) in r.ha_hosts.iter().enumerate() {
+            let field = format!("ha_hosts[{i}].host");
+            if let Some(first) = seen.insert(&c.host, i) {
+                let message = format!("host {} is listed twice (also ha_hosts[{first}])", c.host);
+                out.error("router", &r.id, &field, message);
+                continue;
+            }
+            let problem = match hosts.table.get(&c.host) {
+                None if hosts.is_broken(&c.host) => None,
+                None => Some(format!("host {} does not exist", c.host)),
+                Some(h) => match (h.agent_mode, &h.external_interface) {
+                    (AgentMode::DvrSnat, Some(_)) => None,
+                    (AgentMode::DvrSnat, None) => Some(format!(
+                        "host {} is dvr_snat but has no external_interface",
+                        c.host
+                    )),
+                    (mode, _) => Some(format!(
+                        "host {} is agent_mode {mode}, not dvr_snat",
+                        c.host
+                    )),
+                },
+            };
+            if let Some(message) = problem {
+                out.error("router", &r.id, &field, message);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::*;
+    use serde_json::Value;
+
+    #[test]
+    fn router_gateway_network_exists_and_is_external() {
+        let errors = errors_after(|v| {
+            elem(v, "routers", "id", "router1")["external_gateway_info"]["network_id"] =
+                "net1".into();
+        });
+        assert_error(
+            &errors,
+            "router",
+            "router1",
+            "external_gateway_info.network_id",
+            "network net1 is not external",
+        );
+        assert_error(
+            &errors,
+            "router",
+            "router1",
+            "external_gateway_info.external_fixed_ips[0].subnet_id",
+            "not on the gateway network net1",
+        );
+        let errors = errors_after(|v| {
+            elem(v, "routers", "id", "router1")["external_gateway_info"]["network_id"] =
+                "nope".into();
+        });
+        assert_error(
+            &errors,
+            "router",
+            "router1",
+            "external_gateway_info.network_id",
+            "network nope does not exist",
+        );
+        // No gateway at all is fine.
+        let mut v = fixture_value();
+        elem(&mut v, "routers", "id", "router1")["external_gateway_info"] = Value::Null;
+        state_of(&v);
+    }
+
+    #[test]
+    fn router_external_fixed_ip_subnet_and_address() {
+        let errors = errors_after(|v| {
+            let gw = &mut elem(v, "routers", "id", "router1")["external_gateway_info"];
+            gw["external_fixed_ips"] = serde_json::json!([
+                {"subnet_id": "nope", "ip_address": "203.0.113.10"},
+                {"subnet_id": "ext-subnet", "ip_address": "198.51.100.10"}
+            ]);
+        });
+        assert_error(
+            &errors,
+            "router",
+            "router1",
+            "external_gateway_info.external_fixed_ips[0].subnet_id",
+            "subnet nope does not exist",
+        );
+        assert_error(
+            &errors,
+            "router",
+            "router1",
+            "external_gateway_info.external_fixed_ips[1].ip_address",
+            "198.51.100.10 is outside subnet ext-subnet",
+        );
+    }
+
+    #[test]
+    fn bad_ha_hosts_name_router_and_field() {
+        let e = errors_after(|v| {
+            with_ha(
+                v,
+                false,
+                serde_json::json!([{"host": "host-b", "priority": 1}, {"host": "host-c", "priority": 2}]),
+            )
+        });
+        assert_error(&e, "router", "router1", "ha_hosts", "only an HA router");
+        let e = errors_after(|v| {
+            with_ha(
+                v,
+                true,
+                serde_json::json!([{"host": "host-b", "priority": 1}]),
+            )
+        });
+        assert_error(&e, "router", "router1", "ha_hosts", "at least two");
+        let e = errors_after(|v| {
+            with_ha(
+                v,
+                true,
+                serde_json::json!([{"host": "host-b", "priority": 1}, {"host": "host-a", "priority": 2}]),
+            )
+        });
+        assert_error(&e, "router", "router1", "ha_hosts[1].host", "not dvr_snat");
+        let e = errors_after(|v| {
+            with_ha(
+                v,
+                true,
+                serde_json::json!([{"host": "host-b", "priority": 1}, {"host": "host-b", "priority": 2}]),
+            )
+        });
+        assert_error(&e, "router", "router1", "ha_hosts[1].host", "listed twice");
+        let e = errors_after(|v| {
+            with_ha(
+                v,
+                true,
+                serde_json::json!([{"host": "host-b", "priority": 1}, {"host": "nowhere", "priority": -2}]),
+            )
+        });
+        assert_error(&e, "router", "router1", "ha_hosts[1].priority", "unsigned");
+    }
+}

@@ -1,7 +1,5 @@
 //! Per-host settings that can change while programs run (so a map, not load-time globals).
 
-/// Array map with one [`HostConfig`] at index 0. Written by the agent.
-pub const HOST_CONFIG: &str = "DVR_HOST_CONFIG";
 
 /// This host's tunnel and DVR identity.
 #[repr(C)]

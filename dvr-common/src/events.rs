@@ -1,12 +1,8 @@
 //! Drop events for `dvrctl monitor`: a ring buffer the datapath writes one record to per
 //! dropped packet, rate-limited per CPU so a flood of drops cannot swamp the reader.
 
-/// Ring buffer of [`DropEvent`]s. Datapath-written, read by `dvrctl monitor`.
-pub const EVENTS: &str = "DVR_EVENTS";
 /// Ring size in bytes (a power of two, a multiple of the page size).
 pub const EVENTS_BYTES: u32 = 256 * 1024;
-/// Per-CPU array `u32 0 -> RateLimit`: the token bucket of the event ring. Datapath-written.
-pub const EVENTS_RL: &str = "DVR_EVENTS_RL";
 /// Events per second per CPU, and burst.
 pub const EVENTS_PER_SEC: u64 = 1000;
 pub const EVENTS_BURST: u64 = 100;

@@ -1,23 +1,15 @@
 //! Layer 2: where a MAC on a network lives, and who gets broadcast / unknown unicast.
 
-/// Hash `FdbKey -> FdbEntry`: every port MAC on every network this host serves. Agent-written.
-pub const FDB: &str = "DVR_FDB";
 pub const FDB_MAX: u32 = 65536;
 
-/// Hash `u32 vni -> FloodSet`: local taps and remote hosts with ports on a network. Agent-written.
-pub const FLOOD: &str = "DVR_FLOOD";
 pub const FLOOD_MAX: u32 = 4096;
 /// Most local taps of one network on one host that broadcast reaches.
 pub const FLOOD_MAX_LOCAL: usize = 64;
 /// Most remote hosts of one network that broadcast is replicated to.
 pub const FLOOD_MAX_REMOTE: usize = 128;
 
-/// Hash `MacKey -> u32 tunnel ip (host order)`: every host's DVR MAC. Agent-written.
-pub const DVR_MACS: &str = "DVR_DVR_MACS";
 pub const DVR_MACS_MAX: u32 = 4096;
 
-/// Hash `u32 tunnel ip (host order) -> u32 (1)`: hosts we accept tunnel traffic from.
-pub const TUNNEL_PEERS: &str = "DVR_PEERS";
 pub const TUNNEL_PEERS_MAX: u32 = 4096;
 
 /// Key of the FDB and the gateway-by-MAC map.

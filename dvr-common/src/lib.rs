@@ -1,10 +1,9 @@
 //! The contract between the BPF datapath (`dvr-ebpf`) and user space (`dvr-userspace`).
 //!
-//! One module per map family. Map names are at most 15 bytes (the kernel's BPF_OBJ_NAME_LEN
-//! less the NUL), and each equals the name of the `static` that declares it in `dvr-ebpf/src/base/maps.rs`
-//! (the `#[map]` macro takes the static's identifier; the agent fails at load if one differs).
-//! Every map name and capacity is a `pub const` here; nothing
-//! else spells a map name. Keys and values are `#[repr(C)]` with explicit padding, so hash
+//! One module per map family with its key and value types and capacities, and one table of
+//! every map ([`maps`], [`map_table!`]) from which both sides derive their declarations: the
+//! map names (`maps::DVR_*`, at most 15 bytes: the kernel's BPF_OBJ_NAME_LEN less the NUL)
+//! are spelled nowhere else. Keys and values are `#[repr(C)]` with explicit padding, so hash
 //! keys are deterministic and the verifier never sees uninitialised stack.
 //!
 //! Byte order: IPv4 addresses called `*_be` are in network byte order (as they sit in the
@@ -16,6 +15,7 @@ pub mod config;
 pub mod csum;
 pub mod events;
 pub mod l2;
+pub mod maps;
 pub mod nat;
 pub mod port;
 pub mod route;

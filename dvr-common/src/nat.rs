@@ -6,29 +6,13 @@
 //! address ranges never share an entry. A flow has two entries, one per direction; each
 //! names its peer (`peer_zone` + `nat_ip`), so the agent's GC deletes both together.
 
-/// Hash `u32 floating IP (network order) -> FipEntry`: the FIPs this host serves, those of
-/// its routers served elsewhere (hairpin), and unassociated ones (dropped, counted).
-/// Agent-written.
-pub const FIPS: &str = "DVR_FIPS";
 pub const FIPS_MAX: u32 = 65536;
 
-/// Hash `IpKey (vni, fixed IP) -> FipSrc`: local ports with a FIP, for outbound SNAT.
-/// Agent-written.
-pub const FIP_SRC: &str = "DVR_FIP_SRC";
 
-/// Hash `u32 gateway IP (network order) -> Neigh`: external gateways. The agent creates the
-/// keys (which addresses may be learned); the datapath fills the MAC from ARP it sees.
-pub const EXT_NEIGH: &str = "DVR_EXT_NEIGH";
 pub const EXT_NEIGH_MAX: u32 = 256;
 
-/// LPM trie `u32 prefix (network order) -> router id`: tenant subnets, which traffic from the
-/// external network must never reach directly. Agent-written.
-pub const EXT_DENY: &str = "DVR_EXT_DENY";
 pub const EXT_DENY_MAX: u32 = 16384;
 
-/// LRU hash `CtKey -> CtEntry`: tracked flows. Datapath-written; the agent expires idle
-/// flows and purges those of removed or moved floating IPs.
-pub const CT: &str = "DVR_CT";
 /// Default capacity (entries; two per flow), overridable at load time.
 pub const CT_MAX: u32 = 262_144;
 
@@ -50,15 +34,9 @@ pub const FIP_CENTRAL: u32 = 8;
 pub const FIP_VIP: u32 = 16;
 /// Set with [`FIP_CENTRAL`] when the FIP's router (`FipEntry::router_id`) is HA: served
 /// (ARP answered, DNAT done) only while the router's fence
-/// ([`crate::snat::HA_FENCE`]) is live, else dropped as `drop_snat_standby`.
+/// ([`crate::maps::DVR_HA_FENCE`]) is live, else dropped as `drop_snat_standby`.
 pub const FIP_HA: u32 = 32;
 
-/// Hash `VipKey (vni, VIP, MAC) -> VipCandidate`: the ports allowed to hold a VIP (its
-/// address is in their allowed address pairs) and where they are. Agent-written.
-pub const VIP_CAND: &str = "DVR_VIP_CAND";
-/// Hash `IpKey (vni, VIP) -> VipLoc`: who holds each VIP now, learned by the datapath from
-/// the (gratuitous) ARP its holder sends, accepted only from a candidate port.
-pub const VIP_LOC: &str = "DVR_VIP_LOC";
 pub const VIP_MAX: u32 = 16384;
 
 #[repr(C)]

@@ -1,12 +1,7 @@
 //! Local VM ports: which port a tap belongs to, and what it may send (port security).
 
-/// Hash `u32 tap ifindex -> LocalPort`. Written by the agent when a tap appears.
-pub const LOCAL_PORTS: &str = "DVR_LOCAL_PORTS";
 pub const LOCAL_PORTS_MAX: u32 = 4096;
 
-/// LPM trie `SecKey -> u32 flags`: (tap, source MAC, source IP prefix) a port may send.
-/// Written by the agent: the port's own MAC and fixed IPs plus its allowed address pairs.
-pub const PORT_SECURITY: &str = "DVR_PORT_SEC";
 pub const PORT_SECURITY_MAX: u32 = 16384;
 
 /// Port security is enforced for this port (`port_security_enabled`, default true).

@@ -1,19 +1,9 @@
 //! Layer 3: router interfaces, routes between a router's subnets, and IP endpoints.
 
-/// Hash `FdbKey (vni, gateway MAC) -> RouterIface`: frames to this MAC on this network are
-/// routed by that router. Agent-written.
-pub const GW_BY_MAC: &str = "DVR_GW_BY_MAC";
-/// Hash `IpKey (vni, gateway IP) -> RouterIface`: ARP and ICMP echo for router interface
-/// addresses, answered locally. Agent-written.
-pub const GW_BY_IP: &str = "DVR_GW_BY_IP";
 pub const GW_MAX: u32 = 16384;
 
-/// LPM trie `RouteKey -> Route`: the subnets attached to a router. Agent-written.
-pub const ROUTES: &str = "DVR_ROUTES";
 pub const ROUTES_MAX: u32 = 16384;
 
-/// Hash `IpKey (vni, ip) -> Endpoint`: every port IP on every routed network. Agent-written.
-pub const ENDPOINTS: &str = "DVR_ENDPOINTS";
 pub const ENDPOINTS_MAX: u32 = 131072;
 
 /// (network, IPv4 address).

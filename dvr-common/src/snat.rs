@@ -3,25 +3,6 @@
 //! subnet; that host translates it to the router's gateway IP with port-address translation
 //! and sends replies straight back to the VM's host.
 
-/// Hash `FdbKey (vni, router interface MAC) -> SnatSteer`, on every host with ports of the
-/// router: where the router's SNAT is. Agent-written.
-pub const SNAT_STEER: &str = "DVR_SNAT_STEER";
-/// Hash `FdbKey (vni, csnat port MAC) -> SnatRouter`, on the SNAT host: frames addressed to
-/// a csnat port are translated for this router. Agent-written.
-pub const SNAT_ROUTERS: &str = "DVR_SNAT_RTR";
-/// Hash `u32 gateway IP (network order) -> SnatRouter`, on the SNAT host: the router
-/// external addresses it answers ARP for and translates replies to. Agent-written.
-pub const SNAT_IPS: &str = "DVR_SNAT_IPS";
-/// Hash `u32 router id -> u64`: new flows refused for lack of a free port, per router.
-/// Datapath-written; the agent logs increases.
-pub const SNAT_EXHAUSTED: &str = "DVR_SNAT_EXH";
-/// Hash `u32 router id -> u64 active_until_ns`: the fence of an HA router (docs/HA.md).
-/// The datapath serves a router whose entries carry [`SNAT_HA`] (or a central FIP with
-/// [`crate::nat::FIP_HA`]) only while the value is later than `bpf_ktime_get_ns()`
-/// (CLOCK_MONOTONIC, in ns); an absent key means "not served here". Written only by the
-/// agent's election (after every beat etcd accepted, deleted on losing the role), never by
-/// compile/reconcile; pinned, so the fence outlives the agent and expires by itself.
-pub const HA_FENCE: &str = "DVR_HA_FENCE";
 pub const SNAT_MAX: u32 = 16384;
 
 /// Default PAT range (inclusive), as Linux's ephemeral ports.
@@ -33,7 +14,7 @@ pub const SNAT_PROBES: u32 = 32;
 
 /// The router does SNAT (`external_gateway_info.enable_snat`).
 pub const SNAT_ENABLED: u32 = 1;
-/// The router is HA (`"ha": true` with `ha_hosts`): served only while its [`HA_FENCE`]
+/// The router is HA (`"ha": true` with `ha_hosts`): served only while its [`crate::maps::DVR_HA_FENCE`]
 /// entry is live ([`fence_active`]); otherwise its frames are dropped (`drop_snat_standby`)
 /// and ARP for its external IP is not answered.
 pub const SNAT_HA: u32 = 2;

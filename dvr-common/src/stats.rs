@@ -1,8 +1,6 @@
 //! Per-CPU packet counters: one slot per [`Stat`]. Drop reasons are precise and stable: the
 //! counters, `dvrctl show stats` and traces all name them through [`Stat::as_str`].
 
-/// Per-CPU array `u32 Stat -> u64 packets`. Written by the datapath, read by `dvrctl`.
-pub const STATS: &str = "DVR_STATS";
 
 macro_rules! stats {
     ($($variant:ident = $id:literal, $drop:literal, $text:literal;)*) => {

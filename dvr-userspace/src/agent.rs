@@ -449,7 +449,7 @@ impl Agent {
             && let Ok(mut sh) = shared.lock()
         {
             sh.roles = compiled.ha.clone();
-            sh.fence_pin = Some(self.dp.dir.join(dvr_common::snat::HA_FENCE));
+            sh.fence_pin = Some(self.dp.dir.join(dvr_common::maps::DVR_HA_FENCE));
         }
         self.ct_sync_update();
         // On the first sync (force) flows left by a previous agent are checked too.

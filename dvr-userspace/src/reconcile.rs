@@ -2,18 +2,21 @@
 //! entries and delete what is not desired, so after any sequence of changes the maps equal
 //! what the current state compiles to.
 //!
-//! Order: all upserts first, map by map in dependency order (peers and endpoints before the
-//! routes and FDB entries that lead to them, the port entry that activates a tap after what
-//! it needs, and floating IPs last: their entry attracts traffic through proxy ARP), then
-//! all deletions in reverse order (a FIP and a tap's port entry go first, so no packet
-//! follows a half-removed path).
-use std::collections::BTreeMap;
+//! Order (from the map table, `dvr_common::map_table!`): all upserts first, map by map in
+//! the table's order of agent-owned maps (peers and endpoints before the routes and FDB
+//! entries that lead to them, the port entry that activates a tap after what it needs, and
+//! floating IPs last: their entry attracts traffic through proxy ARP), then all deletions in
+//! reverse order (a FIP and a tap's port entry go first, so no packet follows a
+//! half-removed path).
+use std::collections::{BTreeMap, BTreeSet};
+
+use aya::Pod;
 
 use dvr_common::config::HostConfig;
 
 use crate::{
     compile::MapEntries,
-    maps::{HostMaps, MapsError},
+    maps::{Hash, HostMaps, MapsError, Table},
 };
 
 /// What one apply changed.
@@ -86,99 +89,14 @@ pub fn apply_known(
         maps.write_config(cfg)?;
         applied.upserted += 1;
     }
-    // One (puts, dels) pair per map, computed before anything is written.
-    macro_rules! plan {
-        ($($field:ident),*) => {{
-            ($( match known {
-                Some(k) => diff(&k.entries.$field, &desired.$field),
-                None => diff(&maps.$field.read()?, &desired.$field),
-            } ),*)
-        }};
+    // One diff per map, computed before anything is written; written in table order, deleted
+    // in reverse.
+    let steps = plan(maps, desired, known)?;
+    for step in &steps {
+        applied.upserted += step.upsert(maps)?;
     }
-    // Gateway neighbours: the agent owns the keys, the datapath the learned MACs, so only
-    // key presence is reconciled and a learned MAC is never overwritten.
-    let neigh_now: std::collections::BTreeSet<u32> = match known {
-        Some(k) => k.entries.ext_neigh.clone(),
-        None => maps.ext_neigh.read()?.into_keys().collect(),
-    };
-    let (ext_deny, fip_src, tunnel_peers, dvr_macs, endpoints, routes) =
-        plan!(ext_deny, fip_src, tunnel_peers, dvr_macs, endpoints, routes);
-    let (snat_routers, snat_ips, snat_steer, vip_cand) =
-        plan!(snat_routers, snat_ips, snat_steer, vip_cand);
-    let (fdb, flood, gw_by_ip, gw_by_mac, port_security, local_ports, fips) = plan!(
-        fdb,
-        flood,
-        gw_by_ip,
-        gw_by_mac,
-        port_security,
-        local_ports,
-        fips
-    );
-    macro_rules! upsert {
-        ($($field:ident),*) => {$(
-            maps.$field.put_many(&$field.0)?;
-            applied.upserted += $field.0.len();
-        )*};
-    }
-    macro_rules! delete {
-        ($($field:ident),*) => {$(
-            for k in &$field.1 { maps.$field.del(k)?; }
-            applied.deleted += $field.1.len();
-        )*};
-    }
-    for ip in desired
-        .ext_neigh
-        .iter()
-        .filter(|ip| !neigh_now.contains(ip))
-    {
-        maps.ext_neigh.put_new(ip, &Default::default())?;
-        applied.upserted += 1;
-    }
-    // Floating IPs last: their entry is what attracts traffic (proxy ARP, DNAT).
-    upsert!(
-        ext_deny,
-        fip_src,
-        tunnel_peers,
-        dvr_macs,
-        endpoints,
-        routes,
-        snat_routers,
-        snat_steer,
-        fdb,
-        flood,
-        gw_by_ip,
-        gw_by_mac,
-        port_security,
-        local_ports,
-        vip_cand,
-        snat_ips,
-        fips
-    );
-    delete!(
-        fips,
-        snat_ips,
-        vip_cand,
-        local_ports,
-        port_security,
-        gw_by_mac,
-        gw_by_ip,
-        flood,
-        fdb,
-        snat_steer,
-        snat_routers,
-        routes,
-        endpoints,
-        dvr_macs,
-        tunnel_peers,
-        fip_src,
-        ext_deny
-    );
-    for ip in neigh_now
-        .iter()
-        .filter(|ip| !desired.ext_neigh.contains(ip))
-    {
-        maps.ext_neigh.del(ip)?;
-        applied.deleted += 1;
+    for step in steps.iter().rev() {
+        applied.deleted += step.delete(maps)?;
     }
     // Learned VIP locations of VIPs no longer in the state (no candidate left) go too.
     let vips_of = |e: &MapEntries| -> std::collections::BTreeSet<(u32, u32)> {
@@ -199,6 +117,123 @@ pub fn apply_known(
     }
     Ok(applied)
 }
+
+/// One agent-owned map's part of an apply: what to write and what to delete.
+trait Step {
+    fn upsert(&self, maps: &mut HostMaps) -> Result<usize, MapsError>;
+    fn delete(&self, maps: &mut HostMaps) -> Result<usize, MapsError>;
+}
+
+struct Diff<T: Table> {
+    puts: Vec<(T::Key, T::Value)>,
+    dels: Vec<T::Key>,
+    handle: fn(&mut HostMaps) -> &mut T,
+}
+
+impl<T: Table> Step for Diff<T> {
+    fn upsert(&self, maps: &mut HostMaps) -> Result<usize, MapsError> {
+        (self.handle)(maps).put_many(&self.puts)?;
+        Ok(self.puts.len())
+    }
+    fn delete(&self, maps: &mut HostMaps) -> Result<usize, MapsError> {
+        let map = (self.handle)(maps);
+        for k in &self.dels {
+            map.del(k)?;
+        }
+        Ok(self.dels.len())
+    }
+}
+
+/// A map whose keys the agent decides and whose values the datapath fills (the map table's
+/// `agent_keys`): missing keys are created with a zero value, a value already there is never
+/// overwritten, keys no longer wanted are deleted.
+struct KeyDiff<K, V> {
+    puts: Vec<K>,
+    dels: Vec<K>,
+    handle: fn(&mut HostMaps) -> &mut Hash<K, V>,
+}
+
+impl<K: Pod + Ord + Default, V: Pod + PartialEq + Default> Step for KeyDiff<K, V> {
+    fn upsert(&self, maps: &mut HostMaps) -> Result<usize, MapsError> {
+        let map = (self.handle)(maps);
+        for k in &self.puts {
+            map.put_new(k, &V::default())?;
+        }
+        Ok(self.puts.len())
+    }
+    fn delete(&self, maps: &mut HostMaps) -> Result<usize, MapsError> {
+        let map = (self.handle)(maps);
+        for k in &self.dels {
+            map.del(k)?;
+        }
+        Ok(self.dels.len())
+    }
+}
+
+fn key_step<K: Pod + Ord + Default, V: Pod + PartialEq + Default>(
+    now: &BTreeSet<K>,
+    desired: &BTreeSet<K>,
+    handle: fn(&mut HostMaps) -> &mut Hash<K, V>,
+) -> Box<dyn Step> {
+    Box::new(KeyDiff {
+        puts: desired.difference(now).copied().collect(),
+        dels: now.difference(desired).copied().collect(),
+        handle,
+    })
+}
+
+fn step<T: Table + 'static>(
+    (puts, dels): (Vec<(T::Key, T::Value)>, Vec<T::Key>),
+    handle: fn(&mut HostMaps) -> &mut T,
+) -> Box<dyn Step>
+where
+    T::Key: 'static,
+    T::Value: 'static,
+{
+    Box::new(Diff { puts, dels, handle })
+}
+
+/// `plan()`: one step per row of the map table's `agent_keys` and `agent` sections, in that
+/// order, diffing `desired` against `known` (what the last apply wrote) or, without it,
+/// against what the maps hold.
+macro_rules! plan {
+    (
+        config { $($config:tt)* }
+        agent {
+            $($(#[$doc:meta])* $field:ident: $name:ident, $kind:ident<$k:ty, $v:ty>, $cap:expr;)*
+        }
+        agent_keys {
+            $($(#[$kdoc:meta])* $kfield:ident: $kname:ident, $kkind:ident<$kk:ty, $kv:ty>, $kcap:expr;)*
+        }
+        $($rest:tt)*
+    ) => {
+        fn plan(
+            maps: &HostMaps,
+            desired: &MapEntries,
+            known: Option<&Written>,
+        ) -> Result<Vec<Box<dyn Step>>, MapsError> {
+            Ok(vec![
+                $(key_step(
+                    &match known {
+                        Some(k) => k.entries.$kfield.clone(),
+                        None => maps.$kfield.read()?.into_keys().collect(),
+                    },
+                    &desired.$kfield,
+                    |m: &mut HostMaps| &mut m.$kfield,
+                ),)*
+                $(step(
+                    match known {
+                        Some(k) => diff(&k.entries.$field, &desired.$field),
+                        None => diff(&maps.$field.read()?, &desired.$field),
+                    },
+                    |m: &mut HostMaps| &mut m.$field,
+                ),)*
+            ])
+        }
+    };
+}
+
+dvr_common::map_table!(plan);
 
 #[cfg(test)]
 mod tests {

@@ -15,7 +15,10 @@ use std::{
 };
 
 use aya::maps::MapData;
-use dvr_common::nat::{self, CT_DNAT, CT_PAT, CtEntry, CtKey, TCP_ACK, TCP_FIN};
+use dvr_common::{
+    maps,
+    nat::{CT_DNAT, CT_PAT, CtEntry, CtKey, TCP_ACK, TCP_FIN},
+};
 use dvr_userspace::{
     clock,
     ctsync::{
@@ -560,7 +563,7 @@ fn ctsync_pinned_map_round_trip() -> Result<(), String> {
     }
     let result = (|| {
         let data = MapData::from_fd(fd).map_err(|e| e.to_string())?;
-        data.pin(dir.join(nat::CT)).map_err(|e| e.to_string())?;
+        data.pin(dir.join(maps::DVR_CT)).map_err(|e| e.to_string())?;
         drop(data);
         let mut ct = PinnedCt::open(&dir)?;
         let want = entries(3000);
@@ -594,7 +597,7 @@ fn ctsync_pinned_map_round_trip() -> Result<(), String> {
         }
         Ok(())
     })();
-    let _ = std::fs::remove_file(dir.join(nat::CT));
+    let _ = std::fs::remove_file(dir.join(maps::DVR_CT));
     let _ = std::fs::remove_dir(&dir);
     result
 }

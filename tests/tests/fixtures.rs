@@ -1184,7 +1184,7 @@ impl Fixture {
     fn fence(&mut self, router: u32, offset_ms: Option<i64>) {
         match offset_ms {
             Some(ms) => {
-                let now = dvr_userspace::maps::fence_now_ns() as i64;
+                let now = dvr_userspace::clock::fence_now_ns() as i64;
                 let until = (now + ms * 1_000_000) as u64;
                 self.maps
                     .ha_fence

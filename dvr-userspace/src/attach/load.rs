@@ -52,7 +52,7 @@ pub fn load_object(dir: &Path, opts: &LoadOptions) -> Result<Ebpf, AttachError> 
         .map(|n| (*n, dir.join(n)))
         .collect();
     let mut loader = EbpfLoader::new();
-    loader.map_max_entries(dvr_common::nat::CT, opts.ct_max);
+    loader.map_max_entries(dvr_common::maps::DVR_CT, opts.ct_max);
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }

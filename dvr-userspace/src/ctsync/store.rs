@@ -8,7 +8,10 @@ use std::{
 };
 
 use aya::maps::{HashMap as BpfHash, IterableMap, Map, MapData};
-use dvr_common::nat::{self, CtEntry, CtKey};
+use dvr_common::{
+    maps,
+    nat::{CtEntry, CtKey},
+};
 use tracing::debug;
 
 use crate::clock;
@@ -50,12 +53,12 @@ pub struct PinnedCt {
 impl PinnedCt {
     /// Open `<pin_dir>/DVR_CT` (`pin_dir` is the host's pin directory, `<bpffs>/<host>`).
     pub fn open(pin_dir: &Path) -> Result<Self, String> {
-        let path = pin_dir.join(nat::CT);
+        let path = pin_dir.join(maps::DVR_CT);
         let data = MapData::from_pin(&path)
-            .map_err(|e| format!("map {}: cannot open pin {}: {e}", nat::CT, path.display()))?;
+            .map_err(|e| format!("map {}: cannot open pin {}: {e}", maps::DVR_CT, path.display()))?;
         let map = Map::from_map_data(data)
             .and_then(BpfHash::try_from)
-            .map_err(|e| format!("map {}: {e}", nat::CT))?;
+            .map_err(|e| format!("map {}: {e}", maps::DVR_CT))?;
         Ok(Self { map, batch: true })
     }
 
@@ -81,7 +84,7 @@ impl PinnedCt {
         select: &dyn Fn(&CtKey, &CtEntry) -> bool,
         out: &mut Vec<(CtKey, CtEntry)>,
     ) -> Result<bool, String> {
-        let r = crate::maps::lookup_batch(self.fd(), |k: &CtKey, e: &CtEntry| {
+        let r = crate::maps::batch::lookup(self.fd(), |k: &CtKey, e: &CtEntry| {
             if select(k, e) {
                 out.push((*k, *e));
             }
@@ -89,7 +92,7 @@ impl PinnedCt {
         match r {
             None => Ok(false),
             Some(Ok(())) => Ok(true),
-            Some(Err(e)) => Err(format!("map {}: BPF_MAP_LOOKUP_BATCH: {e}", nat::CT)),
+            Some(Err(e)) => Err(format!("map {}: BPF_MAP_LOOKUP_BATCH: {e}", maps::DVR_CT)),
         }
     }
 }
@@ -108,7 +111,7 @@ impl CtStore for PinnedCt {
             self.batch = false;
         }
         for r in self.map.iter() {
-            let (k, e) = r.map_err(|e| format!("map {}: {e}", nat::CT))?;
+            let (k, e) = r.map_err(|e| format!("map {}: {e}", maps::DVR_CT))?;
             if select(&k, &e) {
                 out.push((k, e));
             }
@@ -126,7 +129,7 @@ impl CtStore for PinnedCt {
             };
             self.map
                 .insert(k, e, 0)
-                .map_err(|e| format!("map {}: {e}", nat::CT))?;
+                .map_err(|e| format!("map {}: {e}", maps::DVR_CT))?;
         }
         Ok(())
     }

@@ -23,7 +23,7 @@ use super::{
 };
 use crate::{
     ctl::{fmt_mac, ip_be},
-    maps::{MapsError, fence_now_ns},
+    maps::MapsError,
 };
 
 // ---- security ----
@@ -535,7 +535,7 @@ impl Walk<'_> {
             return Ok(true);
         }
         let until = self.m.ha_fence.get(&router_id)?;
-        let now = fence_now_ns();
+        let now = crate::clock::fence_now_ns();
         let ok = fence_active(until, now);
         let left = until.map_or(-1.0, |u| (u as f64 - now as f64) / 1e6);
         self.step(

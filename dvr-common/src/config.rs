@@ -1,6 +1,5 @@
 //! Per-host settings that can change while programs run (so a map, not load-time globals).
 
-
 /// This host's tunnel and DVR identity.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -157,7 +157,10 @@ mod tests {
     #[test]
     fn names_fit_the_kernel_and_are_unique() {
         for (i, name) in NAMES.iter().enumerate() {
-            assert!(name.len() <= 15, "{name}: BPF_OBJ_NAME_LEN is 16 with the NUL");
+            assert!(
+                name.len() <= 15,
+                "{name}: BPF_OBJ_NAME_LEN is 16 with the NUL"
+            );
             assert!(name.starts_with("DVR_"), "{name}");
             assert!(!NAMES[i + 1..].contains(name), "{name} twice");
         }

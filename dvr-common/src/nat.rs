@@ -8,7 +8,6 @@
 
 pub const FIPS_MAX: u32 = 65536;
 
-
 pub const EXT_NEIGH_MAX: u32 = 256;
 
 pub const EXT_DENY_MAX: u32 = 16384;

@@ -1,7 +1,6 @@
 //! Per-CPU packet counters: one slot per [`Stat`]. Drop reasons are precise and stable: the
 //! counters, `dvrctl show stats` and traces all name them through [`Stat::as_str`].
 
-
 macro_rules! stats {
     ($($variant:ident = $id:literal, $drop:literal, $text:literal;)*) => {
         /// What happened to a packet. `#[repr(u32)]`: the discriminant is the counter index.

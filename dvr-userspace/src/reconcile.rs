@@ -182,8 +182,14 @@ fn key_step<K: Pod + Ord + Default, V: Pod + PartialEq + Default>(
     })
 }
 
+/// What [`diff`] returns for a map: entries to write, keys to delete.
+type Delta<T> = (
+    Vec<(<T as Table>::Key, <T as Table>::Value)>,
+    Vec<<T as Table>::Key>,
+);
+
 fn step<T: Table + 'static>(
-    (puts, dels): (Vec<(T::Key, T::Value)>, Vec<T::Key>),
+    (puts, dels): Delta<T>,
     handle: fn(&mut HostMaps) -> &mut T,
 ) -> Box<dyn Step>
 where

@@ -563,7 +563,8 @@ fn ctsync_pinned_map_round_trip() -> Result<(), String> {
     }
     let result = (|| {
         let data = MapData::from_fd(fd).map_err(|e| e.to_string())?;
-        data.pin(dir.join(maps::DVR_CT)).map_err(|e| e.to_string())?;
+        data.pin(dir.join(maps::DVR_CT))
+            .map_err(|e| e.to_string())?;
         drop(data);
         let mut ct = PinnedCt::open(&dir)?;
         let want = entries(3000);

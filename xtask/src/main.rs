@@ -4,10 +4,13 @@
 //!   test tools) and mount bpffs. Only what is missing, so a second run is a quick no-op.
 //! - `build-ebpf`: build the BPF object through `dvr-userspace/build.rs` (aya-build) and
 //!   copy it to `target/bpf/dvr.o` for bpftool.
-//! - `test`: unit tests, then the root-only multi-host integration tests.
+//! - `layers`: the module graph of the datapath and the agent, floor by floor; fails on
+//!   any import circle.
+//! - `test`: the layer check, unit tests, then the root-only multi-host integration tests.
 //! - `demo`: run the namespace demo.
 //! - `bench`: the benchmarks: eBPF datapath vs Neutron DVR's namespace datapath vs one veth
 //!   pair, and control-plane timings (release build; results in `bench/`).
+mod layers;
 mod run;
 mod setup;
 
@@ -35,7 +38,9 @@ enum Command {
     Setup,
     /// Build the BPF object (via dvr-userspace's build script) and copy it to target/bpf/dvr.o.
     BuildEbpf,
-    /// Run setup, the unit tests, then the integration tests (needs root).
+    /// Print the module layers of dvr-ebpf and dvr-userspace; fail on any import circle.
+    Layers,
+    /// Run setup, the layer check, the unit tests, then the integration tests (needs root).
     Test {
         /// Passed to the integration test harness (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -69,6 +74,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Setup => setup::all(&env),
         Command::BuildEbpf => build_ebpf(&env),
+        Command::Layers => layers::run(&env.root),
         Command::Test { args } => test(&env, &args),
         Command::Demo { args } => demo(&env, &args),
         Command::Bench { quick, debug, args } => bench(&env, quick, debug, &args),
@@ -143,6 +149,7 @@ fn newest_object(build_dir: &Path) -> anyhow::Result<PathBuf> {
 
 fn test(env: &Env, args: &[String]) -> anyhow::Result<()> {
     setup::all(env)?;
+    layers::run(&env.root)?;
     env.run(cargo(env).args(["build", "--bins"]).args(HOST_UNIT))?;
     env.run(cargo(env).args(["build", "--package", "dvr-tests", "--tests", "--bins"]))?;
     let mut tally = run::Tally::default();

@@ -19,12 +19,24 @@ macro_rules! map_type {
 
 /// Its definition with the table's capacity (bytes for the ring).
 macro_rules! map_new {
-    (Array, $k:ty, $v:ty, $cap:expr) => { Array::with_max_entries($cap, 0) };
-    (PerCpuArray, $k:ty, $v:ty, $cap:expr) => { PerCpuArray::with_max_entries($cap, 0) };
-    (Hash, $k:ty, $v:ty, $cap:expr) => { HashMap::with_max_entries($cap, 0) };
-    (LruHash, $k:ty, $v:ty, $cap:expr) => { LruHashMap::with_max_entries($cap, 0) };
-    (Lpm, $k:ty, $v:ty, $cap:expr) => { LpmTrie::with_max_entries($cap, 0) };
-    (RingBuf, $k:ty, $v:ty, $cap:expr) => { RingBuf::with_byte_size($cap, 0) };
+    (Array, $k:ty, $v:ty, $cap:expr) => {
+        Array::with_max_entries($cap, 0)
+    };
+    (PerCpuArray, $k:ty, $v:ty, $cap:expr) => {
+        PerCpuArray::with_max_entries($cap, 0)
+    };
+    (Hash, $k:ty, $v:ty, $cap:expr) => {
+        HashMap::with_max_entries($cap, 0)
+    };
+    (LruHash, $k:ty, $v:ty, $cap:expr) => {
+        LruHashMap::with_max_entries($cap, 0)
+    };
+    (Lpm, $k:ty, $v:ty, $cap:expr) => {
+        LpmTrie::with_max_entries($cap, 0)
+    };
+    (RingBuf, $k:ty, $v:ty, $cap:expr) => {
+        RingBuf::with_byte_size($cap, 0)
+    };
 }
 
 macro_rules! declare {

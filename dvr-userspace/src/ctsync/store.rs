@@ -54,8 +54,13 @@ impl PinnedCt {
     /// Open `<pin_dir>/DVR_CT` (`pin_dir` is the host's pin directory, `<bpffs>/<host>`).
     pub fn open(pin_dir: &Path) -> Result<Self, String> {
         let path = pin_dir.join(maps::DVR_CT);
-        let data = MapData::from_pin(&path)
-            .map_err(|e| format!("map {}: cannot open pin {}: {e}", maps::DVR_CT, path.display()))?;
+        let data = MapData::from_pin(&path).map_err(|e| {
+            format!(
+                "map {}: cannot open pin {}: {e}",
+                maps::DVR_CT,
+                path.display()
+            )
+        })?;
         let map = Map::from_map_data(data)
             .and_then(BpfHash::try_from)
             .map_err(|e| format!("map {}: {e}", maps::DVR_CT))?;

@@ -76,8 +76,7 @@ pub struct Hash<K, V> {
 
 impl<K: Pod, V: Pod> Pinned for Hash<K, V> {
     fn open(dir: &Path, name: &'static str) -> Result<Self, MapsError> {
-        let map =
-            HashMap::try_from(Map::HashMap(open_data(dir, name)?)).map_err(access(name))?;
+        let map = HashMap::try_from(Map::HashMap(open_data(dir, name)?)).map_err(access(name))?;
         Ok(Hash { name, map })
     }
 }
@@ -170,8 +169,7 @@ pub struct Lpm<K, V> {
 
 impl<K: Pod, V: Pod> Pinned for Lpm<K, V> {
     fn open(dir: &Path, name: &'static str) -> Result<Self, MapsError> {
-        let map =
-            LpmTrie::try_from(Map::LpmTrie(open_data(dir, name)?)).map_err(access(name))?;
+        let map = LpmTrie::try_from(Map::LpmTrie(open_data(dir, name)?)).map_err(access(name))?;
         Ok(Lpm { name, map })
     }
 }

@@ -105,7 +105,9 @@ pub fn incompatible_pins(dir: &Path, ct_max: u32) -> Vec<(&'static str, String)>
 
 impl HostMaps {
     pub fn read_config(&self) -> Result<HostConfig, MapsError> {
-        self.config.get(&0, 0).map_err(access(maps::DVR_HOST_CONFIG))
+        self.config
+            .get(&0, 0)
+            .map_err(access(maps::DVR_HOST_CONFIG))
     }
 
     pub fn write_config(&mut self, cfg: &HostConfig) -> Result<(), MapsError> {

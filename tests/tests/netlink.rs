@@ -103,7 +103,7 @@ fn netlink_tunnel_device_is_what_ip_link_add_makes_and_uninstall_removes_it() ->
         let first = attach::ensure_tunnel_dev()?;
         // A second agent adopts it.
         let again = attach::ensure_tunnel_dev()?;
-        Ok((first, again, attach::interfaces()))
+        Ok((first, again, attach::interfaces()?))
     })?;
     ensure!(first == again, "ifindex {first}, then {again}: not adopted");
     ensure!(
@@ -243,7 +243,7 @@ fn netlink_link_watch_reports_links_appearing_renamed_and_going() -> Result<()> 
             "link", "add", "nlw-a", "type", "veth", "peer", "name", "nlw-b",
         ])?;
         wait_changed(&mut watch, "adding a veth pair")?;
-        let now = names(attach::interfaces());
+        let now = names(attach::interfaces()?);
         ensure!(now == ["lo", "nlw-a", "nlw-b"], "{now:?}");
 
         // A state change of a known link is not a change of the list.
@@ -255,12 +255,12 @@ fn netlink_link_watch_reports_links_appearing_renamed_and_going() -> Result<()> 
 
         ns.ip(&["link", "set", "dev", "nlw-b", "name", "nlw-c"])?;
         wait_changed(&mut watch, "renaming nlw-b to nlw-c")?;
-        let now = names(attach::interfaces());
+        let now = names(attach::interfaces()?);
         ensure!(now == ["lo", "nlw-a", "nlw-c"], "{now:?}");
 
         ns.ip(&["link", "del", "dev", "nlw-a"])?;
         wait_changed(&mut watch, "deleting the veth pair")?;
-        let now = names(attach::interfaces());
+        let now = names(attach::interfaces()?);
         ensure!(now == ["lo"], "{now:?}");
         ensure!(
             !settle(&mut watch, Duration::from_millis(300)),

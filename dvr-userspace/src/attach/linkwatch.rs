@@ -20,7 +20,7 @@
 //!     };
 //!     if scan {
 //!         last_scan = Instant::now();
-//!         let _now = interfaces(); // then attach/detach as the tick does today
+//!         let _now = interfaces(); // then attach/detach as the agent's tick does
 //!     }
 //!     // Sleep until a link event or the next look at the state source, whichever first.
 //!     if let Some(w) = &watch {

@@ -305,13 +305,12 @@ impl Rtnl {
     }
 }
 
-/// Every interface of the calling thread's network namespace: name -> ifindex. Empty when
-/// netlink fails, as `if_nameindex(3)` (itself a netlink dump) was before.
-pub fn interfaces() -> BTreeMap<String, u32> {
+/// Every interface of the calling thread's network namespace: name -> ifindex. A failed
+/// dump is an error, never an empty list (which would read as "every tap went away").
+pub fn interfaces() -> Result<BTreeMap<String, u32>, NetlinkError> {
     Rtnl::open()
         .and_then(|mut r| r.links())
         .map(|links| links.into_iter().map(|l| (l.name, l.index)).collect())
-        .unwrap_or_default()
 }
 
 /// MAC address of interface `name` in the calling thread's network namespace (zero when the

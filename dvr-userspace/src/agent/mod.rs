@@ -1,0 +1,517 @@
+//! The agent's control loop: watch the state source and the host's links, compile each
+//! change once, reconcile the maps, attach/detach taps, and do the periodic work.
+//! Single-threaded: every [`STATE_POLL`] it looks at the state source and the link
+//! notifications; every [`POLL`] it does the periodic work (gateway ARP, conntrack GC).
+//!
+//! Its parts, each owning its own state:
+//! - `links`: which of the wanted taps and the external interface exist (link notifications,
+//!   slow listing as a fallback);
+//! - `sync`: one reconcile against what the last apply wrote;
+//! - `announce`: gratuitous ARP for what starts being served, external gateway probes;
+//! - `ha`: the HA roles for the election and their conntrack sync;
+//! - `gc`: conntrack expiry/purge and SNAT exhaustion reports;
+//! - `options`, `error`: tunables and errors.
+mod announce;
+mod error;
+mod gc;
+mod ha;
+mod links;
+mod options;
+mod sync;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::Path,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use tracing::{info, warn};
+
+pub use error::AgentError;
+pub use options::{FULL_READ_INTERVAL, Options, POLL, RESCAN, STATE_POLL};
+
+use crate::{
+    attach::{Datapath, mac_of},
+    compile::{self, Compiled, External, HaRuntime},
+    conntrack::{self, Owned},
+    metrics,
+    model::State,
+    source::{Source, SourceSpec, ha as election},
+};
+use announce::Announcer;
+use gc::Gc;
+use ha::{HaUpkeep, Me};
+use links::{Ifaces, Links};
+use sync::Reconciler;
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Install SIGTERM/SIGINT handlers that ask the loop to stop.
+pub fn install_signal_handlers() {
+    let handler: extern "C" fn(libc::c_int) = on_signal;
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
+        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
+    }
+}
+
+/// The state the agent serves, as last accepted, with what its compile said about the
+/// host's interfaces.
+struct Current {
+    state: State,
+    /// The HA election view `state` is compiled with (etcd mode; `None` with a state file).
+    ha_view: Option<HaRuntime>,
+    /// Tap names of this host's VM ports.
+    wanted: Vec<String>,
+    /// External interface named by the state, if any.
+    ext_wanted: Option<String>,
+}
+
+impl Current {
+    fn new(state: State, ha_view: Option<HaRuntime>, c: &Compiled) -> Self {
+        Current {
+            state,
+            ha_view,
+            wanted: c.taps.keys().cloned().collect(),
+            ext_wanted: c.external.as_ref().map(|e| e.iface.clone()),
+        }
+    }
+}
+
+/// What the last apply made this host serve.
+#[derive(Default)]
+struct Served {
+    /// Taps of local ports that exist and are attached: name -> ifindex.
+    taps: BTreeMap<String, u32>,
+    /// The external interface as last seen: (name, ifindex), and its MAC.
+    ext: Option<(String, u32)>,
+    ext_mac: [u8; 6],
+    external: Option<External>,
+    /// Floating IPs served here -> fixed IP.
+    fips: BTreeMap<Ipv4Addr, Ipv4Addr>,
+    /// Router external IPs translated here (network order), and router names by id.
+    snat_ips: BTreeSet<u32>,
+    snat_names: BTreeMap<u32, String>,
+}
+
+pub struct Agent {
+    host: String,
+    source_desc: String,
+    source: Source,
+    current: Current,
+    dp: Datapath,
+    opts: Options,
+    links: Links,
+    served: Served,
+    reconciler: Reconciler,
+    announcer: Announcer,
+    ha: HaUpkeep,
+    gc: Gc,
+    metrics: metrics::Shared,
+    /// When the state now being applied was read (for the "applied" log line).
+    change_seen: Option<Instant>,
+}
+
+impl Agent {
+    /// Validate the state, load and pin the datapath, apply the first state. An invalid
+    /// state file fails here, before anything on the host is touched.
+    pub fn start(
+        host: &str,
+        spec: &SourceSpec,
+        bpffs_root: &Path,
+        opts: Options,
+    ) -> Result<Self, AgentError> {
+        let source_desc = spec.describe();
+        let ha_shared = election::Shared::default();
+        let (mut source, mut text) = Source::open(spec, host, &ha_shared, &STOP)?;
+        let err = |msg: String| AgentError::State {
+            source_desc: source_desc.clone(),
+            msg,
+        };
+        let mut links = Links::open();
+        // Parse and compile before touching the host, so a state that names no such host or
+        // cannot be compiled is refused up front too. A file is refused at once (exit code
+        // 1); a cluster store may simply not be filled yet, so the agent waits for a usable
+        // state while a previous agent's pinned datapath keeps forwarding.
+        let (current, first, ifaces) = loop {
+            let ha_view = source.ha_runtime();
+            let ifaces = links.list().unwrap_or_default();
+            match parse_and_compile(
+                &text.take().unwrap_or_default(),
+                host,
+                ha_view.as_ref(),
+                &ifaces,
+            ) {
+                Ok((s, c)) => break (Current::new(s, ha_view, &c), c, ifaces),
+                Err(e) if matches!(spec, SourceSpec::File(_)) => return Err(err(e)),
+                Err(e) => {
+                    warn!(error = %e, "no usable state in etcd yet; waiting for one");
+                    while text.is_none() {
+                        if STOP.load(Ordering::SeqCst) {
+                            return Err(err("stopped while waiting for a usable state".into()));
+                        }
+                        text = source.poll(Some(Duration::from_millis(200)))?;
+                    }
+                }
+            }
+        };
+        let dp = Datapath::load(bpffs_root, host, &opts.load)?;
+        info!(host, pins = %dp.dir.display(), tunnel_ifindex = dp.tunnel_ifindex, "datapath loaded");
+        let mut agent = Self {
+            host: host.into(),
+            source_desc,
+            source,
+            current,
+            dp,
+            opts,
+            links,
+            served: Served::default(),
+            reconciler: Reconciler::new(),
+            announcer: Announcer::default(),
+            ha: HaUpkeep::default(),
+            gc: Gc::new(),
+            metrics: metrics::Shared::default(),
+            change_seen: None,
+        };
+        if let Some(addr) = agent.opts.metrics {
+            let at = metrics::spawn(
+                addr,
+                agent.host.clone(),
+                agent.dp.dir.clone(),
+                agent.metrics.clone(),
+            )
+            .map_err(|e| AgentError::Metrics {
+                addr,
+                msg: e.to_string(),
+            })?;
+            info!(%at, "serving Prometheus metrics at /metrics");
+        }
+        // Taps may have come or gone while the datapath loaded: the first compile is kept
+        // when the wanted taps and external interface are as it saw them (all a compile
+        // reads of the host).
+        let now = agent.links.list().unwrap_or_default();
+        let seen = |l: &Ifaces| {
+            let c = &agent.current;
+            links::present(l, &c.wanted, c.ext_wanted.as_deref())
+        };
+        let first = (seen(&now) == seen(&ifaces)).then_some(first);
+        agent.apply(first, &now, true)?;
+        let pruned = agent.dp.prune_links();
+        if !pruned.is_empty() {
+            info!(links = ?pruned, "removed pinned links of interfaces no longer served");
+        }
+        Ok(agent)
+    }
+
+    /// One step: pick up a changed state, election view or set of links and apply it
+    /// (compiling once), then, when `periodic`, the periodic work (ARP, conntrack GC).
+    pub fn tick(&mut self, periodic: bool) -> Result<(), AgentError> {
+        let polled = Instant::now();
+        let text = self.source.poll(None)?;
+        let ha_changed = self.source.take_ha_change();
+        if ha_changed {
+            let rt = self.source.ha_runtime();
+            info!(holders = ?rt.as_ref().map(|r| &r.holders), active_here = ?rt.as_ref().map(|r| &r.active_here), "HA view changed");
+            self.current.ha_view = rt;
+            self.change_seen.get_or_insert(polled);
+        }
+        let links_due = self.links.due();
+        let mut applied = false;
+        if text.is_some() || ha_changed || links_due {
+            // A failed listing keeps the taps as last seen.
+            let ifaces = match self.links.list() {
+                Some(l) => l,
+                None => self.last_seen_ifaces(),
+            };
+            let mut compiled = None;
+            let mut force = ha_changed;
+            if let Some(text) = text {
+                self.change_seen = Some(polled);
+                let ha_view = self.current.ha_view.clone();
+                match parse_and_compile(&text, &self.host, ha_view.as_ref(), &ifaces) {
+                    Ok((s, c)) => {
+                        self.current = Current::new(s, ha_view, &c);
+                        compiled = Some(c);
+                        force = true;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "refused new state; keeping the last good one");
+                        self.note(|m| m.states_refused += 1);
+                    }
+                }
+            }
+            applied = self.apply(compiled, &ifaces, force)?;
+        }
+        if periodic || applied {
+            self.periodic()?;
+        }
+        Ok(())
+    }
+
+    /// The interfaces as the last apply saw them (when they cannot be listed now).
+    fn last_seen_ifaces(&self) -> Ifaces {
+        self.served
+            .taps
+            .iter()
+            .map(|(n, i)| (n.clone(), *i))
+            .chain(self.served.ext.clone())
+            .collect()
+    }
+
+    /// Gratuitous and gateway ARP, and conntrack GC when due.
+    fn periodic(&mut self) -> Result<(), AgentError> {
+        if let Some((_, ifx)) = &self.served.ext {
+            self.announcer.send(
+                *ifx,
+                self.served.ext_mac,
+                self.served.external.as_ref(),
+                &self.dp.maps,
+            );
+        }
+        if self.gc.due(self.opts.gc_interval) {
+            let owned = self.owned();
+            self.gc.run(
+                &mut self.dp.maps,
+                &self.opts.timeouts,
+                &owned,
+                &self.served.snat_names,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Reconcile maps and attachments with the current state and `ifaces`. `compiled` is
+    /// the current state's compile against `ifaces` when the caller has it. Unless `force`
+    /// (a new state or election view), nothing is done while the wanted taps and the
+    /// external interface are as last applied. Returns whether anything was applied.
+    fn apply(
+        &mut self,
+        compiled: Option<Compiled>,
+        ifaces: &Ifaces,
+        force: bool,
+    ) -> Result<bool, AgentError> {
+        let (present, ext_now) = links::present(
+            ifaces,
+            &self.current.wanted,
+            self.current.ext_wanted.as_deref(),
+        );
+        if !force && present == self.served.taps && ext_now == self.served.ext {
+            return Ok(false);
+        }
+        // Taps that went away (or were recreated) are detached before their entries go.
+        let gone = self.dp.detach_stale(&present)?;
+        let compiled = match compiled {
+            Some(c) => c,
+            None => match compile::compile(
+                &self.current.state,
+                &self.host,
+                self.current.ha_view.as_ref(),
+                &|tap| ifaces.get(tap).copied(),
+            ) {
+                Ok(c) => c,
+                Err(e) => {
+                    let e = AgentError::State {
+                        source_desc: self.source_desc.clone(),
+                        msg: e.to_string(),
+                    };
+                    warn!(error = %e, "cannot compile state for the current taps; keeping maps as they are");
+                    return Ok(false);
+                }
+            },
+        };
+        let mut cfg = compiled.config;
+        cfg.tunnel_ifindex = self.dp.tunnel_ifindex;
+        if let Some((name, ifx)) = &ext_now {
+            cfg.ext_ifindex = *ifx;
+            cfg.ext_mac = mac_of(name).unwrap_or_default();
+        }
+        (cfg.snat_port_min, cfg.snat_port_max) = self.opts.snat_ports;
+        let (applied, took) =
+            match self
+                .reconciler
+                .apply(&mut self.dp.maps, &cfg, &compiled.entries)
+            {
+                Ok(a) => a,
+                Err(e) => {
+                    self.note(|m| m.reconcile_errors += 1);
+                    return Err(e.into());
+                }
+            };
+        let since_change = self.change_seen.take().map(|t| t.elapsed().as_secs_f64());
+        // Entries first, then the programs: a tap or the external interface is served from
+        // its first frame.
+        let mut added = Vec::new();
+        for (name, ifx) in &present {
+            let one = BTreeMap::from([(name.clone(), *ifx)]);
+            match self.dp.attach_new(&one) {
+                Ok(a) => added.extend(a),
+                Err(e) => warn!(tap = %name, error = %e, "attach failed; will retry"),
+            }
+        }
+        if let Err(e) = self
+            .dp
+            .sync_external(ext_now.as_ref().map(|(n, i)| (n.as_str(), *i)))
+        {
+            warn!(error = %e, "external interface attach failed; will retry");
+        }
+        self.served.ext = self.dp.external();
+        self.served.ext_mac = cfg.ext_mac;
+        self.served.taps = self.dp.attached();
+        let remapped = self.take_served(compiled, force);
+        if remapped {
+            // Flows of FIPs no longer served here are purged now, not at the next GC; on
+            // the first apply flows left by a previous agent are checked too.
+            let owned = self.owned();
+            let swept = conntrack::sweep(&mut self.dp.maps, &self.opts.timeouts, &owned)?;
+            if swept.purged > 0 {
+                info!(
+                    flows = swept.purged,
+                    "purged conntrack of floating IPs no longer served here"
+                );
+            }
+        }
+        let (fips, taps) = (self.served.fips.len() as u64, self.served.taps.len() as u64);
+        let routers: Vec<(u32, String)> = self
+            .served
+            .snat_names
+            .iter()
+            .map(|(h, n)| (*h, n.clone()))
+            .collect();
+        self.note(|m| {
+            m.reconciles += 1;
+            m.reconcile_seconds_total += took;
+            m.reconcile_seconds_last = took;
+            m.entries_upserted += applied.upserted as u64;
+            m.entries_deleted += applied.deleted as u64;
+            m.fips_served = fips;
+            m.taps_attached = taps;
+            m.routers = routers;
+        });
+        if !applied.is_empty() || !added.is_empty() || !gone.is_empty() {
+            info!(
+                seconds = took,
+                since_state_read = ?since_change,
+                upserted = applied.upserted,
+                deleted = applied.deleted,
+                taps_attached = ?added,
+                taps_detached = ?gone,
+                taps = self.served.taps.len(),
+                fips_served = self.served.fips.len(),
+                external = ?self.served.ext.as_ref().map(|(n, _)| n),
+                "applied"
+            );
+        }
+        Ok(true)
+    }
+
+    /// Take what `compiled` serves: plan announcements, hand the HA roles to the election
+    /// and the conntrack sync. True when the set of served floating IPs or SNAT addresses
+    /// changed (or `force`): conntrack then needs a purge.
+    fn take_served(&mut self, compiled: Compiled, force: bool) -> bool {
+        let has_external = self.served.ext.is_some();
+        let fips = if has_external {
+            compiled.served_fips
+        } else {
+            BTreeMap::new()
+        };
+        let snat_ips: BTreeSet<u32> = compiled.entries.snat_ips.keys().copied().collect();
+        // An HA router's external address is announced when its role moves here: the
+        // external network must learn this host's MAC for it.
+        let announced: BTreeSet<Ipv4Addr> = compiled
+            .entries
+            .snat_ips
+            .iter()
+            .filter(|(_, r)| r.flags & dvr_common::snat::SNAT_HA != 0)
+            .map(|(ip, _)| Ipv4Addr::from(ip.to_ne_bytes()))
+            .collect();
+        self.announcer.plan(
+            &self.served.fips,
+            &fips,
+            &self.served.snat_ips,
+            &announced,
+            has_external,
+        );
+        let shared = self.source.ha_shared();
+        self.ha.set_roles(compiled.ha, shared, &self.dp.dir);
+        let me = Me {
+            host: &self.host,
+            tunnel_ip: self.current.state.host(&self.host).map(|h| h.tunnel_ip),
+            pins: &self.dp.dir,
+            rate: self.opts.ct_sync_rate,
+        };
+        self.ha
+            .update_sync(&me, self.current.ha_view.as_ref(), shared);
+        let remapped = force || fips != self.served.fips || snat_ips != self.served.snat_ips;
+        self.served.fips = fips;
+        self.served.snat_ips = snat_ips;
+        self.served.snat_names = compiled.snat_router_names;
+        self.served.external = compiled.external;
+        remapped
+    }
+
+    fn note(&self, f: impl FnOnce(&mut metrics::AgentMetrics)) {
+        if let Ok(mut m) = self.metrics.lock() {
+            f(&mut m);
+        }
+    }
+
+    /// The flows this host owns: those of the FIPs and SNAT addresses it serves, and of its
+    /// HA roles.
+    fn owned(&self) -> Owned {
+        let mut owned = Owned {
+            fips: self
+                .served
+                .fips
+                .iter()
+                .map(|(f, x)| {
+                    (
+                        u32::from_ne_bytes(f.octets()),
+                        u32::from_ne_bytes(x.octets()),
+                    )
+                })
+                .collect(),
+            snat_ips: self.served.snat_ips.clone(),
+        };
+        self.ha.extend_owned(&mut owned);
+        owned
+    }
+
+    /// Run until SIGTERM/SIGINT. The datapath stays in place: see [`Datapath::release`].
+    pub fn run(mut self) -> Result<(), AgentError> {
+        info!(host = %self.host, source = %self.source_desc, "ready");
+        let mut i: u32 = 0;
+        let every = (POLL.as_millis() / STATE_POLL.as_millis()).max(1) as u32;
+        while !STOP.load(Ordering::SeqCst) {
+            if let Err(e) = self.tick(i.is_multiple_of(every)) {
+                warn!(error = %e, "reconcile step failed; retrying");
+            }
+            i = i.wrapping_add(1);
+            self.source.wait(STATE_POLL);
+        }
+        info!(
+            "stopping: programs stay attached and maps pinned; traffic keeps flowing (dvr-agent --uninstall removes them)"
+        );
+        self.dp.release();
+        Ok(())
+    }
+}
+
+/// Parse and validate `text`, and compile it for `host` against `ifaces`: once per change.
+fn parse_and_compile(
+    text: &str,
+    host: &str,
+    ha_view: Option<&HaRuntime>,
+    ifaces: &Ifaces,
+) -> Result<(State, Compiled), String> {
+    let state = State::from_json(text).map_err(|e| e.to_string())?;
+    let compiled = compile::compile(&state, host, ha_view, &|tap| ifaces.get(tap).copied())
+        .map_err(|e| e.to_string())?;
+    Ok((state, compiled))
+}

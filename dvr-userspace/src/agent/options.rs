@@ -1,0 +1,48 @@
+//! The agent's tunables beyond its state, and the intervals of its loop.
+use std::time::Duration;
+
+use crate::{attach::LoadOptions, conntrack::Timeouts};
+
+/// How often the periodic work runs (ARP for the external gateways, conntrack GC), and how
+/// often interfaces are listed when link notifications are not available.
+pub const POLL: Duration = Duration::from_millis(100);
+/// How often the state source and link notifications are looked at: a written state file
+/// or a new tap is applied well within 100 ms.
+pub const STATE_POLL: Duration = Duration::from_millis(20);
+/// How often the agent reads every map back instead of trusting what it wrote last, so an
+/// entry changed or removed by hand is repaired.
+pub const FULL_READ_INTERVAL: Duration = Duration::from_secs(30);
+/// How often interfaces are listed even though no link notification said they changed: a
+/// safety net under the notifications.
+pub const RESCAN: Duration = Duration::from_secs(10);
+
+/// Tunables of the agent beyond its state.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub load: LoadOptions,
+    pub timeouts: Timeouts,
+    /// How often idle conntrack entries are expired.
+    pub gc_interval: Duration,
+    /// Port-address translation range (inclusive).
+    pub snat_ports: (u16, u16),
+    /// Serve Prometheus metrics here.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Byte rate limit of the HA conntrack sync, per host.
+    pub ct_sync_rate: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            load: LoadOptions::default(),
+            timeouts: Timeouts::default(),
+            gc_interval: Duration::from_secs(1),
+            snat_ports: (
+                dvr_common::snat::SNAT_PORT_MIN,
+                dvr_common::snat::SNAT_PORT_MAX,
+            ),
+            metrics: None,
+            ct_sync_rate: 4_000_000,
+        }
+    }
+}

@@ -1,5 +1,6 @@
-//! dvr-agent and dvrctl share this library.
+//! dvr-agent and dvrctl share this library. Layers and ownership: `docs/ARCHITECTURE.md`.
 //!
+//! - [`source`]: where state comes from (a watched file, etcd) and the HA election.
 //! - [`model`]: Neutron-shaped router state and its validation.
 //! - [`compile`]: (state, host, HA election view) -> the exact map entries that host needs; pure.
 //! - [`maps`]: typed handles on the pinned maps; the only place map names are looked up.
@@ -7,6 +8,7 @@
 //! - [`attach`]: bpffs, the VXLAN device, program loading, tap attach/detach.
 //! - [`clock`]: every clock read (the datapath's two kernel clocks).
 //! - [`agent`]: the control loop of `dvr-agent`.
+//! - [`ctsync`]: conntrack sync between the candidates of HA routers.
 //! - [`ctl`]: dvrctl subcommands.
 pub mod agent;
 pub mod arp;

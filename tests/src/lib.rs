@@ -25,6 +25,7 @@
 //! - [`Counters`] snapshots counters for deltas.
 //! - [`packet`]: a builder for raw frames (ARP, IPv4 with ICMP/TCP/UDP, valid checksums),
 //!   for the packet fixture tables (`tests/fixtures.rs`).
+//! - [`pins`]: pinned BPF maps made by hand in a bpffs directory removed on drop.
 //! - [`require_preconditions`] makes a test that cannot run here fail with a clear message:
 //!   these tests never pass by skipping.
 //!
@@ -44,6 +45,7 @@ pub mod inspect;
 pub mod keepalived;
 pub mod lifecycle;
 pub mod packet;
+pub mod pins;
 pub mod snat;
 pub mod state;
 

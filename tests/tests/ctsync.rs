@@ -8,17 +8,16 @@ use std::{
     collections::BTreeMap,
     io::{self, Read, Write},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
-    os::fd::RawFd,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     thread,
     time::{Duration, Instant},
 };
 
-use aya::maps::MapData;
 use dvr_common::{
     maps,
     nat::{CT_DNAT, CT_PAT, CtEntry, CtKey, TCP_ACK, TCP_FIN},
 };
+use dvr_tests::pins::{BPF_MAP_TYPE_LRU_HASH, PinDir};
 use dvr_userspace::{
     clock,
     ctsync::{
@@ -517,88 +516,45 @@ fn ctsync_sender_notices_a_silent_peer() -> Result<(), String> {
 
 #[test]
 fn ctsync_pinned_map_round_trip() -> Result<(), String> {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err("this test needs root (CAP_BPF and bpffs): run it as root".into());
-    }
-    #[repr(C)]
-    struct CreateAttr {
-        map_type: u32,
-        key_size: u32,
-        value_size: u32,
-        max_entries: u32,
-        map_flags: u32,
-    }
-    const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
-    let attr = CreateAttr {
-        map_type: BPF_MAP_TYPE_LRU_HASH,
-        key_size: KEY_LEN as u32,
-        value_size: ENTRY_LEN as u32,
-        max_entries: 8192,
-        map_flags: 0,
-    };
-    // SAFETY: BPF_MAP_CREATE reads the attribute we own.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            0 as libc::c_long,
-            &raw const attr,
-            size_of::<CreateAttr>() as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(format!(
-            "this test needs root (CAP_BPF): cannot create a BPF map: {}",
-            io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: the kernel just returned this descriptor to us.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-    let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/ctsync-test-{}", std::process::id()));
-    if let Err(e) = std::fs::create_dir_all(&dir) {
-        return Err(format!(
-            "this test needs bpffs at /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf): {e}"
-        ));
-    }
-    let result = (|| {
-        let data = MapData::from_fd(fd).map_err(|e| e.to_string())?;
-        data.pin(dir.join(maps::DVR_CT))
-            .map_err(|e| e.to_string())?;
-        drop(data);
-        let mut ct = PinnedCt::open(&dir)?;
-        let want = entries(3000);
-        let before = clock::conntrack_now_ns();
-        ct.write(&want)?;
-        let even = |k: &CtKey, _: &CtEntry| k.saddr_be.is_multiple_of(2);
-        for batch in [true, false] {
-            ct.set_batch(batch);
-            let mut got = ct.scan(&even)?;
-            check(ct.batch() == batch, "batch lookup fell back")?;
-            got.sort_by_key(|(k, _)| *k);
+    // Removed with the map on drop, also on failure.
+    let pins = PinDir::new("ctsync-test").map_err(|e| format!("{e:#}"))?;
+    pins.pin_map(
+        maps::DVR_CT,
+        BPF_MAP_TYPE_LRU_HASH,
+        KEY_LEN,
+        ENTRY_LEN,
+        8192,
+    )
+    .map_err(|e| format!("{e:#}"))?;
+    let mut ct = PinnedCt::open(pins.path())?;
+    let want = entries(3000);
+    let before = clock::conntrack_now_ns();
+    ct.write(&want)?;
+    let even = |k: &CtKey, _: &CtEntry| k.saddr_be.is_multiple_of(2);
+    for batch in [true, false] {
+        ct.set_batch(batch);
+        let mut got = ct.scan(&even)?;
+        check(ct.batch() == batch, "batch lookup fell back")?;
+        got.sort_by_key(|(k, _)| *k);
+        check(
+            got.len() == 1500,
+            &format!("batch {batch}: {} entries", got.len()),
+        )?;
+        for ((k, e), (wk, we)) in got.iter().zip(want.iter().filter(|(k, e)| even(k, e))) {
+            check(k == wk, "key")?;
             check(
-                got.len() == 1500,
-                &format!("batch {batch}: {} entries", got.len()),
+                e.created_ns >= before && e.last_seen_ns == e.created_ns,
+                "timestamps not the receiver's",
             )?;
-            for ((k, e), (wk, we)) in got.iter().zip(want.iter().filter(|(k, e)| even(k, e))) {
-                check(k == wk, "key")?;
-                check(
-                    e.created_ns >= before && e.last_seen_ns == e.created_ns,
-                    "timestamps not the receiver's",
-                )?;
-                check(
-                    CtEntry {
-                        created_ns: we.created_ns,
-                        last_seen_ns: we.last_seen_ns,
-                        ..*e
-                    } == *we,
-                    "entry",
-                )?;
-            }
+            check(
+                CtEntry {
+                    created_ns: we.created_ns,
+                    last_seen_ns: we.last_seen_ns,
+                    ..*e
+                } == *we,
+                "entry",
+            )?;
         }
-        Ok(())
-    })();
-    let _ = std::fs::remove_file(dir.join(maps::DVR_CT));
-    let _ = std::fs::remove_dir(&dir);
-    result
+    }
+    Ok(())
 }

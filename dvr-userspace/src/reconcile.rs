@@ -124,6 +124,14 @@ trait Step {
     fn delete(&self, maps: &mut HostMaps) -> Result<usize, MapsError>;
 }
 
+/// Delete `keys` from `map` (absent ones are no error); how many.
+fn delete_keys<T: Table>(map: &mut T, keys: &[T::Key]) -> Result<usize, MapsError> {
+    for k in keys {
+        map.del(k)?;
+    }
+    Ok(keys.len())
+}
+
 struct Diff<T: Table> {
     puts: Vec<(T::Key, T::Value)>,
     dels: Vec<T::Key>,
@@ -136,11 +144,7 @@ impl<T: Table> Step for Diff<T> {
         Ok(self.puts.len())
     }
     fn delete(&self, maps: &mut HostMaps) -> Result<usize, MapsError> {
-        let map = (self.handle)(maps);
-        for k in &self.dels {
-            map.del(k)?;
-        }
-        Ok(self.dels.len())
+        delete_keys((self.handle)(maps), &self.dels)
     }
 }
 
@@ -162,11 +166,7 @@ impl<K: Pod + Ord + Default, V: Pod + PartialEq + Default> Step for KeyDiff<K, V
         Ok(self.puts.len())
     }
     fn delete(&self, maps: &mut HostMaps) -> Result<usize, MapsError> {
-        let map = (self.handle)(maps);
-        for k in &self.dels {
-            map.del(k)?;
-        }
-        Ok(self.dels.len())
+        delete_keys((self.handle)(maps), &self.dels)
     }
 }
 

@@ -180,10 +180,24 @@ pub fn deliver_routed(
             eth.set_dst(mac);
             Ok(redirect(ifindex, stat))
         }
-        Location::Remote(host) => {
-            eth.set_src(cfg.dvr_mac);
-            eth.set_dst(mac);
-            Ok(to_tunnel(ctx, vni, host, cfg.tunnel_ifindex, stat))
-        }
+        Location::Remote(host) => routed_to_host(ctx, mac, host, vni, cfg, stat),
     }
+}
+
+/// Send a routed packet to `mac` on network `vni` at tunnel peer `host` (host order), with
+/// this host's DVR MAC as source.
+#[inline(always)]
+pub fn routed_to_host(
+    ctx: &TcContext,
+    mac: Mac,
+    host: u32,
+    vni: u32,
+    cfg: &HostConfig,
+    stat: Stat,
+) -> Result<Verdict, Verdict> {
+    // Re-derived after the helpers that ran before.
+    let eth = Eth::at(ctx)?;
+    eth.set_src(cfg.dvr_mac);
+    eth.set_dst(mac);
+    Ok(to_tunnel(ctx, vni, host, cfg.tunnel_ifindex, stat))
 }

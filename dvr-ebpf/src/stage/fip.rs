@@ -243,17 +243,14 @@ pub fn hairpin(
         return Ok(dnat(ctx, f, fip, DnatFrom::Hairpin, Ttl::Decrement, cfg));
     }
     rewrite::ttl_decrement(ctx)?;
-    // Re-derived after the TTL update.
-    let eth = Eth::at(ctx)?;
-    eth.set_src(cfg.dvr_mac);
-    eth.set_dst(fip.port_mac);
-    Ok(l2::to_tunnel(
+    l2::routed_to_host(
         ctx,
-        fip.vni,
+        fip.port_mac,
         fip.tunnel_ip_host,
-        cfg.tunnel_ifindex,
+        fip.vni,
+        cfg,
         Stat::FipHairpin,
-    ))
+    )
 }
 
 /// A packet from a local VM (on network `vni`) with a FIP: when it answers a hairpin flow

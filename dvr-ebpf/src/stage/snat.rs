@@ -79,17 +79,14 @@ pub fn steer(
         return out(ctx, f, port.vni, r, cfg, Ttl::Decrement);
     }
     rewrite::ttl_decrement(ctx)?;
-    // Re-derived after the TTL update.
-    let eth = Eth::at(ctx)?;
-    eth.set_src(cfg.dvr_mac);
-    eth.set_dst(st.csnat_mac);
-    Ok(l2::to_tunnel(
+    l2::routed_to_host(
         ctx,
-        port.vni,
+        st.csnat_mac,
         st.tunnel_ip_host,
-        cfg.tunnel_ifindex,
+        port.vni,
+        cfg,
         Stat::SnatSteered,
-    ))
+    )
 }
 
 /// SNAT host: a frame from the tunnel on network `vni` addressed to a csnat port of router

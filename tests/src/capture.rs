@@ -1,4 +1,4 @@
-//! Packet captures: `tcpdump -nn -e -v -l -U` in a network namespace, read line by line, and a
+//! Packet captures: `tcpdump --immediate-mode -nn -e -v -l -U` in a network namespace, read line by line, and a
 //! parser for the bits the tests look at (VXLAN VNI, Ethernet addresses, TTLs).
 //!
 //! tcpdump's `-v` output spreads one packet over several lines, and the inner Ethernet header of
@@ -53,8 +53,23 @@ impl Capture {
         let label = format!("tcpdump -i {iface} '{filter}' in netns {ns}");
         let mut cmd = Command::new("ip");
         // `ip netns exec` execs tcpdump (no fork), so the child's pid is tcpdump's.
+        // --immediate-mode: libpcap hands each packet over at once. Without it packets wait in
+        // the kernel ring's current block (up to tcpdump's 1 s timeout) and those still there
+        // when tcpdump is stopped are never printed: a capture stopped right after the last
+        // packet of a test then missed it.
         cmd.args([
-            "netns", "exec", ns, "tcpdump", "-i", iface, "-nn", "-e", "-v", "-l", "-U",
+            "netns",
+            "exec",
+            ns,
+            "tcpdump",
+            "-i",
+            iface,
+            "--immediate-mode",
+            "-nn",
+            "-e",
+            "-v",
+            "-l",
+            "-U",
         ]);
         if hex {
             cmd.arg("-x");

@@ -19,6 +19,7 @@ pub mod maps;
 pub mod nat;
 pub mod port;
 pub mod route;
+pub mod sg;
 pub mod snat;
 pub mod stats;
 

@@ -80,6 +80,15 @@ macro_rules! map_table {
                 /// may send: its own MAC and fixed IPs plus its allowed address pairs.
                 port_security: DVR_PORT_SEC, Lpm<$crate::port::SecKey, u32>,
                     $crate::port::PORT_SECURITY_MAX;
+                /// LPM trie `SgRemoteKey (policy, remote prefix) -> u32 class`: for each
+                /// security group policy of a local port, which rules name a remote address
+                /// (see `sg`). Written before the ports that refer to the policy.
+                sg_remote: DVR_SG_REMOTE, Lpm<$crate::sg::SgRemoteKey, u32>,
+                    $crate::sg::SG_REMOTES_MAX;
+                /// LPM trie `SgRuleKey (class, direction, protocol, port block) -> SgRule`:
+                /// what each class of rules admits.
+                sg_rules: DVR_SG_RULES, Lpm<$crate::sg::SgRuleKey, $crate::sg::SgRule>,
+                    $crate::sg::SG_RULES_MAX;
                 /// `u32 tap ifindex -> LocalPort`: the VM port behind a tap; its entry is what
                 /// makes the datapath serve the tap, so it follows what the port needs.
                 local_ports: DVR_LOCAL_PORTS, Hash<u32, $crate::port::LocalPort>,
@@ -164,7 +173,7 @@ mod tests {
             assert!(name.starts_with("DVR_"), "{name}");
             assert!(!NAMES[i + 1..].contains(name), "{name} twice");
         }
-        assert_eq!(NAMES.len(), 26);
+        assert_eq!(NAMES.len(), 28);
         assert_eq!(DVR_CT, "DVR_CT");
     }
 }

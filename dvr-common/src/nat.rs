@@ -142,6 +142,13 @@ pub const CT_HAIRPIN: u8 = 0x10;
 /// Set on both entries of a port-address translated flow (SNAT host); `fip_be` then holds
 /// the router's external IP and `fixed_be` the VM's address.
 pub const CT_PAT: u8 = 0x20;
+/// A security group entry (zone `sg::SG_ZONE | tap ifindex`), original direction: admitted
+/// by a rule of the port's groups, `_reserved` holds that rule's id. `nat_ip_be` holds the
+/// entry's own source address so that [`CtKey::peer`] is the reversed tuple; nothing is
+/// translated.
+pub const CT_SG: u8 = 0x40;
+/// A security group entry, reply direction: admitted because its flow was.
+pub const CT_SG_REPLY: u8 = 0x80;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;

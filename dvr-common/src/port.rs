@@ -6,6 +6,15 @@ pub const PORT_SECURITY_MAX: u32 = 16384;
 
 /// Port security is enforced for this port (`port_security_enabled`, default true).
 pub const PORT_FLAG_SECURITY: u32 = 1;
+/// Security groups are enforced for this port: its policy is [`LocalPort::policy`]. Unset
+/// for a port without port security, and for a port whose state names no `security_groups`
+/// at all (a hand-written state; Neutron always sends the field).
+pub const PORT_FLAG_SG: u32 = 2;
+/// The port's security groups are stateless (`stateful: false`): every packet is checked
+/// against the rules of its direction and nothing is tracked.
+pub const PORT_FLAG_SG_STATELESS: u32 = 4;
+/// `admin_state_up: false`: nothing in or out (`drop_port_down`).
+pub const PORT_FLAG_DOWN: u32 = 8;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -19,8 +28,10 @@ pub struct LocalPort {
     pub _pad: [u8; 2],
     /// Stable 32-bit id of the port (FNV-1a of its UUID), for tracing.
     pub port_id: u32,
+    /// Security group policy id (see [`crate::sg`]) when `PORT_FLAG_SG` is set, else 0.
+    pub policy: u32,
 }
-crate::assert_size!(LocalPort, 20);
+crate::assert_size!(LocalPort, 24);
 
 /// Data part of a [`PORT_SECURITY`] LPM key. The prefix length covers `ifindex`, `mac` and
 /// `_pad` fully (96 bits) plus the allowed IP prefix, so a lookup with prefix 128 finds the

@@ -78,6 +78,9 @@ stats! {
     DropSnatNoFlow = "drop_snat_no_flow", true, "to a router gateway IP for no tracked flow";
     DropArpOther = "drop_arp_other", true, "ARP that is neither request nor reply";
     DropSnatStandby = "drop_snat_standby", true, "frame for an HA router this host does not serve now (fence expired or absent)";
+    DropSgEgress = "drop_sg_egress", true, "security groups: no egress rule of the port admits it";
+    DropSgIngress = "drop_sg_ingress", true, "security groups: no ingress rule of the port admits it";
+    DropPortDown = "drop_port_down", true, "port has admin_state_up false";
 }
 
 pub const STAT_COUNT: u32 = Stat::ALL.len() as u32;

@@ -213,7 +213,8 @@ mod tests {
                         flags: PORT_FLAG_SECURITY,
                         mac: MAC_VM1,
                         _pad: [0; 2],
-                        port_id: fnv1a32("vm1")
+                        port_id: fnv1a32("vm1"),
+                        policy: 0
                     }
                 ),
                 (
@@ -223,7 +224,8 @@ mod tests {
                         flags: PORT_FLAG_SECURITY,
                         mac: MAC_VM2,
                         _pad: [0; 2],
-                        port_id: fnv1a32("vm2")
+                        port_id: fnv1a32("vm2"),
+                        policy: 0
                     }
                 ),
             ])

@@ -91,6 +91,7 @@ pub(super) fn add_local_ports(out: &mut MapEntries, present: &[(&Port, u32, u32)
                 mac: port.mac,
                 _pad: [0; 2],
                 port_id: fnv1a32(&port.id),
+                policy: 0,
             },
         );
         if port.port_security_enabled {

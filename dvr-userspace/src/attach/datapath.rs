@@ -191,10 +191,10 @@ impl Datapath {
             .collect();
         let mut taps = Vec::new();
         for link in &stale {
-            if let Some(a) = self.links.get(link) {
-                if a.prog == PROG_TAP {
-                    taps.push(a.iface.clone());
-                }
+            if let Some(a) = self.links.get(link)
+                && a.prog == PROG_TAP
+            {
+                taps.push(a.iface.clone());
             }
             self.detach(link);
         }

@@ -23,6 +23,7 @@
 //! `l2` (fdb, flood, DVR MACs, tunnel peers), `route` (gateways, routes, endpoints),
 //! `snat` (centralized SNAT), `fip` (floating IPs and the external side), `vip`
 //! (VIP candidates) and `ha` (the election view and HA roles); each states its rules.
+//! `sg_lookup` makes the datapath's security group check on compiled entries.
 //! `context` holds what they share, `entries` the desired map contents. [`compile`] runs
 //! them in order.
 //!
@@ -37,6 +38,7 @@ mod ha;
 mod l2;
 mod port;
 mod route;
+mod sg_lookup;
 mod snat;
 mod vip;
 
@@ -50,6 +52,7 @@ pub use error::CompileError;
 pub use fip::External;
 pub use ha::{HaCandidate, HaRole, HaRuntime};
 pub use port::tap_name;
+pub use sg_lookup::{icmp_port_be, sg_admit, sg_class, sg_entries_canonical, sg_rule};
 
 use crate::model::{Host, State};
 use context::{Compiler, Networks};

@@ -150,7 +150,14 @@ pub fn sg_admit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::ip;
+    use crate::compile::{Compiled, fnv1a32};
+    use crate::testing::*;
+    use dvr_common::sg::{SG_EGRESS, SG_INGRESS};
+    use serde_json::{Value, json};
+
+    const TCP: u8 = 6;
+    const UDP: u8 = 17;
+    const ICMP: u8 = 1;
 
     #[test]
     fn mask_clears_bits_past_the_length_msb_first() {
@@ -205,5 +212,203 @@ mod tests {
         assert!(sg_entries_canonical(&remote, &BTreeMap::new()));
         let bad = BTreeMap::from([((32 + 8, k(ip(10, 0, 0, 1))), 2)]);
         assert!(!sg_entries_canonical(&bad, &BTreeMap::new()));
+    }
+
+    /// Security groups on the fixture: vm1 (host-a, 10.0.1.10) carries `web`, vm3 (host-b,
+    /// 10.0.1.30, address pair 192.168.0.7) `web` too, vm2 (host-a) an empty set.
+    fn sg_state() -> Value {
+        let mut v = fixture_value();
+        v["security_groups"] = json!([{"id": "web", "security_group_rules": [
+            {"id": "tcp-any", "direction": "ingress", "protocol": "tcp",
+             "port_range_min": 8000, "port_range_max": 8080},
+            {"id": "udp-lan", "direction": "ingress", "protocol": "udp",
+             "port_range_min": 53, "remote_ip_prefix": "192.168.0.0/24"},
+            {"id": "ping-10", "direction": "ingress", "protocol": "icmp",
+             "port_range_min": 8, "remote_ip_prefix": "10.0.0.0/8"},
+            {"id": "unreach", "direction": "ingress", "protocol": "icmp",
+             "port_range_min": 3, "port_range_max": 4},
+            {"id": "ssh-members", "direction": "ingress", "protocol": "tcp",
+             "port_range_min": 22, "remote_group_id": "web"},
+            {"id": "https-office", "direction": "ingress", "protocol": "tcp",
+             "port_range_min": 443, "remote_address_group_id": "office"},
+            {"id": "out-dns", "direction": "egress", "protocol": "udp", "port_range_min": 53},
+            {"id": "v6-web", "direction": "ingress", "ethertype": "IPv6", "protocol": "tcp",
+             "port_range_min": 80}
+        ]}]);
+        v["address_groups"] = json!([{"id": "office",
+            "addresses": ["198.51.100.0/24", "2001:db8::/64"]}]);
+        elem(&mut v, "ports", "id", "vm1")["security_groups"] = json!(["web"]);
+        let vm3 = elem(&mut v, "ports", "id", "vm3");
+        vm3["security_groups"] = json!(["web"]);
+        vm3["allowed_address_pairs"] = json!([{"ip_address": "192.168.0.7"}]);
+        elem(&mut v, "ports", "id", "vm2")["security_groups"] = json!([]);
+        v
+    }
+
+    struct Check {
+        c: Compiled,
+        policy: u32,
+    }
+
+    impl Check {
+        fn new(policy: &str) -> Self {
+            Check {
+                c: compiled(&sg_state(), "host-a", &all_taps),
+                policy: fnv1a32(policy),
+            }
+        }
+
+        /// The id of the rule admitting it.
+        fn admit(&self, dir: u8, proto: u8, port_be: u16, from: [u8; 4]) -> Option<String> {
+            let e = &self.c.entries;
+            let [a, b, c, d] = from;
+            let rule = sg_admit(
+                &e.sg_remote,
+                &e.sg_rules,
+                self.policy,
+                dir,
+                proto,
+                port_be,
+                ip(a, b, c, d),
+            )?;
+            let names = [
+                "tcp-any",
+                "udp-lan",
+                "ping-10",
+                "unreach",
+                "ssh-members",
+                "https-office",
+                "out-dns",
+            ];
+            let name = names.iter().find(|n| fnv1a32(n) == rule.rule_id);
+            Some(name.map_or_else(|| format!("{:#x}", rule.rule_id), |n| (*n).to_owned()))
+        }
+
+        fn tcp_in(&self, port: u16, from: [u8; 4]) -> Option<String> {
+            self.admit(SG_INGRESS, TCP, port.to_be(), from)
+        }
+    }
+
+    const OUTSIDE: [u8; 4] = [203, 0, 113, 9];
+    const VM3: [u8; 4] = [10, 0, 1, 30];
+    const VM3_PAIR: [u8; 4] = [192, 168, 0, 7];
+
+    #[test]
+    fn tcp_and_udp_ports() {
+        let ck = Check::new("web");
+        let admitted = |r: &str| Some(r.to_owned());
+        assert_eq!(ck.tcp_in(8000, OUTSIDE), admitted("tcp-any"));
+        assert_eq!(ck.tcp_in(8080, OUTSIDE), admitted("tcp-any"));
+        assert_eq!(ck.tcp_in(8042, OUTSIDE), admitted("tcp-any"));
+        assert_eq!(ck.tcp_in(7999, OUTSIDE), None);
+        assert_eq!(ck.tcp_in(8081, OUTSIDE), None);
+        // UDP 53 only from 192.168.0.0/24; TCP 53 never.
+        let lan = [192, 168, 0, 99];
+        assert_eq!(
+            ck.admit(SG_INGRESS, UDP, 53u16.to_be(), lan),
+            admitted("udp-lan")
+        );
+        assert_eq!(ck.admit(SG_INGRESS, UDP, 54u16.to_be(), lan), None);
+        assert_eq!(ck.admit(SG_INGRESS, UDP, 53u16.to_be(), OUTSIDE), None);
+        assert_eq!(ck.tcp_in(53, lan), None);
+        assert_eq!(ck.admit(SG_INGRESS, 132, 8000u16.to_be(), OUTSIDE), None);
+    }
+
+    #[test]
+    fn icmp_type_and_code() {
+        let ck = Check::new("web");
+        let icmp = |t, c, from| ck.admit(SG_INGRESS, ICMP, icmp_port_be(t, c), from);
+        // Echo request (any code) from 10/8 only.
+        assert_eq!(icmp(8, 0, VM3), Some("ping-10".into()));
+        assert_eq!(icmp(8, 5, VM3), Some("ping-10".into()));
+        assert_eq!(icmp(8, 0, OUTSIDE), None);
+        assert_eq!(icmp(0, 0, VM3), None);
+        // Type 3 code 4 from anywhere, not another code.
+        assert_eq!(icmp(3, 4, OUTSIDE), Some("unreach".into()));
+        assert_eq!(icmp(3, 3, OUTSIDE), None);
+        assert_eq!(icmp(4, 3, OUTSIDE), None);
+    }
+
+    #[test]
+    fn remote_prefix_group_and_address_group() {
+        let ck = Check::new("web");
+        // remote_group_id: the members' fixed IPs and address pairs, nobody else.
+        assert_eq!(ck.tcp_in(22, VM3), Some("ssh-members".into()));
+        assert_eq!(ck.tcp_in(22, [10, 0, 1, 10]), Some("ssh-members".into()));
+        assert_eq!(ck.tcp_in(22, VM3_PAIR), Some("ssh-members".into()));
+        assert_eq!(ck.tcp_in(22, [10, 0, 1, 31]), None);
+        assert_eq!(ck.tcp_in(22, [10, 0, 2, 20]), None, "vm2 is in no group");
+        // remote_address_group_id: its IPv4 addresses.
+        assert_eq!(
+            ck.tcp_in(443, [198, 51, 100, 200]),
+            Some("https-office".into())
+        );
+        assert_eq!(ck.tcp_in(443, [198, 51, 101, 1]), None);
+        // remote_ip_prefix in and out.
+        assert_eq!(
+            ck.admit(SG_INGRESS, ICMP, icmp_port_be(8, 0), [10, 255, 0, 1]),
+            Some("ping-10".into())
+        );
+        assert_eq!(
+            ck.admit(SG_INGRESS, ICMP, icmp_port_be(8, 0), [11, 0, 0, 1]),
+            None
+        );
+    }
+
+    #[test]
+    fn directions_are_apart() {
+        let ck = Check::new("web");
+        // Egress UDP 53 to anywhere; not ingress UDP 53 from outside the LAN.
+        assert_eq!(
+            ck.admit(SG_EGRESS, UDP, 53u16.to_be(), OUTSIDE),
+            Some("out-dns".into())
+        );
+        assert_eq!(ck.admit(SG_INGRESS, UDP, 53u16.to_be(), OUTSIDE), None);
+        // The ingress TCP rules admit nothing going out.
+        assert_eq!(ck.admit(SG_EGRESS, TCP, 8000u16.to_be(), OUTSIDE), None);
+        assert_eq!(ck.admit(SG_EGRESS, TCP, 22u16.to_be(), VM3), None);
+    }
+
+    #[test]
+    fn nested_prefixes_give_the_union_of_their_rules() {
+        // 192.168.0.7 is in 0.0.0.0/0 (tcp-any), 192.168.0.0/24 (udp-lan) and a member /32
+        // (ssh-members): all three admit. Its /24 neighbour is not a member.
+        let ck = Check::new("web");
+        assert_eq!(ck.tcp_in(8001, VM3_PAIR), Some("tcp-any".into()));
+        assert_eq!(
+            ck.admit(SG_INGRESS, UDP, 53u16.to_be(), VM3_PAIR),
+            Some("udp-lan".into())
+        );
+        assert_eq!(ck.tcp_in(22, VM3_PAIR), Some("ssh-members".into()));
+        let neighbour = [192, 168, 0, 8];
+        assert_eq!(ck.tcp_in(8001, neighbour), Some("tcp-any".into()));
+        assert_eq!(
+            ck.admit(SG_INGRESS, UDP, 53u16.to_be(), neighbour),
+            Some("udp-lan".into())
+        );
+        assert_eq!(ck.tcp_in(22, neighbour), None);
+        assert!(sg_entries_canonical(
+            &ck.c.entries.sg_remote,
+            &ck.c.entries.sg_rules
+        ));
+    }
+
+    #[test]
+    fn empty_group_set_admits_nothing() {
+        let ck = Check::new("");
+        assert_eq!(
+            ck.c.entries.local_ports.get(&IFX_VM2).map(|p| p.policy),
+            Some(ck.policy)
+        );
+        for from in [OUTSIDE, VM3, VM3_PAIR] {
+            for (dir, proto, port) in [
+                (SG_INGRESS, TCP, 22u16.to_be()),
+                (SG_INGRESS, TCP, 8000u16.to_be()),
+                (SG_EGRESS, UDP, 53u16.to_be()),
+                (SG_INGRESS, ICMP, icmp_port_be(3, 4)),
+            ] {
+                assert_eq!(ck.admit(dir, proto, port, from), None);
+            }
+        }
     }
 }

@@ -362,7 +362,7 @@ fn add_rule(out: &mut BTreeMap<(u32, SgRuleKey), SgRule>, class: u32, rule: &Sec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compile::{Compiled, compile};
+    use crate::compile::{Compiled, compile, sg_admit, sg_entries_canonical};
     use crate::testing::*;
     use dvr_common::port::PORT_FLAG_SECURITY;
     use serde_json::{Value, json};
@@ -710,5 +710,132 @@ mod tests {
                 fnv1a32(&a)
             ))
         );
+    }
+
+    /// A cloud of `ports` VM ports on 10 hosts and networks of 100; 10 groups `app0..9` of 20
+    /// rules (half of them from the remote group `members`), every port in one app group and
+    /// the first 1,000 also in `members`.
+    fn cloud(ports: u32) -> Value {
+        let hosts: Vec<Value> = (0..10)
+            .map(|h| json!({"name": format!("h{h}"), "agent_mode": "dvr",
+                "tunnel_ip": format!("10.255.0.{}", h + 1), "dvr_mac": format!("fa:16:3f:00:00:{:02x}", h + 1)}))
+            .collect();
+        // 100 ports a network: 10 of them on each host (the flood set holds 64 local taps).
+        let nets = ports.div_ceil(100);
+        let networks: Vec<Value> = (0..nets)
+            .map(|n| json!({"id": format!("n{n}"), "provider:network_type": "vxlan", "provider:segmentation_id": n + 1}))
+            .collect();
+        let subnets: Vec<Value> = (0..nets)
+            .map(|n| {
+                json!({"id": format!("s{n}"), "network_id": format!("n{n}"),
+                "cidr": format!("10.{}.{}.0/24", n / 256, n % 256), "ip_version": 4})
+            })
+            .collect();
+        let port_list: Vec<Value> = (0..ports)
+            .map(|g| {
+                let (n, i) = (g / 100, g % 100);
+                let mut groups = vec![format!("app{}", g % 10)];
+                if g < 1000 {
+                    groups.push("members".into());
+                }
+                json!({"id": format!("p{g}"), "network_id": format!("n{n}"),
+                    "mac_address": format!("fa:16:3e:{:02x}:{:02x}:{i:02x}", n / 256, n % 256),
+                    "fixed_ips": [{"subnet_id": format!("s{n}"),
+                        "ip_address": format!("10.{}.{}.{}", n / 256, n % 256, i + 2)}],
+                    "device_owner": "compute:nova", "binding:host_id": format!("h{}", (g / 10) % 10),
+                    "security_groups": groups})
+            })
+            .collect();
+        let mut groups: Vec<Value> = (0..10)
+            .map(|k| {
+                let rules: Vec<Value> = (0..20u32)
+                    .map(|j| {
+                        let id = format!("app{k}-r{j}");
+                        match j % 4 {
+                            0 => json!({"id": id, "direction": "ingress", "protocol": "tcp",
+                                "port_range_min": 1000 + j, "remote_group_id": "members"}),
+                            1 => json!({"id": id, "direction": "ingress", "protocol": "udp",
+                                "port_range_min": 2000 + j, "port_range_max": 2100 + j,
+                                "remote_ip_prefix": format!("172.16.{j}.0/24")}),
+                            2 => json!({"id": id, "direction": "ingress", "protocol": "icmp",
+                                "port_range_min": j}),
+                            _ => json!({"id": id, "direction": "egress", "protocol": "tcp",
+                                "port_range_min": 3000 + j, "remote_group_id": "members"}),
+                        }
+                    })
+                    .collect();
+                json!({"id": format!("app{k}"), "security_group_rules": rules})
+            })
+            .collect();
+        groups.push(json!({"id": "members", "security_group_rules": [
+            {"id": "members-in", "direction": "ingress", "remote_group_id": "members"}]}));
+        json!({"hosts": hosts, "networks": networks, "subnets": subnets, "ports": port_list,
+            "security_groups": groups})
+    }
+
+    #[test]
+    fn ten_thousand_ports_with_a_thousand_member_group() {
+        let state = state_of(&cloud(10_000));
+        let every_tap = |tap: &str| Some(fnv1a32(tap));
+        let start = std::time::Instant::now();
+        let c = match compile(&state, "h0", None, &every_tap) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let e = &c.entries;
+        eprintln!(
+            "security groups: 10,000 ports x 20 rules, remote group of 1,000: compiled for h0 \
+             ({} local ports, {} sg_remote, {} sg_rules entries) in {:?}",
+            e.local_ports.len(),
+            e.sg_remote.len(),
+            e.sg_rules.len(),
+            start.elapsed()
+        );
+        assert_eq!(e.local_ports.len(), 1000);
+        // 20 policies: {appK} and {appK, members}; each names the 1,000 members, five /24s
+        // and (with members' own rule) nothing more.
+        let policies: std::collections::BTreeSet<u32> =
+            e.local_ports.values().map(|p| p.policy).collect();
+        assert_eq!(policies.len(), 20);
+        assert_eq!(e.sg_remote.len(), 20 * (1000 + 5 + 1));
+        assert!(sg_entries_canonical(&e.sg_remote, &e.sg_rules));
+        let admit = |policy: &str, dir: u8, proto: u8, port: u16, from: u32| {
+            sg_admit(
+                &e.sg_remote,
+                &e.sg_rules,
+                fnv1a32(policy),
+                dir,
+                proto,
+                port.to_be(),
+                from,
+            )
+            .map(|r| r.rule_id)
+        };
+        let member = ip(10, 0, 7, 59); // p757, in members
+        let stranger = ip(10, 0, 17, 59); // p1757, not
+        let r = |id: &str| Some(fnv1a32(id));
+        // TCP 1004 from members only (app3's rule 4), for both of app3's policies.
+        for policy in ["app3", "app3,members"] {
+            assert_eq!(admit(policy, SG_INGRESS, 6, 1004, member), r("app3-r4"));
+            assert_eq!(admit(policy, SG_INGRESS, 6, 1004, stranger), None);
+            assert_eq!(admit(policy, SG_EGRESS, 6, 3007, member), r("app3-r7"));
+            assert_eq!(admit(policy, SG_EGRESS, 6, 3007, stranger), None);
+        }
+        // Anything from members only with the members group itself.
+        assert_eq!(
+            admit("app3,members", SG_INGRESS, 17, 9, member),
+            r("members-in")
+        );
+        assert_eq!(admit("app3", SG_INGRESS, 17, 9, member), None);
+        assert_eq!(admit("app3", SG_INGRESS, 6, 1005, member), None);
+        assert_eq!(admit("app3,members", SG_INGRESS, 6, 1005, stranger), None);
+        // UDP 2005..=2105 from 172.16.5.0/24.
+        let lan = ip(172, 16, 5, 200);
+        assert_eq!(admit("app3", SG_INGRESS, 17, 2105, lan), r("app3-r5"));
+        assert_eq!(admit("app3", SG_INGRESS, 17, 2106, lan), None);
+        assert_eq!(admit("app3", SG_INGRESS, 17, 2105, ip(172, 16, 6, 1)), None);
+        // ICMP type 6 from anywhere (app3's rule 6).
+        let icmp6 = u16::from_be_bytes([6, 0]);
+        assert_eq!(admit("app3", SG_INGRESS, 1, icmp6, stranger), r("app3-r6"));
     }
 }

@@ -122,6 +122,14 @@ pub fn compile(
     let snat_router_names =
         snat::add_snat_routers(&mut out, &c, &csnat, &snat_here, &mut gateways)?;
     let external = ext.map(|ext| fip::add_external(&mut out, &c, ext, &routers.mine, gateways));
+    if let Some((map, entries, capacity)) = out.over_capacity() {
+        return Err(CompileError::Capacity {
+            host: host.to_string(),
+            map,
+            entries,
+            capacity,
+        });
+    }
 
     Ok(Compiled {
         config: host_config(me, external.as_ref()),

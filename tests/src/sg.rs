@@ -278,7 +278,51 @@ while True:
     time.sleep(every)
 "#;
 
-/// A running [`Cloud::start_ticker`] client.
+/// A UDP server on `argv[1]` that, for every peer that sends it a datagram, sends that peer
+/// a numbered line every `argv[2]` seconds from then on (the peer never sends again: a flow
+/// whose original side is silent). Prints `listening`, then `peer <ip>:<port>` per new peer.
+const PUSH_SERVER: &str = r#"
+import socket, sys, threading, time
+port, every = int(sys.argv[1]), float(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", port))
+print("listening", flush=True)
+def push(a):
+    n = 0
+    while True:
+        n += 1
+        try:
+            s.sendto(b"%d\n" % n, a)
+        except OSError:
+            pass
+        time.sleep(every)
+seen = set()
+while True:
+    d, a = s.recvfrom(65535)
+    if a not in seen:
+        seen.add(a)
+        print("peer %s:%d" % a, flush=True)
+        threading.Thread(target=push, args=(a,), daemon=True).start()
+"#;
+
+/// Sends one datagram to `argv[1]:argv[2]`, then only listens: prints `recv <line> <time>`
+/// per datagram received.
+const PUSH_CLIENT: &str = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect((sys.argv[1], int(sys.argv[2])))
+s.send(b"subscribe\n")
+print("connected %.6f" % time.time(), flush=True)
+while True:
+    try:
+        d = s.recv(65535)
+    except OSError as e:
+        print("error %s" % e, flush=True)
+        continue
+    print("recv %s %.6f" % (d.decode().strip(), time.time()), flush=True)
+"#;
+
+/// A running [`Cloud::start_ticker`] or [`Cloud::start_push_client`] client.
 pub struct Ticker {
     bg: Bg,
     what: String,
@@ -643,6 +687,35 @@ impl Cloud {
         let mut t = Ticker {
             bg,
             what: format!("ticker {who} -> {dst}:{port}"),
+        };
+        t.wait_echo_after(0.0, Duration::from_secs(10))?;
+        Ok(t)
+    }
+}
+
+impl Cloud {
+    /// Starts a [`PUSH_SERVER`]-style UDP server on `port` in `who` (a line every `every` to
+    /// each peer that sent it a datagram) and waits until it listens.
+    pub fn push_server(&mut self, who: &str, port: u16, every: Duration) -> Result<Bg> {
+        let mut bg = self.spawn_python(
+            who,
+            PUSH_SERVER,
+            &[&port.to_string(), &format!("{:.3}", every.as_secs_f64())],
+        )?;
+        bg.wait_stdout("listening", Duration::from_secs(10), |o| {
+            o.contains("listening")
+        })?;
+        self.wait_listening(who, true, port, Duration::from_secs(5))?;
+        Ok(bg)
+    }
+
+    /// Starts a UDP client in `who` that sends one datagram to `dst:port` (a
+    /// [`Cloud::push_server`]) and then only receives; waits for its first line.
+    pub fn start_push_client(&mut self, who: &str, dst: Ipv4Addr, port: u16) -> Result<Ticker> {
+        let bg = self.spawn_python(who, PUSH_CLIENT, &[&dst.to_string(), &port.to_string()])?;
+        let mut t = Ticker {
+            bg,
+            what: format!("UDP push client {who} -> {dst}:{port}"),
         };
         t.wait_echo_after(0.0, Duration::from_secs(10))?;
         Ok(t)

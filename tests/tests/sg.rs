@@ -240,8 +240,9 @@ fn ingress_rules_admit_by_protocol_port_range_and_prefix_and_refuse_the_rest() -
 /// membership while the agents run. `srv` (h2) admits TCP 6000 and echo requests from members
 /// of `sg-client`; `m1` (h1) is a member, `m2` (h1) and `m3` (h2, srv's own host) are in
 /// `sg-other`. m1 is answered, m2 and m3 refused (`drop_sg_ingress` on h2: tunnelled and local
-/// deliveries alike). Then m2 joins `sg-client`: once every agent applied it m2 is answered;
-/// m1 leaves: m1 is refused.
+/// deliveries alike). Then m2 joins `sg-client`: once every agent applied it m2 is answered,
+/// also from 172.24.2.200, its allowed address pair (members are every fixed IP and allowed
+/// address pair of the group's ports); m1 leaves: m1 is refused.
 #[test]
 fn remote_group_admits_members_across_hosts_and_follows_membership_changes() -> Result<()> {
     require_preconditions();
@@ -268,7 +269,9 @@ fn remote_group_admits_members_across_hosts_and_follows_membership_changes() -> 
         vec![rule_out("r-other-out")],
     ));
     t.vm(VmSpec::new("m1", "a", "h1").security_groups(&["sg-client"]))
-        .vm(VmSpec::new("m2", "a", "h1").security_groups(&["sg-other"]))
+        .vm(VmSpec::new("m2", "a", "h1")
+            .allowed_pair(ip("172.24.2.200"), None)
+            .security_groups(&["sg-other"]))
         .vm(VmSpec::new("m3", "a", "h2").security_groups(&["sg-other"]))
         .vm(VmSpec::new("srv", "a", "h2").security_groups(&["sg-srv"]));
     let mut c = t.build()?;
@@ -303,6 +306,17 @@ fn remote_group_admits_members_across_hosts_and_follows_membership_changes() -> 
         joined.took()
     );
     member(&c, "m2", true).context("m2 after joining")?;
+    c.exec_vm(
+        "m2",
+        &["ip", "addr", "add", "172.24.2.200/24", "dev", "eth0"],
+    )?;
+    c.ping_ok("m2", srv, 2)
+        .and_then(|_| {
+            let r = c.ping_with("m2", srv, 2, &["-I", "172.24.2.200"])?;
+            ensure!(r.all_answered(), "{}", r.output);
+            Ok(())
+        })
+        .context("m2 from its allowed address pair 172.24.2.200")?;
     member(&c, "m1", true).context("m1 still a member")?;
 
     let left = c.set_security_groups("m1", Some(&["sg-other"]))?;

@@ -99,6 +99,8 @@ struct Served {
     /// Router external IPs translated here (network order), and router names by id.
     snat_ips: BTreeSet<u32>,
     snat_names: BTreeMap<u32, String>,
+    /// Conntrack zones of the local ports whose security group flows are tracked.
+    sg_zones: BTreeSet<u32>,
 }
 
 pub struct Agent {
@@ -376,6 +378,12 @@ impl Agent {
                     "purged conntrack of floating IPs no longer served here"
                 );
             }
+            if swept.sg_purged > 0 {
+                info!(
+                    flows = swept.sg_purged,
+                    "purged security group conntrack of ports no longer filtered here"
+                );
+            }
         }
         let (fips, taps) = (self.served.fips.len() as u64, self.served.taps.len() as u64);
         let routers: Vec<(u32, String)> = self
@@ -413,7 +421,8 @@ impl Agent {
 
     /// Take what `compiled` serves: plan announcements, hand the HA roles to the election
     /// and the conntrack sync. True when the set of served floating IPs or SNAT addresses
-    /// changed (or `force`): conntrack then needs a purge.
+    /// changed, or the ports whose security group flows are tracked (or `force`): conntrack
+    /// then needs a purge.
     fn take_served(&mut self, compiled: Compiled, force: bool) -> bool {
         let has_external = self.served.ext.is_some();
         let fips = if has_external {
@@ -422,6 +431,7 @@ impl Agent {
             BTreeMap::new()
         };
         let snat_ips: BTreeSet<u32> = compiled.entries.snat_ips.keys().copied().collect();
+        let sg_zones = conntrack::sg_zones(&compiled.entries.local_ports);
         // An HA router's external address is announced when its role moves here: the
         // external network must learn this host's MAC for it.
         let announced: BTreeSet<Ipv4Addr> = compiled
@@ -448,9 +458,13 @@ impl Agent {
         };
         self.ha
             .update_sync(&me, self.current.ha_view.as_ref(), shared);
-        let remapped = force || fips != self.served.fips || snat_ips != self.served.snat_ips;
+        let remapped = force
+            || fips != self.served.fips
+            || snat_ips != self.served.snat_ips
+            || sg_zones != self.served.sg_zones;
         self.served.fips = fips;
         self.served.snat_ips = snat_ips;
+        self.served.sg_zones = sg_zones;
         self.served.snat_names = compiled.snat_router_names;
         self.served.external = compiled.external;
         remapped
@@ -462,8 +476,8 @@ impl Agent {
         }
     }
 
-    /// The flows this host owns: those of the FIPs and SNAT addresses it serves, and of its
-    /// HA roles.
+    /// The flows this host owns: those of the FIPs and SNAT addresses it serves, of its HA
+    /// roles, and the security group flows of its ports.
     fn owned(&self) -> Owned {
         let mut owned = Owned {
             fips: self
@@ -478,6 +492,7 @@ impl Agent {
                 })
                 .collect(),
             snat_ips: self.served.snat_ips.clone(),
+            sg_zones: self.served.sg_zones.clone(),
         };
         self.ha.extend_owned(&mut owned);
         owned

@@ -3,6 +3,8 @@ pub mod apply;
 pub mod ha;
 pub mod hosts;
 pub mod monitor;
+pub mod names;
+pub mod sg;
 pub mod show;
 pub mod trace;
 
@@ -24,4 +26,24 @@ pub fn ip_be(v: u32) -> Ipv4Addr {
 /// A tunnel address stored in host order (`*_host` fields); None for 0 (local).
 pub fn ip_host(v: u32) -> Option<Ipv4Addr> {
     (v != 0).then(|| Ipv4Addr::from(v))
+}
+
+/// An IP protocol's name (Neutron's spelling), else its number.
+pub fn proto_name(p: u8) -> String {
+    match p {
+        1 => "icmp".into(),
+        2 => "igmp".into(),
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        33 => "dccp".into(),
+        47 => "gre".into(),
+        50 => "esp".into(),
+        51 => "ah".into(),
+        58 => "icmpv6".into(),
+        89 => "ospf".into(),
+        112 => "vrrp".into(),
+        132 => "sctp".into(),
+        136 => "udplite".into(),
+        n => n.to_string(),
+    }
 }

@@ -21,6 +21,7 @@ use dvr_common::{
     port::PORT_FLAG_SECURITY,
     sg::SG_ZONE,
     snat::{SNAT_ENABLED, fence_active},
+    stats::Stat,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -675,24 +676,26 @@ pub fn show_with(maps: &HostMaps, subject: Subject, opts: &ShowOpts) -> Result<S
                 },
             )
         }
-        Subject::Stats => {
-            let stats = maps.read_stats()?;
-            if json {
-                let obj: serde_json::Map<String, serde_json::Value> = stats
-                    .iter()
-                    .map(|(s, n)| (s.as_str().to_string(), (*n).into()))
-                    .collect();
-                serde_json::Value::Object(obj).to_string()
-            } else {
-                let mut s = String::new();
-                for (stat, n) in stats {
-                    let _ = writeln!(s, "{:<26} {:>12}  {}", stat.as_str(), n, stat.describe());
-                }
-                s
-            }
-        }
+        Subject::Stats => stats_text(&maps.read_stats()?, json),
     };
     Ok(out)
+}
+
+/// Every counter by its id: a JSON object, or one line each with its description.
+fn stats_text(stats: &[(Stat, u64)], json: bool) -> String {
+    if json {
+        let obj: serde_json::Map<String, serde_json::Value> = stats
+            .iter()
+            .map(|(s, n)| (s.as_str().to_string(), (*n).into()))
+            .collect();
+        serde_json::Value::Object(obj).to_string()
+    } else {
+        let mut s = String::new();
+        for (stat, n) in stats {
+            let _ = writeln!(s, "{:<26} {:>12}  {}", stat.as_str(), n, stat.describe());
+        }
+        s
+    }
 }
 
 fn opt<T: ToString>(v: &Option<T>) -> String {
@@ -818,5 +821,21 @@ mod tests {
         assert_eq!(json[1]["zone"], SG_ZONE | 7, "zone stays the raw number");
         assert_eq!(json[1]["sg"], "original");
         assert_eq!(json[1]["sg_rule"], "00001234");
+    }
+
+    #[test]
+    fn stats_list_the_security_group_drops() {
+        let stats: Vec<(Stat, u64)> = Stat::ALL.iter().map(|s| (*s, 2)).collect();
+        let text = stats_text(&stats, false);
+        let json: serde_json::Value =
+            serde_json::from_str(&stats_text(&stats, true)).unwrap_or_default();
+        for id in ["drop_sg_egress", "drop_sg_ingress", "drop_port_down"] {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(id) && l.split_whitespace().nth(1) == Some("2")),
+                "{text}"
+            );
+            assert_eq!(json[id], 2);
+        }
     }
 }

@@ -1,20 +1,25 @@
 //! Conntrack policy in user space: flow state from the TCP flags each direction has seen,
 //! idle timeouts per protocol and state, and the sweep that expires idle flows and purges
-//! flows of floating IPs this host no longer serves and security group flows of ports it no
-//! longer filters. Both directions of a flow always go together.
+//! flows of floating IPs this host no longer serves, and security group flows of ports gone
+//! or no longer admitted by their port's rules (the re-check after a policy change). Both
+//! directions of a flow always go together.
 use std::{
     collections::{BTreeMap, BTreeSet},
+    sync::Arc,
     time::Duration,
 };
 
 use dvr_common::{
-    nat::{CT_PAT, CT_SG, CT_SG_REPLY, CtEntry, CtKey, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    port::{LocalPort, PORT_FLAG_SG, PORT_FLAG_SG_STATELESS},
-    sg::SG_ZONE,
+    nat::{
+        CT_PAT, CT_SG, CT_SG_INGRESS, CT_SG_REPLY, CtEntry, CtKey, TCP_ACK, TCP_FIN, TCP_RST,
+        TCP_SYN,
+    },
+    sg::{SG_EGRESS, SG_INGRESS, SgRemoteKey, SgRule, SgRuleKey},
 };
 
 use crate::{
     clock,
+    compile::{icmp_port_be, sg_admit},
     maps::{HostMaps, MapsError},
 };
 
@@ -103,46 +108,94 @@ pub fn timeout(proto: u8, st: FlowState, t: &Timeouts) -> Duration {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Swept {
     pub expired: usize,
-    /// Translated flows of a FIP mapping or SNAT address no longer served here.
     pub purged: usize,
-    /// Security group flows of a port no longer filtered here (gone, or its tap recreated).
-    pub sg_purged: usize,
 }
 
-/// What this host owns flows for: floating IP mappings (`fip -> fixed`) and router
-/// external IPs it does port-address translation for (all network order), and the
-/// conntrack zones of the local ports whose security groups it tracks.
+/// What this host translates for: floating IP mappings (`fip -> fixed`) and router
+/// external IPs it does port-address translation for (all network order); and the security
+/// group policies of its ports, against which tracked flows are re-checked.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Owned {
     pub fips: BTreeMap<u32, u32>,
     pub snat_ips: BTreeSet<u32>,
-    /// `SG_ZONE | tap ifindex` of every local port with stateful security groups.
-    pub sg_zones: BTreeSet<u32>,
+    pub sg: Arc<SgOwned>,
 }
 
-/// The conntrack zones of the ports of `local_ports` (the compiled `DVR_LOCAL_PORTS`) whose
-/// security group flows the datapath tracks: `PORT_FLAG_SG` without
-/// `PORT_FLAG_SG_STATELESS` (a stateless port tracks nothing, so entries left from when
-/// its groups were stateful are purged rather than kept for nothing).
-pub fn sg_zones<'a>(
-    local_ports: impl IntoIterator<Item = (&'a u32, &'a LocalPort)>,
-) -> BTreeSet<u32> {
-    local_ports
-        .into_iter()
-        .filter(|(_, p)| p.flags & (PORT_FLAG_SG | PORT_FLAG_SG_STATELESS) == PORT_FLAG_SG)
-        .map(|(ifindex, _)| SG_ZONE | ifindex)
-        .collect()
+/// The stateful security group policies this host applies, as last written to the maps.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SgOwned {
+    /// Conntrack zone (`SG_ZONE | tap ifindex`) of each port with a stateful policy -> the
+    /// policy id.
+    pub zones: BTreeMap<u32, u32>,
+    pub remote: BTreeMap<(u32, SgRemoteKey), u32>,
+    pub rules: BTreeMap<(u32, SgRuleKey), SgRule>,
+}
+
+impl SgOwned {
+    /// Whether the port of a security group flow still admits it: its original direction
+    /// (`k`, kind `kind`) is looked up as the datapath would. Flows of protocols whose
+    /// ports the conntrack key does not carry are kept (the datapath re-checks them).
+    pub fn admits(&self, k: &CtKey, kind: u8) -> bool {
+        const TCP: u8 = 6;
+        const UDP: u8 = 17;
+        const ICMP: u8 = 1;
+        let Some(&policy) = self.zones.get(&k.zone) else {
+            return false;
+        };
+        let (dir, remote) = if kind & CT_SG_INGRESS != 0 {
+            (SG_INGRESS, k.saddr_be)
+        } else {
+            (SG_EGRESS, k.daddr_be)
+        };
+        let port = match k.proto {
+            TCP | UDP => k.dport_be,
+            // Only echo opens an ICMP flow (errors are never tracked).
+            ICMP => icmp_port_be(8, 0),
+            _ => return true,
+        };
+        sg_admit(
+            &self.remote,
+            &self.rules,
+            policy,
+            dir,
+            k.proto,
+            port,
+            remote,
+        )
+        .is_some()
+    }
 }
 
 /// True for a security group entry (either direction): its kind says so, and its zone is
 /// a port's (`SG_ZONE | ifindex`), which no NAT entry ever uses.
 pub fn is_sg(k: &CtKey, e: &CtEntry) -> bool {
-    e.kind & (CT_SG | CT_SG_REPLY) != 0 || k.zone & SG_ZONE != 0
+    e.kind & (CT_SG | CT_SG_REPLY) != 0 || k.zone & dvr_common::sg::SG_ZONE != 0
 }
 
-/// Which entries to delete: idle past their timeout, or kept for something this host no
-/// longer owns (a FIP mapping it does not serve, a router it no longer SNATs, a port whose
-/// security group flows it no longer tracks). Pure.
+/// Whether the flow of entry `e` at `k` (peer `peer` at `peer_key`) is one this host no
+/// longer owns.
+fn stale(k: &CtKey, e: &CtEntry, peer_key: &CtKey, peer: Option<&CtEntry>, owned: &Owned) -> bool {
+    if e.kind & (CT_SG | CT_SG_REPLY) != 0 {
+        let orig = if e.kind & CT_SG != 0 {
+            Some((k, e.kind))
+        } else {
+            peer.map(|p| (peer_key, p.kind))
+        };
+        return match orig {
+            Some((ok, kind)) => !owned.sg.admits(ok, kind),
+            // Half a flow: keep it while its port is filtered here; it expires.
+            None => !owned.sg.zones.contains_key(&k.zone),
+        };
+    }
+    if e.kind & CT_PAT != 0 {
+        !owned.snat_ips.contains(&e.fip_be)
+    } else {
+        owned.fips.get(&e.fip_be) != Some(&e.fixed_be)
+    }
+}
+
+/// Which entries to delete: idle past their timeout, or translated for something this host
+/// no longer owns (a FIP mapping it does not serve, a router it no longer SNATs). Pure.
 pub fn plan_sweep(
     entries: &BTreeMap<CtKey, CtEntry>,
     now: u64,
@@ -158,14 +211,7 @@ pub fn plan_sweep(
         if peer.is_some() && peer_key < *k {
             continue;
         }
-        let sg = is_sg(k, e);
-        let stale = if sg {
-            !owned.sg_zones.contains(&k.zone)
-        } else if e.kind & CT_PAT != 0 {
-            !owned.snat_ips.contains(&e.fip_be)
-        } else {
-            owned.fips.get(&e.fip_be) != Some(&e.fixed_be)
-        };
+        let stale = stale(k, e, &peer_key, peer, owned);
         let last = peer.map_or(e.last_seen_ns, |p| p.last_seen_ns.max(e.last_seen_ns));
         let st = state(k.proto, e.tcp_flags, peer.map_or(0, |p| p.tcp_flags));
         let idle = Duration::from_nanos(now.saturating_sub(last));
@@ -175,9 +221,7 @@ pub fn plan_sweep(
             if peer.is_some() {
                 doomed.push(peer_key);
             }
-            if stale && sg {
-                swept.sg_purged += 1;
-            } else if stale {
+            if stale {
                 swept.purged += 1;
             } else {
                 swept.expired += 1;
@@ -231,111 +275,6 @@ mod tests {
             ..e
         };
         BTreeMap::from([(k, e), (pk, pe)])
-    }
-
-    /// Both entries of a security group flow of the port on tap `ifindex`: the VM (10) to
-    /// 20, TCP 1 -> 2, admitted by rule 0xabcd.
-    fn sg_pair(ifindex: u32, seen: u64, fa: u8, fb: u8) -> BTreeMap<CtKey, CtEntry> {
-        let k = CtKey {
-            zone: SG_ZONE | ifindex,
-            saddr_be: 10,
-            daddr_be: 20,
-            sport_be: 1,
-            dport_be: 2,
-            proto: IPPROTO_TCP,
-            _pad: [0; 3],
-        };
-        let e = CtEntry {
-            nat_ip_be: 10,
-            peer_zone: k.zone,
-            kind: CT_SG,
-            tcp_flags: fa,
-            _reserved: 0xabcd,
-            last_seen_ns: seen,
-            ..Default::default()
-        };
-        let pk = k.peer(&e);
-        let pe = CtEntry {
-            nat_ip_be: 20,
-            kind: CT_SG_REPLY,
-            tcp_flags: fb,
-            ..e
-        };
-        assert_eq!(pk.peer(&pe), k, "the reply's peer is the original");
-        BTreeMap::from([(k, e), (pk, pe)])
-    }
-
-    #[test]
-    fn sg_zones_are_the_tracked_ports() {
-        let port = |flags| LocalPort {
-            flags,
-            ..Default::default()
-        };
-        let ports = BTreeMap::from([
-            (3, port(PORT_FLAG_SG)),
-            (4, port(PORT_FLAG_SG | PORT_FLAG_SG_STATELESS)),
-            (5, port(0)),
-            (6, port(PORT_FLAG_SG | dvr_common::port::PORT_FLAG_DOWN)),
-        ]);
-        assert_eq!(sg_zones(&ports), BTreeSet::from([SG_ZONE | 3, SG_ZONE | 6]));
-    }
-
-    #[test]
-    fn sg_flows_of_served_ports_are_kept_and_expire_by_timeouts() {
-        let t = Timeouts::default();
-        let sec = 1_000_000_000;
-        // No FIP or SNAT address served: the entries translate nothing and must not be
-        // purged for it.
-        let owned = Owned {
-            sg_zones: BTreeSet::from([SG_ZONE | 5]),
-            ..Default::default()
-        };
-        let est = sg_pair(5, 0, TCP_ACK, TCP_ACK);
-        assert_eq!(
-            plan_sweep(&est, 100 * sec, &t, &owned),
-            (Vec::new(), Swept::default())
-        );
-        let syn = sg_pair(5, 0, TCP_SYN, 0);
-        let (d, s) = plan_sweep(&syn, 61 * sec, &t, &owned);
-        assert_eq!(d.len(), 2, "both directions");
-        assert_eq!(
-            s,
-            Swept {
-                expired: 1,
-                ..Default::default()
-            }
-        );
-        // A lone direction (its peer already gone) expires too.
-        let mut lone = sg_pair(5, 0, TCP_SYN, TCP_SYN | TCP_ACK);
-        lone.pop_first();
-        assert_eq!(plan_sweep(&lone, 61 * sec, &t, &owned).0.len(), 1);
-    }
-
-    #[test]
-    fn sg_flows_of_ports_no_longer_tracked_are_purged_and_nat_flows_untouched() {
-        let t = Timeouts::default();
-        let mut flows = sg_pair(5, 0, TCP_ACK, TCP_ACK);
-        flows.extend(sg_pair(6, 0, TCP_ACK, TCP_ACK));
-        flows.extend(pair(10, 20, 0, TCP_ACK, TCP_ACK));
-        let owned = Owned {
-            fips: BTreeMap::from([(10, 20)]),
-            sg_zones: BTreeSet::from([SG_ZONE | 6]),
-            ..Default::default()
-        };
-        let (d, s) = plan_sweep(&flows, 0, &t, &owned);
-        assert_eq!(
-            s,
-            Swept {
-                sg_purged: 1,
-                ..Default::default()
-            }
-        );
-        assert_eq!(d.len(), 2);
-        assert!(d.iter().all(|k| k.zone == SG_ZONE | 5), "{d:?}");
-        // Nothing served at all: every flow goes, each counted where it belongs.
-        let (d, s) = plan_sweep(&flows, 0, &t, &Owned::default());
-        assert_eq!(d.len(), 6);
-        assert_eq!((s.purged, s.sg_purged, s.expired), (1, 2, 0));
     }
 
     #[test]
@@ -406,5 +345,119 @@ mod tests {
         };
         let (d, _) = plan_sweep(&flows, 0, &t, &remapped);
         assert_eq!(d.len(), 2, "FIP now maps to another fixed IP");
+    }
+
+    /// Both entries of a security group flow `src:1000 -> dst:dport` (UDP) in `zone`,
+    /// admitted in `dir_flag` (0: egress, `CT_SG_INGRESS`).
+    fn sg_pair(
+        zone: u32,
+        src: u32,
+        dst: u32,
+        dport: u16,
+        dir_flag: u8,
+    ) -> BTreeMap<CtKey, CtEntry> {
+        let k = CtKey {
+            zone,
+            saddr_be: src,
+            daddr_be: dst,
+            sport_be: 1000u16.to_be(),
+            dport_be: dport.to_be(),
+            proto: IPPROTO_UDP,
+            _pad: [0; 3],
+        };
+        let e = CtEntry {
+            nat_ip_be: src,
+            peer_zone: zone,
+            kind: CT_SG | dir_flag,
+            ..Default::default()
+        };
+        let pk = k.peer(&e);
+        let pe = CtEntry {
+            nat_ip_be: dst,
+            kind: CT_SG_REPLY | dir_flag,
+            ..e
+        };
+        BTreeMap::from([(k, e), (pk, pe)])
+    }
+
+    /// Policy 7 on zone `zone`: egress UDP 53 to anywhere, ingress UDP 53 from anywhere.
+    fn dns_policy(zone: u32) -> SgOwned {
+        use dvr_common::sg::{SG_REMOTE_PREFIX_BITS, SG_RULE_ANY_PORT_BITS};
+        let rule = |dir| {
+            (
+                (
+                    SG_RULE_ANY_PORT_BITS + 16,
+                    SgRuleKey {
+                        class: 5,
+                        dir,
+                        proto: IPPROTO_UDP,
+                        port_be: 53u16.to_be(),
+                    },
+                ),
+                SgRule { rule_id: 1 },
+            )
+        };
+        SgOwned {
+            zones: BTreeMap::from([(zone, 7)]),
+            remote: BTreeMap::from([(
+                (
+                    SG_REMOTE_PREFIX_BITS,
+                    SgRemoteKey {
+                        policy: 7,
+                        ip_be: 0,
+                    },
+                ),
+                5,
+            )]),
+            rules: BTreeMap::from([rule(SG_EGRESS), rule(SG_INGRESS)]),
+        }
+    }
+
+    #[test]
+    fn security_group_flows_live_while_their_rules_admit_them() {
+        let t = Timeouts::default();
+        let zone = dvr_common::sg::SG_ZONE | 4;
+        let owned = |sg: SgOwned| Owned {
+            sg: Arc::new(sg),
+            ..Default::default()
+        };
+        let admitted = owned(dns_policy(zone));
+        for flow in [
+            sg_pair(zone, 10, 20, 53, 0),
+            sg_pair(zone, 20, 10, 53, CT_SG_INGRESS),
+        ] {
+            assert!(
+                plan_sweep(&flow, 0, &t, &admitted).0.is_empty(),
+                "no FIP needed"
+            );
+        }
+        // The egress rule goes: the egress flow ends (both entries), the ingress one stays.
+        let mut no_egress = dns_policy(zone);
+        no_egress.rules.retain(|(_, k), _| k.dir == SG_INGRESS);
+        let no_egress = owned(no_egress);
+        let (d, s) = plan_sweep(&sg_pair(zone, 10, 20, 53, 0), 0, &t, &no_egress);
+        assert_eq!((d.len(), s.purged), (2, 1));
+        assert!(
+            plan_sweep(&sg_pair(zone, 20, 10, 53, CT_SG_INGRESS), 0, &t, &no_egress)
+                .0
+                .is_empty()
+        );
+        // Another port (zone) or a port gone: purged.
+        let (d, _) = plan_sweep(&sg_pair(zone + 1, 10, 20, 53, 0), 0, &t, &admitted);
+        assert_eq!(d.len(), 2);
+        // A flow to another port number is no longer admitted.
+        assert_eq!(
+            plan_sweep(&sg_pair(zone, 10, 20, 54, 0), 0, &t, &admitted)
+                .0
+                .len(),
+            2
+        );
+        // Idle flows expire as any other.
+        assert_eq!(
+            plan_sweep(&sg_pair(zone, 10, 20, 53, 0), 61_000_000_000, &t, &admitted)
+                .1
+                .expired,
+            1
+        );
     }
 }

@@ -23,10 +23,17 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     path::Path,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
+use dvr_common::{
+    port::{PORT_FLAG_SG, PORT_FLAG_SG_STATELESS},
+    sg::SG_ZONE,
+};
 use tracing::{info, warn};
 
 pub use error::AgentError;
@@ -35,7 +42,7 @@ pub use options::{FULL_READ_INTERVAL, Options, POLL, RESCAN, STATE_POLL};
 use crate::{
     attach::{Datapath, mac_of},
     compile::{self, Compiled, External, HaRuntime},
-    conntrack::{self, Owned},
+    conntrack::{self, Owned, SgOwned},
     metrics,
     model::State,
     source::{Source, SourceSpec, ha as election},
@@ -99,8 +106,8 @@ struct Served {
     /// Router external IPs translated here (network order), and router names by id.
     snat_ips: BTreeSet<u32>,
     snat_names: BTreeMap<u32, String>,
-    /// Conntrack zones of the local ports whose security group flows are tracked.
-    sg_zones: BTreeSet<u32>,
+    /// The stateful security group policies of the local ports.
+    sg: Arc<SgOwned>,
 }
 
 pub struct Agent {
@@ -375,13 +382,7 @@ impl Agent {
             if swept.purged > 0 {
                 info!(
                     flows = swept.purged,
-                    "purged conntrack of floating IPs no longer served here"
-                );
-            }
-            if swept.sg_purged > 0 {
-                info!(
-                    flows = swept.sg_purged,
-                    "purged security group conntrack of ports no longer filtered here"
+                    "purged conntrack of floating IPs no longer served here and of flows no security group rule admits any more"
                 );
             }
         }
@@ -421,9 +422,8 @@ impl Agent {
 
     /// Take what `compiled` serves: plan announcements, hand the HA roles to the election
     /// and the conntrack sync. True when the set of served floating IPs or SNAT addresses
-    /// changed, or the ports whose security group flows are tracked (or `force`): conntrack
-    /// then needs a purge.
-    fn take_served(&mut self, compiled: Compiled, force: bool) -> bool {
+    /// changed (or `force`): conntrack then needs a purge.
+    fn take_served(&mut self, mut compiled: Compiled, force: bool) -> bool {
         let has_external = self.served.ext.is_some();
         let fips = if has_external {
             compiled.served_fips
@@ -431,7 +431,6 @@ impl Agent {
             BTreeMap::new()
         };
         let snat_ips: BTreeSet<u32> = compiled.entries.snat_ips.keys().copied().collect();
-        let sg_zones = conntrack::sg_zones(&compiled.entries.local_ports);
         // An HA router's external address is announced when its role moves here: the
         // external network must learn this host's MAC for it.
         let announced: BTreeSet<Ipv4Addr> = compiled
@@ -458,13 +457,28 @@ impl Agent {
         };
         self.ha
             .update_sync(&me, self.current.ha_view.as_ref(), shared);
+        let sg = Arc::new(SgOwned {
+            zones: compiled
+                .entries
+                .local_ports
+                .iter()
+                .filter(|(_, p)| {
+                    p.flags & PORT_FLAG_SG != 0 && p.flags & PORT_FLAG_SG_STATELESS == 0
+                })
+                .map(|(ifx, p)| (SG_ZONE | ifx, p.policy))
+                .collect(),
+            remote: std::mem::take(&mut compiled.entries.sg_remote),
+            rules: std::mem::take(&mut compiled.entries.sg_rules),
+        });
+        // A changed policy re-checks the tracked flows at once (the datapath re-checks a
+        // flow's original direction at its next packet; this ends silent ones too).
         let remapped = force
             || fips != self.served.fips
             || snat_ips != self.served.snat_ips
-            || sg_zones != self.served.sg_zones;
+            || sg != self.served.sg;
+        self.served.sg = sg;
         self.served.fips = fips;
         self.served.snat_ips = snat_ips;
-        self.served.sg_zones = sg_zones;
         self.served.snat_names = compiled.snat_router_names;
         self.served.external = compiled.external;
         remapped
@@ -476,8 +490,8 @@ impl Agent {
         }
     }
 
-    /// The flows this host owns: those of the FIPs and SNAT addresses it serves, of its HA
-    /// roles, and the security group flows of its ports.
+    /// The flows this host owns: those of the FIPs and SNAT addresses it serves, and of its
+    /// HA roles.
     fn owned(&self) -> Owned {
         let mut owned = Owned {
             fips: self
@@ -492,7 +506,7 @@ impl Agent {
                 })
                 .collect(),
             snat_ips: self.served.snat_ips.clone(),
-            sg_zones: self.served.sg_zones.clone(),
+            sg: self.served.sg.clone(),
         };
         self.ha.extend_owned(&mut owned);
         owned

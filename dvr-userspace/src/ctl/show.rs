@@ -15,8 +15,8 @@ use crate::{
 };
 use dvr_common::{
     nat::{
-        CT_DNAT, CT_HAIRPIN, CT_PAT, CT_SG, CT_SNAT, CtEntry, CtKey, FIP_CENTRAL, FIP_LOCAL,
-        FIP_REMOTE, FIP_UNASSOCIATED,
+        CT_DNAT, CT_HAIRPIN, CT_PAT, CT_SG, CT_SG_INGRESS, CT_SNAT, CtEntry, CtKey, FIP_CENTRAL,
+        FIP_LOCAL, FIP_REMOTE, FIP_UNASSOCIATED,
     },
     port::PORT_FLAG_SECURITY,
     sg::SG_ZONE,
@@ -106,6 +106,9 @@ struct CtRow {
     sg_ifindex: Option<u32>,
     /// A security group entry: `original` (admitted by a rule) or `reply`.
     sg: Option<&'static str>,
+    /// The direction of the rule that admitted the flow: `ingress` (it came to the VM first)
+    /// or `egress`.
+    sg_direction: Option<&'static str>,
     /// The rule that admitted the flow (its id with a state, else its hash).
     sg_rule: Option<String>,
     proto: String,
@@ -317,6 +320,11 @@ fn ct_rows(entries: &BTreeMap<CtKey, CtEntry>, now: u64, names: Option<&Names>) 
                 } else {
                     "reply"
                 }),
+                sg_direction: sg.then_some(if e.kind & CT_SG_INGRESS != 0 {
+                    "ingress"
+                } else {
+                    "egress"
+                }),
                 sg_rule: sg.then(|| rule_label(names, sg_rule_of(e, peer))),
                 proto: proto_name(k.proto),
                 src: ip_be(k.saddr_be),
@@ -349,11 +357,11 @@ fn ct_rows(entries: &BTreeMap<CtKey, CtEntry>, now: u64, names: Option<&Names>) 
 /// The ZONE and NAT/TO cells of a conntrack row: a security group entry shows its port
 /// (`sg:<tap ifindex>`), its direction and the admitting rule.
 fn ct_cells(r: &CtRow) -> (String, String, String) {
-    match (r.sg_ifindex, r.sg, &r.sg_rule) {
-        (Some(ifx), Some(dir), Some(rule)) => (
+    match (r.sg_ifindex, r.sg, r.sg_direction, &r.sg_rule) {
+        (Some(ifx), Some(side), Some(dir), Some(rule)) => (
             format!("sg:{ifx}"),
-            format!("sg-{dir}"),
-            format!("rule {rule}"),
+            format!("sg-{side}"),
+            format!("{dir} rule {rule}"),
         ),
         _ => (
             r.zone.to_string(),
@@ -756,7 +764,7 @@ mod tests {
         let e = CtEntry {
             nat_ip_be: k.saddr_be,
             peer_zone: k.zone,
-            kind: CT_SG,
+            kind: CT_SG | CT_SG_INGRESS,
             tcp_flags: TCP_SYN | TCP_ACK,
             _reserved: 0x1234,
             ..Default::default()
@@ -764,7 +772,7 @@ mod tests {
         let pk = k.peer(&e);
         let pe = CtEntry {
             nat_ip_be: pk.saddr_be,
-            kind: CT_SG_REPLY,
+            kind: CT_SG_REPLY | CT_SG_INGRESS,
             _reserved: 0,
             ..e
         };
@@ -797,8 +805,16 @@ mod tests {
         assert_eq!(
             sg,
             [
-                ("sg:7".into(), "sg-original".into(), "rule 00001234".into()),
-                ("sg:7".into(), "sg-reply".into(), "rule 00001234".into()),
+                (
+                    "sg:7".into(),
+                    "sg-original".into(),
+                    "ingress rule 00001234".into()
+                ),
+                (
+                    "sg:7".into(),
+                    "sg-reply".into(),
+                    "ingress rule 00001234".into()
+                ),
             ],
             "the reply names its flow's rule"
         );

@@ -203,7 +203,9 @@ fn main() -> anyhow::Result<()> {
                 remote,
                 ttl,
             };
-            let t = ctl::trace::trace(&maps, probe).context("reading maps")?;
+            let names = names(args.state.as_deref())?;
+            let t =
+                ctl::trace::trace_named(&maps, probe, names.as_ref()).context("reading maps")?;
             if json {
                 println!("{}", serde_json::to_string(&t)?);
             } else {

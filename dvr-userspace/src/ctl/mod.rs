@@ -8,7 +8,9 @@ pub mod sg;
 pub mod show;
 pub mod trace;
 
-use std::net::Ipv4Addr;
+use std::{fmt::Write as _, net::Ipv4Addr};
+
+use serde::Serialize;
 
 /// `aa:bb:cc:dd:ee:ff`.
 pub fn fmt_mac(m: [u8; 6]) -> String {
@@ -46,4 +48,38 @@ pub fn proto_name(p: u8) -> String {
         136 => "udplite".into(),
         n => n.to_string(),
     }
+}
+
+/// Rows as JSON, or as a table with `header` and columns padded to their widest cell.
+pub fn render<T: Serialize>(
+    json: bool,
+    rows: &[T],
+    header: &[&str],
+    cells: impl Fn(&T) -> Vec<String>,
+) -> String {
+    if json {
+        return serde_json::to_string(rows).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    }
+    let table: Vec<Vec<String>> = std::iter::once(header.iter().map(|h| h.to_string()).collect())
+        .chain(rows.iter().map(cells))
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| {
+            table
+                .iter()
+                .map(|r| r.get(c).map_or(0, String::len))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut s = String::new();
+    for row in table {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(s, "{}", line.join("  ").trim_end());
+    }
+    s
 }

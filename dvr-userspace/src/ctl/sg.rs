@@ -13,8 +13,7 @@ use serde::Serialize;
 use super::{
     fmt_mac, ip_be,
     names::{Names, port_label, rule_label},
-    proto_name,
-    show::render,
+    proto_name, render,
 };
 use crate::{
     compile::fnv1a32,

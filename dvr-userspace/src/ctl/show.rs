@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::{
     fmt_mac, ip_be, ip_host,
     names::{Names, rule_label},
-    proto_name,
+    proto_name, render,
 };
 use crate::{
     conntrack,
@@ -709,39 +709,6 @@ fn stats_text(stats: &[(Stat, u64)], json: bool) -> String {
 fn opt<T: ToString>(v: &Option<T>) -> String {
     v.as_ref()
         .map_or_else(|| "-".to_string(), ToString::to_string)
-}
-
-pub(super) fn render<T: Serialize>(
-    json: bool,
-    rows: &[T],
-    header: &[&str],
-    cells: impl Fn(&T) -> Vec<String>,
-) -> String {
-    if json {
-        return serde_json::to_string(rows).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
-    }
-    let table: Vec<Vec<String>> = std::iter::once(header.iter().map(|h| h.to_string()).collect())
-        .chain(rows.iter().map(cells))
-        .collect();
-    let widths: Vec<usize> = (0..header.len())
-        .map(|c| {
-            table
-                .iter()
-                .map(|r| r.get(c).map_or(0, String::len))
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut s = String::new();
-    for row in table {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        let _ = writeln!(s, "{}", line.join("  ").trim_end());
-    }
-    s
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use dvr_common::{
 
 use crate::{
     clock,
-    compile::{icmp_port_be, sg_admit},
+    compile::sg_admit,
     maps::{HostMaps, MapsError},
 };
 
@@ -136,12 +136,10 @@ pub struct SgOwned {
 
 impl SgOwned {
     /// Whether the port of a security group flow still admits it: its original direction
-    /// (`k`, kind `kind`) is looked up as the datapath would. Flows of protocols whose
-    /// ports the conntrack key does not carry are kept (the datapath re-checks them).
-    pub fn admits(&self, k: &CtKey, kind: u8) -> bool {
-        const TCP: u8 = 6;
-        const UDP: u8 = 17;
-        const ICMP: u8 = 1;
+    /// (`k`, kind `kind`, `port_be` what the rules matched: the destination port or ICMP
+    /// type and code, which the datapath keeps in the entry's `fixed_be`) is looked up as the
+    /// datapath would.
+    pub fn admits(&self, k: &CtKey, kind: u8, port_be: u16) -> bool {
         let Some(&policy) = self.zones.get(&k.zone) else {
             return false;
         };
@@ -150,19 +148,13 @@ impl SgOwned {
         } else {
             (SG_EGRESS, k.daddr_be)
         };
-        let port = match k.proto {
-            TCP | UDP => k.dport_be,
-            // Only echo opens an ICMP flow (errors are never tracked).
-            ICMP => icmp_port_be(8, 0),
-            _ => return true,
-        };
         sg_admit(
             &self.remote,
             &self.rules,
             policy,
             dir,
             k.proto,
-            port,
+            port_be,
             remote,
         )
         .is_some()
@@ -180,12 +172,12 @@ pub fn is_sg(k: &CtKey, e: &CtEntry) -> bool {
 fn stale(k: &CtKey, e: &CtEntry, peer_key: &CtKey, peer: Option<&CtEntry>, owned: &Owned) -> bool {
     if e.kind & (CT_SG | CT_SG_REPLY) != 0 {
         let orig = if e.kind & CT_SG != 0 {
-            Some((k, e.kind))
+            Some((k, e))
         } else {
-            peer.map(|p| (peer_key, p.kind))
+            peer.map(|p| (peer_key, p))
         };
         return match orig {
-            Some((ok, kind)) => !owned.sg.admits(ok, kind),
+            Some((ok, oe)) => !owned.sg.admits(ok, oe.kind, oe.fixed_be as u16),
             // Half a flow: keep it while its port is filtered here; it expires.
             None => !owned.sg.zones.contains_key(&k.zone),
         };
@@ -373,6 +365,7 @@ mod tests {
         };
         let e = CtEntry {
             nat_ip_be: src,
+            fixed_be: u32::from(dport.to_be()),
             peer_zone: zone,
             kind: CT_SG | dir_flag,
             ..Default::default()

@@ -67,12 +67,16 @@ fn peers(out: &str) -> Vec<SocketAddrV4> {
 fn tcx_by_iface(c: &Cloud, host: &str) -> Result<BTreeMap<String, Tcx>> {
     let mut out = BTreeMap::new();
     for pin in c.link_pins(host)? {
-        let iface = pin
+        let link = pin
             .rsplit_once('@')
             .map_or(pin.as_str(), |(n, _)| n)
             .to_string();
-        let tcx = c.tcx_ingress(host, &iface)?;
-        out.insert(iface, tcx);
+        // `<tap>:out` is the link of the tap's egress hook (`dvr_tap_out`).
+        let tcx = match link.strip_suffix(":out") {
+            Some(iface) => c.tcx(host, iface, "egress")?,
+            None => c.tcx_ingress(host, &link)?,
+        };
+        out.insert(link, tcx);
     }
     Ok(out)
 }
@@ -1332,8 +1336,12 @@ fn uninstall_removes_every_link_pin_and_device_and_nothing_else() -> Result<()> 
             addrs[h],
             host_addrs(&c, h)?
         );
-        for iface in attached[h].keys().filter(|i| *i != "dvr-vx") {
-            let x = c.tcx_ingress(h, iface)?;
+        for link in attached[h].keys().filter(|i| *i != "dvr-vx") {
+            let x = match link.strip_suffix(":out") {
+                Some(iface) => c.tcx(h, iface, "egress")?,
+                None => c.tcx_ingress(h, link)?,
+            };
+            let iface = link;
             ensure!(
                 x.prog_ids.is_empty() && x.link_ids.is_empty(),
                 "{h}/{iface}: still attached after uninstall: {x:?}"

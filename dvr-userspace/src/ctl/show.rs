@@ -12,6 +12,7 @@ use super::{
 use crate::{
     conntrack,
     maps::{HostMaps, MapsError},
+    model::{PROTO_ICMP, has_ports},
 };
 use dvr_common::{
     nat::{
@@ -111,6 +112,9 @@ struct CtRow {
     sg_direction: Option<&'static str>,
     /// The rule that admitted the flow (its id with a state, else its hash).
     sg_rule: Option<String>,
+    /// What the rules matched when the flow was admitted, as the agent's re-check looks it
+    /// up again: `port N`, or `type T code C` for ICMP (null for protocols without ports).
+    sg_match: Option<String>,
     proto: String,
     src: Ipv4Addr,
     dst: Ipv4Addr,
@@ -294,6 +298,20 @@ fn fip_kind(flags: u32) -> &'static str {
     }
 }
 
+/// What a security group flow's rules matched, from its entry's `fixed_be` (the rule
+/// trie's port slot: the destination port in network order, or ICMP type and code).
+fn sg_match(proto: u8, fixed_be: u32) -> Option<String> {
+    let slot = fixed_be as u16;
+    match proto {
+        PROTO_ICMP => {
+            let [t, c] = slot.to_ne_bytes();
+            Some(format!("type {t} code {c}"))
+        }
+        p if has_ports(p) => Some(format!("port {}", u16::from_be(slot))),
+        _ => None,
+    }
+}
+
 /// The rule a security group entry was admitted by: its own `_reserved`, or (a reply
 /// entry that does not keep it) its original direction's.
 fn sg_rule_of(e: &CtEntry, peer: Option<&CtEntry>) -> u32 {
@@ -326,6 +344,7 @@ fn ct_rows(entries: &BTreeMap<CtKey, CtEntry>, now: u64, names: Option<&Names>) 
                     "egress"
                 }),
                 sg_rule: sg.then(|| rule_label(names, sg_rule_of(e, peer))),
+                sg_match: sg.then(|| sg_match(k.proto, e.fixed_be)).flatten(),
                 proto: proto_name(k.proto),
                 src: ip_be(k.saddr_be),
                 dst: ip_be(k.daddr_be),
@@ -733,6 +752,7 @@ mod tests {
             peer_zone: k.zone,
             kind: CT_SG | CT_SG_INGRESS,
             tcp_flags: TCP_SYN | TCP_ACK,
+            fixed_be: u32::from(22u16.to_be()),
             _reserved: 0x1234,
             ..Default::default()
         };
@@ -804,6 +824,12 @@ mod tests {
         assert_eq!(json[1]["zone"], SG_ZONE | 7, "zone stays the raw number");
         assert_eq!(json[1]["sg"], "original");
         assert_eq!(json[1]["sg_rule"], "00001234");
+        assert_eq!(json[1]["sg_match"], "port 22");
+        assert_eq!(json[2]["sg_match"], "port 22", "the reply keeps it too");
+        assert_eq!(json[0]["sg_match"], serde_json::Value::Null);
+        let echo = u32::from(u16::from_ne_bytes([8, 0]));
+        assert_eq!(sg_match(1, echo).as_deref(), Some("type 8 code 0"));
+        assert_eq!(sg_match(47, 5), None);
     }
 
     #[test]

@@ -12,7 +12,10 @@ use super::{
     sg::Packet,
     walk::{Out, Walk, attached_ifindex, be, drop, out},
 };
-use crate::{ctl::fmt_mac, maps::MapsError};
+use crate::{
+    ctl::{fmt_mac, names::port_label},
+    maps::MapsError,
+};
 
 impl Walk<'_> {
     /// `entry::tap`: a frame a VM sends.
@@ -33,9 +36,9 @@ impl Walk<'_> {
         self.step(
             "port",
             format!(
-                "{} (ifindex {ifindex}): port {:08x}, vni {vni}, mac {}",
+                "{} (ifindex {ifindex}): port {}, vni {vni}, mac {}",
                 self.p.iface,
-                port.port_id,
+                port_label(self.names, port.port_id),
                 fmt_mac(port.mac)
             ),
         );

@@ -8,11 +8,12 @@ use dvr_common::{
     nat::{CT_SG_INGRESS, CT_SG_REPLY, CtEntry, CtKey},
     port::{LocalPort, PORT_FLAG_SG_STATELESS},
     sg::{SG_EGRESS, SG_INGRESS, SG_ZONE},
+    stats::Stat,
 };
 
 use crate::{
     compile::{icmp_port_be, sg_admit},
-    ctl::sg::{Remotes, Rules},
+    ctl::sg::{Remotes, Rules, direction_name},
 };
 
 const IPPROTO_ICMP: u8 = 1;
@@ -207,6 +208,69 @@ pub(super) fn new_flow(ifindex: u32, dir: u8, p: &Packet, rule: u32) -> BTreeMap
     BTreeMap::from([(k.peer(&e), pe), (k, e)])
 }
 
+/// The counter of a refusal in direction `dir`.
+pub(super) fn refused(dir: u8) -> Stat {
+    if dir == SG_EGRESS {
+        Stat::DropSgEgress
+    } else {
+        Stat::DropSgIngress
+    }
+}
+
+/// The trace line of decision `d` for the port on tap `ifindex` in direction `dir`;
+/// `rule` names a rule by its id hash.
+pub(super) fn describe(
+    d: Decision,
+    dir: u8,
+    ifindex: u32,
+    stateless: bool,
+    rule: &dyn Fn(u32) -> String,
+) -> String {
+    let zone = format!("sg:{ifindex}");
+    let refused = refused(dir).as_str();
+    let what = match d {
+        Decision::Base if dir == SG_EGRESS => {
+            "DHCP client to server: base traffic, always allowed".to_string()
+        }
+        Decision::Base => "DHCP server to client: base traffic, always allowed".to_string(),
+        Decision::Stateless(Some(r)) => format!("admitted by {}", rule(r)),
+        Decision::Admitted {
+            rule: r,
+            new_flow: true,
+        } => format!(
+            "admitted by {}; a new flow, tracked in zone {zone}",
+            rule(r)
+        ),
+        Decision::Admitted { rule: r, .. } => {
+            format!("admitted by {}; tracked flow in zone {zone}", rule(r))
+        }
+        Decision::Reply { rule: r, flow_dir } => format!(
+            "no {} rule admits it, but it is the reply of a tracked flow (reply entry in \
+             zone {zone}) admitted by {} {}: passes",
+            direction_name(dir),
+            direction_name(flow_dir),
+            rule(r)
+        ),
+        Decision::Revoked { rule: r } => format!(
+            "no rule admits it any more: the tracked flow it opened (admitted by {}) ends \
+             here, both entries deleted ({refused})",
+            rule(r),
+        ),
+        Decision::Related => {
+            "ICMP error about a tracked flow of the port (related): passes".to_string()
+        }
+        Decision::Stateless(None) | Decision::Refused => {
+            format!("no rule admits it ({refused})")
+        }
+    };
+    let mode = if stateless { " (stateless)" } else { "" };
+    if dir == SG_EGRESS {
+        format!("egress{mode}: {what}")
+    } else {
+        format!("ingress at tap#{ifindex}{mode}: {what}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,5 +463,62 @@ mod tests {
         // Flows of another port's zone are not this port's.
         let other = new_flow(IFX + 1, SG_EGRESS, &out, fnv1a32("out-https"));
         assert_eq!(decide(0, SG_INGRESS, &reply, &other), Decision::Refused);
+    }
+
+    #[test]
+    fn descriptions_name_the_rule_and_read_as_one_line() {
+        let rule = |r: u32| format!("rule {r:x}");
+        let say = |d, dir, stateless| describe(d, dir, 7, stateless, &rule);
+        assert_eq!(
+            say(
+                Decision::Admitted {
+                    rule: 0xab,
+                    new_flow: true
+                },
+                SG_INGRESS,
+                false
+            ),
+            "ingress at tap#7: admitted by rule ab; a new flow, tracked in zone sg:7"
+        );
+        assert_eq!(
+            say(Decision::Refused, SG_EGRESS, false),
+            "egress: no rule admits it (drop_sg_egress)"
+        );
+        assert_eq!(
+            say(Decision::Stateless(None), SG_INGRESS, true),
+            "ingress at tap#7 (stateless): no rule admits it (drop_sg_ingress)"
+        );
+        assert_eq!(
+            say(
+                Decision::Reply {
+                    rule: 0xcd,
+                    flow_dir: SG_INGRESS
+                },
+                SG_EGRESS,
+                false
+            ),
+            "egress: no egress rule admits it, but it is the reply of a tracked flow (reply \
+             entry in zone sg:7) admitted by ingress rule cd: passes"
+        );
+        assert_eq!(
+            say(Decision::Revoked { rule: 0xef }, SG_EGRESS, false),
+            "egress: no rule admits it any more: the tracked flow it opened (admitted by rule \
+             ef) ends here, both entries deleted (drop_sg_egress)"
+        );
+        // Every decision is one line with single spaces.
+        for d in [
+            Decision::Base,
+            Decision::Stateless(Some(1)),
+            Decision::Admitted {
+                rule: 1,
+                new_flow: false,
+            },
+            Decision::Related,
+        ] {
+            for dir in [SG_EGRESS, SG_INGRESS] {
+                let t = say(d, dir, false);
+                assert!(!t.contains("  ") && !t.contains('\n'), "{t:?}");
+            }
+        }
     }
 }

@@ -16,7 +16,6 @@ use dvr_common::{
         LocalPort, PORT_FLAG_SECURITY, PORT_FLAG_SG_STATELESS, SEC_IP_ALLOWED, SEC_KEY_PREFIX_BITS,
     },
     route::{IpKey, RouterIface},
-    sg::SG_EGRESS,
     snat::{SNAT_ENABLED, SNAT_HA, SnatRouter, fence_active},
     stats::Stat,
 };
@@ -27,7 +26,7 @@ use super::{
     walk::{Out, Walk, be, drop, in_prefix, out},
 };
 use crate::{
-    ctl::{fmt_mac, ip_be, names::rule_label, sg::direction_name},
+    ctl::{fmt_mac, ip_be, names::rule_label},
     maps::MapsError,
 };
 
@@ -123,11 +122,6 @@ impl Walk<'_> {
             self.sg_created
                 .extend(sg::new_flow(ifindex, dir, pkt, rule));
         }
-        let refused = if dir == SG_EGRESS {
-            Stat::DropSgEgress
-        } else {
-            Stat::DropSgIngress
-        };
         let names = self.names;
         let rule = |r: u32| {
             let label = rule_label(names, r);
@@ -136,55 +130,12 @@ impl Walk<'_> {
                 None => format!("rule {label}"),
             }
         };
-        let zone = format!("sg:{ifindex}");
-        let mode = if port.flags & PORT_FLAG_SG_STATELESS != 0 {
-            " (stateless)"
-        } else {
-            ""
-        };
-        let what = match d {
-            Decision::Base if dir == SG_EGRESS => {
-                "DHCP client to server: base traffic, always allowed".to_string()
-            }
-            Decision::Base => "DHCP server to client: base traffic, always allowed".to_string(),
-            Decision::Stateless(Some(r)) | Decision::Admitted { rule: r, .. } => {
-                let mut w = format!("admitted by {}", rule(r));
-                match d {
-                    Decision::Admitted { new_flow: true, .. } => {
-                        w.push_str(&format!("; a new flow, tracked in zone {zone}"));
-                    }
-                    Decision::Admitted { .. } => {
-                        w.push_str(&format!("; tracked flow in zone {zone}"));
-                    }
-                    _ => {}
-                }
-                w
-            }
-            Decision::Reply { rule: r, flow_dir } => format!(
-                "no {} rule admits it, but it is the reply of a tracked flow (reply entry in                  zone {zone}) admitted by {} {}: passes",
-                direction_name(dir),
-                direction_name(flow_dir),
-                rule(r)
-            ),
-            Decision::Revoked { rule: r } => format!(
-                "no rule admits it any more: the tracked flow it opened (admitted by {}) ends                  here, both entries deleted ({})",
-                rule(r),
-                refused.as_str()
-            ),
-            Decision::Related => {
-                "ICMP error about a tracked flow of the port (related): passes".to_string()
-            }
-            Decision::Stateless(None) | Decision::Refused => {
-                format!("no rule admits it ({})", refused.as_str())
-            }
-        };
-        let at = if dir == SG_EGRESS {
-            format!("egress{mode}")
-        } else {
-            format!("ingress at tap#{ifindex}{mode}")
-        };
-        self.step("security group", format!("{at}: {what}"));
-        Ok((!d.passes()).then(|| drop(refused)))
+        let stateless = port.flags & PORT_FLAG_SG_STATELESS != 0;
+        self.step(
+            "security group",
+            sg::describe(d, dir, ifindex, stateless, &rule),
+        );
+        Ok((!d.passes()).then(|| drop(sg::refused(dir))))
     }
 }
 

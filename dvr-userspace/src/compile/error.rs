@@ -32,6 +32,30 @@ pub enum CompileError {
         second: String,
         tap: String,
     },
+    /// Two different security group sets of local ports hash to one policy id.
+    #[error(
+        "ports {first_port} and {second_port}: their security group sets [{first}] and \
+         [{second}] both hash to policy id {hash:#010x} (fnv1a32)"
+    )]
+    SgPolicyCollision {
+        first_port: String,
+        /// The group ids, sorted, joined with `,`.
+        first: String,
+        second_port: String,
+        second: String,
+        hash: u32,
+    },
+    /// Two different sets of security group rules hash to one class id.
+    #[error(
+        "security group rule sets [{first}] and [{second}]: both hash to class id {hash:#010x} \
+         (fnv1a32)"
+    )]
+    SgClassCollision {
+        /// The rule ids, sorted, joined with `,`.
+        first: String,
+        second: String,
+        hash: u32,
+    },
     /// A floating IP served here has no next hop on its external network.
     #[error(
         "floatingip {floatingip}: field `floating_ip_address`: no subnet of network {network} \

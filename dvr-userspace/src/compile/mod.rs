@@ -22,7 +22,8 @@
 //! One module per map family, as in `dvr_common`: `port` (local ports, port security),
 //! `l2` (fdb, flood, DVR MACs, tunnel peers), `route` (gateways, routes, endpoints),
 //! `snat` (centralized SNAT), `fip` (floating IPs and the external side), `vip`
-//! (VIP candidates) and `ha` (the election view and HA roles); each states its rules.
+//! (VIP candidates), `ha` (the election view and HA roles) and `sg` (security group
+//! policies, with `sg_lookup` the check the datapath makes on them); each states its rules.
 //! `context` holds what they share, `entries` the desired map contents. [`compile`] runs
 //! them in order.
 //!
@@ -37,6 +38,8 @@ mod ha;
 mod l2;
 mod port;
 mod route;
+mod sg;
+mod sg_lookup;
 mod snat;
 mod vip;
 
@@ -50,6 +53,8 @@ pub use error::CompileError;
 pub use fip::External;
 pub use ha::{HaCandidate, HaRole, HaRuntime};
 pub use port::tap_name;
+pub use sg::{sg_class_id, sg_policy_id};
+pub use sg_lookup::{icmp_port_be, sg_admit, sg_class, sg_entries_canonical, sg_rule};
 
 use crate::model::{Host, State};
 use context::{Compiler, Networks};
@@ -102,6 +107,7 @@ pub fn compile(
 
     let mut out = MapEntries::default();
     port::add_local_ports(&mut out, &local.present);
+    sg::add_security_groups(&mut out, state, &local.present)?;
     let vip_flood = vip::vip_flood_targets(&c, &csnat, &vips);
     l2::add_served_networks(&mut out, &c, &networks, &vip_flood)?;
     route::add_endpoints(&mut out.endpoints, &c, &networks, &routers.routed);
@@ -152,7 +158,9 @@ mod tests {
     use crate::model::Mac;
     use crate::testing::*;
     use dvr_common::l2::MacKey;
-    use dvr_common::port::{LocalPort, PORT_FLAG_SECURITY, SEC_IP_ALLOWED, SEC_MAC_ONLY, SecKey};
+    use dvr_common::port::{
+        LocalPort, PORT_FLAG_SECURITY, PORT_FLAG_SG, SEC_IP_ALLOWED, SEC_MAC_ONLY, SecKey,
+    };
     use dvr_common::route::{IpKey, Route, RouterIface};
     use serde_json::{Value, json};
 
@@ -210,11 +218,11 @@ mod tests {
                     IFX_VM1,
                     LocalPort {
                         vni: VNI1,
-                        flags: PORT_FLAG_SECURITY,
+                        flags: PORT_FLAG_SECURITY | PORT_FLAG_SG,
                         mac: MAC_VM1,
                         _pad: [0; 2],
                         port_id: fnv1a32("vm1"),
-                        policy: 0
+                        policy: fnv1a32("sg1")
                     }
                 ),
                 (

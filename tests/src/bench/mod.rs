@@ -150,7 +150,7 @@ impl Settings {
         fip_counts: &[1_000, 10_000, 50_000],
         fip_changes: 40,
         sg_changes: 200,
-        sg_udp_runs: 3,
+        sg_udp_runs: 5,
     };
 
     /// `--quick`: one short pass of everything but 50,000 FIPs.

@@ -1,8 +1,9 @@
 //! Control-plane timings of security groups (issue 12's scale figures), in process with the
 //! agent's library, as [`super::control::ebpf`] times floating IPs.
 //!
-//! The cloud ([`SgCloud`]): [`SgCloud::ports`] VM ports on one tenant network, spread over
-//! hosts of [`SgCloud::local_ports`] ports each; [`SgCloud::groups`] security groups with
+//! The cloud ([`SgCloud`]): [`SgCloud::ports`] VM ports spread over hosts of
+//! [`SgCloud::local_ports`] ports each, on tenant networks of [`PORTS_PER_NET_AND_HOST`] ports
+//! per host (a network's flood set holds at most `FLOOD_MAX_LOCAL` = 64 local taps); [`SgCloud::groups`] security groups with
 //! [`RULES_PER_GROUP`] rules each, every port in one group (port `k` in group `k % groups`),
 //! so a group has `ports / groups` members. Each group's rules, in the order Neutron lists a
 //! new group's:
@@ -45,6 +46,10 @@ use serde_json::{Value, json};
 
 use crate::state::{self, FixedIp, State};
 
+/// Ports of one network on one host.
+pub const PORTS_PER_NET_AND_HOST: usize = 50;
+const _: () = assert!(PORTS_PER_NET_AND_HOST <= dvr_common::l2::FLOOD_MAX_LOCAL);
+
 /// Rules per security group.
 pub const RULES_PER_GROUP: usize = 20;
 /// Index (in its group's rule list) of the rule whose port the change loop moves.
@@ -75,6 +80,21 @@ impl SgCloud {
 
     fn hosts(&self) -> usize {
         self.ports.div_ceil(self.local_ports)
+    }
+
+    fn networks(&self) -> usize {
+        self.local_ports
+            .min(self.ports)
+            .div_ceil(PORTS_PER_NET_AND_HOST)
+    }
+
+    /// The network of port `k` and its index on that network.
+    fn place(&self, k: usize) -> (usize, usize) {
+        let (h, j) = (k / self.local_ports, k % self.local_ports);
+        (
+            j / PORTS_PER_NET_AND_HOST,
+            h * PORTS_PER_NET_AND_HOST + j % PORTS_PER_NET_AND_HOST,
+        )
     }
 }
 
@@ -122,9 +142,10 @@ fn port_id(k: usize) -> String {
     format!("{k:08x}-0000-4000-8000-00000000cafe")
 }
 
-fn port_ip(k: usize) -> Result<Ipv4Addr> {
+/// Network `n`'s subnet is 10.n.0.0/16.
+fn port_ip(n: usize, i: usize) -> Result<Ipv4Addr> {
     Ok(Ipv4Addr::from(
-        u32::from(Ipv4Addr::new(10, 0, 0, 10)) + u32::try_from(k)?,
+        u32::from(Ipv4Addr::new(10, u8::try_from(n)?, 0, 10)) + u32::try_from(i)?,
     ))
 }
 
@@ -167,28 +188,28 @@ fn rules(g: usize, n: usize, port: u16) -> Vec<Value> {
 /// The state text of `c` with the changed rule at `port`.
 pub fn sg_state(c: &SgCloud, port: u16) -> Result<String> {
     ensure!(
-        c.ports <= 60_000 && c.groups > 4 && c.local_ports > 0,
-        "at most 60,000 ports, at least 5 groups"
+        c.hosts() <= 200 && c.networks() <= 100 && c.groups > 4 && c.local_ports > 0,
+        "at most 200 hosts, 100 networks, at least 5 groups"
     );
-    let mut s = State {
-        networks: vec![state::Network {
-            id: "net-sg".into(),
-            name: "tenant".into(),
+    let mut s = State::default();
+    for n in 0..c.networks() {
+        s.networks.push(state::Network {
+            id: format!("net-sg-{n}"),
+            name: format!("tenant-{n}"),
             network_type: "vxlan".into(),
-            segmentation_id: Some(100),
+            segmentation_id: Some(100 + u32::try_from(n)?),
             physical_network: None,
             router_external: false,
             mtu: 1450,
-        }],
-        subnets: vec![state::Subnet {
-            id: "sub-sg".into(),
-            network_id: "net-sg".into(),
-            cidr: "10.0.0.0/16".into(),
-            gateway_ip: "10.0.0.1".into(),
+        });
+        s.subnets.push(state::Subnet {
+            id: format!("sub-sg-{n}"),
+            network_id: format!("net-sg-{n}"),
+            cidr: format!("10.{n}.0.0/16"),
+            gateway_ip: format!("10.{n}.0.1"),
             ip_version: 4,
-        }],
-        ..State::default()
-    };
+        });
+    }
     for h in 0..c.hosts() {
         let b = u8::try_from(h)?;
         s.hosts.push(state::Host {
@@ -201,13 +222,14 @@ pub fn sg_state(c: &SgCloud, port: u16) -> Result<String> {
     }
     for k in 0..c.ports {
         let b = u32::try_from(k)?.to_be_bytes();
+        let (n, i) = c.place(k);
         s.ports.push(state::Port {
             id: port_id(k),
-            network_id: "net-sg".into(),
+            network_id: format!("net-sg-{n}"),
             mac_address: format!("fa:16:3e:{:02x}:{:02x}:{:02x}", b[1], b[2], b[3]),
             fixed_ips: vec![FixedIp {
-                subnet_id: "sub-sg".into(),
-                ip_address: port_ip(k)?.to_string(),
+                subnet_id: format!("sub-sg-{n}"),
+                ip_address: port_ip(n, i)?.to_string(),
             }],
             device_owner: state::OWNER_COMPUTE.into(),
             device_id: format!("vm-{k}"),
@@ -410,13 +432,13 @@ mod tests {
     #[test]
     fn small_cloud_compiles_to_policies_per_group() -> Result<()> {
         let c = SgCloud {
-            ports: 100,
+            ports: 200,
             groups: 5,
-            local_ports: 50,
+            local_ports: 100,
             changes: 0,
         };
         let st = model::State::from_json(&sg_state(&c, CHANGE_PORT)?)?;
-        let taps: HashMap<String, u32> = (0..50)
+        let taps: HashMap<String, u32> = (0..100)
             .map(|k| (compile::tap_name(&port_id(k)), 1000 + k as u32))
             .collect();
         let out = compile::compile(&st, &host_name(0), None, &|t| taps.get(t).copied())?;
@@ -426,10 +448,12 @@ mod tests {
             .values()
             .filter(|p| p.flags & PORT_FLAG_SG != 0)
             .count();
-        assert_eq!(sg, 50);
-        // Five remote groups of 20 members per policy, plus the prefixes.
+        assert_eq!(sg, 100);
+        // Two networks on the host, as the flood sets need.
+        assert_eq!(out.entries.flood.len(), 2);
+        // Five remote groups of 40 members per policy, plus the prefixes.
         assert!(
-            out.entries.sg_remote.len() >= 5 * 5 * 20,
+            out.entries.sg_remote.len() >= 5 * 5 * 40,
             "{}",
             out.entries.sg_remote.len()
         );

@@ -22,7 +22,10 @@
 //!   entry carries the policy. Checked per run: `drop_sg_ingress` on `c2` did not move (the
 //!   measured flow was admitted, not partly dropped). Ingress rules are checked in the tap's
 //!   TCX egress program `dvr_tap_out`, on every packet (the original direction is re-checked
-//!   per packet, so the rule lookups are paid by every datagram, not only the first).
+//!   per packet, so the rule lookups are paid by every datagram, not only the first). With
+//!   the kernel's BPF run-time statistics on (`BPF_ENABLE_STATS`, while this part runs) each
+//!   run also gives that program's nanoseconds per packet ([`SgRate::prog_ns`]): the cost
+//!   the rules add, without the noise of a packet rate on a shared 2-core machine.
 //! - **namespace**: the baseline cloud ([`NeutronDvr`]) with what Neutron's iptables firewall
 //!   (the `iptables_hybrid` driver's chains, see [`neutron_filter`]) programs for the
 //!   receiving port on `c2`: `bridge-nf-call-iptables=1` in the host namespace (the tap is on
@@ -35,6 +38,7 @@
 //!   traffic returns at the chain's first rule, so the rule count only costs the first
 //!   packet of each connection there; checked per run: that first rule counted the flow.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::net::Ipv4Addr;
@@ -68,11 +72,20 @@ pub struct SgRate {
     pub rules: usize,
     /// kpps received per run, or why not measured.
     pub result: Result<Vec<f64>, String>,
+    /// eBPF: nanoseconds per run of the receiving tap's `dvr_tap_out` (where ingress rules
+    /// are checked), per UDP run, from the kernel's BPF run-time statistics.
+    pub prog_ns: Vec<f64>,
 }
 
 impl SgRate {
     pub fn kpps(&self) -> Option<f64> {
         self.result.as_ref().ok().and_then(|v| median(v))
+    }
+    pub fn prog_ns(&self) -> Option<f64> {
+        self.result
+            .as_ref()
+            .ok()
+            .and_then(|_| median(&self.prog_ns))
     }
 }
 
@@ -153,16 +166,24 @@ pub fn state_with_group(base: &Value, port_id: &str, rules: &[Rule]) -> Result<V
     Ok(v)
 }
 
-/// Measures every variant on one datapath: `apply(rules)` puts a variant in place (and checks
-/// it), `verify(rules)` checks a run afterwards.
+/// How one datapath puts a variant in place and checks a run.
+trait Variants {
+    /// Puts the variant of `rules` rules in place and checks it is.
+    fn apply(&mut self, rules: usize) -> Result<()>;
+    /// Just before a measured run.
+    fn start(&mut self) -> Result<()>;
+    /// Just after: checks the run; the program's cost per packet where known.
+    fn finish(&mut self, rules: usize) -> Result<Option<f64>>;
+}
+
+/// Measures every variant on one datapath, interleaved (see the module docs).
 fn interleaved(
     datapath: Datapath,
     ends: &PathEnds,
     runs: u32,
     seconds: u32,
     dir: &Path,
-    mut apply: impl FnMut(usize) -> Result<()>,
-    mut verify: impl FnMut(usize) -> Result<()>,
+    v: &mut dyn Variants,
 ) -> Vec<SgRate> {
     let mut out: Vec<SgRate> = VARIANTS
         .iter()
@@ -170,6 +191,7 @@ fn interleaved(
             datapath,
             rules,
             result: Ok(Vec::new()),
+            prog_ns: Vec::new(),
         })
         .collect();
     for run in 0..runs {
@@ -177,28 +199,35 @@ fn interleaved(
             if bail_if_interrupted().is_err() {
                 return out;
             }
-            let Ok(samples) = rate.result.as_mut() else {
+            if rate.result.is_err() {
                 continue;
-            };
+            }
             let r = (|| {
-                apply(rate.rules)?;
+                v.apply(rate.rules)?;
                 if run == 0 {
                     check_path(ends).context("connectivity check")?;
                 }
-                let v = udp_rate(ends, 1, seconds, dir)?;
-                verify(rate.rules)?;
-                Ok::<_, anyhow::Error>(v)
+                v.start()?;
+                let kpps = udp_rate(ends, 1, seconds, dir)?;
+                let ns = v.finish(rate.rules)?;
+                Ok::<_, anyhow::Error>((kpps, ns))
             })();
             match r {
-                Ok(v) => {
+                Ok((kpps, ns)) => {
+                    let k = kpps.first().copied().unwrap_or_default();
+                    let cost = ns.map_or(String::new(), |ns| {
+                        format!(", dvr_tap_out {ns:.0} ns/packet")
+                    });
                     println!(
-                        "  {:<10} {:>5} rules  run {}: {:.1} kpps",
+                        "  {:<10} {:>5} rules  run {}: {k:.1} kpps{cost}",
                         datapath.as_str(),
                         rate.rules,
                         run + 1,
-                        v.first().copied().unwrap_or_default()
                     );
-                    samples.extend(v);
+                    if let Ok(samples) = rate.result.as_mut() {
+                        samples.extend(kpps);
+                    }
+                    rate.prog_ns.extend(ns);
                 }
                 Err(e) => {
                     println!(
@@ -229,31 +258,48 @@ fn ebpf_cloud() -> Result<Cloud> {
     Ok(cloud)
 }
 
-/// The eBPF datapath's rates (see the module docs).
-pub fn ebpf(runs: u32, seconds: u32, dir: &Path) -> Result<Vec<SgRate>> {
-    let cloud = ebpf_cloud()?;
-    let ends = PathEnds {
-        path: PathKind::EastWest,
-        client_ns: cloud.vm("v1")?.ns.clone(),
-        server_ns: cloud.vm("v2")?.ns.clone(),
-        dst: cloud.ip("v2")?,
-        seen_src: cloud.ip("v1")?,
-        listen: Ipv4Addr::UNSPECIFIED,
-    };
-    let base = cloud.state().to_value()?;
-    let port_id = cloud.vm("v2")?.port_id.clone();
-    let subnet = cloud.network("a")?.cidr.to_string();
-    let host = cloud.host("c2")?.agent_name.clone();
-    let ifindex = u32::try_from(cloud.tap_ifindex("v2")?)?;
-    let maps = HostMaps::open(&cloud.pin_dir("c2")?).context("opening c2's pinned maps")?;
-    let drops = || cloud.stat("c2", "drop_sg_ingress");
-    let drops_before = std::cell::Cell::new(0);
+/// Run time and run count of every loaded program named `name`, by program id.
+fn prog_stats(name: &str) -> Result<BTreeMap<u32, (u64, u64)>> {
+    let mut m = BTreeMap::new();
+    for p in aya::programs::loaded_programs() {
+        let p = p.context("listing BPF programs")?;
+        if p.name_as_str() == Some(name) {
+            let ns = u64::try_from(p.run_time().as_nanos())?;
+            m.insert(p.id(), (ns, p.run_count()));
+        }
+    }
+    Ok(m)
+}
 
-    let apply = |rules: usize| -> Result<()> {
-        let v = state_with_group(&base, &port_id, &recv_rules(rules, &subnet))?;
+/// The eBPF side: state files for the agents, c2's maps and counters, the program's cost.
+struct Ebpf<'c> {
+    cloud: &'c Cloud,
+    base: Value,
+    port_id: String,
+    subnet: String,
+    host: String,
+    ifindex: u32,
+    maps: HostMaps,
+    drops_before: u64,
+    stats_before: BTreeMap<u32, (u64, u64)>,
+    /// Keeps the kernel's BPF run-time statistics on (`BPF_ENABLE_STATS`) while it lives.
+    stats: Option<std::os::fd::OwnedFd>,
+}
+
+impl Ebpf<'_> {
+    fn drops(&self) -> Result<u64> {
+        self.cloud.stat("c2", "drop_sg_ingress")
+    }
+}
+
+impl Variants for Ebpf<'_> {
+    fn apply(&mut self, rules: usize) -> Result<()> {
+        let v = state_with_group(&self.base, &self.port_id, &recv_rules(rules, &self.subnet))?;
         // The entries the agent must write, compiled here with its library.
         let st = model::State::from_json(&v.to_string()).context("variant state rejected")?;
-        let want = compile::compile(&st, &host, None, &|_| Some(ifindex)).context("compile")?;
+        let ifindex = self.ifindex;
+        let want =
+            compile::compile(&st, &self.host, None, &|_| Some(ifindex)).context("compile")?;
         let want_port = want
             .entries
             .local_ports
@@ -265,7 +311,8 @@ pub fn ebpf(runs: u32, seconds: u32, dir: &Path) -> Result<Vec<SgRate>> {
             "v2's compiled port entry has flags {:#x} for {rules} rules",
             want_port.flags
         );
-        cloud.write_raw_state(&v)?;
+        self.cloud.write_raw_state(&v)?;
+        let maps = &self.maps;
         wait_until(
             &format!("c2's agent to apply the {rules}-rule group"),
             Duration::from_secs(20),
@@ -286,34 +333,133 @@ pub fn ebpf(runs: u32, seconds: u32, dir: &Path) -> Result<Vec<SgRate>> {
                     .then_some(()))
             },
         )
-    };
-    let apply_and_count = |rules: usize| -> Result<()> {
-        apply(rules)?;
-        drops_before.set(drops()?);
+    }
+
+    fn start(&mut self) -> Result<()> {
+        self.drops_before = self.drops()?;
+        if self.stats.is_some() {
+            self.stats_before = prog_stats("dvr_tap_out")?;
+        }
         Ok(())
-    };
-    let verify = |rules: usize| -> Result<()> {
-        let dropped = drops()?.saturating_sub(drops_before.get());
+    }
+
+    fn finish(&mut self, rules: usize) -> Result<Option<f64>> {
+        let dropped = self.drops()?.saturating_sub(self.drops_before);
         ensure!(
             dropped == 0,
             "c2 counted {dropped} drop_sg_ingress during the {rules}-rule run: the measured \
              flow was not (only) admitted"
         );
-        Ok(())
+        if self.stats.is_none() {
+            return Ok(None);
+        }
+        // The receiving tap's program is the one that ran the most during the flood (the
+        // sender's tap only sees iperf3's few replies).
+        let busiest = prog_stats("dvr_tap_out")?
+            .into_iter()
+            .filter_map(|(id, (ns, n))| {
+                let (ns0, n0) = self.stats_before.get(&id).copied().unwrap_or_default();
+                Some((n.checked_sub(n0)?, ns.checked_sub(ns0)?))
+            })
+            .max();
+        Ok(busiest
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, ns)| ns as f64 / n as f64))
+    }
+}
+
+/// The eBPF datapath's rates (see the module docs).
+pub fn ebpf(runs: u32, seconds: u32, dir: &Path) -> Result<Vec<SgRate>> {
+    let cloud = ebpf_cloud()?;
+    let ends = PathEnds {
+        path: PathKind::EastWest,
+        client_ns: cloud.vm("v1")?.ns.clone(),
+        server_ns: cloud.vm("v2")?.ns.clone(),
+        dst: cloud.ip("v2")?,
+        seen_src: cloud.ip("v1")?,
+        listen: Ipv4Addr::UNSPECIFIED,
     };
-    let out = interleaved(
-        Datapath::Ebpf,
-        &ends,
-        runs,
-        seconds,
-        dir,
-        apply_and_count,
-        verify,
-    );
+    let stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            println!("  BPF run-time statistics unavailable ({e}); rates only");
+            None
+        }
+    };
+    let mut v = Ebpf {
+        cloud: &cloud,
+        base: cloud.state().to_value()?,
+        port_id: cloud.vm("v2")?.port_id.clone(),
+        subnet: cloud.network("a")?.cidr.to_string(),
+        host: cloud.host("c2")?.agent_name.clone(),
+        ifindex: u32::try_from(cloud.tap_ifindex("v2")?)?,
+        maps: HostMaps::open(&cloud.pin_dir("c2")?).context("opening c2's pinned maps")?,
+        drops_before: 0,
+        stats_before: BTreeMap::new(),
+        stats,
+    };
+    let out = interleaved(Datapath::Ebpf, &ends, runs, seconds, dir, &mut v);
+    drop(v);
     if out.iter().any(|r| r.result.is_err()) {
         println!("{}", super::ebpf::agent_logs(&cloud));
     }
     Ok(out)
+}
+
+/// The namespace side: the firewall of the receiving port in c2's host namespace.
+struct Namespace {
+    host_ns: String,
+    tap: String,
+    uplink: String,
+    ip: Ipv4Addr,
+    mac: String,
+    subnet: String,
+    file: std::path::PathBuf,
+}
+
+impl Variants for Namespace {
+    fn apply(&mut self, rules: usize) -> Result<()> {
+        let text = neutron_filter(
+            &self.tap,
+            &self.uplink,
+            self.ip,
+            &self.mac,
+            &recv_rules(rules, &self.subnet),
+        );
+        fs::write(&self.file, text)?;
+        iptables_restore(&self.host_ns, &self.file, false)?;
+        exec_ok(
+            &self.host_ns,
+            &[
+                "sysctl",
+                "-q",
+                "-w",
+                &format!("net.bridge.bridge-nf-call-iptables={}", u8::from(rules > 0)),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn start(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn finish(&mut self, rules: usize) -> Result<Option<f64>> {
+        if rules == 0 {
+            return Ok(None);
+        }
+        let chain = format!("neutron-openvswi-i{}", &self.tap[3..]);
+        let out = exec_ok(&self.host_ns, &["iptables-save", "-c", "-t", "filter"])?;
+        let save = String::from_utf8_lossy(&out.stdout);
+        let packets = established_packets(&save, &chain)
+            .ok_or_else(|| anyhow!("no RELATED,ESTABLISHED rule in {chain}:\n{save}"))?;
+        ensure!(
+            packets > 1000,
+            "{chain}'s RELATED,ESTABLISHED rule counted {packets} packets: the firewall did \
+             not see the flow (bridge-nf-call-iptables?)"
+        );
+        Ok(None)
+    }
 }
 
 /// The namespace datapath's rates (see the module docs).
@@ -324,75 +470,31 @@ pub fn namespace(runs: u32, seconds: u32, dir: &Path) -> Result<Vec<SgRate>> {
         .into_iter()
         .find(|p| p.path == PathKind::EastWest)
         .ok_or_else(|| anyhow!("no east-west path"))?;
-    let v2 = nd
-        .spec
-        .vms
-        .iter()
-        .find(|v| v.name == "v2")
-        .cloned()
-        .ok_or_else(|| anyhow!("no VM v2"))?;
-    let net_a = nd
-        .spec
-        .nets
-        .iter()
-        .find(|n| n.name == "a")
-        .ok_or_else(|| anyhow!("no network a"))?;
-    let subnet = net_a.cidr.to_string();
-    let vni = nd
-        .spec
-        .nets
-        .iter()
-        .find(|n| n.name == v2.net)
-        .map(|n| n.vni)
-        .ok_or_else(|| anyhow!("no network {}", v2.net))?;
+    let vm = |n: &str| nd.spec.vms.iter().find(|v| v.name == n).cloned();
+    let net = |n: &str| nd.spec.nets.iter().find(|x| x.name == n).cloned();
+    let v1 = vm("v1").ok_or_else(|| anyhow!("no VM v1"))?;
+    let v2 = vm("v2").ok_or_else(|| anyhow!("no VM v2"))?;
+    let subnet = net(&v1.net)
+        .ok_or_else(|| anyhow!("no network {}", v1.net))?
+        .cidr
+        .to_string();
+    let vni = net(&v2.net)
+        .ok_or_else(|| anyhow!("no network {}", v2.net))?
+        .vni;
     let host_ns = nd
         .hosts
         .iter()
         .find(|h| h.spec.name == v2.host)
         .map(|h| h.ns.clone())
         .ok_or_else(|| anyhow!("no host {}", v2.host))?;
-    let tap = format!("tap{}", v2.name);
-    let chain = format!("neutron-openvswi-i{}", &tap[3..]);
-    let file = nd.temp_dir().join("sg-filter.rules");
-    let apply = |rules: usize| -> Result<()> {
-        let firewall = rules > 0;
-        let text = neutron_filter(
-            &tap,
-            &format!("vx-{vni}"),
-            v2.ip,
-            &v2.mac,
-            &recv_rules(rules, &subnet),
-        );
-        fs::write(&file, text)?;
-        iptables_restore(&host_ns, &file, false)?;
-        exec_ok(
-            &host_ns,
-            &[
-                "sysctl",
-                "-q",
-                "-w",
-                &format!(
-                    "net.bridge.bridge-nf-call-iptables={}",
-                    if firewall { 1 } else { 0 }
-                ),
-            ],
-        )?;
-        Ok(())
-    };
-    let verify = |rules: usize| -> Result<()> {
-        if rules == 0 {
-            return Ok(());
-        }
-        let out = exec_ok(&host_ns, &["iptables-save", "-c", "-t", "filter"])?;
-        let save = String::from_utf8_lossy(&out.stdout);
-        let packets = established_packets(&save, &chain)
-            .ok_or_else(|| anyhow!("no RELATED,ESTABLISHED rule in {chain}:\n{save}"))?;
-        ensure!(
-            packets > 1000,
-            "{chain}'s RELATED,ESTABLISHED rule counted {packets} packets: the firewall did \
-             not see the flow (bridge-nf-call-iptables?)"
-        );
-        Ok(())
+    let mut v = Namespace {
+        host_ns,
+        tap: format!("tap{}", v2.name),
+        uplink: format!("vx-{vni}"),
+        ip: v2.ip,
+        mac: v2.mac.clone(),
+        subnet,
+        file: nd.temp_dir().join("sg-filter.rules"),
     };
     Ok(interleaved(
         Datapath::Namespace,
@@ -400,8 +502,7 @@ pub fn namespace(runs: u32, seconds: u32, dir: &Path) -> Result<Vec<SgRate>> {
         runs,
         seconds,
         dir,
-        apply,
-        verify,
+        &mut v,
     ))
 }
 

@@ -149,6 +149,9 @@ pub const CT_PAT: u8 = 0x20;
 pub const CT_SG: u8 = 0x40;
 /// A security group entry, reply direction: admitted because its flow was.
 pub const CT_SG_REPLY: u8 = 0x80;
+/// With `CT_SG` / `CT_SG_REPLY`: the flow was admitted by an ingress rule (it came to the
+/// VM first); without it, by an egress rule.
+pub const CT_SG_INGRESS: u8 = 0x08;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;

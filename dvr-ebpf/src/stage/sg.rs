@@ -17,7 +17,7 @@
 //! drop_sg_egress, drop_sg_ingress, drop_ct_insert, drop_malformed.
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use dvr_common::{
-    nat::{CT_SG, CT_SG_REPLY, CtEntry},
+    nat::{CT_SG, CT_SG_INGRESS, CT_SG_REPLY, CtEntry},
     port::{LocalPort, PORT_FLAG_SG_STATELESS},
     sg::{
         SG_EGRESS, SG_INGRESS, SG_REMOTE_PREFIX_BITS, SG_RULE_FULL_BITS, SG_ZONE, SgRemoteKey,
@@ -62,6 +62,15 @@ impl Direction {
         }
     }
 
+    /// Conntrack flag of a flow admitted in this direction.
+    #[inline(always)]
+    fn ct_flag(self) -> u8 {
+        match self {
+            Direction::Egress => 0,
+            Direction::Ingress => CT_SG_INGRESS,
+        }
+    }
+
     #[inline(always)]
     fn refused(self) -> Verdict {
         Verdict::drop(match self {
@@ -99,14 +108,14 @@ pub fn check(
             let e = CtEntry {
                 nat_ip_be: f.saddr,
                 peer_zone: zone,
-                kind: CT_SG,
+                kind: CT_SG | dir.ct_flag(),
                 tcp_flags: f.tcp_flags,
                 _reserved: rule_id,
                 ..Default::default()
             };
             let pe = CtEntry {
                 nat_ip_be: f.daddr,
-                kind: CT_SG_REPLY,
+                kind: CT_SG_REPLY | dir.ct_flag(),
                 tcp_flags: 0,
                 ..e
             };

@@ -5,6 +5,13 @@ use std::net::Ipv4Addr;
 /// Why a host's entries could not be compiled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CompileError {
+    #[error("host {host}: the state needs {entries} entries in map {map}, which holds {capacity}")]
+    Capacity {
+        host: String,
+        map: &'static str,
+        entries: usize,
+        capacity: u32,
+    },
     #[error("host {host}: not in the state's hosts")]
     UnknownHost { host: String },
     #[error(

@@ -185,7 +185,7 @@ fn rules(g: usize, n: usize, port: u16) -> Vec<Value> {
     v
 }
 
-/// The state text of `c` with the changed rule at `port`.
+/// The state text of `c` with the changed rule (group 0's tcp 22) at `port`.
 pub fn sg_state(c: &SgCloud, port: u16) -> Result<String> {
     ensure!(
         c.hosts() <= 200 && c.networks() <= 100 && c.groups > 4 && c.local_ports > 0,
@@ -250,7 +250,7 @@ pub fn sg_state(c: &SgCloud, port: u16) -> Result<String> {
                 "id": group_id(g),
                 "name": format!("group-{g}"),
                 "stateful": true,
-                "security_group_rules": rules(g, c.groups, port),
+                "security_group_rules": rules(g, c.groups, if g == 0 { port } else { CHANGE_PORT }),
             })
         })
         .collect();
@@ -457,6 +457,13 @@ mod tests {
             "{}",
             out.entries.sg_remote.len()
         );
+        // A change moves exactly the changed rule's entry.
+        let moved = model::State::from_json(&sg_state(&c, CHANGE_BASE + 1)?)?;
+        let moved = compile::compile(&moved, &host_name(0), None, &|t| taps.get(t).copied())?;
+        let (puts, dels) =
+            dvr_userspace::reconcile::diff(&out.entries.sg_rules, &moved.entries.sg_rules);
+        assert_eq!((puts.len(), dels.len()), (1, 1));
+        assert_eq!(out.entries.sg_remote, moved.entries.sg_remote);
         let changed = compile::fnv1a32(&rule_id(0, CHANGED_RULE));
         assert!(
             out.entries

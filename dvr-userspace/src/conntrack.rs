@@ -19,7 +19,7 @@ use dvr_common::{
 
 use crate::{
     clock,
-    compile::{icmp_port_be, sg_admit},
+    compile::sg_admit,
     maps::{HostMaps, MapsError},
 };
 
@@ -108,7 +108,10 @@ pub fn timeout(proto: u8, st: FlowState, t: &Timeouts) -> Duration {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Swept {
     pub expired: usize,
+    /// Translated flows of a FIP mapping or SNAT address no longer served here.
     pub purged: usize,
+    /// Security group flows no rule of their port admits any more, or of a port gone.
+    pub sg_purged: usize,
 }
 
 /// What this host translates for: floating IP mappings (`fip -> fixed`) and router
@@ -133,12 +136,10 @@ pub struct SgOwned {
 
 impl SgOwned {
     /// Whether the port of a security group flow still admits it: its original direction
-    /// (`k`, kind `kind`) is looked up as the datapath would. Flows of protocols whose
-    /// ports the conntrack key does not carry are kept (the datapath re-checks them).
-    pub fn admits(&self, k: &CtKey, kind: u8) -> bool {
-        const TCP: u8 = 6;
-        const UDP: u8 = 17;
-        const ICMP: u8 = 1;
+    /// (`k`, kind `kind`, `port_be` what the rules matched: the destination port or ICMP
+    /// type and code, which the datapath keeps in the entry's `fixed_be`) is looked up as the
+    /// datapath would.
+    pub fn admits(&self, k: &CtKey, kind: u8, port_be: u16) -> bool {
         let Some(&policy) = self.zones.get(&k.zone) else {
             return false;
         };
@@ -147,23 +148,23 @@ impl SgOwned {
         } else {
             (SG_EGRESS, k.daddr_be)
         };
-        let port = match k.proto {
-            TCP | UDP => k.dport_be,
-            // Only echo opens an ICMP flow (errors are never tracked).
-            ICMP => icmp_port_be(8, 0),
-            _ => return true,
-        };
         sg_admit(
             &self.remote,
             &self.rules,
             policy,
             dir,
             k.proto,
-            port,
+            port_be,
             remote,
         )
         .is_some()
     }
+}
+
+/// True for a security group entry (either direction): its kind says so, and its zone is
+/// a port's (`SG_ZONE | ifindex`), which no NAT entry ever uses.
+pub fn is_sg(k: &CtKey, e: &CtEntry) -> bool {
+    e.kind & (CT_SG | CT_SG_REPLY) != 0 || k.zone & dvr_common::sg::SG_ZONE != 0
 }
 
 /// Whether the flow of entry `e` at `k` (peer `peer` at `peer_key`) is one this host no
@@ -171,12 +172,12 @@ impl SgOwned {
 fn stale(k: &CtKey, e: &CtEntry, peer_key: &CtKey, peer: Option<&CtEntry>, owned: &Owned) -> bool {
     if e.kind & (CT_SG | CT_SG_REPLY) != 0 {
         let orig = if e.kind & CT_SG != 0 {
-            Some((k, e.kind))
+            Some((k, e))
         } else {
-            peer.map(|p| (peer_key, p.kind))
+            peer.map(|p| (peer_key, p))
         };
         return match orig {
-            Some((ok, kind)) => !owned.sg.admits(ok, kind),
+            Some((ok, oe)) => !owned.sg.admits(ok, oe.kind, oe.fixed_be as u16),
             // Half a flow: keep it while its port is filtered here; it expires.
             None => !owned.sg.zones.contains_key(&k.zone),
         };
@@ -188,8 +189,9 @@ fn stale(k: &CtKey, e: &CtEntry, peer_key: &CtKey, peer: Option<&CtEntry>, owned
     }
 }
 
-/// Which entries to delete: idle past their timeout, or translated for something this host
-/// no longer owns (a FIP mapping it does not serve, a router it no longer SNATs). Pure.
+/// Which entries to delete: idle past their timeout, or kept for something this host no
+/// longer owns (a FIP mapping it does not serve, a router it no longer SNATs, a security
+/// group flow its port's rules no longer admit or of a port gone). Pure.
 pub fn plan_sweep(
     entries: &BTreeMap<CtKey, CtEntry>,
     now: u64,
@@ -215,7 +217,9 @@ pub fn plan_sweep(
             if peer.is_some() {
                 doomed.push(peer_key);
             }
-            if stale {
+            if stale && is_sg(k, e) {
+                swept.sg_purged += 1;
+            } else if stale {
                 swept.purged += 1;
             } else {
                 swept.expired += 1;
@@ -361,6 +365,7 @@ mod tests {
         };
         let e = CtEntry {
             nat_ip_be: src,
+            fixed_be: u32::from(dport.to_be()),
             peer_zone: zone,
             kind: CT_SG | dir_flag,
             ..Default::default()
@@ -430,7 +435,7 @@ mod tests {
         no_egress.rules.retain(|(_, k), _| k.dir == SG_INGRESS);
         let no_egress = owned(no_egress);
         let (d, s) = plan_sweep(&sg_pair(zone, 10, 20, 53, 0), 0, &t, &no_egress);
-        assert_eq!((d.len(), s.purged), (2, 1));
+        assert_eq!((d.len(), s.sg_purged, s.purged), (2, 1, 0));
         assert!(
             plan_sweep(&sg_pair(zone, 20, 10, 53, CT_SG_INGRESS), 0, &t, &no_egress)
                 .0
@@ -453,5 +458,41 @@ mod tests {
                 .expired,
             1
         );
+    }
+
+    #[test]
+    fn security_group_and_nat_purges_are_counted_apart() {
+        let t = Timeouts::default();
+        let zone = dvr_common::sg::SG_ZONE | 4;
+        let mut flows = sg_pair(zone, 10, 20, 54, 0);
+        flows.extend(sg_pair(zone, 10, 20, 53, 0));
+        flows.extend(pair(30, 40, 0, TCP_ACK, TCP_ACK));
+        let owned = Owned {
+            sg: Arc::new(dns_policy(zone)),
+            ..Default::default()
+        };
+        // UDP 54 is not admitted, UDP 53 is; the FIP flow's mapping is not served.
+        let (d, s) = plan_sweep(&flows, 0, &t, &owned);
+        assert_eq!(
+            s,
+            Swept {
+                expired: 0,
+                purged: 1,
+                sg_purged: 1
+            }
+        );
+        assert_eq!(d.len(), 4);
+        assert!(!d.iter().any(|k| k.dport_be == 53u16.to_be()), "{d:?}");
+        // Half a flow (its original direction already gone) stays while its port is
+        // filtered here, and goes with the port.
+        let mut half = sg_pair(zone, 10, 20, 54, 0);
+        half.retain(|_, e| e.kind & CT_SG_REPLY != 0);
+        assert!(plan_sweep(&half, 0, &t, &owned).0.is_empty());
+        let (d, s) = plan_sweep(&half, 0, &t, &Owned::default());
+        assert_eq!((d.len(), s.sg_purged), (1, 1));
+        assert!(is_sg(
+            half.keys().next().unwrap_or(&CtKey::default()),
+            &CtEntry::default()
+        ));
     }
 }

@@ -236,6 +236,11 @@ pub struct VmSpec {
     /// Allowed address pairs `(ip, mac)`; `None` MAC = the port's own MAC.
     pub allowed_pairs: Vec<(Ipv4Addr, Option<String>)>,
     pub port_security: bool,
+    /// The port's `security_groups`; `None` (never set): the key is absent and the port is
+    /// not filtered.
+    pub security_groups: Option<Vec<String>>,
+    /// `admin_state_up`; `None`: not written (up).
+    pub admin_state_up: Option<bool>,
 }
 
 impl VmSpec {
@@ -248,6 +253,8 @@ impl VmSpec {
             mac: None,
             allowed_pairs: Vec::new(),
             port_security: true,
+            security_groups: None,
+            admin_state_up: None,
         }
     }
     pub fn ip(mut self, ip: Ipv4Addr) -> VmSpec {
@@ -264,6 +271,17 @@ impl VmSpec {
     }
     pub fn port_security(mut self, enabled: bool) -> VmSpec {
         self.port_security = enabled;
+        self
+    }
+    /// The port's `security_groups` (ids of groups added with [`Topology::security_group`]);
+    /// `&[]` filters the port with no rule (only base traffic passes).
+    pub fn security_groups(mut self, groups: &[&str]) -> VmSpec {
+        self.security_groups = Some(groups.iter().map(|g| g.to_string()).collect());
+        self
+    }
+    /// The port's `admin_state_up`.
+    pub fn admin_state_up(mut self, up: bool) -> VmSpec {
+        self.admin_state_up = Some(up);
         self
     }
 }
@@ -285,6 +303,11 @@ pub struct Topology {
     pub errors: Vec<String>,
     /// Extra arguments for every `dvr-agent` (e.g. `--ct-timeout-udp 2`).
     pub agent_args: Vec<String>,
+    /// Security groups (rules nested), top-level rules and address groups for the state; see
+    /// [`crate::sg`].
+    pub security_groups: Vec<state::SecurityGroup>,
+    pub security_group_rules: Vec<state::SecurityGroupRule>,
+    pub address_groups: Vec<state::AddressGroup>,
 }
 
 impl Topology {
@@ -462,6 +485,30 @@ impl Topology {
             vm: vm.map(str::to_string),
             vip: None,
             ip: None,
+        });
+        self
+    }
+
+    /// A security group (with its rules nested) in the state; VMs name it with
+    /// [`VmSpec::security_groups`].
+    pub fn security_group(&mut self, group: state::SecurityGroup) -> &mut Topology {
+        self.security_groups.push(group);
+        self
+    }
+
+    /// A rule in the top-level `security_group_rules` list (it names its group with
+    /// [`state::SecurityGroupRule::in_group`]).
+    pub fn security_group_rule(&mut self, rule: state::SecurityGroupRule) -> &mut Topology {
+        self.security_group_rules.push(rule);
+        self
+    }
+
+    /// An address group `id` holding `addresses`.
+    pub fn address_group(&mut self, id: &str, addresses: &[&str]) -> &mut Topology {
+        self.address_groups.push(state::AddressGroup {
+            id: id.into(),
+            name: id.into(),
+            addresses: addresses.iter().map(|a| a.to_string()).collect(),
         });
         self
     }
@@ -743,6 +790,9 @@ impl Cloud {
         for (i, f) in topo.fips.iter().enumerate() {
             self.create_fip(f, i)?;
         }
+        self.state.security_groups = topo.security_groups.clone();
+        self.state.security_group_rules = topo.security_group_rules.clone();
+        self.state.address_groups = topo.address_groups.clone();
         self.write_state()
     }
 
@@ -935,6 +985,8 @@ impl Cloud {
                 binding_host_id: String::new(),
                 allowed_address_pairs: Vec::new(),
                 port_security_enabled: true,
+                security_groups: None,
+                admin_state_up: None,
             });
             if let Some(h) = &csnat_host {
                 self.create_csnat_port(i, &router_id, h)?;
@@ -990,6 +1042,8 @@ impl Cloud {
                 })
                 .collect(),
             port_security_enabled: v.port_security,
+            security_groups: v.security_groups.clone(),
+            admin_state_up: v.admin_state_up,
         });
         let vm = Vm {
             name: v.name.clone(),

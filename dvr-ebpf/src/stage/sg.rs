@@ -93,7 +93,8 @@ pub fn check(
     if is_dhcp(f, dir) {
         return Ok(());
     }
-    let admitted = admits(ctx, f, port.policy, dir)?;
+    let port_key = port_of(ctx, f)?;
+    let admitted = admits(f, port.policy, dir, port_key);
     if port.flags & PORT_FLAG_SG_STATELESS != 0 {
         return match admitted {
             Some(_) => Ok(()),
@@ -109,6 +110,9 @@ pub fn check(
                 nat_ip_be: f.saddr,
                 peer_zone: zone,
                 kind: CT_SG | dir.ct_flag(),
+                // What the rules matched (port, or ICMP type and code), for the agent's
+                // re-check of the flow after a policy change.
+                fixed_be: port_key as u32,
                 tcp_flags: f.tcp_flags,
                 _reserved: rule_id,
                 ..Default::default()
@@ -161,9 +165,10 @@ fn is_dhcp(f: &Flow, dir: Direction) -> bool {
     }
 }
 
-/// The rule of policy `policy` that admits `f` in `dir`, by its id.
+/// The rule of policy `policy` that admits `f` in `dir` (whose destination port, or ICMP
+/// type and code, is `port_be`), by its id.
 #[inline(always)]
-fn admits(ctx: &TcContext, f: &Flow, policy: u32, dir: Direction) -> Result<Option<u32>, Verdict> {
+fn admits(f: &Flow, policy: u32, dir: Direction, port_be: u16) -> Option<u32> {
     let remote = match dir {
         Direction::Egress => f.daddr,
         Direction::Ingress => f.saddr,
@@ -175,19 +180,17 @@ fn admits(ctx: &TcContext, f: &Flow, policy: u32, dir: Direction) -> Result<Opti
             ip_be: remote,
         },
     );
-    let Some(class) = DVR_SG_REMOTE.get(&rkey) else {
-        return Ok(None);
-    };
+    let class = DVR_SG_REMOTE.get(&rkey)?;
     let key = Key::new(
         SG_RULE_FULL_BITS,
         SgRuleKey {
             class: *class,
             dir: dir.code(),
             proto: f.proto,
-            port_be: port_of(ctx, f)?,
+            port_be,
         },
     );
-    Ok(DVR_SG_RULES.get(&key).map(|r| r.rule_id))
+    DVR_SG_RULES.get(&key).map(|r| r.rule_id)
 }
 
 /// What a rule's port range matches: the destination port (TCP, UDP, SCTP, DCCP, UDP-Lite),

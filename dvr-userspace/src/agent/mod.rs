@@ -382,7 +382,13 @@ impl Agent {
             if swept.purged > 0 {
                 info!(
                     flows = swept.purged,
-                    "purged conntrack of floating IPs no longer served here and of flows no security group rule admits any more"
+                    "purged conntrack of floating IPs no longer served here"
+                );
+            }
+            if swept.sg_purged > 0 {
+                info!(
+                    flows = swept.sg_purged,
+                    "security group re-check: ended flows no rule of their port admits any more (or of ports gone)"
                 );
             }
         }

@@ -236,14 +236,11 @@ pub fn sg_state(c: &SgCloud, port: u16) -> Result<String> {
             binding_host_id: host_name(k / c.local_ports),
             allowed_address_pairs: Vec::new(),
             port_security_enabled: true,
+            security_groups: Some(vec![group_id(k % c.groups)]),
+            admin_state_up: None,
         });
     }
     let mut v = s.to_value()?;
-    if let Some(ports) = v["ports"].as_array_mut() {
-        for (k, p) in ports.iter_mut().enumerate() {
-            p["security_groups"] = json!([group_id(k % c.groups)]);
-        }
-    }
     v["security_groups"] = (0..c.groups)
         .map(|g| {
             json!({

@@ -239,12 +239,19 @@ fn add_policy<'s>(
     }
     let mut prefixes: Vec<Prefix> = named.keys().copied().collect();
     prefixes.sort_unstable();
+    // The prefix lengths in use (a few: /0, /24, /32, ...): the only ones a containing
+    // prefix can have.
+    let mut lens: Vec<u8> = prefixes.iter().map(|&(_, l)| l).collect();
+    lens.sort_unstable();
+    lens.dedup();
     // Rule index set -> class, for this policy.
     let mut class_of: HashMap<Vec<usize>, u32> = HashMap::default();
     for (net, len) in prefixes {
         // The rules naming this prefix or one containing it.
-        let mut set: Vec<usize> = (0..=len)
-            .filter_map(|l| named.get(&(net & netmask(l), l)))
+        let mut set: Vec<usize> = lens
+            .iter()
+            .take_while(|&&l| l <= len)
+            .filter_map(|&l| named.get(&(net & netmask(l), l)))
             .flatten()
             .copied()
             .collect();

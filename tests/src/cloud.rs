@@ -37,6 +37,7 @@ use crate::cmd::{
     self, ChildGuard, exec, exec_ok, exec_with_deadline, ip, run_with_deadline, text, wait_until,
 };
 use crate::external::{ExternalInfo, FipInfo, FipSpec, HostExt};
+use crate::sg::{SecurityGroupSpec, SgInfo};
 use crate::snat::{CsnatInfo, HostMode, VipInfo, VipSpec};
 use crate::state::{self, AddressPair, FixedIp, State};
 
@@ -236,6 +237,11 @@ pub struct VmSpec {
     /// Allowed address pairs `(ip, mac)`; `None` MAC = the port's own MAC.
     pub allowed_pairs: Vec<(Ipv4Addr, Option<String>)>,
     pub port_security: bool,
+    /// Logical names of the port's security groups (see [`crate::sg`]); `None`: the port has
+    /// no `security_groups` key and is not filtered.
+    pub security_groups: Option<Vec<String>>,
+    /// `admin_state_up`; `None`: the key is left out (up).
+    pub admin_state_up: Option<bool>,
 }
 
 impl VmSpec {
@@ -248,6 +254,8 @@ impl VmSpec {
             mac: None,
             allowed_pairs: Vec::new(),
             port_security: true,
+            security_groups: None,
+            admin_state_up: None,
         }
     }
     pub fn ip(mut self, ip: Ipv4Addr) -> VmSpec {
@@ -264,6 +272,18 @@ impl VmSpec {
     }
     pub fn port_security(mut self, enabled: bool) -> VmSpec {
         self.port_security = enabled;
+        self
+    }
+    /// The port's `security_groups`, by the logical names given to
+    /// [`Topology::security_group`] (`&[]`: filtered with no group, only base traffic passes).
+    /// Without this call the port has no `security_groups` key and is not filtered.
+    pub fn security_groups(mut self, groups: &[&str]) -> VmSpec {
+        self.security_groups = Some(groups.iter().map(|g| g.to_string()).collect());
+        self
+    }
+    /// The port's `admin_state_up` (false: nothing in or out).
+    pub fn admin_state_up(mut self, up: bool) -> VmSpec {
+        self.admin_state_up = Some(up);
         self
     }
 }
@@ -285,6 +305,10 @@ pub struct Topology {
     pub errors: Vec<String>,
     /// Extra arguments for every `dvr-agent` (e.g. `--ct-timeout-udp 2`).
     pub agent_args: Vec<String>,
+    /// Security groups (see [`crate::sg`]).
+    pub security_groups: Vec<SecurityGroupSpec>,
+    /// Address groups `(name, addresses)` for rules' `remote_address_group_id`.
+    pub address_groups: Vec<(String, Vec<String>)>,
 }
 
 impl Topology {
@@ -463,6 +487,23 @@ impl Topology {
             vip: None,
             ip: None,
         });
+        self
+    }
+
+    /// A security group (its rules name remote groups and address groups by logical name;
+    /// ports join it with [`VmSpec::security_groups`]). See [`crate::sg`].
+    pub fn security_group(&mut self, spec: SecurityGroupSpec) -> &mut Topology {
+        self.security_groups.push(spec);
+        self
+    }
+
+    /// An address group (`addresses`: CIDRs or addresses) that rules name with
+    /// [`crate::sg::RuleSpec::remote_address_group`].
+    pub fn address_group(&mut self, name: &str, addresses: &[&str]) -> &mut Topology {
+        self.address_groups.push((
+            name.into(),
+            addresses.iter().map(|a| a.to_string()).collect(),
+        ));
         self
     }
 
@@ -649,6 +690,10 @@ pub struct Cloud {
     pub(crate) external: Option<ExternalInfo>,
     pub(crate) fips: Vec<FipInfo>,
     pub(crate) vips: Vec<VipInfo>,
+    /// Security groups by logical name, with their rules' ids (see [`crate::sg`]).
+    pub(crate) sgs: Vec<SgInfo>,
+    /// Address groups: (logical name, id).
+    pub(crate) address_groups: Vec<(String, String)>,
     /// Extra arguments for agents started from now on.
     pub agent_args: Vec<String>,
     /// Where agents started from now on take their state from.
@@ -696,6 +741,8 @@ impl Cloud {
             external: None,
             fips: Vec::new(),
             vips: Vec::new(),
+            sgs: Vec::new(),
+            address_groups: Vec::new(),
             agent_args: Vec::new(),
             agent_source: AgentSource::File,
             etcd: None,
@@ -736,6 +783,7 @@ impl Cloud {
         for v in &topo.vips {
             self.create_vip(v)?;
         }
+        self.create_security_groups(&topo.address_groups, &topo.security_groups)?;
         for v in &topo.vms {
             let vm = self.add_port(v)?;
             self.create_vm_links(&vm)?;
@@ -953,6 +1001,16 @@ impl Cloud {
         let ni = self
             .net_index(&v.network)
             .ok_or_else(|| anyhow!("VM {}: no network {}", v.name, v.network))?;
+        let group_ids = match &v.security_groups {
+            Some(names) => Some(
+                names
+                    .iter()
+                    .map(|n| self.sg_id(n))
+                    .collect::<Result<Vec<_>>>()
+                    .with_context(|| format!("VM {}", v.name))?,
+            ),
+            None => None,
+        };
         let net = &mut self.networks[ni];
         let ip = match v.ip {
             Some(ip) => ip,
@@ -991,6 +1049,12 @@ impl Cloud {
                 .collect(),
             port_security_enabled: v.port_security,
         });
+        if let Some(ids) = group_ids {
+            self.state.port_extras_mut(&port_id).security_groups = Some(ids);
+        }
+        if let Some(up) = v.admin_state_up {
+            self.state.port_extras_mut(&port_id).admin_state_up = Some(up);
+        }
         let vm = Vm {
             name: v.name.clone(),
             ns: String::new(),
@@ -1049,7 +1113,7 @@ impl Cloud {
     }
 
     pub(crate) fn write_state(&self) -> Result<()> {
-        let json = serde_json::to_vec_pretty(&self.state)?;
+        let json = serde_json::to_vec_pretty(&self.state.to_value()?)?;
         self.write_state_bytes(&json)
     }
 

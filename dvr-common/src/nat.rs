@@ -143,12 +143,16 @@ pub const CT_HAIRPIN: u8 = 0x10;
 /// the router's external IP and `fixed_be` the VM's address.
 pub const CT_PAT: u8 = 0x20;
 /// A security group entry (zone `sg::SG_ZONE | tap ifindex`), original direction: admitted
-/// by a rule of the port's groups, `_reserved` holds that rule's id. `nat_ip_be` holds the
-/// entry's own source address so that [`CtKey::peer`] is the reversed tuple; nothing is
-/// translated.
+/// by a rule of the port's groups, `_reserved` holds that rule's id and `fixed_be` what the
+/// rules matched (destination port, or ICMP type and code, as `SgRuleKey::port_be`) for the
+/// agent's re-check. `nat_ip_be` holds the entry's own source address so that
+/// [`CtKey::peer`] is the reversed tuple; nothing is translated.
 pub const CT_SG: u8 = 0x40;
 /// A security group entry, reply direction: admitted because its flow was.
 pub const CT_SG_REPLY: u8 = 0x80;
+/// With `CT_SG` / `CT_SG_REPLY`: the flow was admitted by an ingress rule (it came to the
+/// VM first); without it, by an egress rule.
+pub const CT_SG_INGRESS: u8 = 0x08;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;

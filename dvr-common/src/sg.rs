@@ -86,7 +86,11 @@ pub fn port_blocks(min: u16, max: u16, mut out: impl FnMut(u16, u32)) {
     let (mut lo, hi) = (min as u32, max as u32);
     while lo <= hi {
         // The largest block starting at `lo` (aligned) that does not pass `hi`.
-        let mut size = if lo == 0 { 1 << 16 } else { 1u32 << lo.trailing_zeros() };
+        let mut size = if lo == 0 {
+            1 << 16
+        } else {
+            1u32 << lo.trailing_zeros()
+        };
         while lo + size - 1 > hi {
             size >>= 1;
         }

@@ -1,4 +1,4 @@
-//! The DVR datapath: three TC programs. The code is layered, every module calling only
+//! The DVR datapath: four TC programs. The code is layered, every module calling only
 //! downwards: `entry` (one pipeline per program) -> `stage` (features) -> `net` (parsed
 //! flow, conntrack, rewrites, L2 delivery, route lookup) -> `base` (packet access,
 //! verdicts, clocks, maps, drop events). Each entry's verdict becomes the TCX return code
@@ -17,6 +17,13 @@ use aya_ebpf::{macros::classifier, programs::TcContext};
 #[classifier]
 pub fn dvr_tap(ctx: TcContext) -> i32 {
     entry::finish(&ctx, entry::tap::run(&ctx))
+}
+
+/// TC egress on every local VM tap: frames delivered to the VM (security group ingress
+/// rules, port admin state).
+#[classifier]
+pub fn dvr_tap_out(ctx: TcContext) -> i32 {
+    entry::finish_filter(&ctx, entry::tap_out::run(&ctx))
 }
 
 /// TC ingress on the VXLAN collect_md device: frames from other hosts.

@@ -1,16 +1,25 @@
 //! Conntrack policy in user space: flow state from the TCP flags each direction has seen,
 //! idle timeouts per protocol and state, and the sweep that expires idle flows and purges
-//! flows of floating IPs this host no longer serves. Both directions of a flow always go
-//! together.
+//! flows of floating IPs this host no longer serves, and security group flows of ports gone
+//! or no longer admitted by their port's rules (the re-check after a policy change). Both
+//! directions of a flow always go together.
 use std::{
     collections::{BTreeMap, BTreeSet},
+    sync::Arc,
     time::Duration,
 };
 
-use dvr_common::nat::{CT_PAT, CtEntry, CtKey, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use dvr_common::{
+    nat::{
+        CT_PAT, CT_SG, CT_SG_INGRESS, CT_SG_REPLY, CtEntry, CtKey, TCP_ACK, TCP_FIN, TCP_RST,
+        TCP_SYN,
+    },
+    sg::{SG_EGRESS, SG_INGRESS, SgRemoteKey, SgRule, SgRuleKey},
+};
 
 use crate::{
     clock,
+    compile::sg_admit,
     maps::{HostMaps, MapsError},
 };
 
@@ -99,19 +108,90 @@ pub fn timeout(proto: u8, st: FlowState, t: &Timeouts) -> Duration {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Swept {
     pub expired: usize,
+    /// Translated flows of a FIP mapping or SNAT address no longer served here.
     pub purged: usize,
+    /// Security group flows no rule of their port admits any more, or of a port gone.
+    pub sg_purged: usize,
 }
 
 /// What this host translates for: floating IP mappings (`fip -> fixed`) and router
-/// external IPs it does port-address translation for (all network order).
+/// external IPs it does port-address translation for (all network order); and the security
+/// group policies of its ports, against which tracked flows are re-checked.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Owned {
     pub fips: BTreeMap<u32, u32>,
     pub snat_ips: BTreeSet<u32>,
+    pub sg: Arc<SgOwned>,
 }
 
-/// Which entries to delete: idle past their timeout, or translated for something this host
-/// no longer owns (a FIP mapping it does not serve, a router it no longer SNATs). Pure.
+/// The stateful security group policies this host applies, as last written to the maps.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SgOwned {
+    /// Conntrack zone (`SG_ZONE | tap ifindex`) of each port with a stateful policy -> the
+    /// policy id.
+    pub zones: BTreeMap<u32, u32>,
+    pub remote: BTreeMap<(u32, SgRemoteKey), u32>,
+    pub rules: BTreeMap<(u32, SgRuleKey), SgRule>,
+}
+
+impl SgOwned {
+    /// Whether the port of a security group flow still admits it: its original direction
+    /// (`k`, kind `kind`, `port_be` what the rules matched: the destination port or ICMP
+    /// type and code, which the datapath keeps in the entry's `fixed_be`) is looked up as the
+    /// datapath would.
+    pub fn admits(&self, k: &CtKey, kind: u8, port_be: u16) -> bool {
+        let Some(&policy) = self.zones.get(&k.zone) else {
+            return false;
+        };
+        let (dir, remote) = if kind & CT_SG_INGRESS != 0 {
+            (SG_INGRESS, k.saddr_be)
+        } else {
+            (SG_EGRESS, k.daddr_be)
+        };
+        sg_admit(
+            &self.remote,
+            &self.rules,
+            policy,
+            dir,
+            k.proto,
+            port_be,
+            remote,
+        )
+        .is_some()
+    }
+}
+
+/// True for a security group entry (either direction): its kind says so, and its zone is
+/// a port's (`SG_ZONE | ifindex`), which no NAT entry ever uses.
+pub fn is_sg(k: &CtKey, e: &CtEntry) -> bool {
+    e.kind & (CT_SG | CT_SG_REPLY) != 0 || k.zone & dvr_common::sg::SG_ZONE != 0
+}
+
+/// Whether the flow of entry `e` at `k` (peer `peer` at `peer_key`) is one this host no
+/// longer owns.
+fn stale(k: &CtKey, e: &CtEntry, peer_key: &CtKey, peer: Option<&CtEntry>, owned: &Owned) -> bool {
+    if e.kind & (CT_SG | CT_SG_REPLY) != 0 {
+        let orig = if e.kind & CT_SG != 0 {
+            Some((k, e))
+        } else {
+            peer.map(|p| (peer_key, p))
+        };
+        return match orig {
+            Some((ok, oe)) => !owned.sg.admits(ok, oe.kind, oe.fixed_be as u16),
+            // Half a flow: keep it while its port is filtered here; it expires.
+            None => !owned.sg.zones.contains_key(&k.zone),
+        };
+    }
+    if e.kind & CT_PAT != 0 {
+        !owned.snat_ips.contains(&e.fip_be)
+    } else {
+        owned.fips.get(&e.fip_be) != Some(&e.fixed_be)
+    }
+}
+
+/// Which entries to delete: idle past their timeout, or kept for something this host no
+/// longer owns (a FIP mapping it does not serve, a router it no longer SNATs, a security
+/// group flow its port's rules no longer admit or of a port gone). Pure.
 pub fn plan_sweep(
     entries: &BTreeMap<CtKey, CtEntry>,
     now: u64,
@@ -127,11 +207,7 @@ pub fn plan_sweep(
         if peer.is_some() && peer_key < *k {
             continue;
         }
-        let stale = if e.kind & CT_PAT != 0 {
-            !owned.snat_ips.contains(&e.fip_be)
-        } else {
-            owned.fips.get(&e.fip_be) != Some(&e.fixed_be)
-        };
+        let stale = stale(k, e, &peer_key, peer, owned);
         let last = peer.map_or(e.last_seen_ns, |p| p.last_seen_ns.max(e.last_seen_ns));
         let st = state(k.proto, e.tcp_flags, peer.map_or(0, |p| p.tcp_flags));
         let idle = Duration::from_nanos(now.saturating_sub(last));
@@ -141,7 +217,9 @@ pub fn plan_sweep(
             if peer.is_some() {
                 doomed.push(peer_key);
             }
-            if stale {
+            if stale && is_sg(k, e) {
+                swept.sg_purged += 1;
+            } else if stale {
                 swept.purged += 1;
             } else {
                 swept.expired += 1;
@@ -265,5 +343,156 @@ mod tests {
         };
         let (d, _) = plan_sweep(&flows, 0, &t, &remapped);
         assert_eq!(d.len(), 2, "FIP now maps to another fixed IP");
+    }
+
+    /// Both entries of a security group flow `src:1000 -> dst:dport` (UDP) in `zone`,
+    /// admitted in `dir_flag` (0: egress, `CT_SG_INGRESS`).
+    fn sg_pair(
+        zone: u32,
+        src: u32,
+        dst: u32,
+        dport: u16,
+        dir_flag: u8,
+    ) -> BTreeMap<CtKey, CtEntry> {
+        let k = CtKey {
+            zone,
+            saddr_be: src,
+            daddr_be: dst,
+            sport_be: 1000u16.to_be(),
+            dport_be: dport.to_be(),
+            proto: IPPROTO_UDP,
+            _pad: [0; 3],
+        };
+        let e = CtEntry {
+            nat_ip_be: src,
+            fixed_be: u32::from(dport.to_be()),
+            peer_zone: zone,
+            kind: CT_SG | dir_flag,
+            ..Default::default()
+        };
+        let pk = k.peer(&e);
+        let pe = CtEntry {
+            nat_ip_be: dst,
+            kind: CT_SG_REPLY | dir_flag,
+            ..e
+        };
+        BTreeMap::from([(k, e), (pk, pe)])
+    }
+
+    /// Policy 7 on zone `zone`: egress UDP 53 to anywhere, ingress UDP 53 from anywhere.
+    fn dns_policy(zone: u32) -> SgOwned {
+        use dvr_common::sg::{SG_REMOTE_PREFIX_BITS, SG_RULE_ANY_PORT_BITS};
+        let rule = |dir| {
+            (
+                (
+                    SG_RULE_ANY_PORT_BITS + 16,
+                    SgRuleKey {
+                        class: 5,
+                        dir,
+                        proto: IPPROTO_UDP,
+                        port_be: 53u16.to_be(),
+                    },
+                ),
+                SgRule { rule_id: 1 },
+            )
+        };
+        SgOwned {
+            zones: BTreeMap::from([(zone, 7)]),
+            remote: BTreeMap::from([(
+                (
+                    SG_REMOTE_PREFIX_BITS,
+                    SgRemoteKey {
+                        policy: 7,
+                        ip_be: 0,
+                    },
+                ),
+                5,
+            )]),
+            rules: BTreeMap::from([rule(SG_EGRESS), rule(SG_INGRESS)]),
+        }
+    }
+
+    #[test]
+    fn security_group_flows_live_while_their_rules_admit_them() {
+        let t = Timeouts::default();
+        let zone = dvr_common::sg::SG_ZONE | 4;
+        let owned = |sg: SgOwned| Owned {
+            sg: Arc::new(sg),
+            ..Default::default()
+        };
+        let admitted = owned(dns_policy(zone));
+        for flow in [
+            sg_pair(zone, 10, 20, 53, 0),
+            sg_pair(zone, 20, 10, 53, CT_SG_INGRESS),
+        ] {
+            assert!(
+                plan_sweep(&flow, 0, &t, &admitted).0.is_empty(),
+                "no FIP needed"
+            );
+        }
+        // The egress rule goes: the egress flow ends (both entries), the ingress one stays.
+        let mut no_egress = dns_policy(zone);
+        no_egress.rules.retain(|(_, k), _| k.dir == SG_INGRESS);
+        let no_egress = owned(no_egress);
+        let (d, s) = plan_sweep(&sg_pair(zone, 10, 20, 53, 0), 0, &t, &no_egress);
+        assert_eq!((d.len(), s.sg_purged, s.purged), (2, 1, 0));
+        assert!(
+            plan_sweep(&sg_pair(zone, 20, 10, 53, CT_SG_INGRESS), 0, &t, &no_egress)
+                .0
+                .is_empty()
+        );
+        // Another port (zone) or a port gone: purged.
+        let (d, _) = plan_sweep(&sg_pair(zone + 1, 10, 20, 53, 0), 0, &t, &admitted);
+        assert_eq!(d.len(), 2);
+        // A flow to another port number is no longer admitted.
+        assert_eq!(
+            plan_sweep(&sg_pair(zone, 10, 20, 54, 0), 0, &t, &admitted)
+                .0
+                .len(),
+            2
+        );
+        // Idle flows expire as any other.
+        assert_eq!(
+            plan_sweep(&sg_pair(zone, 10, 20, 53, 0), 61_000_000_000, &t, &admitted)
+                .1
+                .expired,
+            1
+        );
+    }
+
+    #[test]
+    fn security_group_and_nat_purges_are_counted_apart() {
+        let t = Timeouts::default();
+        let zone = dvr_common::sg::SG_ZONE | 4;
+        let mut flows = sg_pair(zone, 10, 20, 54, 0);
+        flows.extend(sg_pair(zone, 10, 20, 53, 0));
+        flows.extend(pair(30, 40, 0, TCP_ACK, TCP_ACK));
+        let owned = Owned {
+            sg: Arc::new(dns_policy(zone)),
+            ..Default::default()
+        };
+        // UDP 54 is not admitted, UDP 53 is; the FIP flow's mapping is not served.
+        let (d, s) = plan_sweep(&flows, 0, &t, &owned);
+        assert_eq!(
+            s,
+            Swept {
+                expired: 0,
+                purged: 1,
+                sg_purged: 1
+            }
+        );
+        assert_eq!(d.len(), 4);
+        assert!(!d.iter().any(|k| k.dport_be == 53u16.to_be()), "{d:?}");
+        // Half a flow (its original direction already gone) stays while its port is
+        // filtered here, and goes with the port.
+        let mut half = sg_pair(zone, 10, 20, 54, 0);
+        half.retain(|_, e| e.kind & CT_SG_REPLY != 0);
+        assert!(plan_sweep(&half, 0, &t, &owned).0.is_empty());
+        let (d, s) = plan_sweep(&half, 0, &t, &Owned::default());
+        assert_eq!((d.len(), s.sg_purged), (1, 1));
+        assert!(is_sg(
+            half.keys().next().unwrap_or(&CtKey::default()),
+            &CtEntry::default()
+        ));
     }
 }

@@ -19,7 +19,9 @@ use crate::model::{FieldError, Mac, State, StateError, display_lines};
 
 /// Two hosts; one DVR router with interfaces on subnet1 (net1) and subnet2 (net2) and a
 /// gateway on the external network; VM1 (net1) and VM2 (net2) on host-a, VM3 (net1) on
-/// host-b; a DHCP port, a SNAT port and a floating IP. Unknown fields are sprinkled in.
+/// host-b; a DHCP port, a SNAT port and a floating IP; VM1 carries security group sg1 (all
+/// egress, everything from its members, SSH from anywhere), the other ports name no
+/// `security_groups`. Unknown fields are sprinkled in.
 pub(crate) const FIXTURE: &str = r#"{
   "generated_by": "test",
   "networks": [
@@ -85,6 +87,18 @@ pub(crate) const FIXTURE: &str = r#"{
      "dvr_mac": "fa:16:3f:00:00:0a"},
     {"name": "host-b", "agent_mode": "dvr_snat", "tunnel_ip": "192.0.2.2",
      "dvr_mac": "fa:16:3f:00:00:0b", "external_interface": "eth1", "rack": 7}
+  ],
+  "security_groups": [
+    {"id": "sg1", "name": "default", "stateful": true, "tenant_id": "t1",
+     "security_group_rules": [
+       {"id": "sg1-egress", "security_group_id": "sg1", "direction": "egress",
+        "ethertype": "IPv4", "protocol": null, "port_range_min": null, "port_range_max": null,
+        "remote_ip_prefix": null, "remote_group_id": null},
+       {"id": "sg1-members", "direction": "ingress", "ethertype": "IPv4",
+        "remote_group_id": "sg1"},
+       {"id": "sg1-ssh", "direction": "ingress", "protocol": "tcp", "port_range_min": 22,
+        "port_range_max": 22, "remote_ip_prefix": "0.0.0.0/0"}
+     ]}
   ]
 }"#;
 

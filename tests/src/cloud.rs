@@ -37,7 +37,6 @@ use crate::cmd::{
     self, ChildGuard, exec, exec_ok, exec_with_deadline, ip, run_with_deadline, text, wait_until,
 };
 use crate::external::{ExternalInfo, FipInfo, FipSpec, HostExt};
-use crate::sg::{SecurityGroupSpec, SgInfo};
 use crate::snat::{CsnatInfo, HostMode, VipInfo, VipSpec};
 use crate::state::{self, AddressPair, FixedIp, State};
 
@@ -237,10 +236,10 @@ pub struct VmSpec {
     /// Allowed address pairs `(ip, mac)`; `None` MAC = the port's own MAC.
     pub allowed_pairs: Vec<(Ipv4Addr, Option<String>)>,
     pub port_security: bool,
-    /// Logical names of the port's security groups (see [`crate::sg`]); `None`: the port has
-    /// no `security_groups` key and is not filtered.
+    /// The port's `security_groups`; `None` (never set): the key is absent and the port is
+    /// not filtered.
     pub security_groups: Option<Vec<String>>,
-    /// `admin_state_up`; `None`: the key is left out (up).
+    /// `admin_state_up`; `None`: not written (up).
     pub admin_state_up: Option<bool>,
 }
 
@@ -274,14 +273,13 @@ impl VmSpec {
         self.port_security = enabled;
         self
     }
-    /// The port's `security_groups`, by the logical names given to
-    /// [`Topology::security_group`] (`&[]`: filtered with no group, only base traffic passes).
-    /// Without this call the port has no `security_groups` key and is not filtered.
+    /// The port's `security_groups` (ids of groups added with [`Topology::security_group`]);
+    /// `&[]` filters the port with no rule (only base traffic passes).
     pub fn security_groups(mut self, groups: &[&str]) -> VmSpec {
         self.security_groups = Some(groups.iter().map(|g| g.to_string()).collect());
         self
     }
-    /// The port's `admin_state_up` (false: nothing in or out).
+    /// The port's `admin_state_up`.
     pub fn admin_state_up(mut self, up: bool) -> VmSpec {
         self.admin_state_up = Some(up);
         self
@@ -305,10 +303,11 @@ pub struct Topology {
     pub errors: Vec<String>,
     /// Extra arguments for every `dvr-agent` (e.g. `--ct-timeout-udp 2`).
     pub agent_args: Vec<String>,
-    /// Security groups (see [`crate::sg`]).
-    pub security_groups: Vec<SecurityGroupSpec>,
-    /// Address groups `(name, addresses)` for rules' `remote_address_group_id`.
-    pub address_groups: Vec<(String, Vec<String>)>,
+    /// Security groups (rules nested), top-level rules and address groups for the state; see
+    /// [`crate::sg`].
+    pub security_groups: Vec<state::SecurityGroup>,
+    pub security_group_rules: Vec<state::SecurityGroupRule>,
+    pub address_groups: Vec<state::AddressGroup>,
 }
 
 impl Topology {
@@ -490,20 +489,27 @@ impl Topology {
         self
     }
 
-    /// A security group (its rules name remote groups and address groups by logical name;
-    /// ports join it with [`VmSpec::security_groups`]). See [`crate::sg`].
-    pub fn security_group(&mut self, spec: SecurityGroupSpec) -> &mut Topology {
-        self.security_groups.push(spec);
+    /// A security group (with its rules nested) in the state; VMs name it with
+    /// [`VmSpec::security_groups`].
+    pub fn security_group(&mut self, group: state::SecurityGroup) -> &mut Topology {
+        self.security_groups.push(group);
         self
     }
 
-    /// An address group (`addresses`: CIDRs or addresses) that rules name with
-    /// [`crate::sg::RuleSpec::remote_address_group`].
-    pub fn address_group(&mut self, name: &str, addresses: &[&str]) -> &mut Topology {
-        self.address_groups.push((
-            name.into(),
-            addresses.iter().map(|a| a.to_string()).collect(),
-        ));
+    /// A rule in the top-level `security_group_rules` list (it names its group with
+    /// [`state::SecurityGroupRule::in_group`]).
+    pub fn security_group_rule(&mut self, rule: state::SecurityGroupRule) -> &mut Topology {
+        self.security_group_rules.push(rule);
+        self
+    }
+
+    /// An address group `id` holding `addresses`.
+    pub fn address_group(&mut self, id: &str, addresses: &[&str]) -> &mut Topology {
+        self.address_groups.push(state::AddressGroup {
+            id: id.into(),
+            name: id.into(),
+            addresses: addresses.iter().map(|a| a.to_string()).collect(),
+        });
         self
     }
 
@@ -690,10 +696,6 @@ pub struct Cloud {
     pub(crate) external: Option<ExternalInfo>,
     pub(crate) fips: Vec<FipInfo>,
     pub(crate) vips: Vec<VipInfo>,
-    /// Security groups by logical name, with their rules' ids (see [`crate::sg`]).
-    pub(crate) sgs: Vec<SgInfo>,
-    /// Address groups: (logical name, id).
-    pub(crate) address_groups: Vec<(String, String)>,
     /// Extra arguments for agents started from now on.
     pub agent_args: Vec<String>,
     /// Where agents started from now on take their state from.
@@ -741,8 +743,6 @@ impl Cloud {
             external: None,
             fips: Vec::new(),
             vips: Vec::new(),
-            sgs: Vec::new(),
-            address_groups: Vec::new(),
             agent_args: Vec::new(),
             agent_source: AgentSource::File,
             etcd: None,
@@ -783,7 +783,6 @@ impl Cloud {
         for v in &topo.vips {
             self.create_vip(v)?;
         }
-        self.create_security_groups(&topo.address_groups, &topo.security_groups)?;
         for v in &topo.vms {
             let vm = self.add_port(v)?;
             self.create_vm_links(&vm)?;
@@ -791,6 +790,9 @@ impl Cloud {
         for (i, f) in topo.fips.iter().enumerate() {
             self.create_fip(f, i)?;
         }
+        self.state.security_groups = topo.security_groups.clone();
+        self.state.security_group_rules = topo.security_group_rules.clone();
+        self.state.address_groups = topo.address_groups.clone();
         self.write_state()
     }
 
@@ -983,6 +985,8 @@ impl Cloud {
                 binding_host_id: String::new(),
                 allowed_address_pairs: Vec::new(),
                 port_security_enabled: true,
+                security_groups: None,
+                admin_state_up: None,
             });
             if let Some(h) = &csnat_host {
                 self.create_csnat_port(i, &router_id, h)?;
@@ -1001,16 +1005,6 @@ impl Cloud {
         let ni = self
             .net_index(&v.network)
             .ok_or_else(|| anyhow!("VM {}: no network {}", v.name, v.network))?;
-        let group_ids = match &v.security_groups {
-            Some(names) => Some(
-                names
-                    .iter()
-                    .map(|n| self.sg_id(n))
-                    .collect::<Result<Vec<_>>>()
-                    .with_context(|| format!("VM {}", v.name))?,
-            ),
-            None => None,
-        };
         let net = &mut self.networks[ni];
         let ip = match v.ip {
             Some(ip) => ip,
@@ -1048,13 +1042,9 @@ impl Cloud {
                 })
                 .collect(),
             port_security_enabled: v.port_security,
+            security_groups: v.security_groups.clone(),
+            admin_state_up: v.admin_state_up,
         });
-        if let Some(ids) = group_ids {
-            self.state.port_extras_mut(&port_id).security_groups = Some(ids);
-        }
-        if let Some(up) = v.admin_state_up {
-            self.state.port_extras_mut(&port_id).admin_state_up = Some(up);
-        }
         let vm = Vm {
             name: v.name.clone(),
             ns: String::new(),
@@ -1113,7 +1103,7 @@ impl Cloud {
     }
 
     pub(crate) fn write_state(&self) -> Result<()> {
-        let json = serde_json::to_vec_pretty(&self.state.to_value()?)?;
+        let json = serde_json::to_vec_pretty(&self.state)?;
         self.write_state_bytes(&json)
     }
 

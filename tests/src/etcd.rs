@@ -370,14 +370,7 @@ impl Cloud {
     pub fn expected_etcd_keys(&self) -> Result<BTreeMap<String, serde_json::Value>> {
         let v = self.state.to_value()?;
         let mut out = BTreeMap::new();
-        for kind in [
-            "networks",
-            "subnets",
-            "ports",
-            "routers",
-            "floatingips",
-            "hosts",
-        ] {
+        for kind in dvr_userspace::source::KINDS {
             let field = if kind == "hosts" { "name" } else { "id" };
             for r in v[kind].as_array().into_iter().flatten() {
                 let id = r[field]

@@ -435,6 +435,8 @@ impl Cloud {
             binding_host_id: agent_name.into(),
             allowed_address_pairs: Vec::new(),
             port_security_enabled: false,
+            security_groups: None,
+            admin_state_up: None,
         });
         Ok(HostExt {
             mac,

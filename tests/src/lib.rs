@@ -23,9 +23,9 @@
 //! - [`inspect`]: `dvrctl trace` ([`Cloud::trace`]), `dvrctl monitor` ([`Cloud::spawn_monitor`])
 //!   and the agents' Prometheus endpoint ([`Cloud::scrape_metrics`]).
 //! - [`sg`]: security groups ([`Topology::security_group`], [`VmSpec::security_groups`],
-//!   [`VmSpec::admin_state_up`]), changing them while the agents run and waiting until they
-//!   applied it ([`Cloud::apply_and_wait`], [`Cloud::refused_after`]), and port probes that tell
-//!   admitted from dropped ([`Cloud::port_server`], [`Cloud::probe`]).
+//!   [`VmSpec::admin_state_up`]), changes of a running cloud awaited until every agent
+//!   enforces them ([`Cloud::apply_state`]), and probes that tell answered, refused and
+//!   dropped traffic apart ([`Cloud::probe`], [`Cloud::sg_server`], [`Cloud::start_ticker`]).
 //! - [`Counters`] snapshots counters for deltas.
 //! - [`packet`]: a builder for raw frames (ARP, IPv4 with ICMP/TCP/UDP, valid checksums),
 //!   for the packet fixture tables (`tests/fixtures.rs`).
@@ -73,7 +73,7 @@ pub use ha::{Fence, FenceSample, FenceSampler, HaHolder, PingGaps, ping_gaps, tc
 pub use inspect::{DropEvent, Metrics, OutputKind, Trace, TraceProbe};
 pub use keepalived::{Keepalived, KeepalivedConf};
 pub use lifecycle::{AppliedLine, BgPing, PacedReport, PacedTransfer, Tcx};
-pub use sg::{Applied, Outcome, Probe, ProbeReport, RuleSpec, SecurityGroupSpec};
+pub use sg::{Applied, Outcome, Proto, SecurityGroup, SecurityGroupRule, Ticker};
 pub use snat::{CsnatInfo, HostMode, VipInfo};
 pub use state::State;
 

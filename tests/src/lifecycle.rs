@@ -72,12 +72,13 @@ pub struct Tcx {
     pub link_ids: Vec<u32>,
 }
 
-/// `BPF_PROG_QUERY` for `BPF_TCX_INGRESS` on `argv[1]` (by name, in the caller's namespace);
-/// prints `{"prog_ids": [...], "link_ids": [...]}` or `{"error": "..."}`.
+/// `BPF_PROG_QUERY` for `BPF_TCX_INGRESS` (or, with `argv[2]` = "egress", `BPF_TCX_EGRESS`)
+/// on `argv[1]` (by name, in the caller's namespace); prints `{"prog_ids": [...], "link_ids": [...]}` or `{"error": "..."}`.
 const TCX_QUERY: &str = r#"
 import ctypes, json, os, platform, socket, struct, sys
 SYS_BPF = {"x86_64": 321, "aarch64": 280}[platform.machine()]
-BPF_PROG_QUERY, BPF_TCX_INGRESS = 16, 46
+BPF_PROG_QUERY, BPF_TCX_INGRESS, BPF_TCX_EGRESS = 16, 46, 47
+hook = BPF_TCX_EGRESS if len(sys.argv) > 2 and sys.argv[2] == "egress" else BPF_TCX_INGRESS
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 try:
@@ -90,7 +91,7 @@ links = (ctypes.c_uint32 * 64)()
 attr = (ctypes.c_uint8 * 128)()
 # union bpf_attr, query: target_ifindex, attach_type, query_flags, attach_flags, prog_ids,
 # prog_cnt, pad, prog_attach_flags, link_ids, link_attach_flags, revision.
-struct.pack_into("=IIII", attr, 0, ifindex, BPF_TCX_INGRESS, 0, 0)
+struct.pack_into("=IIII", attr, 0, ifindex, hook, 0, 0)
 struct.pack_into("=Q", attr, 16, ctypes.addressof(progs))
 struct.pack_into("=I", attr, 24, 64)
 struct.pack_into("=Q", attr, 40, ctypes.addressof(links))
@@ -178,13 +179,17 @@ impl Cloud {
             .collect())
     }
 
-    /// The link pins an agent of `host` should hold: `<tap>@<ifindex>` for each local VM,
+    /// The link pins an agent of `host` should hold: `<tap>@<ifindex>` and `<tap>:out@<ifindex>`
+    /// for each local VM,
     /// `dvr-vx@<ifindex>` and, with an external NIC, `ext0@<ifindex>`.
     pub fn expected_link_pins(&self, host: &str) -> Result<BTreeSet<String>> {
         let h = self.host(host)?.clone();
         let mut want = BTreeSet::new();
         for v in self.vms.iter().filter(|v| v.host == host) {
-            want.insert(format!("{}@{}", v.tap, self.tap_ifindex(&v.name)?));
+            let ifx = self.tap_ifindex(&v.name)?;
+            // The tap program on its ingress, `dvr_tap_out` on its egress (":out").
+            want.insert(format!("{}@{ifx}", v.tap));
+            want.insert(format!("{}:out@{ifx}", v.tap));
         }
         let mut devs = vec![VXLAN_DEV];
         if h.ext.is_some() {
@@ -221,9 +226,15 @@ impl Cloud {
     /// What the kernel has attached to the TCX ingress hook of `iface` in the namespace of
     /// `host` (`BPF_PROG_QUERY`, run in that namespace).
     pub fn tcx_ingress(&self, host: &str, iface: &str) -> Result<Tcx> {
+        self.tcx(host, iface, "ingress")
+    }
+
+    /// What the kernel has attached to the TCX `hook` ("ingress" or "egress") of `iface` in
+    /// the namespace of `host`.
+    pub fn tcx(&self, host: &str, iface: &str, hook: &str) -> Result<Tcx> {
         let ns = self.host(host)?.ns.clone();
         let py = scapy_python()?;
-        let out = exec(&ns, &[&py, "-c", TCX_QUERY, iface])?;
+        let out = exec(&ns, &[&py, "-c", TCX_QUERY, iface, hook])?;
         ensure!(
             out.status.success(),
             "TCX query for {iface} in {host} failed: {}",

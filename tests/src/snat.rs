@@ -140,6 +140,8 @@ impl Cloud {
             binding_host_id: snat_agent,
             allowed_address_pairs: Vec::new(),
             port_security_enabled: true,
+            security_groups: None,
+            admin_state_up: None,
         });
         net.csnat = Some(CsnatInfo {
             port_id,
@@ -183,6 +185,8 @@ impl Cloud {
             binding_host_id: String::new(),
             allowed_address_pairs: Vec::new(),
             port_security_enabled: true,
+            security_groups: None,
+            admin_state_up: None,
         });
         self.vips.push(VipInfo {
             name: v.name.clone(),

@@ -3,17 +3,8 @@
 //! Field names follow the Neutron API (`provider:segmentation_id`, `binding:host_id`, ...).
 //! Values are kept as strings where the agent validates them, so tests can write invalid data
 //! (a bad CIDR, a gateway outside its subnet) through the same types.
-//!
-//! Security groups (issue 12): the top-level `security_groups` (rules nested),
-//! `security_group_rules` and `address_groups` lists are written only when a test has some, and
-//! a port's `security_groups` and `admin_state_up` keys only when a test set them
-//! ([`State::port_extras`]), so the states of tests that never use them are unchanged (a port
-//! without a `security_groups` key is not filtered).
-
-use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 pub const OWNER_COMPUTE: &str = "compute:nova";
 pub const OWNER_ROUTER_INTERFACE: &str = "network:router_interface_distributed";
@@ -33,71 +24,17 @@ pub struct State {
     pub routers: Vec<Router>,
     pub floatingips: Vec<serde_json::Value>,
     pub hosts: Vec<Host>,
-    /// `GET /v2.0/security-groups`, rules nested; not written when empty.
+    /// Security groups with their rules nested (`GET /v2.0/security-groups`); not written
+    /// when empty, so states without groups are as before.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub security_groups: Vec<SecurityGroup>,
-    /// `GET /v2.0/security-group-rules`: rules merged into their group by
-    /// `security_group_id`; not written when `None`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub security_group_rules: Option<Vec<SecurityGroupRule>>,
-    /// `GET /v2.0/address-groups`; not written when `None`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub address_groups: Option<Vec<AddressGroup>>,
-    /// Port fields of the security group feature, by port id, merged into the port objects by
-    /// [`State::to_value`] (the form every state file is written in). Kept apart from [`Port`]
-    /// so that code building ports field by field (the benchmarks) is unchanged.
-    #[serde(skip)]
-    pub port_extras: BTreeMap<String, PortExtras>,
-}
-
-/// A port's security group fields; `None` leaves the key out.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct PortExtras {
-    /// `security_groups` (group ids). Absent: the port is not filtered (a hand-written legacy
-    /// state); `Some(vec![])`: filtered, only base traffic (ARP, DHCP) passes.
-    pub security_groups: Option<Vec<String>>,
-    /// `admin_state_up` (absent: true).
-    pub admin_state_up: Option<bool>,
-}
-
-/// A security group with its rules, as `GET /v2.0/security-groups` returns it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SecurityGroup {
-    pub id: String,
-    pub name: String,
-    /// False: every packet is checked against its own direction's rules, nothing is tracked.
-    pub stateful: bool,
+    /// Top-level rules (`GET /v2.0/security-group-rules`), each naming its group in
+    /// `security_group_id`; not written when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub security_group_rules: Vec<SecurityGroupRule>,
-}
-
-/// A security group rule with every field Neutron returns (`null` for unset ones).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SecurityGroupRule {
-    pub id: String,
-    /// Required in the top-level list; nested rules carry it too, as Neutron's do.
-    pub security_group_id: String,
-    /// `ingress` or `egress`.
-    pub direction: String,
-    /// `IPv4` or `IPv6`.
-    pub ethertype: String,
-    /// `null` (any), a name (`tcp`, `udp`, `icmp`, ...) or a number, kept as JSON so tests
-    /// can write either form (or a bad one).
-    pub protocol: Value,
-    /// Ports (tcp/udp/...) or the ICMP type; `i64` so tests can write out-of-range values.
-    pub port_range_min: Option<i64>,
-    /// Ports (tcp/udp/...) or the ICMP code.
-    pub port_range_max: Option<i64>,
-    pub remote_ip_prefix: Option<String>,
-    pub remote_group_id: Option<String>,
-    pub remote_address_group_id: Option<String>,
-}
-
-/// An address group, as `GET /v2.0/address-groups` returns it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct AddressGroup {
-    pub id: String,
-    pub name: String,
-    pub addresses: Vec<String>,
+    /// Address groups a rule may name in `remote_address_group_id`; not written when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub address_groups: Vec<AddressGroup>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -155,6 +92,13 @@ pub struct Port {
     pub binding_host_id: String,
     pub allowed_address_pairs: Vec<AddressPair>,
     pub port_security_enabled: bool,
+    /// The port's security group ids. `None`: the key is not written and the port is not
+    /// filtered (a hand-written state; every test that sets no groups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_groups: Option<Vec<String>>,
+    /// `admin_state_up`; `None`: not written (the agent's default, true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_state_up: Option<bool>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -189,7 +133,152 @@ pub struct Host {
     pub external_interface: Option<String>,
 }
 
+/// A security group as `GET /v2.0/security-groups` returns it, rules nested.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SecurityGroup {
+    pub id: String,
+    pub name: String,
+    /// `false`: a stateless group (every packet against its own direction's rules).
+    pub stateful: bool,
+    pub security_group_rules: Vec<SecurityGroupRule>,
+}
+
+impl SecurityGroup {
+    /// A stateful group named like its id, with `rules`.
+    pub fn new(id: &str, rules: Vec<SecurityGroupRule>) -> SecurityGroup {
+        SecurityGroup {
+            id: id.into(),
+            name: id.into(),
+            stateful: true,
+            security_group_rules: rules,
+        }
+    }
+
+    /// The same group without state (`"stateful": false`).
+    pub fn stateless(mut self) -> SecurityGroup {
+        self.stateful = false;
+        self
+    }
+}
+
+/// A security group rule as the Neutron API shapes it. Protocol and port fields are JSON
+/// values so that tests can write what the agent must refuse (a port of 70000, a protocol
+/// name it does not know, a number as a string).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SecurityGroupRule {
+    pub id: String,
+    /// Required for top-level rules; optional (and then equal to the group's) when nested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_group_id: Option<String>,
+    /// `ingress` or `egress`.
+    pub direction: String,
+    /// `IPv4` or `IPv6`.
+    pub ethertype: String,
+    /// `null` (any), a name or a number.
+    pub protocol: serde_json::Value,
+    pub port_range_min: serde_json::Value,
+    pub port_range_max: serde_json::Value,
+    pub remote_ip_prefix: Option<String>,
+    pub remote_group_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_address_group_id: Option<String>,
+}
+
+impl SecurityGroupRule {
+    fn new(id: &str, direction: &str) -> SecurityGroupRule {
+        SecurityGroupRule {
+            id: id.into(),
+            security_group_id: None,
+            direction: direction.into(),
+            ethertype: "IPv4".into(),
+            protocol: serde_json::Value::Null,
+            port_range_min: serde_json::Value::Null,
+            port_range_max: serde_json::Value::Null,
+            remote_ip_prefix: None,
+            remote_group_id: None,
+            remote_address_group_id: None,
+        }
+    }
+
+    /// An IPv4 ingress rule admitting any protocol from anywhere (narrow it with the other
+    /// methods).
+    pub fn ingress(id: &str) -> SecurityGroupRule {
+        SecurityGroupRule::new(id, "ingress")
+    }
+
+    /// An IPv4 egress rule admitting any protocol to anywhere.
+    pub fn egress(id: &str) -> SecurityGroupRule {
+        SecurityGroupRule::new(id, "egress")
+    }
+
+    /// `protocol` as given (a name such as `"tcp"`, or a number).
+    pub fn protocol(mut self, protocol: impl Into<serde_json::Value>) -> SecurityGroupRule {
+        self.protocol = protocol.into();
+        self
+    }
+
+    /// TCP destination ports `min..=max`.
+    pub fn tcp(self, min: u16, max: u16) -> SecurityGroupRule {
+        self.protocol("tcp").ports(min, max)
+    }
+
+    /// UDP destination ports `min..=max`.
+    pub fn udp(self, min: u16, max: u16) -> SecurityGroupRule {
+        self.protocol("udp").ports(min, max)
+    }
+
+    /// ICMP of `icmp_type` (any code).
+    pub fn icmp_type(mut self, icmp_type: u8) -> SecurityGroupRule {
+        self.protocol = "icmp".into();
+        self.port_range_min = icmp_type.into();
+        self
+    }
+
+    /// `port_range_min` and `port_range_max`.
+    pub fn ports(mut self, min: u16, max: u16) -> SecurityGroupRule {
+        self.port_range_min = min.into();
+        self.port_range_max = max.into();
+        self
+    }
+
+    /// `remote_ip_prefix` (a CIDR or an address).
+    pub fn prefix(mut self, prefix: &str) -> SecurityGroupRule {
+        self.remote_ip_prefix = Some(prefix.into());
+        self
+    }
+
+    /// `remote_group_id`.
+    pub fn remote_group(mut self, group: &str) -> SecurityGroupRule {
+        self.remote_group_id = Some(group.into());
+        self
+    }
+
+    /// `remote_address_group_id`.
+    pub fn remote_address_group(mut self, group: &str) -> SecurityGroupRule {
+        self.remote_address_group_id = Some(group.into());
+        self
+    }
+
+    /// `security_group_id` (for a top-level rule).
+    pub fn in_group(mut self, group: &str) -> SecurityGroupRule {
+        self.security_group_id = Some(group.into());
+        self
+    }
+}
+
+/// An address group (`GET /v2.0/address-groups`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AddressGroup {
+    pub id: String,
+    pub name: String,
+    pub addresses: Vec<String>,
+}
+
 impl State {
+    /// The security group with this id.
+    pub fn security_group_mut(&mut self, id: &str) -> Option<&mut SecurityGroup> {
+        self.security_groups.iter_mut().find(|g| g.id == id)
+    }
     pub fn port_mut(&mut self, id: &str) -> Option<&mut Port> {
         self.ports.iter_mut().find(|p| p.id == id)
     }
@@ -206,38 +295,8 @@ impl State {
     pub fn floatingip_mut(&mut self, id: &str) -> Option<&mut serde_json::Value> {
         self.floatingips.iter_mut().find(|f| f["id"] == id)
     }
-    /// The security group with this id.
-    pub fn security_group_mut(&mut self, id: &str) -> Option<&mut SecurityGroup> {
-        self.security_groups.iter_mut().find(|g| g.id == id)
-    }
-    /// The security group fields of port `id` (created empty: every key absent).
-    pub fn port_extras_mut(&mut self, id: &str) -> &mut PortExtras {
-        self.port_extras.entry(id.to_string()).or_default()
-    }
-    /// The whole state as a JSON value, as it is written to the state file (with
-    /// [`State::port_extras`] merged into the ports), also for tests that write shapes the types
-    /// cannot express.
+    /// The whole state as a JSON value, for tests that write shapes the types cannot express.
     pub fn to_value(&self) -> anyhow::Result<serde_json::Value> {
-        let mut v = serde_json::to_value(self)?;
-        if self.port_extras.is_empty() {
-            return Ok(v);
-        }
-        let ports = v
-            .get_mut("ports")
-            .and_then(Value::as_array_mut)
-            .ok_or_else(|| anyhow::anyhow!("state has no ports list"))?;
-        for p in ports {
-            let Some(extras) = p["id"].as_str().and_then(|id| self.port_extras.get(id)) else {
-                continue;
-            };
-            let extras = extras.clone();
-            if let Some(groups) = extras.security_groups {
-                p["security_groups"] = groups.into();
-            }
-            if let Some(up) = extras.admin_state_up {
-                p["admin_state_up"] = up.into();
-            }
-        }
-        Ok(v)
+        Ok(serde_json::to_value(self)?)
     }
 }

@@ -21,7 +21,7 @@ use dvr_tests::packet::{
     arp, assert_checksums, eth, icmp_error, ip_of, ipv4, ping, tcp, udp,
 };
 use dvr_userspace::{
-    attach::{PROG_EXT, PROG_TAP, PROG_TUNNEL, ensure_bpffs, load_object, program},
+    attach::{PROG_EXT, PROG_TAP, PROG_TAP_OUT, PROG_TUNNEL, ensure_bpffs, load_object, program},
     compile::compile,
     maps::HostMaps,
     model::State,
@@ -95,7 +95,8 @@ struct Case {
     prog: &'static str,
     frame: Vec<u8>,
     code: u32,
-    stat: Stat,
+    /// The one counter that must move; `None`: none may (a filter's pass).
+    stat: Option<Stat>,
     expect: Expect,
 }
 
@@ -119,7 +120,19 @@ fn case(name: &'static str, prog: &'static str, frame: Vec<u8>, code: u32, stat:
         prog,
         frame,
         code,
-        stat,
+        stat: Some(stat),
+        expect: Expect::Verdict,
+    }
+}
+
+/// A row that must move no counter at all (what `dvr_tap_out` lets through).
+fn quiet(name: &'static str, prog: &'static str, frame: Vec<u8>, code: u32) -> Case {
+    Case {
+        name,
+        prog,
+        frame,
+        code,
+        stat: None,
         expect: Expect::Verdict,
     }
 }
@@ -236,7 +249,11 @@ impl Fixture {
             .filter(|((_, a), (_, b))| a != b)
             .map(|((s, _), _)| *s)
             .collect();
-        assert_eq!(moved, vec![c.stat], "{name}: counters that moved");
+        assert_eq!(
+            moved,
+            c.stat.into_iter().collect::<Vec<_>>(),
+            "{name}: counters that moved"
+        );
         assert_eq!(ret, c.code, "{name}: return code for {:?}", c.stat);
         match &c.expect {
             Expect::Verdict => {}
@@ -1566,4 +1583,377 @@ fn show_ha_lists_fences_with_remaining_time() {
             .any(|l| l.starts_with(&format!("{router:08x}")) && l.ends_with("yes")),
         "{text}"
     );
+}
+
+// ---- security groups ----
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// STATE with security groups: VM1 (tap ifindex 1) in `groups`, VM3 in `sg-web` (a remote
+/// group member), VM4 in none. `sg-web` admits in: TCP 80 from anywhere, TCP 1000-1999 from
+/// 10.2.0.0/24, ICMP echo requests from members of `sg-web`; out: UDP 53 to 10.2.0.0/24.
+/// `sg-sl` is the same without state. `vm1_admin` is VM1's `admin_state_up`.
+fn sg_state(groups: &str, vm1_admin: bool) -> String {
+    let rules = |g: &str| {
+        format!(
+            r#"[
+      {{"id": "{g}-http", "direction": "ingress", "ethertype": "IPv4", "protocol": "tcp", "port_range_min": 80, "port_range_max": 80}},
+      {{"id": "{g}-range", "direction": "ingress", "ethertype": "IPv4", "protocol": "6", "port_range_min": 1000, "port_range_max": 1999, "remote_ip_prefix": "10.2.0.0/24"}},
+      {{"id": "{g}-ping", "direction": "ingress", "ethertype": "IPv4", "protocol": "icmp", "port_range_min": 8, "remote_group_id": "sg-web"}},
+      {{"id": "{g}-dns", "direction": "egress", "ethertype": "IPv4", "protocol": "udp", "port_range_min": 53, "port_range_max": 53, "remote_ip_prefix": "10.2.0.0/24"}},
+      {{"id": "{g}-v6", "direction": "ingress", "ethertype": "IPv6", "protocol": "icmpv6"}}]"#
+        )
+    };
+    let with_groups = STATE
+        .replace(
+            r#""allowed_address_pairs": [{"ip_address": "10.1.0.200/30"}]},"#,
+            &format!(
+                r#""allowed_address_pairs": [{{"ip_address": "10.1.0.200/30"}}], "security_groups": {groups}, "admin_state_up": {vm1_admin}}},"#
+            ),
+        )
+        .replace(
+            r#""fixed_ips": [{"subnet_id": "sub1", "ip_address": "10.1.0.13"}]},"#,
+            r#""fixed_ips": [{"subnet_id": "sub1", "ip_address": "10.1.0.13"}], "security_groups": ["sg-web"]},"#,
+        );
+    assert_ne!(with_groups, STATE);
+    let last = with_groups
+        .rfind('}')
+        .unwrap_or_else(|| panic!("state has no object"));
+    format!(
+        r#"{},
+ "security_groups": [
+  {{"id": "sg-web", "name": "web", "security_group_rules": {}}},
+  {{"id": "sg-sl", "name": "stateless", "stateful": false, "security_group_rules": {}}}]
+}}"#,
+        &with_groups[..last].trim_end(),
+        rules("sg-web"),
+        rules("sg-sl")
+    )
+}
+
+fn sg_ct_kinds(f: &Fixture) -> Vec<u8> {
+    let ct = f.maps.ct.read().unwrap_or_else(|e| panic!("{e}"));
+    ct.iter()
+        .filter(|(k, _)| k.zone == dvr_common::sg::SG_ZONE | VM1_IFINDEX)
+        .map(|(_, e)| e.kind)
+        .collect()
+}
+
+fn tcp_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    dport: u16,
+) -> Vec<u8> {
+    eth(
+        dst_mac,
+        src_mac,
+        ETH_P_IP,
+        &tcp(src, dst, 40000, dport, TCP_SYN, b""),
+    )
+}
+
+fn udp_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+) -> Vec<u8> {
+    eth(
+        dst_mac,
+        src_mac,
+        ETH_P_IP,
+        &udp(src, dst, sport, dport, b"q"),
+    )
+}
+
+#[test]
+fn ingress_rules_admit_by_protocol_port_range_prefix_and_remote_group() {
+    fixture(&sg_state(r#"["sg-web"]"#, true)).table(vec![
+        quiet(
+            "TCP 80 from anywhere",
+            PROG_TAP_OUT,
+            tcp_frame(VM3_MAC, VM1_MAC, VM3_IP, VM1_IP, 80),
+            TCX_NEXT,
+        ),
+        case(
+            "TCP 81: no rule",
+            PROG_TAP_OUT,
+            tcp_frame(VM3_MAC, VM1_MAC, VM3_IP, VM1_IP, 81),
+            TCX_DROP,
+            Stat::DropSgIngress,
+        ),
+        quiet(
+            "TCP 1500 from 10.2.0.0/24",
+            PROG_TAP_OUT,
+            tcp_frame(GW1_MAC, VM1_MAC, VM4_IP, VM1_IP, 1500),
+            TCX_NEXT,
+        ),
+        case(
+            "TCP 1500 from outside 10.2.0.0/24",
+            PROG_TAP_OUT,
+            tcp_frame(VM3_MAC, VM1_MAC, VM3_IP, VM1_IP, 1500),
+            TCX_DROP,
+            Stat::DropSgIngress,
+        ),
+        case(
+            "TCP 2000: past the range",
+            PROG_TAP_OUT,
+            tcp_frame(GW1_MAC, VM1_MAC, VM4_IP, VM1_IP, 2000),
+            TCX_DROP,
+            Stat::DropSgIngress,
+        ),
+        quiet(
+            "echo request from VM3, a member of sg-web",
+            PROG_TAP_OUT,
+            ping(VM3_MAC, VM1_MAC, VM3_IP, VM1_IP, 64),
+            TCX_NEXT,
+        ),
+        case(
+            "echo request from VM4, no member",
+            PROG_TAP_OUT,
+            ping(GW1_MAC, VM1_MAC, VM4_IP, VM1_IP, 64),
+            TCX_DROP,
+            Stat::DropSgIngress,
+        ),
+        case(
+            "UDP 53 is an egress rule, not an ingress one",
+            PROG_TAP_OUT,
+            udp_frame(GW1_MAC, VM1_MAC, VM4_IP, VM1_IP, 5353, 53),
+            TCX_DROP,
+            Stat::DropSgIngress,
+        ),
+        quiet(
+            "DHCP offer from a server: base traffic",
+            PROG_TAP_OUT,
+            udp_frame(GW1_MAC, VM1_MAC, [10, 1, 0, 2], VM1_IP, 67, 68),
+            TCX_NEXT,
+        ),
+        quiet(
+            "ARP to the VM is no IP: untouched",
+            PROG_TAP_OUT,
+            eth(
+                VM1_MAC,
+                VM3_MAC,
+                ETH_P_ARP,
+                &arp(ARP_REPLY, VM3_MAC, VM3_IP, VM1_MAC, VM1_IP),
+            ),
+            TCX_NEXT,
+        ),
+    ]);
+}
+
+#[test]
+fn egress_rules_are_checked_at_the_tap_and_admitted_flows_tracked_with_replies_and_errors() {
+    let mut f = fixture(&sg_state(r#"["sg-web"]"#, true));
+    f.table(vec![
+        case(
+            "UDP 53 to VM3: outside the rule's prefix",
+            PROG_TAP,
+            udp_frame(VM1_MAC, VM3_MAC, VM1_IP, VM3_IP, 5353, 53),
+            TCX_DROP,
+            Stat::DropSgEgress,
+        ),
+        case(
+            "UDP 54 to VM4: no rule",
+            PROG_TAP,
+            udp_frame(VM1_MAC, GW1_MAC, VM1_IP, VM4_IP, 5353, 54),
+            TCX_DROP,
+            Stat::DropSgEgress,
+        ),
+    ]);
+    assert!(
+        sg_ct_kinds(&f).is_empty(),
+        "nothing tracked for refused packets"
+    );
+    f.case(case(
+        "UDP 53 to VM4: admitted, routed",
+        PROG_TAP,
+        udp_frame(VM1_MAC, GW1_MAC, VM1_IP, VM4_IP, 5353, 53),
+        TCX_REDIRECT,
+        Stat::Routed,
+    ));
+    let mut kinds = sg_ct_kinds(&f);
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        vec![dvr_common::nat::CT_SG, dvr_common::nat::CT_SG_REPLY],
+        "both directions tracked in VM1's zone"
+    );
+    let request = udp(VM1_IP, VM4_IP, 5353, 53, b"q");
+    f.table(vec![
+        quiet(
+            "the reply from VM4 without an ingress rule",
+            PROG_TAP_OUT,
+            udp_frame(GW1_MAC, VM1_MAC, VM4_IP, VM1_IP, 53, 5353),
+            TCX_NEXT,
+        ),
+        case(
+            "the same source to another port of VM1 is no reply",
+            PROG_TAP_OUT,
+            udp_frame(GW1_MAC, VM1_MAC, VM4_IP, VM1_IP, 53, 5354),
+            TCX_DROP,
+            Stat::DropSgIngress,
+        ),
+        quiet(
+            "port unreachable for the tracked request: related",
+            PROG_TAP_OUT,
+            eth(
+                VM1_MAC,
+                GW1_MAC,
+                ETH_P_IP,
+                &ipv4(
+                    VM4_IP,
+                    VM1_IP,
+                    63,
+                    IPPROTO_ICMP,
+                    &icmp_error(3, 3, &request[..28]),
+                ),
+            ),
+            TCX_NEXT,
+        ),
+        case(
+            "port unreachable for an untracked packet",
+            PROG_TAP_OUT,
+            eth(
+                VM1_MAC,
+                GW1_MAC,
+                ETH_P_IP,
+                &ipv4(
+                    VM4_IP,
+                    VM1_IP,
+                    63,
+                    IPPROTO_ICMP,
+                    &icmp_error(3, 3, &udp(VM1_IP, VM4_IP, 5353, 99, b"q")[..28]),
+                ),
+            ),
+            TCX_DROP,
+            Stat::DropSgIngress,
+        ),
+    ]);
+    // An admitted inbound connection: VM1's answer leaves without an egress rule.
+    f.table(vec![
+        quiet(
+            "SYN to TCP 80",
+            PROG_TAP_OUT,
+            tcp_frame(VM3_MAC, VM1_MAC, VM3_IP, VM1_IP, 80),
+            TCX_NEXT,
+        ),
+        case(
+            "VM1's SYN-ACK: the reply of a tracked flow",
+            PROG_TAP,
+            eth(
+                VM3_MAC,
+                VM1_MAC,
+                ETH_P_IP,
+                &tcp(VM1_IP, VM3_IP, 80, 40000, TCP_SYN | TCP_ACK, b""),
+            ),
+            TCX_REDIRECT,
+            Stat::TxTunnel,
+        ),
+        case(
+            "VM1 opening its own TCP to VM3: no egress rule",
+            PROG_TAP,
+            eth(
+                VM3_MAC,
+                VM1_MAC,
+                ETH_P_IP,
+                &tcp(VM1_IP, VM3_IP, 80, 40001, TCP_SYN, b""),
+            ),
+            TCX_DROP,
+            Stat::DropSgEgress,
+        ),
+    ]);
+}
+
+#[test]
+fn stateless_groups_track_nothing_and_replies_need_a_rule() {
+    let mut f = fixture(&sg_state(r#"["sg-sl"]"#, true));
+    f.table(vec![
+        case(
+            "UDP 53 to VM4: admitted",
+            PROG_TAP,
+            udp_frame(VM1_MAC, GW1_MAC, VM1_IP, VM4_IP, 5353, 53),
+            TCX_REDIRECT,
+            Stat::Routed,
+        ),
+        case(
+            "its reply: no ingress rule, no state",
+            PROG_TAP_OUT,
+            udp_frame(GW1_MAC, VM1_MAC, VM4_IP, VM1_IP, 53, 5353),
+            TCX_DROP,
+            Stat::DropSgIngress,
+        ),
+        quiet(
+            "TCP 80 in",
+            PROG_TAP_OUT,
+            tcp_frame(VM3_MAC, VM1_MAC, VM3_IP, VM1_IP, 80),
+            TCX_NEXT,
+        ),
+    ]);
+    assert!(sg_ct_kinds(&f).is_empty(), "stateless: nothing tracked");
+}
+
+#[test]
+fn no_groups_admit_only_base_traffic_and_a_port_down_nothing() {
+    fixture(&sg_state("[]", true)).table(vec![
+        case(
+            "TCP 80 in: no group, no rule",
+            PROG_TAP_OUT,
+            tcp_frame(VM3_MAC, VM1_MAC, VM3_IP, VM1_IP, 80),
+            TCX_DROP,
+            Stat::DropSgIngress,
+        ),
+        case(
+            "echo to VM3 out",
+            PROG_TAP,
+            ping(VM1_MAC, VM3_MAC, VM1_IP, VM3_IP, 64),
+            TCX_DROP,
+            Stat::DropSgEgress,
+        ),
+        case(
+            "ARP for the gateway still answered",
+            PROG_TAP,
+            eth(
+                BROADCAST,
+                VM1_MAC,
+                ETH_P_ARP,
+                &arp(ARP_REQUEST, VM1_MAC, VM1_IP, [0; 6], GW1_IP),
+            ),
+            TCX_REDIRECT,
+            Stat::ArpReply,
+        ),
+    ]);
+    fixture(&sg_state(r#"["sg-web"]"#, false)).table(vec![
+        case(
+            "out of a port that is down",
+            PROG_TAP,
+            ping(VM1_MAC, VM3_MAC, VM1_IP, VM3_IP, 64),
+            TCX_DROP,
+            Stat::DropPortDown,
+        ),
+        case(
+            "ARP out of a port that is down",
+            PROG_TAP,
+            eth(
+                BROADCAST,
+                VM1_MAC,
+                ETH_P_ARP,
+                &arp(ARP_REQUEST, VM1_MAC, VM1_IP, [0; 6], GW1_IP),
+            ),
+            TCX_DROP,
+            Stat::DropPortDown,
+        ),
+        case(
+            "into a port that is down, even what a rule admits",
+            PROG_TAP_OUT,
+            tcp_frame(VM3_MAC, VM1_MAC, VM3_IP, VM1_IP, 80),
+            TCX_DROP,
+            Stat::DropPortDown,
+        ),
+    ]);
 }

@@ -24,6 +24,7 @@ use anyhow::{Context, Result, bail, ensure};
 use dvr_common::stats::Stat;
 use dvr_tests::cmd::{self, wait_until};
 use dvr_tests::etcd::{ALIVE_PREFIX, PREFIX};
+use dvr_tests::state::{SecurityGroup, SecurityGroupRule};
 use dvr_tests::{
     Cloud, Counters, EXT, EXT_GATEWAY, INTERNET_HOST, OutputKind, Packet, Tcx, Topology, Trace,
     TraceProbe, UdpFrame, VmSpec, require_etcd_preconditions, require_preconditions,
@@ -66,12 +67,16 @@ fn peers(out: &str) -> Vec<SocketAddrV4> {
 fn tcx_by_iface(c: &Cloud, host: &str) -> Result<BTreeMap<String, Tcx>> {
     let mut out = BTreeMap::new();
     for pin in c.link_pins(host)? {
-        let iface = pin
+        let link = pin
             .rsplit_once('@')
             .map_or(pin.as_str(), |(n, _)| n)
             .to_string();
-        let tcx = c.tcx_ingress(host, &iface)?;
-        out.insert(iface, tcx);
+        // `<tap>:out` is the link of the tap's egress hook (`dvr_tap_out`).
+        let tcx = match link.strip_suffix(":out") {
+            Some(iface) => c.tcx(host, iface, "egress")?,
+            None => c.tcx_ingress(host, &link)?,
+        };
+        out.insert(link, tcx);
     }
     Ok(out)
 }
@@ -541,16 +546,26 @@ fn state_file_change_is_applied_within_100ms() -> Result<()> {
 // ---- etcd -------------------------------------------------------------------------------------
 
 /// Three hosts with external NICs, network "a" (VNI `vni`, 172.22.`octet`.0/24) on r1, one VM
-/// per host, floating IPs f1 on v1 (h1) and f2 on v2 (h2); etcd in the underlay, the state
-/// applied with `dvrctl apply`, agents on `--etcd`.
+/// per host, floating IPs f1 on v1 (h1) and f2 on v2 (h2); every VM in a security group like
+/// Neutron's default one (egress any, ingress from its members) plus a top-level rule that
+/// admits any ingress (so the FIP checks pass), which must travel through etcd like the rest;
+/// etcd in the underlay, the state applied with `dvrctl apply`, agents on `--etcd`.
 fn cluster(vni: u32, octet: u8) -> Result<Cloud> {
     let mut t = Topology::new();
     t.host("h1").host("h2").host("h3").external();
     t.network("a", vni, &format!("172.22.{octet}.0/24"));
     t.router("r1", &["a"]);
-    t.vm(VmSpec::new("v1", "a", "h1"))
-        .vm(VmSpec::new("v2", "a", "h2"))
-        .vm(VmSpec::new("v3", "a", "h3"))
+    t.security_group(SecurityGroup::new(
+        "sg-default",
+        vec![
+            SecurityGroupRule::egress("sgd-out"),
+            SecurityGroupRule::ingress("sgd-self").remote_group("sg-default"),
+        ],
+    ))
+    .security_group_rule(SecurityGroupRule::ingress("sgd-in-any").in_group("sg-default"));
+    t.vm(VmSpec::new("v1", "a", "h1").security_groups(&["sg-default"]))
+        .vm(VmSpec::new("v2", "a", "h2").security_groups(&["sg-default"]))
+        .vm(VmSpec::new("v3", "a", "h3").security_groups(&["sg-default"]))
         .fip("f1", Some("v1"))
         .fip("f2", Some("v2"));
     let mut c = t.build_without_agents()?;
@@ -1321,8 +1336,12 @@ fn uninstall_removes_every_link_pin_and_device_and_nothing_else() -> Result<()> 
             addrs[h],
             host_addrs(&c, h)?
         );
-        for iface in attached[h].keys().filter(|i| *i != "dvr-vx") {
-            let x = c.tcx_ingress(h, iface)?;
+        for link in attached[h].keys().filter(|i| *i != "dvr-vx") {
+            let x = match link.strip_suffix(":out") {
+                Some(iface) => c.tcx(h, iface, "egress")?,
+                None => c.tcx_ingress(h, link)?,
+            };
+            let iface = link;
             ensure!(
                 x.prog_ids.is_empty() && x.link_ids.is_empty(),
                 "{h}/{iface}: still attached after uninstall: {x:?}"

@@ -5,6 +5,7 @@
 //! Maps: writes DVR_STATS (and DVR_EVENTS through `base::events`).
 pub mod ext;
 pub mod tap;
+pub mod tap_out;
 pub mod tunnel;
 
 use aya_ebpf::programs::TcContext;
@@ -26,6 +27,17 @@ pub fn finish(ctx: &TcContext, r: Result<Verdict, Verdict>) -> i32 {
     if let Some(c) = DVR_STATS.get_ptr_mut(v.stat as u32) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe { *c += 1 };
+    }
+    v.action
+}
+
+/// As [`finish`], for a program that only filters what another program already counted:
+/// drops are counted and reported, passes are not.
+#[inline(always)]
+pub fn finish_filter(ctx: &TcContext, r: Result<Verdict, Verdict>) -> i32 {
+    let v = settle(r);
+    if v.stat.is_drop() {
+        return finish(ctx, Ok(v));
     }
     v.action
 }

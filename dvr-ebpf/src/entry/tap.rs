@@ -1,11 +1,15 @@
 //! Entry pipeline for frames a VM sends (TC ingress on its tap): identify the port, then
 //! ARP (`arp` stage), or for IPv4: parse, port security, then routing (frames to a router
 //! interface MAC, `route` stage) or L2 forwarding (after the hairpin reply translation of
-//! `fip`). Maps: reads DVR_LOCAL_PORTS, DVR_HOST_CONFIG, DVR_GW_BY_MAC (and those of the
+//! `fip`), after the egress rules of the port's security groups (`sg`). Maps: reads DVR_LOCAL_PORTS, DVR_HOST_CONFIG, DVR_GW_BY_MAC (and those of the
 //! stages). Verdicts: those of the stages and of `net::l2::forward`, drop_unknown_port,
-//! drop_not_ready, drop_ethertype, drop_malformed.
+//! drop_not_ready, drop_port_down, drop_ethertype, drop_malformed.
 use aya_ebpf::programs::TcContext;
-use dvr_common::{l2::FdbKey, port::PORT_FLAG_SECURITY, stats::Stat};
+use dvr_common::{
+    l2::FdbKey,
+    port::{PORT_FLAG_DOWN, PORT_FLAG_SECURITY, PORT_FLAG_SG},
+    stats::Stat,
+};
 
 use crate::{
     base::{
@@ -18,7 +22,10 @@ use crate::{
         l2::{self, Ingress},
         rewrite::Ttl,
     },
-    stage::{arp, fip, route, security},
+    stage::{
+        arp, fip, route, security,
+        sg::{self, Direction},
+    },
 };
 
 #[inline(always)]
@@ -34,6 +41,9 @@ pub fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
     if cfg.ready == 0 {
         return Err(Verdict::drop(Stat::DropNotReady));
     }
+    if port.flags & PORT_FLAG_DOWN != 0 {
+        return Err(Verdict::drop(Stat::DropPortDown));
+    }
     let eth = Eth::at(ctx)?;
     let (proto, src, dst) = (eth.proto(), eth.src(), eth.dst());
     match proto {
@@ -43,6 +53,9 @@ pub fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
             f.require(Parsed::Ip)?;
             if port.flags & PORT_FLAG_SECURITY != 0 {
                 security::check(ifindex, &src, f.saddr.to_ne_bytes(), Stat::DropSpoofIp)?;
+            }
+            if port.flags & PORT_FLAG_SG != 0 {
+                sg::check(ctx, &f, ifindex, port, Direction::Egress)?;
             }
             let gw_key = FdbKey {
                 vni: port.vni,

@@ -84,3 +84,11 @@ pub fn replace(k: &CtKey, e: &CtEntry, peer_e: &CtEntry, f: &Flow) -> Result<(),
     let _ = DVR_CT.remove(k);
     create(k, e, &peer, peer_e, f)
 }
+
+/// Delete both directions of the flow whose entry `e` sits at `k`.
+#[inline(always)]
+pub fn remove_flow(k: &CtKey, e: &CtEntry) {
+    let peer = k.peer(e);
+    let _ = DVR_CT.remove(&peer);
+    let _ = DVR_CT.remove(k);
+}

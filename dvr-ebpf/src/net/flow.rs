@@ -13,8 +13,8 @@ use dvr_common::stats::Stat;
 use crate::base::{
     packet::{
         ETH_LEN, ICMP_DEST_UNREACH, ICMP_ECHO_ID_OFF, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
-        ICMP_PARAM_PROBLEM, ICMP_TIME_EXCEEDED, IP_HDR_LEN, IP_OFFSET, IPPROTO_ICMP, IPPROTO_TCP,
-        IPPROTO_UDP, Ipv4Hdr, TCP_FLAGS_OFF, be16, ptr_at,
+        ICMP_HDR_LEN, ICMP_PARAM_PROBLEM, ICMP_TIME_EXCEEDED, IP_HDR_LEN, IP_OFFSET, IPPROTO_ICMP,
+        IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, TCP_FLAGS_OFF, be16, ptr_at,
     },
     verdict::Verdict,
 };
@@ -118,6 +118,63 @@ impl Flow {
                 self.icmp_type,
                 ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM
             )
+    }
+}
+
+/// The packet an ICMP error quotes: its IPv4 header and tuple (ports as in [`Flow`]: ICMP
+/// echo id in both).
+#[derive(Clone, Copy)]
+pub struct Quoted {
+    /// The quoted IPv4 header as it sits in the packet.
+    pub ip: [u8; IP_HDR_LEN],
+    /// Offset of the quoted IPv4 header and of its L4 header in the frame.
+    pub ip_off: usize,
+    pub l4_off: usize,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+}
+
+impl Flow {
+    /// The packet this ICMP error (`is_icmp_error`) quotes.
+    #[inline(always)]
+    pub fn quoted(&self, ctx: &TcContext) -> Result<Quoted, Verdict> {
+        let bad = |_| Verdict::drop(Stat::DropMalformed);
+        let ip_off = self.l4_off + ICMP_HDR_LEN;
+        let ih: [u8; IP_HDR_LEN] = ctx.load(ip_off).map_err(bad)?;
+        let ihl = (ih[0] & 0x0f) as usize * 4;
+        if ih[0] >> 4 != 4 || ihl < IP_HDR_LEN {
+            return Err(Verdict::drop(Stat::DropMalformed));
+        }
+        let proto = ih[9];
+        let l4_off = ip_off + ihl;
+        let (sport, dport) = match proto {
+            IPPROTO_TCP | IPPROTO_UDP => {
+                let p: [u8; 4] = ctx.load(l4_off).map_err(bad)?;
+                (
+                    u16::from_ne_bytes([p[0], p[1]]),
+                    u16::from_ne_bytes([p[2], p[3]]),
+                )
+            }
+            IPPROTO_ICMP => {
+                let p: [u8; 8] = ctx.load(l4_off).map_err(bad)?;
+                let id = u16::from_ne_bytes([p[ICMP_ECHO_ID_OFF], p[ICMP_ECHO_ID_OFF + 1]]);
+                (id, id)
+            }
+            _ => (0, 0),
+        };
+        Ok(Quoted {
+            ip: ih,
+            ip_off,
+            l4_off,
+            saddr: u32::from_ne_bytes([ih[12], ih[13], ih[14], ih[15]]),
+            daddr: u32::from_ne_bytes([ih[16], ih[17], ih[18], ih[19]]),
+            sport,
+            dport,
+            proto,
+        })
     }
 }
 

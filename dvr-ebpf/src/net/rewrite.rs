@@ -141,31 +141,9 @@ pub fn rewrite_port(ctx: &TcContext, f: &Flow, dir: Dir, new: u16) -> Result<(),
 /// Returns the flow entry that matched.
 #[inline(always)]
 pub fn icmp_error(ctx: &TcContext, f: &Flow, zone: u32, dir: Dir) -> Result<CtEntry, Verdict> {
-    let inner = f.l4_off + ICMP_HDR_LEN;
-    let ih: [u8; IP_HDR_LEN] = ctx.load(inner).map_err(malformed)?;
-    let ihl = (ih[0] & 0x0f) as usize * 4;
-    if ih[0] >> 4 != 4 || ihl < IP_HDR_LEN {
-        return Err(Verdict::drop(Stat::DropMalformed));
-    }
-    let proto = ih[9];
-    let isrc = u32::from_ne_bytes([ih[12], ih[13], ih[14], ih[15]]);
-    let idst = u32::from_ne_bytes([ih[16], ih[17], ih[18], ih[19]]);
-    let inner_l4 = inner + ihl;
-    let (isport, idport) = match proto {
-        IPPROTO_TCP | IPPROTO_UDP => {
-            let p: [u8; 4] = ctx.load(inner_l4).map_err(malformed)?;
-            (
-                u16::from_ne_bytes([p[0], p[1]]),
-                u16::from_ne_bytes([p[2], p[3]]),
-            )
-        }
-        IPPROTO_ICMP => {
-            let p: [u8; 8] = ctx.load(inner_l4).map_err(malformed)?;
-            let id = u16::from_ne_bytes([p[ICMP_ECHO_ID_OFF], p[ICMP_ECHO_ID_OFF + 1]]);
-            (id, id)
-        }
-        _ => (0, 0),
-    };
+    let q = f.quoted(ctx)?;
+    let (ih, inner, inner_l4, proto) = (q.ip, q.ip_off, q.l4_off, q.proto);
+    let (isrc, idst, isport, idport) = (q.saddr, q.daddr, q.sport, q.dport);
     // The quoted packet went the other way: its reply direction is what we track here.
     let k = conntrack::key(zone, idst, isrc, idport, isport, proto);
     let e = conntrack::track(&k, f).ok_or(Verdict::drop(Stat::DropIcmpErrorNoFlow))?;

@@ -13,5 +13,6 @@ pub mod ha;
 pub mod icmp;
 pub mod route;
 pub mod security;
+pub mod sg;
 pub mod snat;
 pub mod vip;

@@ -46,10 +46,11 @@ impl Gc {
     ) -> Result<(), MapsError> {
         self.report_exhaustion(maps, snat_names)?;
         let swept = conntrack::sweep(maps, timeouts, owned)?;
-        if swept.expired + swept.purged > 0 {
+        if swept.expired + swept.purged + swept.sg_purged > 0 {
             info!(
                 expired = swept.expired,
                 purged = swept.purged,
+                sg_purged = swept.sg_purged,
                 "conntrack swept"
             );
         }

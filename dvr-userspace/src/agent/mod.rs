@@ -23,10 +23,17 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     path::Path,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
+use dvr_common::{
+    port::{PORT_FLAG_SG, PORT_FLAG_SG_STATELESS},
+    sg::SG_ZONE,
+};
 use tracing::{info, warn};
 
 pub use error::AgentError;
@@ -35,7 +42,7 @@ pub use options::{FULL_READ_INTERVAL, Options, POLL, RESCAN, STATE_POLL};
 use crate::{
     attach::{Datapath, mac_of},
     compile::{self, Compiled, External, HaRuntime},
-    conntrack::{self, Owned},
+    conntrack::{self, Owned, SgOwned},
     metrics,
     model::State,
     source::{Source, SourceSpec, ha as election},
@@ -99,6 +106,8 @@ struct Served {
     /// Router external IPs translated here (network order), and router names by id.
     snat_ips: BTreeSet<u32>,
     snat_names: BTreeMap<u32, String>,
+    /// The stateful security group policies of the local ports.
+    sg: Arc<SgOwned>,
 }
 
 pub struct Agent {
@@ -376,6 +385,12 @@ impl Agent {
                     "purged conntrack of floating IPs no longer served here"
                 );
             }
+            if swept.sg_purged > 0 {
+                info!(
+                    flows = swept.sg_purged,
+                    "security group re-check: ended flows no rule of their port admits any more (or of ports gone)"
+                );
+            }
         }
         let (fips, taps) = (self.served.fips.len() as u64, self.served.taps.len() as u64);
         let routers: Vec<(u32, String)> = self
@@ -414,7 +429,7 @@ impl Agent {
     /// Take what `compiled` serves: plan announcements, hand the HA roles to the election
     /// and the conntrack sync. True when the set of served floating IPs or SNAT addresses
     /// changed (or `force`): conntrack then needs a purge.
-    fn take_served(&mut self, compiled: Compiled, force: bool) -> bool {
+    fn take_served(&mut self, mut compiled: Compiled, force: bool) -> bool {
         let has_external = self.served.ext.is_some();
         let fips = if has_external {
             compiled.served_fips
@@ -448,7 +463,26 @@ impl Agent {
         };
         self.ha
             .update_sync(&me, self.current.ha_view.as_ref(), shared);
-        let remapped = force || fips != self.served.fips || snat_ips != self.served.snat_ips;
+        let sg = Arc::new(SgOwned {
+            zones: compiled
+                .entries
+                .local_ports
+                .iter()
+                .filter(|(_, p)| {
+                    p.flags & PORT_FLAG_SG != 0 && p.flags & PORT_FLAG_SG_STATELESS == 0
+                })
+                .map(|(ifx, p)| (SG_ZONE | ifx, p.policy))
+                .collect(),
+            remote: std::mem::take(&mut compiled.entries.sg_remote),
+            rules: std::mem::take(&mut compiled.entries.sg_rules),
+        });
+        // A changed policy re-checks the tracked flows at once (the datapath re-checks a
+        // flow's original direction at its next packet; this ends silent ones too).
+        let remapped = force
+            || fips != self.served.fips
+            || snat_ips != self.served.snat_ips
+            || sg != self.served.sg;
+        self.served.sg = sg;
         self.served.fips = fips;
         self.served.snat_ips = snat_ips;
         self.served.snat_names = compiled.snat_router_names;
@@ -478,6 +512,7 @@ impl Agent {
                 })
                 .collect(),
             snat_ips: self.served.snat_ips.clone(),
+            sg: self.served.sg.clone(),
         };
         self.ha.extend_owned(&mut owned);
         owned

@@ -18,15 +18,17 @@ use aya::{
 use super::{
     bpffs::ensure_bpffs,
     error::AttachError,
-    load::{LoadOptions, PROG_EXT, PROG_TAP, PROG_TUNNEL, load_object, program},
+    load::{LoadOptions, PROG_EXT, PROG_TAP, PROG_TAP_OUT, PROG_TUNNEL, load_object, program},
     tunnel::{TUNNEL_DEV, ensure_tunnel_dev, remove_tunnel_dev},
 };
 use crate::maps::HostMaps;
 
 /// A program attached to an interface through a TCX link pinned at
-/// `<dir>/links/<iface>@<ifindex>`: it stays attached when the agent exits, and the next
+/// `<dir>/links/<link>@<ifindex>` (`<link>` is the interface name for its ingress, the name
+/// plus [`EGRESS_SUFFIX`] for its egress): it stays attached when the agent exits, and the next
 /// agent swaps its own program in atomically (BPF_LINK_UPDATE), so traffic never sees a gap.
 struct Attached {
+    iface: String,
     ifindex: u32,
     prog: &'static str,
     link: PinnedLink,
@@ -38,7 +40,21 @@ pub struct Datapath {
     pub maps: HostMaps,
     pub dir: PathBuf,
     pub tunnel_ifindex: u32,
+    /// By link name (see [`Attached`]).
     links: BTreeMap<String, Attached>,
+}
+
+/// Appended to an interface name for the link of its egress hook. Interface names cannot
+/// hold ':' (the kernel's dev_valid_name), so it never names an interface's ingress.
+const EGRESS_SUFFIX: &str = ":out";
+
+/// The name of the link of `prog` on `iface`.
+fn link_name(iface: &str, prog: &str) -> String {
+    if prog == PROG_TAP_OUT {
+        format!("{iface}{EGRESS_SUFFIX}")
+    } else {
+        iface.to_string()
+    }
 }
 
 fn links_dir(dir: &Path) -> PathBuf {
@@ -73,22 +89,29 @@ impl Datapath {
         Ok(dp)
     }
 
-    /// Attach `prog` to `iface` (ingress), taking over the pinned link a previous agent left
-    /// for the same interface instance if there is one.
+    /// Attach `prog` to `iface` (its egress for [`PROG_TAP_OUT`], else its ingress), taking
+    /// over the pinned link a previous agent left for the same interface instance if there is
+    /// one.
     fn attach(&mut self, prog: &'static str, iface: &str, ifindex: u32) -> Result<(), AttachError> {
         let err = |source| AttachError::Attach {
             prog,
             iface: iface.into(),
             source,
         };
-        let path = link_pin(&self.dir, iface, ifindex);
+        let name = link_name(iface, prog);
+        let path = link_pin(&self.dir, &name, ifindex);
+        let hook = if prog == PROG_TAP_OUT {
+            TcAttachType::Egress
+        } else {
+            TcAttachType::Ingress
+        };
         let p = program(&mut self.ebpf, prog)?;
         let adopted = PinnedLink::from_pin(&path)
             .ok()
             .and_then(|old| SchedClassifierLink::try_from(FdLink::from(old)).ok());
         let id = match adopted {
             Some(link) => p.attach_to_link(link).map_err(err)?,
-            None => p.attach(iface, TcAttachType::Ingress).map_err(err)?,
+            None => p.attach(iface, hook).map_err(err)?,
         };
         let link = p.take_link(id).map_err(err)?;
         let fd: FdLink = link.try_into().map_err(|e| AttachError::Link {
@@ -102,8 +125,9 @@ impl Datapath {
             source,
         })?;
         self.links.insert(
-            iface.into(),
+            name,
             Attached {
+                iface: iface.into(),
                 ifindex,
                 prog,
                 link,
@@ -112,8 +136,8 @@ impl Datapath {
         Ok(())
     }
 
-    fn detach(&mut self, iface: &str) {
-        if let Some(a) = self.links.remove(iface) {
+    fn detach(&mut self, link: &str) {
+        if let Some(a) = self.links.remove(link) {
             // Unpinned and closed, the link goes and the program leaves the interface (it
             // already has if the interface is gone).
             if let Ok(fd) = a.link.unpin() {
@@ -147,7 +171,7 @@ impl Datapath {
         self.links
             .iter()
             .filter(|(_, a)| a.prog == PROG_TAP)
-            .map(|(n, a)| (n.clone(), a.ifindex))
+            .map(|(_, a)| (a.iface.clone(), a.ifindex))
             .collect()
     }
 
@@ -159,24 +183,36 @@ impl Datapath {
         let stale: Vec<String> = self
             .links
             .iter()
-            .filter(|(name, a)| a.prog == PROG_TAP && want.get(*name) != Some(&a.ifindex))
-            .map(|(name, _)| name.clone())
+            .filter(|(_, a)| {
+                (a.prog == PROG_TAP || a.prog == PROG_TAP_OUT)
+                    && want.get(&a.iface) != Some(&a.ifindex)
+            })
+            .map(|(link, _)| link.clone())
             .collect();
-        for name in &stale {
-            self.detach(name);
+        let mut taps = Vec::new();
+        for link in &stale {
+            if let Some(a) = self.links.get(link)
+                && a.prog == PROG_TAP
+            {
+                taps.push(a.iface.clone());
+            }
+            self.detach(link);
         }
-        Ok(stale)
+        Ok(taps)
     }
 
-    /// Attach to every tap in `want` not attached yet.
+    /// Attach to every tap in `want` not attached yet, both ways (a tap a previous agent
+    /// served only at its ingress gets its egress program too).
     pub fn attach_new(&mut self, want: &BTreeMap<String, u32>) -> Result<Vec<String>, AttachError> {
         let mut added = Vec::new();
         for (name, ifx) in want {
-            if self.links.contains_key(name) {
-                continue;
+            if !self.links.contains_key(name) {
+                self.attach(PROG_TAP, name, *ifx)?;
+                added.push(name.clone());
             }
-            self.attach(PROG_TAP, name, *ifx)?;
-            added.push(name.clone());
+            if !self.links.contains_key(&link_name(name, PROG_TAP_OUT)) {
+                self.attach(PROG_TAP_OUT, name, *ifx)?;
+            }
         }
         Ok(added)
     }
@@ -186,7 +222,7 @@ impl Datapath {
         self.links
             .iter()
             .find(|(_, a)| a.prog == PROG_EXT)
-            .map(|(n, a)| (n.clone(), a.ifindex))
+            .map(|(_, a)| (a.iface.clone(), a.ifindex))
     }
 
     /// Attach the external program to `want` (name, ifindex), detaching it from an

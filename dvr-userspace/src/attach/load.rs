@@ -6,6 +6,8 @@ use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
 use super::error::AttachError;
 
 pub const PROG_TAP: &str = "dvr_tap";
+/// On every tap's egress: frames delivered to the VM (security group ingress rules).
+pub const PROG_TAP_OUT: &str = "dvr_tap_out";
 pub const PROG_TUNNEL: &str = "dvr_tunnel";
 pub const PROG_EXT: &str = "dvr_ext";
 
@@ -57,7 +59,7 @@ pub fn load_object(dir: &Path, opts: &LoadOptions) -> Result<Ebpf, AttachError> 
         loader.map_pin_path(name, path.as_path());
     }
     let mut ebpf = loader.load(crate::ebpf::OBJECT)?;
-    for prog in [PROG_TAP, PROG_TUNNEL, PROG_EXT] {
+    for prog in [PROG_TAP, PROG_TAP_OUT, PROG_TUNNEL, PROG_EXT] {
         program(&mut ebpf, prog)?
             .load()
             .map_err(|source| AttachError::Program { prog, source })?;

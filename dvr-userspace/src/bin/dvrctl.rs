@@ -23,6 +23,10 @@ struct Args {
     /// bpffs directory holding one pin directory per host.
     #[arg(long, global = true, default_value = DEFAULT_BPFFS_ROOT)]
     bpffs: PathBuf,
+    /// State file (as the agent reads it): `show` and `trace` then name ports and security
+    /// group rules by their ids instead of the hashes the maps hold.
+    #[arg(long, global = true)]
+    state: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -36,6 +40,9 @@ enum Cmd {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// `show sg`: only this port (port id, its hash, tap name or ifindex).
+        #[arg(long)]
+        port: Option<String>,
     },
     /// What the datapath of `--host` would do with a packet, step by step, from the live maps.
     Trace {
@@ -113,14 +120,39 @@ enum Cmd {
     },
 }
 
+/// The ids behind the maps' hashes, from `--state`.
+fn names(state: Option<&std::path::Path>) -> anyhow::Result<Option<ctl::names::Names>> {
+    state
+        .map(|p| ctl::names::Names::load(p).map_err(|e| anyhow!(e)))
+        .transpose()
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.cmd {
-        Cmd::Show { what, json } => {
+        Cmd::Show { what, json, port } => {
             let host = args.host.ok_or_else(|| anyhow!("show needs --host NAME"))?;
             let maps = HostMaps::open(&host_dir(&args.bpffs, &host))
                 .with_context(|| format!("host {host}"))?;
-            let out = show::show(&maps, what, json).context("reading maps")?;
+            let names = names(args.state.as_deref())?;
+            let port = match port {
+                None => None,
+                Some(_) if what != Subject::Sg => anyhow::bail!("--port goes with `show sg`"),
+                Some(id) => {
+                    let ports = maps.local_ports.read().context("reading maps")?;
+                    let tap = ctl::trace::attached_ifindex(&maps, &id);
+                    Some(
+                        ctl::sg::match_port(&ports, &id, tap)
+                            .ok_or_else(|| anyhow!("no local port {id} on host {host}"))?,
+                    )
+                }
+            };
+            let opts = show::ShowOpts {
+                json,
+                port,
+                names: names.as_ref(),
+            };
+            let out = show::show_with(&maps, what, &opts).context("reading maps")?;
             print!("{out}");
             if json {
                 println!();
@@ -171,7 +203,9 @@ fn main() -> anyhow::Result<()> {
                 remote,
                 ttl,
             };
-            let t = ctl::trace::trace(&maps, probe).context("reading maps")?;
+            let names = names(args.state.as_deref())?;
+            let t =
+                ctl::trace::trace_named(&maps, probe, names.as_ref()).context("reading maps")?;
             if json {
                 println!("{}", serde_json::to_string(&t)?);
             } else {

@@ -28,6 +28,24 @@ macro_rules! map_entries {
             $($(#[$doc])* pub $field: entries!($kind, $k, $v),)*
             $($(#[$kdoc])* pub $kfield: BTreeSet<$kk>,)*
         }
+
+        impl MapEntries {
+            /// The first map whose entries would not fit its capacity: (name, entries,
+            /// capacity). A state that compiles to more is refused before anything is written.
+            pub fn over_capacity(&self) -> Option<(&'static str, usize, u32)> {
+                $(
+                    if self.$field.len() > $cap as usize {
+                        return Some((dvr_common::maps::$name, self.$field.len(), $cap));
+                    }
+                )*
+                $(
+                    if self.$kfield.len() > $kcap as usize {
+                        return Some((dvr_common::maps::$kname, self.$kfield.len(), $kcap));
+                    }
+                )*
+                None
+            }
+        }
     };
 }
 
@@ -68,5 +86,17 @@ mod tests {
         assert_eq!(fnv1a32(""), 0x811c_9dc5);
         assert_eq!(fnv1a32("a"), 0xe40c_292c);
         assert_eq!(fnv1a32("foobar"), 0xbf9c_f968);
+    }
+
+    #[test]
+    fn entries_past_a_maps_capacity_are_named() {
+        let mut e = MapEntries::default();
+        assert_eq!(e.over_capacity(), None);
+        let cap = dvr_common::nat::EXT_NEIGH_MAX;
+        e.ext_neigh = (0..=cap).collect();
+        assert_eq!(
+            e.over_capacity(),
+            Some((dvr_common::maps::DVR_EXT_NEIGH, cap as usize + 1, cap))
+        );
     }
 }

@@ -5,6 +5,13 @@ use std::net::Ipv4Addr;
 /// Why a host's entries could not be compiled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CompileError {
+    #[error("host {host}: the state needs {entries} entries in map {map}, which holds {capacity}")]
+    Capacity {
+        host: String,
+        map: &'static str,
+        entries: usize,
+        capacity: u32,
+    },
     #[error("host {host}: not in the state's hosts")]
     UnknownHost { host: String },
     #[error(
@@ -31,6 +38,30 @@ pub enum CompileError {
         first: String,
         second: String,
         tap: String,
+    },
+    /// Two different security group sets of local ports hash to one policy id.
+    #[error(
+        "ports {first_port} and {second_port}: their security group sets [{first}] and \
+         [{second}] both hash to policy id {hash:#010x} (fnv1a32)"
+    )]
+    SgPolicyCollision {
+        first_port: String,
+        /// The group ids, sorted, joined with `,`.
+        first: String,
+        second_port: String,
+        second: String,
+        hash: u32,
+    },
+    /// Two different sets of security group rules hash to one class id.
+    #[error(
+        "security group rule sets [{first}] and [{second}]: both hash to class id {hash:#010x} \
+         (fnv1a32)"
+    )]
+    SgClassCollision {
+        /// The rule ids, sorted, joined with `,`.
+        first: String,
+        second: String,
+        hash: u32,
     },
     /// A floating IP served here has no next hop on its external network.
     #[error(

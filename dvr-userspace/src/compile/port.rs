@@ -188,7 +188,10 @@ mod tests {
     #[test]
     fn port_security_disabled() {
         let mut v = fixture_value();
-        elem(&mut v, "ports", "id", "vm1")["port_security_enabled"] = false.into();
+        let vm1 = elem(&mut v, "ports", "id", "vm1");
+        vm1["port_security_enabled"] = false.into();
+        // Neutron refuses groups on a port without port security.
+        vm1["security_groups"] = json!([]);
         let c = compiled(&v, "host-a", &all_taps);
         assert!(
             c.entries

@@ -45,6 +45,22 @@ fn row(e: &DropEvent) -> EventRow {
     }
 }
 
+/// One event as a line of text. (For `drop_sg_ingress` and a port-down drop of a packet
+/// towards the VM, the interface is the tap it was to leave by.)
+fn line(r: &EventRow) -> String {
+    format!(
+        "if#{:<4} {:<28} {} -> {}  {} -> {}  proto {} len {}",
+        r.ifindex,
+        r.reason,
+        r.src.map_or_else(|| r.ethertype.clone(), |a| a.to_string()),
+        r.dst.map_or_else(|| "-".into(), |a| a.to_string()),
+        r.src_mac,
+        r.dst_mac,
+        r.proto,
+        r.len
+    )
+}
+
 /// Print events from the host whose pins are in `dir` until `count` events were printed or
 /// `timeout` passed (either may be unlimited).
 pub fn monitor(
@@ -68,17 +84,7 @@ pub fn monitor(
             if json {
                 println!("{}", serde_json::to_string(&r).unwrap_or_default());
             } else {
-                println!(
-                    "if#{:<4} {:<28} {} -> {}  {} -> {}  proto {} len {}",
-                    r.ifindex,
-                    r.reason,
-                    r.src.map_or_else(|| r.ethertype.clone(), |a| a.to_string()),
-                    r.dst.map_or_else(|| "-".into(), |a| a.to_string()),
-                    r.src_mac,
-                    r.dst_mac,
-                    r.proto,
-                    r.len
-                );
+                println!("{}", line(&r));
             }
             seen += 1;
             if count.is_some_and(|c| seen >= c) {
@@ -89,5 +95,47 @@ pub fn monitor(
             return Ok(seen);
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn security_group_drops_are_named() {
+        for (stat, text) in [
+            (Stat::DropSgEgress, "drop_sg_egress"),
+            (Stat::DropSgIngress, "drop_sg_ingress"),
+            (Stat::DropPortDown, "drop_port_down"),
+        ] {
+            let ev = DropEvent {
+                ifindex: 7,
+                reason: stat as u32,
+                len: 74,
+                ethertype: 0x0800,
+                proto: 6,
+                saddr_be: u32::from_ne_bytes([10, 0, 0, 5]),
+                daddr_be: u32::from_ne_bytes([10, 0, 0, 9]),
+                ..Default::default()
+            };
+            let r = row(&ev);
+            assert_eq!(r.reason, text);
+            assert!(r.describe.starts_with(if stat == Stat::DropPortDown {
+                "port"
+            } else {
+                "security groups"
+            }));
+            let l = line(&r);
+            assert!(
+                l.starts_with(&format!("if#7    {text}")) && l.contains("10.0.0.5 -> 10.0.0.9"),
+                "{l}"
+            );
+        }
+        let unknown = row(&DropEvent {
+            reason: 9999,
+            ..Default::default()
+        });
+        assert_eq!(unknown.reason, "unknown");
     }
 }

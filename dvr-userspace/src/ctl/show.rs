@@ -1,20 +1,28 @@
-//! `dvrctl show ports|fdb|endpoints|routes|fips|snat|ha|vips|conntrack|stats [--json]`: the
-//! live maps of a host.
+//! `dvrctl show ports|fdb|endpoints|routes|fips|snat|ha|vips|sg|conntrack|stats [--json]`:
+//! the live maps of a host (`sg` is in [`super::sg`]).
 use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
 
 use serde::Serialize;
 
-use super::{fmt_mac, ip_be, ip_host};
+use super::{
+    fmt_mac, ip_be, ip_host,
+    names::{Names, rule_label},
+    proto_name, render,
+};
 use crate::{
     conntrack,
     maps::{HostMaps, MapsError},
+    model::{PROTO_ICMP, has_ports},
 };
 use dvr_common::{
     nat::{
-        CT_DNAT, CT_HAIRPIN, CT_PAT, CT_SNAT, FIP_CENTRAL, FIP_LOCAL, FIP_REMOTE, FIP_UNASSOCIATED,
+        CT_DNAT, CT_HAIRPIN, CT_PAT, CT_SG, CT_SG_INGRESS, CT_SNAT, CtEntry, CtKey, FIP_CENTRAL,
+        FIP_LOCAL, FIP_REMOTE, FIP_UNASSOCIATED,
     },
     port::PORT_FLAG_SECURITY,
+    sg::SG_ZONE,
     snat::{SNAT_ENABLED, fence_active},
+    stats::Stat,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -28,8 +36,20 @@ pub enum Subject {
     /// HA fences: the HA routers this host serves now, or served recently.
     Ha,
     Vips,
+    /// Security groups: each local port's policy, its remote prefixes and rules (`--port`).
+    Sg,
     Conntrack,
     Stats,
+}
+
+/// How to show: JSON or a table, which port (`show sg`), and the ids behind the hashes.
+#[derive(Clone, Copy, Default)]
+pub struct ShowOpts<'a> {
+    pub json: bool,
+    /// `show sg`: only the port on this tap ifindex.
+    pub port: Option<u32>,
+    /// Ids of ports and rules, from a state (`--state`).
+    pub names: Option<&'a Names>,
 }
 
 #[derive(Serialize)]
@@ -83,11 +103,24 @@ struct FipRow {
 #[derive(Serialize)]
 struct CtRow {
     zone: u32,
+    /// A security group entry's port: the tap ifindex of its zone (`SG_ZONE | ifindex`).
+    sg_ifindex: Option<u32>,
+    /// A security group entry: `original` (admitted by a rule) or `reply`.
+    sg: Option<&'static str>,
+    /// The direction of the rule that admitted the flow: `ingress` (it came to the VM first)
+    /// or `egress`.
+    sg_direction: Option<&'static str>,
+    /// The rule that admitted the flow (its id with a state, else its hash).
+    sg_rule: Option<String>,
+    /// What the rules matched when the flow was admitted, as the agent's re-check looks it
+    /// up again: `port N`, or `type T code C` for ICMP (null for protocols without ports).
+    sg_match: Option<String>,
     proto: String,
     src: Ipv4Addr,
     dst: Ipv4Addr,
     sport: u16,
     dport: u16,
+    /// `dnat`, `snat`, or `none` for a security group entry.
     nat: &'static str,
     hairpin: bool,
     nat_ip: Ipv4Addr,
@@ -265,31 +298,61 @@ fn fip_kind(flags: u32) -> &'static str {
     }
 }
 
-fn proto_name(p: u8) -> String {
-    match p {
-        1 => "icmp".into(),
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        n => n.to_string(),
+/// What a security group flow's rules matched, from its entry's `fixed_be` (the rule
+/// trie's port slot: the destination port in network order, or ICMP type and code).
+fn sg_match(proto: u8, fixed_be: u32) -> Option<String> {
+    let slot = fixed_be as u16;
+    match proto {
+        PROTO_ICMP => {
+            let [t, c] = slot.to_ne_bytes();
+            Some(format!("type {t} code {c}"))
+        }
+        p if has_ports(p) => Some(format!("port {}", u16::from_be(slot))),
+        _ => None,
     }
 }
 
-fn ct_rows(maps: &HostMaps) -> Result<Vec<CtRow>, MapsError> {
-    let entries = maps.ct.read()?;
-    let now = crate::clock::conntrack_now_ns();
+/// The rule a security group entry was admitted by: its own `_reserved`, or (a reply
+/// entry that does not keep it) its original direction's.
+fn sg_rule_of(e: &CtEntry, peer: Option<&CtEntry>) -> u32 {
+    if e.kind & CT_SG == 0 && e._reserved == 0 {
+        peer.map_or(0, |p| p._reserved)
+    } else {
+        e._reserved
+    }
+}
+
+fn ct_rows(entries: &BTreeMap<CtKey, CtEntry>, now: u64, names: Option<&Names>) -> Vec<CtRow> {
     let secs = |t: u64| now.saturating_sub(t) as f64 / 1e9;
-    Ok(entries
+    entries
         .iter()
         .map(|(k, e)| {
-            let peer_flags = entries.get(&k.peer(e)).map_or(0, |p| p.tcp_flags);
+            let peer = entries.get(&k.peer(e));
+            let peer_flags = peer.map_or(0, |p| p.tcp_flags);
+            let sg = conntrack::is_sg(k, e);
             CtRow {
                 zone: k.zone,
+                sg_ifindex: sg.then_some(k.zone & !SG_ZONE),
+                sg: sg.then_some(if e.kind & CT_SG != 0 {
+                    "original"
+                } else {
+                    "reply"
+                }),
+                sg_direction: sg.then_some(if e.kind & CT_SG_INGRESS != 0 {
+                    "ingress"
+                } else {
+                    "egress"
+                }),
+                sg_rule: sg.then(|| rule_label(names, sg_rule_of(e, peer))),
+                sg_match: sg.then(|| sg_match(k.proto, e.fixed_be)).flatten(),
                 proto: proto_name(k.proto),
                 src: ip_be(k.saddr_be),
                 dst: ip_be(k.daddr_be),
                 sport: u16::from_be(k.sport_be),
                 dport: u16::from_be(k.dport_be),
-                nat: if e.kind & CT_DNAT != 0 {
+                nat: if sg {
+                    "none"
+                } else if e.kind & CT_DNAT != 0 {
                     "dnat"
                 } else {
                     "snat"
@@ -307,11 +370,49 @@ fn ct_rows(maps: &HostMaps) -> Result<Vec<CtRow>, MapsError> {
                 bytes: e.bytes,
             }
         })
-        .collect())
+        .collect()
+}
+
+/// The ZONE and NAT/TO cells of a conntrack row: a security group entry shows its port
+/// (`sg:<tap ifindex>`), its direction and the admitting rule.
+fn ct_cells(r: &CtRow) -> (String, String, String) {
+    match (r.sg_ifindex, r.sg, r.sg_direction, &r.sg_rule) {
+        (Some(ifx), Some(side), Some(dir), Some(rule)) => (
+            format!("sg:{ifx}"),
+            format!("sg-{side}"),
+            format!("{dir} rule {rule}"),
+        ),
+        _ => (
+            r.zone.to_string(),
+            format!(
+                "{}{}{}",
+                r.nat,
+                if r.hairpin { "+hairpin" } else { "" },
+                if r.pat { "+pat" } else { "" }
+            ),
+            match r.nat_port {
+                Some(p) => format!("{}:{p}", r.nat_ip),
+                None => r.nat_ip.to_string(),
+            },
+        ),
+    }
 }
 
 /// Render `subject` from `maps` as JSON or as an aligned table.
 pub fn show(maps: &HostMaps, subject: Subject, json: bool) -> Result<String, MapsError> {
+    show_with(
+        maps,
+        subject,
+        &ShowOpts {
+            json,
+            ..Default::default()
+        },
+    )
+}
+
+/// Render `subject` from `maps` as `opts` say.
+pub fn show_with(maps: &HostMaps, subject: Subject, opts: &ShowOpts) -> Result<String, MapsError> {
+    let json = opts.json;
     let out = match subject {
         Subject::Ports => {
             let rows: Vec<PortRow> = maps
@@ -570,8 +671,13 @@ pub fn show(maps: &HostMaps, subject: Subject, json: bool) -> Result<String, Map
                 },
             )
         }
+        Subject::Sg => super::sg::show(maps, opts.port, opts.names, json)?,
         Subject::Conntrack => {
-            let rows = ct_rows(maps)?;
+            let rows = ct_rows(
+                &maps.ct.read()?,
+                crate::clock::conntrack_now_ns(),
+                opts.names,
+            );
             render(
                 json,
                 &rows,
@@ -580,21 +686,14 @@ pub fn show(maps: &HostMaps, subject: Subject, json: bool) -> Result<String, Map
                     "BYTES",
                 ],
                 |r| {
+                    let (zone, nat, to) = ct_cells(r);
                     vec![
-                        r.zone.to_string(),
+                        zone,
                         r.proto.clone(),
                         format!("{}:{}", r.src, r.sport),
                         format!("{}:{}", r.dst, r.dport),
-                        format!(
-                            "{}{}{}",
-                            r.nat,
-                            if r.hairpin { "+hairpin" } else { "" },
-                            if r.pat { "+pat" } else { "" }
-                        ),
-                        match r.nat_port {
-                            Some(p) => format!("{}:{p}", r.nat_ip),
-                            None => r.nat_ip.to_string(),
-                        },
+                        nat,
+                        to,
                         r.state.to_string(),
                         format!("{:.0}s", r.age_s),
                         format!("{:.1}s", r.idle_s),
@@ -604,24 +703,26 @@ pub fn show(maps: &HostMaps, subject: Subject, json: bool) -> Result<String, Map
                 },
             )
         }
-        Subject::Stats => {
-            let stats = maps.read_stats()?;
-            if json {
-                let obj: serde_json::Map<String, serde_json::Value> = stats
-                    .iter()
-                    .map(|(s, n)| (s.as_str().to_string(), (*n).into()))
-                    .collect();
-                serde_json::Value::Object(obj).to_string()
-            } else {
-                let mut s = String::new();
-                for (stat, n) in stats {
-                    let _ = writeln!(s, "{:<26} {:>12}  {}", stat.as_str(), n, stat.describe());
-                }
-                s
-            }
-        }
+        Subject::Stats => stats_text(&maps.read_stats()?, json),
     };
     Ok(out)
+}
+
+/// Every counter by its id: a JSON object, or one line each with its description.
+fn stats_text(stats: &[(Stat, u64)], json: bool) -> String {
+    if json {
+        let obj: serde_json::Map<String, serde_json::Value> = stats
+            .iter()
+            .map(|(s, n)| (s.as_str().to_string(), (*n).into()))
+            .collect();
+        serde_json::Value::Object(obj).to_string()
+    } else {
+        let mut s = String::new();
+        for (stat, n) in stats {
+            let _ = writeln!(s, "{:<26} {:>12}  {}", stat.as_str(), n, stat.describe());
+        }
+        s
+    }
 }
 
 fn opt<T: ToString>(v: &Option<T>) -> String {
@@ -629,35 +730,121 @@ fn opt<T: ToString>(v: &Option<T>) -> String {
         .map_or_else(|| "-".to_string(), ToString::to_string)
 }
 
-fn render<T: Serialize>(
-    json: bool,
-    rows: &[T],
-    header: &[&str],
-    cells: impl Fn(&T) -> Vec<String>,
-) -> String {
-    if json {
-        return serde_json::to_string(rows).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dvr_common::nat::{CT_SG_REPLY, TCP_ACK, TCP_SYN};
+
+    /// A security group flow of tap 7 (10.0.0.5:40000 -> 10.0.0.9:22, TCP) admitted by the
+    /// rule with hash 0x1234, and a floating IP flow.
+    fn entries() -> BTreeMap<CtKey, CtEntry> {
+        let k = CtKey {
+            zone: SG_ZONE | 7,
+            saddr_be: u32::from_ne_bytes([10, 0, 0, 5]),
+            daddr_be: u32::from_ne_bytes([10, 0, 0, 9]),
+            sport_be: 40000u16.to_be(),
+            dport_be: 22u16.to_be(),
+            proto: 6,
+            _pad: [0; 3],
+        };
+        let e = CtEntry {
+            nat_ip_be: k.saddr_be,
+            peer_zone: k.zone,
+            kind: CT_SG | CT_SG_INGRESS,
+            tcp_flags: TCP_SYN | TCP_ACK,
+            fixed_be: u32::from(22u16.to_be()),
+            _reserved: 0x1234,
+            ..Default::default()
+        };
+        let pk = k.peer(&e);
+        let pe = CtEntry {
+            nat_ip_be: pk.saddr_be,
+            kind: CT_SG_REPLY | CT_SG_INGRESS,
+            _reserved: 0,
+            ..e
+        };
+        let nat = CtKey {
+            zone: 0,
+            saddr_be: 1,
+            daddr_be: 2,
+            sport_be: 3,
+            dport_be: 4,
+            proto: 17,
+            _pad: [0; 3],
+        };
+        let ne = CtEntry {
+            nat_ip_be: u32::from_ne_bytes([192, 0, 2, 5]),
+            peer_zone: 101,
+            kind: CT_DNAT,
+            ..Default::default()
+        };
+        BTreeMap::from([(k, e), (pk, pe), (nat, ne)])
     }
-    let table: Vec<Vec<String>> = std::iter::once(header.iter().map(|h| h.to_string()).collect())
-        .chain(rows.iter().map(cells))
-        .collect();
-    let widths: Vec<usize> = (0..header.len())
-        .map(|c| {
-            table
-                .iter()
-                .map(|r| r.get(c).map_or(0, String::len))
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut s = String::new();
-    for row in table {
-        let line: Vec<String> = row
+
+    #[test]
+    fn conntrack_names_security_group_entries() {
+        let rows = ct_rows(&entries(), 0, None);
+        let sg: Vec<(String, String, String)> = rows
             .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
+            .filter(|r| r.sg.is_some())
+            .map(ct_cells)
             .collect();
-        let _ = writeln!(s, "{}", line.join("  ").trim_end());
+        assert_eq!(
+            sg,
+            [
+                (
+                    "sg:7".into(),
+                    "sg-original".into(),
+                    "ingress rule 00001234".into()
+                ),
+                (
+                    "sg:7".into(),
+                    "sg-reply".into(),
+                    "ingress rule 00001234".into()
+                ),
+            ],
+            "the reply names its flow's rule"
+        );
+        assert!(
+            rows.iter()
+                .filter(|r| r.sg.is_some())
+                .all(|r| r.nat == "none" && r.state == "established" && r.sg_ifindex == Some(7))
+        );
+        let nat = rows
+            .iter()
+            .find(|r| r.sg.is_none())
+            .unwrap_or_else(|| panic!("no NAT row"));
+        assert_eq!(
+            ct_cells(nat),
+            ("0".into(), "dnat".into(), "192.0.2.5".into())
+        );
+        let json = serde_json::to_value(&rows).unwrap_or_default();
+        // Rows in key order: the NAT entry (zone 0) first.
+        assert_eq!(json[0]["sg"], serde_json::Value::Null);
+        assert_eq!(json[1]["zone"], SG_ZONE | 7, "zone stays the raw number");
+        assert_eq!(json[1]["sg"], "original");
+        assert_eq!(json[1]["sg_rule"], "00001234");
+        assert_eq!(json[1]["sg_match"], "port 22");
+        assert_eq!(json[2]["sg_match"], "port 22", "the reply keeps it too");
+        assert_eq!(json[0]["sg_match"], serde_json::Value::Null);
+        let echo = u32::from(u16::from_ne_bytes([8, 0]));
+        assert_eq!(sg_match(1, echo).as_deref(), Some("type 8 code 0"));
+        assert_eq!(sg_match(47, 5), None);
     }
-    s
+
+    #[test]
+    fn stats_list_the_security_group_drops() {
+        let stats: Vec<(Stat, u64)> = Stat::ALL.iter().map(|s| (*s, 2)).collect();
+        let text = stats_text(&stats, false);
+        let json: serde_json::Value =
+            serde_json::from_str(&stats_text(&stats, true)).unwrap_or_default();
+        for id in ["drop_sg_egress", "drop_sg_ingress", "drop_port_down"] {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(id) && l.split_whitespace().nth(1) == Some("2")),
+                "{text}"
+            );
+            assert_eq!(json[id], 2);
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! Neutron-shaped router state and its validation.
 //!
 //! The state file is one JSON object with the lists `networks`, `subnets`, `ports`, `routers`,
-//! `floatingips` and `hosts`, each element shaped like the Neutron API object of that name
+//! `floatingips`, `hosts`, `security_groups`, `security_group_rules` and `address_groups`,
+//! each element shaped like the Neutron API object of that name
 //! (same field names, e.g. `provider:segmentation_id`, `binding:host_id`). A missing list is
 //! empty and unknown fields are ignored, so a dump of the Neutron API can be used as is.
 //!
@@ -14,7 +15,7 @@
 //!
 //! One file per resource family holds its types, how one element is read and the checks
 //! about it: `network` (networks, subnets, fixed IPs), `host`, `router`, `port`,
-//! `floatingip`. Below them: `parse` (the field reader), `check` (what the checks share),
+//! `floatingip`, `security_group` (groups, rules, address groups). Below them: `parse` (the field reader), `check` (what the checks share),
 //! `table` (objects of one kind by id) and `error`. This file holds [`State`] and runs the
 //! parsing and the checks in order.
 
@@ -26,6 +27,7 @@ mod network;
 mod parse;
 mod port;
 mod router;
+mod security_group;
 mod table;
 
 use std::path::Path;
@@ -40,6 +42,11 @@ pub use port::{
     OWNER_ROUTER_CENTRALIZED_SNAT, OWNER_ROUTER_GATEWAY, OWNER_ROUTER_INTERFACE_DISTRIBUTED, Port,
 };
 pub use router::{ExternalGateway, HaHost, Router};
+pub use security_group::{
+    AddressGroup, Direction, Ethertype, PROTO_DCCP, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP,
+    PROTO_TCP, PROTO_UDP, PROTO_UDPLITE, PortMatch, Remote, SecurityGroup, SecurityGroupRule,
+    has_ports, is_icmp,
+};
 
 #[cfg(test)]
 pub(crate) use error::display_lines;
@@ -61,6 +68,9 @@ pub struct State {
     routers: Table<Router>,
     floatingips: Table<FloatingIp>,
     hosts: Table<Host>,
+    /// Every rule merged into its group.
+    security_groups: Table<SecurityGroup>,
+    address_groups: Table<AddressGroup>,
     /// Per network index: subnet indexes, in state order.
     subnets_by_network: Vec<Vec<usize>>,
     /// Per network index: port indexes, in state order.
@@ -93,6 +103,7 @@ impl State {
         let routers = parse::list::<Router>(&root, &mut errors)?;
         let floatingips = parse::list::<FloatingIp>(&root, &mut errors)?;
         let hosts = parse::list::<Host>(&root, &mut errors)?;
+        let sg = security_group::parse_lists(&root, &mut errors)?;
         let mut state = State {
             networks: networks.table,
             subnets: subnets.table,
@@ -100,6 +111,8 @@ impl State {
             routers: routers.table,
             floatingips: floatingips.table,
             hosts: hosts.table,
+            security_groups: sg.groups.table,
+            address_groups: sg.address_groups.table,
             subnets_by_network: Vec::new(),
             ports_by_network: Vec::new(),
         };
@@ -111,6 +124,8 @@ impl State {
             ports: ports.broken,
             routers: routers.broken,
             hosts: hosts.broken,
+            security_groups: sg.groups.broken,
+            address_groups: sg.address_groups.broken,
         };
         state.validate(&broken, &mut errors);
         if errors.is_empty() {
@@ -128,6 +143,8 @@ impl State {
         let ports = Known::new(&self.ports, &broken.ports);
         let routers = Known::new(&self.routers, &broken.routers);
         let hosts = Known::new(&self.hosts, &broken.hosts);
+        let groups = Known::new(&self.security_groups, &broken.security_groups);
+        let address_groups = Known::new(&self.address_groups, &broken.address_groups);
         host::check_hosts(&mut out, self.hosts.items());
         network::check_networks(&mut out, self.networks.items());
         network::check_subnets(
@@ -154,6 +171,9 @@ impl State {
             routers,
         };
         floatingip::check_floatingips(&mut out, self.floatingips.items(), fip_refs);
+        let sgs = self.security_groups.items();
+        security_group::check_rules(&mut out, sgs, groups, address_groups);
+        security_group::check_port_groups(&mut out, self.ports.items(), groups);
     }
 
     pub fn networks(&self) -> &[Network] {
@@ -174,6 +194,12 @@ impl State {
     pub fn hosts(&self) -> &[Host] {
         self.hosts.items()
     }
+    pub fn security_groups(&self) -> &[SecurityGroup] {
+        self.security_groups.items()
+    }
+    pub fn address_groups(&self) -> &[AddressGroup] {
+        self.address_groups.items()
+    }
 
     pub fn network(&self, id: &str) -> Option<&Network> {
         self.networks.get(id)
@@ -193,6 +219,12 @@ impl State {
     /// A host by name.
     pub fn host(&self, name: &str) -> Option<&Host> {
         self.hosts.get(name)
+    }
+    pub fn security_group(&self, id: &str) -> Option<&SecurityGroup> {
+        self.security_groups.get(id)
+    }
+    pub fn address_group(&self, id: &str) -> Option<&AddressGroup> {
+        self.address_groups.get(id)
     }
 
     /// The subnets of a network, in state order.
@@ -256,6 +288,8 @@ struct Broken {
     ports: table::HashSet<String>,
     routers: table::HashSet<String>,
     hosts: table::HashSet<String>,
+    security_groups: table::HashSet<String>,
+    address_groups: table::HashSet<String>,
 }
 
 #[cfg(test)]

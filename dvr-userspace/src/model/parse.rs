@@ -232,6 +232,27 @@ pub(super) fn conv_ipv4_prefix(v: &Value) -> Result<Ipv4Net, String> {
     Err(format!("invalid IPv4 address or CIDR {s:?}"))
 }
 
+/// An address or a CIDR of either family (security group remotes, address groups). Host bits
+/// are kept: callers take the network.
+pub(super) fn conv_ip_prefix(v: &Value) -> Result<IpNet, String> {
+    let s = conv_string(v)?;
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Ok(net);
+    }
+    match s.parse::<IpAddr>() {
+        Ok(ip) => Ok(IpNet::from(ip)),
+        Err(_) => Err(format!("invalid address or CIDR {s:?}")),
+    }
+}
+
+/// The label of a nested object: its `id` when it has a non-empty one.
+pub(super) fn id_of(obj: &Object<'_>) -> Option<String> {
+    match obj.get("id") {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.to_string()),
+        _ => None,
+    }
+}
+
 /// Reads the fields of one JSON object, recording every problem.
 pub(super) struct Reader<'a, 'e> {
     kind: &'static str,
@@ -312,6 +333,44 @@ impl<'a> Reader<'a, '_> {
             }
         }
         out
+    }
+
+    /// A list of scalars, each converted by `conv` (problems reported as `field[i]`); `None`
+    /// when the field is absent (missing or `null`) or not a list.
+    pub(super) fn opt_list<T>(&mut self, field: &str, conv: Conv<T>) -> Option<Vec<T>> {
+        let items = match self.present(field)? {
+            Value::Array(items) => items,
+            other => {
+                let message = format!("expected a list, got {}", describe(other));
+                self.error(field, message);
+                return None;
+            }
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            match conv(item) {
+                Ok(t) => out.push(t),
+                Err(message) => self.error(&format!("{field}[{i}]"), message),
+            }
+        }
+        Some(out)
+    }
+
+    /// A reader for an object nested in this element that errors name by its own kind and
+    /// id (a rule inside its security group is reported as `security_group_rule <id>`).
+    pub(super) fn nested<'c>(
+        &'c mut self,
+        kind: &'static str,
+        id: &'c str,
+        obj: &'c Object<'c>,
+    ) -> Reader<'c, 'c> {
+        Reader {
+            kind,
+            id,
+            prefix: String::new(),
+            obj,
+            errors: &mut *self.errors,
+        }
     }
 
     /// A reader for a nested object at `path` (which ends in `.`).

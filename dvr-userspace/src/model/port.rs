@@ -62,6 +62,12 @@ pub struct Port {
     pub host_id: Option<String>,
     pub allowed_address_pairs: Vec<AddressPair>,
     pub port_security_enabled: bool,
+    /// `security_groups`: the ids of the port's security groups, as listed. `None` when the
+    /// state does not name the field (or it is `null`): a hand-written state whose ports are
+    /// not filtered (Neutron always sends it; `[]` means filtered by no rule at all).
+    pub security_groups: Option<Vec<String>>,
+    /// `admin_state_up` (default true): false lets nothing in or out of the port.
+    pub admin_state_up: bool,
 }
 
 impl Port {
@@ -136,6 +142,8 @@ impl Element for Port {
             }
         }
         let port_security_enabled = r.opt("port_security_enabled", conv_bool).unwrap_or(true);
+        let security_groups = r.opt_list("security_groups", conv_id);
+        let admin_state_up = r.opt("admin_state_up", conv_bool).unwrap_or(true);
         Some(Port {
             id: id?,
             network_id: network_id?,
@@ -146,6 +154,8 @@ impl Element for Port {
             host_id,
             allowed_address_pairs,
             port_security_enabled,
+            security_groups,
+            admin_state_up,
         })
     }
 

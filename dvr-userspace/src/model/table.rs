@@ -29,6 +29,11 @@ impl<T> Table<T> {
         self.items.push(item);
     }
 
+    /// The objects, in order.
+    pub(super) fn into_items(self) -> Vec<T> {
+        self.items
+    }
+
     pub(super) fn items(&self) -> &[T] {
         &self.items
     }
@@ -48,6 +53,10 @@ impl<T> Table<T> {
 
     pub(super) fn get(&self, id: &str) -> Option<&T> {
         self.index(id).and_then(|i| self.items.get(i))
+    }
+
+    pub(super) fn get_mut(&mut self, id: &str) -> Option<&mut T> {
+        self.index(id).and_then(|i| self.items.get_mut(i))
     }
 
     /// The object at a position.

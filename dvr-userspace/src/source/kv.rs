@@ -7,12 +7,15 @@ use super::error::SourceError;
 pub const PREFIX: &str = "/dvr/v1/";
 pub const ALIVE: &str = "/dvr/v1/alive/";
 /// The state's resource lists, as top-level keys of the state file.
-pub const KINDS: [&str; 6] = [
+pub const KINDS: [&str; 9] = [
     "networks",
     "subnets",
     "ports",
     "routers",
     "floatingips",
+    "security_groups",
+    "security_group_rules",
+    "address_groups",
     "hosts",
 ];
 
@@ -105,5 +108,28 @@ mod tests {
         let back: serde_json::Value =
             serde_json::from_str(&from_kvs(&kvs).unwrap_or_default()).unwrap_or_default();
         assert_eq!(back["hosts"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn security_groups_rules_and_address_groups_travel_through_etcd() -> Result<(), SourceError> {
+        let doc = r#"{"security_groups":[{"id":"sg1","security_group_rules":[{"id":"r1"}]}],
+            "security_group_rules":[{"id":"r2","security_group_id":"sg1"}],
+            "address_groups":[{"id":"ag1","addresses":["10.0.0.0/8"]}]}"#;
+        let kvs = to_kvs(doc)?;
+        for k in [
+            "/dvr/v1/security_groups/sg1",
+            "/dvr/v1/security_group_rules/r2",
+            "/dvr/v1/address_groups/ag1",
+        ] {
+            assert!(kvs.contains_key(k), "{k} in {kvs:?}");
+        }
+        let back: serde_json::Value = serde_json::from_str(&from_kvs(&kvs)?)?;
+        assert_eq!(
+            back["security_groups"][0]["security_group_rules"][0]["id"],
+            "r1"
+        );
+        assert_eq!(back["security_group_rules"][0]["security_group_id"], "sg1");
+        assert_eq!(back["address_groups"][0]["addresses"][0], "10.0.0.0/8");
+        Ok(())
     }
 }

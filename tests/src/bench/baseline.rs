@@ -44,7 +44,8 @@
 //! Left out, as they cost per packet in Neutron but are not part of routing: security groups
 //! (iptables or OVS firewall on the taps; the eBPF path does check port security), the
 //! `filter` table's address-scope rules, and `bridge-nf-call-iptables` (off here). So the
-//! baseline is, if anything, faster than a real Neutron node.
+//! baseline is, if anything, faster than a real Neutron node. The security group part of
+//! the benchmarks ([`super::sg_datapath`]) adds Neutron's iptables firewall for one port.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -155,6 +155,8 @@ pub fn fip_state(n: usize) -> Result<String> {
         binding_host_id: host.into(),
         allowed_address_pairs: Vec::new(),
         port_security_enabled: true,
+        security_groups: None,
+        admin_state_up: None,
     };
     s.ports.push(port(
         "rif-tenant".into(),

@@ -73,20 +73,7 @@ pub fn measure_path(ends: &PathEnds, s: &Settings, dir: &Path) -> Result<Figures
         }
         for _ in 0..s.udp_runs {
             bail_if_interrupted()?;
-            let v = iperf3(
-                ends,
-                &[
-                    "-u",
-                    "-b",
-                    "0",
-                    "-l",
-                    &UDP_PAYLOAD.to_string(),
-                    "-t",
-                    &s.udp_seconds.to_string(),
-                ],
-                s.udp_seconds,
-            )?;
-            f.udp_runs.push(udp_kpps(&v)?);
+            f.udp_runs.push(udp_run(ends, s.udp_seconds)?);
         }
         server.guard.stop(Duration::from_secs(3))?;
     }
@@ -97,6 +84,45 @@ pub fn measure_path(ends: &PathEnds, s: &Settings, dir: &Path) -> Result<Figures
     f.p50_us = p50;
     f.p99_us = p99;
     Ok(f)
+}
+
+/// The UDP packet rate alone: `runs` iperf3 runs of `seconds` against a server started for
+/// them; kpps received in each run.
+pub fn udp_rate(ends: &PathEnds, runs: u32, seconds: u32, dir: &Path) -> Result<Vec<f64>> {
+    let listen = ends.listen.to_string();
+    let port = IPERF_PORT.to_string();
+    let mut server = spawn_in(
+        &ends.server_ns,
+        &["iperf3", "-s", "-B", &listen, "-p", &port],
+        dir,
+        &format!("iperf3-udp-{}", ends.path.as_str()),
+    )?;
+    wait_listening(&ends.server_ns, false, IPERF_PORT, &mut server)?;
+    let mut v = Vec::new();
+    for _ in 0..runs {
+        bail_if_interrupted()?;
+        v.push(udp_run(ends, seconds)?);
+    }
+    server.guard.stop(Duration::from_secs(3))?;
+    Ok(v)
+}
+
+/// One 64-byte-frame UDP flood of `seconds` to a running iperf3 server; kpps received.
+fn udp_run(ends: &PathEnds, seconds: u32) -> Result<f64> {
+    let v = iperf3(
+        ends,
+        &[
+            "-u",
+            "-b",
+            "0",
+            "-l",
+            &UDP_PAYLOAD.to_string(),
+            "-t",
+            &seconds.to_string(),
+        ],
+        seconds,
+    )?;
+    udp_kpps(&v)
 }
 
 /// One iperf3 client run to the path's server; its JSON report.

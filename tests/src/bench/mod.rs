@@ -17,6 +17,10 @@
 //!   ping-pong, full round trip, p50/p99).
 //! - [`control`]: control-plane timings: programming 1,000 to 50,000 floating IPs (and their
 //!   ports) into a host, and the latency of one floating IP change.
+//! - [`sg_control`]: security groups in the control plane: 10,000 ports in groups of 1,000
+//!   members with 20 rules each, compiled and written for one host, and one rule change.
+//! - [`sg_datapath`]: the UDP packet rate to a port whose group has 1 rule vs 1,000 rules,
+//!   on both datapaths (the namespace one with Neutron's iptables firewall chains).
 //! - [`report`]: the table, `results.json` and the SVG chart.
 //! - [`verifier`]: the verifier instruction count of each BPF program (`dvr-bench verifier`).
 //!
@@ -30,6 +34,8 @@ pub mod ebpf;
 pub mod measure;
 pub mod netns;
 pub mod report;
+pub mod sg_control;
+pub mod sg_datapath;
 pub mod verifier;
 pub mod veth;
 
@@ -127,6 +133,10 @@ pub struct Settings {
     pub fip_counts: &'static [usize],
     /// Floating IP changes timed per datapath (alternately associate and disassociate).
     pub fip_changes: usize,
+    /// Security group rule changes timed ([`sg_control`]).
+    pub sg_changes: usize,
+    /// UDP runs per rule count and datapath ([`sg_datapath`]; `udp_seconds` each).
+    pub sg_udp_runs: u32,
 }
 
 impl Settings {
@@ -139,6 +149,8 @@ impl Settings {
         latency_seconds: 5,
         fip_counts: &[1_000, 10_000, 50_000],
         fip_changes: 40,
+        sg_changes: 200,
+        sg_udp_runs: 5,
     };
 
     /// `--quick`: one short pass of everything but 50,000 FIPs.
@@ -150,6 +162,8 @@ impl Settings {
         latency_seconds: 2,
         fip_counts: &[1_000, 10_000],
         fip_changes: 10,
+        sg_changes: 50,
+        sg_udp_runs: 2,
     };
 }
 

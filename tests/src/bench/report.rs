@@ -9,9 +9,24 @@
 //!   "control_plane": [{"fips": 1000, "datapath": "ebpf", "seconds": 0.01, "steps": {...}}, ...],
 //!   "fip_change": [{"datapath": "ebpf", "changes": 40, "p50_ms": 21.0, "p99_ms": 30.1}, ...],
 //!   "verifier": [{"program": "dvr_tap", "verified_insns": 151000}, ...],
+//!   "security_groups": {
+//!     "control_plane": {"ports": 10000, "groups": 10, "rules_per_group": 20,
+//!                       "group_members": 1000, "local_ports": 1000, "policies": 10,
+//!                       "parse_s": 0.05, "compile_s": 0.02, "write_s": 0.1, "seconds": 0.17,
+//!                       "entries_written": 60000, "sg_remote_entries": 50000,
+//!                       "sg_rules_entries": 1200},
+//!     "rule_change": {"changes": 200, "p50_ms": 20.0, "p99_ms": 25.0, "max_ms": 30.0,
+//!                     "compile_p50_ms": ..., "write_p50_ms": ..., "parse_p50_ms": ..., ...},
+//!     "udp": [{"datapath": "ebpf", "rules": 0, "udp_kpps": 190.0, "udp_runs": [...]}, ...],
+//!     "udp_ratio_1000_to_1": {"ebpf": 0.99, "namespace": 1.0}
+//!   },
 //!   "environment": {...}
 //! }
 //! ```
+//!
+//! `security_groups` is null when the `sg` part did not run; its `control_plane` and
+//! `rule_change` are null when that timing failed, and `udp` rates of 0 rules are the port
+//! without security groups.
 //!
 //! `path` is `east-west`, `ext-to-fip`, `fip-to-ext`, `snat` or `veth-pair` (the upper bound,
 //! datapath `veth`); a path that failed its checks has null figures and an `error`.
@@ -25,6 +40,8 @@ use serde_json::{Value, json};
 
 use super::control::CpTiming;
 use super::measure::Figures;
+use super::sg_control::SgControl;
+use super::sg_datapath::{SgRate, VARIANTS};
 use super::verifier::{self, Count};
 use super::{Datapath, PathKind};
 
@@ -52,6 +69,10 @@ pub struct Report {
     pub fip_change: Vec<FipChange>,
     /// Verified instruction count of each BPF program.
     pub verifier: Vec<Count>,
+    /// Whether the `sg` part ran, its control-plane timing and its packet rates.
+    pub sg_ran: bool,
+    pub sg_control: Option<SgControl>,
+    pub sg_rates: Vec<SgRate>,
     /// Steps that failed outside a path (a cloud that did not build, a timing that failed).
     pub failures: Vec<String>,
     pub environment: Value,
@@ -196,6 +217,7 @@ impl Report {
                 );
             }
         }
+        self.sg_table(&mut s);
         if !self.verifier.is_empty() {
             let _ = writeln!(s, "\nverifier: instructions walked per BPF program");
             s.push_str(&verifier::table(&self.verifier));
@@ -204,6 +226,226 @@ impl Report {
             let _ = writeln!(s, "FAILED: {f}");
         }
         s
+    }
+
+    /// The security group part of the table.
+    fn sg_table(&self, s: &mut String) {
+        if let Some(c) = &self.sg_control {
+            let _ = writeln!(
+                s,
+                "\nsecurity groups, control plane: {} ports in {} groups of {} members, {} rules \
+                 each; {} ports on the host ({} policies)",
+                c.ports, c.groups, c.group_members, c.rules_per_group, c.local_ports, c.policies
+            );
+            let _ = writeln!(s, "  parse+validate {:>8.3} s", c.parse_s);
+            let _ = writeln!(
+                s,
+                "  compile        {:>8.3} s  (DVR_SG_REMOTE {} entries, DVR_SG_RULES {})",
+                c.compile_s, c.sg_remote, c.sg_rules
+            );
+            let _ = writeln!(
+                s,
+                "  map writes     {:>8.3} s  ({} entries, all maps)",
+                c.write_s, c.upserted
+            );
+            let _ = writeln!(
+                s,
+                "  total          {:>8.3} s",
+                c.parse_s + c.compile_s + c.write_s
+            );
+            let p = |v: &[f64], q: f64| super::percentile(v, q).unwrap_or_default();
+            let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+            let _ = writeln!(
+                s,
+                "one rule change, compile + map writes (ms): p50 {:.2}  p99 {:.2}  max {:.2}  ({} changes)",
+                p(&c.change_ms, 50.0),
+                p(&c.change_ms, 99.0),
+                max(&c.change_ms),
+                c.change_ms.len()
+            );
+            let _ = writeln!(
+                s,
+                "  of which compile p50 {:.2} / p99 {:.2}, map writes p50 {:.2} / p99 {:.2}; \
+                 parsing the changed state (not included) p50 {:.2} / p99 {:.2}",
+                p(&c.change_compile_ms, 50.0),
+                p(&c.change_compile_ms, 99.0),
+                p(&c.change_write_ms, 50.0),
+                p(&c.change_write_ms, 99.0),
+                p(&c.change_parse_ms, 50.0),
+                p(&c.change_parse_ms, 99.0),
+            );
+        }
+        if self.sg_rates.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "\nsecurity groups, data path: UDP kpps east-west to a port whose group has N rules"
+        );
+        let _ = writeln!(
+            s,
+            "{:<10} {:>10} {:>10} {:>11} {:>8}",
+            "datapath", "no groups", "1 rule", "1000 rules", "1000/1"
+        );
+        for dp in [Datapath::Ebpf, Datapath::Namespace] {
+            let rates: Vec<&SgRate> = self.sg_rates.iter().filter(|r| r.datapath == dp).collect();
+            if rates.is_empty() {
+                continue;
+            }
+            let cell = |n: usize| {
+                rates
+                    .iter()
+                    .find(|r| r.rules == n)
+                    .and_then(|r| r.kpps())
+                    .map_or("-".into(), |v| format!("{v:.1}"))
+            };
+            let ratio = self.sg_ratio(dp).map_or("-".into(), |r| format!("{r:.3}x"));
+            let _ = writeln!(
+                s,
+                "{:<10} {:>10} {:>10} {:>11} {:>8}",
+                dp.as_str(),
+                cell(0),
+                cell(1),
+                cell(1000),
+                ratio
+            );
+            let ns = |n: usize| {
+                rates
+                    .iter()
+                    .find(|r| r.rules == n)
+                    .and_then(|r| r.prog_ns())
+            };
+            if ns(1).is_some() || ns(1000).is_some() {
+                let cell = |n: usize| ns(n).map_or("-".into(), |v| format!("{v:.0}"));
+                let ratio = self
+                    .sg_prog_ratio()
+                    .filter(|_| dp == Datapath::Ebpf)
+                    .map_or("-".into(), |r| format!("{r:.3}x"));
+                let _ = writeln!(
+                    s,
+                    "{:<10} {:>10} {:>10} {:>11} {:>8}",
+                    "  ns/pkt",
+                    cell(0),
+                    cell(1),
+                    cell(1000),
+                    ratio
+                );
+            }
+            for r in rates {
+                if let Err(e) = &r.result {
+                    let _ = writeln!(s, "  {} rules not measured: {e}", r.rules);
+                }
+            }
+        }
+        let _ = writeln!(
+            s,
+            "(1000/1: the 1,000-rule figure over the 1-rule one, median of the rounds' ratios; \
+             the target is within 10%. \
+             ns/pkt: run time of the receiving tap's dvr_tap_out, where ingress rules are \
+             checked, per packet, from the kernel's BPF statistics)"
+        );
+    }
+
+    /// The 1,000-rule rate over the 1-rule rate of a datapath: the median of the per-round
+    /// ratios (the variants are measured in rounds, so a ratio compares runs made under the
+    /// same load), or the ratio of the medians when the rounds do not pair up.
+    pub fn sg_ratio(&self, dp: Datapath) -> Option<f64> {
+        let runs = |n: usize| {
+            self.sg_rates
+                .iter()
+                .find(|r| r.datapath == dp && r.rules == n)
+                .and_then(|r| r.result.as_ref().ok())
+                .map(Vec::as_slice)
+        };
+        paired_ratio(runs(1)?, runs(1000)?)
+    }
+
+    /// The 1,000-rule cost of `dvr_tap_out` per packet over the 1-rule cost (as
+    /// [`Report::sg_ratio`]).
+    pub fn sg_prog_ratio(&self) -> Option<f64> {
+        let runs = |n: usize| {
+            self.sg_rates
+                .iter()
+                .find(|r| r.datapath == Datapath::Ebpf && r.rules == n && r.result.is_ok())
+                .map(|r| r.prog_ns.as_slice())
+        };
+        paired_ratio(runs(1)?, runs(1000)?)
+    }
+
+    fn sg_json(&self) -> Value {
+        if !self.sg_ran {
+            return Value::Null;
+        }
+        let control = self.sg_control.as_ref().map(|c| {
+            json!({
+                "ports": c.ports,
+                "groups": c.groups,
+                "rules_per_group": c.rules_per_group,
+                "group_members": c.group_members,
+                "local_ports": c.local_ports,
+                "policies": c.policies,
+                "parse_s": round(c.parse_s, 4),
+                "compile_s": round(c.compile_s, 4),
+                "write_s": round(c.write_s, 4),
+                "seconds": round(c.parse_s + c.compile_s + c.write_s, 4),
+                "entries_written": c.upserted,
+                "sg_remote_entries": c.sg_remote,
+                "sg_rules_entries": c.sg_rules,
+            })
+        });
+        let change = self
+            .sg_control
+            .as_ref()
+            .filter(|c| !c.change_ms.is_empty())
+            .map(|c| {
+                let p = |v: &[f64], q: f64| round(super::percentile(v, q).unwrap_or_default(), 3);
+                json!({
+                    "changes": c.change_ms.len(),
+                    "p50_ms": p(&c.change_ms, 50.0),
+                    "p99_ms": p(&c.change_ms, 99.0),
+                    "max_ms": round(c.change_ms.iter().copied().fold(0.0, f64::max), 3),
+                    "compile_p50_ms": p(&c.change_compile_ms, 50.0),
+                    "compile_p99_ms": p(&c.change_compile_ms, 99.0),
+                    "write_p50_ms": p(&c.change_write_ms, 50.0),
+                    "write_p99_ms": p(&c.change_write_ms, 99.0),
+                    "parse_p50_ms": p(&c.change_parse_ms, 50.0),
+                    "parse_p99_ms": p(&c.change_parse_ms, 99.0),
+                    "entries_written": c.change_upserted,
+                    "entries_deleted": c.change_deleted,
+                    "samples_ms": c.change_ms.iter().map(|v| round(*v, 3)).collect::<Vec<_>>(),
+                })
+            });
+        let udp: Vec<Value> = self
+            .sg_rates
+            .iter()
+            .map(|r| match &r.result {
+                Ok(v) => json!({
+                    "datapath": r.datapath.as_str(),
+                    "rules": r.rules,
+                    "udp_kpps": r.kpps().map(|k| round(k, 1)),
+                    "udp_runs": v.iter().map(|k| round(*k, 1)).collect::<Vec<_>>(),
+                    "dvr_tap_out_ns_per_packet": r.prog_ns().map(|k| round(k, 1)),
+                    "dvr_tap_out_ns_runs": r.prog_ns.iter().map(|k| round(*k, 1)).collect::<Vec<_>>(),
+                }),
+                Err(e) => json!({
+                    "datapath": r.datapath.as_str(),
+                    "rules": r.rules,
+                    "udp_kpps": null,
+                    "error": e,
+                }),
+            })
+            .collect();
+        let ratios: serde_json::Map<String, Value> = [Datapath::Ebpf, Datapath::Namespace]
+            .iter()
+            .filter_map(|&dp| Some((dp.as_str().to_string(), json!(round(self.sg_ratio(dp)?, 4)))))
+            .collect();
+        json!({
+            "control_plane": control,
+            "rule_change": change,
+            "udp": udp,
+            "udp_ratio_1000_to_1": ratios,
+            "dvr_tap_out_ratio_1000_to_1": self.sg_prog_ratio().map(|r| round(r, 4)),
+        })
     }
 
     pub fn to_json(&self) -> Value {
@@ -268,6 +510,7 @@ impl Report {
                 .iter()
                 .map(|c| json!({"program": c.program, "verified_insns": c.verified_insns}))
                 .collect::<Vec<_>>(),
+            "security_groups": self.sg_json(),
             "failures": self.failures,
             "environment": self.environment,
         })
@@ -290,9 +533,11 @@ impl Report {
         const W: f64 = 1000.0;
         const PW: f64 = 470.0;
         const PH: f64 = 230.0;
+        // A fourth row for the security group part when it ran.
+        let h = if self.sg_ran { 1110 } else { 850 };
         let mut s = format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"850\" \
-             viewBox=\"0 0 {W} 850\" font-family=\"sans-serif\" font-size=\"12\">\n\
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{h}\" \
+             viewBox=\"0 0 {W} {h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
              <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
              <text x=\"20\" y=\"28\" font-size=\"18\" font-weight=\"bold\">eBPF DVR vs Neutron \
              DVR namespace datapath</text>\n"
@@ -416,9 +661,87 @@ impl Report {
             None,
             false,
         );
+        if self.sg_ran {
+            self.sg_svg(&mut s, 56.0 + 3.0 * (PH + 30.0), PW, PH);
+        }
         s.push_str("</svg>\n");
         s
     }
+}
+
+impl Report {
+    /// The security group row of the chart: UDP rate per rule count, rule change latency.
+    fn sg_svg(&self, s: &mut String, y: f64, pw: f64, ph: f64) {
+        let labels = ["no groups", "1 rule", "1000 rules"];
+        let rates: Vec<Group<'_>> = VARIANTS
+            .iter()
+            .zip(labels)
+            .map(|(&n, l)| {
+                (
+                    l,
+                    [Datapath::Ebpf, Datapath::Namespace]
+                        .iter()
+                        .map(|&dp| {
+                            let r = self
+                                .sg_rates
+                                .iter()
+                                .find(|r| r.datapath == dp && r.rules == n);
+                            (dp, r.and_then(SgRate::kpps))
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        bar_panel(
+            s,
+            20.0,
+            y,
+            pw,
+            ph,
+            "security groups: UDP kpps to a port whose group has N rules",
+            &rates,
+            None,
+            false,
+        );
+        let c = self.sg_control.as_ref();
+        let q = |f: fn(&[f64]) -> Option<f64>| c.and_then(|c| f(&c.change_ms));
+        let change: Vec<Group<'_>> = vec![
+            (
+                "p50",
+                vec![(Datapath::Ebpf, q(|v| super::percentile(v, 50.0)))],
+            ),
+            (
+                "p99",
+                vec![(Datapath::Ebpf, q(|v| super::percentile(v, 99.0)))],
+            ),
+            (
+                "max",
+                vec![(Datapath::Ebpf, q(|v| v.iter().copied().reduce(f64::max)))],
+            ),
+        ];
+        bar_panel(
+            s,
+            20.0 + pw + 20.0,
+            y,
+            pw,
+            ph,
+            "security groups: one rule change (compile + map writes), ms",
+            &change,
+            None,
+            false,
+        );
+    }
+}
+
+/// `many / one`: the median of the ratios of runs made in the same round when both have one
+/// run per round, else the ratio of their medians.
+fn paired_ratio(one: &[f64], many: &[f64]) -> Option<f64> {
+    if one.len() == many.len() && one.iter().all(|v| *v > 0.0) {
+        let r: Vec<f64> = one.iter().zip(many).map(|(a, b)| b / a).collect();
+        return super::median(&r);
+    }
+    let (a, b) = (super::median(one)?, super::median(many)?);
+    (a > 0.0).then(|| b / a)
 }
 
 /// One group of bars: its label and one optional value per datapath.
@@ -674,5 +997,78 @@ mod tests {
         assert_eq!(j["control_plane"][1]["seconds"], 0.5);
         let svg = r.svg();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert!(r.to_json()["security_groups"].is_null());
+    }
+
+    #[test]
+    fn paired_ratios() {
+        assert_eq!(
+            paired_ratio(&[100.0, 50.0, 80.0], &[90.0, 50.0, 40.0]),
+            Some(0.9)
+        );
+        assert_eq!(paired_ratio(&[100.0, 60.0], &[80.0]), Some(1.0));
+        assert_eq!(paired_ratio(&[], &[80.0]), None);
+    }
+
+    #[test]
+    fn security_group_part() {
+        let rate = |datapath, rules, kpps: f64, ns: Option<f64>| SgRate {
+            datapath,
+            rules,
+            result: Ok(vec![kpps]),
+            prog_ns: ns.into_iter().collect(),
+        };
+        let r = Report {
+            sg_ran: true,
+            sg_control: Some(SgControl {
+                ports: 10_000,
+                groups: 10,
+                group_members: 1000,
+                rules_per_group: 20,
+                local_ports: 1000,
+                policies: 10,
+                parse_s: 0.04,
+                compile_s: 0.03,
+                write_s: 0.1,
+                sg_remote: 50_000,
+                sg_rules: 1_000,
+                change_ms: vec![1.0, 2.0, 3.0],
+                change_compile_ms: vec![0.5; 3],
+                change_write_ms: vec![0.5; 3],
+                change_parse_ms: vec![4.0; 3],
+                ..SgControl::default()
+            }),
+            sg_rates: vec![
+                rate(Datapath::Ebpf, 0, 100.0, Some(80.0)),
+                rate(Datapath::Ebpf, 1, 100.0, Some(100.0)),
+                rate(Datapath::Ebpf, 1000, 95.0, Some(150.0)),
+                rate(Datapath::Namespace, 1, 80.0, None),
+                SgRate {
+                    datapath: Datapath::Namespace,
+                    rules: 1000,
+                    result: Err("iptables-restore failed".into()),
+                    prog_ns: Vec::new(),
+                },
+            ],
+            ..Report::default()
+        };
+        let t = r.table();
+        assert!(t.contains("DVR_SG_REMOTE 50000 entries"), "{t}");
+        assert!(t.contains("max 3.00"), "{t}");
+        assert!(t.contains("0.950x"), "{t}");
+        assert!(t.contains("1.500x"), "{t}");
+        assert!(
+            t.contains("1000 rules not measured: iptables-restore failed"),
+            "{t}"
+        );
+        let j = r.to_json();
+        let sg = &j["security_groups"];
+        assert_eq!(sg["control_plane"]["sg_remote_entries"], 50_000);
+        assert_eq!(sg["rule_change"]["max_ms"], 3.0);
+        assert_eq!(sg["udp_ratio_1000_to_1"]["ebpf"], 0.95);
+        assert!(sg["udp_ratio_1000_to_1"].get("namespace").is_none());
+        assert_eq!(sg["dvr_tap_out_ratio_1000_to_1"], 1.5);
+        assert_eq!(sg["udp"][4]["error"], "iptables-restore failed");
+        assert!(r.svg().contains("height=\"1110\""));
     }
 }

@@ -9,10 +9,10 @@
 //! with the loaded object.
 
 use anyhow::{Context, Result, anyhow};
-use dvr_userspace::attach::{PROG_EXT, PROG_TAP, PROG_TUNNEL, program};
+use dvr_userspace::attach::{PROG_EXT, PROG_TAP, PROG_TAP_OUT, PROG_TUNNEL, program};
 
 /// The three programs, in pipeline order.
-pub const PROGRAMS: [&str; 3] = [PROG_TAP, PROG_TUNNEL, PROG_EXT];
+pub const PROGRAMS: [&str; 4] = [PROG_TAP, PROG_TAP_OUT, PROG_TUNNEL, PROG_EXT];
 
 /// Verified instruction count of one program.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -2,13 +2,16 @@
 //! machine's upper bound (one veth pair), in network namespaces. See `dvr_tests::bench`.
 //!
 //! ```text
-//! dvr-bench [--quick] [--out DIR] [--skip verifier,veth,ebpf,namespace,control] [--fips N,..] [--hold S]
+//! dvr-bench [--quick] [--out DIR] [--skip verifier,veth,ebpf,namespace,control,sg] [--fips N,..] [--hold S]
 //! dvr-bench verifier [OBJECT]
 //! ```
 //!
 //! Builds each cloud, runs the same connectivity checks on every path, measures TCP
 //! throughput, 64-byte UDP packet rate and request/response latency per path, then the
-//! control-plane timings; prints one table and writes `DIR/results.json` and
+//! control-plane timings, then the security group part (`sg`: 10,000 ports in groups of
+//! 1,000 members compiled and written, one rule change, and the UDP rate to a port with 1
+//! vs 1,000 rules on both datapaths, `dvr_tests::bench::sg_control` and `sg_datapath`);
+//! prints one table and writes `DIR/results.json` and
 //! `DIR/results.svg` (DIR defaults to `bench`). Exits non-zero if anything failed (what
 //! could be measured is still written). Needs root, bpffs, iperf3, sockperf, iptables and
 //! the agent binaries (`$DVR_BIN_DIR`, else next to this binary). `cargo xtask bench` builds
@@ -32,9 +35,10 @@ use dvr_tests::bench::baseline::{NeutronDvr, Spec};
 use dvr_tests::bench::check::check_path;
 use dvr_tests::bench::measure::measure_path;
 use dvr_tests::bench::report::{FipChange, Report, Row};
+use dvr_tests::bench::sg_control::SgCloud;
 use dvr_tests::bench::{
     Datapath, PathEnds, Settings, bail_if_interrupted, control, ebpf, install_signal_handlers,
-    percentile, verifier, veth,
+    percentile, sg_control, sg_datapath, verifier, veth,
 };
 use dvr_tests::cmd::{find_in_path, run_with_deadline, stdout};
 use dvr_tests::{check_preconditions, locate_bins};
@@ -50,6 +54,9 @@ const BENCH_TOOLS: &[&str] = &[
     "bridge",
     "taskset",
 ];
+
+/// The parts `--skip` can leave out, in run order.
+const PARTS: &[&str] = &["verifier", "veth", "ebpf", "namespace", "control", "sg"];
 
 struct Args {
     quick: bool,
@@ -82,10 +89,8 @@ fn parse_args() -> Result<Args> {
             "--skip" => {
                 let v = it.next().ok_or_else(|| anyhow!("--skip needs a list"))?;
                 for s in v.split(',') {
-                    if !["verifier", "veth", "ebpf", "namespace", "control"].contains(&s) {
-                        bail!(
-                            "--skip: unknown part {s:?} (verifier, veth, ebpf, namespace, control)"
-                        );
+                    if !PARTS.contains(&s) {
+                        bail!("--skip: unknown part {s:?} ({})", PARTS.join(", "));
                     }
                     a.skip.insert(s.to_string());
                 }
@@ -105,7 +110,7 @@ fn parse_args() -> Result<Args> {
             }
             "-h" | "--help" => {
                 println!(
-                    "dvr-bench [--quick] [--out DIR] [--skip verifier,veth,ebpf,namespace,control] [--fips N,..] [--hold SECONDS]\n\
+                    "dvr-bench [--quick] [--out DIR] [--skip verifier,veth,ebpf,namespace,control,sg] [--fips N,..] [--hold SECONDS]\n\
                      dvr-bench verifier [OBJECT]\n\
                      eBPF DVR vs Neutron DVR's namespace datapath vs one veth pair; writes \
                      DIR/results.json and DIR/results.svg (default DIR: bench). `verifier`: only \
@@ -160,8 +165,9 @@ fn main() -> ExitCode {
                 args.out.join("results.json").display(),
                 args.out.join("results.svg").display()
             );
-            let failed =
-                !report.failures.is_empty() || report.rows.iter().any(|r| r.result.is_err());
+            let failed = !report.failures.is_empty()
+                || report.rows.iter().any(|r| r.result.is_err())
+                || report.sg_rates.iter().any(|r| r.result.is_err());
             if failed {
                 println!("dvr-bench: some steps FAILED (see above)");
                 ExitCode::FAILURE
@@ -373,6 +379,65 @@ fn run_parts(args: &Args, s: &Settings, logs: &Path, report: &mut Report) -> Res
                         .push(format!("control plane, {n} FIPs, {}: {e:#}", dp.as_str())),
                 }
             }
+        }
+    }
+    bail_if_interrupted()?;
+    if !skip("sg") {
+        security_groups(s, logs, report)?;
+    }
+    Ok(())
+}
+
+/// The `sg` part: the control-plane timing, then the packet rates on each datapath.
+fn security_groups(s: &Settings, logs: &Path, report: &mut Report) -> Result<()> {
+    report.sg_ran = true;
+    let cloud = SgCloud {
+        changes: s.sg_changes,
+        ..SgCloud::ISSUE
+    };
+    section(&format!(
+        "security groups, control plane: {} ports, {} groups, {} rules each, {} on the host; {} rule changes",
+        cloud.ports,
+        cloud.groups,
+        sg_control::RULES_PER_GROUP,
+        cloud.local_ports,
+        cloud.changes
+    ));
+    match sg_control::run(&cloud) {
+        Ok(c) => {
+            println!(
+                "  parse+validate {:.3} s, compile {:.3} s, map writes {:.3} s ({} entries; DVR_SG_REMOTE {}, DVR_SG_RULES {})",
+                c.parse_s, c.compile_s, c.write_s, c.upserted, c.sg_remote, c.sg_rules
+            );
+            println!(
+                "  rule change (compile + map writes): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                percentile(&c.change_ms, 50.0).unwrap_or_default(),
+                percentile(&c.change_ms, 99.0).unwrap_or_default(),
+                c.change_ms.iter().copied().fold(0.0, f64::max)
+            );
+            report.sg_control = Some(c);
+        }
+        Err(e) => report
+            .failures
+            .push(format!("security groups, control plane: {e:#}")),
+    }
+    for dp in [Datapath::Ebpf, Datapath::Namespace] {
+        bail_if_interrupted()?;
+        section(&format!(
+            "security groups, data path ({}): UDP rate to a port with 0 / 1 / 1000 rules, {} runs each",
+            dp.as_str(),
+            s.sg_udp_runs
+        ));
+        let r = match dp {
+            Datapath::Ebpf => sg_datapath::ebpf(s.sg_udp_runs, s.udp_seconds, logs),
+            _ => sg_datapath::namespace(s.sg_udp_runs, s.udp_seconds, logs),
+        };
+        match r {
+            Ok(rates) => report.sg_rates.extend(rates),
+            Err(e) => report.failures.push(format!(
+                "security groups, data path, {}: {e:#}",
+                dp.as_str()
+            )),
         }
     }
     Ok(())

@@ -1,13 +1,21 @@
-//! The trace's counterpart of `dvr-ebpf/src/entry/`: the three pipelines, tap, tunnel and
-//! external ingress.
+//! The trace's counterpart of `dvr-ebpf/src/entry/`: the pipelines tap, tunnel and
+//! external ingress, and tap_out, which every packet delivered to a local tap passes.
 use dvr_common::{
     l2::{FdbKey, MacKey},
+    port::{PORT_FLAG_DOWN, PORT_FLAG_SG},
     route::IpKey,
+    sg::{SG_EGRESS, SG_INGRESS},
     stats::Stat,
 };
 
-use super::walk::{Out, Walk, attached_ifindex, be, drop, out};
-use crate::{ctl::fmt_mac, maps::MapsError};
+use super::{
+    sg::Packet,
+    walk::{Out, Walk, attached_ifindex, be, drop, out},
+};
+use crate::{
+    ctl::{fmt_mac, names::port_label},
+    maps::MapsError,
+};
 
 impl Walk<'_> {
     /// `entry::tap`: a frame a VM sends.
@@ -28,12 +36,16 @@ impl Walk<'_> {
         self.step(
             "port",
             format!(
-                "{} (ifindex {ifindex}): port {:08x}, vni {vni}, mac {}",
+                "{} (ifindex {ifindex}): port {}, vni {vni}, mac {}",
                 self.p.iface,
-                port.port_id,
+                port_label(self.names, port.port_id),
                 fmt_mac(port.mac)
             ),
         );
+        if port.flags & PORT_FLAG_DOWN != 0 {
+            self.step("port", "admin_state_up false: nothing in or out");
+            return Ok(drop(Stat::DropPortDown));
+        }
         let src_mac = self.p.src_mac.unwrap_or(port.mac);
         let gws = self.m.gw_by_mac.read()?;
         let dst_mac = match self.p.dst_mac {
@@ -55,6 +67,17 @@ impl Walk<'_> {
         );
         if let Some(dropped) = self.security(ifindex, &port, src_mac)? {
             return Ok(dropped);
+        }
+        if port.flags & PORT_FLAG_SG != 0 {
+            let pkt = self.sg_packet();
+            if let Some(dropped) = self.sg(ifindex, &port, SG_EGRESS, &pkt)? {
+                return Ok(dropped);
+            }
+        } else {
+            self.step(
+                "security group",
+                "port not filtered (no port security, or no security_groups in its state)",
+            );
         }
         let Some(gw) = gws
             .get(&FdbKey {
@@ -156,5 +179,74 @@ impl Walk<'_> {
             return self.snat_reply(&r, &cfg);
         }
         self.fip_inbound(&cfg)
+    }
+}
+
+impl Walk<'_> {
+    /// `entry::tap_out`: whatever delivered the packet to a local tap (a redirect from
+    /// another tap, the tunnel, the external NIC, a router's answer, a flood copy), the
+    /// port's admin state and the ingress rules of its security groups are checked there,
+    /// on the packet as it arrives (after any DNAT). Only a drop changes the outcome.
+    pub(super) fn tap_out(&mut self, o: Out) -> Result<Out, MapsError> {
+        if o.stat.is_drop() {
+            return Ok(o);
+        }
+        if let Some(vni) = o.flood_vni {
+            self.flood_out(vni)?;
+            return Ok(o);
+        }
+        let Some(ifindex) = o
+            .output
+            .as_deref()
+            .and_then(|t| t.strip_prefix("tap#"))
+            .and_then(|t| t.parse::<u32>().ok())
+        else {
+            return Ok(o);
+        };
+        let mut pkt = self.sg_packet();
+        if o.stat == Stat::IcmpEchoReply {
+            // The router's answer goes back to the VM: from the gateway, an echo reply.
+            (pkt.saddr_be, pkt.daddr_be) = (pkt.daddr_be, pkt.saddr_be);
+            pkt.icmp = (0, 0);
+        }
+        Ok(match self.delivered(ifindex, &pkt)? {
+            Some(stat) => drop(stat),
+            None => o,
+        })
+    }
+
+    /// A flood's local copies: each is checked at its own tap (the verdict stays the
+    /// flood's; the steps say which copies would be dropped).
+    fn flood_out(&mut self, vni: u32) -> Result<(), MapsError> {
+        let Some(set) = self.m.flood.get(&vni)? else {
+            return Ok(());
+        };
+        let from = attached_ifindex(self.m, &self.p.iface);
+        let pkt = self.sg_packet();
+        let n = (set.n_local as usize).min(set.local.len());
+        for &ifindex in &set.local[..n] {
+            if Some(ifindex) != from {
+                self.delivered(ifindex, &pkt)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `entry::tap_out::run` for `pkt` delivered to tap `ifindex`: the drop, if any.
+    fn delivered(&mut self, ifindex: u32, pkt: &Packet) -> Result<Option<Stat>, MapsError> {
+        let Some(port) = self.m.local_ports.get(&ifindex)? else {
+            return Ok(None);
+        };
+        if port.flags & PORT_FLAG_DOWN != 0 {
+            self.step(
+                "port",
+                format!("tap#{ifindex}: admin_state_up false: nothing in or out"),
+            );
+            return Ok(Some(Stat::DropPortDown));
+        }
+        if port.flags & PORT_FLAG_SG == 0 {
+            return Ok(None);
+        }
+        Ok(self.sg(ifindex, &port, SG_INGRESS, pkt)?.map(|o| o.stat))
     }
 }

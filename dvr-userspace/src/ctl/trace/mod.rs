@@ -1,18 +1,20 @@
 //! `dvrctl trace`: what the datapath would do with a packet, step by step, from the live
 //! maps of a host (like ovn-trace). Read-only: nothing is sent and no map is written. The
 //! walk mirrors the layers of `dvr-ebpf`, each calling only downwards: [`entry`] holds the
-//! three pipelines (tap, tunnel and external ingress), [`stage`] the feature stages they
-//! call (security, route, fip, snat, ha: the names of `dvr-ebpf/src/stage/`), [`net`] what
-//! those build on (route lookup, conntrack, L2 delivery) and [`walk`] the walk's state. The
-//! integration tests check its verdicts against what real packets did.
+//! pipelines (tap, tunnel and external ingress, and `tap_out` where a packet is delivered
+//! to a local tap), [`stage`] the feature stages they call (security, sg, route, fip, snat,
+//! ha: the names of `dvr-ebpf/src/stage/`, with the security group decision itself in
+//! [`sg`]), [`net`] what those build on (route lookup, conntrack, L2 delivery) and [`walk`]
+//! the walk's state. The integration tests check its verdicts against what real packets did.
 mod entry;
 mod net;
+mod sg;
 mod stage;
 mod walk;
 
 use serde::Serialize;
 
-use super::fmt_mac;
+use super::{fmt_mac, names::Names};
 use crate::maps::{HostMaps, MapsError};
 use walk::Walk;
 pub use walk::{Probe, Step, attached_ifindex};
@@ -34,11 +36,12 @@ pub struct Trace {
 
 /// Trace `p` through the maps of a host.
 pub fn trace(maps: &HostMaps, p: Probe) -> Result<Trace, MapsError> {
-    let mut w = Walk {
-        m: maps,
-        steps: Vec::new(),
-        p,
-    };
+    trace_named(maps, p, None)
+}
+
+/// Trace `p` through the maps of a host, naming ports and rules by the ids in `names`.
+pub fn trace_named(maps: &HostMaps, p: Probe, names: Option<&Names>) -> Result<Trace, MapsError> {
+    let mut w = Walk::new(maps, p, names);
     let cfg = maps.read_config()?;
     let tunnel = crate::attach::TUNNEL_DEV;
     let is_ext =
@@ -50,6 +53,7 @@ pub fn trace(maps: &HostMaps, p: Probe) -> Result<Trace, MapsError> {
     } else {
         w.tap()?
     };
+    let o = w.tap_out(o)?;
     Ok(Trace {
         steps: w.steps,
         verdict: o.stat.as_str(),

@@ -141,6 +141,9 @@ impl Walk<'_> {
                 nl.saturating_sub(1)
             ),
         );
-        Ok(out(Stat::Flooded, "flood", src_mac, dst_mac))
+        Ok(Out {
+            flood_vni: Some(vni),
+            ..out(Stat::Flooded, "flood", src_mac, dst_mac)
+        })
     }
 }

@@ -1,7 +1,8 @@
 //! The trace's counterpart of `dvr-ebpf/src/stage/`, one block per stage in the same
-//! order as the datapath's graph: security, route (with the outbound decision), fip, snat,
-//! ha (and the external gateway's learned MAC that fip and snat send to).
-use std::net::Ipv4Addr;
+//! order as the datapath's graph: security, sg (security groups; the decision is in
+//! `super::sg`), route (with the outbound decision), fip, snat, ha (and the external
+//! gateway's learned MAC that fip and snat send to).
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use dvr_common::{
     Mac,
@@ -11,7 +12,9 @@ use dvr_common::{
         CT_DNAT, CT_HAIRPIN, CT_PAT, CT_SNAT, FIP_CENTRAL, FIP_HA, FIP_LOCAL, FIP_REMOTE,
         FIP_UNASSOCIATED, FIP_VIP, FipEntry, FipSrc, ZONE_EXTERNAL,
     },
-    port::{LocalPort, PORT_FLAG_SECURITY, SEC_IP_ALLOWED, SEC_KEY_PREFIX_BITS},
+    port::{
+        LocalPort, PORT_FLAG_SECURITY, PORT_FLAG_SG_STATELESS, SEC_IP_ALLOWED, SEC_KEY_PREFIX_BITS,
+    },
     route::{IpKey, RouterIface},
     snat::{SNAT_ENABLED, SNAT_HA, SnatRouter, fence_active},
     stats::Stat,
@@ -19,10 +22,11 @@ use dvr_common::{
 
 use super::{
     net::deliver,
+    sg::{self, Decision, Packet},
     walk::{Out, Walk, be, drop, in_prefix, out},
 };
 use crate::{
-    ctl::{fmt_mac, ip_be},
+    ctl::{fmt_mac, ip_be, names::rule_label},
     maps::MapsError,
 };
 
@@ -69,6 +73,69 @@ impl Walk<'_> {
             self.step("port security", "disabled for this port");
         }
         Ok(None)
+    }
+}
+
+// ---- sg ----
+
+impl Walk<'_> {
+    /// `stage::sg::check`: the security groups of the port on tap `ifindex` (its flags
+    /// carry `PORT_FLAG_SG`) on packet `pkt` in direction `dir` (egress where the VM sends,
+    /// ingress where a packet is delivered to it); `Some(drop)` when they refuse it.
+    pub(super) fn sg(
+        &mut self,
+        ifindex: u32,
+        port: &LocalPort,
+        dir: u8,
+        pkt: &Packet,
+    ) -> Result<Option<Out>, MapsError> {
+        if self.sg_tries.is_none() {
+            self.sg_tries = Some((self.m.sg_remote.read()?, self.m.sg_rules.read()?));
+        }
+        // The conntrack entries the check may look at: the packet's own direction and, for
+        // an ICMP error, the packet it quotes (this walk's new flows first).
+        let mut ct = BTreeMap::new();
+        for k in [
+            Some(sg::flow_key(ifindex, pkt)),
+            sg::quoted_key(ifindex, pkt),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let e = match self.sg_created.get(&k) {
+                Some(e) => Some(*e),
+                None => self.m.ct.get(&k)?,
+            };
+            ct.extend(e.map(|e| (k, e)));
+        }
+        let d = match &self.sg_tries {
+            Some((remotes, rules)) => sg::check(port, ifindex, dir, pkt, remotes, rules, &|k| {
+                ct.get(k).copied()
+            }),
+            None => Decision::Refused,
+        };
+        if let Decision::Admitted {
+            rule,
+            new_flow: true,
+        } = d
+        {
+            self.sg_created
+                .extend(sg::new_flow(ifindex, dir, pkt, rule));
+        }
+        let names = self.names;
+        let rule = |r: u32| {
+            let label = rule_label(names, r);
+            match names.and_then(|n| n.rule(r)) {
+                Some(n) => format!("rule {label} ({})", n.summary),
+                None => format!("rule {label}"),
+            }
+        };
+        let stateless = port.flags & PORT_FLAG_SG_STATELESS != 0;
+        self.step(
+            "security group",
+            sg::describe(d, dir, ifindex, stateless, &rule),
+        );
+        Ok((!d.passes()).then(|| drop(sg::refused(dir))))
     }
 }
 
@@ -327,6 +394,7 @@ impl Walk<'_> {
                 output: Some("host stack".into()),
                 src_mac: None,
                 dst_mac: None,
+                flood_vni: None,
             });
         };
         if f.flags & (FIP_LOCAL | FIP_CENTRAL) == 0 {
@@ -503,6 +571,15 @@ impl Walk<'_> {
         };
         let vni = e.peer_zone;
         self.p.dst = ip_be(e.nat_ip_be);
+        // The VM's own port (or ICMP echo id) comes back too: the port's security groups
+        // see the reply of the flow it opened.
+        if e.nat_port_be != 0 {
+            if self.p.proto == 1 {
+                self.p.sport = u16::from_be(e.nat_port_be);
+            } else {
+                self.p.dport = u16::from_be(e.nat_port_be);
+            }
+        }
         let Some(ep) = self.m.endpoints.get(&IpKey {
             vni,
             ip_be: e.nat_ip_be,

@@ -1,11 +1,22 @@
 //! The state of a trace walk and what every layer of it uses: the probe, the steps, the
 //! packet as it is now, and how a walk ends.
-use std::net::Ipv4Addr;
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use serde::Serialize;
 
-use crate::maps::HostMaps;
-use dvr_common::{Mac, stats::Stat};
+use super::sg::Packet;
+use crate::{
+    ctl::{
+        names::Names,
+        sg::{Remotes, Rules},
+    },
+    maps::HostMaps,
+};
+use dvr_common::{
+    Mac,
+    nat::{CtEntry, CtKey},
+    stats::Stat,
+};
 
 /// The packet to trace.
 #[derive(Debug, Clone)]
@@ -38,6 +49,13 @@ pub(super) struct Walk<'a> {
     pub(super) m: &'a HostMaps,
     pub(super) steps: Vec<Step>,
     pub(super) p: Probe,
+    /// Ids behind the hashes, from a state.
+    pub(super) names: Option<&'a Names>,
+    /// DVR_SG_REMOTE and DVR_SG_RULES, read at the walk's first security group check.
+    pub(super) sg_tries: Option<(Remotes, Rules)>,
+    /// Conntrack entries a security group check of this walk creates (a new flow), which
+    /// a later check of the same packet's answer finds (the router's echo reply).
+    pub(super) sg_created: BTreeMap<CtKey, CtEntry>,
 }
 
 /// Where a walk ends: the counter it bumps, and where and how the packet leaves.
@@ -46,6 +64,8 @@ pub(super) struct Out {
     pub(super) output: Option<String>,
     pub(super) src_mac: Option<Mac>,
     pub(super) dst_mac: Option<Mac>,
+    /// Flooded on this network: every local copy is checked where it is delivered.
+    pub(super) flood_vni: Option<u32>,
 }
 
 pub(super) fn out(stat: Stat, output: impl Into<String>, src_mac: Mac, dst_mac: Mac) -> Out {
@@ -54,6 +74,7 @@ pub(super) fn out(stat: Stat, output: impl Into<String>, src_mac: Mac, dst_mac: 
         output: Some(output.into()),
         src_mac: Some(src_mac),
         dst_mac: Some(dst_mac),
+        flood_vni: None,
     }
 }
 
@@ -63,6 +84,7 @@ pub(super) fn drop(stat: Stat) -> Out {
         output: None,
         src_mac: None,
         dst_mac: None,
+        flood_vni: None,
     }
 }
 
@@ -89,7 +111,38 @@ pub fn attached_ifindex(maps: &HostMaps, iface: &str) -> Option<u32> {
     })
 }
 
-impl Walk<'_> {
+impl<'a> Walk<'a> {
+    pub(super) fn new(m: &'a HostMaps, p: Probe, names: Option<&'a Names>) -> Self {
+        Walk {
+            m,
+            steps: Vec::new(),
+            p,
+            names,
+            sg_tries: None,
+            sg_created: BTreeMap::new(),
+        }
+    }
+
+    /// The packet as it is now, as the security group check sees it (an ICMP probe is an
+    /// echo request whose identifier is `sport`).
+    pub(super) fn sg_packet(&self) -> Packet {
+        let icmp = self.p.proto == 1;
+        let (sport, dport) = if icmp {
+            (self.p.sport, self.p.sport)
+        } else {
+            (self.p.sport, self.p.dport)
+        };
+        Packet {
+            saddr_be: be(self.p.src),
+            daddr_be: be(self.p.dst),
+            proto: self.p.proto,
+            sport_be: sport.to_be(),
+            dport_be: dport.to_be(),
+            icmp: if icmp { (8, 0) } else { (0, 0) },
+            quoted: None,
+        }
+    }
+
     pub(super) fn step(&mut self, stage: &'static str, what: impl Into<String>) {
         self.steps.push(Step {
             stage,

@@ -1,0 +1,524 @@
+//! The trace's counterpart of `dvr-ebpf/src/stage/sg.rs`: the security group decision for
+//! one packet of a port, as the datapath takes it, pure (over the two tries as read and the
+//! conntrack entries the walk looked up) so that unit tests cover it. `stage.rs` turns the
+//! decision into a step and a verdict.
+use std::collections::BTreeMap;
+
+use dvr_common::{
+    nat::{CT_SG_INGRESS, CT_SG_REPLY, CtEntry, CtKey},
+    port::{LocalPort, PORT_FLAG_SG_STATELESS},
+    sg::{SG_EGRESS, SG_INGRESS, SG_ZONE},
+    stats::Stat,
+};
+
+use crate::{
+    compile::{icmp_port_be, sg_admit},
+    ctl::sg::{Remotes, Rules, direction_name},
+};
+
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_UDP: u8 = 17;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAM_PROBLEM: u8 = 12;
+
+/// The packet as the check sees it (addresses and ports in network order; for ICMP echo
+/// the identifier in both port slots, as conntrack keys hold it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Packet {
+    pub(super) saddr_be: u32,
+    pub(super) daddr_be: u32,
+    pub(super) proto: u8,
+    pub(super) sport_be: u16,
+    pub(super) dport_be: u16,
+    /// ICMP type and code (ICMP only).
+    pub(super) icmp: (u8, u8),
+    /// The tuple an ICMP error quotes: (saddr, daddr, sport, dport, proto).
+    pub(super) quoted: Option<(u32, u32, u16, u16, u8)>,
+}
+
+impl Packet {
+    fn is_icmp_error(&self) -> bool {
+        self.proto == IPPROTO_ICMP
+            && matches!(
+                self.icmp.0,
+                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM
+            )
+    }
+
+    /// What a rule's port range matches: the destination port, or ICMP type and code.
+    fn port_be(&self) -> u16 {
+        if self.proto == IPPROTO_ICMP {
+            icmp_port_be(self.icmp.0, self.icmp.1)
+        } else {
+            self.dport_be
+        }
+    }
+}
+
+/// The conntrack zone of the port on tap `ifindex`.
+pub(super) fn zone(ifindex: u32) -> u32 {
+    SG_ZONE | ifindex
+}
+
+/// The key of the packet's own direction in the port's zone (`net::conntrack::flow_key`).
+pub(super) fn flow_key(ifindex: u32, p: &Packet) -> CtKey {
+    CtKey {
+        zone: zone(ifindex),
+        saddr_be: p.saddr_be,
+        daddr_be: p.daddr_be,
+        sport_be: p.sport_be,
+        dport_be: p.dport_be,
+        proto: p.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// The key of the packet an ICMP error quotes, in the port's zone.
+pub(super) fn quoted_key(ifindex: u32, p: &Packet) -> Option<CtKey> {
+    let (s, d, sp, dp, proto) = p.quoted?;
+    Some(CtKey {
+        zone: zone(ifindex),
+        saddr_be: s,
+        daddr_be: d,
+        sport_be: sp,
+        dport_be: dp,
+        proto,
+        _pad: [0; 3],
+    })
+}
+
+/// What the check decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Decision {
+    /// DHCP between the VM's client and a server: base traffic, always allowed.
+    Base,
+    /// A stateless port: the rule of its direction that admits it, if any.
+    Stateless(Option<u32>),
+    /// A rule admits it (stateful). `new_flow`: its flow is not tracked yet, so both
+    /// conntrack entries are created (never for an ICMP error).
+    Admitted { rule: u32, new_flow: bool },
+    /// No rule admits it, but it is the reply of a tracked flow, admitted by `rule` in
+    /// direction `flow_dir`.
+    Reply { rule: u32, flow_dir: u8 },
+    /// No rule admits it any more, and it is the original direction of a tracked flow
+    /// (admitted by `rule`): the flow ends here, both entries deleted.
+    Revoked { rule: u32 },
+    /// An ICMP error about a packet of a tracked flow of the port.
+    Related,
+    /// No rule admits it.
+    Refused,
+}
+
+impl Decision {
+    pub(super) fn passes(self) -> bool {
+        !matches!(
+            self,
+            Decision::Stateless(None) | Decision::Revoked { .. } | Decision::Refused
+        )
+    }
+}
+
+/// DHCP client to server leaving the VM, server to client reaching it.
+fn is_dhcp(p: &Packet, dir: u8) -> bool {
+    let (client, server) = (68u16.to_be(), 67u16.to_be());
+    p.proto == IPPROTO_UDP
+        && match dir {
+            SG_EGRESS => p.sport_be == client && p.dport_be == server,
+            _ => p.sport_be == server && p.dport_be == client,
+        }
+}
+
+/// The check of packet `p` of the port `port` on tap `ifindex` (its flags carry
+/// `PORT_FLAG_SG`) in direction `dir` (`SG_EGRESS` at the tap, `SG_INGRESS` where it is
+/// delivered). `ct` is the conntrack entry at a key, if any.
+pub(super) fn check(
+    port: &LocalPort,
+    ifindex: u32,
+    dir: u8,
+    p: &Packet,
+    remotes: &Remotes,
+    rules: &Rules,
+    ct: &dyn Fn(&CtKey) -> Option<CtEntry>,
+) -> Decision {
+    if is_dhcp(p, dir) {
+        return Decision::Base;
+    }
+    let remote = if dir == SG_EGRESS {
+        p.daddr_be
+    } else {
+        p.saddr_be
+    };
+    let admitted = sg_admit(
+        remotes,
+        rules,
+        port.policy,
+        dir,
+        p.proto,
+        p.port_be(),
+        remote,
+    )
+    .map(|r| r.rule_id);
+    if port.flags & PORT_FLAG_SG_STATELESS != 0 {
+        return Decision::Stateless(admitted);
+    }
+    let tracked = ct(&flow_key(ifindex, p));
+    if let Some(rule) = admitted {
+        return Decision::Admitted {
+            rule,
+            new_flow: tracked.is_none() && !p.is_icmp_error(),
+        };
+    }
+    match tracked {
+        Some(e) if e.kind & CT_SG_REPLY != 0 => Decision::Reply {
+            rule: e._reserved,
+            flow_dir: if e.kind & CT_SG_INGRESS != 0 {
+                SG_INGRESS
+            } else {
+                SG_EGRESS
+            },
+        },
+        Some(e) => Decision::Revoked { rule: e._reserved },
+        None if p.is_icmp_error() => match quoted_key(ifindex, p).and_then(|k| ct(&k)) {
+            Some(_) => Decision::Related,
+            None => Decision::Refused,
+        },
+        None => Decision::Refused,
+    }
+}
+
+/// The entries a stateful admission creates for a new flow (`stage::sg::check`): the
+/// original direction with the rule, the reply.
+pub(super) fn new_flow(ifindex: u32, dir: u8, p: &Packet, rule: u32) -> BTreeMap<CtKey, CtEntry> {
+    use dvr_common::nat::CT_SG;
+    let k = flow_key(ifindex, p);
+    let flag = if dir == SG_INGRESS { CT_SG_INGRESS } else { 0 };
+    let e = CtEntry {
+        nat_ip_be: p.saddr_be,
+        peer_zone: k.zone,
+        kind: CT_SG | flag,
+        _reserved: rule,
+        ..Default::default()
+    };
+    let pe = CtEntry {
+        nat_ip_be: p.daddr_be,
+        kind: CT_SG_REPLY | flag,
+        ..e
+    };
+    BTreeMap::from([(k.peer(&e), pe), (k, e)])
+}
+
+/// The counter of a refusal in direction `dir`.
+pub(super) fn refused(dir: u8) -> Stat {
+    if dir == SG_EGRESS {
+        Stat::DropSgEgress
+    } else {
+        Stat::DropSgIngress
+    }
+}
+
+/// The trace line of decision `d` for the port on tap `ifindex` in direction `dir`;
+/// `rule` names a rule by its id hash.
+pub(super) fn describe(
+    d: Decision,
+    dir: u8,
+    ifindex: u32,
+    stateless: bool,
+    rule: &dyn Fn(u32) -> String,
+) -> String {
+    let zone = format!("sg:{ifindex}");
+    let refused = refused(dir).as_str();
+    let what = match d {
+        Decision::Base if dir == SG_EGRESS => {
+            "DHCP client to server: base traffic, always allowed".to_string()
+        }
+        Decision::Base => "DHCP server to client: base traffic, always allowed".to_string(),
+        Decision::Stateless(Some(r)) => format!("admitted by {}", rule(r)),
+        Decision::Admitted {
+            rule: r,
+            new_flow: true,
+        } => format!(
+            "admitted by {}; a new flow, tracked in zone {zone}",
+            rule(r)
+        ),
+        Decision::Admitted { rule: r, .. } => {
+            format!("admitted by {}; tracked flow in zone {zone}", rule(r))
+        }
+        Decision::Reply { rule: r, flow_dir } => format!(
+            "no {} rule admits it, but it is the reply of a tracked flow (reply entry in \
+             zone {zone}) admitted by {} {}: passes",
+            direction_name(dir),
+            direction_name(flow_dir),
+            rule(r)
+        ),
+        Decision::Revoked { rule: r } => format!(
+            "no rule admits it any more: the tracked flow it opened (admitted by {}) ends \
+             here, both entries deleted ({refused})",
+            rule(r),
+        ),
+        Decision::Related => {
+            "ICMP error about a tracked flow of the port (related): passes".to_string()
+        }
+        Decision::Stateless(None) | Decision::Refused => {
+            format!("no rule admits it ({refused})")
+        }
+    };
+    let mode = if stateless { " (stateless)" } else { "" };
+    if dir == SG_EGRESS {
+        format!("egress{mode}: {what}")
+    } else {
+        format!("ingress at tap#{ifindex}{mode}: {what}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::fnv1a32;
+    use dvr_common::{
+        port::PORT_FLAG_SG,
+        sg::{SG_REMOTE_PREFIX_BITS, SG_RULE_ANY_PORT_BITS, SgRemoteKey, SgRule, SgRuleKey},
+    };
+
+    const IFX: u32 = 9;
+    const POLICY: u32 = 77;
+    const VM: u32 = u32::from_ne_bytes([10, 0, 0, 5]);
+    const PEER: u32 = u32::from_ne_bytes([10, 0, 0, 9]);
+
+    /// Policy 77: egress TCP 443 to anywhere (rule `out-https`), ingress TCP 22 from
+    /// 10.0.0.0/8 (rule `in-ssh`), ingress ICMP echo from anywhere (rule `in-ping`).
+    fn tries() -> (Remotes, Rules) {
+        let remote = |plen, ip: [u8; 4], class| {
+            (
+                (
+                    SG_REMOTE_PREFIX_BITS + plen,
+                    SgRemoteKey {
+                        policy: POLICY,
+                        ip_be: u32::from_ne_bytes(ip),
+                    },
+                ),
+                class,
+            )
+        };
+        let rule = |class, dir, proto, bits, port_be, id: &str| {
+            (
+                (
+                    SG_RULE_ANY_PORT_BITS + bits,
+                    SgRuleKey {
+                        class,
+                        dir,
+                        proto,
+                        port_be,
+                    },
+                ),
+                SgRule {
+                    rule_id: fnv1a32(id),
+                },
+            )
+        };
+        let mut rules = Rules::new();
+        for class in [1, 2] {
+            rules.extend([
+                rule(class, SG_EGRESS, 6, 16, 443u16.to_be(), "out-https"),
+                rule(class, SG_INGRESS, 1, 8, icmp_port_be(8, 0), "in-ping"),
+            ]);
+        }
+        rules.extend([rule(2, SG_INGRESS, 6, 16, 22u16.to_be(), "in-ssh")]);
+        (
+            BTreeMap::from([remote(0, [0; 4], 1), remote(8, [10, 0, 0, 0], 2)]),
+            rules,
+        )
+    }
+
+    fn port(flags: u32) -> LocalPort {
+        LocalPort {
+            flags: PORT_FLAG_SG | flags,
+            policy: POLICY,
+            ..Default::default()
+        }
+    }
+
+    fn tcp(src: u32, sport: u16, dst: u32, dport: u16) -> Packet {
+        Packet {
+            saddr_be: src,
+            daddr_be: dst,
+            proto: 6,
+            sport_be: sport.to_be(),
+            dport_be: dport.to_be(),
+            icmp: (0, 0),
+            quoted: None,
+        }
+    }
+
+    fn decide(flags: u32, dir: u8, p: &Packet, ct: &BTreeMap<CtKey, CtEntry>) -> Decision {
+        let (r, u) = tries();
+        check(&port(flags), IFX, dir, p, &r, &u, &|k| ct.get(k).copied())
+    }
+
+    #[test]
+    fn rules_admit_by_direction_port_and_remote() {
+        let none = BTreeMap::new();
+        let out = tcp(VM, 40000, u32::from_ne_bytes([192, 0, 2, 1]), 443);
+        assert_eq!(
+            decide(0, SG_EGRESS, &out, &none),
+            Decision::Admitted {
+                rule: fnv1a32("out-https"),
+                new_flow: true
+            }
+        );
+        let out80 = tcp(VM, 40000, PEER, 80);
+        assert_eq!(decide(0, SG_EGRESS, &out80, &none), Decision::Refused);
+        let ssh = tcp(PEER, 40000, VM, 22);
+        assert_eq!(
+            decide(0, SG_INGRESS, &ssh, &none),
+            Decision::Admitted {
+                rule: fnv1a32("in-ssh"),
+                new_flow: true
+            }
+        );
+        let ssh_far = tcp(u32::from_ne_bytes([192, 0, 2, 1]), 40000, VM, 22);
+        assert_eq!(decide(0, SG_INGRESS, &ssh_far, &none), Decision::Refused);
+        assert!(!Decision::Refused.passes());
+        let ping = Packet {
+            proto: 1,
+            icmp: (8, 0),
+            sport_be: 7,
+            dport_be: 7,
+            ..ssh_far
+        };
+        assert!(decide(0, SG_INGRESS, &ping, &none).passes());
+        // Stateless: the same rules, nothing tracked.
+        assert_eq!(
+            decide(PORT_FLAG_SG_STATELESS, SG_EGRESS, &out80, &none),
+            Decision::Stateless(None)
+        );
+        assert_eq!(
+            decide(PORT_FLAG_SG_STATELESS, SG_INGRESS, &ssh, &none),
+            Decision::Stateless(Some(fnv1a32("in-ssh")))
+        );
+    }
+
+    #[test]
+    fn dhcp_is_base_traffic_in_its_direction_only() {
+        let none = BTreeMap::new();
+        let bcast = u32::MAX;
+        let discover = Packet {
+            proto: 17,
+            ..tcp(0, 68, bcast, 67)
+        };
+        assert_eq!(decide(0, SG_EGRESS, &discover, &none), Decision::Base);
+        assert_eq!(decide(0, SG_INGRESS, &discover, &none), Decision::Refused);
+        let offer = Packet {
+            proto: 17,
+            ..tcp(PEER, 67, VM, 68)
+        };
+        assert_eq!(decide(0, SG_INGRESS, &offer, &none), Decision::Base);
+    }
+
+    #[test]
+    fn replies_related_errors_and_revoked_flows() {
+        // The VM opened 443 to PEER: the reply passes by the flow, not by a rule.
+        let out = tcp(VM, 40000, PEER, 443);
+        let flow = new_flow(IFX, SG_EGRESS, &out, fnv1a32("out-https"));
+        let reply = tcp(PEER, 443, VM, 40000);
+        assert_eq!(
+            decide(0, SG_INGRESS, &reply, &flow),
+            Decision::Reply {
+                rule: fnv1a32("out-https"),
+                flow_dir: SG_EGRESS
+            }
+        );
+        assert_eq!(
+            decide(0, SG_EGRESS, &out, &flow),
+            Decision::Admitted {
+                rule: fnv1a32("out-https"),
+                new_flow: false
+            }
+        );
+        // A port unreachable from PEER about the VM's packet: related.
+        let unreach = Packet {
+            proto: 1,
+            icmp: (3, 3),
+            sport_be: 0,
+            dport_be: 0,
+            quoted: Some((VM, PEER, 40000u16.to_be(), 443u16.to_be(), 6)),
+            ..reply
+        };
+        assert_eq!(decide(0, SG_INGRESS, &unreach, &flow), Decision::Related);
+        assert_eq!(
+            decide(0, SG_INGRESS, &unreach, &BTreeMap::new()),
+            Decision::Refused
+        );
+        // An egress flow to port 80 tracked from before its rule went: it ends.
+        let out80 = tcp(VM, 40000, PEER, 80);
+        let old = new_flow(IFX, SG_EGRESS, &out80, 0xdead);
+        assert_eq!(
+            decide(0, SG_EGRESS, &out80, &old),
+            Decision::Revoked { rule: 0xdead }
+        );
+        // Its reply still finds the reply entry (the datapath passes it until the
+        // original direction's next packet or the agent's re-check ends the flow).
+        let reply80 = tcp(PEER, 80, VM, 40000);
+        assert!(decide(0, SG_INGRESS, &reply80, &old).passes());
+        // Flows of another port's zone are not this port's.
+        let other = new_flow(IFX + 1, SG_EGRESS, &out, fnv1a32("out-https"));
+        assert_eq!(decide(0, SG_INGRESS, &reply, &other), Decision::Refused);
+    }
+
+    #[test]
+    fn descriptions_name_the_rule_and_read_as_one_line() {
+        let rule = |r: u32| format!("rule {r:x}");
+        let say = |d, dir, stateless| describe(d, dir, 7, stateless, &rule);
+        assert_eq!(
+            say(
+                Decision::Admitted {
+                    rule: 0xab,
+                    new_flow: true
+                },
+                SG_INGRESS,
+                false
+            ),
+            "ingress at tap#7: admitted by rule ab; a new flow, tracked in zone sg:7"
+        );
+        assert_eq!(
+            say(Decision::Refused, SG_EGRESS, false),
+            "egress: no rule admits it (drop_sg_egress)"
+        );
+        assert_eq!(
+            say(Decision::Stateless(None), SG_INGRESS, true),
+            "ingress at tap#7 (stateless): no rule admits it (drop_sg_ingress)"
+        );
+        assert_eq!(
+            say(
+                Decision::Reply {
+                    rule: 0xcd,
+                    flow_dir: SG_INGRESS
+                },
+                SG_EGRESS,
+                false
+            ),
+            "egress: no egress rule admits it, but it is the reply of a tracked flow (reply \
+             entry in zone sg:7) admitted by ingress rule cd: passes"
+        );
+        assert_eq!(
+            say(Decision::Revoked { rule: 0xef }, SG_EGRESS, false),
+            "egress: no rule admits it any more: the tracked flow it opened (admitted by rule \
+             ef) ends here, both entries deleted (drop_sg_egress)"
+        );
+        // Every decision is one line with single spaces.
+        for d in [
+            Decision::Base,
+            Decision::Stateless(Some(1)),
+            Decision::Admitted {
+                rule: 1,
+                new_flow: false,
+            },
+            Decision::Related,
+        ] {
+            for dir in [SG_EGRESS, SG_INGRESS] {
+                let t = say(d, dir, false);
+                assert!(!t.contains("  ") && !t.contains('\n'), "{t:?}");
+            }
+        }
+    }
+}

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use dvr_common::stats::Stat;
-use dvr_tests::sg::{Outcome, Proto, served};
+use dvr_tests::sg::{APPLY_DEADLINE, Outcome, Proto, served};
 use dvr_tests::{
     Cloud, Counters, EXT, INTERNET_HOST, SecurityGroup, SecurityGroupRule, Topology, UdpFrame,
     VmSpec, require_preconditions,
@@ -242,7 +242,8 @@ fn ingress_rules_admit_by_protocol_port_range_and_prefix_and_refuse_the_rest() -
 /// `sg-other`. m1 is answered, m2 and m3 refused (`drop_sg_ingress` on h2: tunnelled and local
 /// deliveries alike). Then m2 joins `sg-client`: once every agent applied it m2 is answered,
 /// also from 172.24.2.200, its allowed address pair (members are every fixed IP and allowed
-/// address pair of the group's ports); m1 leaves: m1 is refused.
+/// address pair of the group's ports); m1 leaves: m1 is refused. A port that comes while the
+/// agents run (m4, h1, in `sg-client`) is answered once its tap is served.
 #[test]
 fn remote_group_admits_members_across_hosts_and_follows_membership_changes() -> Result<()> {
     require_preconditions();
@@ -276,7 +277,7 @@ fn remote_group_admits_members_across_hosts_and_follows_membership_changes() -> 
         .vm(VmSpec::new("srv", "a", "h2").security_groups(&["sg-srv"]));
     let mut c = t.build()?;
     let srv = c.ip("srv")?;
-    let _server = c.sg_server("srv", &[6000], &[])?;
+    let server = c.sg_server("srv", &[6000], &[])?;
 
     let member = |c: &Cloud, vm: &str, admitted: bool| -> Result<()> {
         let before = Counters::take(c, &["h2"])?;
@@ -326,6 +327,18 @@ fn remote_group_admits_members_across_hosts_and_follows_membership_changes() -> 
     );
     member(&c, "m1", false).context("m1 after leaving")?;
     member(&c, "m2", true).context("m2 still a member")?;
+
+    // A port that comes: srv's host admits its address as a member.
+    c.add_vm_later(VmSpec::new("m4", "a", "h1").security_groups(&["sg-client"]))?;
+    c.wait_port_attached("m4", APPLY_DEADLINE)?;
+    c.wait_applied(APPLY_DEADLINE)?;
+    member(&c, "m4", true).context("m4, a member added while running")?;
+    let m4 = c.ip("m4")?.to_string();
+    ensure!(
+        served(&server.stdout(), Tcp, 6000).contains(&m4),
+        "srv must have served m4 ({m4}) on TCP 6000: {}",
+        server.stdout()
+    );
     Ok(())
 }
 
@@ -681,8 +694,8 @@ fn port_security_disabled_means_no_filtering_and_spoofed_sources_pass() -> Resul
 /// `admin_state_up: false` lets nothing in or out of a port, whatever its groups, and
 /// `true` restores it. `d` (h1, unfiltered) and `peer` (h2) ping each other; with d down,
 /// neither echo request gets an answer and h1 counts `drop_port_down` for each direction
-/// (d's request at its tap, peer's where it would be delivered to d); with d up again both
-/// are answered.
+/// (d's request at its tap, peer's where it would be delivered to d), while `u` (h1) still
+/// reaches peer; with d up again both are answered.
 #[test]
 fn admin_state_down_lets_nothing_in_or_out_and_up_restores() -> Result<()> {
     require_preconditions();
@@ -690,6 +703,7 @@ fn admin_state_down_lets_nothing_in_or_out_and_up_restores() -> Result<()> {
     t.host("h1").host("h2");
     t.network("a", 8701, "172.24.8.0/24");
     t.vm(VmSpec::new("d", "a", "h1"))
+        .vm(VmSpec::new("u", "a", "h1"))
         .vm(VmSpec::new("peer", "a", "h2"));
     let mut c = t.build()?;
     let (d, peer) = (c.ip("d")?, c.ip("peer")?);
@@ -707,6 +721,8 @@ fn admin_state_down_lets_nothing_in_or_out_and_up_restores() -> Result<()> {
     let before = Counters::take(&c, &["h1"])?;
     ensure!(!c.ping_once("peer", d, PING_WAIT)?, "d is down: nothing in");
     let in_drops = before.wait_delta(&c, "h1", Stat::DropPortDown, 1)?;
+    c.ping_ok("u", peer, 1)
+        .context("another port of d's host must be unaffected")?;
 
     let up = c.set_admin_state_up("d", true)?;
     eprintln!(
@@ -722,9 +738,12 @@ fn admin_state_down_lets_nothing_in_or_out_and_up_restores() -> Result<()> {
 
 /// Traffic through a floating IP is filtered by the fixed port's ingress rules (after DNAT),
 /// SNAT'd traffic by the sending port's egress rules (before SNAT), on the VM's host. `vf`
-/// (h1, floating IP f1) admits TCP 8080 in; `vs` (h1, no floating IP, router r1 with SNAT on
-/// `hs`) may send TCP 80 to 198.51.100.10 only. From the external namespace: f1:8080 is
-/// answered, f1:8081 gets nothing (vf's listener sees no peer, h1 counts `drop_sg_ingress`).
+/// (h1, floating IP f1) admits TCP 8080 in, and TCP 8082 from 198.51.100.10/32 only; `vs`
+/// (h1, no floating IP, router r1 with SNAT on `hs`) may send TCP 80 to 198.51.100.10 only.
+/// From the external namespace: f1:8080 is answered, f1:8081 gets nothing (vf's listener sees
+/// no peer, h1 counts `drop_sg_ingress`); f1:8082 is answered from 198.51.100.10 (vf sees that
+/// source: the rules match the original external source after DNAT) and refused from the
+/// upstream router's 10.5.0.1.
 /// From vs: 198.51.100.10:80 is answered (the server sees the router's SNAT address),
 /// :81 gets nothing (the external listener sees no peer, h1 counts `drop_sg_egress`).
 #[test]
@@ -736,7 +755,12 @@ fn floating_ip_inbound_and_snat_outbound_are_filtered_by_the_fixed_ports_rules()
     t.router("r1", &["a"]);
     t.security_group(SecurityGroup::new(
         "sg-fip",
-        vec![rule_in("r-fip-http").tcp(8080, 8080)],
+        vec![
+            rule_in("r-fip-http").tcp(8080, 8080),
+            rule_in("r-fip-admin")
+                .tcp(8082, 8082)
+                .prefix(&format!("{INTERNET_HOST}/32")),
+        ],
     ))
     .security_group(SecurityGroup::new(
         "sg-snat",
@@ -751,7 +775,7 @@ fn floating_ip_inbound_and_snat_outbound_are_filtered_by_the_fixed_ports_rules()
     t.fip("f1", Some("vf"));
     let mut c = t.build()?;
     let f1 = c.fip_ip("f1")?;
-    let vf_server = c.sg_server("vf", &[8080, 8081], &[])?;
+    let vf_server = c.sg_server("vf", &[8080, 8081, 8082], &[])?;
     let ext_server = c.sg_server(EXT, &[80, 81], &[])?;
 
     let before = Counters::take(&c, &["h1"])?;
@@ -766,6 +790,27 @@ fn floating_ip_inbound_and_snat_outbound_are_filtered_by_the_fixed_ports_rules()
     )?;
     let in_drops = before.wait_delta(&c, "h1", Stat::DropSgIngress, refused as u64)?;
     expect_served(&vf_server.stdout(), &[(Tcp, 8080)], &[(Tcp, 8081)])?;
+
+    // The ingress rules see the original source: 8082 admits the internet host only.
+    let got = c.probe_from(EXT, INTERNET_HOST, f1, &[(Tcp, 8082)], PROBE_WAIT)?;
+    ensure!(
+        got.get(&(Tcp, 8082)) == Some(&Outcome::Answered),
+        "f1:8082 from {INTERNET_HOST} (inside the rule's prefix): {got:?}"
+    );
+    let peers = served(&vf_server.stdout(), Tcp, 8082);
+    ensure!(
+        peers == vec![INTERNET_HOST.to_string()],
+        "vf must see {INTERNET_HOST} on 8082 (DNAT keeps the source): {peers:?}"
+    );
+    let before = Counters::take(&c, &["h1"])?;
+    // The external namespace's own address on br-ext, 10.5.0.1, is outside the prefix.
+    expect_probes(&c, EXT, f1, &[(Tcp, 8082, Outcome::Timeout)])?;
+    before.wait_delta(&c, "h1", Stat::DropSgIngress, 1)?;
+    ensure!(
+        served(&vf_server.stdout(), Tcp, 8082).len() == 1,
+        "vf served 8082 to a source outside the prefix: {}",
+        vf_server.stdout()
+    );
 
     let before = Counters::take(&c, &["h1"])?;
     let refused = expect_probes(
@@ -910,6 +955,29 @@ fn bad_security_group_input_is_refused_naming_id_and_field_and_changes_nothing()
             }),
         ),
         (
+            "unknown address group",
+            vec!["r-ghost-ag", "remote_address_group_id"],
+            add_rule(json!({"id": "r-ghost-ag", "direction": "ingress",
+                "remote_address_group_id": "ag-ghost"})),
+        ),
+        (
+            "ICMP code without a type",
+            vec!["r-icmp-code", "port_range_max"],
+            add_rule(
+                json!({"id": "r-icmp-code", "direction": "ingress", "protocol": "icmp",
+                "port_range_max": 0}),
+            ),
+        ),
+        (
+            "a top-level rule reusing a nested rule's id",
+            vec!["r-http", "`id`"],
+            Box::new(|v: &mut Value| {
+                v["security_group_rules"] = json!([{"id": "r-http",
+                    "security_group_id": "sg-srv", "direction": "ingress", "protocol": "tcp",
+                    "port_range_min": 8081}]);
+            }),
+        ),
+        (
             "port naming an unknown group",
             vec![srv_port.as_str(), "security_groups"],
             Box::new(move |v: &mut Value| {
@@ -928,6 +996,13 @@ fn bad_security_group_input_is_refused_naming_id_and_field_and_changes_nothing()
             vec![cl_port.as_str(), "security_groups"],
             Box::new(move |v: &mut Value| {
                 v["ports"][cl_p]["security_groups"] = json!(["sg-cl", "sg-sl"]);
+            }),
+        ),
+        (
+            "admin_state_up not a boolean",
+            vec![srv_port.as_str(), "admin_state_up"],
+            Box::new(move |v: &mut Value| {
+                v["ports"][srv_p]["admin_state_up"] = json!("down");
             }),
         ),
     ];

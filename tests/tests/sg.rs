@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use dvr_common::stats::Stat;
-use dvr_tests::sg::{APPLY_DEADLINE, Outcome, Proto, served};
+use dvr_tests::sg::{APPLY_DEADLINE, Applied, Outcome, Proto, Ticker, served};
 use dvr_tests::{
     Cloud, Counters, EXT, INTERNET_HOST, SecurityGroup, SecurityGroupRule, Topology, UdpFrame,
     VmSpec, require_preconditions,
@@ -97,6 +97,41 @@ fn sg_conntrack(c: &Cloud, vm: &str) -> Result<Vec<Value>> {
         .into_iter()
         .filter(|e| e["zone"].as_u64() == Some(zone))
         .collect())
+}
+
+/// After a change that `applied`: the flow of `cut` carried its last line at most 1 s after
+/// every agent applied it (and was alive up to the change), while `kept` still carries lines
+/// 1.5 s after it. Prints the figures under `what`.
+fn expect_cut_and_kept(
+    what: &str,
+    cut: &Ticker,
+    kept: &mut Ticker,
+    applied: &Applied,
+) -> Result<()> {
+    let t_applied = applied.applied_epoch();
+    kept.wait_echo_after(t_applied + 1.5, Duration::from_secs(5))
+        .with_context(|| format!("{what}: the flow that stays admitted: {}", kept.output()))?;
+    let last = cut.last().unwrap_or(0.0);
+    let (from_applied, from_write) = (last - t_applied, last - applied.written_epoch());
+    eprintln!(
+        "{what}: applied {:?} after the write; cut flow's last line {from_applied:+.3} s from \
+         applied ({from_write:+.3} s from the write); kept flow's last {:+.3} s",
+        applied.took(),
+        kept.last().unwrap_or(0.0) - t_applied
+    );
+    ensure!(
+        from_applied < 1.0,
+        "{what}: the flow no rule admits any more must stop within 1 s of the change being \
+         applied; its last line came {from_applied:.3} s after:\n{}",
+        cut.output()
+    );
+    ensure!(
+        from_write > -0.5,
+        "{what}: the cut flow was not alive when the change was written (last line \
+         {from_write:+.3} s from the write):\n{}",
+        cut.output()
+    );
+    Ok(())
 }
 
 // ---- rules by protocol, port, range and prefix --------------------------------------------
@@ -242,8 +277,10 @@ fn ingress_rules_admit_by_protocol_port_range_and_prefix_and_refuse_the_rest() -
 /// `sg-other`. m1 is answered, m2 and m3 refused (`drop_sg_ingress` on h2: tunnelled and local
 /// deliveries alike). Then m2 joins `sg-client`: once every agent applied it m2 is answered,
 /// also from 172.24.2.200, its allowed address pair (members are every fixed IP and allowed
-/// address pair of the group's ports); m1 leaves: m1 is refused. A port that comes while the
-/// agents run (m4, h1, in `sg-client`) is answered once its tap is served.
+/// address pair of the group's ports); m1 leaves: m1 is refused, and its established TCP
+/// connection (a line every 100 ms) stops within 1 s of the change while m2's goes on. A port
+/// that comes while the agents run (m4, h1, in `sg-client`) is answered once its tap is
+/// served.
 #[test]
 fn remote_group_admits_members_across_hosts_and_follows_membership_changes() -> Result<()> {
     require_preconditions();
@@ -320,11 +357,17 @@ fn remote_group_admits_members_across_hosts_and_follows_membership_changes() -> 
         .context("m2 from its allowed address pair 172.24.2.200")?;
     member(&c, "m1", true).context("m1 still a member")?;
 
+    let every = Duration::from_millis(100);
+    let mut t1 = c.start_ticker("m1", srv, 6000, every)?;
+    let mut t2 = c.start_ticker("m2", srv, 6000, every)?;
+    let now = dvr_tests::sg::epoch(std::time::SystemTime::now());
+    for t in [&mut t1, &mut t2] {
+        t.wait_echo_after(now, Duration::from_secs(2))?;
+    }
     let left = c.set_security_groups("m1", Some(&["sg-other"]))?;
-    eprintln!(
-        "m1 left sg-client: applied on every host after {:?}",
-        left.took()
-    );
+    expect_cut_and_kept("m1 left sg-client", &t1, &mut t2, &left)?;
+    t1.stop()?;
+    t2.stop()?;
     member(&c, "m1", false).context("m1 after leaving")?;
     member(&c, "m2", true).context("m2 still a member")?;
 
@@ -743,7 +786,9 @@ fn admin_state_down_lets_nothing_in_or_out_and_up_restores() -> Result<()> {
 /// From the external namespace: f1:8080 is answered, f1:8081 gets nothing (vf's listener sees
 /// no peer, h1 counts `drop_sg_ingress`); f1:8082 is answered from 198.51.100.10 (vf sees that
 /// source: the rules match the original external source after DNAT) and refused from the
-/// upstream router's 10.5.0.1.
+/// upstream router's 10.5.0.1. Established connections through the floating IP follow rule
+/// removal like east-west ones: with r-fip-http removed, the external client's connection to
+/// f1:8080 stops within 1 s while its connection to f1:8083 (another rule) goes on.
 /// From vs: 198.51.100.10:80 is answered (the server sees the router's SNAT address),
 /// :81 gets nothing (the external listener sees no peer, h1 counts `drop_sg_egress`).
 #[test]
@@ -760,6 +805,7 @@ fn floating_ip_inbound_and_snat_outbound_are_filtered_by_the_fixed_ports_rules()
             rule_in("r-fip-admin")
                 .tcp(8082, 8082)
                 .prefix(&format!("{INTERNET_HOST}/32")),
+            rule_in("r-fip-keep").tcp(8083, 8083),
         ],
     ))
     .security_group(SecurityGroup::new(
@@ -775,7 +821,7 @@ fn floating_ip_inbound_and_snat_outbound_are_filtered_by_the_fixed_ports_rules()
     t.fip("f1", Some("vf"));
     let mut c = t.build()?;
     let f1 = c.fip_ip("f1")?;
-    let vf_server = c.sg_server("vf", &[8080, 8081, 8082], &[])?;
+    let vf_server = c.sg_server("vf", &[8080, 8081, 8082, 8083], &[])?;
     let ext_server = c.sg_server(EXT, &[80, 81], &[])?;
 
     let before = Counters::take(&c, &["h1"])?;
@@ -832,6 +878,29 @@ fn floating_ip_inbound_and_snat_outbound_are_filtered_by_the_fixed_ports_rules()
         "FIP {f1}: 8080 answered, 8081 refused (drop_sg_ingress +{in_drops}); SNAT: 80 answered \
          from {snat_ip}, 81 refused (drop_sg_egress +{out_drops})"
     );
+
+    // Established connections through the floating IP and rule removal.
+    let every = Duration::from_millis(100);
+    let mut cut = c.start_ticker(EXT, f1, 8080, every)?;
+    let mut kept = c.start_ticker(EXT, f1, 8083, every)?;
+    let now = dvr_tests::sg::epoch(std::time::SystemTime::now());
+    for t in [&mut cut, &mut kept] {
+        t.wait_echo_after(now, Duration::from_secs(2))?;
+    }
+    let before = Counters::take(&c, &["h1"])?;
+    let applied = c.edit_security_group("sg-fip", |g| {
+        g.security_group_rules.retain(|r| r.id != "r-fip-http");
+    })?;
+    expect_cut_and_kept("r-fip-http removed (through f1)", &cut, &mut kept, &applied)?;
+    let sg_drops = before.delta(&c, "h1", Stat::DropSgIngress)?
+        + before.delta(&c, "h1", Stat::DropSgEgress)?;
+    ensure!(
+        sg_drops > 0,
+        "the cut connection's packets must be dropped by security groups on h1: {:?}",
+        before.moved(&c, "h1")?
+    );
+    cut.stop()?;
+    kept.stop()?;
     Ok(())
 }
 

@@ -393,7 +393,8 @@ fn remote_group_admits_members_across_hosts_and_follows_membership_changes() -> 
 /// `peer` (h2, a) and `peerb` (h2, network b behind router r1) are unfiltered. Observed: TCP
 /// 8080 and UDP 7000 to peer answered, echo replies received; UDP to a closed port of peer
 /// ends in "connection refused" (the port unreachable passed as related); a TTL-1 datagram
-/// to peerb is answered by time exceeded from a's gateway; peer's TCP connection and echo
+/// to peerb is answered by time exceeded from a's gateway, and out's echo request to that
+/// gateway is answered (the router answers on out's host); peer's TCP connection and echo
 /// request to out get nothing (`drop_sg_ingress` on h1, out's listener sees no peer); a port
 /// unreachable forged by peer about a flow out never had is dropped (`drop_sg_ingress`).
 #[test]
@@ -453,6 +454,11 @@ fn stateful_egress_only_group_gets_replies_and_related_errors_but_no_new_inbound
         ),
     )?;
     let te = dvr_tests::cmd::stdout(&out);
+    // The router's own answers (echo replies from the gateway, made on out's host) pass too.
+    ensure!(
+        c.ping_once("out", gw_a, PING_WAIT)?,
+        "out must get the gateway {gw_a}'s echo reply"
+    );
     ensure!(
         te.contains(&format!("reply {gw_a} 11")),
         "a TTL-1 datagram from out to {peerb} must be answered by time exceeded (type 11) from \
@@ -495,7 +501,10 @@ fn stateful_egress_only_group_gets_replies_and_related_errors_but_no_new_inbound
 /// arrives no later than 1 s after every agent applied the change (the figures are
 /// printed), the 7200 connection still receives echoes 1.5 s after it, h2 counts the cut
 /// flows' packets as security group drops, srv's conntrack zone keeps the 7200 flow and
-/// neither the 7100 nor the 7300 one, and a new connection to 7100 is refused.
+/// neither the 7100 nor the 7300 one, and a new connection to 7100 is refused. The same holds
+/// for egress rules, checked at the sending tap: `ce` (h1) may send TCP 7200 (r-ce-7200) and
+/// 7400 (r-ce-7400, which srv admits by r-d); with r-ce-7400 removed, ce's connection to 7400
+/// stops within 1 s (h1 counts `drop_sg_egress`) while its connection to 7200 goes on.
 #[test]
 fn rule_removal_cuts_its_established_flows_within_1s_and_another_survives() -> Result<()> {
     require_preconditions();
@@ -508,14 +517,23 @@ fn rule_removal_cuts_its_established_flows_within_1s_and_another_survives() -> R
             rule_in("r-a").tcp(7100, 7100),
             rule_in("r-b").tcp(7200, 7200),
             rule_in("r-c").udp(7300, 7300),
+            rule_in("r-d").tcp(7400, 7400),
+        ],
+    ))
+    .security_group(SecurityGroup::new(
+        "sg-ce",
+        vec![
+            rule_out("r-ce-7200").tcp(7200, 7200),
+            rule_out("r-ce-7400").tcp(7400, 7400),
         ],
     ));
     t.vm(VmSpec::new("cl", "a", "h1"))
+        .vm(VmSpec::new("ce", "a", "h1").security_groups(&["sg-ce"]))
         .vm(VmSpec::new("srv", "a", "h2").security_groups(&["sg-srv"]));
     let mut c = t.build()?;
     let srv = c.ip("srv")?;
     let every = Duration::from_millis(100);
-    let _server = c.sg_server("srv", &[7100, 7200], &[])?;
+    let _server = c.sg_server("srv", &[7100, 7200, 7400], &[])?;
     let _pusher = c.push_server("srv", 7300, every)?;
     let mut cut = c.start_ticker("cl", srv, 7100, every)?;
     let mut kept = c.start_ticker("cl", srv, 7200, every)?;
@@ -600,6 +618,38 @@ fn rule_removal_cuts_its_established_flows_within_1s_and_another_survives() -> R
     for t in [&mut cut, &mut kept, &mut silent] {
         t.stop()?;
     }
+
+    // An egress rule of the sending port.
+    let mut e_cut = c.start_ticker("ce", srv, 7400, every)?;
+    let mut e_kept = c.start_ticker("ce", srv, 7200, every)?;
+    let now = dvr_tests::sg::epoch(std::time::SystemTime::now());
+    for t in [&mut e_cut, &mut e_kept] {
+        t.wait_echo_after(now, Duration::from_secs(2))?;
+    }
+    let before = Counters::take(&c, &["h1"])?;
+    let applied = c.edit_security_group("sg-ce", |g| {
+        g.security_group_rules.retain(|r| r.id != "r-ce-7400");
+    })?;
+    expect_cut_and_kept(
+        "egress rule r-ce-7400 removed",
+        &e_cut,
+        &mut e_kept,
+        &applied,
+    )?;
+    before
+        .wait_delta(&c, "h1", Stat::DropSgEgress, 1)
+        .context("ce's packets on the cut connection must count in h1's drop_sg_egress")?;
+    expect_probes(
+        &c,
+        "ce",
+        srv,
+        &[
+            (Tcp, 7400, Outcome::Timeout),
+            (Tcp, 7200, Outcome::Answered),
+        ],
+    )?;
+    e_cut.stop()?;
+    e_kept.stop()?;
     Ok(())
 }
 

@@ -653,6 +653,80 @@ fn rule_removal_cuts_its_established_flows_within_1s_and_another_survives() -> R
     Ok(())
 }
 
+/// An agent restart keeps security groups enforced and their tracked flows: `cl` (h1, egress
+/// rules only) keeps a TCP connection to `srv` (h2, TCP 7200 in only) exchanging a line every
+/// 100 ms while both agents are killed (`kill -9`) and restarted. The connection never stalls
+/// for 1 s (the pinned maps and conntrack carry on, and the restarted agents' re-check of the
+/// flows they adopt keeps it), and afterwards TCP 7200 is answered while TCP 7100 is still
+/// refused (`drop_sg_ingress` on h2).
+#[test]
+fn agent_restart_keeps_groups_enforced_and_tracked_flows_alive() -> Result<()> {
+    require_preconditions();
+    let mut t = Topology::new();
+    t.host("h1").host("h2");
+    t.network("a", 8451, "172.24.15.0/24");
+    t.security_group(SecurityGroup::new(
+        "sg-srv",
+        vec![rule_in("r-7200").tcp(7200, 7200)],
+    ))
+    .security_group(SecurityGroup::new("sg-cl", vec![rule_out("r-cl-out")]));
+    t.vm(VmSpec::new("cl", "a", "h1").security_groups(&["sg-cl"]))
+        .vm(VmSpec::new("srv", "a", "h2").security_groups(&["sg-srv"]));
+    let mut c = t.build()?;
+    let srv = c.ip("srv")?;
+    let _server = c.sg_server("srv", &[7100, 7200], &[])?;
+    let mut ticker = c.start_ticker("cl", srv, 7200, Duration::from_millis(100))?;
+    let t0 = dvr_tests::sg::epoch(std::time::SystemTime::now());
+    ticker.wait_echo_after(t0, Duration::from_secs(2))?;
+
+    for h in ["h1", "h2"] {
+        c.kill_agent(h)?;
+    }
+    ticker
+        .wait_echo_after(
+            dvr_tests::sg::epoch(std::time::SystemTime::now()),
+            Duration::from_secs(2),
+        )
+        .context("the connection while no agent runs")?;
+    for h in ["h1", "h2"] {
+        let took = c.restart_agent(h)?;
+        eprintln!("agent of {h} restarted in {took:?}");
+    }
+    c.wait_applied(APPLY_DEADLINE)?;
+    let restarted = dvr_tests::sg::epoch(std::time::SystemTime::now());
+    ticker
+        .wait_echo_after(restarted + 1.5, Duration::from_secs(5))
+        .with_context(|| format!("the connection after the restart: {}", ticker.output()))?;
+    let times: Vec<f64> = ticker.times().into_iter().filter(|t| *t >= t0).collect();
+    let gap = times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .fold(0.0_f64, f64::max);
+    eprintln!(
+        "{} echoes across the restart, longest gap {:.3} s",
+        times.len(),
+        gap
+    );
+    ensure!(
+        gap < 1.0,
+        "the tracked connection stalled {gap:.3} s across the agent restart:\n{}",
+        ticker.output()
+    );
+    ticker.stop()?;
+    let before = Counters::take(&c, &["h2"])?;
+    expect_probes(
+        &c,
+        "cl",
+        srv,
+        &[
+            (Tcp, 7200, Outcome::Answered),
+            (Tcp, 7100, Outcome::Timeout),
+        ],
+    )?;
+    before.wait_delta(&c, "h2", Stat::DropSgIngress, 1)?;
+    Ok(())
+}
+
 // ---- stateless groups ---------------------------------------------------------------------
 
 /// A stateless group (`stateful: false`) checks every packet against its own direction's

@@ -150,11 +150,16 @@ pub enum Outcome {
 }
 
 /// The probe client: one thread per `proto:port` argument; TCP connects and echoes a line,
-/// UDP sends one datagram on a connected socket and waits for the echo. Prints
+/// UDP sends one datagram on a connected socket and waits for the echo. A first argument
+/// `bind=IP` sends from that source address. Prints
 /// `<proto> <port> ok|refused|timeout|error <text>` per probe.
 const PROBE: &str = r#"
 import socket, sys, threading
 dst, timeout = sys.argv[1], float(sys.argv[2])
+specs = sys.argv[3:]
+bind = None
+if specs and specs[0].startswith("bind="):
+    bind, specs = specs[0][5:], specs[1:]
 lock = threading.Lock()
 def say(proto, port, what):
     with lock:
@@ -167,6 +172,8 @@ def probe(spec):
     s.settimeout(timeout)
     msg = b"probe %d\n" % port
     try:
+        if bind:
+            s.bind((bind, 0))
         s.connect((dst, port))
         if proto == "tcp":
             s.sendall(msg)
@@ -187,7 +194,7 @@ def probe(spec):
         say(proto, port, "error %s" % e)
     finally:
         s.close()
-ts = [threading.Thread(target=probe, args=(a,)) for a in sys.argv[3:]]
+ts = [threading.Thread(target=probe, args=(a,)) for a in specs]
 for t in ts:
     t.start()
 for t in ts:
@@ -621,10 +628,36 @@ impl Cloud {
         probes: &[(Proto, u16)],
         timeout: Duration,
     ) -> Result<BTreeMap<(Proto, u16), Outcome>> {
-        let specs: Vec<String> = probes
-            .iter()
-            .map(|(p, port)| format!("{}:{port}", p.as_str()))
-            .collect();
+        self.probe_inner(who, None, dst, probes, timeout)
+    }
+
+    /// [`Cloud::probe`] from source address `bind` (an address of `who`, e.g.
+    /// [`crate::INTERNET_HOST`] in the external namespace).
+    pub fn probe_from(
+        &self,
+        who: &str,
+        bind: Ipv4Addr,
+        dst: Ipv4Addr,
+        probes: &[(Proto, u16)],
+        timeout: Duration,
+    ) -> Result<BTreeMap<(Proto, u16), Outcome>> {
+        self.probe_inner(who, Some(bind), dst, probes, timeout)
+    }
+
+    fn probe_inner(
+        &self,
+        who: &str,
+        bind: Option<Ipv4Addr>,
+        dst: Ipv4Addr,
+        probes: &[(Proto, u16)],
+        timeout: Duration,
+    ) -> Result<BTreeMap<(Proto, u16), Outcome>> {
+        let mut specs: Vec<String> = bind.map(|b| format!("bind={b}")).into_iter().collect();
+        specs.extend(
+            probes
+                .iter()
+                .map(|(p, port)| format!("{}:{port}", p.as_str())),
+        );
         let dst_s = dst.to_string();
         let timeout_s = format!("{:.3}", timeout.as_secs_f64());
         let mut args = vec![dst_s.as_str(), timeout_s.as_str()];

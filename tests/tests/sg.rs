@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use dvr_common::stats::Stat;
-use dvr_tests::sg::{Outcome, Proto, served};
+use dvr_tests::sg::{APPLY_DEADLINE, Applied, Outcome, Proto, Ticker, served};
 use dvr_tests::{
     Cloud, Counters, EXT, INTERNET_HOST, SecurityGroup, SecurityGroupRule, Topology, UdpFrame,
     VmSpec, require_preconditions,
@@ -97,6 +97,41 @@ fn sg_conntrack(c: &Cloud, vm: &str) -> Result<Vec<Value>> {
         .into_iter()
         .filter(|e| e["zone"].as_u64() == Some(zone))
         .collect())
+}
+
+/// After a change that `applied`: the flow of `cut` carried its last line at most 1 s after
+/// every agent applied it (and was alive up to the change), while `kept` still carries lines
+/// 1.5 s after it. Prints the figures under `what`.
+fn expect_cut_and_kept(
+    what: &str,
+    cut: &Ticker,
+    kept: &mut Ticker,
+    applied: &Applied,
+) -> Result<()> {
+    let t_applied = applied.applied_epoch();
+    kept.wait_echo_after(t_applied + 1.5, Duration::from_secs(5))
+        .with_context(|| format!("{what}: the flow that stays admitted: {}", kept.output()))?;
+    let last = cut.last().unwrap_or(0.0);
+    let (from_applied, from_write) = (last - t_applied, last - applied.written_epoch());
+    eprintln!(
+        "{what}: applied {:?} after the write; cut flow's last line {from_applied:+.3} s from \
+         applied ({from_write:+.3} s from the write); kept flow's last {:+.3} s",
+        applied.took(),
+        kept.last().unwrap_or(0.0) - t_applied
+    );
+    ensure!(
+        from_applied < 1.0,
+        "{what}: the flow no rule admits any more must stop within 1 s of the change being \
+         applied; its last line came {from_applied:.3} s after:\n{}",
+        cut.output()
+    );
+    ensure!(
+        from_write > -0.5,
+        "{what}: the cut flow was not alive when the change was written (last line \
+         {from_write:+.3} s from the write):\n{}",
+        cut.output()
+    );
+    Ok(())
 }
 
 // ---- rules by protocol, port, range and prefix --------------------------------------------
@@ -242,7 +277,10 @@ fn ingress_rules_admit_by_protocol_port_range_and_prefix_and_refuse_the_rest() -
 /// `sg-other`. m1 is answered, m2 and m3 refused (`drop_sg_ingress` on h2: tunnelled and local
 /// deliveries alike). Then m2 joins `sg-client`: once every agent applied it m2 is answered,
 /// also from 172.24.2.200, its allowed address pair (members are every fixed IP and allowed
-/// address pair of the group's ports); m1 leaves: m1 is refused.
+/// address pair of the group's ports); m1 leaves: m1 is refused, and its established TCP
+/// connection (a line every 100 ms) stops within 1 s of the change while m2's goes on. A port
+/// that comes while the agents run (m4, h1, in `sg-client`) is answered once its tap is
+/// served.
 #[test]
 fn remote_group_admits_members_across_hosts_and_follows_membership_changes() -> Result<()> {
     require_preconditions();
@@ -276,7 +314,7 @@ fn remote_group_admits_members_across_hosts_and_follows_membership_changes() -> 
         .vm(VmSpec::new("srv", "a", "h2").security_groups(&["sg-srv"]));
     let mut c = t.build()?;
     let srv = c.ip("srv")?;
-    let _server = c.sg_server("srv", &[6000], &[])?;
+    let server = c.sg_server("srv", &[6000], &[])?;
 
     let member = |c: &Cloud, vm: &str, admitted: bool| -> Result<()> {
         let before = Counters::take(c, &["h2"])?;
@@ -319,13 +357,31 @@ fn remote_group_admits_members_across_hosts_and_follows_membership_changes() -> 
         .context("m2 from its allowed address pair 172.24.2.200")?;
     member(&c, "m1", true).context("m1 still a member")?;
 
+    let every = Duration::from_millis(100);
+    let mut t1 = c.start_ticker("m1", srv, 6000, every)?;
+    let mut t2 = c.start_ticker("m2", srv, 6000, every)?;
+    let now = dvr_tests::sg::epoch(std::time::SystemTime::now());
+    for t in [&mut t1, &mut t2] {
+        t.wait_echo_after(now, Duration::from_secs(2))?;
+    }
     let left = c.set_security_groups("m1", Some(&["sg-other"]))?;
-    eprintln!(
-        "m1 left sg-client: applied on every host after {:?}",
-        left.took()
-    );
+    expect_cut_and_kept("m1 left sg-client", &t1, &mut t2, &left)?;
+    t1.stop()?;
+    t2.stop()?;
     member(&c, "m1", false).context("m1 after leaving")?;
     member(&c, "m2", true).context("m2 still a member")?;
+
+    // A port that comes: srv's host admits its address as a member.
+    c.add_vm_later(VmSpec::new("m4", "a", "h1").security_groups(&["sg-client"]))?;
+    c.wait_port_attached("m4", APPLY_DEADLINE)?;
+    c.wait_applied(APPLY_DEADLINE)?;
+    member(&c, "m4", true).context("m4, a member added while running")?;
+    let m4 = c.ip("m4")?.to_string();
+    ensure!(
+        served(&server.stdout(), Tcp, 6000).contains(&m4),
+        "srv must have served m4 ({m4}) on TCP 6000: {}",
+        server.stdout()
+    );
     Ok(())
 }
 
@@ -337,7 +393,8 @@ fn remote_group_admits_members_across_hosts_and_follows_membership_changes() -> 
 /// `peer` (h2, a) and `peerb` (h2, network b behind router r1) are unfiltered. Observed: TCP
 /// 8080 and UDP 7000 to peer answered, echo replies received; UDP to a closed port of peer
 /// ends in "connection refused" (the port unreachable passed as related); a TTL-1 datagram
-/// to peerb is answered by time exceeded from a's gateway; peer's TCP connection and echo
+/// to peerb is answered by time exceeded from a's gateway, and out's echo request to that
+/// gateway is answered (the router answers on out's host); peer's TCP connection and echo
 /// request to out get nothing (`drop_sg_ingress` on h1, out's listener sees no peer); a port
 /// unreachable forged by peer about a flow out never had is dropped (`drop_sg_ingress`).
 #[test]
@@ -397,6 +454,11 @@ fn stateful_egress_only_group_gets_replies_and_related_errors_but_no_new_inbound
         ),
     )?;
     let te = dvr_tests::cmd::stdout(&out);
+    // The router's own answers (echo replies from the gateway, made on out's host) pass too.
+    ensure!(
+        c.ping_once("out", gw_a, PING_WAIT)?,
+        "out must get the gateway {gw_a}'s echo reply"
+    );
     ensure!(
         te.contains(&format!("reply {gw_a} 11")),
         "a TTL-1 datagram from out to {peerb} must be answered by time exceeded (type 11) from \
@@ -439,7 +501,10 @@ fn stateful_egress_only_group_gets_replies_and_related_errors_but_no_new_inbound
 /// arrives no later than 1 s after every agent applied the change (the figures are
 /// printed), the 7200 connection still receives echoes 1.5 s after it, h2 counts the cut
 /// flows' packets as security group drops, srv's conntrack zone keeps the 7200 flow and
-/// neither the 7100 nor the 7300 one, and a new connection to 7100 is refused.
+/// neither the 7100 nor the 7300 one, and a new connection to 7100 is refused. The same holds
+/// for egress rules, checked at the sending tap: `ce` (h1) may send TCP 7200 (r-ce-7200) and
+/// 7400 (r-ce-7400, which srv admits by r-d); with r-ce-7400 removed, ce's connection to 7400
+/// stops within 1 s (h1 counts `drop_sg_egress`) while its connection to 7200 goes on.
 #[test]
 fn rule_removal_cuts_its_established_flows_within_1s_and_another_survives() -> Result<()> {
     require_preconditions();
@@ -452,14 +517,23 @@ fn rule_removal_cuts_its_established_flows_within_1s_and_another_survives() -> R
             rule_in("r-a").tcp(7100, 7100),
             rule_in("r-b").tcp(7200, 7200),
             rule_in("r-c").udp(7300, 7300),
+            rule_in("r-d").tcp(7400, 7400),
+        ],
+    ))
+    .security_group(SecurityGroup::new(
+        "sg-ce",
+        vec![
+            rule_out("r-ce-7200").tcp(7200, 7200),
+            rule_out("r-ce-7400").tcp(7400, 7400),
         ],
     ));
     t.vm(VmSpec::new("cl", "a", "h1"))
+        .vm(VmSpec::new("ce", "a", "h1").security_groups(&["sg-ce"]))
         .vm(VmSpec::new("srv", "a", "h2").security_groups(&["sg-srv"]));
     let mut c = t.build()?;
     let srv = c.ip("srv")?;
     let every = Duration::from_millis(100);
-    let _server = c.sg_server("srv", &[7100, 7200], &[])?;
+    let _server = c.sg_server("srv", &[7100, 7200, 7400], &[])?;
     let _pusher = c.push_server("srv", 7300, every)?;
     let mut cut = c.start_ticker("cl", srv, 7100, every)?;
     let mut kept = c.start_ticker("cl", srv, 7200, every)?;
@@ -544,6 +618,112 @@ fn rule_removal_cuts_its_established_flows_within_1s_and_another_survives() -> R
     for t in [&mut cut, &mut kept, &mut silent] {
         t.stop()?;
     }
+
+    // An egress rule of the sending port.
+    let mut e_cut = c.start_ticker("ce", srv, 7400, every)?;
+    let mut e_kept = c.start_ticker("ce", srv, 7200, every)?;
+    let now = dvr_tests::sg::epoch(std::time::SystemTime::now());
+    for t in [&mut e_cut, &mut e_kept] {
+        t.wait_echo_after(now, Duration::from_secs(2))?;
+    }
+    let before = Counters::take(&c, &["h1"])?;
+    let applied = c.edit_security_group("sg-ce", |g| {
+        g.security_group_rules.retain(|r| r.id != "r-ce-7400");
+    })?;
+    expect_cut_and_kept(
+        "egress rule r-ce-7400 removed",
+        &e_cut,
+        &mut e_kept,
+        &applied,
+    )?;
+    before
+        .wait_delta(&c, "h1", Stat::DropSgEgress, 1)
+        .context("ce's packets on the cut connection must count in h1's drop_sg_egress")?;
+    expect_probes(
+        &c,
+        "ce",
+        srv,
+        &[
+            (Tcp, 7400, Outcome::Timeout),
+            (Tcp, 7200, Outcome::Answered),
+        ],
+    )?;
+    e_cut.stop()?;
+    e_kept.stop()?;
+    Ok(())
+}
+
+/// An agent restart keeps security groups enforced and their tracked flows: `cl` (h1, egress
+/// rules only) keeps a TCP connection to `srv` (h2, TCP 7200 in only) exchanging a line every
+/// 100 ms while both agents are killed (`kill -9`) and restarted. The connection never stalls
+/// for 1 s (the pinned maps and conntrack carry on, and the restarted agents' re-check of the
+/// flows they adopt keeps it), and afterwards TCP 7200 is answered while TCP 7100 is still
+/// refused (`drop_sg_ingress` on h2).
+#[test]
+fn agent_restart_keeps_groups_enforced_and_tracked_flows_alive() -> Result<()> {
+    require_preconditions();
+    let mut t = Topology::new();
+    t.host("h1").host("h2");
+    t.network("a", 8451, "172.24.15.0/24");
+    t.security_group(SecurityGroup::new(
+        "sg-srv",
+        vec![rule_in("r-7200").tcp(7200, 7200)],
+    ))
+    .security_group(SecurityGroup::new("sg-cl", vec![rule_out("r-cl-out")]));
+    t.vm(VmSpec::new("cl", "a", "h1").security_groups(&["sg-cl"]))
+        .vm(VmSpec::new("srv", "a", "h2").security_groups(&["sg-srv"]));
+    let mut c = t.build()?;
+    let srv = c.ip("srv")?;
+    let _server = c.sg_server("srv", &[7100, 7200], &[])?;
+    let mut ticker = c.start_ticker("cl", srv, 7200, Duration::from_millis(100))?;
+    let t0 = dvr_tests::sg::epoch(std::time::SystemTime::now());
+    ticker.wait_echo_after(t0, Duration::from_secs(2))?;
+
+    for h in ["h1", "h2"] {
+        c.kill_agent(h)?;
+    }
+    ticker
+        .wait_echo_after(
+            dvr_tests::sg::epoch(std::time::SystemTime::now()),
+            Duration::from_secs(2),
+        )
+        .context("the connection while no agent runs")?;
+    for h in ["h1", "h2"] {
+        let took = c.restart_agent(h)?;
+        eprintln!("agent of {h} restarted in {took:?}");
+    }
+    c.wait_applied(APPLY_DEADLINE)?;
+    let restarted = dvr_tests::sg::epoch(std::time::SystemTime::now());
+    ticker
+        .wait_echo_after(restarted + 1.5, Duration::from_secs(5))
+        .with_context(|| format!("the connection after the restart: {}", ticker.output()))?;
+    let times: Vec<f64> = ticker.times().into_iter().filter(|t| *t >= t0).collect();
+    let gap = times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .fold(0.0_f64, f64::max);
+    eprintln!(
+        "{} echoes across the restart, longest gap {:.3} s",
+        times.len(),
+        gap
+    );
+    ensure!(
+        gap < 1.0,
+        "the tracked connection stalled {gap:.3} s across the agent restart:\n{}",
+        ticker.output()
+    );
+    ticker.stop()?;
+    let before = Counters::take(&c, &["h2"])?;
+    expect_probes(
+        &c,
+        "cl",
+        srv,
+        &[
+            (Tcp, 7200, Outcome::Answered),
+            (Tcp, 7100, Outcome::Timeout),
+        ],
+    )?;
+    before.wait_delta(&c, "h2", Stat::DropSgIngress, 1)?;
     Ok(())
 }
 
@@ -681,8 +861,8 @@ fn port_security_disabled_means_no_filtering_and_spoofed_sources_pass() -> Resul
 /// `admin_state_up: false` lets nothing in or out of a port, whatever its groups, and
 /// `true` restores it. `d` (h1, unfiltered) and `peer` (h2) ping each other; with d down,
 /// neither echo request gets an answer and h1 counts `drop_port_down` for each direction
-/// (d's request at its tap, peer's where it would be delivered to d); with d up again both
-/// are answered.
+/// (d's request at its tap, peer's where it would be delivered to d), while `u` (h1) still
+/// reaches peer; with d up again both are answered.
 #[test]
 fn admin_state_down_lets_nothing_in_or_out_and_up_restores() -> Result<()> {
     require_preconditions();
@@ -690,6 +870,7 @@ fn admin_state_down_lets_nothing_in_or_out_and_up_restores() -> Result<()> {
     t.host("h1").host("h2");
     t.network("a", 8701, "172.24.8.0/24");
     t.vm(VmSpec::new("d", "a", "h1"))
+        .vm(VmSpec::new("u", "a", "h1"))
         .vm(VmSpec::new("peer", "a", "h2"));
     let mut c = t.build()?;
     let (d, peer) = (c.ip("d")?, c.ip("peer")?);
@@ -707,6 +888,8 @@ fn admin_state_down_lets_nothing_in_or_out_and_up_restores() -> Result<()> {
     let before = Counters::take(&c, &["h1"])?;
     ensure!(!c.ping_once("peer", d, PING_WAIT)?, "d is down: nothing in");
     let in_drops = before.wait_delta(&c, "h1", Stat::DropPortDown, 1)?;
+    c.ping_ok("u", peer, 1)
+        .context("another port of d's host must be unaffected")?;
 
     let up = c.set_admin_state_up("d", true)?;
     eprintln!(
@@ -722,9 +905,14 @@ fn admin_state_down_lets_nothing_in_or_out_and_up_restores() -> Result<()> {
 
 /// Traffic through a floating IP is filtered by the fixed port's ingress rules (after DNAT),
 /// SNAT'd traffic by the sending port's egress rules (before SNAT), on the VM's host. `vf`
-/// (h1, floating IP f1) admits TCP 8080 in; `vs` (h1, no floating IP, router r1 with SNAT on
-/// `hs`) may send TCP 80 to 198.51.100.10 only. From the external namespace: f1:8080 is
-/// answered, f1:8081 gets nothing (vf's listener sees no peer, h1 counts `drop_sg_ingress`).
+/// (h1, floating IP f1) admits TCP 8080 in, and TCP 8082 from 198.51.100.10/32 only; `vs`
+/// (h1, no floating IP, router r1 with SNAT on `hs`) may send TCP 80 to 198.51.100.10 only.
+/// From the external namespace: f1:8080 is answered, f1:8081 gets nothing (vf's listener sees
+/// no peer, h1 counts `drop_sg_ingress`); f1:8082 is answered from 198.51.100.10 (vf sees that
+/// source: the rules match the original external source after DNAT) and refused from the
+/// upstream router's 10.5.0.1. Established connections through the floating IP follow rule
+/// removal like east-west ones: with r-fip-http removed, the external client's connection to
+/// f1:8080 stops within 1 s while its connection to f1:8083 (another rule) goes on.
 /// From vs: 198.51.100.10:80 is answered (the server sees the router's SNAT address),
 /// :81 gets nothing (the external listener sees no peer, h1 counts `drop_sg_egress`).
 #[test]
@@ -736,7 +924,13 @@ fn floating_ip_inbound_and_snat_outbound_are_filtered_by_the_fixed_ports_rules()
     t.router("r1", &["a"]);
     t.security_group(SecurityGroup::new(
         "sg-fip",
-        vec![rule_in("r-fip-http").tcp(8080, 8080)],
+        vec![
+            rule_in("r-fip-http").tcp(8080, 8080),
+            rule_in("r-fip-admin")
+                .tcp(8082, 8082)
+                .prefix(&format!("{INTERNET_HOST}/32")),
+            rule_in("r-fip-keep").tcp(8083, 8083),
+        ],
     ))
     .security_group(SecurityGroup::new(
         "sg-snat",
@@ -751,7 +945,7 @@ fn floating_ip_inbound_and_snat_outbound_are_filtered_by_the_fixed_ports_rules()
     t.fip("f1", Some("vf"));
     let mut c = t.build()?;
     let f1 = c.fip_ip("f1")?;
-    let vf_server = c.sg_server("vf", &[8080, 8081], &[])?;
+    let vf_server = c.sg_server("vf", &[8080, 8081, 8082, 8083], &[])?;
     let ext_server = c.sg_server(EXT, &[80, 81], &[])?;
 
     let before = Counters::take(&c, &["h1"])?;
@@ -766,6 +960,27 @@ fn floating_ip_inbound_and_snat_outbound_are_filtered_by_the_fixed_ports_rules()
     )?;
     let in_drops = before.wait_delta(&c, "h1", Stat::DropSgIngress, refused as u64)?;
     expect_served(&vf_server.stdout(), &[(Tcp, 8080)], &[(Tcp, 8081)])?;
+
+    // The ingress rules see the original source: 8082 admits the internet host only.
+    let got = c.probe_from(EXT, INTERNET_HOST, f1, &[(Tcp, 8082)], PROBE_WAIT)?;
+    ensure!(
+        got.get(&(Tcp, 8082)) == Some(&Outcome::Answered),
+        "f1:8082 from {INTERNET_HOST} (inside the rule's prefix): {got:?}"
+    );
+    let peers = served(&vf_server.stdout(), Tcp, 8082);
+    ensure!(
+        peers == vec![INTERNET_HOST.to_string()],
+        "vf must see {INTERNET_HOST} on 8082 (DNAT keeps the source): {peers:?}"
+    );
+    let before = Counters::take(&c, &["h1"])?;
+    // The external namespace's own address on br-ext, 10.5.0.1, is outside the prefix.
+    expect_probes(&c, EXT, f1, &[(Tcp, 8082, Outcome::Timeout)])?;
+    before.wait_delta(&c, "h1", Stat::DropSgIngress, 1)?;
+    ensure!(
+        served(&vf_server.stdout(), Tcp, 8082).len() == 1,
+        "vf served 8082 to a source outside the prefix: {}",
+        vf_server.stdout()
+    );
 
     let before = Counters::take(&c, &["h1"])?;
     let refused = expect_probes(
@@ -787,6 +1002,29 @@ fn floating_ip_inbound_and_snat_outbound_are_filtered_by_the_fixed_ports_rules()
         "FIP {f1}: 8080 answered, 8081 refused (drop_sg_ingress +{in_drops}); SNAT: 80 answered \
          from {snat_ip}, 81 refused (drop_sg_egress +{out_drops})"
     );
+
+    // Established connections through the floating IP and rule removal.
+    let every = Duration::from_millis(100);
+    let mut cut = c.start_ticker(EXT, f1, 8080, every)?;
+    let mut kept = c.start_ticker(EXT, f1, 8083, every)?;
+    let now = dvr_tests::sg::epoch(std::time::SystemTime::now());
+    for t in [&mut cut, &mut kept] {
+        t.wait_echo_after(now, Duration::from_secs(2))?;
+    }
+    let before = Counters::take(&c, &["h1"])?;
+    let applied = c.edit_security_group("sg-fip", |g| {
+        g.security_group_rules.retain(|r| r.id != "r-fip-http");
+    })?;
+    expect_cut_and_kept("r-fip-http removed (through f1)", &cut, &mut kept, &applied)?;
+    let sg_drops = before.delta(&c, "h1", Stat::DropSgIngress)?
+        + before.delta(&c, "h1", Stat::DropSgEgress)?;
+    ensure!(
+        sg_drops > 0,
+        "the cut connection's packets must be dropped by security groups on h1: {:?}",
+        before.moved(&c, "h1")?
+    );
+    cut.stop()?;
+    kept.stop()?;
     Ok(())
 }
 
@@ -910,6 +1148,29 @@ fn bad_security_group_input_is_refused_naming_id_and_field_and_changes_nothing()
             }),
         ),
         (
+            "unknown address group",
+            vec!["r-ghost-ag", "remote_address_group_id"],
+            add_rule(json!({"id": "r-ghost-ag", "direction": "ingress",
+                "remote_address_group_id": "ag-ghost"})),
+        ),
+        (
+            "ICMP code without a type",
+            vec!["r-icmp-code", "port_range_max"],
+            add_rule(
+                json!({"id": "r-icmp-code", "direction": "ingress", "protocol": "icmp",
+                "port_range_max": 0}),
+            ),
+        ),
+        (
+            "a top-level rule reusing a nested rule's id",
+            vec!["r-http", "`id`"],
+            Box::new(|v: &mut Value| {
+                v["security_group_rules"] = json!([{"id": "r-http",
+                    "security_group_id": "sg-srv", "direction": "ingress", "protocol": "tcp",
+                    "port_range_min": 8081}]);
+            }),
+        ),
+        (
             "port naming an unknown group",
             vec![srv_port.as_str(), "security_groups"],
             Box::new(move |v: &mut Value| {
@@ -928,6 +1189,13 @@ fn bad_security_group_input_is_refused_naming_id_and_field_and_changes_nothing()
             vec![cl_port.as_str(), "security_groups"],
             Box::new(move |v: &mut Value| {
                 v["ports"][cl_p]["security_groups"] = json!(["sg-cl", "sg-sl"]);
+            }),
+        ),
+        (
+            "admin_state_up not a boolean",
+            vec![srv_port.as_str(), "admin_state_up"],
+            Box::new(move |v: &mut Value| {
+                v["ports"][srv_p]["admin_state_up"] = json!("down");
             }),
         ),
     ];

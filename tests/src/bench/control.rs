@@ -217,7 +217,7 @@ pub fn fip_state(n: usize) -> Result<String> {
 }
 
 /// A pin directory on bpffs, removed (with its pinned maps) on drop.
-struct PinDir(PathBuf);
+pub(super) struct PinDir(pub(super) PathBuf);
 
 impl Drop for PinDir {
     fn drop(&mut self) {

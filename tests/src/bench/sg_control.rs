@@ -34,10 +34,11 @@
 use std::collections::HashMap;
 use std::fs;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
+
+use super::control::PinDir;
 use dvr_common::port::PORT_FLAG_SG;
 use dvr_common::sg::{SG_INGRESS, SG_RULE_FULL_BITS};
 use dvr_userspace::reconcile::Written;
@@ -252,19 +253,6 @@ pub fn sg_state(c: &SgCloud, port: u16) -> Result<String> {
         })
         .collect();
     Ok(serde_json::to_string(&v)?)
-}
-
-/// A pin directory on bpffs, removed (with its pinned maps) on drop.
-struct PinDir(PathBuf);
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        if self.0.exists()
-            && let Err(e) = fs::remove_dir_all(&self.0)
-        {
-            eprintln!("dvr-bench: teardown: removing {}: {e}", self.0.display());
-        }
-    }
 }
 
 fn ms(a: Instant, b: Instant) -> f64 {

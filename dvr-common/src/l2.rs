@@ -33,9 +33,13 @@ pub struct FdbEntry {
     /// Gateway MAC of the port's subnet: a routed frame from another host's DVR MAC is
     /// delivered with this source MAC. All zero when the subnet has no router.
     pub gw_mac: crate::Mac,
-    pub _pad: [u8; 2],
+    /// Gateway MAC of the port's IPv6 subnet, used for routed IPv6 frames likewise (a
+    /// dual-stack network's IPv4 and IPv6 subnets may have different router ports). All
+    /// zero when it has none.
+    pub gw_mac6: crate::Mac,
+    pub _pad: [u8; 4],
 }
-crate::assert_size!(FdbEntry, 16);
+crate::assert_size!(FdbEntry, 24);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

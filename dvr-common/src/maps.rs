@@ -53,6 +53,13 @@ macro_rules! map_table {
                 /// `IpKey (vni, ip) -> Endpoint`: every port IP on every routed network.
                 endpoints: DVR_ENDPOINTS, Hash<$crate::route::IpKey, $crate::route::Endpoint>,
                     $crate::route::ENDPOINTS_MAX;
+                /// `Ip6Key (vni, ip) -> Endpoint`: every port IPv6 address on every routed
+                /// network.
+                endpoints6: DVR_ENDPOINTS6, Hash<$crate::ip6::Ip6Key, $crate::route::Endpoint>,
+                    $crate::ip6::ENDPOINTS6_MAX;
+                /// LPM trie `Route6Key -> Route6`: the IPv6 subnets attached to a router.
+                routes6: DVR_ROUTES6, Lpm<$crate::ip6::Route6Key, $crate::ip6::Route6>,
+                    $crate::ip6::ROUTES6_MAX;
                 /// LPM trie `RouteKey -> Route`: the subnets attached to a router.
                 routes: DVR_ROUTES, Lpm<$crate::route::RouteKey, $crate::route::Route>,
                     $crate::route::ROUTES_MAX;
@@ -72,6 +79,15 @@ macro_rules! map_table {
                 /// interface addresses, answered locally.
                 gw_by_ip: DVR_GW_BY_IP, Hash<$crate::route::IpKey, $crate::route::RouterIface>,
                     $crate::route::GW_MAX;
+                /// `Ip6Key (vni, address) -> RouterIface6`: router interface IPv6 addresses and
+                /// their link-local addresses: neighbour solicitations and echo answered
+                /// locally.
+                gw_by_ip6: DVR_GW_BY_IP6, Hash<$crate::ip6::Ip6Key, $crate::ip6::RouterIface6>,
+                    $crate::ip6::GW6_MAX;
+                /// `u32 vni -> RaFrame`: the router advertisement of each network with an
+                /// IPv6 subnet on a router (`ipv6_ra_mode` set): the answer to a router
+                /// solicitation.
+                ra: DVR_RA, Hash<u32, $crate::ip6::RaFrame>, $crate::ip6::RA_MAX;
                 /// `FdbKey (vni, gateway MAC) -> RouterIface`: frames to this MAC on this
                 /// network are routed by that router.
                 gw_by_mac: DVR_GW_BY_MAC, Hash<$crate::l2::FdbKey, $crate::route::RouterIface>,
@@ -80,6 +96,10 @@ macro_rules! map_table {
                 /// may send: its own MAC and fixed IPs plus its allowed address pairs.
                 port_security: DVR_PORT_SEC, Lpm<$crate::port::SecKey, u32>,
                     $crate::port::PORT_SECURITY_MAX;
+                /// LPM trie `Sec6Key -> u32 flags`: as `port_security`, for IPv6 sources: the
+                /// port's IPv6 fixed IPs, its EUI-64 link-local address, its IPv6 pairs.
+                port_security6: DVR_PORT_SEC6, Lpm<$crate::ip6::Sec6Key, u32>,
+                    $crate::ip6::PORT_SECURITY6_MAX;
                 /// LPM trie `SgRemoteKey (policy, remote prefix) -> u32 class`: for each
                 /// security group policy of a local port, which rules name a remote address
                 /// (see `sg`). Written before the ports that refer to the policy.
@@ -173,7 +193,7 @@ mod tests {
             assert!(name.starts_with("DVR_"), "{name}");
             assert!(!NAMES[i + 1..].contains(name), "{name} twice");
         }
-        assert_eq!(NAMES.len(), 28);
+        assert_eq!(NAMES.len(), 33);
         assert_eq!(DVR_CT, "DVR_CT");
     }
 }

@@ -81,6 +81,12 @@ stats! {
     DropSgEgress = "drop_sg_egress", true, "security groups: no egress rule of the port admits it";
     DropSgIngress = "drop_sg_ingress", true, "security groups: no ingress rule of the port admits it";
     DropPortDown = "drop_port_down", true, "port has admin_state_up false";
+    NdAdvert = "nd_advert", false, "IPv6 neighbour solicitation for a router interface answered";
+    RaSent = "ra_sent", false, "IPv6 router solicitation answered with the router advertisement";
+    DropSpoofNd = "drop_spoof_nd", true, "port security: neighbour advertisement or link-layer option not the port's";
+    DropRaGuard = "drop_ra_guard", true, "RA guard: router advertisement or redirect sent by a VM";
+    DropLinkLocal = "drop_link_local", true, "IPv6 link-local address to be routed beyond its link";
+    DropExtHdr = "drop_ext_hdr", true, "IPv6 extension header chain too long to parse";
 }
 
 pub const STAT_COUNT: u32 = Stat::ALL.len() as u32;

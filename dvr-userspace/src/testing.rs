@@ -226,7 +226,8 @@ pub(crate) fn fdb(ifindex: u32, tunnel_ip_host: u32, gw_mac: Mac) -> FdbEntry {
         ifindex,
         tunnel_ip_host,
         gw_mac,
-        _pad: [0; 2],
+        gw_mac6: [0; 6],
+        _pad: [0; 4],
     }
 }
 

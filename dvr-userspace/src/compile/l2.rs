@@ -66,7 +66,9 @@ fn add_fdb(fdb: &mut BTreeMap<FdbKey, FdbEntry>, c: &Compiler<'_>, ports: &[&Por
             ifindex,
             tunnel_ip_host,
             gw_mac,
-            _pad: [0; 2],
+            // Filled by the IPv6 step (`compile::ip6`).
+            gw_mac6: [0; 6],
+            _pad: [0; 4],
         };
         fdb.insert(fdb_key(vni, port.mac), entry);
         located.push((port, entry));

@@ -23,6 +23,7 @@ pub mod json;
 pub mod maps;
 pub mod metrics;
 pub mod model;
+pub mod ndp;
 pub mod reconcile;
 pub mod source;
 #[cfg(test)]

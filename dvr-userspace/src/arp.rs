@@ -1,4 +1,5 @@
-//! ARP the agent sends on the external interface: gratuitous ARP when this host starts
+//! Raw frames the agent sends (`send_frame`; also the router advertisements of `ndp`), and
+//! the ARP it sends on the external interface: gratuitous ARP when this host starts
 //! serving a floating IP (so the upstream router and peers update their caches at once),
 //! and requests for the external gateway, whose reply the datapath learns the MAC from.
 use std::{io, net::Ipv4Addr};
@@ -21,8 +22,14 @@ pub fn request_frame(sender_mac: [u8; 6], sender_ip: Ipv4Addr, target: Ipv4Addr)
     f
 }
 
-/// Send one raw frame out of `ifindex` (AF_PACKET; the current network namespace).
+/// Send one raw ARP frame out of `ifindex` (AF_PACKET; the current network namespace).
 pub fn send(ifindex: u32, frame: &[u8]) -> io::Result<()> {
+    send_frame(ifindex, ETH_P_ARP, frame)
+}
+
+/// Send one raw Ethernet frame of ethertype `proto` out of `ifindex` (AF_PACKET; the
+/// current network namespace).
+pub fn send_frame(ifindex: u32, proto: u16, frame: &[u8]) -> io::Result<()> {
     // SAFETY: plain socket calls on a socket we own and close; sockaddr_ll is zeroed POD
     // filled with the interface index; `frame` outlives the call.
     unsafe {
@@ -32,7 +39,7 @@ pub fn send(ifindex: u32, frame: &[u8]) -> io::Result<()> {
         }
         let mut addr: libc::sockaddr_ll = std::mem::zeroed();
         addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = ETH_P_ARP.to_be();
+        addr.sll_protocol = proto.to_be();
         addr.sll_ifindex = ifindex as i32;
         addr.sll_halen = 6;
         addr.sll_addr[..6].copy_from_slice(&BROADCAST);

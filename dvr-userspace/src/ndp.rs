@@ -39,6 +39,8 @@ pub const PREFIX_VALID_S: u32 = 86_400;
 pub const PREFIX_PREFERRED_S: u32 = 14_400;
 /// Hop limit the router advertises for hosts to use (0 would mean "unspecified").
 const CUR_HOP_LIMIT: u8 = 64;
+/// The smallest link MTU IPv6 allows.
+pub const IPV6_MIN_MTU: u32 = 1280;
 
 /// A subnet's `ipv6_ra_mode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -105,8 +107,11 @@ pub fn ra_frame(p: &RaParams) -> RaFrame {
     icmp.extend_from_slice(&[0; 8]);
     icmp.extend_from_slice(&[OPT_SOURCE_LL, 1]);
     icmp.extend_from_slice(&p.router_mac);
-    icmp.extend_from_slice(&[OPT_MTU, 1, 0, 0]);
-    icmp.extend_from_slice(&p.mtu.to_be_bytes());
+    // As Neutron's template: no MTU option below IPv6's minimum link MTU (RFC 8200 5).
+    if p.mtu >= IPV6_MIN_MTU {
+        icmp.extend_from_slice(&[OPT_MTU, 1, 0, 0]);
+        icmp.extend_from_slice(&p.mtu.to_be_bytes());
+    }
     for pre in p.prefixes.iter().take(RA_PREFIX_MAX) {
         let pflags = match pre.mode {
             RaMode::Slaac | RaMode::Dhcpv6Stateless => PREFIX_ON_LINK | PREFIX_AUTONOMOUS,
@@ -166,11 +171,17 @@ mod tests {
             prefixes: modes
                 .iter()
                 .map(|(net, mode)| RaPrefix {
-                    net: net.parse().unwrap(),
+                    net: net.parse().unwrap_or_else(|e| panic!("{net}: {e}")),
                     mode: *mode,
                 })
                 .collect(),
         }
+    }
+
+    fn bytes16(b: &[u8]) -> [u8; 16] {
+        let mut a = [0; 16];
+        a.copy_from_slice(b);
+        a
     }
 
     fn icmp(f: &RaFrame) -> &[u8] {
@@ -187,8 +198,8 @@ mod tests {
         assert_eq!(f.frame[20], 58);
         assert_eq!(f.frame[21], 255);
         assert_eq!(
-            Ipv6Addr::from(<[u8; 16]>::try_from(&f.frame[22..38]).unwrap()),
-            "fe80::f816:3eff:fe00:1".parse::<Ipv6Addr>().unwrap()
+            Ipv6Addr::from(bytes16(&f.frame[22..38])),
+            Ipv6Addr::new(0xfe80, 0, 0, 0, 0xf816, 0x3eff, 0xfe00, 1)
         );
         let m = icmp(&f);
         assert_eq!(m[0], 134);
@@ -199,8 +210,8 @@ mod tests {
         assert_eq!(&m[32..36], &[3, 4, 64, 0xc0]);
         assert_eq!(&m[48..56], &[0xfd, 0, 0, 1, 0, 0, 0, 0]);
         // A valid checksum sums (with itself) to zero.
-        let src: [u8; 16] = f.frame[22..38].try_into().unwrap();
-        let dst: [u8; 16] = f.frame[38..54].try_into().unwrap();
+        let src = bytes16(&f.frame[22..38]);
+        let dst = bytes16(&f.frame[38..54]);
         assert_eq!(icmpv6_checksum(&src, &dst, m), 0);
         assert_eq!((f.len as usize - 54) % 8, 0);
     }

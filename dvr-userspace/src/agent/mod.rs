@@ -17,6 +17,7 @@ mod gc;
 mod ha;
 mod links;
 mod options;
+mod ra;
 mod sync;
 
 use std::{
@@ -51,6 +52,8 @@ use announce::Announcer;
 use gc::Gc;
 use ha::{HaUpkeep, Me};
 use links::{Ifaces, Links};
+use ra::Advertiser;
+pub use ra::RaInterval;
 use sync::Reconciler;
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -121,6 +124,7 @@ pub struct Agent {
     served: Served,
     reconciler: Reconciler,
     announcer: Announcer,
+    advertiser: Advertiser,
     ha: HaUpkeep,
     gc: Gc,
     metrics: metrics::Shared,
@@ -184,6 +188,7 @@ impl Agent {
             served: Served::default(),
             reconciler: Reconciler::new(),
             announcer: Announcer::default(),
+            advertiser: Advertiser::default(),
             ha: HaUpkeep::default(),
             gc: Gc::new(),
             metrics: metrics::Shared::default(),
@@ -284,6 +289,7 @@ impl Agent {
                 &self.dp.maps,
             );
         }
+        self.advertiser.send(self.opts.ra_interval);
         if self.gc.due(self.opts.gc_interval) {
             let owned = self.owned();
             self.gc.run(
@@ -453,6 +459,8 @@ impl Agent {
             &announced,
             has_external,
         );
+        self.advertiser
+            .plan(&compiled.entries.local_ports, &compiled.entries.ra);
         let shared = self.source.ha_shared();
         self.ha.set_roles(compiled.ha, shared, &self.dp.dir);
         let me = Me {

@@ -29,6 +29,8 @@ pub struct Options {
     pub metrics: Option<std::net::SocketAddr>,
     /// Byte rate limit of the HA conntrack sync, per host.
     pub ct_sync_rate: u64,
+    /// Interval of unsolicited IPv6 router advertisements on the taps.
+    pub ra_interval: super::RaInterval,
 }
 
 impl Default for Options {
@@ -43,6 +45,7 @@ impl Default for Options {
             ),
             metrics: None,
             ct_sync_rate: 4_000_000,
+            ra_interval: super::RaInterval::default(),
         }
     }
 }

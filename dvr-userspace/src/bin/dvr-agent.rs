@@ -54,6 +54,11 @@ struct Args {
     /// Bytes per second the conntrack sync of HA routers may send (docs/HA.md).
     #[arg(long, default_value_t = 4_000_000)]
     ct_sync_rate: u64,
+    /// Unsolicited IPv6 router advertisements on the taps: at a random interval between
+    /// MIN and MAX seconds (radvd's MinRtrAdvInterval and MaxRtrAdvInterval; Neutron's
+    /// defaults). Router solicitations are answered at once whatever this says.
+    #[arg(long, default_value = "30-100", value_parser = parse_range)]
+    ra_interval: (u16, u16),
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
@@ -87,6 +92,10 @@ impl Args {
             snat_ports: self.snat_ports,
             metrics: self.metrics,
             ct_sync_rate: self.ct_sync_rate,
+            ra_interval: agent::RaInterval {
+                min: s(u64::from(self.ra_interval.0)),
+                max: s(u64::from(self.ra_interval.1)),
+            },
         }
     }
 }

@@ -312,6 +312,22 @@ impl Packet {
         self.eth_pairs().into_iter().last()
     }
 
+    /// Every IPv6 `hlim N` in order: the outer header first (an IPv6 underlay), then inner.
+    pub fn hop_limits(&self) -> Vec<u8> {
+        numbers_after(&self.text, "hlim ")
+            .into_iter()
+            .filter_map(|n| u8::try_from(n).ok())
+            .collect()
+    }
+
+    pub fn is_icmp6_echo_request(&self) -> bool {
+        self.contains("ICMP6, echo request")
+    }
+
+    pub fn is_icmp6_echo_reply(&self) -> bool {
+        self.contains("ICMP6, echo reply")
+    }
+
     pub fn is_icmp_echo_request(&self) -> bool {
         self.contains("ICMP echo request")
     }

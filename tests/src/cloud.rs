@@ -212,6 +212,11 @@ pub struct NetSpec {
     pub cidr: String,
     /// `None`: the first host address of the subnet.
     pub gateway: Option<Ipv4Addr>,
+    /// A second, IPv6 subnet on the network ([`Topology::ipv6`]).
+    pub ipv6: Option<crate::ipv6::Net6Spec>,
+    /// The network's `mtu` in the state; `None`: [`TENANT_MTU`] (the VMs' link MTU is
+    /// [`TENANT_MTU`] whatever this says).
+    pub mtu: Option<u32>,
 }
 
 /// A distributed router and the networks whose subnets it is attached to.
@@ -381,6 +386,8 @@ impl Topology {
             vni,
             cidr: cidr.into(),
             gateway: None,
+            ipv6: None,
+            mtu: None,
         });
         self
     }
@@ -397,6 +404,8 @@ impl Topology {
             vni,
             cidr: cidr.into(),
             gateway: Some(gateway),
+            ipv6: None,
+            mtu: None,
         });
         self
     }
@@ -577,6 +586,8 @@ pub struct NetInfo {
     /// Its router's centralized SNAT port, when the router has a gateway and the topology a
     /// SNAT host.
     pub csnat: Option<CsnatInfo>,
+    /// Its IPv6 subnet, if any.
+    pub v6: Option<crate::ipv6::Net6Info>,
     next_host: u32,
 }
 
@@ -592,6 +603,8 @@ pub struct Vm {
     pub mac: String,
     pub port_id: String,
     pub tap: String,
+    /// Its IPv6 fixed IP when its network has an IPv6 subnet.
+    pub ip6: Option<std::net::Ipv6Addr>,
 }
 
 /// A VM added while the agents run.
@@ -898,15 +911,18 @@ impl Cloud {
             segmentation_id: Some(n.vni),
             physical_network: None,
             router_external: false,
-            mtu: TENANT_MTU,
+            mtu: n.mtu.unwrap_or(TENANT_MTU),
         });
-        self.state.subnets.push(state::Subnet {
-            id: subnet_id.clone(),
-            network_id: network_id.clone(),
-            cidr: cidr.to_string(),
-            gateway_ip: gateway.to_string(),
-            ip_version: 4,
-        });
+        self.state.subnets.push(state::Subnet::v4(
+            &subnet_id,
+            &network_id,
+            &cidr.to_string(),
+            &gateway.to_string(),
+        ));
+        let v6 = match &n.ipv6 {
+            Some(spec) => Some(self.create_subnet6(&network_id, spec)?),
+            None => None,
+        };
         self.networks.push(NetInfo {
             name: n.name.clone(),
             network_id,
@@ -918,6 +934,7 @@ impl Cloud {
             gateway_mac: None,
             gateway_port_id: None,
             csnat: None,
+            v6,
             next_host: 10,
         });
         Ok(())
@@ -991,6 +1008,7 @@ impl Cloud {
             if let Some(h) = &csnat_host {
                 self.create_csnat_port(i, &router_id, h)?;
             }
+            self.create_router_port6(i, &router_id)?;
         }
         self.routers.insert(r.name.clone(), router_id);
         Ok(())
@@ -1022,14 +1040,26 @@ impl Cloud {
         );
         let port_id = new_id(KIND_PORT, self.seq);
         let mac = v.mac.clone().unwrap_or_else(new_mac);
+        let mut fixed_ips = vec![FixedIp {
+            subnet_id: net.subnet_id.clone(),
+            ip_address: ip.to_string(),
+        }];
+        let ip6 = match &mut net.v6 {
+            Some(v6) => {
+                let ip6 = v6.port_address(&mac)?;
+                fixed_ips.push(FixedIp {
+                    subnet_id: v6.subnet_id.clone(),
+                    ip_address: ip6.to_string(),
+                });
+                Some(ip6)
+            }
+            None => None,
+        };
         self.state.ports.push(state::Port {
             id: port_id.clone(),
             network_id: net.network_id.clone(),
             mac_address: mac.clone(),
-            fixed_ips: vec![FixedIp {
-                subnet_id: net.subnet_id.clone(),
-                ip_address: ip.to_string(),
-            }],
+            fixed_ips,
             device_owner: state::OWNER_COMPUTE.into(),
             device_id: new_id(KIND_PORT, self.seq),
             binding_host_id: self.hosts[hi].agent_name.clone(),
@@ -1055,6 +1085,7 @@ impl Cloud {
             mac,
             tap: tap_name(&port_id),
             port_id,
+            ip6,
         };
         Ok(vm)
     }
@@ -1086,6 +1117,9 @@ impl Cloud {
             "dev",
             "eth0",
         ])?;
+        if let Some(v6) = &net.v6 {
+            crate::ipv6::configure_vm(&ns, v6, vm.ip6)?;
+        }
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
         if net.cidr.contains(net.gateway) {
             ip(&[
@@ -1783,11 +1817,17 @@ impl Cloud {
         &mut self,
         from: &str,
         to: &str,
-        dst: Ipv4Addr,
+        dst: impl Into<std::net::IpAddr>,
         port: u16,
         bytes: usize,
         bind: Option<Ipv4Addr>,
     ) -> Result<TransferReport> {
+        let dst: std::net::IpAddr = dst.into();
+        // socat's address families: TCP4 / TCP6, an IPv6 literal in brackets.
+        let (family, dst_s) = match dst {
+            std::net::IpAddr::V4(a) => ("TCP4", a.to_string()),
+            std::net::IpAddr::V6(a) => ("TCP6", format!("[{a}]")),
+        };
         let from_ns = self.ns_of(from)?;
         let to_ns = self.ns_of(to)?;
         self.files_seq += 1;
@@ -1805,7 +1845,7 @@ impl Cloud {
         // -d -d: socat logs "accepting connection from AF=2 <ip>:<port> on ...".
         listener_cmd
             .args(["netns", "exec", &to_ns, "socat", "-d", "-d", "-u"])
-            .arg(format!("TCP4-LISTEN:{port},reuseaddr"))
+            .arg(format!("{family}-LISTEN:{port},reuseaddr"))
             .arg(format!("CREATE:{}", recv_path.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -1826,7 +1866,7 @@ impl Cloud {
         )?;
 
         let start = Instant::now();
-        let mut target = format!("TCP4:{dst}:{port},connect-timeout=5");
+        let mut target = format!("{family}:{dst_s}:{port},connect-timeout=5");
         if let Some(b) = bind {
             target.push_str(&format!(",bind={b}"));
         }

@@ -351,13 +351,12 @@ impl Cloud {
             router_external: true,
             mtu: EXT_MTU,
         });
-        self.state.subnets.push(state::Subnet {
-            id: subnet_id.clone(),
-            network_id: network_id.clone(),
-            cidr: cidr.to_string(),
-            gateway_ip: EXT_GATEWAY.to_string(),
-            ip_version: 4,
-        });
+        self.state.subnets.push(state::Subnet::v4(
+            &subnet_id,
+            &network_id,
+            &cidr.to_string(),
+            &EXT_GATEWAY.to_string(),
+        ));
         self.external = Some(ExternalInfo {
             ns,
             network_id,

@@ -46,6 +46,7 @@ pub mod etcd;
 pub mod external;
 pub mod ha;
 pub mod inspect;
+pub mod ipv6;
 pub mod keepalived;
 pub mod lifecycle;
 pub mod packet;

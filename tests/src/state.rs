@@ -65,6 +65,26 @@ pub struct Subnet {
     pub cidr: String,
     pub gateway_ip: String,
     pub ip_version: u8,
+    /// IPv6 subnets: `slaac`, `dhcpv6-stateless`, `dhcpv6-stateful`; not written when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_ra_mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_address_mode: Option<String>,
+}
+
+impl Subnet {
+    /// An IPv4 subnet.
+    pub fn v4(id: &str, network_id: &str, cidr: &str, gateway_ip: &str) -> Subnet {
+        Subnet {
+            id: id.into(),
+            network_id: network_id.into(),
+            cidr: cidr.into(),
+            gateway_ip: gateway_ip.into(),
+            ip_version: 4,
+            ipv6_ra_mode: None,
+            ipv6_address_mode: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

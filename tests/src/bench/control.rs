@@ -109,20 +109,13 @@ pub fn fip_state(n: usize) -> Result<String> {
         },
     ];
     s.subnets = vec![
-        state::Subnet {
-            id: "sub-tenant".into(),
-            network_id: "net-tenant".into(),
-            cidr: "10.0.0.0/16".into(),
-            gateway_ip: TENANT_GW.to_string(),
-            ip_version: 4,
-        },
-        state::Subnet {
-            id: "sub-ext".into(),
-            network_id: "net-ext".into(),
-            cidr: "10.5.0.0/16".into(),
-            gateway_ip: "10.5.0.1".into(),
-            ip_version: 4,
-        },
+        state::Subnet::v4(
+            "sub-tenant",
+            "net-tenant",
+            "10.0.0.0/16",
+            &TENANT_GW.to_string(),
+        ),
+        state::Subnet::v4("sub-ext", "net-ext", "10.5.0.0/16", "10.5.0.1"),
     ];
     s.routers = vec![state::Router {
         id: "router-1".into(),

@@ -203,13 +203,12 @@ pub fn sg_state(c: &SgCloud, port: u16) -> Result<String> {
             router_external: false,
             mtu: 1450,
         });
-        s.subnets.push(state::Subnet {
-            id: format!("sub-sg-{n}"),
-            network_id: format!("net-sg-{n}"),
-            cidr: format!("10.{n}.0.0/16"),
-            gateway_ip: format!("10.{n}.0.1"),
-            ip_version: 4,
-        });
+        s.subnets.push(state::Subnet::v4(
+            &format!("sub-sg-{n}"),
+            &format!("net-sg-{n}"),
+            &format!("10.{n}.0.0/16"),
+            &format!("10.{n}.0.1"),
+        ));
     }
     for h in 0..c.hosts() {
         let b = u8::try_from(h)?;

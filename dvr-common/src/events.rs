@@ -19,7 +19,7 @@ pub struct DropEvent {
     pub len: u32,
     /// Ethertype (host order).
     pub ethertype: u16,
-    /// IP protocol, 0 when not IPv4.
+    /// IP protocol (IPv6: the first next header), 0 when neither IPv4 nor IPv6.
     pub proto: u8,
     pub _pad: u8,
     /// Network order; 0 when not IPv4.
@@ -27,8 +27,11 @@ pub struct DropEvent {
     pub daddr_be: u32,
     pub src_mac: crate::Mac,
     pub dst_mac: crate::Mac,
+    /// IPv6 source and destination; zero when not IPv6.
+    pub saddr6: crate::ip6::Ip6,
+    pub daddr6: crate::ip6::Ip6,
 }
-crate::assert_size!(DropEvent, 48);
+crate::assert_size!(DropEvent, 80);
 
 /// Token bucket state, per CPU.
 #[repr(C)]

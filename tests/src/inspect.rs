@@ -191,8 +191,8 @@ pub struct DropEvent {
     pub len: u64,
     pub ethertype: String,
     pub proto: u8,
-    pub src: Option<Ipv4Addr>,
-    pub dst: Option<Ipv4Addr>,
+    pub src: Option<std::net::IpAddr>,
+    pub dst: Option<std::net::IpAddr>,
     pub src_mac: String,
     pub dst_mac: String,
 }
@@ -427,7 +427,7 @@ mod tests {
              \"src_mac\":\"fa:16:3e:00:00:01\",\"dst_mac\":\"fa:16:3e:00:00:02\"}\n",
         )?;
         assert_eq!(ev.len(), 1);
-        assert_eq!(ev[0].src, Some(Ipv4Addr::new(10, 0, 0, 9)));
+        assert_eq!(ev[0].src, Some(Ipv4Addr::new(10, 0, 0, 9).into()));
         Ok(())
     }
 }

@@ -1151,8 +1151,8 @@ fn monitor_reports_each_dropped_spoofed_packet() -> Result<()> {
     for e in &events {
         ensure!(
             e.reason == Stat::DropSpoofIp.as_str()
-                && e.src == Some(spoof)
-                && e.dst == Some(v2.ip)
+                && e.src == Some(spoof.into())
+                && e.dst == Some(v2.ip.into())
                 && e.src_mac == v1.mac
                 && e.dst_mac == v2.mac
                 && e.ifindex == tap

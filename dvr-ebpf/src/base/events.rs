@@ -1,5 +1,5 @@
 //! Drop events for `dvrctl monitor` (layer: base): one event per dropped packet on the
-//! ring, within a per-CPU token bucket. Reads the packet's Ethernet and IPv4 headers.
+//! ring, within a per-CPU token bucket. Reads the packet's Ethernet and IPv4 or IPv6 headers.
 //! Maps: writes DVR_EVENTS, DVR_EVENTS_RL. Verdicts: none.
 use aya_ebpf::programs::TcContext;
 use dvr_common::{
@@ -10,7 +10,7 @@ use dvr_common::{
 use crate::base::{
     clock,
     maps::{DVR_EVENTS, DVR_EVENTS_RL},
-    packet::{ETH_LEN, ETH_P_IP, Eth, Ipv4Hdr, ptr_at},
+    packet::{ETH_LEN, ETH_P_IP, ETH_P_IPV6, Eth, Ipv4Hdr, ptr_at},
 };
 
 /// Put a drop event on the ring, within the per-CPU rate limit (a full ring loses the
@@ -44,6 +44,13 @@ pub fn report(ctx: &TcContext, stat: Stat) {
                     ev.saddr_be = u32::from_ne_bytes((*ip).src_addr);
                     ev.daddr_be = u32::from_ne_bytes((*ip).dst_addr);
                 }
+            }
+        } else if ev.ethertype == ETH_P_IPV6 {
+            // Next header at 6, source at 8, destination at 24 of the fixed IPv6 header.
+            if let Ok(h) = ctx.load::<[u8; 40]>(ETH_LEN) {
+                ev.proto = h[6];
+                ev.saddr6.copy_from_slice(&h[8..24]);
+                ev.daddr6.copy_from_slice(&h[24..40]);
             }
         }
     }

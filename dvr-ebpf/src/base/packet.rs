@@ -15,6 +15,7 @@ use crate::base::verdict::Verdict;
 pub const ETH_LEN: usize = EthHdr::LEN;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 
 pub const ARP_HTYPE_ETHERNET: u16 = 1;
 pub const ARP_REQUEST: u16 = 1;

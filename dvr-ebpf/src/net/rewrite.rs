@@ -13,9 +13,9 @@ use dvr_common::{csum, nat::CtEntry, stats::Stat};
 use crate::{
     base::{
         packet::{
-            ETH_LEN, ICMP_CSUM_OFF, ICMP_ECHO_ID_OFF, ICMP_HDR_LEN, IP_CSUM_OFF, IP_DADDR_OFF,
-            IP_HDR_LEN, IP_SADDR_OFF, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr,
-            TCP_CSUM_OFF, UDP_CSUM_OFF, be16, ptr_at,
+            ETH_LEN, ICMP_CSUM_OFF, ICMP_ECHO_ID_OFF, IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF,
+            IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, TCP_CSUM_OFF, UDP_CSUM_OFF, be16,
+            ptr_at,
         },
         verdict::Verdict,
     },

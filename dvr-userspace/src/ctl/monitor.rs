@@ -1,7 +1,7 @@
 //! `dvrctl monitor`: stream the datapath's drop events (rate-limited per CPU in the
 //! datapath) with their reasons, until a count or a deadline is reached.
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv6Addr},
     path::Path,
     time::{Duration, Instant},
 };
@@ -21,15 +21,25 @@ pub struct EventRow {
     pub len: u32,
     pub ethertype: String,
     pub proto: u8,
-    pub src: Option<Ipv4Addr>,
-    pub dst: Option<Ipv4Addr>,
+    pub src: Option<IpAddr>,
+    pub dst: Option<IpAddr>,
     pub src_mac: String,
     pub dst_mac: String,
 }
 
 fn row(e: &DropEvent) -> EventRow {
     let stat = Stat::ALL.get(e.reason as usize).copied();
-    let ip = e.ethertype == 0x0800;
+    let (src, dst) = match e.ethertype {
+        0x0800 => (
+            Some(IpAddr::V4(ip_be(e.saddr_be))),
+            Some(IpAddr::V4(ip_be(e.daddr_be))),
+        ),
+        0x86dd => (
+            Some(IpAddr::V6(Ipv6Addr::from(e.saddr6))),
+            Some(IpAddr::V6(Ipv6Addr::from(e.daddr6))),
+        ),
+        _ => (None, None),
+    };
     EventRow {
         ts_ns: e.ts_ns,
         ifindex: e.ifindex,
@@ -38,8 +48,8 @@ fn row(e: &DropEvent) -> EventRow {
         len: e.len,
         ethertype: format!("0x{:04x}", e.ethertype),
         proto: e.proto,
-        src: ip.then(|| ip_be(e.saddr_be)),
-        dst: ip.then(|| ip_be(e.daddr_be)),
+        src,
+        dst,
         src_mac: fmt_mac(e.src_mac),
         dst_mac: fmt_mac(e.dst_mac),
     }
@@ -132,6 +142,15 @@ mod tests {
                 "{l}"
             );
         }
+        let v6 = row(&DropEvent {
+            reason: Stat::DropSpoofIp as u32,
+            ethertype: 0x86dd,
+            proto: 17,
+            saddr6: [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5],
+            daddr6: [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9],
+            ..Default::default()
+        });
+        assert!(line(&v6).contains("fd00::5 -> fd00::9"), "{}", line(&v6));
         let unknown = row(&DropEvent {
             reason: 9999,
             ..Default::default()

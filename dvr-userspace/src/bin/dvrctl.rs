@@ -50,11 +50,12 @@ enum Cmd {
         /// external interface.
         #[arg(long = "in")]
         iface: String,
+        /// Source address, IPv4 or IPv6 (then --dst too).
         #[arg(long)]
-        src: std::net::Ipv4Addr,
+        src: std::net::IpAddr,
         #[arg(long)]
-        dst: std::net::Ipv4Addr,
-        /// tcp, udp or icmp (echo; --sport is the id).
+        dst: std::net::IpAddr,
+        /// tcp, udp or icmp (echo, ICMPv6 echo for IPv6 addresses; --sport is the id).
         #[arg(long, default_value = "icmp")]
         proto: String,
         #[arg(long, default_value_t = 40000)]
@@ -69,6 +70,7 @@ enum Cmd {
         vni: Option<u32>,
         #[arg(long)]
         remote: Option<std::net::Ipv4Addr>,
+        /// TTL, or hop limit for IPv6.
         #[arg(long, default_value_t = 64)]
         ttl: u8,
         #[arg(long)]
@@ -184,16 +186,28 @@ fn main() -> anyhow::Result<()> {
                 })
                 .transpose()
             };
-            let proto = match proto.as_str() {
-                "icmp" => 1,
-                "tcp" => 6,
-                "udp" => 17,
-                other => anyhow::bail!("--proto {other}: use tcp, udp or icmp"),
+            use std::net::{IpAddr, Ipv4Addr};
+            let (src4, dst4, v6) = match (src, dst) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => (s, d, None),
+                (IpAddr::V6(src), IpAddr::V6(dst)) => (
+                    Ipv4Addr::UNSPECIFIED,
+                    Ipv4Addr::UNSPECIFIED,
+                    Some(ctl::trace::Addrs6 { src, dst }),
+                ),
+                _ => anyhow::bail!("--src {src} and --dst {dst}: one address family, please"),
+            };
+            let proto = match (proto.as_str(), v6.is_some()) {
+                ("icmp", false) => 1,
+                ("icmp", true) => 58,
+                ("tcp", _) => 6,
+                ("udp", _) => 17,
+                (other, _) => anyhow::bail!("--proto {other}: use tcp, udp or icmp"),
             };
             let probe = ctl::trace::Probe {
                 iface,
-                src,
-                dst,
+                src: src4,
+                dst: dst4,
+                v6,
                 proto,
                 sport,
                 dport,

@@ -46,6 +46,9 @@ impl Walk<'_> {
             self.step("port", "admin_state_up false: nothing in or out");
             return Ok(drop(Stat::DropPortDown));
         }
+        if self.p.v6.is_some() {
+            return self.tap6(ifindex, &port);
+        }
         let src_mac = self.p.src_mac.unwrap_or(port.mac);
         let gws = self.m.gw_by_mac.read()?;
         let dst_mac = match self.p.dst_mac {
@@ -122,6 +125,10 @@ impl Walk<'_> {
             mac: dst_mac,
             _pad: [0; 2],
         })? {
+            if self.p.v6.is_some() {
+                self.step("snat", "IPv6 to a csnat port: not routed north-south yet");
+                return Ok(drop(Stat::DropNoRoute));
+            }
             return self.snat_from_tunnel(vni, &r, &cfg);
         }
         if self
@@ -156,12 +163,20 @@ impl Walk<'_> {
                 _pad: [0; 2],
             })?
             .is_some();
-        let src_out = if from_router && e.gw_mac != [0; 6] {
+        // A routed IPv6 frame takes the gateway MAC of the port's IPv6 subnet.
+        let gw_mac = if self.p.v6.is_some() {
+            e.gw_mac6
+        } else {
             e.gw_mac
+        };
+        let src_out = if from_router && gw_mac != [0; 6] {
+            gw_mac
         } else {
             src_mac
         };
-        if let Some(o) = self.fip_from_tunnel()? {
+        if self.p.v6.is_none()
+            && let Some(o) = self.fip_from_tunnel()?
+        {
             return Ok(o);
         }
         Ok(out(
@@ -175,6 +190,13 @@ impl Walk<'_> {
     /// `entry::ext`: a frame from the external network.
     pub(super) fn ext(&mut self) -> Result<Out, MapsError> {
         let cfg = self.m.read_config()?;
+        if self.p.v6.is_some() {
+            self.step(
+                "external",
+                "IPv6 is not served on the external interface yet",
+            );
+            return Ok(drop(Stat::ExtPass));
+        }
         if let Some(r) = self.m.snat_ips.get(&be(self.p.dst))? {
             return self.snat_reply(&r, &cfg);
         }
@@ -246,6 +268,9 @@ impl Walk<'_> {
         }
         if port.flags & PORT_FLAG_SG == 0 {
             return Ok(None);
+        }
+        if self.p.v6.is_some() {
+            return Ok(self.sg6(&port, false).map(|o| o.stat));
         }
         Ok(self.sg(ifindex, &port, SG_INGRESS, pkt)?.map(|o| o.stat))
     }

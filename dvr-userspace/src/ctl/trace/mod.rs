@@ -10,12 +10,14 @@ mod entry;
 mod net;
 mod sg;
 mod stage;
+mod v6;
 mod walk;
 
 use serde::Serialize;
 
 use super::{fmt_mac, names::Names};
 use crate::maps::{HostMaps, MapsError};
+pub use v6::Addrs6;
 use walk::Walk;
 pub use walk::{Probe, Step, attached_ifindex};
 
@@ -59,8 +61,14 @@ pub fn trace_named(maps: &HostMaps, p: Probe, names: Option<&Names>) -> Result<T
         verdict: o.stat.as_str(),
         drop: o.stat.is_drop(),
         output: o.output,
-        out_src: (!o.stat.is_drop()).then(|| w.p.src.to_string()),
-        out_dst: (!o.stat.is_drop()).then(|| w.p.dst.to_string()),
+        out_src: (!o.stat.is_drop()).then(|| match w.p.v6 {
+            Some(a) => a.src.to_string(),
+            None => w.p.src.to_string(),
+        }),
+        out_dst: (!o.stat.is_drop()).then(|| match w.p.v6 {
+            Some(a) => a.dst.to_string(),
+            None => w.p.dst.to_string(),
+        }),
         out_src_mac: o.src_mac.map(fmt_mac),
         out_dst_mac: o.dst_mac.map(fmt_mac),
     })

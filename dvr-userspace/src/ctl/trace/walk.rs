@@ -34,7 +34,11 @@ pub struct Probe {
     /// Tunnel metadata, for packets arriving on the tunnel device.
     pub vni: Option<u32>,
     pub remote: Option<Ipv4Addr>,
+    /// TTL, or the hop limit of an IPv6 probe.
     pub ttl: u8,
+    /// An IPv6 probe: its addresses (`src` and `dst` above are then unused). `proto` is
+    /// then 58 for an ICMPv6 echo.
+    pub v6: Option<super::v6::Addrs6>,
 }
 
 #[derive(Debug, Serialize)]

@@ -1,0 +1,286 @@
+//! The trace's counterpart of the datapath's IPv6 pipeline on a tap: port security for IPv6
+//! sources, routing on the source host (`DVR_GW_BY_IP6`, `DVR_ROUTES6`, `DVR_ENDPOINTS6`,
+//! hop limit) and L2 forwarding, for a probe with IPv6 addresses (`Probe::v6`).
+use std::net::Ipv6Addr;
+
+use dvr_common::{
+    Mac,
+    ip6::{Ip6Key, ROUTE6_KEY_PREFIX_BITS, Route6, SEC6_KEY_PREFIX_BITS, is_link_local},
+    port::{LocalPort, PORT_FLAG_SECURITY, SEC_IP_ALLOWED},
+    route::RouterIface,
+    stats::Stat,
+};
+
+use super::{
+    net::deliver,
+    walk::{Out, Walk, drop, out},
+};
+use crate::{ctl::fmt_mac, maps::MapsError};
+
+/// The IPv6 addresses of a probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addrs6 {
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+}
+
+/// Whether `ip` lies in `net`/`plen`.
+pub(super) fn in_prefix6(ip: &[u8; 16], net: &[u8; 16], plen: u32) -> bool {
+    let plen = plen.min(128);
+    let (a, b) = (u128::from_be_bytes(*ip), u128::from_be_bytes(*net));
+    let mask = if plen == 0 {
+        0
+    } else {
+        u128::MAX << (128 - plen)
+    };
+    a & mask == b & mask
+}
+
+impl Walk<'_> {
+    /// The probe's IPv6 addresses (set when the walk is an IPv6 one).
+    fn addrs6(&self) -> Addrs6 {
+        self.p.v6.unwrap_or(Addrs6 {
+            src: Ipv6Addr::UNSPECIFIED,
+            dst: Ipv6Addr::UNSPECIFIED,
+        })
+    }
+
+    /// The destination MAC a VM would use for the probe's destination: the port's own MAC
+    /// on the same network, else its IPv6 router's.
+    pub(super) fn dst_mac6(&self, vni: u32) -> Result<Mac, MapsError> {
+        let dst = self.addrs6().dst.octets();
+        if let Some(ep) = self.m.endpoints6.get(&Ip6Key { vni, ip: dst })? {
+            return Ok(ep.mac);
+        }
+        Ok(self
+            .m
+            .gw_by_ip6
+            .read()?
+            .into_iter()
+            .find(|(k, _)| k.vni == vni)
+            .map_or([0xff; 6], |(_, g)| g.mac))
+    }
+
+    /// `stage::security` for an IPv6 source (DVR_PORT_SEC6).
+    pub(super) fn security6(
+        &mut self,
+        ifindex: u32,
+        port: &LocalPort,
+        src_mac: Mac,
+    ) -> Result<Option<Out>, MapsError> {
+        if port.flags & PORT_FLAG_SECURITY == 0 {
+            self.step("port security", "disabled for this port");
+            return Ok(None);
+        }
+        let src = self.addrs6().src;
+        let allowed = self
+            .m
+            .port_security6
+            .read()?
+            .into_iter()
+            .filter(|((plen, k), _)| {
+                u32::from_be(k.ifindex_be) == ifindex
+                    && k.mac == src_mac
+                    && in_prefix6(&src.octets(), &k.ip, plen - SEC6_KEY_PREFIX_BITS)
+            })
+            .max_by_key(|((plen, _), _)| *plen);
+        Ok(match allowed {
+            None => {
+                self.step(
+                    "port security",
+                    format!("source MAC {} is not the port's", fmt_mac(src_mac)),
+                );
+                Some(drop(Stat::DropSpoofMac))
+            }
+            Some((_, f)) if f & SEC_IP_ALLOWED == 0 => {
+                self.step(
+                    "port security",
+                    format!("source IPv6 {src} is not the port's"),
+                );
+                Some(drop(Stat::DropSpoofIp))
+            }
+            Some(_) => {
+                self.step("port security", "source MAC and IPv6 address allowed");
+                None
+            }
+        })
+    }
+
+    /// `net::route` for IPv6: the IPv6 subnet of `router` that `ip` lies in.
+    fn route6_lookup(&self, router: u32, ip: &[u8; 16]) -> Result<Option<Route6>, MapsError> {
+        Ok(self
+            .m
+            .routes6
+            .read()?
+            .into_iter()
+            .filter(|((plen, k), _)| {
+                u32::from_be(k.router_id_be) == router
+                    && in_prefix6(ip, &k.ip, plen - ROUTE6_KEY_PREFIX_BITS)
+            })
+            .max_by_key(|((plen, _), _)| *plen)
+            .map(|(_, r)| r))
+    }
+
+    /// The IPv6 routing stage: a frame to router interface `gw` from tap `ifindex`.
+    pub(super) fn route6(
+        &mut self,
+        vni: u32,
+        ifindex: u32,
+        gw: &RouterIface,
+        src_mac: Mac,
+        dvr_mac: Mac,
+    ) -> Result<Out, MapsError> {
+        let Addrs6 { src, dst } = self.addrs6();
+        self.step(
+            "route",
+            format!(
+                "to router {:08x}'s interface {}",
+                gw.router_id,
+                fmt_mac(gw.mac)
+            ),
+        );
+        if let Some(g) = self.m.gw_by_ip6.get(&Ip6Key {
+            vni,
+            ip: dst.octets(),
+        })? {
+            if self.p.proto == 58 {
+                self.step("icmp", format!("echo to router address {dst}: answered"));
+                return Ok(out(
+                    Stat::IcmpEchoReply,
+                    format!("tap#{ifindex}"),
+                    g.mac,
+                    src_mac,
+                ));
+            }
+            self.step("route", format!("{dst} is the router's own address"));
+            return Ok(drop(Stat::DropRouterLocal));
+        }
+        if is_link_local(&src.octets()) || is_link_local(&dst.octets()) {
+            self.step("route", "link-local addresses are never routed");
+            return Ok(drop(Stat::DropLinkLocal));
+        }
+        let Some(r) = self.route6_lookup(gw.router_id, &dst.octets())? else {
+            self.step("route", format!("{dst}: outside the router's IPv6 subnets"));
+            return Ok(drop(Stat::DropNoRoute));
+        };
+        self.step(
+            "route",
+            format!(
+                "{dst} is on vni {}, gateway {}",
+                r.vni,
+                Ipv6Addr::from(r.gw_ip)
+            ),
+        );
+        let Some(ep) = self.m.endpoints6.get(&Ip6Key {
+            vni: r.vni,
+            ip: dst.octets(),
+        })?
+        else {
+            self.step("route", format!("no port has {dst}"));
+            return Ok(drop(Stat::DropNoEndpoint));
+        };
+        if self.p.ttl <= 1 {
+            let from = self
+                .route6_lookup(gw.router_id, &src.octets())?
+                .map(|r| Ipv6Addr::from(r.gw_ip));
+            return Ok(match from {
+                Some(g) => {
+                    self.step(
+                        "icmp",
+                        format!("hop limit exceeded: time exceeded from {g}"),
+                    );
+                    out(
+                        Stat::IcmpTimeExceeded,
+                        format!("tap#{ifindex}"),
+                        gw.mac,
+                        src_mac,
+                    )
+                }
+                None => {
+                    self.step("icmp", "hop limit exceeded, no gateway for the source");
+                    drop(Stat::DropTtlExceeded)
+                }
+            });
+        }
+        self.p.ttl -= 1;
+        self.step("route", format!("hop limit {}", self.p.ttl));
+        Ok(deliver(
+            Stat::Routed,
+            ep.mac,
+            r.gw_mac,
+            ep.ifindex,
+            ep.tunnel_ip_host,
+            r.vni,
+            dvr_mac,
+        ))
+    }
+
+    /// The IPv6 part of `entry::tap` after the port is known.
+    pub(super) fn tap6(&mut self, ifindex: u32, port: &LocalPort) -> Result<Out, MapsError> {
+        let cfg = self.m.read_config()?;
+        let vni = port.vni;
+        let src_mac = self.p.src_mac.unwrap_or(port.mac);
+        let dst_mac = match self.p.dst_mac {
+            Some(m) => m,
+            None => self.dst_mac6(vni)?,
+        };
+        self.step(
+            "ethernet",
+            format!("{} -> {} (IPv6)", fmt_mac(src_mac), fmt_mac(dst_mac)),
+        );
+        if let Some(dropped) = self.security6(ifindex, port, src_mac)? {
+            return Ok(dropped);
+        }
+        if let Some(dropped) = self.sg6(port, true) {
+            return Ok(dropped);
+        }
+        let gw = self.m.gw_by_mac.get(&dvr_common::l2::FdbKey {
+            vni,
+            mac: dst_mac,
+            _pad: [0; 2],
+        })?;
+        match gw {
+            Some(gw) => self.route6(vni, ifindex, &gw, src_mac, cfg.dvr_mac),
+            None => self.l2_forward(vni, dst_mac, src_mac),
+        }
+    }
+
+    /// Security groups for IPv6 on a filtered port: not enforced yet, so the datapath
+    /// refuses IPv6 other than neighbour discovery both ways (fails closed).
+    pub(super) fn sg6(&mut self, port: &LocalPort, egress: bool) -> Option<Out> {
+        if port.flags & dvr_common::port::PORT_FLAG_SG == 0 {
+            self.step(
+                "security group",
+                "port not filtered (no port security, or no security_groups in its state)",
+            );
+            return None;
+        }
+        self.step(
+            "security group",
+            "IPv6 rules are not enforced yet: IPv6 other than neighbour discovery is refused",
+        );
+        Some(drop(if egress {
+            Stat::DropSgEgress
+        } else {
+            Stat::DropSgIngress
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_match_by_leading_bits() {
+        let net = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let mut ip = net;
+        ip[15] = 0x10;
+        assert!(in_prefix6(&ip, &net, 64));
+        assert!(in_prefix6(&ip, &net, 0));
+        assert!(!in_prefix6(&ip, &net, 128));
+        ip[3] = 2;
+        assert!(!in_prefix6(&ip, &net, 64));
+        assert!(in_prefix6(&ip, &net, 30));
+    }
+}

@@ -15,6 +15,9 @@ pub const GW6_MAX: u32 = 16384;
 pub const ROUTES6_MAX: u32 = 16384;
 pub const PORT_SECURITY6_MAX: u32 = 32768;
 pub const RA_MAX: u32 = 4096;
+pub const SNAT6_MAX: u32 = 4096;
+pub const EXT_ROUTES6_MAX: u32 = 16384;
+pub const EXT_NEIGH6_MAX: u32 = 4096;
 
 /// Most prefixes one router advertisement carries (IPv6 subnets of one network on its
 /// router).
@@ -91,6 +94,25 @@ crate::assert_size!(Sec6Key, 28);
 /// Prefix bits of a [`Sec6Key`] before the IP part.
 pub const SEC6_KEY_PREFIX_BITS: u32 = 96;
 
+/// An IPv6 address as a key of its own: external addresses, which are not per network.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
+pub struct Addr6 {
+    pub ip: Ip6,
+}
+crate::assert_size!(Addr6, 16);
+
+/// On the SNAT host: how a router's IPv6 traffic leaves (routed, not translated).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Snat6 {
+    /// The router's IPv6 address on the external network (`external_fixed_ips`).
+    pub ext_ip: Ip6,
+    /// Next hop on the external network: the external IPv6 subnet's `gateway_ip`.
+    pub next_hop: Ip6,
+}
+crate::assert_size!(Snat6, 32);
+
 /// The router advertisement for one network, as a whole frame (Ethernet to the last
 /// option, ICMPv6 checksum included): from the router interface's MAC and link-local
 /// address to all nodes (`33:33:00:00:00:01`, `ff02::1`). The datapath sends it back out of
@@ -157,7 +179,16 @@ pub const fn is_unspecified(ip: &Ip6) -> bool {
     true
 }
 
-crate::user_pod!(Ip6Key, RouterIface6, Route6Key, Route6, Sec6Key, RaFrame);
+crate::user_pod!(
+    Ip6Key,
+    RouterIface6,
+    Route6Key,
+    Route6,
+    Sec6Key,
+    RaFrame,
+    Addr6,
+    Snat6
+);
 
 #[cfg(test)]
 mod tests {

@@ -120,6 +120,17 @@ macro_rules! map_table {
                 /// `u32 gateway IP (network order) -> SnatRouter`, on the SNAT host: the router
                 /// external addresses it answers ARP for and translates replies to.
                 snat_ips: DVR_SNAT_IPS, Hash<u32, $crate::snat::SnatRouter>, $crate::snat::SNAT_MAX;
+                /// `u32 router id -> Snat6`, on the SNAT host: the routers whose IPv6 traffic
+                /// leaves here (routed without NAT), with their external address and next hop.
+                snat6: DVR_SNAT6, Hash<u32, $crate::ip6::Snat6>, $crate::ip6::SNAT6_MAX;
+                /// LPM trie `Addr6 -> SnatRouter`, on the SNAT host: the tenant IPv6 prefixes
+                /// of those routers, routed in from the external network.
+                ext_route6: DVR_EXT_ROUTE6, Lpm<$crate::ip6::Addr6, $crate::snat::SnatRouter>,
+                    $crate::ip6::EXT_ROUTES6_MAX;
+                /// `Addr6 -> SnatRouter`, on the SNAT host: the routers' external IPv6
+                /// addresses, whose neighbour solicitations are answered on the external NIC.
+                snat_ips6: DVR_SNAT_IPS6, Hash<$crate::ip6::Addr6, $crate::snat::SnatRouter>,
+                    $crate::ip6::SNAT6_MAX;
                 /// `u32 floating IP (network order) -> FipEntry`: the FIPs this host serves,
                 /// those of its routers served elsewhere (hairpin), and unassociated ones
                 /// (dropped, counted).
@@ -130,6 +141,10 @@ macro_rules! map_table {
                 /// creates the keys (which addresses may be learned); the datapath fills the
                 /// MAC from ARP it sees.
                 ext_neigh: DVR_EXT_NEIGH, Hash<u32, $crate::nat::Neigh>, $crate::nat::EXT_NEIGH_MAX;
+                /// `Addr6 -> Neigh`: the external IPv6 next hops, learned from the neighbour
+                /// advertisements the datapath sees on the external NIC (keys by the agent).
+                ext_neigh6: DVR_EXT_NEIGH6, Hash<$crate::ip6::Addr6, $crate::nat::Neigh>,
+                    $crate::ip6::EXT_NEIGH6_MAX;
             }
             election {
                 /// `u32 router id -> u64 active_until_ns`: the fence of an HA router
@@ -193,7 +208,7 @@ mod tests {
             assert!(name.starts_with("DVR_"), "{name}");
             assert!(!NAMES[i + 1..].contains(name), "{name} twice");
         }
-        assert_eq!(NAMES.len(), 33);
+        assert_eq!(NAMES.len(), 37);
         assert_eq!(DVR_CT, "DVR_CT");
     }
 }

@@ -87,6 +87,9 @@ stats! {
     DropRaGuard = "drop_ra_guard", true, "RA guard: router advertisement or redirect sent by a VM";
     DropLinkLocal = "drop_link_local", true, "IPv6 link-local address to be routed beyond its link";
     DropExtHdr = "drop_ext_hdr", true, "IPv6 extension header chain too long to parse";
+    RoutedOut = "routed_out", false, "IPv6 routed out of the external interface (no NAT) on the SNAT host";
+    RoutedIn = "routed_in", false, "IPv6 from the external network routed to a VM on the SNAT host";
+    ExtNdAdvert = "ext_nd_advert", false, "neighbour solicitation for a router's external IPv6 address answered";
 }
 
 pub const STAT_COUNT: u32 = Stat::ALL.len() as u32;

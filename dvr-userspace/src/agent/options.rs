@@ -30,7 +30,7 @@ pub struct Options {
     /// Byte rate limit of the HA conntrack sync, per host.
     pub ct_sync_rate: u64,
     /// Interval of unsolicited IPv6 router advertisements on the taps.
-    pub ra_interval: super::RaInterval,
+    pub ra_interval: super::ra::RaInterval,
 }
 
 impl Default for Options {
@@ -45,7 +45,7 @@ impl Default for Options {
             ),
             metrics: None,
             ct_sync_rate: 4_000_000,
-            ra_interval: super::RaInterval::default(),
+            ra_interval: super::ra::RaInterval::default(),
         }
     }
 }

@@ -17,9 +17,8 @@ use serde::Serialize;
 
 use super::{fmt_mac, names::Names};
 use crate::maps::{HostMaps, MapsError};
-pub use v6::Addrs6;
 use walk::Walk;
-pub use walk::{Probe, Step, attached_ifindex};
+pub use walk::{Addrs6, Probe, Step, attached_ifindex};
 
 #[derive(Debug, Serialize)]
 pub struct Trace {

@@ -13,16 +13,9 @@ use dvr_common::{
 
 use super::{
     net::deliver,
-    walk::{Out, Walk, drop, out},
+    walk::{Addrs6, Out, Walk, drop, out},
 };
 use crate::{ctl::fmt_mac, maps::MapsError};
-
-/// The IPv6 addresses of a probe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Addrs6 {
-    pub src: Ipv6Addr,
-    pub dst: Ipv6Addr,
-}
 
 /// Whether `ip` lies in `net`/`plen`.
 pub(super) fn in_prefix6(ip: &[u8; 16], net: &[u8; 16], plen: u32) -> bool {

@@ -38,7 +38,14 @@ pub struct Probe {
     pub ttl: u8,
     /// An IPv6 probe: its addresses (`src` and `dst` above are then unused). `proto` is
     /// then 58 for an ICMPv6 echo.
-    pub v6: Option<super::v6::Addrs6>,
+    pub v6: Option<Addrs6>,
+}
+
+/// The IPv6 addresses of a probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addrs6 {
+    pub src: std::net::Ipv6Addr,
+    pub dst: std::net::Ipv6Addr,
 }
 
 #[derive(Debug, Serialize)]

@@ -180,6 +180,66 @@ pub(crate) fn with_ha(v: &mut Value, ha: bool, hosts: Value) {
     r["ha_hosts"] = hosts;
 }
 
+/// The fixture made dual-stack: net1 also carries the IPv6 subnet `subnet6a` (fd00:1::/64,
+/// slaac) and net2 `subnet6b` (fd00:2::/64, dhcpv6-stateful), each with an IPv6-only
+/// interface port of router1 (`rif6a`, `rif6b`: Neutron gives a router's IPv6 subnets their
+/// own port); VM1 and VM3 hold the EUI-64 addresses of their MACs, VM2 a chosen one, and
+/// VM1 an IPv6 allowed address pair.
+pub(crate) fn dual_stack_value() -> Value {
+    let mut v = fixture_value();
+    push(
+        &mut v,
+        "subnets",
+        json!({"id": "subnet6a", "network_id": "net1", "cidr": "fd00:1::/64",
+            "gateway_ip": "fd00:1::1", "ip_version": 6, "ipv6_ra_mode": "slaac",
+            "ipv6_address_mode": "slaac"}),
+    );
+    push(
+        &mut v,
+        "subnets",
+        json!({"id": "subnet6b", "network_id": "net2", "cidr": "fd00:2::/64",
+            "gateway_ip": "fd00:2::1", "ip_version": 6, "ipv6_ra_mode": "dhcpv6-stateful",
+            "ipv6_address_mode": "dhcpv6-stateful"}),
+    );
+    for (id, net, sub, ip, mac) in [
+        (
+            "rif6a",
+            "net1",
+            "subnet6a",
+            "fd00:1::1",
+            "fa:16:3e:00:06:01",
+        ),
+        (
+            "rif6b",
+            "net2",
+            "subnet6b",
+            "fd00:2::1",
+            "fa:16:3e:00:06:02",
+        ),
+    ] {
+        push(
+            &mut v,
+            "ports",
+            json!({"id": id, "network_id": net, "mac_address": mac,
+                "fixed_ips": [{"subnet_id": sub, "ip_address": ip}],
+                "device_owner": "network:router_interface_distributed", "device_id": "router1"}),
+        );
+    }
+    let add_ip = |v: &mut Value, port: &str, sub: &str, ip: &str| {
+        if let Some(list) = elem(v, "ports", "id", port)["fixed_ips"].as_array_mut() {
+            list.push(json!({"subnet_id": sub, "ip_address": ip}));
+        }
+    };
+    add_ip(&mut v, "vm1", "subnet6a", "fd00:1::f816:3eff:fe00:1");
+    add_ip(&mut v, "vm3", "subnet6a", "fd00:1::f816:3eff:fe00:3");
+    add_ip(&mut v, "vm2", "subnet6b", "fd00:2::20");
+    elem(&mut v, "ports", "id", "vm1")["allowed_address_pairs"] = json!([
+        {"ip_address": "fd00:1::100"},
+        {"ip_address": "fd00:9::/64", "mac_address": "fa:16:3e:aa:00:06"}
+    ]);
+    v
+}
+
 // ---------------------------------------------------------------------------------------------
 // Compile fixtures: the model fixture's hosts and taps, the floating IP, SNAT and HA states
 // built on one another, and the entries they compile to.

@@ -3,11 +3,11 @@
 //! VM port is, what a floating IP resolves to).
 
 use std::collections::{HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::error::CompileError;
 use super::ha::HaRuntime;
-use crate::model::{FloatingIp, Host, Mac, Network, Port, State, Subnet};
+use crate::model::{FloatingIp, Host, Mac, Network, Port, State, Subnet, Subnet6};
 
 /// The VNI of a network that is a tenant network.
 pub(super) fn vni_of(state: &State, network_id: &str) -> Option<u32> {
@@ -22,6 +22,17 @@ pub(super) struct Iface<'s> {
     pub(super) network_id: &'s str,
     pub(super) vni: u32,
     pub(super) ip: Ipv4Addr,
+}
+
+/// A DVR router interface port with IPv6 addresses, on a tenant network (a router's IPv6
+/// subnets of one network share one port; the model checks it).
+pub(super) struct Iface6<'s> {
+    pub(super) port: &'s Port,
+    pub(super) router_id: &'s str,
+    pub(super) network_id: &'s str,
+    pub(super) vni: u32,
+    /// Its IPv6 subnets and its address on each, in `fixed_ips` order.
+    pub(super) subnets: Vec<(&'s Subnet6, Ipv6Addr)>,
 }
 
 /// Where a VM port is, seen from the compiling host: `(ifindex, tunnel ip host order)`.
@@ -47,6 +58,10 @@ pub(super) struct Compiler<'s> {
     pub(super) ifaces: Vec<Iface<'s>>,
     /// Subnet id -> (router id, interface MAC) of the distributed interface on it.
     pub(super) iface_of_subnet: HashMap<&'s str, (&'s str, Mac)>,
+    /// DVR router interface ports with IPv6 addresses on tenant networks, in state order.
+    pub(super) ifaces6: Vec<Iface6<'s>>,
+    /// IPv6 subnet id -> (router id, interface MAC) of the distributed interface on it.
+    pub(super) iface6_of_subnet: HashMap<&'s str, (&'s str, Mac)>,
 }
 
 impl<'s> Compiler<'s> {
@@ -85,6 +100,33 @@ impl<'s> Compiler<'s> {
             .iter()
             .map(|i| (i.subnet.id.as_str(), (i.router_id, i.port.mac)))
             .collect();
+        let ifaces6: Vec<Iface6> = state
+            .ports()
+            .iter()
+            .filter(|p| p.is_distributed_interface() && !p.fixed_ips6.is_empty())
+            .filter_map(|port| {
+                let subnets = port
+                    .fixed_ips6
+                    .iter()
+                    .filter_map(|f| Some((state.subnet6(&f.subnet_id)?, f.ip)))
+                    .collect();
+                Some(Iface6 {
+                    port,
+                    router_id: &port.device_id,
+                    network_id: &port.network_id,
+                    vni: vni_of(state, &port.network_id)?,
+                    subnets,
+                })
+            })
+            .collect();
+        let iface6_of_subnet = ifaces6
+            .iter()
+            .flat_map(|i| {
+                i.subnets
+                    .iter()
+                    .map(move |(s, _)| (s.id.as_str(), (i.router_id, i.port.mac)))
+            })
+            .collect();
         Compiler {
             state,
             ha,
@@ -95,6 +137,8 @@ impl<'s> Compiler<'s> {
             served,
             ifaces,
             iface_of_subnet,
+            ifaces6,
+            iface6_of_subnet,
         }
     }
 
@@ -112,6 +156,11 @@ impl<'s> Compiler<'s> {
     /// The MAC of the distributed router interface on a subnet.
     pub(super) fn gw_mac_of_subnet(&self, subnet_id: &str) -> Option<Mac> {
         self.iface_of_subnet.get(subnet_id).map(|&(_, mac)| mac)
+    }
+
+    /// The MAC of the distributed router interface on an IPv6 subnet.
+    pub(super) fn gw_mac6_of_subnet(&self, subnet_id: &str) -> Option<Mac> {
+        self.iface6_of_subnet.get(subnet_id).map(|&(_, mac)| mac)
     }
 }
 

@@ -85,6 +85,18 @@ pub enum CompileError {
         subnet: String,
         fixed: Ipv4Addr,
     },
+    /// A network's router advertisement would carry more prefixes than the datapath's frame
+    /// holds.
+    #[error(
+        "network {network}: router {router} advertises {count} IPv6 subnets with \
+         ipv6_ra_mode on it, a router advertisement holds at most {max}"
+    )]
+    RaPrefixes {
+        network: String,
+        router: String,
+        count: usize,
+        max: usize,
+    },
     /// This host does SNAT for a router whose gateway has no address to translate to.
     #[error(
         "router {router}: field `external_gateway_info.external_fixed_ips`: empty, but host \

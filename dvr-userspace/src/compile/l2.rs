@@ -62,21 +62,30 @@ fn add_fdb(fdb: &mut BTreeMap<FdbKey, FdbEntry>, c: &Compiler<'_>, ports: &[&Por
             .iter()
             .find_map(|f| c.gw_mac_of_subnet(&f.subnet_id))
             .unwrap_or([0; 6]);
+        let gw_mac6 = port
+            .fixed_ips6
+            .iter()
+            .find_map(|f| c.gw_mac6_of_subnet(&f.subnet_id))
+            .unwrap_or([0; 6]);
         let entry = FdbEntry {
             ifindex,
             tunnel_ip_host,
             gw_mac,
-            // Filled by the IPv6 step (`compile::ip6`).
-            gw_mac6: [0; 6],
+            gw_mac6,
             _pad: [0; 4],
         };
         fdb.insert(fdb_key(vni, port.mac), entry);
         located.push((port, entry));
     }
     for (port, entry) in located {
-        for pair in &port.allowed_address_pairs {
-            if pair.mac != port.mac {
-                fdb.entry(fdb_key(vni, pair.mac)).or_insert(entry);
+        let pair_macs = port
+            .allowed_address_pairs
+            .iter()
+            .map(|p| p.mac)
+            .chain(port.allowed_address_pairs6.iter().map(|p| p.mac));
+        for mac in pair_macs {
+            if mac != port.mac {
+                fdb.entry(fdb_key(vni, mac)).or_insert(entry);
             }
         }
     }

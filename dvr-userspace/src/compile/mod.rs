@@ -21,6 +21,7 @@
 //!
 //! One module per map family, as in `dvr_common`: `port` (local ports, port security),
 //! `l2` (fdb, flood, DVR MACs, tunnel peers), `route` (gateways, routes, endpoints),
+//! `ip6` (the IPv6 endpoints, routes, gateways, port security and router advertisements),
 //! `snat` (centralized SNAT), `fip` (floating IPs and the external side), `vip`
 //! (VIP candidates), `ha` (the election view and HA roles) and `sg` (security group
 //! policies, with `sg_lookup` the check the datapath makes on them); each states its rules.
@@ -35,6 +36,7 @@ mod entries;
 mod error;
 mod fip;
 mod ha;
+mod ip6;
 mod l2;
 mod port;
 mod route;
@@ -60,6 +62,7 @@ use crate::model::{Host, State};
 use context::{Compiler, Networks};
 use entries::be;
 use fip::ExtSide;
+use ip6::MyRouters6;
 use port::LocalPorts;
 use route::MyRouters;
 use snat::Csnat;
@@ -103,7 +106,9 @@ pub fn compile(
     let vips = Vips::of(&c);
     let snat_here = snat::routers_served_here(&c, &csnat);
     let routers = MyRouters::of(&c, &snat_here)?;
-    let networks = Networks::of(&c, &routers.routed);
+    let routers6 = MyRouters6::of(&c, &routers.mine)?;
+    let routed_any: HashSet<&str> = routers.routed.union(&routers6.routed).copied().collect();
+    let networks = Networks::of(&c, &routed_any);
 
     let mut out = MapEntries::default();
     port::add_local_ports(&mut out, &local.present);
@@ -113,6 +118,7 @@ pub fn compile(
     route::add_endpoints(&mut out.endpoints, &c, &networks, &routers.routed);
     l2::add_hosts(&mut out, &c);
     route::add_routes(&mut out, &c, &routers.mine);
+    ip6::add_ip6(&mut out, &c, &networks, &routers6, &local.present)?;
     snat::add_snat_steer(&mut out.snat_steer, &c, &csnat);
     vip::add_vip_candidates(&mut out.vip_cand, &c, &csnat, &vips);
     let ext = ExtSide::of(state, me);

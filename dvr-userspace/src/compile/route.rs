@@ -127,7 +127,7 @@ fn router_iface(iface: &Iface<'_>) -> RouterIface {
 }
 
 /// Router ids are 32-bit hashes in the datapath: two routers of one host must not share one.
-fn check_router_ids(routers: &HashSet<&str>) -> Result<(), CompileError> {
+pub(super) fn check_router_ids(routers: &HashSet<&str>) -> Result<(), CompileError> {
     let mut sorted: Vec<&str> = routers.iter().copied().collect();
     sorted.sort_unstable();
     let mut by_hash: HashMap<u32, &str> = HashMap::with_capacity(sorted.len());

@@ -1,6 +1,11 @@
 //! `dvrctl show ports|fdb|endpoints|routes|fips|snat|ha|vips|sg|conntrack|stats [--json]`:
-//! the live maps of a host (`sg` is in [`super::sg`]).
-use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
+//! the live maps of a host (`sg` is in [`super::sg`]). `endpoints` and `routes` list the IPv4
+//! entries, then the IPv6 ones (`endpoints6`, `routes6`); `fdb` shows both gateway MACs.
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use serde::Serialize;
 
@@ -15,11 +20,14 @@ use crate::{
     model::{PROTO_ICMP, has_ports},
 };
 use dvr_common::{
+    ip6::{Ip6Key, ROUTE6_KEY_PREFIX_BITS, Route6, Route6Key},
+    l2::{FdbEntry, FdbKey},
     nat::{
         CT_DNAT, CT_HAIRPIN, CT_PAT, CT_SG, CT_SG_INGRESS, CT_SNAT, CtEntry, CtKey, FIP_CENTRAL,
         FIP_LOCAL, FIP_REMOTE, FIP_UNASSOCIATED,
     },
     port::PORT_FLAG_SECURITY,
+    route::{Endpoint, IpKey, ROUTE_KEY_PREFIX_BITS, Route, RouteKey},
     sg::SG_ZONE,
     snat::{SNAT_ENABLED, fence_active},
     stats::Stat,
@@ -68,23 +76,27 @@ struct FdbRow {
     ifindex: u32,
     remote: Option<Ipv4Addr>,
     gateway_mac: Option<String>,
+    /// The gateway MAC of the port's IPv6 subnet.
+    gateway_mac6: Option<String>,
 }
 
+/// One entry of `endpoints` or `endpoints6`.
 #[derive(Serialize)]
 struct EndpointRow {
     vni: u32,
-    ip: Ipv4Addr,
+    ip: IpAddr,
     mac: String,
     ifindex: u32,
     remote: Option<Ipv4Addr>,
 }
 
+/// One entry of `routes` or `routes6`.
 #[derive(Serialize)]
 struct RouteRow {
     router_id: String,
     cidr: String,
     vni: u32,
-    gateway_ip: Ipv4Addr,
+    gateway_ip: IpAddr,
     gateway_mac: String,
 }
 
@@ -158,6 +170,71 @@ struct HaRow {
     /// Until the fence expires; negative once it has.
     remaining_ms: f64,
     active: bool,
+}
+
+fn fdb_rows(fdb: BTreeMap<FdbKey, FdbEntry>) -> Vec<FdbRow> {
+    let mac_or_none = |m: [u8; 6]| (m != [0; 6]).then(|| fmt_mac(m));
+    fdb.into_iter()
+        .map(|(k, e)| FdbRow {
+            vni: k.vni,
+            mac: fmt_mac(k.mac),
+            ifindex: e.ifindex,
+            remote: ip_host(e.tunnel_ip_host),
+            gateway_mac: mac_or_none(e.gw_mac),
+            gateway_mac6: mac_or_none(e.gw_mac6),
+        })
+        .collect()
+}
+
+/// The IPv4 endpoints, then the IPv6 ones.
+fn endpoint_rows(
+    v4: BTreeMap<IpKey, Endpoint>,
+    v6: BTreeMap<Ip6Key, Endpoint>,
+) -> Vec<EndpointRow> {
+    let row = |vni: u32, ip: IpAddr, e: Endpoint| EndpointRow {
+        vni,
+        ip,
+        mac: fmt_mac(e.mac),
+        ifindex: e.ifindex,
+        remote: ip_host(e.tunnel_ip_host),
+    };
+    let v4 = v4
+        .into_iter()
+        .map(|(k, e)| row(k.vni, ip_be(k.ip_be).into(), e));
+    let v6 = v6
+        .into_iter()
+        .map(|(k, e)| row(k.vni, Ipv6Addr::from(k.ip).into(), e));
+    v4.chain(v6).collect()
+}
+
+/// The IPv4 routes, then the IPv6 ones.
+fn route_rows(
+    v4: BTreeMap<(u32, RouteKey), Route>,
+    v6: BTreeMap<(u32, Route6Key), Route6>,
+) -> Vec<RouteRow> {
+    let v4 = v4.into_iter().map(|((plen, k), r)| RouteRow {
+        router_id: format!("{:08x}", u32::from_be(k.router_id_be)),
+        cidr: format!(
+            "{}/{}",
+            ip_be(k.ip_be),
+            plen.saturating_sub(ROUTE_KEY_PREFIX_BITS)
+        ),
+        vni: r.vni,
+        gateway_ip: ip_be(r.gw_ip_be).into(),
+        gateway_mac: fmt_mac(r.gw_mac),
+    });
+    let v6 = v6.into_iter().map(|((plen, k), r)| RouteRow {
+        router_id: format!("{:08x}", u32::from_be(k.router_id_be)),
+        cidr: format!(
+            "{}/{}",
+            Ipv6Addr::from(k.ip),
+            plen.saturating_sub(ROUTE6_KEY_PREFIX_BITS)
+        ),
+        vni: r.vni,
+        gateway_ip: Ipv6Addr::from(r.gw_ip).into(),
+        gateway_mac: fmt_mac(r.gw_mac),
+    });
+    v4.chain(v6).collect()
 }
 
 fn ha_rows(maps: &HostMaps) -> Result<Vec<HaRow>, MapsError> {
@@ -443,22 +520,18 @@ pub fn show_with(maps: &HostMaps, subject: Subject, opts: &ShowOpts) -> Result<S
             )
         }
         Subject::Fdb => {
-            let rows: Vec<FdbRow> = maps
-                .fdb
-                .read()?
-                .into_iter()
-                .map(|(k, e)| FdbRow {
-                    vni: k.vni,
-                    mac: fmt_mac(k.mac),
-                    ifindex: e.ifindex,
-                    remote: ip_host(e.tunnel_ip_host),
-                    gateway_mac: (e.gw_mac != [0; 6]).then(|| fmt_mac(e.gw_mac)),
-                })
-                .collect();
+            let rows = fdb_rows(maps.fdb.read()?);
             render(
                 json,
                 &rows,
-                &["VNI", "MAC", "IFINDEX", "REMOTE", "GATEWAY-MAC"],
+                &[
+                    "VNI",
+                    "MAC",
+                    "IFINDEX",
+                    "REMOTE",
+                    "GATEWAY-MAC",
+                    "GATEWAY-MAC6",
+                ],
                 |r| {
                     vec![
                         r.vni.to_string(),
@@ -466,23 +539,13 @@ pub fn show_with(maps: &HostMaps, subject: Subject, opts: &ShowOpts) -> Result<S
                         r.ifindex.to_string(),
                         opt(&r.remote),
                         opt(&r.gateway_mac),
+                        opt(&r.gateway_mac6),
                     ]
                 },
             )
         }
         Subject::Endpoints => {
-            let rows: Vec<EndpointRow> = maps
-                .endpoints
-                .read()?
-                .into_iter()
-                .map(|(k, e)| EndpointRow {
-                    vni: k.vni,
-                    ip: ip_be(k.ip_be),
-                    mac: fmt_mac(e.mac),
-                    ifindex: e.ifindex,
-                    remote: ip_host(e.tunnel_ip_host),
-                })
-                .collect();
+            let rows = endpoint_rows(maps.endpoints.read()?, maps.endpoints6.read()?);
             render(
                 json,
                 &rows,
@@ -499,22 +562,7 @@ pub fn show_with(maps: &HostMaps, subject: Subject, opts: &ShowOpts) -> Result<S
             )
         }
         Subject::Routes => {
-            let rows: Vec<RouteRow> = maps
-                .routes
-                .read()?
-                .into_iter()
-                .map(|((plen, k), r)| RouteRow {
-                    router_id: format!("{:08x}", u32::from_be(k.router_id_be)),
-                    cidr: format!(
-                        "{}/{}",
-                        ip_be(k.ip_be),
-                        plen.saturating_sub(dvr_common::route::ROUTE_KEY_PREFIX_BITS)
-                    ),
-                    vni: r.vni,
-                    gateway_ip: ip_be(r.gw_ip_be),
-                    gateway_mac: fmt_mac(r.gw_mac),
-                })
-                .collect();
+            let rows = route_rows(maps.routes.read()?, maps.routes6.read()?);
             render(
                 json,
                 &rows,
@@ -734,6 +782,53 @@ fn opt<T: ToString>(v: &Option<T>) -> String {
 mod tests {
     use super::*;
     use dvr_common::nat::{CT_SG_REPLY, TCP_ACK, TCP_SYN};
+
+    #[test]
+    fn endpoints_routes_and_fdb_list_ipv6_beside_ipv4() {
+        let c = crate::testing::compiled(
+            &crate::testing::dual_stack_value(),
+            "host-a",
+            &crate::testing::all_taps,
+        );
+        let e = c.entries;
+        let rows = endpoint_rows(e.endpoints, e.endpoints6);
+        let ips: Vec<String> = rows.iter().map(|r| format!("{} {}", r.vni, r.ip)).collect();
+        assert_eq!(
+            ips,
+            [
+                "1001 10.0.1.10",
+                "1001 10.0.1.30",
+                "1002 10.0.2.20",
+                "1001 fd00:1::f816:3eff:fe00:1",
+                "1001 fd00:1::f816:3eff:fe00:3",
+                "1002 fd00:2::20",
+            ]
+        );
+        let json = render(true, &rows[3..4], &[], |_| Vec::new());
+        assert_eq!(
+            json,
+            r#"[{"vni":1001,"ip":"fd00:1::f816:3eff:fe00:1","mac":"fa:16:3e:00:00:01","ifindex":11,"remote":null}]"#
+        );
+        let rows = route_rows(e.routes, e.routes6);
+        let json = render(true, &rows[2..], &[], |_| Vec::new());
+        let r1 = format!("{:08x}", crate::compile::fnv1a32("router1"));
+        assert_eq!(
+            json,
+            format!(
+                r#"[{{"router_id":"{r1}","cidr":"fd00:1::/64","vni":1001,"gateway_ip":"fd00:1::1","gateway_mac":"fa:16:3e:00:06:01"}},{{"router_id":"{r1}","cidr":"fd00:2::/64","vni":1002,"gateway_ip":"fd00:2::1","gateway_mac":"fa:16:3e:00:06:02"}}]"#
+            )
+        );
+        assert_eq!(rows[0].cidr, "10.0.1.0/24");
+        let rows = fdb_rows(e.fdb);
+        let vm1 = rows.iter().find(|r| r.mac == "fa:16:3e:00:00:01");
+        assert_eq!(
+            vm1.map(|r| (r.gateway_mac.clone(), r.gateway_mac6.clone())),
+            Some((
+                Some("fa:16:3e:00:01:01".into()),
+                Some("fa:16:3e:00:06:01".into())
+            ))
+        );
+    }
 
     /// A security group flow of tap 7 (10.0.0.5:40000 -> 10.0.0.9:22, TCP) admitted by the
     /// rule with hash 0x1234, and a floating IP flow.

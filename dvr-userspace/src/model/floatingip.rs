@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use super::check::{Known, Ref, Report, ip_in};
 use super::network::{Network, Subnet, check_external_network};
-use super::parse::{Element, Reader, conv_id, conv_ipv4};
+use super::parse::{Element, Reader, conv_fip_ipv4, conv_id};
 use super::port::Port;
 use super::router::Router;
 use super::table::HashMap;
@@ -27,11 +27,11 @@ impl Element for FloatingIp {
 
     fn read(r: &mut Reader<'_, '_>) -> Option<Self> {
         let id = r.req("id", conv_id);
-        let floating_ip_address = r.req("floating_ip_address", conv_ipv4);
+        let floating_ip_address = r.req("floating_ip_address", conv_fip_ipv4);
         let floating_network_id = r.req("floating_network_id", conv_id);
         let router_id = r.opt_nonempty("router_id");
         let port_id = r.opt_nonempty("port_id");
-        let fixed_ip_address = r.opt("fixed_ip_address", conv_ipv4);
+        let fixed_ip_address = r.opt("fixed_ip_address", conv_fip_ipv4);
         Some(FloatingIp {
             id: id?,
             floating_ip_address: floating_ip_address?,
@@ -237,6 +237,31 @@ mod tests {
             "fixed_ip_address",
             "invalid IPv4 address \"x\"",
         );
+    }
+
+    #[test]
+    fn floatingip_is_ipv4_only() {
+        let errors = errors_after(|v| {
+            let f = elem(v, "floatingips", "id", "fip1");
+            f["floating_ip_address"] = "2001:db8::50".into();
+            f["fixed_ip_address"] = "fd00:1::5".into();
+        });
+        assert_error(
+            &errors,
+            "floatingip",
+            "fip1",
+            "floating_ip_address",
+            "\"2001:db8::50\" is IPv6: floating IPs are IPv4 only (IPv6 is routed without NAT)",
+        );
+        assert_error(
+            &errors,
+            "floatingip",
+            "fip1",
+            "fixed_ip_address",
+            "\"fd00:1::5\" is IPv6: floating IPs are IPv4 only",
+        );
+        // A dual-stack port keeps its IPv4 floating IP.
+        state_of(&dual_stack_value());
     }
 
     #[test]

@@ -13,6 +13,14 @@
 //! `[u8; 6]` MACs) and a [`State`] only exists if the whole state validated: the compiler can
 //! rely on every reference resolving.
 //!
+//! IPv6 sits beside IPv4 rather than inside it, so that the IPv4 types and every path that
+//! uses them stay as they were: the `subnets` list holds both families (one id space), read
+//! into [`Subnet`]s and [`Subnet6`]s by `ip_version`; a port's `fixed_ips` and
+//! `allowed_address_pairs` and a gateway's `external_fixed_ips` are split by address family
+//! into `fixed_ips` / `fixed_ips6`, `allowed_address_pairs` / `allowed_address_pairs6` and
+//! `external_fixed_ips` / `external_fixed_ips6`; errors still name an entry by its position
+//! in the state's list. Floating IPs are IPv4 only.
+//!
 //! One file per resource family holds its types, how one element is read and the checks
 //! about it: `network` (networks, subnets, fixed IPs), `host`, `router`, `port`,
 //! `floatingip`, `security_group` (groups, rules, address groups). Below them: `parse` (the field reader), `check` (what the checks share),
@@ -35,11 +43,14 @@ use std::path::Path;
 pub use error::{FieldError, StateError};
 pub use floatingip::FloatingIp;
 pub use host::{AgentMode, Host, check_ifname};
-pub use network::{DEFAULT_MTU, FixedIp, NETWORK_TYPE_VXLAN, Network, Subnet, VNI_MAX};
+pub use network::{
+    DEFAULT_MTU, FixedIp, FixedIp6, NETWORK_TYPE_VXLAN, Network, Subnet, Subnet6, VNI_MAX, eui64,
+};
 pub use parse::{Mac, format_mac, parse_mac};
 pub use port::{
-    AddressPair, OWNER_COMPUTE_PREFIX, OWNER_FLOATINGIP_AGENT_GATEWAY, OWNER_NETWORK_PREFIX,
-    OWNER_ROUTER_CENTRALIZED_SNAT, OWNER_ROUTER_GATEWAY, OWNER_ROUTER_INTERFACE_DISTRIBUTED, Port,
+    AddressPair, AddressPair6, OWNER_COMPUTE_PREFIX, OWNER_FLOATINGIP_AGENT_GATEWAY,
+    OWNER_HA_ROUTER_REPLICATED_INTERFACE, OWNER_NETWORK_PREFIX, OWNER_ROUTER_CENTRALIZED_SNAT,
+    OWNER_ROUTER_GATEWAY, OWNER_ROUTER_INTERFACE, OWNER_ROUTER_INTERFACE_DISTRIBUTED, Port,
 };
 pub use router::{ExternalGateway, HaHost, Router};
 pub use security_group::{
@@ -53,6 +64,7 @@ pub(crate) use error::display_lines;
 
 use check::{Known, Report};
 use floatingip::FipRefs;
+use network::AnySubnet;
 use port::PortRefs;
 use table::Table;
 
@@ -64,6 +76,8 @@ use table::Table;
 pub struct State {
     networks: Table<Network>,
     subnets: Table<Subnet>,
+    /// The IPv6 subnets (same `subnets` list and id space as the IPv4 ones).
+    subnets6: Table<Subnet6>,
     ports: Table<Port>,
     routers: Table<Router>,
     floatingips: Table<FloatingIp>,
@@ -73,6 +87,8 @@ pub struct State {
     address_groups: Table<AddressGroup>,
     /// Per network index: subnet indexes, in state order.
     subnets_by_network: Vec<Vec<usize>>,
+    /// Per network index: IPv6 subnet indexes, in state order.
+    subnets6_by_network: Vec<Vec<usize>>,
     /// Per network index: port indexes, in state order.
     ports_by_network: Vec<Vec<usize>>,
 }
@@ -98,7 +114,8 @@ impl State {
         };
         let mut errors = Vec::new();
         let networks = parse::list::<Network>(&root, &mut errors)?;
-        let subnets = parse::list::<Subnet>(&root, &mut errors)?;
+        let subnets = parse::list::<AnySubnet>(&root, &mut errors)?;
+        let (subnets4, subnets6) = AnySubnet::split(subnets.table);
         let ports = parse::list::<Port>(&root, &mut errors)?;
         let routers = parse::list::<Router>(&root, &mut errors)?;
         let floatingips = parse::list::<FloatingIp>(&root, &mut errors)?;
@@ -106,7 +123,8 @@ impl State {
         let sg = security_group::parse_lists(&root, &mut errors)?;
         let mut state = State {
             networks: networks.table,
-            subnets: subnets.table,
+            subnets: subnets4,
+            subnets6,
             ports: ports.table,
             routers: routers.table,
             floatingips: floatingips.table,
@@ -114,6 +132,7 @@ impl State {
             security_groups: sg.groups.table,
             address_groups: sg.address_groups.table,
             subnets_by_network: Vec::new(),
+            subnets6_by_network: Vec::new(),
             ports_by_network: Vec::new(),
         };
         state.index_by_network();
@@ -140,6 +159,7 @@ impl State {
         let mut out = Report::new(errors);
         let networks = Known::new(&self.networks, &broken.networks);
         let subnets = Known::new(&self.subnets, &broken.subnets);
+        let subnets6 = Known::new(&self.subnets6, &broken.subnets);
         let ports = Known::new(&self.ports, &broken.ports);
         let routers = Known::new(&self.routers, &broken.routers);
         let hosts = Known::new(&self.hosts, &broken.hosts);
@@ -153,14 +173,21 @@ impl State {
             networks,
             &self.subnets_by_network,
         );
+        network::check_subnets6(
+            &mut out,
+            self.subnets6.items(),
+            networks,
+            &self.subnets6_by_network,
+        );
         let port_refs = PortRefs {
             networks,
             subnets,
+            subnets6,
             routers,
             hosts,
         };
         port::check_ports(&mut out, self.ports.items(), port_refs);
-        router::check_routers(&mut out, self.routers.items(), networks, subnets);
+        router::check_routers(&mut out, self.routers.items(), networks, subnets, subnets6);
         router::check_ha_hosts(&mut out, self.routers.items(), hosts);
         port::check_snat_ports(&mut out, self.ports.items(), routers, hosts);
         let fip_refs = FipRefs {
@@ -181,6 +208,10 @@ impl State {
     }
     pub fn subnets(&self) -> &[Subnet] {
         self.subnets.items()
+    }
+    /// The IPv6 subnets, in state order.
+    pub fn subnets6(&self) -> &[Subnet6] {
+        self.subnets6.items()
     }
     pub fn ports(&self) -> &[Port] {
         self.ports.items()
@@ -206,6 +237,10 @@ impl State {
     }
     pub fn subnet(&self, id: &str) -> Option<&Subnet> {
         self.subnets.get(id)
+    }
+    /// An IPv6 subnet by id.
+    pub fn subnet6(&self, id: &str) -> Option<&Subnet6> {
+        self.subnets6.get(id)
     }
     pub fn port(&self, id: &str) -> Option<&Port> {
         self.ports.get(id)
@@ -236,6 +271,15 @@ impl State {
             .filter_map(|&i| self.subnets.at(i))
     }
 
+    /// The IPv6 subnets of a network, in state order.
+    pub fn subnets6_on_network<'a>(
+        &'a self,
+        network_id: &str,
+    ) -> impl Iterator<Item = &'a Subnet6> + use<'a> {
+        self.by_network(&self.subnets6_by_network, network_id)
+            .filter_map(|&i| self.subnets6.at(i))
+    }
+
     /// The ports of a network, in state order.
     pub fn ports_on_network<'a>(
         &'a self,
@@ -258,7 +302,17 @@ impl State {
 
     fn index_by_network(&mut self) {
         self.subnets_by_network = vec![Vec::new(); self.networks.len()];
+        self.subnets6_by_network = vec![Vec::new(); self.networks.len()];
         self.ports_by_network = vec![Vec::new(); self.networks.len()];
+        for (i, s) in self.subnets6.items().iter().enumerate() {
+            if let Some(list) = self
+                .networks
+                .index(&s.network_id)
+                .and_then(|n| self.subnets6_by_network.get_mut(n))
+            {
+                list.push(i);
+            }
+        }
         for (i, s) in self.subnets.items().iter().enumerate() {
             if let Some(list) = self
                 .networks

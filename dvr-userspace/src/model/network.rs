@@ -1,13 +1,16 @@
 //! Networks and their subnets, and the addresses ports and routers hold on them.
 
 use std::collections::hash_map::Entry;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::check::{Known, Ref, Report, ip_in};
-use super::parse::{Element, Reader, conv_bool, conv_id, conv_ipv4, conv_string, conv_u32};
-use super::table::HashMap;
+use super::parse::{
+    Element, Mac, Reader, conv_bool, conv_id, conv_ip, conv_ra_mode, conv_string, conv_u32,
+};
+use super::table::{HashMap, Table};
+use crate::ndp::RaMode;
 
 /// The only tenant network type this datapath carries.
 pub const NETWORK_TYPE_VXLAN: &str = "vxlan";
@@ -48,7 +51,7 @@ impl Network {
     }
 }
 
-/// A Neutron IPv4 subnet (IPv6 subnets are rejected by validation).
+/// A Neutron IPv4 subnet (`ip_version` 4; the IPv6 ones are [`Subnet6`]s).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subnet {
     pub id: String,
@@ -58,11 +61,83 @@ pub struct Subnet {
     pub gateway_ip: Option<Ipv4Addr>,
 }
 
+/// A Neutron IPv6 subnet (`ip_version` 6). IPv4 and IPv6 subnets share one id space (the
+/// state's `subnets` list) and may sit on one network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subnet6 {
+    pub id: String,
+    pub network_id: String,
+    /// No host bits set.
+    pub cidr: Ipv6Net,
+    pub gateway_ip: Option<Ipv6Addr>,
+    /// `ipv6_ra_mode`: what the router advertises for the subnet (`None`: no advertisement
+    /// from the router).
+    pub ra_mode: Option<RaMode>,
+    /// `ipv6_address_mode`: how hosts get their addresses.
+    pub address_mode: Option<RaMode>,
+}
+
+impl Subnet6 {
+    /// Neutron's "auto address" subnet (`ipv6_utils.is_auto_address_subnet`): either mode is
+    /// `slaac` or `dhcpv6-stateless`, so hosts take the EUI-64 address of their MAC and
+    /// Neutron assigns exactly that to every port but a router's.
+    pub fn is_auto_address(&self) -> bool {
+        let auto = |m: Option<RaMode>| matches!(m, Some(RaMode::Slaac | RaMode::Dhcpv6Stateless));
+        auto(self.ra_mode) || auto(self.address_mode)
+    }
+
+    /// The EUI-64 address of `mac` in this subnet's /64 (RFC 4291 appendix A).
+    pub fn eui64(&self, mac: Mac) -> Ipv6Addr {
+        eui64(self.cidr, mac)
+    }
+}
+
+/// The modified EUI-64 address of `mac` in the first 64 bits of `net`.
+pub fn eui64(net: Ipv6Net, mac: Mac) -> Ipv6Addr {
+    let mut b = net.network().octets();
+    b[8..].copy_from_slice(&dvr_common::ip6::link_local(mac)[8..]);
+    Ipv6Addr::from(b)
+}
+
 /// One entry of `fixed_ips` (of a port, or of a router's `external_fixed_ips`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FixedIp {
     pub subnet_id: String,
     pub ip: Ipv4Addr,
+}
+
+/// One IPv6 entry of `fixed_ips` (its subnet is a [`Subnet6`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FixedIp6 {
+    pub subnet_id: String,
+    pub ip: Ipv6Addr,
+}
+
+/// A `fixed_ips`-shaped list split by address family, with where each entry sat in the
+/// list (errors name `fixed_ips[i]` by the position in the state).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(super) struct FixedIps {
+    pub(super) v4: Vec<FixedIp>,
+    pub(super) v6: Vec<FixedIp6>,
+    pub(super) pos: FixedIpPos,
+}
+
+/// Positions in the state's list of the IPv4 and the IPv6 entries, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FixedIpPos {
+    v4: Vec<usize>,
+    v6: Vec<usize>,
+}
+
+impl FixedIpPos {
+    /// The list position of the `i`th IPv4 entry.
+    pub(super) fn v4(&self, i: usize) -> usize {
+        self.v4.get(i).copied().unwrap_or(i)
+    }
+    /// The list position of the `i`th IPv6 entry.
+    pub(super) fn v6(&self, i: usize) -> usize {
+        self.v6.get(i).copied().unwrap_or(i)
+    }
 }
 
 impl Element for Network {
@@ -93,7 +168,28 @@ impl Element for Network {
     }
 }
 
-impl Element for Subnet {
+/// An element of the state's `subnets` list: IPv4 or IPv6 by its `ip_version`.
+#[derive(Debug, Clone)]
+pub(super) enum AnySubnet {
+    V4(Subnet),
+    V6(Subnet6),
+}
+
+impl AnySubnet {
+    /// The IPv4 and the IPv6 subnets, each in state order.
+    pub(super) fn split(all: Table<AnySubnet>) -> (Table<Subnet>, Table<Subnet6>) {
+        let (mut v4, mut v6) = (Table::default(), Table::default());
+        for s in all.into_items() {
+            match s {
+                AnySubnet::V4(s) => v4.push(s.id.clone(), s),
+                AnySubnet::V6(s) => v6.push(s.id.clone(), s),
+            }
+        }
+        (v4, v6)
+    }
+}
+
+impl Element for AnySubnet {
     const KIND: &'static str = "subnet";
     const LIST: &'static str = "subnets";
 
@@ -102,55 +198,109 @@ impl Element for Subnet {
         let network_id = r.req("network_id", conv_id);
         let ip_version = r.req("ip_version", conv_u32);
         let cidr_text = r.req("cidr", conv_string);
-        let mut cidr = None;
-        let mut gateway_ip = None;
-        match ip_version {
-            Some(6) => r.error(
-                "ip_version",
-                "ip_version 6 is not supported by this datapath",
-            ),
-            Some(4) => {
-                if let Some(text) = cidr_text {
-                    match text.parse::<IpNet>() {
-                        Ok(IpNet::V4(net)) if net.trunc() != net => {
-                            r.error("cidr", format!("{text} has host bits set"));
-                        }
-                        Ok(IpNet::V4(net)) => cidr = Some(net),
-                        Ok(IpNet::V6(_)) => r.error(
-                            "ip_version",
-                            format!("ip_version 4 does not agree with the IPv6 cidr {text}"),
-                        ),
-                        Err(_) => r.error("cidr", format!("invalid CIDR {text:?}")),
+        let cidr = match (ip_version, cidr_text) {
+            (Some(4 | 6), Some(text)) => match text.parse::<IpNet>() {
+                Ok(net) if net.trunc() != net => {
+                    r.error("cidr", format!("{text} has host bits set"));
+                    None
+                }
+                Ok(net) => Some(net),
+                Err(_) => {
+                    r.error("cidr", format!("invalid CIDR {text:?}"));
+                    None
+                }
+            },
+            (Some(other), _) if other != 4 && other != 6 => {
+                r.error("ip_version", format!("must be 4 or 6, got {other}"));
+                None
+            }
+            _ => None,
+        };
+        let gateway_ip = r.opt("gateway_ip", conv_ip);
+        let ra_mode = r.opt("ipv6_ra_mode", conv_ra_mode);
+        let address_mode = r.opt("ipv6_address_mode", conv_ra_mode);
+        let (id, network_id) = (id?, network_id?);
+        match (ip_version?, cidr?) {
+            (4, IpNet::V4(cidr)) => {
+                for field in ["ipv6_ra_mode", "ipv6_address_mode"] {
+                    if r.present(field).is_some() {
+                        r.error(field, "only an IPv6 subnet (ip_version 6) has one");
                     }
                 }
-                gateway_ip = r.opt("gateway_ip", conv_ipv4);
+                let gateway_ip = match gateway_ip {
+                    Some(IpAddr::V4(gw)) => Some(gw),
+                    Some(IpAddr::V6(gw)) => {
+                        r.error("gateway_ip", format!("{gw} is IPv6, the subnet is IPv4"));
+                        None
+                    }
+                    None => None,
+                };
+                Some(AnySubnet::V4(Subnet {
+                    id,
+                    network_id,
+                    cidr,
+                    gateway_ip,
+                }))
             }
-            Some(other) => r.error("ip_version", format!("must be 4 or 6, got {other}")),
-            None => {}
+            (6, IpNet::V6(cidr)) => {
+                let gateway_ip = match gateway_ip {
+                    Some(IpAddr::V6(gw)) => Some(gw),
+                    Some(IpAddr::V4(gw)) => {
+                        r.error("gateway_ip", format!("{gw} is IPv4, the subnet is IPv6"));
+                        None
+                    }
+                    None => None,
+                };
+                Some(AnySubnet::V6(Subnet6 {
+                    id,
+                    network_id,
+                    cidr,
+                    gateway_ip,
+                    ra_mode,
+                    address_mode,
+                }))
+            }
+            (version, cidr) => {
+                let family = if cidr.addr().is_ipv6() {
+                    "IPv6"
+                } else {
+                    "IPv4"
+                };
+                let message =
+                    format!("ip_version {version} does not agree with the {family} cidr {cidr}");
+                r.error("ip_version", message);
+                None
+            }
         }
-        Some(Subnet {
-            id: id?,
-            network_id: network_id?,
-            cidr: cidr?,
-            gateway_ip,
-        })
     }
 
     fn key(&self) -> &str {
-        &self.id
+        match self {
+            AnySubnet::V4(s) => &s.id,
+            AnySubnet::V6(s) => &s.id,
+        }
     }
 }
 
 /// The `fixed_ips`-shaped list `field` of the object `r` reads. A missing list is empty
 /// unless `required`.
-pub(super) fn read_fixed_ips(r: &mut Reader<'_, '_>, field: &str, required: bool) -> Vec<FixedIp> {
-    let mut out = Vec::new();
-    for (path, obj) in r.list(field, required) {
+/// Entries of either family: the checks match each against its subnet's.
+pub(super) fn read_fixed_ips(r: &mut Reader<'_, '_>, field: &str, required: bool) -> FixedIps {
+    let mut out = FixedIps::default();
+    for (i, (path, obj)) in r.list(field, required).into_iter().enumerate() {
         let mut f = r.child(&path, obj);
         let subnet_id = f.req("subnet_id", conv_id);
-        let ip = f.req("ip_address", conv_ipv4);
-        if let (Some(subnet_id), Some(ip)) = (subnet_id, ip) {
-            out.push(FixedIp { subnet_id, ip });
+        let ip = f.req("ip_address", conv_ip);
+        match (subnet_id, ip) {
+            (Some(subnet_id), Some(IpAddr::V4(ip))) => {
+                out.v4.push(FixedIp { subnet_id, ip });
+                out.pos.v4.push(i);
+            }
+            (Some(subnet_id), Some(IpAddr::V6(ip))) => {
+                out.v6.push(FixedIp6 { subnet_id, ip });
+                out.pos.v6.push(i);
+            }
+            _ => {}
         }
     }
     out
@@ -247,6 +397,75 @@ pub(super) fn check_subnets(
     }
 }
 
+/// An IPv6 subnet's network exists, its gateway is inside it, its modes follow Neutron's
+/// rules (equal when both are set; `slaac` and `dhcpv6-stateless` need a /64), and the IPv6
+/// subnets of one network do not overlap. `by_network`: per network index, its IPv6 subnet
+/// indexes.
+pub(super) fn check_subnets6(
+    out: &mut Report<'_>,
+    subnets: &[Subnet6],
+    networks: Known<'_, Network>,
+    by_network: &[Vec<usize>],
+) {
+    for sub in subnets {
+        if let Ref::Missing = networks.resolve(&sub.network_id) {
+            let message = format!("network {} does not exist", sub.network_id);
+            out.error("subnet", &sub.id, "network_id", message);
+        }
+        if let Some(gw) = sub.gateway_ip
+            && !sub.cidr.contains(&gw)
+        {
+            let message = format!("gateway_ip {gw} is outside cidr {}", sub.cidr);
+            out.error("subnet", &sub.id, "gateway_ip", message);
+        }
+        if let (Some(ra), Some(addr)) = (sub.ra_mode, sub.address_mode)
+            && ra != addr
+        {
+            let message = format!(
+                "{} differs from ipv6_ra_mode {}: when both are set they must be equal",
+                addr.as_str(),
+                ra.as_str()
+            );
+            out.error("subnet", &sub.id, "ipv6_address_mode", message);
+        }
+        let auto = [
+            ("ipv6_ra_mode", sub.ra_mode),
+            ("ipv6_address_mode", sub.address_mode),
+        ]
+        .into_iter()
+        .find(|(_, m)| matches!(m, Some(RaMode::Slaac | RaMode::Dhcpv6Stateless)));
+        if let Some((field, Some(mode))) = auto
+            && sub.cidr.prefix_len() != 64
+        {
+            let message = format!(
+                "{} is a /{}: {field} {} needs a /64 prefix",
+                sub.cidr,
+                sub.cidr.prefix_len(),
+                mode.as_str()
+            );
+            out.error("subnet", &sub.id, "cidr", message);
+        }
+    }
+    // As for IPv4 (see `check_subnets`): blocks are nested or disjoint.
+    for on_network in by_network {
+        let mut sorted: Vec<&Subnet6> = on_network.iter().filter_map(|&i| subnets.get(i)).collect();
+        sorted.sort_by_key(|s| (s.cidr.network(), s.cidr.prefix_len()));
+        let mut widest: Option<&Subnet6> = None;
+        for sub in sorted {
+            match widest {
+                Some(w) if sub.cidr.network() <= w.cidr.broadcast() => {
+                    let message = format!(
+                        "{} overlaps subnet {} ({}) on the same network",
+                        sub.cidr, w.id, w.cidr
+                    );
+                    out.error("subnet", &sub.id, "cidr", message);
+                }
+                _ => widest = Some(sub),
+            }
+        }
+    }
+}
+
 /// Checks that `network_id` names an external network; reports on `kind id: field`
 /// otherwise.
 pub(super) fn check_external_network(
@@ -278,7 +497,8 @@ pub(super) fn check_external_network(
 
 #[cfg(test)]
 mod tests {
-    use crate::model::{State, StateError, display_lines};
+    use crate::model::{State, StateError, Subnet6, display_lines};
+    use crate::ndp::RaMode;
     use crate::testing::*;
     use serde_json::Value;
 
@@ -402,23 +622,146 @@ mod tests {
     }
 
     #[test]
-    fn subnet_ipv6_rejected() {
+    fn dual_stack_subnets_share_the_list_and_the_networks() {
+        let s = state_of(&dual_stack_value());
+        assert_eq!(s.subnets().len(), 3);
+        assert_eq!(s.subnets6().len(), 2);
+        let on_net1: Vec<&str> = s
+            .subnets_on_network("net1")
+            .map(|x| x.id.as_str())
+            .collect();
+        assert_eq!(on_net1, ["subnet1"]);
+        let on_net1: Vec<&str> = s
+            .subnets6_on_network("net1")
+            .map(|x| x.id.as_str())
+            .collect();
+        assert_eq!(on_net1, ["subnet6a"]);
+        let a = s.subnet6("subnet6a");
+        assert_eq!(
+            a.map(|a| (a.cidr.to_string(), a.gateway_ip.map(|g| g.to_string()))),
+            Some(("fd00:1::/64".into(), Some("fd00:1::1".into())))
+        );
+        assert_eq!(
+            a.map(|a| (a.ra_mode, a.address_mode, a.is_auto_address())),
+            Some((Some(RaMode::Slaac), Some(RaMode::Slaac), true))
+        );
+        let b = s.subnet6("subnet6b");
+        assert_eq!(b.map(Subnet6::is_auto_address), Some(false));
+        assert!(s.subnet("subnet6a").is_none() && s.subnet6("subnet1").is_none());
+        // Several IPv6 subnets on one network, no mode at all.
+        let mut v = dual_stack_value();
+        push(
+            &mut v,
+            "subnets",
+            serde_json::json!({"id": "subnet6c", "network_id": "net1", "cidr": "fd00:3::/48",
+                "ip_version": 6, "gateway_ip": null, "ipv6_ra_mode": null}),
+        );
+        let s = state_of(&v);
+        assert_eq!(s.subnets6_on_network("net1").count(), 2);
+        // One id space: an IPv6 subnet may not reuse an IPv4 subnet's id.
         let errors = errors_after(|v| {
             push(
                 v,
                 "subnets",
-                serde_json::json!({"id": "subnet6", "network_id": "net1", "cidr": "fd00::/64",
-                    "gateway_ip": "fd00::1", "ip_version": 6}),
+                serde_json::json!({"id": "subnet1", "network_id": "net1", "cidr": "fd00:1::/64",
+                    "ip_version": 6}),
             );
         });
         assert_error(
             &errors,
             "subnet",
-            "subnet6",
-            "ip_version",
-            "ip_version 6 is not supported by this datapath",
+            "subnet1",
+            "id",
+            "duplicate id (also subnets[0])",
         );
-        assert_eq!(errors.len(), 1, "{}", display_lines(&errors));
+    }
+
+    #[test]
+    fn subnet6_fields() {
+        let sub6 = |id: &str, extra: Value| {
+            let mut s = serde_json::json!({"id": id, "network_id": "net1", "ip_version": 6});
+            if let (Some(s), Value::Object(extra)) = (s.as_object_mut(), extra) {
+                s.extend(extra);
+            }
+            s
+        };
+        let errors = errors_after(|v| {
+            for s in [
+                sub6("h", serde_json::json!({"cidr": "fd00:1::1/64"})),
+                sub6(
+                    "g",
+                    serde_json::json!({"cidr": "fd00:2::/64", "gateway_ip": "fd00:3::1"}),
+                ),
+                sub6(
+                    "g4",
+                    serde_json::json!({"cidr": "fd00:4::/64", "gateway_ip": "10.0.1.1"}),
+                ),
+                sub6(
+                    "m",
+                    serde_json::json!({"cidr": "fd00:5::/64", "ipv6_ra_mode": "slaac",
+                    "ipv6_address_mode": "dhcpv6-stateful"}),
+                ),
+                sub6(
+                    "p",
+                    serde_json::json!({"cidr": "fd00:6::/56",
+                    "ipv6_address_mode": "dhcpv6-stateless"}),
+                ),
+                sub6(
+                    "u",
+                    serde_json::json!({"cidr": "fd00:7::/64", "ipv6_ra_mode": "radvd"}),
+                ),
+                sub6("c4", serde_json::json!({"cidr": "10.9.0.0/24"})),
+                sub6("o", serde_json::json!({"cidr": "fd00:2::/80"})),
+            ] {
+                push(v, "subnets", s);
+            }
+            elem(v, "subnets", "id", "subnet2")["ipv6_ra_mode"] = "slaac".into();
+        });
+        let expect = [
+            ("h", "cidr", "fd00:1::1/64 has host bits set"),
+            (
+                "g",
+                "gateway_ip",
+                "gateway_ip fd00:3::1 is outside cidr fd00:2::/64",
+            ),
+            ("g4", "gateway_ip", "10.0.1.1 is IPv4, the subnet is IPv6"),
+            (
+                "m",
+                "ipv6_address_mode",
+                "dhcpv6-stateful differs from ipv6_ra_mode slaac: when both are set they must \
+                 be equal",
+            ),
+            (
+                "p",
+                "cidr",
+                "fd00:6::/56 is a /56: ipv6_address_mode dhcpv6-stateless needs a /64 prefix",
+            ),
+            (
+                "u",
+                "ipv6_ra_mode",
+                "unknown mode \"radvd\" (expected slaac, dhcpv6-stateless or dhcpv6-stateful)",
+            ),
+            (
+                "c4",
+                "ip_version",
+                "ip_version 6 does not agree with the IPv4 cidr 10.9.0.0/24",
+            ),
+            (
+                "o",
+                "cidr",
+                "fd00:2::/80 overlaps subnet g (fd00:2::/64) on the same network",
+            ),
+            (
+                "subnet2",
+                "ipv6_ra_mode",
+                "only an IPv6 subnet (ip_version 6) has one",
+            ),
+        ];
+        for (id, field, text) in expect {
+            assert_error(&errors, "subnet", id, field, text);
+        }
+        // Nothing else: the ports on the broken subnet2 are not reported again.
+        assert_eq!(errors.len(), expect.len(), "{}", display_lines(&errors));
     }
 
     #[test]

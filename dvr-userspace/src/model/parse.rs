@@ -8,7 +8,7 @@
 use std::collections::hash_map::Entry;
 use std::net::{IpAddr, Ipv4Addr};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 
 use super::error::{FieldError, StateError};
 use super::table::{HashMap, HashSet, Table};
@@ -212,24 +212,55 @@ pub(super) fn conv_ipv4(v: &Value) -> Result<Ipv4Addr, String> {
     }
 }
 
+/// The address family a text that does not parse was probably meant in (for messages).
+fn family_word(s: &str) -> &'static str {
+    if s.contains(':') { "IPv6" } else { "IPv4" }
+}
+
+/// An address of either family (fixed IPs: the subnet says which one it must be).
+pub(super) fn conv_ip(v: &Value) -> Result<IpAddr, String> {
+    let s = conv_string(v)?;
+    s.parse::<IpAddr>()
+        .map_err(|_| format!("invalid {} address {s:?}", family_word(&s)))
+}
+
+/// An IPv4 address of a floating IP: floating IPs are IPv4 only (IPv6 is routed without
+/// NAT).
+pub(super) fn conv_fip_ipv4(v: &Value) -> Result<Ipv4Addr, String> {
+    let s = conv_string(v)?;
+    match s.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => Ok(ip),
+        Ok(IpAddr::V6(_)) => Err(format!(
+            "{s:?} is IPv6: floating IPs are IPv4 only (IPv6 is routed without NAT)"
+        )),
+        Err(_) => Err(format!("invalid IPv4 address {s:?}")),
+    }
+}
+
+/// An address or a CIDR of either family, for allowed address pairs (a plain address is a
+/// host prefix). Host bits are kept, as Neutron accepts them.
+pub(super) fn conv_pair_prefix(v: &Value) -> Result<IpNet, String> {
+    let s = conv_string(v)?;
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Ok(net);
+    }
+    match s.parse::<IpAddr>() {
+        Ok(ip) => Ok(IpNet::from(ip)),
+        Err(_) => Err(format!("invalid {} address or CIDR {s:?}", family_word(&s))),
+    }
+}
+
+/// `ipv6_ra_mode` / `ipv6_address_mode`: `slaac`, `dhcpv6-stateless` or `dhcpv6-stateful`.
+pub(super) fn conv_ra_mode(v: &Value) -> Result<crate::ndp::RaMode, String> {
+    let s = conv_string(v)?;
+    crate::ndp::RaMode::parse(&s).ok_or_else(|| {
+        format!("unknown mode {s:?} (expected slaac, dhcpv6-stateless or dhcpv6-stateful)")
+    })
+}
+
 pub(super) fn conv_mac(v: &Value) -> Result<Mac, String> {
     let s = conv_string(v)?;
     parse_mac(&s).ok_or_else(|| format!("invalid MAC {s:?}"))
-}
-
-/// An address or a CIDR (allowed address pairs accept both).
-pub(super) fn conv_ipv4_prefix(v: &Value) -> Result<Ipv4Net, String> {
-    let s = conv_string(v)?;
-    if let Ok(net) = s.parse::<Ipv4Net>() {
-        return Ok(net);
-    }
-    if let Ok(ip) = s.parse::<Ipv4Addr>() {
-        return Ok(Ipv4Net::from(ip));
-    }
-    if s.parse::<IpNet>().is_ok() || s.parse::<IpAddr>().is_ok() {
-        return Err(format!("{s:?} is IPv6, not supported by this datapath"));
-    }
-    Err(format!("invalid IPv4 address or CIDR {s:?}"))
 }
 
 /// An address or a CIDR of either family (security group remotes, address groups). Host bits

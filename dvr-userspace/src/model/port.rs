@@ -2,15 +2,17 @@
 //! `device_owner`), their addresses and allowed address pairs.
 
 use std::collections::hash_map::Entry;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::check::{Known, Ref, Report, ip_in, is_multicast};
 use super::host::{AgentMode, Host};
-use super::network::{FixedIp, NETWORK_TYPE_VXLAN, Network, Subnet, read_fixed_ips};
+use super::network::{
+    FixedIp, FixedIp6, FixedIpPos, NETWORK_TYPE_VXLAN, Network, Subnet, Subnet6, read_fixed_ips,
+};
 use super::parse::{
-    Element, Mac, Reader, conv_bool, conv_id, conv_ipv4_prefix, conv_mac, conv_string, format_mac,
+    Element, Mac, Reader, conv_bool, conv_id, conv_mac, conv_pair_prefix, conv_string, format_mac,
 };
 use super::router::Router;
 use super::table::HashMap;
@@ -18,6 +20,10 @@ use super::table::HashMap;
 /// `device_owner` of a DVR router interface port (one per router and subnet, same MAC and IP
 /// on every host).
 pub const OWNER_ROUTER_INTERFACE_DISTRIBUTED: &str = "network:router_interface_distributed";
+/// `device_owner` of a legacy (centralized) router's interface port.
+pub const OWNER_ROUTER_INTERFACE: &str = "network:router_interface";
+/// `device_owner` of an HA router's interface port.
+pub const OWNER_HA_ROUTER_REPLICATED_INTERFACE: &str = "network:ha_router_replicated_interface";
 /// `device_owner` of the centralized SNAT port of a DVR router (on the `dvr_snat` host).
 pub const OWNER_ROUTER_CENTRALIZED_SNAT: &str = "network:router_centralized_snat";
 /// `device_owner` of a router's port on its external network.
@@ -41,6 +47,16 @@ pub struct AddressPair {
     pub mac: Mac,
 }
 
+/// One IPv6 entry of a port's `allowed_address_pairs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressPair6 {
+    /// The allowed source prefix; a plain address is a /128. May have host bits set, as
+    /// Neutron accepts them; users take `net.network()`.
+    pub net: Ipv6Net,
+    /// The allowed source MAC (the port's own MAC when the pair does not name one).
+    pub mac: Mac,
+}
+
 impl AddressPair {
     /// True when the pair allows `ip` as a source: an exact address, or a prefix holding it
     /// (host bits of the prefix ignored, as Neutron does).
@@ -55,12 +71,20 @@ pub struct Port {
     pub id: String,
     pub network_id: String,
     pub mac: Mac,
+    /// The IPv4 entries of `fixed_ips`.
     pub fixed_ips: Vec<FixedIp>,
+    /// The IPv6 entries of `fixed_ips`.
+    pub fixed_ips6: Vec<FixedIp6>,
+    /// Where each IPv4 and IPv6 entry sat in the state's `fixed_ips` (for error paths).
+    pub(super) fixed_ip_pos: FixedIpPos,
     pub device_owner: String,
     pub device_id: String,
     /// `binding:host_id`, `None` when unbound (absent, null or "").
     pub host_id: Option<String>,
+    /// The IPv4 entries of `allowed_address_pairs`.
     pub allowed_address_pairs: Vec<AddressPair>,
+    /// The IPv6 entries of `allowed_address_pairs`.
+    pub allowed_address_pairs6: Vec<AddressPair6>,
     pub port_security_enabled: bool,
     /// `security_groups`: the ids of the port's security groups, as listed. `None` when the
     /// state does not name the field (or it is `null`): a hand-written state whose ports are
@@ -84,6 +108,19 @@ impl Port {
     /// A DVR router interface (`network:router_interface_distributed`).
     pub fn is_distributed_interface(&self) -> bool {
         self.device_owner == OWNER_ROUTER_INTERFACE_DISTRIBUTED
+    }
+
+    /// A port Neutron gives a subnet's `gateway_ip` rather than an automatic address
+    /// (its `ROUTER_INTERFACE_OWNERS_SNAT`): a router interface of any kind, or a DVR
+    /// router's centralized SNAT port.
+    pub fn is_router_interface(&self) -> bool {
+        matches!(
+            self.device_owner.as_str(),
+            OWNER_ROUTER_INTERFACE_DISTRIBUTED
+                | OWNER_ROUTER_INTERFACE
+                | OWNER_HA_ROUTER_REPLICATED_INTERFACE
+                | OWNER_ROUTER_CENTRALIZED_SNAT
+        )
     }
 
     /// A router's centralized SNAT port (`network:router_centralized_snat`): one per subnet
@@ -128,17 +165,24 @@ impl Element for Port {
         let id = r.req("id", conv_id);
         let network_id = r.req("network_id", conv_id);
         let mac = r.req("mac_address", conv_mac);
-        let fixed_ips = read_fixed_ips(r, "fixed_ips", true);
+        let fixed = read_fixed_ips(r, "fixed_ips", true);
         let device_owner = r.opt("device_owner", conv_string).unwrap_or_default();
         let device_id = r.opt("device_id", conv_string).unwrap_or_default();
         let host_id = r.opt_nonempty("binding:host_id");
         let mut allowed_address_pairs = Vec::new();
+        let mut allowed_address_pairs6 = Vec::new();
         for (path, pair) in r.list("allowed_address_pairs", false) {
             let mut pr = r.child(&path, pair);
-            let net = pr.req("ip_address", conv_ipv4_prefix);
+            let net = pr.req("ip_address", conv_pair_prefix);
             let pair_mac = pr.opt("mac_address", conv_mac);
-            if let (Some(net), Some(mac)) = (net, pair_mac.or(mac)) {
-                allowed_address_pairs.push(AddressPair { net, mac });
+            match (net, pair_mac.or(mac)) {
+                (Some(IpNet::V4(net)), Some(mac)) => {
+                    allowed_address_pairs.push(AddressPair { net, mac });
+                }
+                (Some(IpNet::V6(net)), Some(mac)) => {
+                    allowed_address_pairs6.push(AddressPair6 { net, mac });
+                }
+                _ => {}
             }
         }
         let port_security_enabled = r.opt("port_security_enabled", conv_bool).unwrap_or(true);
@@ -148,11 +192,14 @@ impl Element for Port {
             id: id?,
             network_id: network_id?,
             mac: mac?,
-            fixed_ips,
+            fixed_ips: fixed.v4,
+            fixed_ips6: fixed.v6,
+            fixed_ip_pos: fixed.pos,
             device_owner,
             device_id,
             host_id,
             allowed_address_pairs,
+            allowed_address_pairs6,
             port_security_enabled,
             security_groups,
             admin_state_up,
@@ -169,6 +216,7 @@ impl Element for Port {
 pub(super) struct PortRefs<'s> {
     pub(super) networks: Known<'s, Network>,
     pub(super) subnets: Known<'s, Subnet>,
+    pub(super) subnets6: Known<'s, Subnet6>,
     pub(super) routers: Known<'s, Router>,
     pub(super) hosts: Known<'s, Host>,
 }
@@ -198,6 +246,15 @@ struct Seen<'s> {
     /// (router, network) -> (subnet, port) and subnet -> (router, port), for DVR interfaces.
     iface_by_router_net: HashMap<(usize, usize), (usize, &'s str)>,
     iface_by_subnet: HashMap<usize, (usize, &'s str)>,
+    /// (IPv6 subnet, address) -> port.
+    ips6: HashMap<(usize, Ipv6Addr), &'s str>,
+    /// (router, network) -> port, IPv6 subnet -> (router, port), for DVR interfaces with
+    /// IPv6 addresses.
+    iface6_by_router_net: HashMap<(usize, usize), &'s str>,
+    iface6_by_subnet: HashMap<usize, (usize, &'s str)>,
+    /// Network -> (router, port, IPv6 subnet) of the first interface on an IPv6 subnet with
+    /// `ipv6_ra_mode`: the router that advertises on the network.
+    ra_by_network: HashMap<usize, (usize, &'s str, usize)>,
 }
 
 struct PortChecks<'s, 'o, 'e> {
@@ -215,6 +272,7 @@ impl<'s> PortChecks<'s, '_, '_> {
         let net = self.network(p);
         self.mac(p, net);
         let first_subnet = self.fixed_ips(p);
+        let subnets6 = self.fixed_ips6(p);
         if let Some(host) = &p.host_id
             && let Ref::Missing = self.refs.hosts.resolve(host)
         {
@@ -233,6 +291,11 @@ impl<'s> PortChecks<'s, '_, '_> {
                 .is_some_and(|s| s.network_id == p.network_id)
         {
             self.distributed_interface(p, r, si, net);
+        }
+        if p.is_distributed_interface()
+            && let (Some(r), Some(net)) = (router, net)
+        {
+            self.distributed_interface6(p, r, &subnets6, net);
         }
         if p.is_compute()
             && let Some(n) = net.and_then(|n| self.refs.networks.table.at(n))
@@ -292,11 +355,20 @@ impl<'s> PortChecks<'s, '_, '_> {
         let subnets = self.refs.subnets;
         let mut first_subnet = None;
         for (i, fip) in p.fixed_ips.iter().enumerate() {
-            let subnet_field = || format!("fixed_ips[{i}].subnet_id");
-            let ip_field = || format!("fixed_ips[{i}].ip_address");
+            let at = p.fixed_ip_pos.v4(i);
+            let subnet_field = || format!("fixed_ips[{at}].subnet_id");
+            let ip_field = || format!("fixed_ips[{at}].ip_address");
             let si = match subnets.resolve(&fip.subnet_id) {
                 Ref::Found(si) => si,
                 Ref::Broken => continue,
+                Ref::Missing if self.refs.subnets6.table.contains(&fip.subnet_id) => {
+                    let message = format!(
+                        "{} is an IPv4 address, subnet {} is IPv6",
+                        fip.ip, fip.subnet_id
+                    );
+                    self.error(p, &ip_field(), message);
+                    continue;
+                }
                 Ref::Missing => {
                     let message = format!("subnet {} does not exist", fip.subnet_id);
                     self.error(p, &subnet_field(), message);
@@ -342,6 +414,86 @@ impl<'s> PortChecks<'s, '_, '_> {
         first_subnet
     }
 
+    /// The IPv6 entries, as [`Self::fixed_ips`]; on an auto-address subnet (slaac or
+    /// dhcpv6-stateless) a port other than a router's holds the EUI-64 address of its MAC.
+    /// Returns the IPv6 subnet indexes, in order.
+    fn fixed_ips6(&mut self, p: &'s Port) -> Vec<usize> {
+        let subnets = self.refs.subnets6;
+        let mut found = Vec::new();
+        for (i, fip) in p.fixed_ips6.iter().enumerate() {
+            let at = p.fixed_ip_pos.v6(i);
+            let subnet_field = || format!("fixed_ips[{at}].subnet_id");
+            let ip_field = || format!("fixed_ips[{at}].ip_address");
+            let si = match subnets.resolve(&fip.subnet_id) {
+                Ref::Found(si) => si,
+                Ref::Broken => continue,
+                Ref::Missing if self.refs.subnets.table.contains(&fip.subnet_id) => {
+                    let message = format!(
+                        "{} is an IPv6 address, subnet {} is IPv4",
+                        fip.ip, fip.subnet_id
+                    );
+                    self.error(p, &ip_field(), message);
+                    continue;
+                }
+                Ref::Missing => {
+                    let message = format!("subnet {} does not exist", fip.subnet_id);
+                    self.error(p, &subnet_field(), message);
+                    continue;
+                }
+            };
+            let Some(sub) = subnets.table.at(si) else {
+                continue;
+            };
+            if sub.network_id != p.network_id {
+                let message = format!(
+                    "subnet {} is on network {}, not on the port's network {}",
+                    sub.id, sub.network_id, p.network_id
+                );
+                self.error(p, &subnet_field(), message);
+                continue;
+            }
+            if !sub.cidr.contains(&fip.ip) {
+                let message = format!("{} is outside subnet {} ({})", fip.ip, sub.id, sub.cidr);
+                self.error(p, &ip_field(), message);
+                continue;
+            }
+            found.push(si);
+            if sub.is_auto_address() && !p.is_router_interface() {
+                let eui64 = sub.eui64(p.mac);
+                if fip.ip != eui64 {
+                    let message = format!(
+                        "{} is not {eui64}, the EUI-64 address of the port's MAC {} in \
+                         subnet {} ({}): on a slaac or dhcpv6-stateless subnet Neutron \
+                         assigns exactly that",
+                        fip.ip,
+                        format_mac(&p.mac),
+                        sub.id,
+                        sub.cidr
+                    );
+                    self.error(p, &ip_field(), message);
+                }
+            }
+            match self.seen.ips6.entry((si, fip.ip)) {
+                Entry::Occupied(o) => {
+                    let other = *o.get();
+                    let message = if other == p.id {
+                        format!("{} is listed twice", fip.ip)
+                    } else {
+                        format!(
+                            "duplicate IP {} in subnet {}: also port {other}",
+                            fip.ip, sub.id
+                        )
+                    };
+                    self.error(p, &ip_field(), message);
+                }
+                Entry::Vacant(v) => {
+                    v.insert(&p.id);
+                }
+            }
+        }
+        found
+    }
+
     /// A router's port names an existing router and holds one address. Returns the
     /// router's index.
     fn router(&mut self, p: &Port) -> Option<usize> {
@@ -361,9 +513,18 @@ impl<'s> PortChecks<'s, '_, '_> {
                 self.error(p, "device_id", message);
             }
         }
-        if p.fixed_ips.len() != 1 {
+        if p.fixed_ips6.is_empty() && p.fixed_ips.len() != 1 {
             let message = format!(
                 "a {} port needs exactly one fixed IP, has {}",
+                p.device_owner,
+                p.fixed_ips.len()
+            );
+            self.error(p, "fixed_ips", message);
+        } else if p.fixed_ips.len() > 1 {
+            // Neutron: a router port has at most one IPv4 address, and any number of IPv6
+            // ones (a router's IPv6 subnets of one network share one port).
+            let message = format!(
+                "a {} port holds at most one IPv4 fixed IP, has {}",
                 p.device_owner,
                 p.fixed_ips.len()
             );
@@ -375,7 +536,8 @@ impl<'s> PortChecks<'s, '_, '_> {
     /// Router `r`'s distributed interface on subnet `si` of network `net`: the router's
     /// only one on the network, and the subnet's only router.
     fn distributed_interface(&mut self, p: &'s Port, r: usize, si: usize, net: usize) {
-        const FIELD: &str = "fixed_ips[0].subnet_id";
+        let field = format!("fixed_ips[{}].subnet_id", p.fixed_ip_pos.v4(0));
+        let field = field.as_str();
         let (subnets, routers) = (self.refs.subnets, self.refs.routers);
         let subnet_id = subnets.table.at(si).map_or("", |s| s.id.as_str());
         match self.seen.iface_by_router_net.entry((r, net)) {
@@ -394,7 +556,7 @@ impl<'s> PortChecks<'s, '_, '_> {
                         p.device_id, p.network_id
                     )
                 };
-                self.error(p, FIELD, message);
+                self.error(p, field, message);
             }
             Entry::Vacant(v) => {
                 v.insert((si, &p.id));
@@ -410,11 +572,85 @@ impl<'s> PortChecks<'s, '_, '_> {
                          {other_id} (port {other_port}); interfaces of two routers on one \
                          subnet are not supported"
                     );
-                    self.error(p, FIELD, message);
+                    self.error(p, field, message);
                 }
             }
             Entry::Vacant(v) => {
                 v.insert((r, &p.id));
+            }
+        }
+    }
+}
+
+impl<'s> PortChecks<'s, '_, '_> {
+    /// Router `r`'s distributed interface with IPv6 addresses on subnets `subnets6` of
+    /// network `net`: the router's only IPv6 interface port on the network (Neutron puts a
+    /// router's IPv6 subnets of one network on one port), each subnet the interface of one
+    /// router, and the network's advertising subnets (`ipv6_ra_mode`) on one router.
+    fn distributed_interface6(&mut self, p: &'s Port, r: usize, subnets6: &[usize], net: usize) {
+        if subnets6.is_empty() {
+            return;
+        }
+        let (subnets, routers) = (self.refs.subnets6, self.refs.routers);
+        let router_id = |r: usize| routers.table.at(r).map_or("", |r| r.id.as_str());
+        let subnet_id = |si: usize| subnets.table.at(si).map_or("", |s| s.id.as_str());
+        let field = |k: usize| format!("fixed_ips[{}].subnet_id", p.fixed_ip_pos.v6(k));
+        match self.seen.iface6_by_router_net.entry((r, net)) {
+            Entry::Occupied(o) => {
+                let message = format!(
+                    "router {} already has IPv6 interface port {} on network {}: a router's \
+                     IPv6 subnets of one network share one port",
+                    p.device_id,
+                    o.get(),
+                    p.network_id
+                );
+                self.error(p, &field(0), message);
+                return;
+            }
+            Entry::Vacant(v) => {
+                v.insert(&p.id);
+            }
+        }
+        for (k, &si) in subnets6.iter().enumerate() {
+            match self.seen.iface6_by_subnet.entry(si) {
+                Entry::Occupied(o) => {
+                    let (other_router, other_port) = *o.get();
+                    if other_router != r {
+                        let message = format!(
+                            "subnet {} already has a distributed interface of router {} (port \
+                             {other_port}); interfaces of two routers on one subnet are not \
+                             supported",
+                            subnet_id(si),
+                            router_id(other_router)
+                        );
+                        self.error(p, &field(k), message);
+                        continue;
+                    }
+                }
+                Entry::Vacant(v) => {
+                    v.insert((r, &p.id));
+                }
+            }
+            if subnets.table.at(si).is_some_and(|s| s.ra_mode.is_some()) {
+                match self.seen.ra_by_network.entry(net) {
+                    Entry::Occupied(o) => {
+                        let (other_router, other_port, other_subnet) = *o.get();
+                        if other_router != r {
+                            let message = format!(
+                                "network {} already has router advertisements from router {} \
+                                 (port {other_port}, subnet {}): the subnets with ipv6_ra_mode \
+                                 of one network must be on one router",
+                                p.network_id,
+                                router_id(other_router),
+                                subnet_id(other_subnet)
+                            );
+                            self.error(p, &field(k), message);
+                        }
+                    }
+                    Entry::Vacant(v) => {
+                        v.insert((r, &p.id, si));
+                    }
+                }
             }
         }
     }
@@ -448,7 +684,8 @@ pub(super) fn check_snat_ports(
                         fixed.subnet_id,
                         o.get()
                     );
-                    out.error("port", &p.id, "fixed_ips[0].subnet_id", message);
+                    let field = format!("fixed_ips[{}].subnet_id", p.fixed_ip_pos.v4(0));
+                    out.error("port", &p.id, &field, message);
                 }
                 Entry::Vacant(v) => {
                     v.insert(&p.id);
@@ -807,6 +1044,275 @@ mod tests {
                 "device_owner": "compute:nova", "binding:host_id": "host-a"}),
         );
         state_of(&v);
+    }
+
+    #[test]
+    fn dual_stack_ports_parse() {
+        let s = state_of(&dual_stack_value());
+        let vm1 = s.port("vm1");
+        assert_eq!(vm1.map(|p| p.fixed_ips.len()), Some(1));
+        assert_eq!(
+            vm1.map(|p| p.fixed_ips6.clone()),
+            Some(vec![FixedIp6 {
+                subnet_id: "subnet6a".into(),
+                ip: "fd00:1::f816:3eff:fe00:1"
+                    .parse()
+                    .unwrap_or(Ipv6Addr::UNSPECIFIED)
+            }])
+        );
+        let pairs6 = vm1.map(|p| p.allowed_address_pairs6.clone());
+        assert_eq!(
+            pairs6,
+            Some(vec![
+                AddressPair6 {
+                    net: "fd00:1::100/128".parse().unwrap_or_default(),
+                    mac: [0xfa, 0x16, 0x3e, 0, 0, 1]
+                },
+                AddressPair6 {
+                    net: "fd00:9::/64".parse().unwrap_or_default(),
+                    mac: [0xfa, 0x16, 0x3e, 0xaa, 0, 6]
+                },
+            ])
+        );
+        assert!(vm1.is_some_and(|p| p.allowed_address_pairs.is_empty()));
+        let rif6a = s.port("rif6a");
+        assert_eq!(
+            rif6a.map(|p| (
+                p.fixed_ips.len(),
+                p.fixed_ips6.len(),
+                p.is_router_interface()
+            )),
+            Some((0, 1, true))
+        );
+        // A router interface may hold one IPv4 address and IPv6 ones (Neutron, by port).
+        let mut v = dual_stack_value();
+        if let Some(list) = elem(&mut v, "ports", "id", "rif1")["fixed_ips"].as_array_mut() {
+            list.push(serde_json::json!({"subnet_id": "subnet6a", "ip_address": "fd00:1::2"}));
+        }
+        if let Some(ports) = v["ports"].as_array_mut() {
+            ports.retain(|p| p["id"] != "rif6a");
+        }
+        state_of(&v);
+    }
+
+    #[test]
+    fn ipv6_fixed_ip_errors() {
+        let errors = errors_after(|v| {
+            *v = dual_stack_value();
+            let vm1 = elem(v, "ports", "id", "vm1");
+            // An IPv6 entry first: the IPv4 one is still named by its own position.
+            vm1["fixed_ips"] = serde_json::json!([
+                {"subnet_id": "subnet6a", "ip_address": "fd00:1::f816:3eff:fe00:1"},
+                {"subnet_id": "subnet6a", "ip_address": "10.0.1.10"},
+                {"subnet_id": "subnet1", "ip_address": "fd00:1::5"}
+            ]);
+            elem(v, "ports", "id", "vm3")["fixed_ips"] = serde_json::json!([
+                {"subnet_id": "subnet6a", "ip_address": "fd00:1::33"},
+                {"subnet_id": "subnet6a", "ip_address": "fd00:2::3"},
+                {"subnet_id": "subnet6b", "ip_address": "fd00:2::3"}
+            ]);
+            elem(v, "ports", "id", "vm2")["fixed_ips"] = serde_json::json!([
+                {"subnet_id": "subnet6b", "ip_address": "fd00:2::1"}
+            ]);
+        });
+        let expect = [
+            (
+                "vm1",
+                "fixed_ips[1].ip_address",
+                "10.0.1.10 is an IPv4 address, subnet subnet6a is IPv6",
+            ),
+            (
+                "vm1",
+                "fixed_ips[2].ip_address",
+                "fd00:1::5 is an IPv6 address, subnet subnet1 is IPv4",
+            ),
+            (
+                "vm3",
+                "fixed_ips[0].ip_address",
+                "fd00:1::33 is not fd00:1::f816:3eff:fe00:3, the EUI-64 address of the port's \
+                 MAC fa:16:3e:00:00:03 in subnet subnet6a (fd00:1::/64): on a slaac or \
+                 dhcpv6-stateless subnet Neutron assigns exactly that",
+            ),
+            (
+                "vm3",
+                "fixed_ips[1].ip_address",
+                "fd00:2::3 is outside subnet subnet6a (fd00:1::/64)",
+            ),
+            (
+                "vm3",
+                "fixed_ips[2].subnet_id",
+                "subnet subnet6b is on network net2, not on the port's network net1",
+            ),
+            // rif6b comes later in the state.
+            (
+                "rif6b",
+                "fixed_ips[0].ip_address",
+                "duplicate IP fd00:2::1 in subnet subnet6b: also port vm2",
+            ),
+        ];
+        for (id, field, text) in expect {
+            assert_error(&errors, "port", id, field, text);
+        }
+        assert_eq!(errors.len(), expect.len(), "{}", display_lines(&errors));
+        // A stateful subnet takes any address inside it; a router port the gateway.
+        let mut v = dual_stack_value();
+        elem(&mut v, "ports", "id", "vm2")["fixed_ips"] = serde_json::json!([
+            {"subnet_id": "subnet6b", "ip_address": "fd00:2::abcd"}
+        ]);
+        state_of(&v);
+        // dhcpv6-stateless as address mode alone makes a subnet auto-address too.
+        let errors = errors_after(|v| {
+            *v = dual_stack_value();
+            let b = elem(v, "subnets", "id", "subnet6b");
+            b["ipv6_ra_mode"] = Value::Null;
+            b["ipv6_address_mode"] = "dhcpv6-stateless".into();
+        });
+        assert_error(
+            &errors,
+            "port",
+            "vm2",
+            "fixed_ips[1].ip_address",
+            "fd00:2::20 is not fd00:2::f816:3eff:fe00:2, the EUI-64 address",
+        );
+        assert_eq!(errors.len(), 1, "{}", display_lines(&errors));
+    }
+
+    #[test]
+    fn ipv6_address_pairs_parse() {
+        let errors = errors_after(|v| {
+            elem(v, "ports", "id", "vm1")["allowed_address_pairs"] = serde_json::json!([
+                {"ip_address": "fd00::/129"},
+                {"ip_address": "fd00::zz"}
+            ]);
+        });
+        assert_error(
+            &errors,
+            "port",
+            "vm1",
+            "allowed_address_pairs[0].ip_address",
+            "invalid IPv6 address or CIDR \"fd00::/129\"",
+        );
+        assert_error(
+            &errors,
+            "port",
+            "vm1",
+            "allowed_address_pairs[1].ip_address",
+            "invalid IPv6 address or CIDR \"fd00::zz\"",
+        );
+        let errors = errors_after(|v| {
+            elem(v, "ports", "id", "vm1")["fixed_ips"][0]["ip_address"] = "fd00::zz".into();
+        });
+        assert_error(
+            &errors,
+            "port",
+            "vm1",
+            "fixed_ips[0].ip_address",
+            "invalid IPv6 address \"fd00::zz\"",
+        );
+    }
+
+    #[test]
+    fn ipv6_router_interfaces() {
+        let rif = |id: &str, router: &str, net: &str, sub: &str, ip: &str, mac: &str| {
+            serde_json::json!({"id": id, "network_id": net, "mac_address": mac,
+                "fixed_ips": [{"subnet_id": sub, "ip_address": ip}],
+                "device_owner": "network:router_interface_distributed", "device_id": router})
+        };
+        let errors = errors_after(|v| {
+            *v = dual_stack_value();
+            push(v, "routers", serde_json::json!({"id": "router2"}));
+            // A second IPv6 port of router1 on net1, on a new subnet.
+            push(
+                v,
+                "subnets",
+                serde_json::json!({"id": "subnet6c", "network_id": "net1", "cidr": "fd00:3::/64",
+                    "ip_version": 6, "ipv6_ra_mode": "slaac"}),
+            );
+            push(
+                v,
+                "ports",
+                rif(
+                    "rif6c",
+                    "router1",
+                    "net1",
+                    "subnet6c",
+                    "fd00:3::1",
+                    "fa:16:3e:00:06:03",
+                ),
+            );
+            // router2 on subnet6b, which router1 already has.
+            push(
+                v,
+                "ports",
+                rif(
+                    "rif6d",
+                    "router2",
+                    "net2",
+                    "subnet6b",
+                    "fd00:2::2",
+                    "fa:16:3e:00:06:04",
+                ),
+            );
+            // router2 advertising on net1 on its own subnet.
+            push(
+                v,
+                "subnets",
+                serde_json::json!({"id": "subnet6e", "network_id": "net1", "cidr": "fd00:5::/64",
+                    "ip_version": 6, "ipv6_ra_mode": "dhcpv6-stateful"}),
+            );
+            push(
+                v,
+                "ports",
+                rif(
+                    "rif6e",
+                    "router2",
+                    "net1",
+                    "subnet6e",
+                    "fd00:5::1",
+                    "fa:16:3e:00:06:05",
+                ),
+            );
+        });
+        let expect = [
+            (
+                "rif6c",
+                "fixed_ips[0].subnet_id",
+                "router router1 already has IPv6 interface port rif6a on network net1: a \
+                 router's IPv6 subnets of one network share one port",
+            ),
+            (
+                "rif6d",
+                "fixed_ips[0].subnet_id",
+                "subnet subnet6b already has a distributed interface of router router1 (port \
+                 rif6b); interfaces of two routers on one subnet are not supported",
+            ),
+            (
+                "rif6e",
+                "fixed_ips[0].subnet_id",
+                "network net1 already has router advertisements from router router1 (port \
+                 rif6a, subnet subnet6a): the subnets with ipv6_ra_mode of one network must be \
+                 on one router",
+            ),
+        ];
+        for (id, field, text) in expect {
+            assert_error(&errors, "port", id, field, text);
+        }
+        assert_eq!(errors.len(), expect.len(), "{}", display_lines(&errors));
+        let errors = errors_after(|v| {
+            *v = dual_stack_value();
+            elem(v, "ports", "id", "rgw1")["fixed_ips"] = serde_json::json!([
+                {"subnet_id": "ext-subnet", "ip_address": "203.0.113.10"},
+                {"subnet_id": "ext-subnet", "ip_address": "203.0.113.11"},
+                {"subnet_id": "subnet6a", "ip_address": "fd00:1::9"}
+            ]);
+        });
+        assert_error(
+            &errors,
+            "port",
+            "rgw1",
+            "fixed_ips",
+            "a network:router_gateway port holds at most one IPv4 fixed IP, has 2",
+        );
     }
 
     /// The error text of a state that does not validate.

@@ -3,7 +3,9 @@
 
 use super::check::{Known, Ref, Report, ip_in};
 use super::host::{AgentMode, Host};
-use super::network::{FixedIp, Network, Subnet, check_external_network, read_fixed_ips};
+use super::network::{
+    FixedIp, FixedIp6, FixedIpPos, Network, Subnet, Subnet6, check_external_network, read_fixed_ips,
+};
 use super::parse::{Element, Reader, conv_bool, conv_id, conv_string, conv_u32, describe};
 use super::table::HashMap;
 use crate::json::Value;
@@ -13,7 +15,12 @@ use crate::json::Value;
 pub struct ExternalGateway {
     pub network_id: String,
     pub enable_snat: bool,
+    /// The IPv4 entries of `external_fixed_ips`.
     pub external_fixed_ips: Vec<FixedIp>,
+    /// The IPv6 entries of `external_fixed_ips`.
+    pub external_fixed_ips6: Vec<FixedIp6>,
+    /// Where each entry sat in the state's `external_fixed_ips` (for error paths).
+    pub(super) fixed_ip_pos: FixedIpPos,
 }
 
 /// A Neutron router.
@@ -69,11 +76,13 @@ impl Element for Router {
                 let mut g = r.child("external_gateway_info.", gw);
                 let network_id = g.req("network_id", conv_id);
                 let enable_snat = g.opt("enable_snat", conv_bool).unwrap_or(true);
-                let external_fixed_ips = read_fixed_ips(&mut g, "external_fixed_ips", false);
+                let fixed = read_fixed_ips(&mut g, "external_fixed_ips", false);
                 network_id.map(|network_id| ExternalGateway {
                     network_id,
                     enable_snat,
-                    external_fixed_ips,
+                    external_fixed_ips: fixed.v4,
+                    external_fixed_ips6: fixed.v6,
+                    fixed_ip_pos: fixed.pos,
                 })
             }
             Some(other) => {
@@ -114,6 +123,7 @@ pub(super) fn check_routers(
     routers: &[Router],
     networks: Known<'_, Network>,
     subnets: Known<'_, Subnet>,
+    subnets6: Known<'_, Subnet6>,
 ) {
     for r in routers {
         let Some(gw) = &r.external_gateway else {
@@ -127,8 +137,43 @@ pub(super) fn check_routers(
             "external_gateway_info.network_id",
             &gw.network_id,
         );
+        for (i, fip) in gw.external_fixed_ips6.iter().enumerate() {
+            let at = gw.fixed_ip_pos.v6(i);
+            let prefix = format!("external_gateway_info.external_fixed_ips[{at}]");
+            match subnets6.resolve(&fip.subnet_id) {
+                Ref::Found(si) => {
+                    let Some(sub) = subnets6.table.at(si) else {
+                        continue;
+                    };
+                    if sub.network_id != gw.network_id {
+                        let message = format!(
+                            "subnet {} is on network {}, not on the gateway network {}",
+                            sub.id, sub.network_id, gw.network_id
+                        );
+                        out.error("router", &r.id, &format!("{prefix}.subnet_id"), message);
+                    } else if !sub.cidr.contains(&fip.ip) {
+                        let message =
+                            format!("{} is outside subnet {} ({})", fip.ip, sub.id, sub.cidr);
+                        out.error("router", &r.id, &format!("{prefix}.ip_address"), message);
+                    }
+                }
+                Ref::Broken => {}
+                Ref::Missing if subnets.table.contains(&fip.subnet_id) => {
+                    let message = format!(
+                        "{} is an IPv6 address, subnet {} is IPv4",
+                        fip.ip, fip.subnet_id
+                    );
+                    out.error("router", &r.id, &format!("{prefix}.ip_address"), message);
+                }
+                Ref::Missing => {
+                    let message = format!("subnet {} does not exist", fip.subnet_id);
+                    out.error("router", &r.id, &format!("{prefix}.subnet_id"), message);
+                }
+            }
+        }
         for (i, fip) in gw.external_fixed_ips.iter().enumerate() {
-            let prefix = format!("external_gateway_info.external_fixed_ips[{i}]");
+            let at = gw.fixed_ip_pos.v4(i);
+            let prefix = format!("external_gateway_info.external_fixed_ips[{at}]");
             match subnets.resolve(&fip.subnet_id) {
                 Ref::Found(si) => {
                     let Some(sub) = subnets.table.at(si) else {
@@ -147,6 +192,13 @@ pub(super) fn check_routers(
                     }
                 }
                 Ref::Broken => {}
+                Ref::Missing if subnets6.table.contains(&fip.subnet_id) => {
+                    let message = format!(
+                        "{} is an IPv4 address, subnet {} is IPv6",
+                        fip.ip, fip.subnet_id
+                    );
+                    out.error("router", &r.id, &format!("{prefix}.ip_address"), message);
+                }
                 Ref::Missing => {
                     let message = format!("subnet {} does not exist", fip.subnet_id);
                     out.error("router", &r.id, &format!("{prefix}.subnet_id"), message);
@@ -264,6 +316,58 @@ mod tests {
             "external_gateway_info.external_fixed_ips[1].ip_address",
             "198.51.100.10 is outside subnet ext-subnet",
         );
+    }
+
+    #[test]
+    fn router_external_fixed_ips6() {
+        let ext6 = serde_json::json!({"id": "ext-subnet6", "network_id": "ext",
+            "cidr": "2001:db8::/64", "ip_version": 6, "gateway_ip": "2001:db8::1"});
+        let mut v = fixture_value();
+        push(&mut v, "subnets", ext6.clone());
+        elem(&mut v, "routers", "id", "router1")["external_gateway_info"]["external_fixed_ips"] = serde_json::json!([
+            {"subnet_id": "ext-subnet6", "ip_address": "2001:db8::10"},
+            {"subnet_id": "ext-subnet", "ip_address": "203.0.113.10"}
+        ]);
+        let s = state_of(&v);
+        let gw = s.router("router1").and_then(|r| r.external_gateway.clone());
+        assert_eq!(
+            gw.map(|g| (g.external_fixed_ips.len(), g.external_fixed_ips6.len())),
+            Some((1, 1))
+        );
+        let errors = errors_after(|v| {
+            push(v, "subnets", ext6);
+            let gw = &mut elem(v, "routers", "id", "router1")["external_gateway_info"];
+            gw["external_fixed_ips"] = serde_json::json!([
+                {"subnet_id": "ext-subnet", "ip_address": "203.0.113.10"},
+                {"subnet_id": "ext-subnet6", "ip_address": "2001:db9::10"},
+                {"subnet_id": "ext-subnet", "ip_address": "2001:db8::11"},
+                {"subnet_id": "ext-subnet6", "ip_address": "203.0.113.12"}
+            ]);
+        });
+        let f =
+            |i: usize, what: &str| format!("external_gateway_info.external_fixed_ips[{i}].{what}");
+        assert_error(
+            &errors,
+            "router",
+            "router1",
+            &f(1, "ip_address"),
+            "2001:db9::10 is outside subnet ext-subnet6 (2001:db8::/64)",
+        );
+        assert_error(
+            &errors,
+            "router",
+            "router1",
+            &f(2, "ip_address"),
+            "2001:db8::11 is an IPv6 address, subnet ext-subnet is IPv4",
+        );
+        assert_error(
+            &errors,
+            "router",
+            "router1",
+            &f(3, "ip_address"),
+            "203.0.113.12 is an IPv4 address, subnet ext-subnet6 is IPv6",
+        );
+        assert_eq!(errors.len(), 3, "{}", crate::model::display_lines(&errors));
     }
 
     #[test]

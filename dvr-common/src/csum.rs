@@ -129,7 +129,9 @@ mod tests {
     /// (odd length) equals the plain checksum of the pseudo header laid out in full.
     #[test]
     fn icmp6_checksum_matches_the_pseudo_header_laid_out() {
-        let src = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0xf8, 0x16, 0x3e, 0xff, 0xfe, 0, 0, 1];
+        let src = [
+            0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0xf8, 0x16, 0x3e, 0xff, 0xfe, 0, 0, 1,
+        ];
         let dst = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 0xa1];
         let mut msg = [0u8; 32];
         msg[0] = 135;
@@ -144,7 +146,10 @@ mod tests {
         let c = icmp6(&src, &dst, &msg);
         assert_eq!(c, checksum(&laid_out));
         msg[2..4].copy_from_slice(&c.to_be_bytes());
-        assert_eq!(fold(pseudo6(&src, &dst, 32, IPPROTO_ICMPV6) + sum(&msg)), 0xffff);
+        assert_eq!(
+            fold(pseudo6(&src, &dst, 32, IPPROTO_ICMPV6) + sum(&msg)),
+            0xffff
+        );
         // An odd length message.
         let odd = [129u8, 0, 0, 0, 0x42, 0x42, 0, 7, b'x'];
         let mut laid = [0u8; 40 + 9];

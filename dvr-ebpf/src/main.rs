@@ -2,7 +2,8 @@
 //! downwards: `entry` (one pipeline per program) -> `stage` (features) -> `net` (parsed
 //! flow, conntrack, rewrites, L2 delivery, route lookup) -> `base` (packet access,
 //! verdicts, clocks, maps, drop events). Each entry's verdict becomes the TCX return code
-//! and is counted exactly once (`entry::finish`).
+//! and is counted exactly once (`entry::finish`; `dvr_tap` counts in each of its two halves,
+//! see `entry::tap::program`).
 #![no_std]
 #![no_main]
 
@@ -16,7 +17,7 @@ use aya_ebpf::{macros::classifier, programs::TcContext};
 /// TC ingress on every local VM tap: frames the VM sends.
 #[classifier]
 pub fn dvr_tap(ctx: TcContext) -> i32 {
-    entry::finish(&ctx, entry::tap::run(&ctx))
+    entry::tap::program(&ctx)
 }
 
 /// TC egress on every local VM tap: frames delivered to the VM (security group ingress

@@ -1,13 +1,16 @@
 //! All raw packet access (layer: base): header layouts, protocol numbers and bounds-checked
 //! pointers into the linear packet data. The layouts are network-types' (Ethernet, ARP,
-//! IPv4; TCP, UDP and ICMP field offsets), with one exception: ICMP is bounds-checked on
+//! IPv4, IPv6; TCP, UDP and ICMP field offsets), with one exception: ICMP is bounds-checked on
 //! its 4 common bytes only (see [`IcmpHdr`]). No Rust enum is ever read from packet memory:
 //! protocol fields are compared as raw integers. Maps: none. Verdicts: drop_malformed.
 use core::mem::offset_of;
 
 use aya_ebpf::programs::TcContext;
 use dvr_common::{Mac, stats::Stat};
-pub use network_types::{arp::ArpHdr, ip::Ipv4Hdr};
+pub use network_types::{
+    arp::ArpHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+};
 use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 use crate::base::verdict::Verdict;
@@ -30,6 +33,48 @@ pub const ICMP_DEST_UNREACH: u8 = 3;
 pub const ICMP_ECHO_REQUEST: u8 = 8;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
 pub const ICMP_PARAM_PROBLEM: u8 = 12;
+
+pub use dvr_common::csum::IPPROTO_ICMPV6;
+
+/// IPv6 extension headers walked by `net::flow6` (RFC 8200 section 4): hop-by-hop options,
+/// routing, fragment, destination options.
+pub const IPV6_HOPOPTS: u8 = 0;
+pub const IPV6_ROUTING: u8 = 43;
+pub const IPV6_FRAGMENT: u8 = 44;
+pub const IPV6_DSTOPTS: u8 = 60;
+/// Fragment offset bits of the fragment header's offset word.
+pub const IP6_OFFSET: u16 = 0xfff8;
+
+/// IPv6 header fields, as offsets from the start of the frame.
+pub const IP6_HDR_LEN: usize = Ipv6Hdr::LEN;
+pub const IP6_L4_OFF: usize = ETH_LEN + IP6_HDR_LEN;
+
+/// ICMPv6 types (RFC 4443, 4861, 2710, 3810): errors are below 128.
+pub const ICMP6_TIME_EXCEEDED: u8 = 3;
+pub const ICMP6_ECHO_REQUEST: u8 = 128;
+pub const ICMP6_ECHO_REPLY: u8 = 129;
+pub const ICMP6_INFO_MIN: u8 = 128;
+pub const MLD_QUERY: u8 = 130;
+pub const MLD_REPORT: u8 = 131;
+pub const MLD_DONE: u8 = 132;
+pub const ND_ROUTER_SOLICIT: u8 = 133;
+pub const ND_ROUTER_ADVERT: u8 = 134;
+pub const ND_NEIGHBOR_SOLICIT: u8 = 135;
+pub const ND_NEIGHBOR_ADVERT: u8 = 136;
+pub const ND_REDIRECT: u8 = 137;
+pub const MLD2_REPORT: u8 = 143;
+/// Neighbour discovery options: source and target link-layer address (RFC 4861 4.6.1).
+pub const ND_OPT_SOURCE_LL: u8 = 1;
+pub const ND_OPT_TARGET_LL: u8 = 2;
+/// Neighbour advertisement flags (the first byte after the checksum).
+pub const ND_NA_ROUTER: u8 = 0x80;
+pub const ND_NA_SOLICITED: u8 = 0x40;
+pub const ND_NA_OVERRIDE: u8 = 0x20;
+/// The hop limit every neighbour discovery message carries (RFC 4861 7.1).
+pub const ND_HOP_LIMIT: u8 = 255;
+/// All nodes on the link, and its Ethernet multicast address (RFC 2464 7).
+pub const IP6_ALL_NODES: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+pub const MAC_ALL_NODES: Mac = [0x33, 0x33, 0, 0, 0, 1];
 
 /// IPv4 header fields, as offsets from the start of the frame.
 pub const IP_CSUM_OFF: usize = ETH_LEN + offset_of!(Ipv4Hdr, check);
@@ -144,6 +189,22 @@ pub fn arp_reply_in_place(eth: Eth, arp: &mut ArpHdr, mac: Mac, ip: [u8; 4]) {
 #[inline(always)]
 pub fn is_multicast(mac: &Mac) -> bool {
     mac[0] & 1 != 0
+}
+
+/// An IPv6 address as two words, read from where it sits: comparing words keeps 2 values
+/// live where comparing bytes kept 16, which did not fit in the BPF stack frame once
+/// spilled (and `==` on arrays emits a `bcmp` call).
+#[inline(always)]
+pub fn ip6_words(a: &[u8; 16]) -> (u64, u64) {
+    let p = a.as_ptr() as *const u64;
+    // SAFETY: `a` is 16 readable bytes; unaligned reads need no alignment.
+    unsafe { (p.read_unaligned(), p.add(1).read_unaligned()) }
+}
+
+/// Two IPv6 addresses are equal.
+#[inline(always)]
+pub fn ip6_eq(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    ip6_words(a) == ip6_words(b)
 }
 
 #[inline(always)]

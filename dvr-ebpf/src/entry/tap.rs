@@ -1,35 +1,71 @@
 //! Entry pipeline for frames a VM sends (TC ingress on its tap): identify the port, then
 //! ARP (`arp` stage), or for IPv4: parse, port security, then routing (frames to a router
 //! interface MAC, `route` stage) or L2 forwarding (after the hairpin reply translation of
-//! `fip`), after the egress rules of the port's security groups (`sg`). Maps: reads DVR_LOCAL_PORTS, DVR_HOST_CONFIG, DVR_GW_BY_MAC (and those of the
-//! stages). Verdicts: those of the stages and of `net::l2::forward`, drop_unknown_port,
-//! drop_not_ready, drop_port_down, drop_ethertype, drop_malformed.
-use aya_ebpf::programs::TcContext;
+//! `fip`), after the egress rules of the port's security groups (`sg`); or for IPv6: parse
+//! (`net::flow6`), port security (`security::source6`), the groups' fail-closed IPv6 rule
+//! (`sg::check6`), neighbour discovery (`nd`: RA guard, local answers), then routing
+//! (`route6`) or L2 forwarding. Maps: reads DVR_LOCAL_PORTS, DVR_HOST_CONFIG, DVR_GW_BY_MAC
+//! (and those of the stages). Verdicts: those of the stages and of `net::l2::forward`,
+//! drop_unknown_port, drop_not_ready, drop_port_down, drop_ethertype, drop_ext_hdr,
+//! drop_malformed.
+use aya_ebpf::{bindings::__sk_buff, programs::TcContext};
 use dvr_common::{
+    Mac,
+    config::HostConfig,
     l2::FdbKey,
-    port::{PORT_FLAG_DOWN, PORT_FLAG_SECURITY, PORT_FLAG_SG},
+    port::{LocalPort, PORT_FLAG_DOWN, PORT_FLAG_SECURITY, PORT_FLAG_SG},
     stats::Stat,
 };
 
+use super::finish;
 use crate::{
     base::{
         maps::{DVR_GW_BY_MAC, DVR_HOST_CONFIG, DVR_LOCAL_PORTS},
-        packet::{ETH_P_ARP, ETH_P_IP, Eth},
+        packet::{ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Eth},
         verdict::Verdict,
     },
     net::{
         flow::{Flow, Parsed},
+        flow6::Flow6,
         l2::{self, Ingress},
         rewrite::Ttl,
     },
     stage::{
-        arp, fip, route, security,
+        arp, fip, nd, route, route6, security,
         sg::{self, Direction},
     },
 };
 
+/// The whole program for one frame, its verdict counted once (`entry::finish`). IPv6 and
+/// the rest (ARP, IPv4) are two BPF-to-BPF calls with a stack frame each: their locals do
+/// not fit in one frame (512 bytes), and the frames of a call chain add up, so this
+/// dispatch holds none.
 #[inline(always)]
-pub fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
+pub fn program(ctx: &TcContext) -> i32 {
+    let skb = ctx.skb.skb;
+    if let Ok(eth) = Eth::at(ctx)
+        && eth.proto() == ETH_P_IPV6
+    {
+        return program6(skb);
+    }
+    program4(skb)
+}
+
+#[inline(never)]
+fn program4(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
+    finish(&ctx, run(&ctx))
+}
+
+#[inline(never)]
+fn program6(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
+    finish(&ctx, run6(&ctx))
+}
+
+/// The tap's port and the host configuration, when the datapath serves the tap now.
+#[inline(always)]
+fn local_port(ctx: &TcContext) -> Result<(u32, &'static LocalPort, &'static HostConfig), Verdict> {
     // SAFETY: the context pointer is valid for the program's run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: read-only use of an agent-written hash value.
@@ -44,6 +80,13 @@ pub fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
     if port.flags & PORT_FLAG_DOWN != 0 {
         return Err(Verdict::drop(Stat::DropPortDown));
     }
+    Ok((ifindex, port, cfg))
+}
+
+/// ARP, IPv4, and any other ethertype (dropped).
+#[inline(always)]
+fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
+    let (ifindex, port, cfg) = local_port(ctx)?;
     let eth = Eth::at(ctx)?;
     let (proto, src, dst) = (eth.proto(), eth.src(), eth.dst());
     match proto {
@@ -72,13 +115,53 @@ pub fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
         }
         _ => return Err(Verdict::drop(Stat::DropEthertype)),
     }
-    Ok(l2::forward(
+    Ok(forward(ctx, ifindex, port, cfg, &dst))
+}
+
+/// IPv6: port security, the groups' fail-closed rule, neighbour discovery, then routing
+/// (frames to a router interface MAC) or L2 forwarding.
+#[inline(always)]
+fn run6(ctx: &TcContext) -> Result<Verdict, Verdict> {
+    let (ifindex, port, cfg) = local_port(ctx)?;
+    let eth = Eth::at(ctx)?;
+    let (src, dst) = (eth.src(), eth.dst());
+    let f = Flow6::parse(ctx);
+    f.require(Parsed::Ip)?;
+    if port.flags & PORT_FLAG_SECURITY != 0 {
+        security::source6(ifindex, &src, &f)?;
+    }
+    if port.flags & PORT_FLAG_SG != 0 {
+        sg::check6(&f, Direction::Egress)?;
+    }
+    nd::stage(ctx, &f, ifindex, port, &src)?;
+    let gw_key = FdbKey {
+        vni: port.vni,
+        mac: dst,
+        _pad: [0; 2],
+    };
+    // SAFETY: read-only use of an agent-written hash value.
+    if let Some(gw) = unsafe { DVR_GW_BY_MAC.get(&gw_key) } {
+        return Ok(route6::stage(ctx, &f, ifindex, port, gw, cfg));
+    }
+    Ok(forward(ctx, ifindex, port, cfg, &dst))
+}
+
+/// Forward at L2 on the port's network.
+#[inline(always)]
+fn forward(
+    ctx: &TcContext,
+    ifindex: u32,
+    port: &LocalPort,
+    cfg: &HostConfig,
+    dst: &Mac,
+) -> Verdict {
+    l2::forward(
         ctx,
         port.vni,
-        &dst,
+        dst,
         Ingress::Tap {
             ifindex,
             tunnel_ifindex: cfg.tunnel_ifindex,
         },
-    ))
+    )
 }

@@ -4,7 +4,8 @@
 //! packet is delivered, after any DNAT (a floating IP's traffic is seen with the fixed IP).
 //! A port with `admin_state_up: false` receives nothing. Only drops are counted: the
 //! program that delivered the frame counted it. Frames for a tap with no port entry, and
-//! anything that is not IPv4, are left alone.
+//! anything that is neither IPv4 nor IPv6, are left alone; IPv6 meets the groups'
+//! fail-closed rule (`sg::check6`: only neighbour and multicast listener discovery).
 //! Maps: reads DVR_LOCAL_PORTS (and those of `sg`). Verdicts: drop_port_down, those of `sg`.
 use aya_ebpf::programs::TcContext;
 use dvr_common::{
@@ -15,10 +16,10 @@ use dvr_common::{
 use crate::{
     base::{
         maps::DVR_LOCAL_PORTS,
-        packet::{ETH_P_IP, Eth},
+        packet::{ETH_P_IP, ETH_P_IPV6, Eth},
         verdict::Verdict,
     },
-    net::flow::Flow,
+    net::{flow::Flow, flow6::Flow6},
     stage::sg::{self, Direction},
 };
 
@@ -34,10 +35,13 @@ pub fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
     if port.flags & PORT_FLAG_DOWN != 0 {
         return Err(Verdict::drop(Stat::DropPortDown));
     }
-    if port.flags & PORT_FLAG_SG == 0 || Eth::at(ctx)?.proto() != ETH_P_IP {
+    if port.flags & PORT_FLAG_SG == 0 {
         return Ok(pass);
     }
-    let f = Flow::parse(ctx);
-    sg::check(ctx, &f, ifindex, port, Direction::Ingress)?;
+    match Eth::at(ctx)?.proto() {
+        ETH_P_IP => sg::check(ctx, &Flow::parse(ctx), ifindex, port, Direction::Ingress)?,
+        ETH_P_IPV6 => sg::check6(&Flow6::parse(ctx), Direction::Ingress)?,
+        _ => {}
+    }
     Ok(pass)
 }

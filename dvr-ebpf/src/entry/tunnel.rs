@@ -2,7 +2,7 @@
 //! known hosts, learn VIPs from their ARP, translate for the csnat ports of the routers
 //! this host is the SNAT host of (`snat` stage), never let a frame reach a router interface
 //! from the tunnel (each host's router is local), rewrite a peer's DVR MAC to the
-//! destination subnet's gateway MAC, translate hairpin traffic to a FIP served here (`fip`
+//! destination subnet's gateway MAC (its IPv6 subnet's for IPv6), translate hairpin traffic to a FIP served here (`fip`
 //! stage), and deliver to local taps only. Maps: reads DVR_PEERS, DVR_HOST_CONFIG,
 //! DVR_SNAT_RTR, DVR_GW_BY_MAC, DVR_FDB, DVR_DVR_MACS (and those of the stages).
 //! Verdicts: rx_tunnel, flooded, those of the stages, drop_no_tunnel_key,
@@ -21,7 +21,7 @@ use dvr_common::{
 use crate::{
     base::{
         maps::{DVR_DVR_MACS, DVR_FDB, DVR_GW_BY_MAC, DVR_HOST_CONFIG, DVR_PEERS, DVR_SNAT_RTR},
-        packet::{ArpHdr, ETH_LEN, ETH_P_ARP, ETH_P_IP, Eth, is_multicast, ptr_at},
+        packet::{ArpHdr, ETH_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Eth, is_multicast, ptr_at},
         verdict::{Verdict, redirect},
     },
     net::{
@@ -94,9 +94,15 @@ pub fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
         mac: eth.src(),
         _pad: [0; 2],
     };
+    // A dual-stack network's IPv4 and IPv6 subnets may sit on different router ports.
+    let gw_mac = if proto == ETH_P_IPV6 {
+        e.gw_mac6
+    } else {
+        e.gw_mac
+    };
     // SAFETY: as above.
-    if unsafe { DVR_DVR_MACS.get(&src_key) }.is_some() && e.gw_mac != [0; 6] {
-        eth.set_src(e.gw_mac);
+    if unsafe { DVR_DVR_MACS.get(&src_key) }.is_some() && gw_mac != [0; 6] {
+        eth.set_src(gw_mac);
     }
     let ifindex = e.ifindex;
     if proto == ETH_P_IP {

@@ -179,9 +179,9 @@ impl Flow {
 }
 
 /// Ports of a tuple at `off` (TCP/UDP: source, destination; ICMP echo: id twice), the TCP
-/// flags and the ICMP type.
+/// flags and the ICMP type. (Also the TCP and UDP part of `flow6`.)
 #[inline(always)]
-fn ports(ctx: &TcContext, proto: u8, off: usize) -> Result<(u16, u16, u8, u8), Verdict> {
+pub(super) fn ports(ctx: &TcContext, proto: u8, off: usize) -> Result<(u16, u16, u8, u8), Verdict> {
     let bad = |_| Verdict::drop(Stat::DropMalformed);
     match proto {
         IPPROTO_TCP => {

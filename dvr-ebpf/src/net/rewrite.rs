@@ -1,4 +1,4 @@
-//! Header rewrites (layer: net): TTL decrement, address and port translation with the IPv4
+//! Header rewrites (layer: net): TTL and IPv6 hop limit decrement, address and port translation with the IPv4
 //! and L4 checksum updates (through the skb checksum helpers, which also handle
 //! CHECKSUM_PARTIAL packets from veth and taps), and the translation of ICMP errors whose
 //! quoted header belongs to a translated flow. Maps: reads and writes DVR_CT (through
@@ -14,8 +14,8 @@ use crate::{
     base::{
         packet::{
             ETH_LEN, ICMP_CSUM_OFF, ICMP_ECHO_ID_OFF, IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF,
-            IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, TCP_CSUM_OFF, UDP_CSUM_OFF, be16,
-            ptr_at,
+            IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, Ipv6Hdr, TCP_CSUM_OFF, UDP_CSUM_OFF,
+            be16, ptr_at,
         },
         verdict::Verdict,
     },
@@ -64,6 +64,20 @@ pub fn ttl_decrement(ctx: &TcContext) -> Result<(), Verdict> {
     let (word, check) = csum::ttl_decrement(u16::from_be_bytes([ip.ttl, ip.proto]), be16(ip.check));
     ip.ttl = word.to_be_bytes()[0];
     ip.check = check.to_be_bytes();
+    Ok(())
+}
+
+/// Decrement the IPv6 hop limit (the packet is routed); no checksum covers it. A hop limit
+/// <= 1 is dropped (drop_ttl_exceeded), which the caller may answer.
+#[inline(always)]
+pub fn hop_limit_decrement(ctx: &TcContext) -> Result<(), Verdict> {
+    let ip: *mut Ipv6Hdr = ptr_at(ctx, ETH_LEN)?;
+    // SAFETY: bounds-checked by ptr_at; no helper ran since; Ipv6Hdr is all bytes.
+    let ip = unsafe { &mut *ip };
+    if ip.hop_limit <= 1 {
+        return Err(Verdict::drop(Stat::DropTtlExceeded));
+    }
+    ip.hop_limit -= 1;
     Ok(())
 }
 

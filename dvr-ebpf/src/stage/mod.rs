@@ -4,14 +4,18 @@
 //! ```text
 //! route -> fip, snat, icmp, vip      snat -> fip, ha      fip -> vip, ha
 //! arp -> security, vip               ext_arp -> ha
-//! security, ha, vip, icmp: leaves
+//! route6 -> icmp6                    nd -> security
+//! security, ha, vip, icmp, icmp6, sg: leaves
 //! ```
 pub mod arp;
 pub mod ext_arp;
 pub mod fip;
 pub mod ha;
 pub mod icmp;
+pub mod icmp6;
+pub mod nd;
 pub mod route;
+pub mod route6;
 pub mod security;
 pub mod sg;
 pub mod snat;

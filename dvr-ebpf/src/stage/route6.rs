@@ -1,0 +1,118 @@
+//! IPv6 routing on the source host (stage): an IPv6 packet a VM sends to a router interface
+//! MAC. To a router interface address (of the VM's network, DVR_GW_BY_IP6, or the
+//! destination subnet's gateway) only echo is answered (`icmp6`). Neighbour discovery and
+//! link-local addresses never cross the router. Within the router's IPv6 subnets the packet
+//! is routed (hop limit decremented) and delivered to the destination port as IPv4 is
+//! (`net::l2::deliver_routed`): a local tap with the destination subnet's gateway MAC as
+//! source, or over the tunnel with this host's DVR MAC. A hop limit that runs out at the
+//! router is answered with ICMPv6 time exceeded from the gateway of the source's subnet.
+//! Outside the router's subnets: no route yet (north-south IPv6 goes in [`outbound`]).
+//!
+//! Calls `icmp6`. Maps: reads DVR_GW_BY_IP6, DVR_ROUTES6, DVR_ENDPOINTS6. Verdicts: routed,
+//! icmp_echo_reply, icmp_time_exceeded, drop_router_local, drop_link_local, drop_no_route,
+//! drop_no_endpoint, drop_ttl_exceeded, drop_no_local_port, drop_redirect, drop_malformed.
+use aya_ebpf::programs::TcContext;
+use dvr_common::{
+    config::HostConfig,
+    ip6::{Ip6Key, is_link_local},
+    port::LocalPort,
+    route::RouterIface,
+    stats::Stat,
+};
+
+use crate::{
+    base::{
+        maps::{DVR_ENDPOINTS6, DVR_GW_BY_IP6},
+        packet::ip6_eq,
+        verdict::{Verdict, settle},
+    },
+    net::{
+        flow6::Flow6,
+        l2::{self, Location},
+        rewrite, route,
+    },
+    stage::icmp6,
+};
+
+/// Route `f`, sent by the VM on tap `ifindex` (`port`) to router interface `gw`.
+#[inline(always)]
+pub fn stage(
+    ctx: &TcContext,
+    f: &Flow6,
+    ifindex: u32,
+    port: &LocalPort,
+    gw: &RouterIface,
+    cfg: &HostConfig,
+) -> Verdict {
+    let v = settle(routed(ctx, f, ifindex, port, gw, cfg));
+    if v.stat == Stat::DropTtlExceeded {
+        // From the gateway of the subnet the source address lies in.
+        if let Some(src_route) = route::lookup6(gw.router_id, &f.saddr) {
+            return icmp6::time_exceeded(ctx, f, ifindex, &src_route.gw_ip);
+        }
+    }
+    v
+}
+
+#[inline(always)]
+fn routed(
+    ctx: &TcContext,
+    f: &Flow6,
+    ifindex: u32,
+    port: &LocalPort,
+    gw: &RouterIface,
+    cfg: &HostConfig,
+) -> Result<Verdict, Verdict> {
+    let local = Ip6Key {
+        vni: port.vni,
+        ip: f.daddr,
+    };
+    // SAFETY: read-only use of an agent-written hash value.
+    if unsafe { DVR_GW_BY_IP6.get(&local) }.is_some() {
+        return icmp6::echo_reply(ctx, f, ifindex);
+    }
+    // Link-scoped: neighbour discovery not answered by `nd` ends here.
+    if f.is_nd() {
+        return Err(Verdict::drop(Stat::DropRouterLocal));
+    }
+    if is_link_local(&f.saddr) || is_link_local(&f.daddr) {
+        return Err(Verdict::drop(Stat::DropLinkLocal));
+    }
+    let Some(route) = route::lookup6(gw.router_id, &f.daddr) else {
+        return outbound(ctx, f, port, gw, cfg);
+    };
+    if ip6_eq(&f.daddr, &route.gw_ip) {
+        return icmp6::echo_reply(ctx, f, ifindex);
+    }
+    let ep_key = Ip6Key {
+        vni: route.vni,
+        ip: f.daddr,
+    };
+    // SAFETY: read-only copy of an agent-written hash value.
+    let Some(ep) = (unsafe { DVR_ENDPOINTS6.get(&ep_key) }).copied() else {
+        return Err(Verdict::drop(Stat::DropNoEndpoint));
+    };
+    rewrite::hop_limit_decrement(ctx)?;
+    l2::deliver_routed(
+        ctx,
+        ep.mac,
+        route.gw_mac,
+        Location::of(ep.ifindex, ep.tunnel_ip_host),
+        route.vni,
+        cfg,
+        Stat::Routed,
+    )
+}
+
+/// To a destination outside the router's IPv6 subnets. North-south IPv6 (through the
+/// router's SNAT host, with the VM's own address) goes here; until then there is no route.
+#[inline(always)]
+fn outbound(
+    _ctx: &TcContext,
+    _f: &Flow6,
+    _port: &LocalPort,
+    _gw: &RouterIface,
+    _cfg: &HostConfig,
+) -> Result<Verdict, Verdict> {
+    Err(Verdict::drop(Stat::DropNoRoute))
+}

@@ -27,9 +27,10 @@ use crate::external::Bg;
 #[derive(Clone, Debug)]
 pub struct TraceProbe {
     pub iface: String,
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
-    /// "tcp", "udp" or "icmp".
+    /// IPv4 or IPv6 (both of one family).
+    pub src: std::net::IpAddr,
+    pub dst: std::net::IpAddr,
+    /// "tcp", "udp" or "icmp" (ICMPv6 echo for IPv6 addresses).
     pub proto: String,
     pub sport: Option<u16>,
     pub dport: Option<u16>,
@@ -41,11 +42,17 @@ pub struct TraceProbe {
 
 impl TraceProbe {
     /// A UDP packet `src:sport -> dst:dport` arriving on `iface`.
-    pub fn udp(iface: &str, src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> TraceProbe {
+    pub fn udp(
+        iface: &str,
+        src: impl Into<std::net::IpAddr>,
+        sport: u16,
+        dst: impl Into<std::net::IpAddr>,
+        dport: u16,
+    ) -> TraceProbe {
         TraceProbe {
             iface: iface.into(),
-            src,
-            dst,
+            src: src.into(),
+            dst: dst.into(),
             proto: "udp".into(),
             sport: Some(sport),
             dport: Some(dport),

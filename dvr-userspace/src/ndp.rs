@@ -13,13 +13,12 @@ use std::net::Ipv6Addr;
 
 use dvr_common::{
     Mac,
-    csum::checksum,
+    csum,
     ip6::{RA_FRAME_MAX, RA_PREFIX_MAX, RaFrame, link_local},
 };
 use ipnet::Ipv6Net;
 
 pub const ETH_P_IPV6: u16 = 0x86dd;
-const IPPROTO_ICMPV6: u8 = 58;
 const ND_ROUTER_ADVERT: u8 = 134;
 const OPT_SOURCE_LL: u8 = 1;
 const OPT_PREFIX_INFO: u8 = 3;
@@ -135,7 +134,7 @@ pub fn ra_frame(p: &RaParams) -> RaFrame {
     f[12..14].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
     f[14] = 0x60;
     f[18..20].copy_from_slice(&(icmp.len() as u16).to_be_bytes());
-    f[20] = IPPROTO_ICMPV6;
+    f[20] = csum::IPPROTO_ICMPV6;
     // Hop limit 255: hosts accept neighbour discovery only from the link (RFC 4861 6.1.2).
     f[21] = 255;
     f[22..38].copy_from_slice(&src);
@@ -147,15 +146,9 @@ pub fn ra_frame(p: &RaParams) -> RaFrame {
 }
 
 /// The ICMPv6 checksum of `msg` (its checksum field zero) between `src` and `dst` (RFC 4443
-/// 2.3: over the pseudo-header of RFC 8200 8.1 and the message).
+/// 2.3: over the pseudo-header of RFC 8200 8.1 and the message): the datapath's own.
 pub fn icmpv6_checksum(src: &[u8; 16], dst: &[u8; 16], msg: &[u8]) -> u16 {
-    let mut buf = Vec::with_capacity(40 + msg.len());
-    buf.extend_from_slice(src);
-    buf.extend_from_slice(dst);
-    buf.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-    buf.extend_from_slice(&[0, 0, 0, IPPROTO_ICMPV6]);
-    buf.extend_from_slice(msg);
-    checksum(&buf)
+    csum::icmp6(src, dst, msg)
 }
 
 #[cfg(test)]

@@ -217,3 +217,57 @@ impl Fixture {
         }
     }
 }
+
+// ---- the two-host state both fixture files start from ----
+
+/// Test runs put the skb on the loopback device: VM1's "tap" is ifindex 1.
+pub const VM1_IFINDEX: u32 = 1;
+/// VM2 is local too; a redirect is not executed by a test run, so any ifindex will do.
+pub const VM2_IFINDEX: u32 = 77;
+pub const EXT_IFINDEX: u32 = 98;
+pub const EXT_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 0x0a];
+
+/// Host A: VM1 (net1, 10.1.0.0/24) and VM2 (net2, 10.2.0.0/24); host B: VM3 (net1) and
+/// VM4 (net2).
+/// One distributed router on both subnets.
+pub const TWO_HOSTS: &str = r#"{
+ "hosts": [
+  {"name": "A", "agent_mode": "dvr", "tunnel_ip": "192.0.2.1", "dvr_mac": "fa:16:3f:00:00:01"},
+  {"name": "B", "agent_mode": "dvr", "tunnel_ip": "192.0.2.2", "dvr_mac": "fa:16:3f:00:00:02"}],
+ "networks": [
+  {"id": "net1", "provider:network_type": "vxlan", "provider:segmentation_id": 101, "mtu": 1450},
+  {"id": "net2", "provider:network_type": "vxlan", "provider:segmentation_id": 102, "mtu": 1450}],
+ "subnets": [
+  {"id": "sub1", "network_id": "net1", "cidr": "10.1.0.0/24", "gateway_ip": "10.1.0.1", "ip_version": 4},
+  {"id": "sub2", "network_id": "net2", "cidr": "10.2.0.0/24", "gateway_ip": "10.2.0.1", "ip_version": 4}],
+ "routers": [{"id": "r1", "distributed": true}],
+ "ports": [
+  {"id": "gw1", "network_id": "net1", "mac_address": "fa:16:3e:00:00:a1", "device_owner": "network:router_interface_distributed", "device_id": "r1",
+   "fixed_ips": [{"subnet_id": "sub1", "ip_address": "10.1.0.1"}]},
+  {"id": "gw2", "network_id": "net2", "mac_address": "fa:16:3e:00:00:a2", "device_owner": "network:router_interface_distributed", "device_id": "r1",
+   "fixed_ips": [{"subnet_id": "sub2", "ip_address": "10.2.0.1"}]},
+  {"id": "vm1-port-0001", "network_id": "net1", "mac_address": "fa:16:3e:00:00:01", "device_owner": "compute:nova", "binding:host_id": "A",
+   "fixed_ips": [{"subnet_id": "sub1", "ip_address": "10.1.0.11"}],
+   "allowed_address_pairs": [{"ip_address": "10.1.0.200/30"}]},
+  {"id": "vm2-port-0002", "network_id": "net2", "mac_address": "fa:16:3e:00:00:02", "device_owner": "compute:nova", "binding:host_id": "A",
+   "fixed_ips": [{"subnet_id": "sub2", "ip_address": "10.2.0.12"}]},
+  {"id": "vm3-port-0003", "network_id": "net1", "mac_address": "fa:16:3e:00:00:03", "device_owner": "compute:nova", "binding:host_id": "B",
+   "fixed_ips": [{"subnet_id": "sub1", "ip_address": "10.1.0.13"}]},
+  {"id": "vm4-port-0004", "network_id": "net2", "mac_address": "fa:16:3e:00:00:04", "device_owner": "compute:nova", "binding:host_id": "B",
+   "fixed_ips": [{"subnet_id": "sub2", "ip_address": "10.2.0.14"}]}]
+}"#;
+
+/// The fixture: `state` (a variant of [`TWO_HOSTS`]) compiled for host A, VM1 and VM2 on
+/// their taps, tunnel ifindex 99, an external side.
+pub fn two_hosts(state: &str) -> Fixture {
+    let taps = |t: &str| match t {
+        "tapvm1-port-00" => Some(VM1_IFINDEX),
+        "tapvm2-port-00" => Some(VM2_IFINDEX),
+        _ => None,
+    };
+    Fixture::load(state, "A", &taps, |cfg| {
+        cfg.tunnel_ifindex = 99;
+        cfg.ext_ifindex = EXT_IFINDEX;
+        cfg.ext_mac = EXT_MAC;
+    })
+}

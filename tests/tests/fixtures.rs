@@ -7,7 +7,10 @@
 //! on its own (`Fixture::case` returns the output). Frames come from the shared builder
 //! `dvr_tests::packet`. Needs root (CAP_BPF) and bpffs, no namespaces.
 use dvr_common::{csum::checksum, stats::Stat};
-use dvr_tests::fixture::{Case, Fixture, TCX_DROP, TCX_NEXT, TCX_REDIRECT, case, quiet};
+use dvr_tests::fixture::{
+    Case, EXT_MAC, Fixture, TCX_DROP, TCX_NEXT, TCX_REDIRECT, TWO_HOSTS as STATE, VM1_IFINDEX,
+    case, quiet, two_hosts as fixture,
+};
 use dvr_tests::packet::{
     ARP_REPLY, ARP_REQUEST, BROADCAST, ETH_P_ARP, ETH_P_IP, IPPROTO_ICMP, IPPROTO_UDP, arp,
     assert_checksums, eth, icmp_error, ip_of, ipv4, ping, tcp, udp,
@@ -25,62 +28,12 @@ const VM2_IP: [u8; 4] = [10, 2, 0, 12];
 const VM3_IP: [u8; 4] = [10, 1, 0, 13];
 const VM4_IP: [u8; 4] = [10, 2, 0, 14];
 const GW1_IP: [u8; 4] = [10, 1, 0, 1];
-const EXT_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 0x0a];
 const UPSTREAM_MAC: [u8; 6] = [0x02, 0x99, 0, 0, 0, 0x01];
-const EXT_IFINDEX: u32 = 98;
 const FIP1: [u8; 4] = [10, 5, 2, 1];
 const FIP4: [u8; 4] = [10, 5, 2, 4];
 const FIP_UNUSED: [u8; 4] = [10, 5, 2, 9];
 const UPSTREAM_IP: [u8; 4] = [10, 5, 0, 1];
 const INTERNET: [u8; 4] = [198, 51, 100, 10];
-/// Test runs put the skb on the loopback device: VM1's "tap" is ifindex 1.
-const VM1_IFINDEX: u32 = 1;
-/// VM2 is local too; a redirect is not executed by a test run, so any ifindex will do.
-const VM2_IFINDEX: u32 = 77;
-
-/// Host A: VM1 (net1, 10.1.0.0/24) and VM2 (net2, 10.2.0.0/24); host B: VM3 (net1) and
-/// VM4 (net2).
-/// One distributed router on both subnets.
-const STATE: &str = r#"{
- "hosts": [
-  {"name": "A", "agent_mode": "dvr", "tunnel_ip": "192.0.2.1", "dvr_mac": "fa:16:3f:00:00:01"},
-  {"name": "B", "agent_mode": "dvr", "tunnel_ip": "192.0.2.2", "dvr_mac": "fa:16:3f:00:00:02"}],
- "networks": [
-  {"id": "net1", "provider:network_type": "vxlan", "provider:segmentation_id": 101, "mtu": 1450},
-  {"id": "net2", "provider:network_type": "vxlan", "provider:segmentation_id": 102, "mtu": 1450}],
- "subnets": [
-  {"id": "sub1", "network_id": "net1", "cidr": "10.1.0.0/24", "gateway_ip": "10.1.0.1", "ip_version": 4},
-  {"id": "sub2", "network_id": "net2", "cidr": "10.2.0.0/24", "gateway_ip": "10.2.0.1", "ip_version": 4}],
- "routers": [{"id": "r1", "distributed": true}],
- "ports": [
-  {"id": "gw1", "network_id": "net1", "mac_address": "fa:16:3e:00:00:a1", "device_owner": "network:router_interface_distributed", "device_id": "r1",
-   "fixed_ips": [{"subnet_id": "sub1", "ip_address": "10.1.0.1"}]},
-  {"id": "gw2", "network_id": "net2", "mac_address": "fa:16:3e:00:00:a2", "device_owner": "network:router_interface_distributed", "device_id": "r1",
-   "fixed_ips": [{"subnet_id": "sub2", "ip_address": "10.2.0.1"}]},
-  {"id": "vm1-port-0001", "network_id": "net1", "mac_address": "fa:16:3e:00:00:01", "device_owner": "compute:nova", "binding:host_id": "A",
-   "fixed_ips": [{"subnet_id": "sub1", "ip_address": "10.1.0.11"}],
-   "allowed_address_pairs": [{"ip_address": "10.1.0.200/30"}]},
-  {"id": "vm2-port-0002", "network_id": "net2", "mac_address": "fa:16:3e:00:00:02", "device_owner": "compute:nova", "binding:host_id": "A",
-   "fixed_ips": [{"subnet_id": "sub2", "ip_address": "10.2.0.12"}]},
-  {"id": "vm3-port-0003", "network_id": "net1", "mac_address": "fa:16:3e:00:00:03", "device_owner": "compute:nova", "binding:host_id": "B",
-   "fixed_ips": [{"subnet_id": "sub1", "ip_address": "10.1.0.13"}]},
-  {"id": "vm4-port-0004", "network_id": "net2", "mac_address": "fa:16:3e:00:00:04", "device_owner": "compute:nova", "binding:host_id": "B",
-   "fixed_ips": [{"subnet_id": "sub2", "ip_address": "10.2.0.14"}]}]
-}"#;
-
-/// The fixture: `state` compiled for host A, VM1 and VM2 on their taps, an external side.
-fn fixture(state: &str) -> Fixture {
-    let taps = |t: &str| match t {
-        "tapvm1-port-00" => Some(VM1_IFINDEX),
-        "tapvm2-port-00" => Some(VM2_IFINDEX),
-        _ => None,
-    };
-    Fixture::load(state, "A", &taps, |cfg| {
-        cfg.tunnel_ifindex = 99;
-        cfg.ext_ifindex = EXT_IFINDEX;
-        cfg.ext_mac = EXT_MAC;
-    })
-}
 
 /// A case fails when its frame does something else: the table is no rubber stamp.
 #[test]

@@ -226,6 +226,14 @@ pub const VM1_IFINDEX: u32 = 1;
 pub const VM2_IFINDEX: u32 = 77;
 pub const EXT_IFINDEX: u32 = 98;
 pub const EXT_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 0x0a];
+/// The ports of [`TWO_HOSTS`], the router's interfaces and host A's DVR MAC.
+pub const VM1_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 0x01];
+pub const VM2_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 0x02];
+pub const VM3_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 0x03];
+pub const VM4_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 0x04];
+pub const GW1_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 0xa1];
+pub const GW2_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 0xa2];
+pub const DVR_MAC_A: [u8; 6] = [0xfa, 0x16, 0x3f, 0, 0, 0x01];
 
 /// Host A: VM1 (net1, 10.1.0.0/24) and VM2 (net2, 10.2.0.0/24); host B: VM3 (net1) and
 /// VM4 (net2).

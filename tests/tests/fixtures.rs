@@ -8,21 +8,15 @@
 //! `dvr_tests::packet`. Needs root (CAP_BPF) and bpffs, no namespaces.
 use dvr_common::{csum::checksum, stats::Stat};
 use dvr_tests::fixture::{
-    Case, EXT_MAC, Fixture, TCX_DROP, TCX_NEXT, TCX_REDIRECT, TWO_HOSTS as STATE, VM1_IFINDEX,
-    case, quiet, two_hosts as fixture,
+    Case, DVR_MAC_A, EXT_MAC, Fixture, GW1_MAC, GW2_MAC, TCX_DROP, TCX_NEXT, TCX_REDIRECT,
+    TWO_HOSTS as STATE, VM1_IFINDEX, VM1_MAC, VM2_MAC, VM3_MAC, VM4_MAC, case, quiet,
+    two_hosts as fixture,
 };
 use dvr_tests::packet::{
     ARP_REPLY, ARP_REQUEST, BROADCAST, ETH_P_ARP, ETH_P_IP, IPPROTO_ICMP, IPPROTO_UDP, arp,
     assert_checksums, eth, icmp_error, ip_of, ipv4, ping, tcp, udp,
 };
 use dvr_userspace::attach::{PROG_EXT, PROG_TAP, PROG_TAP_OUT, PROG_TUNNEL};
-const VM1_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 0x01];
-const VM2_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 0x02];
-const VM3_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 0x03];
-const VM4_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 0x04];
-const GW1_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 0xa1];
-const GW2_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 0xa2];
-const DVR_MAC_A: [u8; 6] = [0xfa, 0x16, 0x3f, 0, 0, 0x01];
 const VM1_IP: [u8; 4] = [10, 1, 0, 11];
 const VM2_IP: [u8; 4] = [10, 2, 0, 12];
 const VM3_IP: [u8; 4] = [10, 1, 0, 13];

@@ -11,30 +11,27 @@ use dvr_common::{
         SEC6_KEY_PREFIX_BITS, Sec6Key, link_local,
     },
     l2::FdbKey,
-    port::{SEC_IP_ALLOWED, SEC_MAC_ONLY},
+    port::{PORT_FLAG_SG, SEC_IP_ALLOWED, SEC_MAC_ONLY},
     route::Endpoint,
     stats::Stat,
 };
 use dvr_tests::{
     fixture::{
-        Fixture, TCX_DROP, TCX_REDIRECT, TWO_HOSTS, VM1_IFINDEX, VM2_IFINDEX, case, two_hosts,
+        DVR_MAC_A, Fixture, GW1_MAC, GW2_MAC, TCX_DROP, TCX_NEXT, TCX_REDIRECT, TWO_HOSTS,
+        VM1_IFINDEX, VM1_MAC, VM2_IFINDEX, VM2_MAC, VM3_MAC, VM4_MAC, case, quiet, two_hosts,
     },
     packet::{
         ALL_NODES, ALL_ROUTERS, ETH_P_IPV6, ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST,
-        ICMP6_TIME_EXCEEDED, IPPROTO_UDP, NA_OVERRIDE, NA_ROUTER, NA_SOLICITED, ND_NA, ND_NS,
-        ND_RA, ND_REDIRECT, ND_RS, OPT_SLLA, OPT_TLLA, assert_icmp6_checksum, echo6_body, eth,
-        icmp6_frame, ipv6, nd_body, nd_opt, solicited_node, udp6,
+        ICMP6_TIME_EXCEEDED, IPPROTO_ICMPV6, IPPROTO_UDP, NA_OVERRIDE, NA_ROUTER, NA_SOLICITED,
+        ND_NA, ND_NS, ND_RA, ND_REDIRECT, ND_RS, OPT_SLLA, OPT_TLLA, assert_icmp6_checksum,
+        echo6_body, eth, icmp6, icmp6_frame, ipv6, nd_body, nd_opt, solicited_node, udp6,
     },
 };
-use dvr_userspace::attach::PROG_TAP;
+use dvr_userspace::attach::{PROG_TAP, PROG_TAP_OUT};
 
-const VM1_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 0x01];
-const VM2_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 0x02];
-const VM3_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 0x03];
-const VM4_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 0x04];
-const GW1_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 0xa1];
-const GW2_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 0xa2];
-const DVR_MAC_A: [u8; 6] = [0xfa, 0x16, 0x3f, 0, 0, 0x01];
+/// MLDv2 listener report.
+const MLD2_REPORT: u8 = 143;
+
 const VNI1: u32 = 101;
 const VNI2: u32 = 102;
 /// Host B's tunnel address, host order.
@@ -666,6 +663,86 @@ fn a_long_extension_header_chain_is_dropped() {
             chain(6),
             TCX_DROP,
             Stat::DropExtHdr,
+        ),
+    ]);
+}
+
+// ---- security groups: IPv6 fails closed until its rules are enforced ----
+
+#[test]
+fn a_port_with_security_groups_passes_only_neighbour_and_listener_discovery() {
+    let (mut f, _) = with_ipv6();
+    let mut port = f
+        .maps
+        .local_ports
+        .get(&VM1_IFINDEX)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("VM1 has no local port"));
+    port.flags |= PORT_FLAG_SG;
+    f.maps
+        .local_ports
+        .put(&VM1_IFINDEX, &port)
+        .unwrap_or_else(|e| panic!("{e}"));
+    // An MLDv2 report from the link-local address, behind a hop-by-hop router alert.
+    let mld_dst = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x16];
+    let mut mld = vec![IPPROTO_ICMPV6, 0, 5, 2, 0, 0, 1, 0];
+    mld.extend_from_slice(&icmp6(
+        link_local(VM1_MAC),
+        mld_dst,
+        MLD2_REPORT,
+        0,
+        &[0; 4],
+    ));
+    let mld = eth(
+        [0x33, 0x33, 0, 0, 0, 0x16],
+        VM1_MAC,
+        ETH_P_IPV6,
+        &ipv6(link_local(VM1_MAC), mld_dst, 1, 0, &mld),
+    );
+    let na_to_vm1 = icmp6_frame(
+        VM1_MAC,
+        VM3_MAC,
+        VM3_IP,
+        VM1_IP,
+        255,
+        ND_NA,
+        0,
+        &nd_body(NA_SOLICITED, VM3_IP, &nd_opt(OPT_TLLA, VM3_MAC)),
+    );
+    f.table(vec![
+        case(
+            "UDP from the port",
+            PROG_TAP,
+            udp_from(VM1_MAC, VM3_MAC, VM1_IP, VM3_IP, 64),
+            TCX_DROP,
+            Stat::DropSgEgress,
+        ),
+        case(
+            "NS for the gateway from the port",
+            PROG_TAP,
+            ns_from_vm1(VM1_IP, GW1_IP),
+            TCX_REDIRECT,
+            Stat::NdAdvert,
+        ),
+        case(
+            "MLD report from the port",
+            PROG_TAP,
+            mld,
+            TCX_DROP,
+            Stat::Flooded,
+        ),
+        case(
+            "UDP delivered to the port",
+            PROG_TAP_OUT,
+            udp_from(VM3_MAC, VM1_MAC, VM3_IP, VM1_IP, 64),
+            TCX_DROP,
+            Stat::DropSgIngress,
+        ),
+        quiet(
+            "NA delivered to the port",
+            PROG_TAP_OUT,
+            na_to_vm1,
+            TCX_NEXT,
         ),
     ]);
 }

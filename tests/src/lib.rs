@@ -27,8 +27,10 @@
 //!   enforces them ([`Cloud::apply_state`]), and probes that tell answered, refused and
 //!   dropped traffic apart ([`Cloud::probe`], [`Cloud::sg_server`], [`Cloud::start_ticker`]).
 //! - [`Counters`] snapshots counters for deltas.
-//! - [`packet`]: a builder for raw frames (ARP, IPv4 with ICMP/TCP/UDP, valid checksums),
-//!   for the packet fixture tables (`tests/fixtures.rs`).
+//! - [`packet`]: a builder for raw frames (ARP, IPv4 with ICMP/TCP/UDP, IPv6 with ICMPv6 and
+//!   UDP, valid checksums), and [`fixture`] the harness that runs them through the programs
+//!   (BPF_PROG_TEST_RUN), for the packet fixture tables (`tests/fixtures.rs`,
+//!   `tests/fixtures6.rs`).
 //! - [`pins`]: pinned BPF maps made by hand in a bpffs directory removed on drop.
 //! - [`require_preconditions`] makes a test that cannot run here fail with a clear message:
 //!   these tests never pass by skipping.
@@ -44,6 +46,7 @@ pub mod cmd;
 pub mod counters;
 pub mod etcd;
 pub mod external;
+pub mod fixture;
 pub mod ha;
 pub mod inspect;
 pub mod ipv6;

@@ -1,5 +1,5 @@
-//! A small builder for raw Ethernet frames (ARP, IPv4 with ICMP echo, TCP or UDP, valid
-//! checksums) and checks on frames, for tests that feed frames to the BPF programs
+//! A small builder for raw Ethernet frames (ARP, IPv4 with ICMP echo, TCP or UDP; IPv6 with
+//! ICMPv6 neighbour discovery and echo, or UDP; valid checksums) and checks on frames, for tests that feed frames to the BPF programs
 //! directly (`tests/fixtures.rs`, through BPF_PROG_TEST_RUN). Addresses are byte arrays in
 //! packet order; ports, lengths and the ethertype are host integers.
 
@@ -16,6 +16,25 @@ pub const ARP_REPLY: u16 = 2;
 pub const ICMP_ECHO_REQUEST: u8 = 8;
 pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const BROADCAST: [u8; 6] = [0xff; 6];
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const ICMP6_TIME_EXCEEDED: u8 = 3;
+pub const ICMP6_ECHO_REQUEST: u8 = 128;
+pub const ICMP6_ECHO_REPLY: u8 = 129;
+pub const ND_RS: u8 = 133;
+pub const ND_RA: u8 = 134;
+pub const ND_NS: u8 = 135;
+pub const ND_NA: u8 = 136;
+pub const ND_REDIRECT: u8 = 137;
+/// Neighbour advertisement flags: router, solicited, override.
+pub const NA_ROUTER: u8 = 0x80;
+pub const NA_SOLICITED: u8 = 0x40;
+pub const NA_OVERRIDE: u8 = 0x20;
+/// Neighbour discovery options: source and target link-layer address.
+pub const OPT_SLLA: u8 = 1;
+pub const OPT_TLLA: u8 = 2;
+/// `ff02::1`, `ff02::2`.
+pub const ALL_NODES: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+pub const ALL_ROUTERS: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
 
 /// An Ethernet frame.
 pub fn eth(dst: [u8; 6], src: [u8; 6], proto: u16, payload: &[u8]) -> Vec<u8> {
@@ -149,6 +168,143 @@ pub fn assert_checksums(frame: &[u8]) {
     );
 }
 
+/// An IPv6 header (no extension headers of its own) followed by `payload`.
+pub fn ipv6(src: [u8; 16], dst: [u8; 16], hop_limit: u8, next: u8, payload: &[u8]) -> Vec<u8> {
+    let mut h = vec![0x60, 0, 0, 0];
+    h.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    h.extend_from_slice(&[next, hop_limit]);
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&dst);
+    h.extend_from_slice(payload);
+    h
+}
+
+/// The ICMPv6 (or UDP) checksum of `msg` over the IPv6 pseudo header, computed here
+/// independently of `dvr_common::csum` (which the datapath uses): the pseudo header laid
+/// out in full, summed word by word.
+pub fn ipv6_checksum(src: &[u8], dst: &[u8], next: u8, msg: &[u8]) -> u16 {
+    let mut p = Vec::with_capacity(40 + msg.len() + 1);
+    p.extend_from_slice(src);
+    p.extend_from_slice(dst);
+    p.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, next]);
+    p.extend_from_slice(msg);
+    if p.len() % 2 == 1 {
+        p.push(0);
+    }
+    let mut sum: u64 = p
+        .chunks(2)
+        .map(|w| u64::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An ICMPv6 message (`kind`, `code`, then `body` after the checksum) from `src` to `dst`,
+/// with its checksum.
+pub fn icmp6(src: [u8; 16], dst: [u8; 16], kind: u8, code: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![kind, code, 0, 0];
+    m.extend_from_slice(body);
+    let c = ipv6_checksum(&src, &dst, IPPROTO_ICMPV6, &m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
+/// An Ethernet frame with an IPv6 packet carrying that ICMPv6 message.
+#[expect(clippy::too_many_arguments, reason = "one frame, field by field")]
+pub fn icmp6_frame(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: [u8; 16],
+    dst: [u8; 16],
+    hop_limit: u8,
+    kind: u8,
+    code: u8,
+    body: &[u8],
+) -> Vec<u8> {
+    eth(
+        dst_mac,
+        src_mac,
+        ETH_P_IPV6,
+        &ipv6(
+            src,
+            dst,
+            hop_limit,
+            IPPROTO_ICMPV6,
+            &icmp6(src, dst, kind, code, body),
+        ),
+    )
+}
+
+/// A link-layer address option (`OPT_SLLA` / `OPT_TLLA`).
+pub fn nd_opt(kind: u8, mac: [u8; 6]) -> Vec<u8> {
+    let mut o = vec![kind, 1];
+    o.extend_from_slice(&mac);
+    o
+}
+
+/// The body of a neighbour solicitation or advertisement (after the checksum): flags (0 for
+/// a solicitation), the target, then `options`.
+pub fn nd_body(flags: u8, target: [u8; 16], options: &[u8]) -> Vec<u8> {
+    let mut b = vec![flags, 0, 0, 0];
+    b.extend_from_slice(&target);
+    b.extend_from_slice(options);
+    b
+}
+
+/// The solicited-node multicast address of `ip` and its Ethernet address.
+pub fn solicited_node(ip: [u8; 16]) -> ([u8; 16], [u8; 6]) {
+    let a = [
+        0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, ip[13], ip[14], ip[15],
+    ];
+    (a, [0x33, 0x33, 0xff, ip[13], ip[14], ip[15]])
+}
+
+/// An ICMPv6 echo request body (id, sequence, payload).
+pub fn echo6_body(id: u16, seq: u16) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&id.to_be_bytes());
+    b.extend_from_slice(&seq.to_be_bytes());
+    b.extend_from_slice(b"dvr-fixture-payload");
+    b
+}
+
+/// An IPv6 packet with a UDP datagram, its checksum over the IPv6 pseudo header.
+pub fn udp6(
+    src: [u8; 16],
+    dst: [u8; 16],
+    hop_limit: u8,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut u = Vec::new();
+    u.extend_from_slice(&sport.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(payload);
+    let c = ipv6_checksum(&src, &dst, IPPROTO_UDP, &u);
+    u[6..8].copy_from_slice(&c.to_be_bytes());
+    ipv6(src, dst, hop_limit, IPPROTO_UDP, &u)
+}
+
+/// Assert that the ICMPv6 message of `frame` (an IPv6 packet without extension headers)
+/// has a valid checksum, by the independent [`ipv6_checksum`].
+pub fn assert_icmp6_checksum(frame: &[u8]) {
+    let ip = &frame[14..];
+    assert_eq!(ip[6], IPPROTO_ICMPV6, "ICMPv6 next header");
+    let len = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+    assert_eq!(ip.len(), 40 + len, "payload length matches the frame");
+    assert_eq!(
+        ipv6_checksum(&ip[8..24], &ip[24..40], IPPROTO_ICMPV6, &ip[40..40 + len]),
+        0,
+        "ICMPv6 checksum"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +329,22 @@ mod tests {
         assert_eq!(checksum(ip_of(&p)), 0);
         assert_eq!(checksum(&p[34..]), 0);
         assert_eq!(checksum(&icmp_error(3, 3, &p[14..42])), 0);
+        let a = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x11];
+        let ns = icmp6_frame(
+            [0x33; 6],
+            [2; 6],
+            a,
+            ALL_NODES,
+            255,
+            ND_NS,
+            0,
+            &nd_body(0, a, &nd_opt(OPT_SLLA, [2; 6])),
+        );
+        assert_icmp6_checksum(&ns);
+        // The independent checksum agrees with the datapath's.
+        assert_eq!(
+            ipv6_checksum(&a, &ALL_NODES, IPPROTO_ICMPV6, b"abc"),
+            dvr_common::csum::icmp6(&a, &ALL_NODES, b"abc")
+        );
     }
 }

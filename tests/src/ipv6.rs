@@ -120,20 +120,23 @@ impl Topology {
     }
 }
 
-/// Turns IPv6 on in a VM namespace before its `eth0` comes up: router advertisements
-/// accepted, SLAAC on autoconfiguring subnets; a fixed address set by hand otherwise (no
-/// DHCPv6 server runs here).
+/// Turns IPv6 on in a VM namespace before its `eth0` comes up, as a Linux guest has it:
+/// router advertisements accepted, SLAAC on (it configures an address only from a prefix
+/// the router marks autonomous). On a subnet without automatic addresses the fixed IP is
+/// set by hand, as a DHCPv6 server would (none runs here).
 pub(crate) fn configure_vm(ns: &str, v6: &Net6Info, ip6: Option<Ipv6Addr>) -> Result<()> {
-    let autoconf = if v6.autoconf() { "1" } else { "0" };
-    let sysctls = [
-        "net.ipv6.conf.all.disable_ipv6=0".to_string(),
-        "net.ipv6.conf.eth0.disable_ipv6=0".to_string(),
-        "net.ipv6.conf.eth0.accept_ra=1".to_string(),
-        format!("net.ipv6.conf.eth0.autoconf={autoconf}"),
-    ];
-    let mut args = vec!["sysctl", "-q", "-w"];
-    args.extend(sysctls.iter().map(String::as_str));
-    cmd::exec_ok(ns, &args)?;
+    cmd::exec_ok(
+        ns,
+        &[
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv6.conf.all.disable_ipv6=0",
+            "net.ipv6.conf.eth0.disable_ipv6=0",
+            "net.ipv6.conf.eth0.accept_ra=1",
+            "net.ipv6.conf.eth0.autoconf=1",
+        ],
+    )?;
     if !v6.autoconf()
         && let Some(ip) = ip6
     {

@@ -400,3 +400,78 @@ fn ipv6_port_security_ra_guard_and_nd_spoofing() -> Result<()> {
     c.ping_ok("va", c.ip("vb")?, 2)?;
     Ok(())
 }
+
+/// One host; networks `s` (dhcpv6-stateless) and `f` (dhcpv6-stateful) on router r1; vs on
+/// s, vf on f; the agent advertises unsolicited every second.
+#[test]
+fn advertisement_flags_follow_the_ra_mode_and_repeat_unsolicited() -> Result<()> {
+    require_preconditions();
+    let mut t = Topology::new();
+    t.host("h1").agent_args(&["--ra-interval", "1-1"]);
+    t.network("s", 3621, "10.61.21.0/24")
+        .ipv6("s", "fd00:61:21::/64", Some("dhcpv6-stateless"));
+    t.network("f", 3622, "10.61.22.0/24")
+        .ipv6("f", "fd00:61:22::/64", Some("dhcpv6-stateful"));
+    t.router("r1", &["s", "f"]);
+    t.vm(VmSpec::new("vs", "s", "h1"))
+        .vm(VmSpec::new("vf", "f", "h1"));
+    let c = t.build()?;
+    // dhcpv6-stateless: the prefix is autonomous, the VM configures its EUI-64 address.
+    let l = c.wait_ipv6_ready("vs", SLAAC_DEADLINE)?;
+    eprintln!("vs (dhcpv6-stateless): {l:?}");
+    // dhcpv6-stateful: no autonomous prefix, so nothing but the address DHCPv6 would give
+    // (set by hand here), and the router as default route.
+    let l = c.wait_ipv6_ready("vf", SLAAC_DEADLINE)?;
+    eprintln!("vf (dhcpv6-stateful): {l:?}");
+    let want = format!("{}/64", c.ip6("vf")?);
+    ensure!(
+        l.addresses == vec![want.clone()],
+        "vf must hold only {want}, no SLAAC address: {l:?}"
+    );
+    ensure!(
+        l.default_via == Some(c.network6("f")?.gateway_link_local()?),
+        "vf's default router: {l:?}"
+    );
+
+    // The flags on the wire, and the unsolicited advertisements: at least three in 3.5 s
+    // (the initial ones alone are 2 s apart).
+    let gw_s = c
+        .network6("s")?
+        .gateway_mac
+        .clone()
+        .context("s has a router")?;
+    let gw_f = c
+        .network6("f")?
+        .gateway_mac
+        .clone()
+        .context("f has a router")?;
+    let at_vs = c.capture_vm("vs", "icmp6 and ip6[40] == 134")?;
+    let at_vf = c.capture_vm("vf", "icmp6 and ip6[40] == 134")?;
+    let ras_s = at_vs.wait_for_count(
+        "3 advertisements at vs",
+        3,
+        Duration::from_millis(3500),
+        |p| p.contains("router advertisement"),
+    )?;
+    let ras_f = at_vf.wait_for_count(
+        "3 advertisements at vf",
+        3,
+        Duration::from_millis(3500),
+        |p| p.contains("router advertisement"),
+    )?;
+    for p in &ras_s {
+        ensure!(
+            p.outer_eth().map(|(s, _)| s) == Some(gw_s.clone())
+                && p.contains("Flags [other stateful]")
+                && p.contains("mtu option"),
+            "dhcpv6-stateless advertisement: O flag, from s's router port {gw_s}: {p}"
+        );
+    }
+    for p in &ras_f {
+        ensure!(
+            p.outer_eth().map(|(s, _)| s) == Some(gw_f.clone()) && p.contains("Flags [managed]"),
+            "dhcpv6-stateful advertisement: M flag, from f's router port {gw_f}: {p}"
+        );
+    }
+    Ok(())
+}

@@ -21,7 +21,13 @@ fn pins_that_do_not_fit_are_recreated_and_the_rest_adopted() -> Result<()> {
     let pins = PinDir::new("dvrt-pins")?;
     let dir = pins.path();
     // The FDB with a capacity this build does not give it.
-    pins.pin_map(maps::DVR_FDB, BPF_MAP_TYPE_HASH, 12, 16, 16)?;
+    pins.pin_map(
+        maps::DVR_FDB,
+        BPF_MAP_TYPE_HASH,
+        size_of::<l2::FdbKey>(),
+        size_of::<l2::FdbEntry>(),
+        16,
+    )?;
     // The tunnel peers with a value of the wrong size.
     pins.pin_map(
         maps::DVR_PEERS,

@@ -12,8 +12,7 @@
 use std::net::Ipv6Addr;
 
 use dvr_common::{
-    Mac,
-    csum,
+    Mac, csum,
     ip6::{RA_FRAME_MAX, RA_PREFIX_MAX, RaFrame, link_local},
 };
 use ipnet::Ipv6Net;

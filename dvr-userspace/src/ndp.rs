@@ -177,7 +177,13 @@ pub fn solicited_node(ip: Ipv6Addr) -> (Ipv6Addr, Mac) {
 
 /// An Ethernet + IPv6 + ICMPv6 neighbour discovery frame (hop limit 255) carrying `icmp`,
 /// whose checksum field is filled in.
-fn nd_frame(src_mac: Mac, dst_mac: Mac, src: Ipv6Addr, dst: Ipv6Addr, mut icmp: Vec<u8>) -> Vec<u8> {
+fn nd_frame(
+    src_mac: Mac,
+    dst_mac: Mac,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    mut icmp: Vec<u8>,
+) -> Vec<u8> {
     let (s, d) = (src.octets(), dst.octets());
     let sum = icmpv6_checksum(&s, &d, &icmp);
     icmp[2..4].copy_from_slice(&sum.to_be_bytes());
@@ -208,7 +214,16 @@ pub fn ns_frame(mac: Mac, src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
 /// An unsolicited neighbour advertisement of `ip` at `mac` (router and override flags, not
 /// solicited: RFC 4861 7.2.6) to all nodes.
 pub fn unsolicited_na_frame(mac: Mac, ip: Ipv6Addr) -> Vec<u8> {
-    let mut icmp = vec![ND_NEIGHBOR_ADVERT, 0, 0, 0, NA_ROUTER | NA_OVERRIDE, 0, 0, 0];
+    let mut icmp = vec![
+        ND_NEIGHBOR_ADVERT,
+        0,
+        0,
+        0,
+        NA_ROUTER | NA_OVERRIDE,
+        0,
+        0,
+        0,
+    ];
     icmp.extend_from_slice(&ip.octets());
     icmp.extend_from_slice(&[OPT_TARGET_LL, 1]);
     icmp.extend_from_slice(&mac);
@@ -309,7 +324,9 @@ mod tests {
     #[test]
     fn neighbour_solicitation_for_a_next_hop() {
         let src: Ipv6Addr = "2001:db8:5::101".parse().unwrap_or_else(|e| panic!("{e}"));
-        let target: Ipv6Addr = "2001:db8:5::1:2a0b".parse().unwrap_or_else(|e| panic!("{e}"));
+        let target: Ipv6Addr = "2001:db8:5::1:2a0b"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
         let f = ns_frame(MAC, src, target);
         assert_eq!(f.len(), 54 + 24 + 8);
         assert_eq!(&f[0..6], &[0x33, 0x33, 0xff, 0x01, 0x2a, 0x0b]);

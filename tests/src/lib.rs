@@ -44,6 +44,7 @@ pub mod cmd;
 pub mod counters;
 pub mod etcd;
 pub mod external;
+pub mod external6;
 pub mod ha;
 pub mod inspect;
 pub mod ipv6;

@@ -105,4 +105,3 @@ fn routed(
         Stat::Routed,
     )
 }
-

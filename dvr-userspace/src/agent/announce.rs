@@ -80,7 +80,8 @@ impl Announcer {
             .values()
             .map(|s| (Ipv6Addr::from(s.next_hop), Ipv6Addr::from(s.ext_ip)))
             .collect();
-        self.last_probe6.retain(|hop, _| self.probes6.contains_key(hop));
+        self.last_probe6
+            .retain(|hop, _| self.probes6.contains_key(hop));
         let served: BTreeSet<Ipv6Addr> = snat_ips6.keys().map(|a| Ipv6Addr::from(a.ip)).collect();
         if has_external {
             for (a, _) in snat_ips6.iter().filter(|(_, r)| r.flags & SNAT_HA != 0) {
@@ -152,7 +153,11 @@ impl Announcer {
             } else {
                 PROBE_UNRESOLVED
             };
-            if self.last_probe6.get(hop).is_some_and(|t| t.elapsed() < every) {
+            if self
+                .last_probe6
+                .get(hop)
+                .is_some_and(|t| t.elapsed() < every)
+            {
                 continue;
             }
             self.last_probe6.insert(*hop, Instant::now());

@@ -123,14 +123,19 @@ fn ipv6_north_south_is_routed_through_the_snat_host_without_nat() -> Result<()> 
         "v1's IPv6 must not leave h1 directly: {leaked:?}"
     );
 
-    // The upstream router resolved r1's external IPv6 address to hs's external MAC.
+    // The upstream router resolves r1's external IPv6 address to hs's external MAC: with
+    // its entry flushed, the next packet to the tenant prefix makes it solicit, and hs
+    // answers (h1, on the same external network, does not).
     let hs_mac = c.ext_mac("hs")?;
     let ns = c.ext_ns()?;
+    cmd::exec_ok(&ns, &["ip", "-6", "neigh", "flush", "dev", "br-ext"])?;
+    c.ping6_ok(EXT, v1, 1)?;
+    base.wait_delta(&c, "hs", Stat::ExtNdAdvert, 1)?;
     let out = cmd::exec_ok(&ns, &["ip", "-6", "neigh", "show", &ext6.to_string()])?;
     let neigh = cmd::stdout(&out);
     eprintln!("upstream neighbour entry for {ext6}: {}", neigh.trim());
     ensure!(
-        neigh.contains(&hs_mac),
+        neigh.contains(&hs_mac) && !neigh.contains("FAILED"),
         "{ext6} must resolve to hs's external MAC {hs_mac}: {neigh}"
     );
 

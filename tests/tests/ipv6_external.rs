@@ -14,12 +14,15 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use dvr_common::stats::Stat;
 use dvr_tests::cmd;
 use dvr_tests::external6::INTERNET_HOST6;
 use dvr_tests::ipv6::SLAAC_DEADLINE;
-use dvr_tests::{Cloud, Counters, EXT, INTERNET_HOST, Topology, VmSpec, require_preconditions};
+use dvr_tests::{
+    Cloud, Counters, EXT, INTERNET_HOST, Topology, VmSpec, require_etcd_preconditions,
+    require_preconditions,
+};
 
 const WAIT: Duration = Duration::from_secs(5);
 const MIB: usize = 1 << 20;
@@ -159,4 +162,92 @@ fn ipv6_north_south_is_routed_through_the_snat_host_without_nat() -> Result<()> 
     c.ping_ok("v1", INTERNET_HOST, 3)?;
     c.ping_ok("vs", INTERNET_HOST, 3)?;
     Ok(())
+}
+
+/// An HA router r1 elected among sa (priority 200) and sb (100) through etcd: IPv6
+/// north-south goes through sa, and after a planned failover to sb through sb, in both
+/// directions (the upstream router learns sb's MAC for r1's external IPv6 address from sb's
+/// unsolicited advertisement: its entry pointed at sa).
+#[test]
+fn ipv6_north_south_follows_an_ha_failover() -> Result<()> {
+    require_etcd_preconditions();
+    let mut t = Topology::new();
+    t.host("h1").snat_host("sa").snat_host("sb").external_ipv6();
+    t.network("a", 3711, "10.71.11.0/24")
+        .ipv6("a", "fd00:71:11::/64", Some("slaac"));
+    t.router("r1", &["a"])
+        .ha_hosts("r1", &[("sa", 200), ("sb", 100)]);
+    t.vm(VmSpec::new("v1", "a", "h1"));
+    let mut c = t.build_without_agents()?;
+    c.start_etcd()?;
+    c.etcd_apply()?;
+    c.agents_use_etcd()?;
+    c.start_agents()?;
+    c.wait_ha_holder("r1", "sa", Duration::from_secs(15))
+        .context("sa must win the first election")?;
+    c.wait_ipv6_ready("v1", SLAAC_DEADLINE)?;
+    let v1 = c.ip6("v1")?;
+    let ext6 = c.router_ext6("r1")?;
+    let (sa_mac, sb_mac) = (c.ext_mac("sa")?, c.ext_mac("sb")?);
+
+    let at_sa = c.capture_ext_port("sa", "ip6 and icmp6")?;
+    wait_ping6(&c, "v1", INTERNET_HOST6, "v1 -> internet host through sa")?;
+    at_sa.wait_for("v1's echo request leaving sa", WAIT, |p| {
+        p.is_icmp6_echo_request() && p.has_ips(&v1.to_string(), &INTERNET_HOST6.to_string())
+    })?;
+    c.ping6_ok(EXT, v1, 2)
+        .context("external -> v1 through sa")?;
+    let neigh = upstream_neigh(&c, &ext6.to_string())?;
+    ensure!(neigh.contains(&sa_mac), "{ext6} at sa ({sa_mac}): {neigh}");
+
+    let out = c.ha_failover("r1", "sb")?;
+    ensure!(
+        out.status.success(),
+        "dvrctl failover r1 --to sb: {}",
+        cmd::text(&out).trim()
+    );
+    c.wait_ha_holder("r1", "sb", WAIT)?;
+    let at_sb = c.capture_ext_port("sb", "ip6 and icmp6")?;
+    wait_ping6(&c, "v1", INTERNET_HOST6, "v1 -> internet host through sb")?;
+    at_sb.wait_for("v1's echo request leaving sb", WAIT, |p| {
+        p.is_icmp6_echo_request() && p.has_ips(&v1.to_string(), &INTERNET_HOST6.to_string())
+    })?;
+    // Inbound: the upstream's entry for r1's external address moved to sb.
+    let neigh = cmd::wait_until(
+        &format!("the upstream router's entry for {ext6} to name sb ({sb_mac})"),
+        WAIT,
+        |why| {
+            let n = upstream_neigh(&c, &ext6.to_string())?;
+            *why = n.clone();
+            Ok(n.contains(&sb_mac).then_some(n))
+        },
+    )?;
+    eprintln!(
+        "after the failover: upstream neighbour entry {}",
+        neigh.trim()
+    );
+    c.ping6_ok(EXT, v1, 3)
+        .context("external -> v1 through sb after the failover")?;
+    let r = c.tcp_transfer_to(EXT, "v1", v1, 5711, MIB, None)?;
+    eprintln!(
+        "TCP ext -> v1 through sb: {} bytes in {:?}",
+        r.bytes, r.elapsed
+    );
+    Ok(())
+}
+
+/// Pings until one ping of 2 is fully answered (a role move or a next hop still being
+/// learned may lose the first).
+fn wait_ping6(c: &Cloud, from: &str, dst: std::net::Ipv6Addr, what: &str) -> Result<()> {
+    cmd::wait_until(what, WAIT, |why| {
+        let r = c.ping6(from, dst, 2, &[])?;
+        *why = r.output.clone();
+        Ok(r.all_answered().then_some(()))
+    })
+}
+
+/// The external namespace's neighbour entry for `ip`.
+fn upstream_neigh(c: &Cloud, ip: &str) -> Result<String> {
+    let out = cmd::exec_ok(&c.ext_ns()?, &["ip", "-6", "neigh", "show", ip])?;
+    Ok(cmd::stdout(&out))
 }

@@ -20,7 +20,7 @@ use dvr_tests::cmd;
 use dvr_tests::external6::INTERNET_HOST6;
 use dvr_tests::ipv6::SLAAC_DEADLINE;
 use dvr_tests::{
-    Cloud, Counters, EXT, INTERNET_HOST, Topology, VmSpec, require_etcd_preconditions,
+    Cloud, Counters, EXT, INTERNET_HOST, Topology, TraceProbe, VmSpec, require_etcd_preconditions,
     require_preconditions,
 };
 
@@ -156,6 +156,46 @@ fn ipv6_north_south_is_routed_through_the_snat_host_without_nat() -> Result<()> 
     ensure!(
         d == 0,
         "h1 must not answer for r1's external IPv6 address: +{d}"
+    );
+
+    // dvrctl trace follows the same paths through the live maps.
+    let tap1 = c.vm("v1")?.tap.clone();
+    let (h1_ip, hs_ip) = (c.host("h1")?.tunnel_ip, c.host("hs")?.tunnel_ip);
+    let t = c.trace(
+        "h1",
+        &TraceProbe::udp(&tap1, v1, 40000, INTERNET_HOST6, 5701),
+    )?;
+    eprintln!(
+        "trace on h1 v1 -> internet host: {} {:?}",
+        t.verdict, t.output
+    );
+    ensure!(
+        t.verdict == Stat::SnatSteered.as_str()
+            && t.output.as_deref() == Some(&format!("tunnel {hs_ip} vni 3701")[..])
+            && t.out_dst_mac.as_deref() == Some(&csnat_mac[..]),
+        "trace of v1 -> internet host on h1: {t:?}"
+    );
+    let from_h1 = TraceProbe::udp("dvr-vx", v1, 40000, INTERNET_HOST6, 5701)
+        .macs(&h1_dvr, &csnat_mac)
+        .tunnel(3701, h1_ip);
+    let t = c.trace("hs", &from_h1)?;
+    eprintln!("trace on hs from the tunnel: {} {:?}", t.verdict, t.output);
+    ensure!(
+        t.verdict == Stat::RoutedOut.as_str(),
+        "trace of v1's packet on hs: {t:?}"
+    );
+    let t = c.trace(
+        "hs",
+        &TraceProbe::udp("ext0", INTERNET_HOST6, 5701, v1, 40000),
+    )?;
+    eprintln!(
+        "trace on hs from the external network: {} {:?}",
+        t.verdict, t.output
+    );
+    ensure!(
+        t.verdict == Stat::RoutedIn.as_str()
+            && t.output.as_deref() == Some(&format!("tunnel {h1_ip} vni 3701")[..]),
+        "trace of the reply on hs: {t:?}"
     );
 
     // IPv4 SNAT in the same cloud keeps working.

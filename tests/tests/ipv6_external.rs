@@ -142,7 +142,12 @@ fn ipv6_north_south_is_routed_through_the_snat_host_without_nat() -> Result<()> 
         "{ext6} must resolve to hs's external MAC {hs_mac}: {neigh}"
     );
 
+    // The router's external IPv6 address answers echo (on hs).
+    let p = c.ping6_ok(EXT, ext6, 2)?;
+    eprintln!("ext -> {ext6}: {}/{} answered", p.received, p.transmitted);
+
     for (host, stat) in [
+        ("hs", Stat::IcmpEchoReply),
         ("hs", Stat::RoutedOut),
         ("hs", Stat::RoutedIn),
         ("hs", Stat::ExtNdAdvert),

@@ -18,6 +18,10 @@ pub const SNAT_ENABLED: u32 = 1;
 /// entry is live ([`fence_active`]); otherwise its frames are dropped (`drop_snat_standby`)
 /// and ARP for its external IP is not answered.
 pub const SNAT_HA: u32 = 2;
+/// In a [`SnatSteer`]: the router has an IPv6 external address (`external_fixed_ips`), so
+/// its IPv6 north-south traffic is routed (not translated) through the SNAT host, whatever
+/// `enable_snat` says. Without it IPv6 to outside the router's subnets has no route.
+pub const SNAT_ROUTED6: u32 = 4;
 
 /// Whether an HA router is served now: its fence (`DVR_HA_FENCE[router_id]`, `None` when
 /// absent) lies strictly after `now_ns` (CLOCK_MONOTONIC, as `bpf_ktime_get_ns`).
@@ -38,7 +42,7 @@ pub struct SnatSteer {
     /// MAC of the csnat port on this subnet: destination MAC of steered frames.
     pub csnat_mac: crate::Mac,
     pub _pad: [u8; 2],
-    /// `SNAT_ENABLED`.
+    /// `SNAT_ENABLED`, `SNAT_ROUTED6`.
     pub flags: u32,
 }
 crate::assert_size!(SnatSteer, 20);

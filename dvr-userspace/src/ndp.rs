@@ -9,6 +9,11 @@
 //! `dhcpv6-stateless` the other-configuration flag (O) as well; `dhcpv6-stateful` sets the
 //! managed flag (M) and the prefix without A (on-link only). The MTU option carries the
 //! network's `mtu`; the source link-layer option the router interface's MAC.
+//!
+//! Also the neighbour discovery the agent sends on the external network for IPv6
+//! north-south (as ARP for IPv4, `agent::announce`): solicitations for a router's IPv6 next
+//! hop ([`ns_frame`]) and unsolicited advertisements of a router's external IPv6 address
+//! when its role moves to this host ([`unsolicited_na_frame`]).
 use std::net::Ipv6Addr;
 
 use dvr_common::{
@@ -144,6 +149,85 @@ pub fn ra_frame(p: &RaParams) -> RaFrame {
     out
 }
 
+const ND_NEIGHBOR_SOLICIT: u8 = 135;
+const ND_NEIGHBOR_ADVERT: u8 = 136;
+const OPT_TARGET_LL: u8 = 2;
+const NA_ROUTER: u8 = 0x80;
+const NA_OVERRIDE: u8 = 0x20;
+
+/// The solicited-node multicast address of `ip` (RFC 4291 2.7.1) and its Ethernet group
+/// address (RFC 2464 7).
+pub fn solicited_node(ip: Ipv6Addr) -> (Ipv6Addr, Mac) {
+    let o = ip.octets();
+    let group = Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | u16::from(o[13]),
+        u16::from_be_bytes([o[14], o[15]]),
+    );
+    let g = group.octets();
+    (group, [0x33, 0x33, g[12], g[13], g[14], g[15]])
+}
+
+/// An Ethernet + IPv6 + ICMPv6 neighbour discovery frame (hop limit 255) carrying `icmp`,
+/// whose checksum field is filled in.
+fn nd_frame(
+    src_mac: Mac,
+    dst_mac: Mac,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    mut icmp: Vec<u8>,
+) -> Vec<u8> {
+    let (s, d) = (src.octets(), dst.octets());
+    let sum = icmpv6_checksum(&s, &d, &icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let mut f = Vec::with_capacity(54 + icmp.len());
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[IPPROTO_ICMPV6, 255]);
+    f.extend_from_slice(&s);
+    f.extend_from_slice(&d);
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// A neighbour solicitation for `target` from `src` (MAC `mac`, also in the source
+/// link-layer option), to `target`'s solicited-node group.
+pub fn ns_frame(mac: Mac, src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
+    let (group, group_mac) = solicited_node(target);
+    let mut icmp = vec![ND_NEIGHBOR_SOLICIT, 0, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&target.octets());
+    icmp.extend_from_slice(&[OPT_SOURCE_LL, 1]);
+    icmp.extend_from_slice(&mac);
+    nd_frame(mac, group_mac, src, group, icmp)
+}
+
+/// An unsolicited neighbour advertisement of `ip` at `mac` (router and override flags, not
+/// solicited: RFC 4861 7.2.6) to all nodes.
+pub fn unsolicited_na_frame(mac: Mac, ip: Ipv6Addr) -> Vec<u8> {
+    let mut icmp = vec![
+        ND_NEIGHBOR_ADVERT,
+        0,
+        0,
+        0,
+        NA_ROUTER | NA_OVERRIDE,
+        0,
+        0,
+        0,
+    ];
+    icmp.extend_from_slice(&ip.octets());
+    icmp.extend_from_slice(&[OPT_TARGET_LL, 1]);
+    icmp.extend_from_slice(&mac);
+    nd_frame(mac, ALL_NODES_MAC, ip, ALL_NODES, icmp)
+}
+
 /// The ICMPv6 checksum of `msg` (its checksum field zero) between `src` and `dst` (RFC 4443
 /// 2.3: over the pseudo-header of RFC 8200 8.1 and the message): the datapath's own.
 pub fn icmpv6_checksum(src: &[u8; 16], dst: &[u8; 16], msg: &[u8]) -> u16 {
@@ -227,5 +311,51 @@ mod tests {
         let f = ra_frame(&params(&refs));
         assert_eq!(f.len as usize, 54 + 32 + 32 * RA_PREFIX_MAX);
         assert!(f.len as usize <= RA_FRAME_MAX);
+    }
+
+    #[test]
+    fn neighbour_solicitation_for_a_next_hop() {
+        let src: Ipv6Addr = "2001:db8:5::101".parse().unwrap_or_else(|e| panic!("{e}"));
+        let target: Ipv6Addr = "2001:db8:5::1:2a0b"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let f = ns_frame(MAC, src, target);
+        assert_eq!(f.len(), 54 + 24 + 8);
+        assert_eq!(&f[0..6], &[0x33, 0x33, 0xff, 0x01, 0x2a, 0x0b]);
+        assert_eq!(&f[6..12], &MAC);
+        assert_eq!(&f[12..14], &[0x86, 0xdd]);
+        assert_eq!(u16::from_be_bytes([f[18], f[19]]), 32);
+        assert_eq!((f[20], f[21]), (58, 255));
+        assert_eq!(bytes16(&f[22..38]), src.octets());
+        assert_eq!(
+            Ipv6Addr::from(bytes16(&f[38..54])),
+            Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff01, 0x2a0b)
+        );
+        let m = &f[54..];
+        assert_eq!((m[0], m[1]), (135, 0));
+        assert_eq!(bytes16(&m[8..24]), target.octets());
+        assert_eq!(&m[24..32], &[1, 1, 0xfa, 0x16, 0x3e, 0, 0, 1]);
+        assert_eq!(
+            icmpv6_checksum(&bytes16(&f[22..38]), &bytes16(&f[38..54]), m),
+            0
+        );
+    }
+
+    #[test]
+    fn unsolicited_advertisement_overrides() {
+        let ip: Ipv6Addr = "2001:db8:5::101".parse().unwrap_or_else(|e| panic!("{e}"));
+        let f = unsolicited_na_frame(MAC, ip);
+        assert_eq!(f.len(), 54 + 24 + 8);
+        assert_eq!(&f[0..6], &ALL_NODES_MAC);
+        assert_eq!(Ipv6Addr::from(bytes16(&f[38..54])), ALL_NODES);
+        let m = &f[54..];
+        assert_eq!(m[0], 136);
+        assert_eq!(m[4], 0x80 | 0x20, "router and override, not solicited");
+        assert_eq!(bytes16(&m[8..24]), ip.octets());
+        assert_eq!(&m[24..32], &[2, 1, 0xfa, 0x16, 0x3e, 0, 0, 1]);
+        assert_eq!(
+            icmpv6_checksum(&bytes16(&f[22..38]), &bytes16(&f[38..54]), m),
+            0
+        );
     }
 }

@@ -300,6 +300,8 @@ pub struct Topology {
     pub vms: Vec<VmSpec>,
     /// Build the external network (see [`Topology::external`]).
     pub external: bool,
+    /// Give it an IPv6 subnet too (see [`Topology::external_ipv6`]).
+    pub external6: bool,
     pub fips: Vec<FipSpec>,
     /// Unbound VIP ports (see [`Topology::vip`]).
     pub vips: Vec<VipSpec>,
@@ -784,6 +786,9 @@ impl Cloud {
         if topo.external {
             self.create_external()?;
         }
+        if topo.external6 {
+            self.create_external6()?;
+        }
         for h in &topo.hosts {
             self.create_host(h)?;
         }
@@ -806,6 +811,9 @@ impl Cloud {
         self.state.security_groups = topo.security_groups.clone();
         self.state.security_group_rules = topo.security_group_rules.clone();
         self.state.address_groups = topo.address_groups.clone();
+        if topo.external6 {
+            self.route_tenants6()?;
+        }
         self.write_state()
     }
 

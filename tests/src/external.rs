@@ -81,6 +81,8 @@ pub struct ExternalInfo {
     pub cidr: Cidr,
     pub gateway: Ipv4Addr,
     pub internet_host: Ipv4Addr,
+    /// The external IPv6 subnet, with [`Topology::external_ipv6`](crate::Topology::external_ipv6).
+    pub subnet6_id: Option<String>,
 }
 
 /// A host's attachment to the external network.
@@ -364,6 +366,7 @@ impl Cloud {
             cidr,
             gateway: EXT_GATEWAY,
             internet_host: INTERNET_HOST,
+            subnet6_id: None,
         });
         Ok(())
     }
@@ -459,13 +462,20 @@ impl Cloud {
             .ok()
             .filter(|n| *n < 255)
             .ok_or_else(|| anyhow!("too many routers for the external network"))?;
+        let mut fixed = vec![json!({
+            "subnet_id": ext.subnet_id,
+            "ip_address": Ipv4Addr::new(10, 5, 3, n).to_string(),
+        })];
+        if let Some(s6) = &ext.subnet6_id {
+            fixed.push(json!({
+                "subnet_id": s6,
+                "ip_address": crate::external6::router_ext_ip6(index).to_string(),
+            }));
+        }
         Ok(Some(json!({
             "network_id": ext.network_id,
             "enable_snat": enable_snat,
-            "external_fixed_ips": [{
-                "subnet_id": ext.subnet_id,
-                "ip_address": Ipv4Addr::new(10, 5, 3, n).to_string(),
-            }],
+            "external_fixed_ips": fixed,
         })))
     }
 

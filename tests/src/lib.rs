@@ -46,6 +46,7 @@ pub mod cmd;
 pub mod counters;
 pub mod etcd;
 pub mod external;
+pub mod external6;
 pub mod fixture;
 pub mod ha;
 pub mod inspect;

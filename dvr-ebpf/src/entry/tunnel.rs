@@ -1,6 +1,6 @@
 //! Entry pipeline for frames from the VXLAN collect_md device (TC ingress): accept only
 //! known hosts, learn VIPs from their ARP, translate for the csnat ports of the routers
-//! this host is the SNAT host of (`snat` stage), never let a frame reach a router interface
+//! this host is the SNAT host of (`snat` stage; IPv6 routed out by `north6`), never let a frame reach a router interface
 //! from the tunnel (each host's router is local), rewrite a peer's DVR MAC to the
 //! destination subnet's gateway MAC (its IPv6 subnet's for IPv6), translate hairpin traffic to a FIP served here (`fip`
 //! stage), and deliver to local taps only. Maps: reads DVR_PEERS, DVR_HOST_CONFIG,
@@ -28,7 +28,7 @@ use crate::{
         flow::Flow,
         l2::{self, Ingress, Location},
     },
-    stage::{fip, snat, vip},
+    stage::{fip, north6, snat, vip},
 };
 
 #[inline(always)]
@@ -77,6 +77,10 @@ pub fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
         let cfg = DVR_HOST_CONFIG
             .get(0)
             .ok_or(Verdict::drop(Stat::DropNotReady))?;
+        // IPv6 is routed, not translated (`north6`).
+        if proto == ETH_P_IPV6 {
+            return north6::from_tunnel(ctx, r, cfg);
+        }
         return snat::from_tunnel(ctx, &f, vni, r, cfg);
     }
     // SAFETY: as above.

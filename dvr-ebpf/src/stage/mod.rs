@@ -4,16 +4,19 @@
 //! ```text
 //! route -> fip, snat, icmp, vip      snat -> fip, ha      fip -> vip, ha
 //! arp -> security, vip               ext_arp -> ha
-//! route6 -> icmp6                    nd -> security
+//! route6 -> icmp6, north6            nd -> security
+//! north6 -> icmp6, ha                 ext_nd -> nd, ha
 //! security, ha, vip, icmp, icmp6, sg: leaves
 //! ```
 pub mod arp;
 pub mod ext_arp;
+pub mod ext_nd;
 pub mod fip;
 pub mod ha;
 pub mod icmp;
 pub mod icmp6;
 pub mod nd;
+pub mod north6;
 pub mod route;
 pub mod route6;
 pub mod security;

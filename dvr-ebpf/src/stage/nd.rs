@@ -99,7 +99,8 @@ pub fn stage(
             if kind == ND_NEIGHBOR_SOLICIT {
                 // SAFETY: read-only use of an agent-written hash value.
                 if let Some(gw) = unsafe { DVR_GW_BY_IP6.get(&key) } {
-                    return Err(advertise_neighbor(ctx, f, ifindex, gw));
+                    let written = advertise_neighbor(ctx, f, gw);
+                    return Err(answered(written, ifindex, Stat::NdAdvert));
                 }
             }
             Ok(())
@@ -133,26 +134,29 @@ fn link_options(ctx: &TcContext, mut off: usize, end: usize, mac: &Mac) -> Resul
     Ok(())
 }
 
-/// Answer a solicitation for router interface address `gw` in place, with an
+/// Turn a solicitation for router interface address `gw` into its answer in place: an
 /// advertisement from the interface MAC to the solicitor (the solicitation's source), or to
 /// all nodes for duplicate address detection (source `::`, RFC 4861 7.2.4: not solicited).
-/// A BPF-to-BPF call with its own stack frame (see `entry::tap::program`).
+/// False when the packet could not be rewritten. The caller sends it back (`answered`):
+/// also the answer for a router's external address on the external NIC (`ext_nd`, with the
+/// external interface's MAC as `gw.mac`). A BPF-to-BPF call with its own stack frame (see
+/// `entry::tap::program`); at most five arguments, so the verdict is the caller's.
 #[inline(never)]
-fn advertise_neighbor(ctx: &TcContext, f: &Flow6, ifindex: u32, gw: &RouterIface6) -> Verdict {
+pub fn advertise_neighbor(ctx: &TcContext, f: &Flow6, gw: &RouterIface6) -> bool {
     let Ok(eth) = Eth::at(ctx) else {
-        return Verdict::drop(Stat::DropMalformed);
+        return false;
     };
     let solicitor = eth.src();
     let gw_mac = gw.mac;
     let dad = f.src_unspecified;
     // SAFETY: plain helper call; resizes the packet to the advertisement.
     if unsafe { bpf_skb_change_tail(ctx.skb.skb as *mut _, NA_FRAME_LEN as u32, 0) } != 0 {
-        return Verdict::drop(Stat::DropMalformed);
+        return false;
     }
     // Written in place, addresses copied from memory to memory: frame-sized or address
     // values on the stack would not fit beside the rest (the BPF stack is 512 bytes).
     let Ok(fr) = ptr_at::<[u8; NA_FRAME_LEN]>(ctx, 0) else {
-        return Verdict::drop(Stat::DropMalformed);
+        return false;
     };
     // SAFETY: bounds-checked by ptr_at after the resize; a byte array has no alignment.
     let fr = unsafe { &mut *fr };
@@ -186,7 +190,18 @@ fn advertise_neighbor(ctx: &TcContext, f: &Flow6, ifindex: u32, gw: &RouterIface
         + IPPROTO_ICMPV6 as u32
         + csum::sum(&fr[na..]);
     fr[na + 2..na + 4].copy_from_slice(&(!csum::fold(sum)).to_be_bytes());
-    redirect(ifindex, Stat::NdAdvert)
+    true
+}
+
+/// The verdict of [`advertise_neighbor`]: the advertisement out of `ifindex`, counted as
+/// `stat`.
+#[inline(always)]
+pub fn answered(written: bool, ifindex: u32, stat: Stat) -> Verdict {
+    if written {
+        redirect(ifindex, stat)
+    } else {
+        Verdict::drop(Stat::DropMalformed)
+    }
 }
 
 /// Answer a router solicitation on network `vni` with its router advertisement, a whole

@@ -6,11 +6,12 @@
 //! (`net::l2::deliver_routed`): a local tap with the destination subnet's gateway MAC as
 //! source, or over the tunnel with this host's DVR MAC. A hop limit that runs out at the
 //! router is answered with ICMPv6 time exceeded from the gateway of the source's subnet.
-//! Outside the router's subnets: no route yet (north-south IPv6 goes in [`outbound`]).
+//! Outside the router's subnets: north-south, to the router's SNAT host (`north6::steer`).
 //!
-//! Calls `icmp6`. Maps: reads DVR_GW_BY_IP6, DVR_ROUTES6, DVR_ENDPOINTS6. Verdicts: routed,
+//! Calls `icmp6`, `north6`. Maps: reads DVR_GW_BY_IP6, DVR_ROUTES6, DVR_ENDPOINTS6. Verdicts: routed,
 //! icmp_echo_reply, icmp_time_exceeded, drop_router_local, drop_link_local, drop_no_route,
-//! drop_no_endpoint, drop_ttl_exceeded, drop_no_local_port, drop_redirect, drop_malformed.
+//! drop_no_endpoint, drop_ttl_exceeded, drop_no_local_port, drop_redirect, drop_malformed,
+//! those of `north6::steer`.
 use aya_ebpf::programs::TcContext;
 use dvr_common::{
     config::HostConfig,
@@ -31,7 +32,7 @@ use crate::{
         l2::{self, Location},
         rewrite, route,
     },
-    stage::icmp6,
+    stage::{icmp6, north6},
 };
 
 /// Route `f`, sent by the VM on tap `ifindex` (`port`) to router interface `gw`.
@@ -79,7 +80,8 @@ fn routed(
         return Err(Verdict::drop(Stat::DropLinkLocal));
     }
     let Some(route) = route::lookup6(gw.router_id, &f.daddr) else {
-        return outbound(ctx, f, port, gw, cfg);
+        // North-south: through the router's SNAT host, with the VM's own address.
+        return north6::steer(ctx, port, gw, cfg);
     };
     if ip6_eq(&f.daddr, &route.gw_ip) {
         return icmp6::echo_reply(ctx, f, ifindex);
@@ -102,17 +104,4 @@ fn routed(
         cfg,
         Stat::Routed,
     )
-}
-
-/// To a destination outside the router's IPv6 subnets. North-south IPv6 (through the
-/// router's SNAT host, with the VM's own address) goes here; until then there is no route.
-#[inline(always)]
-fn outbound(
-    _ctx: &TcContext,
-    _f: &Flow6,
-    _port: &LocalPort,
-    _gw: &RouterIface,
-    _cfg: &HostConfig,
-) -> Result<Verdict, Verdict> {
-    Err(Verdict::drop(Stat::DropNoRoute))
 }

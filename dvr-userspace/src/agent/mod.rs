@@ -459,6 +459,11 @@ impl Agent {
             &announced,
             has_external,
         );
+        self.announcer.plan6(
+            &compiled.entries.snat6,
+            &compiled.entries.snat_ips6,
+            has_external,
+        );
         self.advertiser
             .plan(&compiled.entries.local_ports, &compiled.entries.ra);
         let shared = self.source.ha_shared();

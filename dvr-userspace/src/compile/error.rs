@@ -113,4 +113,15 @@ pub enum CompileError {
         subnet: String,
         address: Ipv4Addr,
     },
+    /// This host routes a router's IPv6 north-south traffic but its external IPv6 address
+    /// has no next hop.
+    #[error(
+        "router {router}: field `external_gateway_info.external_fixed_ips`: subnet {subnet} of \
+         external IPv6 address {address} has no gateway_ip, needed as the IPv6 next hop"
+    )]
+    SnatNoGateway6 {
+        router: String,
+        subnet: String,
+        address: std::net::Ipv6Addr,
+    },
 }

@@ -13,12 +13,20 @@
 //! - Routers H does SNAT for: their csnat ports (`snat_routers`) and external addresses
 //!   (`snat_ips`) map to the router's `external_fixed_ips[0]` and the gateway of its subnet,
 //!   which `ext_neigh` learns. `SNAT_ENABLED` follows `enable_snat` in both maps and steering.
+//! - IPv6 north-south (routed, never translated, whatever `enable_snat` says), for a router
+//!   with an IPv6 `external_fixed_ips` address: steering entries carry `SNAT_ROUTED6`, and
+//!   the router's IPv6 interfaces on served networks steer too, to the router's csnat port
+//!   on the same network (of either family: Neutron makes one per interface port). The SNAT
+//!   host gets `snat6` (the first IPv6 external address and its subnet's gateway as next
+//!   hop), `snat_ips6` (that address, with the router's `snat_ips` value), `ext_route6`
+//!   (each IPv6 subnet of the router) and the next hop as an `ext_neigh6` key.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 
+use dvr_common::ip6::{Addr6, Snat6};
 use dvr_common::l2::FdbKey;
-use dvr_common::snat::{SNAT_ENABLED, SNAT_HA, SnatRouter, SnatSteer};
+use dvr_common::snat::{SNAT_ENABLED, SNAT_HA, SNAT_ROUTED6, SnatRouter, SnatSteer};
 
 use super::context::{Compiler, vni_of};
 use super::entries::{MapEntries, be, fdb_key, fnv1a32};
@@ -128,6 +136,16 @@ fn snat_flags(gw: &ExternalGateway) -> u32 {
     if gw.enable_snat { SNAT_ENABLED } else { 0 }
 }
 
+/// The flags of a steering entry: also whether IPv6 north-south is routed.
+fn steer_flags(gw: &ExternalGateway) -> u32 {
+    let v6 = if gw.external_fixed_ips6.is_empty() {
+        0
+    } else {
+        SNAT_ROUTED6
+    };
+    snat_flags(gw) | v6
+}
+
 /// Steering of non-FIP external traffic: each interface on a served network of a router with
 /// a gateway, whose subnet has a csnat port, points at the router's SNAT host.
 pub(super) fn add_snat_steer(
@@ -167,9 +185,55 @@ pub(super) fn add_snat_steer(
                 router_id: fnv1a32(iface.router_id),
                 csnat_mac: port.mac,
                 _pad: [0; 2],
-                flags: snat_flags(gw),
+                flags: steer_flags(gw),
             },
         );
+    }
+    add_snat_steer6(steer, c, csnat);
+}
+
+/// Steering of a router's IPv6 north-south traffic from its IPv6 interfaces on served
+/// networks: to its csnat port on the same network (IPv6 interfaces have their own port).
+fn add_snat_steer6(steer: &mut BTreeMap<FdbKey, SnatSteer>, c: &Compiler<'_>, csnat: &Csnat<'_>) {
+    for iface in c.ifaces6.iter().filter(|i| c.served.contains(i.network_id)) {
+        let Some(gw) = c
+            .state
+            .router(iface.router_id)
+            .and_then(|r| r.external_gateway.as_ref())
+            .filter(|gw| !gw.external_fixed_ips6.is_empty())
+        else {
+            continue;
+        };
+        let Some(port) = csnat
+            .ports_of
+            .get(iface.router_id)
+            .into_iter()
+            .flatten()
+            .find(|p| p.network_id == iface.network_id)
+        else {
+            continue;
+        };
+        let Some(&snat_host) = csnat.host_of.get(iface.router_id) else {
+            continue;
+        };
+        let tunnel_ip_host = if snat_host == c.host {
+            0
+        } else {
+            match c.tunnel_of.get(snat_host) {
+                Some(&tunnel) => tunnel,
+                None => continue,
+            }
+        };
+        // A port with IPv4 addresses too already steers (to the same host).
+        steer
+            .entry(fdb_key(iface.vni, iface.port.mac))
+            .or_insert(SnatSteer {
+                tunnel_ip_host,
+                router_id: fnv1a32(iface.router_id),
+                csnat_mac: port.mac,
+                _pad: [0; 2],
+                flags: steer_flags(gw),
+            });
     }
 }
 
@@ -215,7 +279,57 @@ fn add_snat_router(
         }
     }
     out.snat_ips.insert(value.ext_ip_be, value);
+    add_snat_router6(out, c, router, gw, value)?;
     Ok(next_hop)
+}
+
+/// The IPv6 north-south entries of one router this host serves (`value`: its `snat_ips`
+/// value): nothing without an IPv6 external address.
+fn add_snat_router6(
+    out: &mut MapEntries,
+    c: &Compiler<'_>,
+    router: &Router,
+    gw: &ExternalGateway,
+    value: SnatRouter,
+) -> Result<(), CompileError> {
+    let Some(ext) = gw.external_fixed_ips6.first() else {
+        return Ok(());
+    };
+    let next_hop = c
+        .state
+        .subnet6(&ext.subnet_id)
+        .and_then(|s| s.gateway_ip)
+        .ok_or_else(|| CompileError::SnatNoGateway6 {
+            router: router.id.clone(),
+            subnet: ext.subnet_id.clone(),
+            address: ext.ip,
+        })?;
+    out.snat6.insert(
+        value.router_id,
+        Snat6 {
+            ext_ip: ext.ip.octets(),
+            next_hop: next_hop.octets(),
+        },
+    );
+    out.snat_ips6.insert(
+        Addr6 {
+            ip: ext.ip.octets(),
+        },
+        value,
+    );
+    out.ext_neigh6.insert(Addr6 {
+        ip: next_hop.octets(),
+    });
+    for iface in c.ifaces6.iter().filter(|i| i.router_id == router.id) {
+        for (subnet, _) in &iface.subnets {
+            let prefix = Addr6 {
+                ip: subnet.cidr.network().octets(),
+            };
+            out.ext_route6
+                .insert((u32::from(subnet.cidr.prefix_len()), prefix), value);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -558,5 +672,125 @@ mod tests {
         // Steering does not need the address.
         let a = compile(&state, "host-a", None, &snat_taps);
         assert_eq!(a.map(|c| c.entries.snat_steer.len()), Ok(1));
+    }
+
+    /// snat_fixture_with_vms plus IPv6: n1's IPv6 subnet fd00:1::/64 on its own r1
+    /// interface port, the external IPv6 subnet 2001:db8:5::/64 (gateway ::1) and r1's
+    /// external IPv6 address 2001:db8:5::101.
+    const MAC_R1N1V6: dvr_common::Mac = [0xfa, 0x16, 0x3e, 0, 1, 0x61];
+    fn snat6_fixture() -> Value {
+        let mut v = snat_fixture_with_vms();
+        push(
+            &mut v,
+            "subnets",
+            json!({"id": "s1v6", "network_id": "n1", "cidr": "fd00:1::/64",
+                "gateway_ip": "fd00:1::1", "ip_version": 6}),
+        );
+        push(
+            &mut v,
+            "subnets",
+            json!({"id": "ext-sub6", "network_id": "ext", "cidr": "2001:db8:5::/64",
+                "gateway_ip": "2001:db8:5::1", "ip_version": 6}),
+        );
+        push(
+            &mut v,
+            "ports",
+            json!({"id": "r1-n1v6", "network_id": "n1", "mac_address": "fa:16:3e:00:01:61",
+                "fixed_ips": [{"subnet_id": "s1v6", "ip_address": "fd00:1::1"}],
+                "device_owner": "network:router_interface_distributed", "device_id": "r1"}),
+        );
+        elem(&mut v, "routers", "id", "r1")["external_gateway_info"]["external_fixed_ips"] = json!([
+            {"subnet_id": "ext-sub", "ip_address": "10.5.3.1"},
+            {"subnet_id": "ext-sub6", "ip_address": "2001:db8:5::101"}
+        ]);
+        v
+    }
+
+    fn a6(s: &str) -> Addr6 {
+        Addr6 {
+            ip: s
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap_or_else(|e| panic!("{s}: {e}"))
+                .octets(),
+        }
+    }
+
+    #[test]
+    fn ipv6_north_south_is_steered_from_the_ipv6_interface_to_the_csnat_port() {
+        let v = snat6_fixture();
+        let flags = SNAT_ENABLED | SNAT_ROUTED6;
+        let a = compiled(&v, "host-a", &snat_taps);
+        assert_eq!(
+            a.entries.snat_steer,
+            BTreeMap::from([
+                (fdb_key(FVNI1, MAC_R1N1), steer(TUN_S, MAC_CSNAT1, flags)),
+                (fdb_key(FVNI1, MAC_R1N1V6), steer(TUN_S, MAC_CSNAT1, flags)),
+            ])
+        );
+        // Only the SNAT host routes IPv6 in and out.
+        assert!(a.entries.snat6.is_empty() && a.entries.snat_ips6.is_empty());
+        assert!(a.entries.ext_route6.is_empty() && a.entries.ext_neigh6.is_empty());
+        // enable_snat: false does not matter for IPv6.
+        let mut v = snat6_fixture();
+        elem(&mut v, "routers", "id", "r1")["external_gateway_info"]["enable_snat"] = json!(false);
+        let a = compiled(&v, "host-a", &snat_taps);
+        assert_eq!(
+            a.entries
+                .snat_steer
+                .get(&fdb_key(FVNI1, MAC_R1N1V6))
+                .map(|s| s.flags),
+            Some(SNAT_ROUTED6)
+        );
+        // No IPv6 external address: the IPv6 interface does not steer, IPv4 lacks the flag.
+        let mut v = snat6_fixture();
+        elem(&mut v, "routers", "id", "r1")["external_gateway_info"]["external_fixed_ips"] =
+            json!([{"subnet_id": "ext-sub", "ip_address": "10.5.3.1"}]);
+        let a = compiled(&v, "host-a", &snat_taps);
+        assert_eq!(
+            a.entries.snat_steer,
+            BTreeMap::from([(
+                fdb_key(FVNI1, MAC_R1N1),
+                steer(TUN_S, MAC_CSNAT1, SNAT_ENABLED)
+            )])
+        );
+    }
+
+    #[test]
+    fn snat_host_routes_the_routers_ipv6() {
+        let c = compiled(&snat6_fixture(), "host-s", &snat_taps);
+        let e = &c.entries;
+        let r1 = snat_r1(SNAT_ENABLED);
+        assert_eq!(
+            e.snat6,
+            BTreeMap::from([(
+                fnv1a32("r1"),
+                Snat6 {
+                    ext_ip: a6("2001:db8:5::101").ip,
+                    next_hop: a6("2001:db8:5::1").ip,
+                }
+            )])
+        );
+        assert_eq!(e.snat_ips6, BTreeMap::from([(a6("2001:db8:5::101"), r1)]));
+        assert_eq!(e.ext_route6, BTreeMap::from([((64, a6("fd00:1::")), r1)]));
+        assert_eq!(e.ext_neigh6, BTreeSet::from([a6("2001:db8:5::1")]));
+        // vms is local: the SNAT host steers to itself.
+        assert_eq!(
+            e.snat_steer.get(&fdb_key(FVNI1, MAC_R1N1V6)),
+            Some(&steer(0, MAC_CSNAT1, SNAT_ENABLED | SNAT_ROUTED6))
+        );
+        // The router's IPv6 routes, for the source check and inbound delivery.
+        assert_eq!(e.routes6.len(), 1);
+    }
+
+    #[test]
+    fn ipv6_next_hop_without_gateway_names_router_and_subnet() {
+        let mut v = snat6_fixture();
+        elem(&mut v, "subnets", "id", "ext-sub6")["gateway_ip"] = Value::Null;
+        let err = compile(&state_of(&v), "host-s", None, &snat_taps);
+        assert!(
+            matches!(&err, Err(CompileError::SnatNoGateway6 { router, subnet, .. })
+                if router == "r1" && subnet == "ext-sub6"),
+            "{err:?}"
+        );
     }
 }

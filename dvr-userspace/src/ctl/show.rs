@@ -20,7 +20,7 @@ use crate::{
     model::{PROTO_ICMP, has_ports},
 };
 use dvr_common::{
-    ip6::{Ip6Key, ROUTE6_KEY_PREFIX_BITS, Route6, Route6Key},
+    ip6::{Addr6, Ip6Key, ROUTE6_KEY_PREFIX_BITS, Route6, Route6Key},
     l2::{FdbEntry, FdbKey},
     nat::{
         CT_DNAT, CT_HAIRPIN, CT_PAT, CT_SG, CT_SG_INGRESS, CT_SNAT, CtEntry, CtKey, FIP_CENTRAL,
@@ -29,7 +29,7 @@ use dvr_common::{
     port::PORT_FLAG_SECURITY,
     route::{Endpoint, IpKey, ROUTE_KEY_PREFIX_BITS, Route, RouteKey},
     sg::SG_ZONE,
-    snat::{SNAT_ENABLED, fence_active},
+    snat::{SNAT_ENABLED, SNAT_ROUTED6, fence_active},
     stats::Stat,
 };
 
@@ -301,12 +301,25 @@ struct SteerRow {
     snat_host: Option<Ipv4Addr>,
     csnat_mac: String,
     enabled: bool,
+    /// IPv6 north-south is steered too (`SNAT_ROUTED6`).
+    routed6: bool,
+}
+
+/// A router whose IPv6 north-south traffic this host routes (no NAT).
+#[derive(Serialize)]
+struct Routed6Row {
+    router_id: String,
+    external_ip: std::net::Ipv6Addr,
+    next_hop: std::net::Ipv6Addr,
+    next_hop_mac: Option<String>,
+    prefixes: Vec<String>,
 }
 
 #[derive(Serialize)]
 struct SnatView {
     routers: Vec<SnatRow>,
     steering: Vec<SteerRow>,
+    routed6: Vec<Routed6Row>,
 }
 
 fn snat_view(maps: &HostMaps) -> Result<SnatView, MapsError> {
@@ -356,9 +369,34 @@ fn snat_view(maps: &HostMaps) -> Result<SnatView, MapsError> {
             snat_host: ip_host(st.tunnel_ip_host),
             csnat_mac: fmt_mac(st.csnat_mac),
             enabled: st.flags & SNAT_ENABLED != 0,
+            routed6: st.flags & SNAT_ROUTED6 != 0,
         })
         .collect();
-    Ok(SnatView { routers, steering })
+    let prefixes = maps.ext_route6.read()?;
+    let mut routed6 = Vec::new();
+    for (router, s6) in maps.snat6.read()? {
+        let mac = maps
+            .ext_neigh6
+            .get(&Addr6 { ip: s6.next_hop })?
+            .filter(|n| n.learned != 0)
+            .map(|n| fmt_mac(n.mac));
+        routed6.push(Routed6Row {
+            router_id: format!("{router:08x}"),
+            external_ip: s6.ext_ip.into(),
+            next_hop: s6.next_hop.into(),
+            next_hop_mac: mac,
+            prefixes: prefixes
+                .iter()
+                .filter(|(_, r)| r.router_id == router)
+                .map(|((plen, k), _)| format!("{}/{plen}", std::net::Ipv6Addr::from(k.ip)))
+                .collect(),
+        });
+    }
+    Ok(SnatView {
+        routers,
+        steering,
+        routed6,
+    })
 }
 
 fn fip_kind(flags: u32) -> &'static str {
@@ -665,6 +703,7 @@ pub fn show_with(maps: &HostMaps, subject: Subject, opts: &ShowOpts) -> Result<S
                         "SNAT-HOST",
                         "CSNAT-MAC",
                         "SNAT",
+                        "IPV6",
                     ],
                     |r| {
                         vec![
@@ -674,6 +713,28 @@ pub fn show_with(maps: &HostMaps, subject: Subject, opts: &ShowOpts) -> Result<S
                             opt(&r.snat_host).replace('-', "local"),
                             r.csnat_mac.clone(),
                             if r.enabled { "on" } else { "off" }.to_string(),
+                            if r.routed6 { "on" } else { "off" }.to_string(),
+                        ]
+                    },
+                ));
+                out.push('\n');
+                out.push_str(&render(
+                    false,
+                    &view.routed6,
+                    &[
+                        "ROUTER",
+                        "EXTERNAL-IPV6",
+                        "NEXT-HOP",
+                        "NEXT-HOP-MAC",
+                        "PREFIXES",
+                    ],
+                    |r| {
+                        vec![
+                            r.router_id.clone(),
+                            r.external_ip.to_string(),
+                            r.next_hop.to_string(),
+                            opt(&r.next_hop_mac),
+                            r.prefixes.join(","),
                         ]
                     },
                 ));

@@ -126,8 +126,7 @@ impl Walk<'_> {
             _pad: [0; 2],
         })? {
             if self.p.v6.is_some() {
-                self.step("snat", "IPv6 to a csnat port: not routed north-south yet");
-                return Ok(drop(Stat::DropNoRoute));
+                return self.north6_from_tunnel(&r, &cfg);
             }
             return self.snat_from_tunnel(vni, &r, &cfg);
         }
@@ -191,11 +190,7 @@ impl Walk<'_> {
     pub(super) fn ext(&mut self) -> Result<Out, MapsError> {
         let cfg = self.m.read_config()?;
         if self.p.v6.is_some() {
-            self.step(
-                "external",
-                "IPv6 is not served on the external interface yet",
-            );
-            return Ok(drop(Stat::ExtPass));
+            return self.ext6(&cfg);
         }
         if let Some(r) = self.m.snat_ips.get(&be(self.p.dst))? {
             return self.snat_reply(&r, &cfg);

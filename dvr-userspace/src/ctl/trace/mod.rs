@@ -8,6 +8,7 @@
 //! the walk's state. The integration tests check its verdicts against what real packets did.
 mod entry;
 mod net;
+mod north6;
 mod sg;
 mod stage;
 mod v6;

@@ -607,7 +607,7 @@ impl Walk<'_> {
 impl Walk<'_> {
     /// `stage::ha`: an HA router is served only while its fence runs (docs/HA.md); records
     /// the check.
-    fn ha_serves(&mut self, flags: u32, router_id: u32) -> Result<bool, MapsError> {
+    pub(super) fn ha_serves(&mut self, flags: u32, router_id: u32) -> Result<bool, MapsError> {
         if flags & SNAT_HA == 0 {
             return Ok(true);
         }

@@ -31,7 +31,7 @@ pub(super) fn in_prefix6(ip: &[u8; 16], net: &[u8; 16], plen: u32) -> bool {
 
 impl Walk<'_> {
     /// The probe's IPv6 addresses (set when the walk is an IPv6 one).
-    fn addrs6(&self) -> Addrs6 {
+    pub(super) fn addrs6(&self) -> Addrs6 {
         self.p.v6.unwrap_or(Addrs6 {
             src: Ipv6Addr::UNSPECIFIED,
             dst: Ipv6Addr::UNSPECIFIED,
@@ -100,7 +100,11 @@ impl Walk<'_> {
     }
 
     /// `net::route` for IPv6: the IPv6 subnet of `router` that `ip` lies in.
-    fn route6_lookup(&self, router: u32, ip: &[u8; 16]) -> Result<Option<Route6>, MapsError> {
+    pub(super) fn route6_lookup(
+        &self,
+        router: u32,
+        ip: &[u8; 16],
+    ) -> Result<Option<Route6>, MapsError> {
         Ok(self
             .m
             .routes6
@@ -154,7 +158,7 @@ impl Walk<'_> {
         }
         let Some(r) = self.route6_lookup(gw.router_id, &dst.octets())? else {
             self.step("route", format!("{dst}: outside the router's IPv6 subnets"));
-            return Ok(drop(Stat::DropNoRoute));
+            return self.north6_steer(vni, gw);
         };
         self.step(
             "route",

@@ -191,7 +191,7 @@ fn nd_frame(
     f.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
     f.extend_from_slice(&[0x60, 0, 0, 0]);
     f.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
-    f.extend_from_slice(&[IPPROTO_ICMPV6, 255]);
+    f.extend_from_slice(&[csum::IPPROTO_ICMPV6, 255]);
     f.extend_from_slice(&s);
     f.extend_from_slice(&d);
     f.extend_from_slice(&icmp);

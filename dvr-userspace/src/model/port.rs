@@ -365,13 +365,15 @@ impl<'s> PortChecks<'s, '_, '_> {
         let mut first_subnet = None;
         for (i, fip) in p.fixed_ips.iter().enumerate() {
             let at = fixed_ip_at(p, p.fixed_ip_pos.v4(i));
-            let found = fixed_ip_subnet(self.out, &at, &fip.subnet_id, fip.ip, subnets, other);
-            let Some((si, sub)) = found else {
+            let subnet = fixed_ip_subnet(self.out, &at, &fip.subnet_id, fip.ip, subnets, other);
+            let Some((si, sub)) = subnet else {
                 continue;
             };
             if i == 0 {
                 first_subnet = Some(si);
             }
+            // On a subnet of another network, the address is still checked (as it always
+            // was for IPv4; the IPv6 entries stop there).
             self.on_port_network(p, &at, sub);
             if fixed_ip_inside(self.out, &at, sub, fip.ip) {
                 self.unique_ip(p, &at, (si, fip.ip.into()), sub);

@@ -1,7 +1,8 @@
 //! A small builder for raw Ethernet frames (ARP, IPv4 with ICMP echo, TCP or UDP; IPv6 with
-//! ICMPv6 neighbour discovery and echo, or UDP; valid checksums) and checks on frames, for tests that feed frames to the BPF programs
-//! directly (`tests/fixtures.rs`, through BPF_PROG_TEST_RUN). Addresses are byte arrays in
-//! packet order; ports, lengths and the ethertype are host integers.
+//! ICMPv6 neighbour discovery and echo, or UDP; valid checksums) and checks on frames, for
+//! tests that feed frames to the BPF programs directly (`tests/fixtures.rs`,
+//! `tests/fixtures6.rs`, through BPF_PROG_TEST_RUN). Addresses are byte arrays in packet
+//! order; ports, lengths and the ethertype are host integers.
 
 use dvr_common::csum::checksum;
 
@@ -74,9 +75,7 @@ pub fn ipv4(src: [u8; 4], dst: [u8; 4], ttl: u8, proto: u8, payload: &[u8]) -> V
 /// An ICMP echo message (`kind` 8 request, 0 reply) with a fixed payload.
 pub fn icmp_echo(kind: u8, id: u16, seq: u16) -> Vec<u8> {
     let mut m = vec![kind, 0, 0, 0];
-    m.extend_from_slice(&id.to_be_bytes());
-    m.extend_from_slice(&seq.to_be_bytes());
-    m.extend_from_slice(b"dvr-fixture-payload");
+    m.extend_from_slice(&echo_body(id, seq));
     let c = checksum(&m);
     m[2..4].copy_from_slice(&c.to_be_bytes());
     m
@@ -139,15 +138,28 @@ pub fn tcp(
 
 /// An IPv4 packet with a UDP datagram (TTL 64).
 pub fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let u = udp_datagram(sport, dport, payload, |u| {
+        l4_checksum(&src, &dst, IPPROTO_UDP, u)
+    });
+    ipv4(src, dst, 64, IPPROTO_UDP, &u)
+}
+
+/// A UDP datagram, its checksum by `checksum` (over its family's pseudo header).
+fn udp_datagram(
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+    checksum: impl FnOnce(&[u8]) -> u16,
+) -> Vec<u8> {
     let mut u = Vec::new();
     u.extend_from_slice(&sport.to_be_bytes());
     u.extend_from_slice(&dport.to_be_bytes());
     u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
     u.extend_from_slice(&[0, 0]);
     u.extend_from_slice(payload);
-    let c = l4_checksum(&src, &dst, IPPROTO_UDP, &u);
+    let c = checksum(&u);
     u[6..8].copy_from_slice(&c.to_be_bytes());
-    ipv4(src, dst, 64, IPPROTO_UDP, &u)
+    u
 }
 
 /// The (option-less) IPv4 header of an Ethernet frame.
@@ -262,8 +274,9 @@ pub fn solicited_node(ip: [u8; 16]) -> ([u8; 16], [u8; 6]) {
     (a, [0x33, 0x33, 0xff, ip[13], ip[14], ip[15]])
 }
 
-/// An ICMPv6 echo request body (id, sequence, payload).
-pub fn echo6_body(id: u16, seq: u16) -> Vec<u8> {
+/// The body of an ICMP or ICMPv6 echo message after the checksum: id, sequence and a fixed
+/// payload.
+pub fn echo_body(id: u16, seq: u16) -> Vec<u8> {
     let mut b = Vec::new();
     b.extend_from_slice(&id.to_be_bytes());
     b.extend_from_slice(&seq.to_be_bytes());
@@ -280,14 +293,9 @@ pub fn udp6(
     dport: u16,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut u = Vec::new();
-    u.extend_from_slice(&sport.to_be_bytes());
-    u.extend_from_slice(&dport.to_be_bytes());
-    u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    u.extend_from_slice(&[0, 0]);
-    u.extend_from_slice(payload);
-    let c = ipv6_checksum(&src, &dst, IPPROTO_UDP, &u);
-    u[6..8].copy_from_slice(&c.to_be_bytes());
+    let u = udp_datagram(sport, dport, payload, |u| {
+        ipv6_checksum(&src, &dst, IPPROTO_UDP, u)
+    });
     ipv6(src, dst, hop_limit, IPPROTO_UDP, &u)
 }
 

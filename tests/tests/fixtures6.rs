@@ -17,14 +17,14 @@ use dvr_common::{
 };
 use dvr_tests::{
     fixture::{
-        DVR_MAC_A, Fixture, GW1_MAC, GW2_MAC, TCX_DROP, TCX_NEXT, TCX_REDIRECT, TWO_HOSTS,
+        Case, DVR_MAC_A, Fixture, GW1_MAC, GW2_MAC, TCX_DROP, TCX_NEXT, TCX_REDIRECT, TWO_HOSTS,
         VM1_IFINDEX, VM1_MAC, VM2_IFINDEX, VM2_MAC, VM3_MAC, VM4_MAC, case, quiet, two_hosts,
     },
     packet::{
         ALL_NODES, ALL_ROUTERS, ETH_P_IPV6, ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST,
         ICMP6_TIME_EXCEEDED, IPPROTO_ICMPV6, IPPROTO_UDP, NA_OVERRIDE, NA_ROUTER, NA_SOLICITED,
         ND_NA, ND_NS, ND_RA, ND_REDIRECT, ND_RS, OPT_SLLA, OPT_TLLA, assert_icmp6_checksum,
-        echo6_body, eth, icmp6, icmp6_frame, ipv6, nd_body, nd_opt, solicited_node, udp6,
+        echo_body, eth, icmp6, icmp6_frame, ipv6, nd_body, nd_opt, solicited_node, udp6,
     },
 };
 use dvr_userspace::attach::{PROG_TAP, PROG_TAP_OUT};
@@ -196,6 +196,22 @@ fn udp_from(src_mac: [u8; 6], dst_mac: [u8; 6], src: Ip6, dst: Ip6, hop: u8) -> 
     )
 }
 
+/// An answer of net1's gateway to VM1: the ICMPv6 message `kind` (code 0) with `body`, from
+/// the gateway's MAC and address, hop limit 64.
+fn answer_from_gw1(kind: u8, body: &[u8]) -> Vec<u8> {
+    icmp6_frame(VM1_MAC, GW1_MAC, GW1_IP, VM1_IP, 64, kind, 0, body)
+}
+
+/// A table row: VM1's tap drops `frame` and counts `reason`.
+fn dropped(name: &'static str, frame: Vec<u8>, reason: Stat) -> Case {
+    case(name, PROG_TAP, frame, TCX_DROP, reason)
+}
+
+/// A table row: VM1's tap sends `frame` unchanged through the tunnel (to host B).
+fn tunnelled(name: &'static str, frame: Vec<u8>) -> Case {
+    case(name, PROG_TAP, frame, TCX_REDIRECT, Stat::TxTunnel).unchanged()
+}
+
 // ---- neighbour discovery ----
 
 #[test]
@@ -259,15 +275,13 @@ fn solicitations_for_router_addresses_are_answered_on_the_tap() {
             Stat::Flooded,
         )
         .unchanged(),
-        case(
+        dropped(
             "NS with a hop limit below 255 is no neighbour discovery",
-            PROG_TAP,
             {
                 let mut fr = ns_from_vm1(VM1_IP, GW1_IP);
                 fr[14 + 7] = 64;
                 fr
             },
-            TCX_DROP,
             Stat::DropMalformed,
         ),
     ]);
@@ -326,21 +340,18 @@ fn a_vm_neither_advertises_a_router_nor_claims_foreign_addresses() {
     redirect_body.extend_from_slice(&GW1_IP);
     redirect_body.extend_from_slice(&VM3_IP);
     f.table(vec![
-        case(
+        dropped(
             "RA from a VM",
-            PROG_TAP,
             {
                 let mut fr = ra_frame();
                 fr[6..12].copy_from_slice(&VM1_MAC);
                 fr[14 + 8..14 + 24].copy_from_slice(&link_local(VM1_MAC));
                 fr
             },
-            TCX_DROP,
             Stat::DropRaGuard,
         ),
-        case(
+        dropped(
             "redirect from a VM",
-            PROG_TAP,
             icmp6_frame(
                 VM3_MAC,
                 VM1_MAC,
@@ -351,41 +362,29 @@ fn a_vm_neither_advertises_a_router_nor_claims_foreign_addresses() {
                 0,
                 &redirect_body,
             ),
-            TCX_DROP,
             Stat::DropRaGuard,
         ),
-        case(
+        dropped(
             "NA for a foreign target",
-            PROG_TAP,
             na(addr(1, 0x99), VM1_MAC),
-            TCX_DROP,
             Stat::DropSpoofNd,
         ),
-        case(
+        dropped(
             "NA for the gateway's address",
-            PROG_TAP,
             na(GW1_IP, VM1_MAC),
-            TCX_DROP,
             Stat::DropSpoofNd,
         ),
-        case(
+        tunnelled(
             "NA for its own address, to VM3 on host B",
-            PROG_TAP,
             na(VM1_IP, VM1_MAC),
-            TCX_REDIRECT,
-            Stat::TxTunnel,
-        )
-        .unchanged(),
-        case(
+        ),
+        dropped(
             "NA with a target link-layer address not its MAC",
-            PROG_TAP,
             na(VM1_IP, VM3_MAC),
-            TCX_DROP,
             Stat::DropSpoofNd,
         ),
-        case(
+        dropped(
             "NS with a source link-layer address not its MAC",
-            PROG_TAP,
             {
                 let (group, group_mac) = solicited_node(VM3_IP);
                 icmp6_frame(
@@ -399,7 +398,6 @@ fn a_vm_neither_advertises_a_router_nor_claims_foreign_addresses() {
                     &nd_body(0, VM3_IP, &nd_opt(OPT_SLLA, VM3_MAC)),
                 )
             },
-            TCX_DROP,
             Stat::DropSpoofNd,
         ),
     ]);
@@ -411,23 +409,18 @@ fn a_vm_neither_advertises_a_router_nor_claims_foreign_addresses() {
 fn ipv6_sources_are_the_ports_own() {
     let (mut f, _) = with_ipv6();
     f.table(vec![
-        case(
+        dropped(
             "forged IPv6 source",
-            PROG_TAP,
             udp_from(VM1_MAC, VM3_MAC, addr(1, 0x99), VM3_IP, 64),
-            TCX_DROP,
             Stat::DropSpoofIp,
         ),
-        case(
+        dropped(
             "another MAC on VM1's tap",
-            PROG_TAP,
             udp_from(VM3_MAC, VM1_MAC, VM3_IP, VM1_IP, 64),
-            TCX_DROP,
             Stat::DropSpoofMac,
         ),
-        case(
+        tunnelled(
             "its own link-local source, to VM3",
-            PROG_TAP,
             udp_from(
                 VM1_MAC,
                 VM3_MAC,
@@ -435,23 +428,14 @@ fn ipv6_sources_are_the_ports_own() {
                 link_local(VM3_MAC),
                 64,
             ),
-            TCX_REDIRECT,
-            Stat::TxTunnel,
-        )
-        .unchanged(),
-        case(
+        ),
+        tunnelled(
             "its own global source, to VM3",
-            PROG_TAP,
             udp_from(VM1_MAC, VM3_MAC, VM1_IP, VM3_IP, 64),
-            TCX_REDIRECT,
-            Stat::TxTunnel,
-        )
-        .unchanged(),
-        case(
+        ),
+        dropped(
             ":: source on anything but DAD or MLD",
-            PROG_TAP,
             udp_from(VM1_MAC, VM3_MAC, UNSPECIFIED, VM3_IP, 64),
-            TCX_DROP,
             Stat::DropSpoofIp,
         ),
     ]);
@@ -470,18 +454,9 @@ fn echo_to_the_gateway_is_answered() {
         64,
         ICMP6_ECHO_REQUEST,
         0,
-        &echo6_body(0x4242, 7),
+        &echo_body(0x4242, 7),
     );
-    let want = icmp6_frame(
-        VM1_MAC,
-        GW1_MAC,
-        GW1_IP,
-        VM1_IP,
-        64,
-        ICMP6_ECHO_REPLY,
-        0,
-        &echo6_body(0x4242, 7),
-    );
+    let want = answer_from_gw1(ICMP6_ECHO_REPLY, &echo_body(0x4242, 7));
     let mut low_hop = req.clone();
     low_hop[14 + 7] = 9;
     f.table(vec![
@@ -507,11 +482,9 @@ fn echo_to_the_gateway_is_answered() {
             assert_eq!(out[14 + 7], 64);
             assert_icmp6_checksum(out);
         }),
-        case(
+        dropped(
             "UDP to the gateway",
-            PROG_TAP,
             udp_from(VM1_MAC, GW1_MAC, VM1_IP, GW1_IP, 64),
-            TCX_DROP,
             Stat::DropRouterLocal,
         ),
     ]);
@@ -551,32 +524,24 @@ fn routed_between_ipv6_subnets_like_ipv4() {
             assert_eq!(out[14 + 7], 63);
             assert_eq!(&out[14 + 8..], &l4[14 + 8..]);
         }),
-        case(
+        dropped(
             "to a link-local address through the router",
-            PROG_TAP,
             udp_from(VM1_MAC, GW1_MAC, VM1_IP, link_local(VM4_MAC), 64),
-            TCX_DROP,
             Stat::DropLinkLocal,
         ),
-        case(
+        dropped(
             "from a link-local address through the router",
-            PROG_TAP,
             udp_from(VM1_MAC, GW1_MAC, link_local(VM1_MAC), VM4_IP, 64),
-            TCX_DROP,
             Stat::DropLinkLocal,
         ),
-        case(
+        dropped(
             "outside the router's subnets",
-            PROG_TAP,
             udp_from(VM1_MAC, GW1_MAC, VM1_IP, addr(9, 1), 64),
-            TCX_DROP,
             Stat::DropNoRoute,
         ),
-        case(
+        dropped(
             "to no port of the subnet",
-            PROG_TAP,
             udp_from(VM1_MAC, GW1_MAC, VM1_IP, addr(2, 0x77), 64),
-            TCX_DROP,
             Stat::DropNoEndpoint,
         ),
     ]);
@@ -606,24 +571,13 @@ fn hop_limit_one_is_answered_with_time_exceeded_from_the_sources_gateway() {
             Stat::IcmpTimeExceeded,
         )
         .check(move |out| {
-            let want = icmp6_frame(
-                VM1_MAC,
-                GW1_MAC,
-                GW1_IP,
-                VM1_IP,
-                64,
-                ICMP6_TIME_EXCEEDED,
-                0,
-                &[&[0u8; 4][..], &quoted].concat(),
-            );
+            let want = answer_from_gw1(ICMP6_TIME_EXCEEDED, &[&[0u8; 4][..], &quoted].concat());
             assert_eq!(out, want, "from net1's gateway, quoting the whole probe");
             assert_icmp6_checksum(out);
         }),
-        case(
+        dropped(
             "an ICMPv6 error with hop limit 1 is not answered",
-            PROG_TAP,
             err,
-            TCX_DROP,
             Stat::DropTtlExceeded,
         ),
     ]);
@@ -649,21 +603,8 @@ fn a_long_extension_header_chain_is_dropped() {
         )
     };
     f.table(vec![
-        case(
-            "5 extension headers",
-            PROG_TAP,
-            chain(5),
-            TCX_REDIRECT,
-            Stat::TxTunnel,
-        )
-        .unchanged(),
-        case(
-            "6 extension headers",
-            PROG_TAP,
-            chain(6),
-            TCX_DROP,
-            Stat::DropExtHdr,
-        ),
+        tunnelled("5 extension headers", chain(5)),
+        dropped("6 extension headers", chain(6), Stat::DropExtHdr),
     ]);
 }
 
@@ -710,11 +651,9 @@ fn a_port_with_security_groups_passes_only_neighbour_and_listener_discovery() {
         &nd_body(NA_SOLICITED, VM3_IP, &nd_opt(OPT_TLLA, VM3_MAC)),
     );
     f.table(vec![
-        case(
+        dropped(
             "UDP from the port",
-            PROG_TAP,
             udp_from(VM1_MAC, VM3_MAC, VM1_IP, VM3_IP, 64),
-            TCX_DROP,
             Stat::DropSgEgress,
         ),
         case(

@@ -21,7 +21,7 @@ use dvr_common::route::{Endpoint, RouterIface};
 use super::context::{Compiler, Iface6, Networks};
 use super::entries::{MapEntries, fdb_key, fnv1a32};
 use super::error::CompileError;
-use super::route::check_router_ids;
+use super::route::{MyRouters, routed_vm_ports};
 use crate::model::{Mac, Port};
 use crate::ndp::{RaParams, RaPrefix, ra_frame};
 
@@ -36,24 +36,9 @@ pub(super) struct MyRouters6<'s> {
 impl<'s> MyRouters6<'s> {
     /// `mine`: the routers of this host (IPv4's, `route::MyRouters`).
     pub(super) fn of(c: &Compiler<'s>, mine: &HashSet<&'s str>) -> Result<Self, CompileError> {
-        let mut mine6 = mine.clone();
-        mine6.extend(
-            c.ifaces6
-                .iter()
-                .filter(|i| c.served.contains(i.network_id))
-                .map(|i| i.router_id),
-        );
-        let routed = c
-            .ifaces6
-            .iter()
-            .filter(|i| mine6.contains(i.router_id))
-            .map(|i| i.network_id)
-            .collect();
-        check_router_ids(&mine6)?;
-        Ok(MyRouters6 {
-            mine: mine6,
-            routed,
-        })
+        let ifaces = c.ifaces6.iter().map(|i| (i.router_id, i.network_id));
+        let MyRouters { mine, routed } = MyRouters::with(c, mine.clone(), ifaces)?;
+        Ok(MyRouters6 { mine, routed })
     }
 }
 
@@ -85,25 +70,9 @@ fn add_endpoints6(
     networks: &Networks<'_>,
     routed: &HashSet<&str>,
 ) {
-    for &(net, vni) in &networks.list {
-        if !routed.contains(net.id.as_str()) {
-            continue;
-        }
-        for &port in networks.vm_ports(&net.id) {
-            let Some((ifindex, tunnel_ip_host)) = c.location(port) else {
-                continue;
-            };
-            for fixed in &port.fixed_ips6 {
-                endpoints6.insert(
-                    ip6_key(vni, fixed.ip),
-                    Endpoint {
-                        mac: port.mac,
-                        _pad: [0; 2],
-                        ifindex,
-                        tunnel_ip_host,
-                    },
-                );
-            }
+    for (vni, port, endpoint) in routed_vm_ports(c, networks, routed) {
+        for fixed in &port.fixed_ips6 {
+            endpoints6.insert(ip6_key(vni, fixed.ip), endpoint);
         }
     }
 }

@@ -14,7 +14,7 @@ use dvr_common::route::{Endpoint, IpKey, ROUTE_KEY_PREFIX_BITS, Route, RouteKey,
 use super::context::{Compiler, Iface, Networks};
 use super::entries::{MapEntries, be, fdb_key, fnv1a32};
 use super::error::CompileError;
-use crate::model::{ExternalGateway, Router};
+use crate::model::{ExternalGateway, Port, Router};
 
 /// The routers of this host and the networks they route.
 pub(super) struct MyRouters<'s> {
@@ -30,22 +30,57 @@ impl<'s> MyRouters<'s> {
         c: &Compiler<'s>,
         snat_here: &[(&'s Router, &'s ExternalGateway)],
     ) -> Result<Self, CompileError> {
-        let mut mine: HashSet<&str> = c
-            .ifaces
-            .iter()
-            .filter(|i| c.served.contains(i.network_id))
-            .map(|i| i.router_id)
-            .collect();
-        mine.extend(snat_here.iter().map(|(r, _)| r.id.as_str()));
-        let routed: HashSet<&str> = c
-            .ifaces
-            .iter()
-            .filter(|i| mine.contains(i.router_id))
-            .map(|i| i.network_id)
+        let mine = snat_here.iter().map(|(r, _)| r.id.as_str()).collect();
+        let ifaces = c.ifaces.iter().map(|i| (i.router_id, i.network_id));
+        Self::with(c, mine, ifaces)
+    }
+
+    /// `mine` and the routers with an interface on a served network, and the networks
+    /// their interfaces are on. `ifaces`: (router, network) of each interface of one
+    /// family.
+    pub(super) fn with(
+        c: &Compiler<'s>,
+        mut mine: HashSet<&'s str>,
+        ifaces: impl Iterator<Item = (&'s str, &'s str)> + Clone,
+    ) -> Result<Self, CompileError> {
+        mine.extend(
+            ifaces
+                .clone()
+                .filter(|&(_, network)| c.served.contains(network))
+                .map(|(router, _)| router),
+        );
+        let routed = ifaces
+            .filter(|&(router, _)| mine.contains(router))
+            .map(|(_, network)| network)
             .collect();
         check_router_ids(&mine)?;
         Ok(MyRouters { mine, routed })
     }
+}
+
+/// The located VM ports of the `routed` networks, each with its VNI and the `endpoints`
+/// value of its addresses.
+pub(super) fn routed_vm_ports<'a>(
+    c: &'a Compiler<'_>,
+    networks: &'a Networks<'_>,
+    routed: &'a HashSet<&str>,
+) -> impl Iterator<Item = (u32, &'a Port, Endpoint)> {
+    networks
+        .list
+        .iter()
+        .filter(|(net, _)| routed.contains(net.id.as_str()))
+        .flat_map(move |&(net, vni)| {
+            networks.vm_ports(&net.id).iter().filter_map(move |&port| {
+                let (ifindex, tunnel_ip_host) = c.location(port)?;
+                let endpoint = Endpoint {
+                    mac: port.mac,
+                    _pad: [0; 2],
+                    ifindex,
+                    tunnel_ip_host,
+                };
+                Some((vni, port, endpoint))
+            })
+        })
 }
 
 /// `endpoints`: every fixed IP of the located VM ports of the routed networks.
@@ -55,28 +90,13 @@ pub(super) fn add_endpoints(
     networks: &Networks<'_>,
     routed: &HashSet<&str>,
 ) {
-    for &(net, vni) in &networks.list {
-        if !routed.contains(net.id.as_str()) {
-            continue;
-        }
-        for &port in networks.vm_ports(&net.id) {
-            let Some((ifindex, tunnel_ip_host)) = c.location(port) else {
-                continue;
+    for (vni, port, endpoint) in routed_vm_ports(c, networks, routed) {
+        for fixed in &port.fixed_ips {
+            let key = IpKey {
+                vni,
+                ip_be: be(fixed.ip),
             };
-            for fixed in &port.fixed_ips {
-                endpoints.insert(
-                    IpKey {
-                        vni,
-                        ip_be: be(fixed.ip),
-                    },
-                    Endpoint {
-                        mac: port.mac,
-                        _pad: [0; 2],
-                        ifindex,
-                        tunnel_ip_host,
-                    },
-                );
-            }
+            endpoints.insert(key, endpoint);
         }
     }
 }

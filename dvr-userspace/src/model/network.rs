@@ -1,6 +1,7 @@
 //! Networks and their subnets, and the addresses ports and routers hold on them.
 
 use std::collections::hash_map::Entry;
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -227,14 +228,7 @@ impl Element for AnySubnet {
                         r.error(field, "only an IPv6 subnet (ip_version 6) has one");
                     }
                 }
-                let gateway_ip = match gateway_ip {
-                    Some(IpAddr::V4(gw)) => Some(gw),
-                    Some(IpAddr::V6(gw)) => {
-                        r.error("gateway_ip", format!("{gw} is IPv6, the subnet is IPv4"));
-                        None
-                    }
-                    None => None,
-                };
+                let gateway_ip = gateway_of::<Subnet>(r, gateway_ip);
                 Some(AnySubnet::V4(Subnet {
                     id,
                     network_id,
@@ -243,14 +237,7 @@ impl Element for AnySubnet {
                 }))
             }
             (6, IpNet::V6(cidr)) => {
-                let gateway_ip = match gateway_ip {
-                    Some(IpAddr::V6(gw)) => Some(gw),
-                    Some(IpAddr::V4(gw)) => {
-                        r.error("gateway_ip", format!("{gw} is IPv4, the subnet is IPv6"));
-                        None
-                    }
-                    None => None,
-                };
+                let gateway_ip = gateway_of::<Subnet6>(r, gateway_ip);
                 Some(AnySubnet::V6(Subnet6 {
                     id,
                     network_id,
@@ -280,6 +267,17 @@ impl Element for AnySubnet {
             AnySubnet::V6(s) => &s.id,
         }
     }
+}
+
+/// A subnet's `gateway_ip` when it is of `S`'s family; one of the other family is reported.
+fn gateway_of<S: FamilySubnet>(r: &mut Reader<'_, '_>, gw: Option<IpAddr>) -> Option<S::Addr> {
+    let gw = gw?;
+    let own = S::addr_of(gw);
+    if own.is_none() {
+        let message = format!("{gw} is {}, the subnet is {}", S::OTHER_FAMILY, S::FAMILY);
+        r.error("gateway_ip", message);
+    }
+    own
 }
 
 /// The `fixed_ips`-shaped list `field` of the object `r` reads. A missing list is empty
@@ -348,6 +346,199 @@ pub(super) fn check_networks(out: &mut Report<'_>, networks: &[Network]) {
     }
 }
 
+/// What the checks do alike for an IPv4 [`Subnet`] and an IPv6 [`Subnet6`].
+pub(super) trait FamilySubnet {
+    /// The family, as messages name it ("IPv4"), and the other one.
+    const FAMILY: &'static str;
+    const OTHER_FAMILY: &'static str;
+    type Addr: Copy + Ord + fmt::Display;
+    type Net: Copy + fmt::Display;
+    fn id(&self) -> &str;
+    fn network_id(&self) -> &str;
+    /// No host bits set.
+    fn cidr(&self) -> Self::Net;
+    fn contains(&self, ip: Self::Addr) -> bool;
+    /// The first and the last address of the block, and its prefix length.
+    fn first(&self) -> Self::Addr;
+    fn last(&self) -> Self::Addr;
+    fn prefix_len(&self) -> u8;
+    /// `ip` when it is of this family.
+    fn addr_of(ip: IpAddr) -> Option<Self::Addr>;
+}
+
+impl FamilySubnet for Subnet {
+    const FAMILY: &'static str = "IPv4";
+    const OTHER_FAMILY: &'static str = "IPv6";
+    type Addr = Ipv4Addr;
+    type Net = Ipv4Net;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn network_id(&self) -> &str {
+        &self.network_id
+    }
+    fn cidr(&self) -> Ipv4Net {
+        self.cidr
+    }
+    fn contains(&self, ip: Ipv4Addr) -> bool {
+        ip_in(&self.cidr, ip)
+    }
+    fn first(&self) -> Ipv4Addr {
+        self.cidr.network()
+    }
+    fn last(&self) -> Ipv4Addr {
+        self.cidr.broadcast()
+    }
+    fn prefix_len(&self) -> u8 {
+        self.cidr.prefix_len()
+    }
+    fn addr_of(ip: IpAddr) -> Option<Ipv4Addr> {
+        match ip {
+            IpAddr::V4(ip) => Some(ip),
+            IpAddr::V6(_) => None,
+        }
+    }
+}
+
+impl FamilySubnet for Subnet6 {
+    const FAMILY: &'static str = "IPv6";
+    const OTHER_FAMILY: &'static str = "IPv4";
+    type Addr = Ipv6Addr;
+    type Net = Ipv6Net;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn network_id(&self) -> &str {
+        &self.network_id
+    }
+    fn cidr(&self) -> Ipv6Net {
+        self.cidr
+    }
+    fn contains(&self, ip: Ipv6Addr) -> bool {
+        self.cidr.contains(&ip)
+    }
+    fn first(&self) -> Ipv6Addr {
+        self.cidr.network()
+    }
+    fn last(&self) -> Ipv6Addr {
+        self.cidr.broadcast()
+    }
+    fn prefix_len(&self) -> u8 {
+        self.cidr.prefix_len()
+    }
+    fn addr_of(ip: IpAddr) -> Option<Ipv6Addr> {
+        match ip {
+            IpAddr::V6(ip) => Some(ip),
+            IpAddr::V4(_) => None,
+        }
+    }
+}
+
+/// Where the problems of one `fixed_ips`-shaped entry go: object `kind id`, fields
+/// `{prefix}.subnet_id` and `{prefix}.ip_address`.
+pub(super) struct FixedIpAt<'a> {
+    pub(super) kind: &'static str,
+    pub(super) id: &'a str,
+    pub(super) prefix: String,
+}
+
+impl FixedIpAt<'_> {
+    pub(super) fn subnet_field(&self) -> String {
+        format!("{}.subnet_id", self.prefix)
+    }
+
+    pub(super) fn ip_field(&self) -> String {
+        format!("{}.ip_address", self.prefix)
+    }
+}
+
+/// The subnet of a fixed IP `ip` of `S`'s family: its index and the subnet. Reports a
+/// missing subnet, or one of the other family (`other`); `None` then, and for a subnet that
+/// did not parse.
+pub(super) fn fixed_ip_subnet<'s, S: FamilySubnet, O>(
+    out: &mut Report<'_>,
+    at: &FixedIpAt<'_>,
+    subnet_id: &str,
+    ip: S::Addr,
+    subnets: Known<'s, S>,
+    other: Known<'_, O>,
+) -> Option<(usize, &'s S)> {
+    match subnets.resolve(subnet_id) {
+        Ref::Found(si) => subnets.table.at(si).map(|sub| (si, sub)),
+        Ref::Broken => None,
+        Ref::Missing if other.table.contains(subnet_id) => {
+            let message = format!(
+                "{ip} is an {} address, subnet {subnet_id} is {}",
+                S::FAMILY,
+                S::OTHER_FAMILY
+            );
+            out.error(at.kind, at.id, &at.ip_field(), message);
+            None
+        }
+        Ref::Missing => {
+            let message = format!("subnet {subnet_id} does not exist");
+            out.error(at.kind, at.id, &at.subnet_field(), message);
+            None
+        }
+    }
+}
+
+/// True when `ip` is inside `sub`; reports it otherwise.
+pub(super) fn fixed_ip_inside<S: FamilySubnet>(
+    out: &mut Report<'_>,
+    at: &FixedIpAt<'_>,
+    sub: &S,
+    ip: S::Addr,
+) -> bool {
+    let inside = sub.contains(ip);
+    if !inside {
+        let message = format!("{ip} is outside subnet {} ({})", sub.id(), sub.cidr());
+        out.error(at.kind, at.id, &at.ip_field(), message);
+    }
+    inside
+}
+
+/// What the subnet checks of both families share: a subnet's network exists (then
+/// `each` checks the rest of the subnet), and the subnets of one network do not overlap.
+/// `by_network`: per network index, its subnet indexes.
+fn check_subnets_of<S: FamilySubnet>(
+    out: &mut Report<'_>,
+    subnets: &[S],
+    networks: Known<'_, Network>,
+    by_network: &[Vec<usize>],
+    mut each: impl FnMut(&mut Report<'_>, &S),
+) {
+    for sub in subnets {
+        if let Ref::Missing = networks.resolve(sub.network_id()) {
+            let message = format!("network {} does not exist", sub.network_id());
+            out.error("subnet", sub.id(), "network_id", message);
+        }
+        each(out, sub);
+    }
+    // Overlapping subnets on one network would make an address ambiguous. CIDR blocks are
+    // nested or disjoint, so after sorting by start address (widest first), a block
+    // overlaps an earlier one exactly when it starts before the furthest end seen so far.
+    for on_network in by_network {
+        let mut sorted: Vec<&S> = on_network.iter().filter_map(|&i| subnets.get(i)).collect();
+        sorted.sort_by_key(|s| (s.first(), s.prefix_len()));
+        let mut widest: Option<&S> = None;
+        for sub in sorted {
+            match widest {
+                Some(w) if sub.first() <= w.last() => {
+                    let message = format!(
+                        "{} overlaps subnet {} ({}) on the same network",
+                        sub.cidr(),
+                        w.id(),
+                        w.cidr()
+                    );
+                    out.error("subnet", sub.id(), "cidr", message);
+                }
+                _ => widest = Some(sub),
+            }
+        }
+    }
+}
+
 /// A subnet's network exists, its gateway is a host address inside it, and the subnets of
 /// one network do not overlap. `by_network`: per network index, its subnet indexes.
 pub(super) fn check_subnets(
@@ -356,11 +547,7 @@ pub(super) fn check_subnets(
     networks: Known<'_, Network>,
     by_network: &[Vec<usize>],
 ) {
-    for sub in subnets {
-        if let Ref::Missing = networks.resolve(&sub.network_id) {
-            let message = format!("network {} does not exist", sub.network_id);
-            out.error("subnet", &sub.id, "network_id", message);
-        }
+    check_subnets_of(out, subnets, networks, by_network, |out, sub| {
         if let Some(gw) = sub.gateway_ip {
             let cidr = sub.cidr;
             if !ip_in(&cidr, gw) {
@@ -374,27 +561,7 @@ pub(super) fn check_subnets(
                 out.error("subnet", &sub.id, "gateway_ip", message);
             }
         }
-    }
-    // Overlapping subnets on one network would make an address ambiguous. CIDR blocks are
-    // nested or disjoint, so after sorting by start address (widest first), a block
-    // overlaps an earlier one exactly when it starts before the furthest end seen so far.
-    for on_network in by_network {
-        let mut sorted: Vec<&Subnet> = on_network.iter().filter_map(|&i| subnets.get(i)).collect();
-        sorted.sort_by_key(|s| (s.cidr.network(), s.cidr.prefix_len()));
-        let mut widest: Option<&Subnet> = None;
-        for sub in sorted {
-            match widest {
-                Some(w) if sub.cidr.network() <= w.cidr.broadcast() => {
-                    let message = format!(
-                        "{} overlaps subnet {} ({}) on the same network",
-                        sub.cidr, w.id, w.cidr
-                    );
-                    out.error("subnet", &sub.id, "cidr", message);
-                }
-                _ => widest = Some(sub),
-            }
-        }
-    }
+    });
 }
 
 /// An IPv6 subnet's network exists, its gateway is inside it, its modes follow Neutron's
@@ -407,11 +574,7 @@ pub(super) fn check_subnets6(
     networks: Known<'_, Network>,
     by_network: &[Vec<usize>],
 ) {
-    for sub in subnets {
-        if let Ref::Missing = networks.resolve(&sub.network_id) {
-            let message = format!("network {} does not exist", sub.network_id);
-            out.error("subnet", &sub.id, "network_id", message);
-        }
+    check_subnets_of(out, subnets, networks, by_network, |out, sub| {
         if let Some(gw) = sub.gateway_ip
             && !sub.cidr.contains(&gw)
         {
@@ -445,25 +608,7 @@ pub(super) fn check_subnets6(
             );
             out.error("subnet", &sub.id, "cidr", message);
         }
-    }
-    // As for IPv4 (see `check_subnets`): blocks are nested or disjoint.
-    for on_network in by_network {
-        let mut sorted: Vec<&Subnet6> = on_network.iter().filter_map(|&i| subnets.get(i)).collect();
-        sorted.sort_by_key(|s| (s.cidr.network(), s.cidr.prefix_len()));
-        let mut widest: Option<&Subnet6> = None;
-        for sub in sorted {
-            match widest {
-                Some(w) if sub.cidr.network() <= w.cidr.broadcast() => {
-                    let message = format!(
-                        "{} overlaps subnet {} ({}) on the same network",
-                        sub.cidr, w.id, w.cidr
-                    );
-                    out.error("subnet", &sub.id, "cidr", message);
-                }
-                _ => widest = Some(sub),
-            }
-        }
-    }
+    });
 }
 
 /// Checks that `network_id` names an external network; reports on `kind id: field`

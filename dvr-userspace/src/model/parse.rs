@@ -241,13 +241,7 @@ pub(super) fn conv_fip_ipv4(v: &Value) -> Result<Ipv4Addr, String> {
 /// host prefix). Host bits are kept, as Neutron accepts them.
 pub(super) fn conv_pair_prefix(v: &Value) -> Result<IpNet, String> {
     let s = conv_string(v)?;
-    if let Ok(net) = s.parse::<IpNet>() {
-        return Ok(net);
-    }
-    match s.parse::<IpAddr>() {
-        Ok(ip) => Ok(IpNet::from(ip)),
-        Err(_) => Err(format!("invalid {} address or CIDR {s:?}", family_word(&s))),
-    }
+    parse_prefix(&s).ok_or_else(|| format!("invalid {} address or CIDR {s:?}", family_word(&s)))
 }
 
 /// `ipv6_ra_mode` / `ipv6_address_mode`: `slaac`, `dhcpv6-stateless` or `dhcpv6-stateful`.
@@ -267,13 +261,14 @@ pub(super) fn conv_mac(v: &Value) -> Result<Mac, String> {
 /// are kept: callers take the network.
 pub(super) fn conv_ip_prefix(v: &Value) -> Result<IpNet, String> {
     let s = conv_string(v)?;
-    if let Ok(net) = s.parse::<IpNet>() {
-        return Ok(net);
-    }
-    match s.parse::<IpAddr>() {
-        Ok(ip) => Ok(IpNet::from(ip)),
-        Err(_) => Err(format!("invalid address or CIDR {s:?}")),
-    }
+    parse_prefix(&s).ok_or_else(|| format!("invalid address or CIDR {s:?}"))
+}
+
+/// A CIDR, or a plain address as its host prefix; host bits kept.
+fn parse_prefix(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
 /// The label of a nested object: its `id` when it has a non-empty one.

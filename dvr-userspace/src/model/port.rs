@@ -2,14 +2,15 @@
 //! `device_owner`), their addresses and allowed address pairs.
 
 use std::collections::hash_map::Entry;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use super::check::{Known, Ref, Report, ip_in, is_multicast};
+use super::check::{Known, Ref, Report, is_multicast};
 use super::host::{AgentMode, Host};
 use super::network::{
-    FixedIp, FixedIp6, FixedIpPos, NETWORK_TYPE_VXLAN, Network, Subnet, Subnet6, read_fixed_ips,
+    FamilySubnet, FixedIp, FixedIp6, FixedIpAt, FixedIpPos, NETWORK_TYPE_VXLAN, Network, Subnet,
+    Subnet6, fixed_ip_inside, fixed_ip_subnet, read_fixed_ips,
 };
 use super::parse::{
     Element, Mac, Reader, conv_bool, conv_id, conv_mac, conv_pair_prefix, conv_string, format_mac,
@@ -236,18 +237,26 @@ pub(super) fn check_ports(out: &mut Report<'_>, ports: &[Port], refs: PortRefs<'
     }
 }
 
+/// Where a port's `fixed_ips[at]` problems go.
+fn fixed_ip_at(p: &Port, at: usize) -> FixedIpAt<'_> {
+    FixedIpAt {
+        kind: "port",
+        id: &p.id,
+        prefix: format!("fixed_ips[{at}]"),
+    }
+}
+
 /// What the port checks remember from the ports before.
 #[derive(Default)]
 struct Seen<'s> {
     /// (network, MAC) -> port.
     macs: HashMap<(usize, Mac), &'s str>,
-    /// (subnet, address) -> port.
-    ips: HashMap<(usize, Ipv4Addr), &'s str>,
+    /// (subnet, address) -> port; the address's family says whether the index is of an IPv4
+    /// or an IPv6 subnet.
+    ips: HashMap<(usize, IpAddr), &'s str>,
     /// (router, network) -> (subnet, port) and subnet -> (router, port), for DVR interfaces.
     iface_by_router_net: HashMap<(usize, usize), (usize, &'s str)>,
     iface_by_subnet: HashMap<usize, (usize, &'s str)>,
-    /// (IPv6 subnet, address) -> port.
-    ips6: HashMap<(usize, Ipv6Addr), &'s str>,
     /// (router, network) -> port, IPv6 subnet -> (router, port), for DVR interfaces with
     /// IPv6 addresses.
     iface6_by_router_net: HashMap<(usize, usize), &'s str>,
@@ -352,63 +361,22 @@ impl<'s> PortChecks<'s, '_, '_> {
     /// Each on an existing subnet of the port's network, inside it, and unique in it.
     /// Returns the index of the first one's subnet.
     fn fixed_ips(&mut self, p: &'s Port) -> Option<usize> {
-        let subnets = self.refs.subnets;
+        let (subnets, other) = (self.refs.subnets, self.refs.subnets6);
         let mut first_subnet = None;
         for (i, fip) in p.fixed_ips.iter().enumerate() {
-            let at = p.fixed_ip_pos.v4(i);
-            let subnet_field = || format!("fixed_ips[{at}].subnet_id");
-            let ip_field = || format!("fixed_ips[{at}].ip_address");
-            let si = match subnets.resolve(&fip.subnet_id) {
-                Ref::Found(si) => si,
-                Ref::Broken => continue,
-                Ref::Missing if self.refs.subnets6.table.contains(&fip.subnet_id) => {
-                    let message = format!(
-                        "{} is an IPv4 address, subnet {} is IPv6",
-                        fip.ip, fip.subnet_id
-                    );
-                    self.error(p, &ip_field(), message);
-                    continue;
-                }
-                Ref::Missing => {
-                    let message = format!("subnet {} does not exist", fip.subnet_id);
-                    self.error(p, &subnet_field(), message);
-                    continue;
-                }
-            };
-            let Some(sub) = subnets.table.at(si) else {
+            let at = fixed_ip_at(p, p.fixed_ip_pos.v4(i));
+            let subnet = fixed_ip_subnet(self.out, &at, &fip.subnet_id, fip.ip, subnets, other);
+            let Some((si, sub)) = subnet else {
                 continue;
             };
             if i == 0 {
                 first_subnet = Some(si);
             }
-            if sub.network_id != p.network_id {
-                let message = format!(
-                    "subnet {} is on network {}, not on the port's network {}",
-                    sub.id, sub.network_id, p.network_id
-                );
-                self.error(p, &subnet_field(), message);
-            }
-            if !ip_in(&sub.cidr, fip.ip) {
-                let message = format!("{} is outside subnet {} ({})", fip.ip, sub.id, sub.cidr);
-                self.error(p, &ip_field(), message);
-                continue;
-            }
-            match self.seen.ips.entry((si, fip.ip)) {
-                Entry::Occupied(o) => {
-                    let other = *o.get();
-                    let message = if other == p.id {
-                        format!("{} is listed twice", fip.ip)
-                    } else {
-                        format!(
-                            "duplicate IP {} in subnet {}: also port {other}",
-                            fip.ip, sub.id
-                        )
-                    };
-                    self.error(p, &ip_field(), message);
-                }
-                Entry::Vacant(v) => {
-                    v.insert(&p.id);
-                }
+            // On a subnet of another network, the address is still checked (as it always
+            // was for IPv4; the IPv6 entries stop there).
+            self.on_port_network(p, &at, sub);
+            if fixed_ip_inside(self.out, &at, sub, fip.ip) {
+                self.unique_ip(p, &at, (si, fip.ip.into()), sub);
             }
         }
         first_subnet
@@ -418,43 +386,15 @@ impl<'s> PortChecks<'s, '_, '_> {
     /// dhcpv6-stateless) a port other than a router's holds the EUI-64 address of its MAC.
     /// Returns the IPv6 subnet indexes, in order.
     fn fixed_ips6(&mut self, p: &'s Port) -> Vec<usize> {
-        let subnets = self.refs.subnets6;
+        let (subnets, other) = (self.refs.subnets6, self.refs.subnets);
         let mut found = Vec::new();
         for (i, fip) in p.fixed_ips6.iter().enumerate() {
-            let at = p.fixed_ip_pos.v6(i);
-            let subnet_field = || format!("fixed_ips[{at}].subnet_id");
-            let ip_field = || format!("fixed_ips[{at}].ip_address");
-            let si = match subnets.resolve(&fip.subnet_id) {
-                Ref::Found(si) => si,
-                Ref::Broken => continue,
-                Ref::Missing if self.refs.subnets.table.contains(&fip.subnet_id) => {
-                    let message = format!(
-                        "{} is an IPv6 address, subnet {} is IPv4",
-                        fip.ip, fip.subnet_id
-                    );
-                    self.error(p, &ip_field(), message);
-                    continue;
-                }
-                Ref::Missing => {
-                    let message = format!("subnet {} does not exist", fip.subnet_id);
-                    self.error(p, &subnet_field(), message);
-                    continue;
-                }
-            };
-            let Some(sub) = subnets.table.at(si) else {
+            let at = fixed_ip_at(p, p.fixed_ip_pos.v6(i));
+            let subnet = fixed_ip_subnet(self.out, &at, &fip.subnet_id, fip.ip, subnets, other);
+            let Some((si, sub)) = subnet else {
                 continue;
             };
-            if sub.network_id != p.network_id {
-                let message = format!(
-                    "subnet {} is on network {}, not on the port's network {}",
-                    sub.id, sub.network_id, p.network_id
-                );
-                self.error(p, &subnet_field(), message);
-                continue;
-            }
-            if !sub.cidr.contains(&fip.ip) {
-                let message = format!("{} is outside subnet {} ({})", fip.ip, sub.id, sub.cidr);
-                self.error(p, &ip_field(), message);
+            if !self.on_port_network(p, &at, sub) || !fixed_ip_inside(self.out, &at, sub, fip.ip) {
                 continue;
             }
             found.push(si);
@@ -470,28 +410,56 @@ impl<'s> PortChecks<'s, '_, '_> {
                         sub.id,
                         sub.cidr
                     );
-                    self.error(p, &ip_field(), message);
+                    self.error(p, &at.ip_field(), message);
                 }
             }
-            match self.seen.ips6.entry((si, fip.ip)) {
-                Entry::Occupied(o) => {
-                    let other = *o.get();
-                    let message = if other == p.id {
-                        format!("{} is listed twice", fip.ip)
-                    } else {
-                        format!(
-                            "duplicate IP {} in subnet {}: also port {other}",
-                            fip.ip, sub.id
-                        )
-                    };
-                    self.error(p, &ip_field(), message);
-                }
-                Entry::Vacant(v) => {
-                    v.insert(&p.id);
-                }
-            }
+            self.unique_ip(p, &at, (si, fip.ip.into()), sub);
         }
         found
+    }
+
+    /// True when the subnet `sub` of a fixed IP is on the port's network; reports it
+    /// otherwise.
+    fn on_port_network(&mut self, p: &Port, at: &FixedIpAt<'_>, sub: &impl FamilySubnet) -> bool {
+        let on = sub.network_id() == p.network_id;
+        if !on {
+            let message = format!(
+                "subnet {} is on network {}, not on the port's network {}",
+                sub.id(),
+                sub.network_id(),
+                p.network_id
+            );
+            self.error(p, &at.subnet_field(), message);
+        }
+        on
+    }
+
+    /// The fixed IP `ip` of subnet `sub` (`ip.0` its index) is held by no port before, and
+    /// not listed twice by this one.
+    fn unique_ip(
+        &mut self,
+        p: &'s Port,
+        at: &FixedIpAt<'_>,
+        ip: (usize, IpAddr),
+        sub: &impl FamilySubnet,
+    ) {
+        let other = match self.seen.ips.entry(ip) {
+            Entry::Occupied(o) => *o.get(),
+            Entry::Vacant(v) => {
+                v.insert(&p.id);
+                return;
+            }
+        };
+        let message = if other == p.id {
+            format!("{} is listed twice", ip.1)
+        } else {
+            format!(
+                "duplicate IP {} in subnet {}: also port {other}",
+                ip.1,
+                sub.id()
+            )
+        };
+        self.error(p, &at.ip_field(), message);
     }
 
     /// A router's port names an existing router and holds one address. Returns the
@@ -739,6 +707,7 @@ mod tests {
     use crate::model::{State, display_lines};
     use crate::testing::*;
     use serde_json::Value;
+    use std::net::Ipv6Addr;
 
     #[test]
     fn port_network_must_exist() {

@@ -1,10 +1,11 @@
 //! Routers: their external gateway and, for HA routers, the hosts that may hold their
 //! centralized role.
 
-use super::check::{Known, Ref, Report, ip_in};
+use super::check::{Known, Report};
 use super::host::{AgentMode, Host};
 use super::network::{
-    FixedIp, FixedIp6, FixedIpPos, Network, Subnet, Subnet6, check_external_network, read_fixed_ips,
+    FamilySubnet, FixedIp, FixedIp6, FixedIpAt, FixedIpPos, Network, Subnet, Subnet6,
+    check_external_network, fixed_ip_inside, fixed_ip_subnet, read_fixed_ips,
 };
 use super::parse::{Element, Reader, conv_bool, conv_id, conv_string, conv_u32, describe};
 use super::table::HashMap;
@@ -137,73 +138,45 @@ pub(super) fn check_routers(
             "external_gateway_info.network_id",
             &gw.network_id,
         );
-        for (i, fip) in gw.external_fixed_ips6.iter().enumerate() {
-            let at = gw.fixed_ip_pos.v6(i);
-            let prefix = format!("external_gateway_info.external_fixed_ips[{at}]");
-            match subnets6.resolve(&fip.subnet_id) {
-                Ref::Found(si) => {
-                    let Some(sub) = subnets6.table.at(si) else {
-                        continue;
-                    };
-                    if sub.network_id != gw.network_id {
-                        let message = format!(
-                            "subnet {} is on network {}, not on the gateway network {}",
-                            sub.id, sub.network_id, gw.network_id
-                        );
-                        out.error("router", &r.id, &format!("{prefix}.subnet_id"), message);
-                    } else if !sub.cidr.contains(&fip.ip) {
-                        let message =
-                            format!("{} is outside subnet {} ({})", fip.ip, sub.id, sub.cidr);
-                        out.error("router", &r.id, &format!("{prefix}.ip_address"), message);
-                    }
-                }
-                Ref::Broken => {}
-                Ref::Missing if subnets.table.contains(&fip.subnet_id) => {
-                    let message = format!(
-                        "{} is an IPv6 address, subnet {} is IPv4",
-                        fip.ip, fip.subnet_id
-                    );
-                    out.error("router", &r.id, &format!("{prefix}.ip_address"), message);
-                }
-                Ref::Missing => {
-                    let message = format!("subnet {} does not exist", fip.subnet_id);
-                    out.error("router", &r.id, &format!("{prefix}.subnet_id"), message);
-                }
-            }
-        }
-        for (i, fip) in gw.external_fixed_ips.iter().enumerate() {
-            let at = gw.fixed_ip_pos.v4(i);
-            let prefix = format!("external_gateway_info.external_fixed_ips[{at}]");
-            match subnets.resolve(&fip.subnet_id) {
-                Ref::Found(si) => {
-                    let Some(sub) = subnets.table.at(si) else {
-                        continue;
-                    };
-                    if sub.network_id != gw.network_id {
-                        let message = format!(
-                            "subnet {} is on network {}, not on the gateway network {}",
-                            sub.id, sub.network_id, gw.network_id
-                        );
-                        out.error("router", &r.id, &format!("{prefix}.subnet_id"), message);
-                    } else if !ip_in(&sub.cidr, fip.ip) {
-                        let message =
-                            format!("{} is outside subnet {} ({})", fip.ip, sub.id, sub.cidr);
-                        out.error("router", &r.id, &format!("{prefix}.ip_address"), message);
-                    }
-                }
-                Ref::Broken => {}
-                Ref::Missing if subnets6.table.contains(&fip.subnet_id) => {
-                    let message = format!(
-                        "{} is an IPv4 address, subnet {} is IPv6",
-                        fip.ip, fip.subnet_id
-                    );
-                    out.error("router", &r.id, &format!("{prefix}.ip_address"), message);
-                }
-                Ref::Missing => {
-                    let message = format!("subnet {} does not exist", fip.subnet_id);
-                    out.error("router", &r.id, &format!("{prefix}.subnet_id"), message);
-                }
-            }
+        let pos = &gw.fixed_ip_pos;
+        let v6 = gw.external_fixed_ips6.iter().enumerate();
+        let v6 = v6.map(|(i, f)| (pos.v6(i), f.subnet_id.as_str(), f.ip));
+        check_gateway_ips(out, r, gw, v6, subnets6, subnets);
+        let v4 = gw.external_fixed_ips.iter().enumerate();
+        let v4 = v4.map(|(i, f)| (pos.v4(i), f.subnet_id.as_str(), f.ip));
+        check_gateway_ips(out, r, gw, v4, subnets, subnets6);
+    }
+}
+
+/// The gateway's `external_fixed_ips` of `S`'s family, as (position in the list, subnet id,
+/// address): each on an existing subnet of the gateway network, and inside it.
+fn check_gateway_ips<'a, S: FamilySubnet, O>(
+    out: &mut Report<'_>,
+    r: &Router,
+    gw: &ExternalGateway,
+    fixed_ips: impl Iterator<Item = (usize, &'a str, S::Addr)>,
+    subnets: Known<'_, S>,
+    other: Known<'_, O>,
+) {
+    for (at, subnet_id, ip) in fixed_ips {
+        let at = FixedIpAt {
+            kind: "router",
+            id: &r.id,
+            prefix: format!("external_gateway_info.external_fixed_ips[{at}]"),
+        };
+        let Some((_, sub)) = fixed_ip_subnet(out, &at, subnet_id, ip, subnets, other) else {
+            continue;
+        };
+        if sub.network_id() != gw.network_id {
+            let message = format!(
+                "subnet {} is on network {}, not on the gateway network {}",
+                sub.id(),
+                sub.network_id(),
+                gw.network_id
+            );
+            out.error("router", &r.id, &at.subnet_field(), message);
+        } else {
+            fixed_ip_inside(out, &at, sub, ip);
         }
     }
 }

@@ -45,11 +45,11 @@ fn rule_out(id: &str) -> SecurityGroupRule {
 }
 
 /// Hosts h1 and h2; network `a` (172.26.1.0/24 + fd00:66:1::/64, slaac) and `b`
-/// (172.26.2.0/24 + fd00:66:2::/64, slaac, no VM) on router r1. Groups: `default` as
+/// (172.26.2.0/24 + fd00:66:2::/64, slaac) on router r1. Groups: `default` as
 /// Neutron creates it; `web`: IPv6 TCP 8080, IPv4 TCP 8081, IPv6 echo requests (`icmp`
 /// type 128 on an IPv6 rule), IPv6 TCP 7100 and 7200, from anywhere; `sg-out`: egress only
 /// (IPv4 and IPv6). VMs: `srv` (a, h2; default + web), `m1` (a, h1; default), `out` (a, h1;
-/// sg-out).
+/// sg-out), `pb` (b, h2; unfiltered: a routed destination).
 fn cloud() -> Result<Cloud> {
     let mut t = Topology::new();
     t.host("h1").host("h2");
@@ -83,7 +83,8 @@ fn cloud() -> Result<Cloud> {
     ));
     t.vm(VmSpec::new("srv", "a", "h2").security_groups(&["default", "web"]))
         .vm(VmSpec::new("m1", "a", "h1").security_groups(&["default"]))
-        .vm(VmSpec::new("out", "a", "h1").security_groups(&["sg-out"]));
+        .vm(VmSpec::new("out", "a", "h1").security_groups(&["sg-out"]))
+        .vm(VmSpec::new("pb", "b", "h2"));
     t.build()
 }
 
@@ -275,35 +276,55 @@ fn ipv6_security_groups_filter_statefully_like_ipv4() -> Result<()> {
     let drops = before.wait_delta(&c, "h1", Stat::DropSgIngress, 2)?;
     eprintln!("srv -> out ping6 refused: drop_sg_ingress +{drops} on h1");
 
-    // ---- Related ICMPv6 errors: time exceeded for out's own datagram passes, a forged -----
-    // error about a flow out never had does not.
+    // ---- Related ICMPv6 errors: time exceeded for out's own echo request and datagram (to --
+    // pb, across the router, hop limit 1) passes; a forged error about a flow out never had
+    // does not.
     let before = Counters::take(&c, &["h1"])?;
     let gw6 = c.network6("a")?.gateway;
     let gw_ll = c.network6("a")?.gateway_link_local()?;
+    let pb6 = c.ip6("pb")?;
+    let r = c.ping6("out", pb6, 1, &["-t", "1"])?;
+    eprintln!("out's hop limit 1 echo request: {}", r.output.trim());
+    ensure!(
+        r.output.contains("Time exceeded"),
+        "ping -t 1 from out across the router must be answered by time exceeded:\n{}\n\
+         counters moved on h1: {:?}",
+        r.output,
+        before.moved(&c, "h1")?
+    );
     let out = c.scapy(
         "out",
-        "r = sr1(IPv6(dst='fd00:66:2::99', hlim=1)/UDP(sport=40001, dport=33434), timeout=3)\n\
-         print('none' if r is None else 'reply %s %d' % (r[IPv6].src, r[IPv6].payload.type))",
+        &format!("r = sr1(IPv6(src='{out6}', dst='{pb6}', hlim=1)/UDP(sport=40001, dport=33434), timeout=3)\n\
+         print('none' if r is None else 'reply %s %d' % (r[IPv6].src, r[IPv6].payload.type))"),
     )?;
     let te = dvr_tests::cmd::stdout(&out);
     eprintln!("out's hop limit 1 datagram: {te}");
     ensure!(
         te.contains("reply") && te.trim_end().ends_with(" 3"),
         "a hop-limit-1 datagram from out across the router must be answered by time exceeded \
-         (type 3) from the router ({gw6} or {gw_ll}): {te}"
+         (type 3) from the router ({gw6} or {gw_ll}): {te}; counters moved on h1: {:?}",
+        before.moved(&c, "h1")?
     );
     ensure!(
         before.delta(&c, "h1", Stat::DropSgIngress)? == 0,
         "the related time exceeded must pass: {:?}",
         before.moved(&c, "h1")?
     );
+    let before = Counters::take(&c, &["h1"])?;
     c.scapy(
         "srv",
         &format!(
             "send(IPv6(dst='{out6}')/ICMPv6DestUnreach(code=4)/IPv6(src='{out6}', dst='{srv6}')/UDP(sport=1111, dport=2222))"
         ),
     )?;
-    before.wait_delta(&c, "h1", Stat::DropSgIngress, 1)?;
+    before
+        .wait_delta(&c, "h1", Stat::DropSgIngress, 1)
+        .with_context(|| {
+            format!(
+                "a forged error must be dropped at out; moved on h1: {:?}",
+                before.moved(&c, "h1")
+            )
+        })?;
     eprintln!("forged destination unreachable about no flow of out: dropped on h1");
 
     // ---- Removing a rule cuts its established IPv6 flow; another one goes on. -----------

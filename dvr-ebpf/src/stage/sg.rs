@@ -183,8 +183,15 @@ pub fn check6(ctx: &TcContext, f: &Flow6, port: &LocalPort, dir: Direction) -> R
     let zone = SG_ZONE | ifindex;
     let mut k = conntrack::flow_key6(zone, f);
     let len = f.ip_len() as u64;
-    let tracked = conntrack::track6(&k, len, f.tcp_flags);
     let error = is_icmp6_error(f);
+    // An error passes by the flow it quotes, never by its own tuple: ICMPv6 without an echo
+    // id has ports 0, so an error's tuple can be the reply entry of any other ICMPv6 flow
+    // between the two addresses (a node information query, say).
+    let tracked = if error {
+        None
+    } else {
+        conntrack::track6(&k, len, f.tcp_flags)
+    };
     if let Some(rule_id) = admitted {
         if tracked.is_none() && !f.later_fragment && !error {
             // `fixed_be`: what the rules matched, for the agent's re-check (as IPv4).

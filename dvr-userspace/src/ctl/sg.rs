@@ -32,6 +32,8 @@ const IPPROTO_ICMP: u8 = 1;
 /// `LPM (prefix length, key) -> value`, as the maps are read and compiled.
 pub type Remotes = BTreeMap<(u32, SgRemoteKey), u32>;
 pub type Rules = BTreeMap<(u32, SgRuleKey), SgRule>;
+/// `DVR_SG_REMOTE6` as read.
+pub type Remotes6 = BTreeMap<(u32, dvr_common::sg::SgRemote6Key), u32>;
 
 #[derive(Debug, Serialize)]
 pub struct SgView {

@@ -22,7 +22,8 @@ use dvr_common::stats::Stat;
 use dvr_tests::ipv6::SLAAC_DEADLINE;
 use dvr_tests::sg::{Outcome, Proto, served};
 use dvr_tests::{
-    Cloud, Counters, SecurityGroup, SecurityGroupRule, Topology, VmSpec, require_preconditions,
+    Cloud, Counters, SecurityGroup, SecurityGroupRule, Topology, TraceProbe, VmSpec,
+    require_preconditions,
 };
 use serde_json::Value;
 
@@ -326,6 +327,44 @@ fn ipv6_security_groups_filter_statefully_like_ipv4() -> Result<()> {
             )
         })?;
     eprintln!("forged destination unreachable about no flow of out: dropped on h1");
+
+    // ---- dvrctl trace makes the same IPv6 checks: out's TCP to m1 (same host) leaves by ---
+    // out's egress rule and is refused at m1's tap; out's TCP to srv:8080 leaves.
+    let (vout, vm1, vsrv) = (
+        c.vm("out")?.clone(),
+        c.vm("m1")?.clone(),
+        c.vm("srv")?.clone(),
+    );
+    let tcp6 = |dst: Ipv6Addr, dport: u16, dst_mac: &str| TraceProbe {
+        proto: "tcp".into(),
+        ..TraceProbe::udp(&vout.tap, out6, 40123, dst, dport).macs(&vout.mac, dst_mac)
+    };
+    let steps = |t: &dvr_tests::Trace| -> Vec<String> {
+        t.steps
+            .iter()
+            .map(|s| format!("{}: {}", s.stage, s.what))
+            .collect()
+    };
+    let tr = c.trace("h1", &tcp6(m16, 9000, &vm1.mac))?;
+    let st = steps(&tr);
+    eprintln!("trace out -> [{m16}]:9000 on h1: {} {st:#?}", tr.verdict);
+    ensure!(
+        tr.drop
+            && tr.verdict == "drop_sg_ingress"
+            && st.iter().any(|s| s.contains("egress: admitted by rule"))
+            && st.iter().any(|s| s.contains("no rule admits it")),
+        "trace of out's IPv6 TCP to m1:9000 must pass out's egress rule and be refused at \
+         m1's tap: {} {st:#?}",
+        tr.verdict
+    );
+    let tr = c.trace("h1", &tcp6(srv6, 8080, &vsrv.mac))?;
+    let st = steps(&tr);
+    eprintln!("trace out -> [{srv6}]:8080 on h1: {} {st:#?}", tr.verdict);
+    ensure!(
+        !tr.drop && st.iter().any(|s| s.contains("egress: admitted by rule")),
+        "trace of out's IPv6 TCP to srv:8080 must leave by out's egress rule: {} {st:#?}",
+        tr.verdict
+    );
 
     // ---- Removing a rule cuts its established IPv6 flow; another one goes on. -----------
     let every = Duration::from_millis(100);

@@ -105,6 +105,10 @@ macro_rules! map_table {
                 /// (see `sg`). Written before the ports that refer to the policy.
                 sg_remote: DVR_SG_REMOTE, Lpm<$crate::sg::SgRemoteKey, u32>,
                     $crate::sg::SG_REMOTES_MAX;
+                /// LPM trie `SgRemote6Key (policy, remote IPv6 prefix) -> u32 class`: as
+                /// `sg_remote`, for IPv6 remotes (classes of IPv6 rules only).
+                sg_remote6: DVR_SG_REMOTE6, Lpm<$crate::sg::SgRemote6Key, u32>,
+                    $crate::sg::SG_REMOTES6_MAX;
                 /// LPM trie `SgRuleKey (class, direction, protocol, port block) -> SgRule`:
                 /// what each class of rules admits.
                 sg_rules: DVR_SG_RULES, Lpm<$crate::sg::SgRuleKey, $crate::sg::SgRule>,
@@ -161,6 +165,10 @@ macro_rules! map_table {
                 /// expires idle flows and purges those of removed or moved floating IPs; its
                 /// capacity is set at load time (`--ct-max`).
                 ct: DVR_CT, LruHash<$crate::nat::CtKey, $crate::nat::CtEntry>, $crate::nat::CT_MAX;
+                /// LRU hash `CtKey6 -> CtEntry`: tracked IPv6 security group flows, two
+                /// entries each (the other is the reversed key); expired by the agent.
+                ct6: DVR_CT6, LruHash<$crate::nat::CtKey6, $crate::nat::CtEntry>,
+                    $crate::nat::CT6_MAX;
                 /// `IpKey (vni, VIP) -> VipLoc`: who holds each VIP now, learned from the
                 /// (gratuitous) ARP its holder sends, accepted only from a candidate port. The
                 /// agent prunes VIPs no longer in the state.
@@ -208,7 +216,7 @@ mod tests {
             assert!(name.starts_with("DVR_"), "{name}");
             assert!(!NAMES[i + 1..].contains(name), "{name} twice");
         }
-        assert_eq!(NAMES.len(), 37);
+        assert_eq!(NAMES.len(), 39);
         assert_eq!(DVR_CT, "DVR_CT");
     }
 }

@@ -133,6 +133,52 @@ pub struct CtKey {
 }
 crate::assert_size!(CtKey, 20);
 
+/// Capacity of the IPv6 conntrack table (entries; two per flow). IPv6 is never translated,
+/// so it holds security group flows only.
+pub const CT6_MAX: u32 = 131_072;
+
+/// A flow direction in `DVR_CT6` (IPv6), as [`CtKey`]: zone `sg::SG_ZONE | tap ifindex`,
+/// addresses as in the packet, ports in network order (ICMPv6 echo: the identifier in
+/// both). Its value is a [`CtEntry`] of kind `CT_SG` or `CT_SG_REPLY` whose address fields
+/// are unused (0): nothing is translated, so the other direction is always
+/// [`CtKey6::reversed`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
+pub struct CtKey6 {
+    pub zone: u32,
+    pub saddr: crate::ip6::Ip6,
+    pub daddr: crate::ip6::Ip6,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+crate::assert_size!(CtKey6, 44);
+// The datapath loads a quoted packet's two addresses into a key in one go.
+const _: () =
+    assert!(core::mem::offset_of!(CtKey6, daddr) == core::mem::offset_of!(CtKey6, saddr) + 16);
+
+impl CtKey6 {
+    /// The key of the other direction of the flow (same zone).
+    pub fn reversed(&self) -> CtKey6 {
+        CtKey6 {
+            zone: self.zone,
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport_be: self.dport_be,
+            dport_be: self.sport_be,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+
+    /// Turn this key into the other direction's, in place.
+    pub fn reverse(&mut self) {
+        core::mem::swap(&mut self.saddr, &mut self.daddr);
+        core::mem::swap(&mut self.sport_be, &mut self.dport_be);
+    }
+}
+
 /// Rewrite the destination address to `nat_ip` (packets towards the VM).
 pub const CT_DNAT: u8 = 1;
 /// Rewrite the source address to `nat_ip` (packets from the VM).
@@ -234,6 +280,7 @@ crate::user_pod!(
     FipSrc,
     Neigh,
     CtKey,
+    CtKey6,
     CtEntry,
     VipKey,
     VipCandidate,

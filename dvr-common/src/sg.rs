@@ -50,6 +50,23 @@ crate::assert_size!(SgRemoteKey, 8);
 /// Bits of an [`SgRemoteKey`] before the address.
 pub const SG_REMOTE_PREFIX_BITS: u32 = 32;
 
+/// Capacity of the IPv6 remote-prefix trie.
+pub const SG_REMOTES6_MAX: u32 = 1 << 18;
+
+/// Data part of a `DVR_SG_REMOTE6` key, the IPv6 counterpart of [`SgRemoteKey`]: the
+/// prefix length is [`SG_REMOTE_PREFIX_BITS`] + the remote IPv6 prefix's length. Its
+/// classes hold only IPv6 rules and theirs only IPv4 ones (a class is a set of rule ids and
+/// a rule has one ethertype), so the two families share `DVR_SG_RULES` and never admit each
+/// other's packets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
+pub struct SgRemote6Key {
+    pub policy: u32,
+    /// Remote address, as in the packet.
+    pub ip: crate::ip6::Ip6,
+}
+crate::assert_size!(SgRemote6Key, 20);
+
 /// Data part of a `DVR_SG_RULES` key. Prefix lengths: [`SG_RULE_ANY_PROTO_BITS`] for a rule
 /// of any protocol, [`SG_RULE_ANY_PORT_BITS`] for a protocol without ports, plus the port
 /// block's bits otherwise (a lookup always uses [`SG_RULE_FULL_BITS`]).
@@ -99,7 +116,7 @@ pub fn port_blocks(min: u16, max: u16, mut out: impl FnMut(u16, u32)) {
     }
 }
 
-crate::user_pod!(SgRemoteKey, SgRuleKey, SgRule);
+crate::user_pod!(SgRemoteKey, SgRemote6Key, SgRuleKey, SgRule);
 
 #[cfg(test)]
 mod tests {

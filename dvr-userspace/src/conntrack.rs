@@ -2,7 +2,8 @@
 //! idle timeouts per protocol and state, and the sweep that expires idle flows and purges
 //! flows of floating IPs this host no longer serves, and security group flows of ports gone
 //! or no longer admitted by their port's rules (the re-check after a policy change). Both
-//! directions of a flow always go together.
+//! directions of a flow always go together. IPv6 security group flows (`DVR_CT6`) are swept
+//! the same way; their other direction is the reversed key.
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::Arc,
@@ -11,21 +12,22 @@ use std::{
 
 use dvr_common::{
     nat::{
-        CT_PAT, CT_SG, CT_SG_INGRESS, CT_SG_REPLY, CtEntry, CtKey, TCP_ACK, TCP_FIN, TCP_RST,
-        TCP_SYN,
+        CT_PAT, CT_SG, CT_SG_INGRESS, CT_SG_REPLY, CtEntry, CtKey, CtKey6, TCP_ACK, TCP_FIN,
+        TCP_RST, TCP_SYN,
     },
-    sg::{SG_EGRESS, SG_INGRESS, SgRemoteKey, SgRule, SgRuleKey},
+    sg::{SG_EGRESS, SG_INGRESS, SgRemote6Key, SgRemoteKey, SgRule, SgRuleKey},
 };
 
 use crate::{
     clock,
-    compile::sg_admit,
+    compile::{sg_admit, sg_admit6},
     maps::{HostMaps, MapsError},
 };
 
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
 
 /// Idle timeouts (Cilium's defaults, shorter for TCP established than Linux's 5 days).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +101,7 @@ pub fn timeout(proto: u8, st: FlowState, t: &Timeouts) -> Duration {
         (IPPROTO_TCP, FlowState::SynSent) => t.tcp_syn,
         (IPPROTO_TCP, _) => t.tcp_fin,
         (IPPROTO_UDP, _) => t.udp,
-        (IPPROTO_ICMP, _) => t.icmp,
+        (IPPROTO_ICMP | IPPROTO_ICMPV6, _) => t.icmp,
         _ => t.other,
     }
 }
@@ -131,6 +133,7 @@ pub struct SgOwned {
     /// policy id.
     pub zones: BTreeMap<u32, u32>,
     pub remote: BTreeMap<(u32, SgRemoteKey), u32>,
+    pub remote6: BTreeMap<(u32, SgRemote6Key), u32>,
     pub rules: BTreeMap<(u32, SgRuleKey), SgRule>,
 }
 
@@ -150,6 +153,28 @@ impl SgOwned {
         };
         sg_admit(
             &self.remote,
+            &self.rules,
+            policy,
+            dir,
+            k.proto,
+            port_be,
+            remote,
+        )
+        .is_some()
+    }
+
+    /// [`SgOwned::admits`] for an IPv6 flow's original direction.
+    pub fn admits6(&self, k: &CtKey6, kind: u8, port_be: u16) -> bool {
+        let Some(&policy) = self.zones.get(&k.zone) else {
+            return false;
+        };
+        let (dir, remote) = if kind & CT_SG_INGRESS != 0 {
+            (SG_INGRESS, &k.saddr)
+        } else {
+            (SG_EGRESS, &k.daddr)
+        };
+        sg_admit6(
+            &self.remote6,
             &self.rules,
             policy,
             dir,
@@ -198,26 +223,74 @@ pub fn plan_sweep(
     t: &Timeouts,
     owned: &Owned,
 ) -> (Vec<CtKey>, Swept) {
+    plan(
+        entries,
+        now,
+        t,
+        |k, e| k.peer(e),
+        |k| k.proto,
+        |k, e, peer_key, peer| (stale(k, e, peer_key, peer, owned), is_sg(k, e)),
+    )
+}
+
+/// [`plan_sweep`] for `DVR_CT6` (security group flows only).
+pub fn plan_sweep6(
+    entries: &BTreeMap<CtKey6, CtEntry>,
+    now: u64,
+    t: &Timeouts,
+    owned: &Owned,
+) -> (Vec<CtKey6>, Swept) {
+    plan(
+        entries,
+        now,
+        t,
+        |k, _| k.reversed(),
+        |k| k.proto,
+        |k, e, peer_key, peer| {
+            let orig = if e.kind & CT_SG != 0 {
+                Some((k, e))
+            } else {
+                peer.map(|p| (peer_key, p))
+            };
+            let stale = match orig {
+                Some((ok, oe)) => !owned.sg.admits6(ok, oe.kind, oe.fixed_be as u16),
+                None => !owned.sg.zones.contains_key(&k.zone),
+            };
+            (stale, true)
+        },
+    )
+}
+
+/// The sweep over one table: `peer` names a direction's other one, `stale` says whether
+/// a flow (entry, peer) is no longer owned and whether it is a security group flow.
+fn plan<K: Ord + Copy>(
+    entries: &BTreeMap<K, CtEntry>,
+    now: u64,
+    t: &Timeouts,
+    peer_of: impl Fn(&K, &CtEntry) -> K,
+    proto: impl Fn(&K) -> u8,
+    stale: impl Fn(&K, &CtEntry, &K, Option<&CtEntry>) -> (bool, bool),
+) -> (Vec<K>, Swept) {
     let mut doomed = Vec::new();
     let mut swept = Swept::default();
     for (k, e) in entries {
-        let peer_key = k.peer(e);
+        let peer_key = peer_of(k, e);
         let peer = entries.get(&peer_key);
         // Visit each pair once: from its lower key, or alone when the peer is gone.
         if peer.is_some() && peer_key < *k {
             continue;
         }
-        let stale = stale(k, e, &peer_key, peer, owned);
+        let (stale, sg) = stale(k, e, &peer_key, peer);
         let last = peer.map_or(e.last_seen_ns, |p| p.last_seen_ns.max(e.last_seen_ns));
-        let st = state(k.proto, e.tcp_flags, peer.map_or(0, |p| p.tcp_flags));
+        let st = state(proto(k), e.tcp_flags, peer.map_or(0, |p| p.tcp_flags));
         let idle = Duration::from_nanos(now.saturating_sub(last));
-        let expired = idle > timeout(k.proto, st, t);
+        let expired = idle > timeout(proto(k), st, t);
         if stale || expired {
             doomed.push(*k);
             if peer.is_some() {
                 doomed.push(peer_key);
             }
-            if stale && is_sg(k, e) {
+            if stale && sg {
                 swept.sg_purged += 1;
             } else if stale {
                 swept.purged += 1;
@@ -236,7 +309,16 @@ pub fn sweep(maps: &mut HostMaps, t: &Timeouts, owned: &Owned) -> Result<Swept, 
     for k in &doomed {
         maps.ct.del(k)?;
     }
-    Ok(swept)
+    let entries6 = maps.ct6.read()?;
+    let (doomed6, swept6) = plan_sweep6(&entries6, clock::conntrack_now_ns(), t, owned);
+    for k in &doomed6 {
+        maps.ct6.del(k)?;
+    }
+    Ok(Swept {
+        expired: swept.expired + swept6.expired,
+        purged: swept.purged,
+        sg_purged: swept.sg_purged + swept6.sg_purged,
+    })
 }
 
 #[cfg(test)]
@@ -408,6 +490,7 @@ mod tests {
                 ),
                 5,
             )]),
+            remote6: BTreeMap::new(),
             rules: BTreeMap::from([rule(SG_EGRESS), rule(SG_INGRESS)]),
         }
     }
@@ -494,5 +577,71 @@ mod tests {
             half.keys().next().unwrap_or(&CtKey::default()),
             &CtEntry::default()
         ));
+    }
+
+    #[test]
+    fn ipv6_security_group_flows_are_rechecked_and_expire() {
+        use dvr_common::sg::{SG_REMOTE_PREFIX_BITS, SG_RULE_ANY_PORT_BITS};
+        let t = Timeouts::default();
+        let zone = dvr_common::sg::SG_ZONE | 4;
+        let k = CtKey6 {
+            zone,
+            saddr: [0xfd; 16],
+            daddr: [0x20; 16],
+            sport_be: 1000u16.to_be(),
+            dport_be: 53u16.to_be(),
+            proto: IPPROTO_UDP,
+            _pad: [0; 3],
+        };
+        let e = CtEntry {
+            fixed_be: u32::from(53u16.to_be()),
+            peer_zone: zone,
+            kind: CT_SG,
+            ..Default::default()
+        };
+        let pe = CtEntry {
+            kind: CT_SG_REPLY,
+            ..e
+        };
+        let flow = BTreeMap::from([(k, e), (k.reversed(), pe)]);
+        // Policy 7: egress UDP 53 to ::/0 (class 5). The IPv4 trie alone admits nothing.
+        let mut sg = dns_policy(zone);
+        let owned = |sg: &SgOwned| Owned {
+            sg: Arc::new(sg.clone()),
+            ..Default::default()
+        };
+        let (d, s) = plan_sweep6(&flow, 0, &t, &owned(&sg));
+        assert_eq!((d.len(), s.sg_purged), (2, 1), "no IPv6 remote: purged");
+        sg.remote6.insert(
+            (
+                SG_REMOTE_PREFIX_BITS,
+                SgRemote6Key {
+                    policy: 7,
+                    ip: [0; 16],
+                },
+            ),
+            5,
+        );
+        assert!(plan_sweep6(&flow, 0, &t, &owned(&sg)).0.is_empty());
+        // Idle: expired as a pair.
+        let (d, s) = plan_sweep6(&flow, 61_000_000_000, &t, &owned(&sg));
+        assert_eq!((d.len(), s.expired), (2, 1));
+        // The rule goes: purged.
+        sg.rules.retain(|(_, k), _| k.dir == SG_INGRESS);
+        sg.rules.insert(
+            (
+                SG_RULE_ANY_PORT_BITS + 16,
+                SgRuleKey {
+                    class: 5,
+                    dir: SG_EGRESS,
+                    proto: IPPROTO_UDP,
+                    port_be: 54u16.to_be(),
+                },
+            ),
+            SgRule { rule_id: 2 },
+        );
+        let (d, s) = plan_sweep6(&flow, 0, &t, &owned(&sg));
+        assert_eq!((d.len(), s.sg_purged), (2, 1));
+        assert_eq!(timeout(IPPROTO_ICMPV6, FlowState::Open, &t), t.icmp);
     }
 }

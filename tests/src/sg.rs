@@ -10,22 +10,24 @@
 //!   groups has no `security_groups` key: it is not filtered, like every VM of the other tests.
 //! - Changes: [`Cloud::apply_state`] edits the state, rewrites the file (the path of
 //!   [`Cloud::update_state`]) and waits until every agent's pinned maps that say how a port is
-//!   filtered (`local_ports`, `port_security`, `sg_remote`, `sg_rules`) equal what the agent
+//!   filtered (`local_ports`, `port_security`, `sg_remote`, `sg_remote6`, `sg_rules`) equal
+//!   what the agent
 //!   library compiles from the new state for that host ([`Cloud::wait_applied`]): the moment
 //!   the datapath of every host enforces the change. A refused state is awaited in the log
 //!   ([`Cloud::refused_lines`], [`Cloud::wait_refused`]).
 //! - Traffic: [`Cloud::sg_server`] (TCP and UDP echo on a set of ports, logging every peer),
 //!   [`Cloud::probe`] (concurrent TCP connects and UDP requests with a bounded wait each) and
 //!   [`Cloud::start_ticker`] (a long-lived TCP connection exchanging a line every 100 ms,
-//!   timestamping each echo).
+//!   timestamping each echo), each to an IPv4 or an IPv6 address (the server listens on
+//!   both families where the VM has IPv6).
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use dvr_common::port::{LocalPort, SecKey};
-use dvr_common::sg::{SgRemoteKey, SgRule, SgRuleKey};
+use dvr_common::sg::{SgRemote6Key, SgRemoteKey, SgRule, SgRuleKey};
 use dvr_userspace::{compile, maps::HostMaps, model};
 use serde_json::Value;
 
@@ -43,6 +45,7 @@ struct PortMaps {
     local_ports: BTreeMap<u32, LocalPort>,
     port_security: BTreeMap<(u32, SecKey), u32>,
     sg_remote: BTreeMap<(u32, SgRemoteKey), u32>,
+    sg_remote6: BTreeMap<(u32, SgRemote6Key), u32>,
     sg_rules: BTreeMap<(u32, SgRuleKey), SgRule>,
 }
 
@@ -72,6 +75,12 @@ impl PortMaps {
             self.sg_remote == want.sg_remote,
             self.sg_remote.len(),
             want.sg_remote.len(),
+        );
+        one(
+            "sg_remote6",
+            self.sg_remote6 == want.sg_remote6,
+            self.sg_remote6.len(),
+            want.sg_remote6.len(),
         );
         one(
             "sg_rules",
@@ -168,7 +177,7 @@ def probe(spec):
     proto, port = spec.split(":")
     port = int(port)
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-    s = socket.socket(socket.AF_INET, kind)
+    s = socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET, kind)
     s.settimeout(timeout)
     msg = b"probe %d\n" % port
     try:
@@ -201,8 +210,10 @@ for t in ts:
     t.join()
 "#;
 
-/// TCP and UDP echo on every port named in `argv[1:]` (`tcp:P`, `udp:P`): prints
-/// `listening`, then `<proto> <port> <peer ip>` per connection or datagram.
+/// TCP and UDP echo on every port named in `argv[1:]` (`tcp:P`, `udp:P`), on IPv4 and, where
+/// the namespace has IPv6, on IPv6 too (an IPv6-only socket beside the IPv4 one, so IPv4
+/// peers are not mapped addresses): prints `listening`, then `<proto> <port> <peer ip>` per
+/// connection or datagram.
 const SERVER: &str = r#"
 import socket, sys, threading
 lock = threading.Lock()
@@ -230,19 +241,28 @@ def udp(s, port):
         say("udp", port, a[0])
         s.sendto(d, a)
 ts = []
+def sock(fam, kind, port):
+    s = socket.socket(fam, kind)
+    if fam == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", port))
+    return s
 for spec in sys.argv[1:]:
     proto, port = spec.split(":")
     port = int(port)
-    if proto == "tcp":
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("0.0.0.0", port))
-        s.listen(64)
-        ts.append(threading.Thread(target=tcp, args=(s, port), daemon=True))
-    else:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind(("0.0.0.0", port))
-        ts.append(threading.Thread(target=udp, args=(s, port), daemon=True))
+    for fam in (socket.AF_INET, socket.AF_INET6):
+        try:
+            if proto == "tcp":
+                s = sock(fam, socket.SOCK_STREAM, port)
+                s.listen(64)
+                ts.append(threading.Thread(target=tcp, args=(s, port), daemon=True))
+            else:
+                s = sock(fam, socket.SOCK_DGRAM, port)
+                ts.append(threading.Thread(target=udp, args=(s, port), daemon=True))
+        except OSError:
+            if fam == socket.AF_INET:
+                raise
 for t in ts:
     t.start()
 say("listening")
@@ -423,6 +443,7 @@ impl Cloud {
             local_ports: e.local_ports,
             port_security: e.port_security,
             sg_remote: e.sg_remote,
+            sg_remote6: e.sg_remote6,
             sg_rules: e.sg_rules,
         })
     }
@@ -433,6 +454,7 @@ impl Cloud {
             local_ports: maps.local_ports.read()?,
             port_security: maps.port_security.read()?,
             sg_remote: maps.sg_remote.read()?,
+            sg_remote6: maps.sg_remote6.read()?,
             sg_rules: maps.sg_rules.read()?,
         })
     }
@@ -619,16 +641,16 @@ impl Cloud {
         Ok(bg)
     }
 
-    /// Probes `dst` from `who` on every `(proto, port)` at once, each with `timeout`; returns
-    /// what each saw.
+    /// Probes `dst` (IPv4 or IPv6) from `who` on every `(proto, port)` at once, each with
+    /// `timeout`; returns what each saw.
     pub fn probe(
         &self,
         who: &str,
-        dst: Ipv4Addr,
+        dst: impl Into<IpAddr>,
         probes: &[(Proto, u16)],
         timeout: Duration,
     ) -> Result<BTreeMap<(Proto, u16), Outcome>> {
-        self.probe_inner(who, None, dst, probes, timeout)
+        self.probe_inner(who, None, dst.into(), probes, timeout)
     }
 
     /// [`Cloud::probe`] from source address `bind` (an address of `who`, e.g.
@@ -641,14 +663,14 @@ impl Cloud {
         probes: &[(Proto, u16)],
         timeout: Duration,
     ) -> Result<BTreeMap<(Proto, u16), Outcome>> {
-        self.probe_inner(who, Some(bind), dst, probes, timeout)
+        self.probe_inner(who, Some(bind), dst.into(), probes, timeout)
     }
 
     fn probe_inner(
         &self,
         who: &str,
         bind: Option<Ipv4Addr>,
-        dst: Ipv4Addr,
+        dst: IpAddr,
         probes: &[(Proto, u16)],
         timeout: Duration,
     ) -> Result<BTreeMap<(Proto, u16), Outcome>> {
@@ -704,10 +726,11 @@ impl Cloud {
     pub fn start_ticker(
         &mut self,
         who: &str,
-        dst: Ipv4Addr,
+        dst: impl Into<IpAddr>,
         port: u16,
         every: Duration,
     ) -> Result<Ticker> {
+        let dst: IpAddr = dst.into();
         let bg = self.spawn_python(
             who,
             TICKER,

@@ -2,8 +2,8 @@
 //! ARP (`arp` stage), or for IPv4: parse, port security, then routing (frames to a router
 //! interface MAC, `route` stage) or L2 forwarding (after the hairpin reply translation of
 //! `fip`), after the egress rules of the port's security groups (`sg`); or for IPv6: parse
-//! (`net::flow6`), port security (`security::source6`), the groups' fail-closed IPv6 rule
-//! (`sg::check6`), neighbour discovery (`nd`: RA guard, local answers), then routing
+//! (`net::flow6`), port security (`security::source6`), the egress rules of the port's
+//! groups (`sg::check6`), neighbour discovery (`nd`: RA guard, local answers), then routing
 //! (`route6`) or L2 forwarding. Maps: reads DVR_LOCAL_PORTS, DVR_HOST_CONFIG, DVR_GW_BY_MAC
 //! (and those of the stages). Verdicts: those of the stages and of `net::l2::forward`,
 //! drop_unknown_port, drop_not_ready, drop_port_down, drop_ethertype, drop_ext_hdr,
@@ -118,7 +118,7 @@ fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
     Ok(forward(ctx, ifindex, port, cfg, &dst))
 }
 
-/// IPv6: port security, the groups' fail-closed rule, neighbour discovery, then routing
+/// IPv6: port security, the groups' egress rules, neighbour discovery, then routing
 /// (frames to a router interface MAC) or L2 forwarding.
 #[inline(always)]
 fn run6(ctx: &TcContext) -> Result<Verdict, Verdict> {
@@ -131,7 +131,7 @@ fn run6(ctx: &TcContext) -> Result<Verdict, Verdict> {
         security::source6(ifindex, &src, &f)?;
     }
     if port.flags & PORT_FLAG_SG != 0 {
-        sg::check6(&f, Direction::Egress)?;
+        sg::check6(ctx, &f, port, Direction::Egress)?;
     }
     nd::stage(ctx, &f, ifindex, port, &src)?;
     let gw_key = FdbKey {

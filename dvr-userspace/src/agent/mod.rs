@@ -487,6 +487,7 @@ impl Agent {
                 .map(|(ifx, p)| (SG_ZONE | ifx, p.policy))
                 .collect(),
             remote: std::mem::take(&mut compiled.entries.sg_remote),
+            remote6: std::mem::take(&mut compiled.entries.sg_remote6),
             rules: std::mem::take(&mut compiled.entries.sg_rules),
         });
         // A changed policy re-checks the tracked flows at once (the datapath re-checks a

@@ -12,7 +12,10 @@
 //!   every fixed IP (/32) and allowed-address-pair prefix of every port in the state that
 //!   carries the group (any host, bound or not); for `remote_address_group_id` its IPv4
 //!   addresses; without a remote `0.0.0.0/0`. A group without members names no prefix, so its
-//!   rules admit nothing. IPv6 rules are not compiled (the datapath carries no IPv6).
+//!   rules admit nothing. IPv6 rules (`sg_remote6`) the same way with IPv6 prefixes: the
+//!   members' IPv6 fixed IPs (/128) and IPv6 allowed address pairs, the address group's IPv6
+//!   addresses, `::/0` without a remote. A class holds rules of one ethertype only, so an
+//!   IPv4 rule never admits IPv6 nor the other way round.
 //! - Per policy, every prefix `p` its rules name gets the class of the rules naming a prefix
 //!   that contains `p` (all such prefixes nest, so the longest match for an address is the
 //!   class of exactly the rules whose remote holds it). Class id: fnv1a32 of the sorted rule
@@ -31,7 +34,7 @@ use std::collections::{BTreeMap, HashMap as StdHashMap};
 use dvr_common::port::{PORT_FLAG_DOWN, PORT_FLAG_SG, PORT_FLAG_SG_STATELESS};
 use dvr_common::sg::{
     SG_EGRESS, SG_INGRESS, SG_REMOTE_PREFIX_BITS, SG_RULE_ANY_PORT_BITS, SG_RULE_ANY_PROTO_BITS,
-    SgRemoteKey, SgRule, SgRuleKey, port_blocks,
+    SgRemote6Key, SgRemoteKey, SgRule, SgRuleKey, port_blocks,
 };
 use ipnet::IpNet;
 
@@ -43,8 +46,92 @@ use crate::model::{Direction, Ethertype, Port, PortMatch, Remote, SecurityGroupR
 /// Hash maps keyed by what the compile step builds itself: foldhash, as the model's indexes.
 type HashMap<K, V> = StdHashMap<K, V, foldhash::fast::RandomState>;
 
-/// An IPv4 prefix as (network, host order, host bits clear; length).
-type Prefix = (u32, u8);
+/// A prefix as (network, host order, host bits clear; length): `u32` for IPv4, `u128` for
+/// IPv6.
+type Prefix<A> = (A, u8);
+
+/// What differs between the IPv4 and IPv6 compile of a policy.
+trait Family: Copy + Ord + std::hash::Hash + std::ops::BitAnd<Output = Self> {
+    const ETHERTYPE: Ethertype;
+    /// `0.0.0.0/0` or `::/0`.
+    const ANY: Self;
+    /// The prefix of `net` when it is of this family.
+    fn prefix(net: &IpNet) -> Option<Prefix<Self>>;
+    /// The port's addresses of this family (fixed IPs as host prefixes, allowed pairs).
+    fn members(port: &Port, out: &mut Vec<Prefix<Self>>);
+    /// The host-order netmask of a prefix length.
+    fn netmask(len: u8) -> Self;
+    /// The `sg_remote` / `sg_remote6` entry of `prefix` in `policy`.
+    fn put(out: &mut MapEntries, policy: u32, prefix: Prefix<Self>, class: u32);
+}
+
+impl Family for u32 {
+    const ETHERTYPE: Ethertype = Ethertype::Ipv4;
+    const ANY: Self = 0;
+
+    fn prefix(net: &IpNet) -> Option<Prefix<Self>> {
+        match net {
+            IpNet::V4(n) => Some((u32::from(n.network()), n.prefix_len())),
+            IpNet::V6(_) => None,
+        }
+    }
+
+    fn members(port: &Port, out: &mut Vec<Prefix<Self>>) {
+        out.extend(port.fixed_ips.iter().map(|f| (u32::from(f.ip), 32)));
+        out.extend(
+            port.allowed_address_pairs
+                .iter()
+                .map(|p| (u32::from(p.net.network()), p.net.prefix_len())),
+        );
+    }
+
+    fn netmask(len: u8) -> Self {
+        u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)
+    }
+
+    fn put(out: &mut MapEntries, policy: u32, (net, len): Prefix<Self>, class: u32) {
+        let key = SgRemoteKey {
+            policy,
+            ip_be: net.to_be(),
+        };
+        out.sg_remote
+            .insert((SG_REMOTE_PREFIX_BITS + u32::from(len), key), class);
+    }
+}
+
+impl Family for u128 {
+    const ETHERTYPE: Ethertype = Ethertype::Ipv6;
+    const ANY: Self = 0;
+
+    fn prefix(net: &IpNet) -> Option<Prefix<Self>> {
+        match net {
+            IpNet::V6(n) => Some((u128::from(n.network()), n.prefix_len())),
+            IpNet::V4(_) => None,
+        }
+    }
+
+    fn members(port: &Port, out: &mut Vec<Prefix<Self>>) {
+        out.extend(port.fixed_ips6.iter().map(|f| (u128::from(f.ip), 128)));
+        out.extend(
+            port.allowed_address_pairs6
+                .iter()
+                .map(|p| (u128::from(p.net.network()), p.net.prefix_len())),
+        );
+    }
+
+    fn netmask(len: u8) -> Self {
+        u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0)
+    }
+
+    fn put(out: &mut MapEntries, policy: u32, (net, len): Prefix<Self>, class: u32) {
+        let key = SgRemote6Key {
+            policy,
+            ip: net.to_be_bytes(),
+        };
+        out.sg_remote6
+            .insert((SG_REMOTE_PREFIX_BITS + u32::from(len), key), class);
+    }
+}
 
 /// The policy id of a set of group ids (sorted, deduplicated).
 pub fn sg_policy_id(groups: &[&str]) -> u32 {
@@ -118,28 +205,36 @@ pub(super) fn add_security_groups(
         }
         local.policy = id;
     }
-    let members = Members::index(state, policies.values());
+    // One set of classes for both families: a class is a set of rules of one ethertype, so
+    // the IPv4 and IPv6 classes of the shared rule trie never meet (and a hash collision
+    // between them is refused as any other).
     let mut classes = Classes::default();
+    let members = Members::<u32>::index(state, policies.values());
+    for (&id, policy) in &policies {
+        add_policy(out, state, &members, &mut classes, id, &policy.groups)?;
+    }
+    let members = Members::<u128>::index(state, policies.values());
     for (&id, policy) in &policies {
         add_policy(out, state, &members, &mut classes, id, &policy.groups)?;
     }
     Ok(())
 }
 
-/// The member prefixes of the groups the policies' rules name as `remote_group_id`.
-struct Members<'s> {
-    of_group: HashMap<&'s str, Vec<Prefix>>,
+/// The member prefixes (of family `A`) of the groups the policies' rules of that family
+/// name as `remote_group_id`.
+struct Members<'s, A> {
+    of_group: HashMap<&'s str, Vec<Prefix<A>>>,
 }
 
-impl<'s> Members<'s> {
+impl<'s, A: Family> Members<'s, A> {
     /// One pass over every port of the state.
     fn index<'p>(state: &'s State, policies: impl Iterator<Item = &'p Policy<'s>>) -> Self
     where
         's: 'p,
     {
-        let mut of_group: HashMap<&'s str, Vec<Prefix>> = HashMap::default();
+        let mut of_group: HashMap<&'s str, Vec<Prefix<A>>> = HashMap::default();
         for policy in policies {
-            for rule in policy_rules(state, &policy.groups) {
+            for rule in policy_rules(state, &policy.groups, A::ETHERTYPE) {
                 if let Remote::Group(g) = &rule.remote {
                     of_group.entry(g.as_str()).or_default();
                 }
@@ -156,12 +251,7 @@ impl<'s> Members<'s> {
                 let Some(list) = of_group.get_mut(g.as_str()) else {
                     continue;
                 };
-                list.extend(port.fixed_ips.iter().map(|f| (u32::from(f.ip), 32)));
-                list.extend(
-                    port.allowed_address_pairs
-                        .iter()
-                        .map(|p| (u32::from(p.net.network()), p.net.prefix_len())),
-                );
+                A::members(port, list);
             }
         }
         for list in of_group.values_mut() {
@@ -171,64 +261,57 @@ impl<'s> Members<'s> {
         Members { of_group }
     }
 
-    fn prefixes(&self, group: &str) -> &[Prefix] {
+    fn prefixes(&self, group: &str) -> &[Prefix<A>] {
         self.of_group.get(group).map_or(&[][..], Vec::as_slice)
     }
 }
 
-/// The IPv4 rules of a set of groups, group by group.
+/// The rules of one ethertype of a set of groups, group by group.
 fn policy_rules<'s, 'g>(
     state: &'s State,
     groups: &'g [&'s str],
+    ethertype: Ethertype,
 ) -> impl Iterator<Item = &'s SecurityGroupRule> + use<'s, 'g> {
     groups
         .iter()
         .filter_map(|g| state.security_group(g))
         .flat_map(|g| &g.rules)
-        .filter(|r| r.ethertype == Ethertype::Ipv4)
+        .filter(move |r| r.ethertype == ethertype)
 }
 
-/// Calls `each` with every remote prefix of an IPv4 rule.
-fn remote_prefixes(
+/// Calls `each` with every remote prefix of a rule of family `A`.
+fn remote_prefixes<A: Family>(
     rule: &SecurityGroupRule,
     state: &State,
-    members: &Members<'_>,
-    mut each: impl FnMut(Prefix),
+    members: &Members<'_, A>,
+    mut each: impl FnMut(Prefix<A>),
 ) {
-    let v4 = |net: &IpNet| match net {
-        IpNet::V4(n) => Some((u32::from(n.network()), n.prefix_len())),
-        IpNet::V6(_) => None,
-    };
     match &rule.remote {
-        Remote::Any => each((0, 0)),
-        Remote::Prefix(net) => v4(net).into_iter().for_each(each),
+        Remote::Any => each((A::ANY, 0)),
+        Remote::Prefix(net) => A::prefix(net).into_iter().for_each(each),
         Remote::Group(g) => members.prefixes(g).iter().copied().for_each(each),
         Remote::AddressGroup(a) => state
             .address_group(a)
             .into_iter()
             .flat_map(|a| &a.addresses)
-            .filter_map(v4)
+            .filter_map(A::prefix)
             .for_each(each),
     }
 }
 
-/// The host-order netmask of a prefix length.
-fn netmask(len: u8) -> u32 {
-    u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)
-}
-
-/// `sg_remote` of one policy, and `sg_rules` of the classes first seen in it.
-fn add_policy<'s>(
+/// `sg_remote` (IPv4) or `sg_remote6` (IPv6) of one policy, and `sg_rules` of the classes
+/// first seen in it.
+fn add_policy<'s, A: Family>(
     out: &mut MapEntries,
     state: &'s State,
-    members: &Members<'_>,
+    members: &Members<'_, A>,
     classes: &mut Classes<'s>,
     policy: u32,
     groups: &[&'s str],
 ) -> Result<(), CompileError> {
-    let rules: Vec<&SecurityGroupRule> = policy_rules(state, groups).collect();
+    let rules: Vec<&SecurityGroupRule> = policy_rules(state, groups, A::ETHERTYPE).collect();
     // Prefix -> indexes of the rules naming it.
-    let mut named: HashMap<Prefix, Vec<usize>> = HashMap::default();
+    let mut named: HashMap<Prefix<A>, Vec<usize>> = HashMap::default();
     for (i, rule) in rules.iter().enumerate() {
         remote_prefixes(rule, state, members, |p| {
             let list = named.entry(p).or_default();
@@ -237,7 +320,7 @@ fn add_policy<'s>(
             }
         });
     }
-    let mut prefixes: Vec<Prefix> = named.keys().copied().collect();
+    let mut prefixes: Vec<Prefix<A>> = named.keys().copied().collect();
     prefixes.sort_unstable();
     // The prefix lengths in use (a few: /0, /24, /32, ...): the only ones a containing
     // prefix can have.
@@ -251,7 +334,7 @@ fn add_policy<'s>(
         let mut set: Vec<usize> = lens
             .iter()
             .take_while(|&&l| l <= len)
-            .filter_map(|&l| named.get(&(net & netmask(l), l)))
+            .filter_map(|&l| named.get(&(net & A::netmask(l), l)))
             .flatten()
             .copied()
             .collect();
@@ -265,12 +348,7 @@ fn add_policy<'s>(
                 class
             }
         };
-        let key = SgRemoteKey {
-            policy,
-            ip_be: net.to_be(),
-        };
-        out.sg_remote
-            .insert((SG_REMOTE_PREFIX_BITS + u32::from(len), key), class);
+        A::put(out, policy, (net, len), class);
     }
     Ok(())
 }
@@ -640,7 +718,7 @@ mod tests {
     }
 
     #[test]
-    fn remote_group_without_members_and_ipv6_rules_name_nothing() {
+    fn remote_group_without_members_names_nothing_and_families_stay_apart() {
         let mut v = fixture_value();
         v["security_groups"] = json!([
             {"id": "sg1", "security_group_rules": [
@@ -669,7 +747,39 @@ mod tests {
                 sg_class_id(&["v4-office"])
             )])
         );
-        assert_eq!(c.entries.sg_rules.len(), 1);
+        // The IPv6 rules: `::/0` (v6) and the address group's IPv6 prefix (v6 + v6-office),
+        // in classes of their own.
+        let v6_any = sg_class_id(&["v6"]);
+        let v6_office = sg_class_id(&["v6", "v6-office"]);
+        let mut db8 = [0u8; 16];
+        db8[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        assert_eq!(
+            c.entries.sg_remote6,
+            BTreeMap::from([
+                (
+                    (
+                        32,
+                        SgRemote6Key {
+                            policy,
+                            ip: [0; 16]
+                        }
+                    ),
+                    v6_any
+                ),
+                ((32 + 64, SgRemote6Key { policy, ip: db8 }), v6_office),
+            ])
+        );
+        // One key per class: v6 and v6-office give the same key (ingress, any protocol) in
+        // their shared class, which keeps one.
+        assert_eq!(c.entries.sg_rules.len(), 3);
+        assert!(
+            c.entries.sg_rules.keys().all(|(_, k)| [
+                sg_class_id(&["v4-office"]),
+                v6_any,
+                v6_office
+            ]
+            .contains(&k.class))
+        );
     }
 
     #[test]

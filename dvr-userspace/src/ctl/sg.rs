@@ -1,6 +1,7 @@
 //! `dvrctl show sg [--port ID] [--state FILE] [--json]`: each local port's security group
 //! settings (from `DVR_LOCAL_PORTS`) and its compiled policy read back from the pinned
-//! `DVR_SG_REMOTE` and `DVR_SG_RULES`: per remote prefix the class of rules that names it,
+//! `DVR_SG_REMOTE`, `DVR_SG_REMOTE6` and `DVR_SG_RULES`: per remote prefix (IPv4, then
+//! IPv6) the class of rules that names it,
 //! per class what each rule admits (direction, protocol, ports or ICMP type/code). With a
 //! state, hashes become port ids, group ids and rule ids.
 use std::{
@@ -28,10 +29,13 @@ use dvr_common::{
 };
 
 const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
 
 /// `LPM (prefix length, key) -> value`, as the maps are read and compiled.
 pub type Remotes = BTreeMap<(u32, SgRemoteKey), u32>;
 pub type Rules = BTreeMap<(u32, SgRuleKey), SgRule>;
+/// `DVR_SG_REMOTE6` as read.
+pub type Remotes6 = BTreeMap<(u32, dvr_common::sg::SgRemote6Key), u32>;
 
 #[derive(Debug, Serialize)]
 pub struct SgView {
@@ -153,7 +157,10 @@ fn entry_match(plen: u32, k: &SgRuleKey) -> Match {
     match plen {
         SG_RULE_ANY_PROTO_BITS => Match::AnyProto,
         SG_RULE_ANY_PORT_BITS => Match::AnyPort,
-        p if p > SG_RULE_ANY_PORT_BITS && p <= SG_RULE_FULL_BITS && k.proto == IPPROTO_ICMP => {
+        p if p > SG_RULE_ANY_PORT_BITS
+            && p <= SG_RULE_FULL_BITS
+            && matches!(k.proto, IPPROTO_ICMP | IPPROTO_ICMPV6) =>
+        {
             let [t, c] = k.port_be.to_ne_bytes();
             match p - SG_RULE_ANY_PORT_BITS {
                 8 => Match::Icmp(t, None),
@@ -227,6 +234,7 @@ fn class_rows(entries: &[(u32, SgRuleKey, SgRule)], names: Option<&Names>) -> Ve
 pub fn view(
     local_ports: &BTreeMap<u32, LocalPort>,
     remotes: &Remotes,
+    remotes6: &Remotes6,
     rules: &Rules,
     only: Option<u32>,
     names: Option<&Names>,
@@ -258,6 +266,7 @@ pub fn view(
         .collect();
     if only.is_none() {
         policy_ids.extend(remotes.keys().map(|(_, k)| k.policy));
+        policy_ids.extend(remotes6.keys().map(|(_, k)| k.policy));
     }
     let mut class_ids = BTreeSet::new();
     let policies = policy_ids
@@ -276,6 +285,19 @@ pub fn view(
                 .collect();
             rs.sort();
             class_ids.extend(rs.iter().map(|r| r.2));
+            let mut rs6: Vec<(u128, u32, u32)> = remotes6
+                .iter()
+                .filter(|((_, k), _)| k.policy == policy)
+                .map(|((plen, k), class)| {
+                    (
+                        u128::from_be_bytes(k.ip),
+                        plen.saturating_sub(SG_REMOTE_PREFIX_BITS),
+                        *class,
+                    )
+                })
+                .collect();
+            rs6.sort();
+            class_ids.extend(rs6.iter().map(|r| r.2));
             PolicyView {
                 policy: format!("{policy:08x}"),
                 groups: names.and_then(|n| n.policy(policy)).map(<[String]>::to_vec),
@@ -290,6 +312,10 @@ pub fn view(
                         prefix: format!("{}/{plen}", ip_be(net.to_be())),
                         class: format!("{class:08x}"),
                     })
+                    .chain(rs6.into_iter().map(|(net, plen, class)| RemoteRow {
+                        prefix: format!("{}/{plen}", std::net::Ipv6Addr::from(net)),
+                        class: format!("{class:08x}"),
+                    }))
                     .collect(),
             }
         })
@@ -410,6 +436,7 @@ pub fn show(
     let v = view(
         &maps.local_ports.read()?,
         &maps.sg_remote.read()?,
+        &maps.sg_remote6.read()?,
         &maps.sg_rules.read()?,
         only,
         names,
@@ -454,6 +481,7 @@ mod tests {
         view(
             &e.local_ports,
             &e.sg_remote,
+            &e.sg_remote6,
             &e.sg_rules,
             only,
             with_names.then_some(&names),
@@ -572,5 +600,41 @@ mod tests {
             Some(IFX_VM2)
         );
         assert_eq!(match_port(lp, "vm3", None), None, "on host-b");
+    }
+
+    #[test]
+    fn ipv6_prefixes_and_icmpv6_rules_read_back() {
+        let mut v = sg_state();
+        if let Some(rules) = v["security_groups"][0]["security_group_rules"].as_array_mut() {
+            rules.push(
+                json!({"id": "r-ping6", "direction": "ingress", "ethertype": "IPv6",
+                "protocol": "ipv6-icmp", "port_range_min": 128, "remote_ip_prefix": "fd00::/8"}),
+            );
+        }
+        let c = compiled(&v, "host-a", &all_taps);
+        let e = &c.entries;
+        let view = view(
+            &e.local_ports,
+            &e.sg_remote,
+            &e.sg_remote6,
+            &e.sg_rules,
+            Some(IFX_VM1),
+            None,
+        );
+        let remotes: Vec<&str> = view.policies[0]
+            .remotes
+            .iter()
+            .map(|r| r.prefix.as_str())
+            .collect();
+        assert!(remotes.contains(&"fd00::/8"), "{remotes:?}");
+        assert!(remotes.contains(&"0.0.0.0/0"), "{remotes:?}");
+        let rows: Vec<(&str, &str)> = view
+            .classes
+            .iter()
+            .flat_map(|c| &c.rules)
+            .map(|r| (r.protocol.as_str(), r.ports.as_str()))
+            .collect();
+        assert!(rows.contains(&("icmpv6", "type 128")), "{rows:?}");
+        assert!(render_view(&view).contains("fd00::/8"));
     }
 }

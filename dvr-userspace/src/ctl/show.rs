@@ -17,14 +17,14 @@ use super::{
 use crate::{
     conntrack,
     maps::{HostMaps, MapsError},
-    model::{PROTO_ICMP, has_ports},
+    model::{PROTO_ICMP, PROTO_ICMPV6, has_ports},
 };
 use dvr_common::{
     ip6::{Addr6, Ip6Key, ROUTE6_KEY_PREFIX_BITS, Route6, Route6Key},
     l2::{FdbEntry, FdbKey},
     nat::{
-        CT_DNAT, CT_HAIRPIN, CT_PAT, CT_SG, CT_SG_INGRESS, CT_SNAT, CtEntry, CtKey, FIP_CENTRAL,
-        FIP_LOCAL, FIP_REMOTE, FIP_UNASSOCIATED,
+        CT_DNAT, CT_HAIRPIN, CT_PAT, CT_SG, CT_SG_INGRESS, CT_SNAT, CtEntry, CtKey, CtKey6,
+        FIP_CENTRAL, FIP_LOCAL, FIP_REMOTE, FIP_UNASSOCIATED,
     },
     port::PORT_FLAG_SECURITY,
     route::{Endpoint, IpKey, ROUTE_KEY_PREFIX_BITS, Route, RouteKey},
@@ -128,8 +128,9 @@ struct CtRow {
     /// up again: `port N`, or `type T code C` for ICMP (null for protocols without ports).
     sg_match: Option<String>,
     proto: String,
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
+    /// IPv4, or IPv6 for the security group flows of `DVR_CT6`.
+    src: IpAddr,
+    dst: IpAddr,
     sport: u16,
     dport: u16,
     /// `dnat`, `snat`, or `none` for a security group entry.
@@ -418,7 +419,7 @@ fn fip_kind(flags: u32) -> &'static str {
 fn sg_match(proto: u8, fixed_be: u32) -> Option<String> {
     let slot = fixed_be as u16;
     match proto {
-        PROTO_ICMP => {
+        PROTO_ICMP | PROTO_ICMPV6 => {
             let [t, c] = slot.to_ne_bytes();
             Some(format!("type {t} code {c}"))
         }
@@ -461,8 +462,8 @@ fn ct_rows(entries: &BTreeMap<CtKey, CtEntry>, now: u64, names: Option<&Names>) 
                 sg_rule: sg.then(|| rule_label(names, sg_rule_of(e, peer))),
                 sg_match: sg.then(|| sg_match(k.proto, e.fixed_be)).flatten(),
                 proto: proto_name(k.proto),
-                src: ip_be(k.saddr_be),
-                dst: ip_be(k.daddr_be),
+                src: ip_be(k.saddr_be).into(),
+                dst: ip_be(k.daddr_be).into(),
                 sport: u16::from_be(k.sport_be),
                 dport: u16::from_be(k.dport_be),
                 nat: if sg {
@@ -486,6 +487,60 @@ fn ct_rows(entries: &BTreeMap<CtKey, CtEntry>, now: u64, names: Option<&Names>) 
             }
         })
         .collect()
+}
+
+/// The rows of `DVR_CT6`: IPv6 security group flows (the other direction is the reversed
+/// key; nothing is translated, so the NAT columns stay empty).
+fn ct6_rows(entries: &BTreeMap<CtKey6, CtEntry>, now: u64, names: Option<&Names>) -> Vec<CtRow> {
+    let secs = |t: u64| now.saturating_sub(t) as f64 / 1e9;
+    entries
+        .iter()
+        .map(|(k, e)| {
+            let peer = entries.get(&k.reversed());
+            CtRow {
+                zone: k.zone,
+                sg_ifindex: Some(k.zone & !SG_ZONE),
+                sg: Some(if e.kind & CT_SG != 0 {
+                    "original"
+                } else {
+                    "reply"
+                }),
+                sg_direction: Some(if e.kind & CT_SG_INGRESS != 0 {
+                    "ingress"
+                } else {
+                    "egress"
+                }),
+                sg_rule: Some(rule_label(names, sg_rule_of(e, peer))),
+                sg_match: sg_match(k.proto, e.fixed_be),
+                proto: proto_name(k.proto),
+                src: Ipv6Addr::from(k.saddr).into(),
+                dst: Ipv6Addr::from(k.daddr).into(),
+                sport: u16::from_be(k.sport_be),
+                dport: u16::from_be(k.dport_be),
+                nat: "none",
+                hairpin: false,
+                nat_ip: Ipv4Addr::UNSPECIFIED,
+                nat_port: None,
+                pat: false,
+                fip: Ipv4Addr::UNSPECIFIED,
+                fixed: Ipv4Addr::UNSPECIFIED,
+                state: conntrack::state(k.proto, e.tcp_flags, peer.map_or(0, |p| p.tcp_flags))
+                    .as_str(),
+                age_s: secs(e.created_ns),
+                idle_s: secs(e.last_seen_ns),
+                packets: e.packets,
+                bytes: e.bytes,
+            }
+        })
+        .collect()
+}
+
+/// `address:port`, an IPv6 address in brackets.
+fn endpoint(ip: &IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
 }
 
 /// The ZONE and NAT/TO cells of a conntrack row: a security group entry shows its port
@@ -782,11 +837,9 @@ pub fn show_with(maps: &HostMaps, subject: Subject, opts: &ShowOpts) -> Result<S
         }
         Subject::Sg => super::sg::show(maps, opts.port, opts.names, json)?,
         Subject::Conntrack => {
-            let rows = ct_rows(
-                &maps.ct.read()?,
-                crate::clock::conntrack_now_ns(),
-                opts.names,
-            );
+            let now = crate::clock::conntrack_now_ns();
+            let mut rows = ct_rows(&maps.ct.read()?, now, opts.names);
+            rows.extend(ct6_rows(&maps.ct6.read()?, now, opts.names));
             render(
                 json,
                 &rows,
@@ -799,8 +852,8 @@ pub fn show_with(maps: &HostMaps, subject: Subject, opts: &ShowOpts) -> Result<S
                     vec![
                         zone,
                         r.proto.clone(),
-                        format!("{}:{}", r.src, r.sport),
-                        format!("{}:{}", r.dst, r.dport),
+                        endpoint(&r.src, r.sport),
+                        endpoint(&r.dst, r.dport),
                         nat,
                         to,
                         r.state.to_string(),

@@ -265,7 +265,7 @@ impl Walk<'_> {
             return Ok(None);
         }
         if self.p.v6.is_some() {
-            return Ok(self.sg6(&port, false).map(|o| o.stat));
+            return Ok(self.sg6(ifindex, &port, SG_INGRESS)?.map(|o| o.stat));
         }
         Ok(self.sg(ifindex, &port, SG_INGRESS, pkt)?.map(|o| o.stat))
     }

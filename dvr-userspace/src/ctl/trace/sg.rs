@@ -1,19 +1,21 @@
 //! The trace's counterpart of `dvr-ebpf/src/stage/sg.rs`: the security group decision for
 //! one packet of a port, as the datapath takes it, pure (over the two tries as read and the
-//! conntrack entries the walk looked up) so that unit tests cover it. `stage.rs` turns the
+//! conntrack entries the walk looked up) so that unit tests cover it; IPv4 ([`check`]) and
+//! IPv6 ([`check6`]) share the stateful part ([`decide`]). `stage.rs` and `v6.rs` turn the
 //! decision into a step and a verdict.
 use std::collections::BTreeMap;
 
 use dvr_common::{
-    nat::{CT_SG_INGRESS, CT_SG_REPLY, CtEntry, CtKey},
+    ip6::Ip6,
+    nat::{CT_SG_INGRESS, CT_SG_REPLY, CtEntry, CtKey, CtKey6},
     port::{LocalPort, PORT_FLAG_SG_STATELESS},
     sg::{SG_EGRESS, SG_INGRESS, SG_ZONE},
     stats::Stat,
 };
 
 use crate::{
-    compile::{icmp_port_be, sg_admit},
-    ctl::sg::{Remotes, Rules, direction_name},
+    compile::{icmp_port_be, sg_admit, sg_admit6},
+    ctl::sg::{Remotes, Remotes6, Rules, direction_name},
 };
 
 const IPPROTO_ICMP: u8 = 1;
@@ -21,6 +23,7 @@ const IPPROTO_UDP: u8 = 17;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_PARAM_PROBLEM: u8 = 12;
+const IPPROTO_ICMPV6: u8 = 58;
 
 /// The packet as the check sees it (addresses and ports in network order; for ICMP echo
 /// the identifier in both port slots, as conntrack keys hold it).
@@ -159,14 +162,35 @@ pub(super) fn check(
         remote,
     )
     .map(|r| r.rule_id);
-    if port.flags & PORT_FLAG_SG_STATELESS != 0 {
+    let error = p.is_icmp_error();
+    decide(
+        port.flags & PORT_FLAG_SG_STATELESS != 0,
+        admitted,
+        error,
+        || ct(&flow_key(ifindex, p)),
+        || quoted_key(ifindex, p).and_then(|k| ct(&k)).is_some(),
+    )
+}
+
+/// The decision once the rules were looked up, for either family (`stage::sg::check` and
+/// `check6` after their lookups): `admitted` by which rule, `error` an ICMP(v6) error,
+/// `tracked` the entry at the packet's own key, `related` whether an error quotes a
+/// tracked flow.
+fn decide(
+    stateless: bool,
+    admitted: Option<u32>,
+    error: bool,
+    tracked: impl FnOnce() -> Option<CtEntry>,
+    related: impl FnOnce() -> bool,
+) -> Decision {
+    if stateless {
         return Decision::Stateless(admitted);
     }
-    let tracked = ct(&flow_key(ifindex, p));
+    let tracked = tracked();
     if let Some(rule) = admitted {
         return Decision::Admitted {
             rule,
-            new_flow: tracked.is_none() && !p.is_icmp_error(),
+            new_flow: tracked.is_none() && !error,
         };
     }
     match tracked {
@@ -179,12 +203,155 @@ pub(super) fn check(
             },
         },
         Some(e) => Decision::Revoked { rule: e._reserved },
-        None if p.is_icmp_error() => match quoted_key(ifindex, p).and_then(|k| ct(&k)) {
-            Some(_) => Decision::Related,
-            None => Decision::Refused,
+        None if error => match related() {
+            true => Decision::Related,
+            false => Decision::Refused,
         },
         None => Decision::Refused,
     }
+}
+
+/// An IPv6 packet as the check sees it (ports in network order; ICMPv6 echo: the
+/// identifier in both port slots).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Packet6 {
+    pub(super) saddr: Ip6,
+    pub(super) daddr: Ip6,
+    pub(super) proto: u8,
+    pub(super) sport_be: u16,
+    pub(super) dport_be: u16,
+    /// ICMPv6 type and code (ICMPv6 only).
+    pub(super) icmp: (u8, u8),
+    /// The tuple an ICMPv6 error quotes: (saddr, daddr, sport, dport, proto).
+    pub(super) quoted: Option<(Ip6, Ip6, u16, u16, u8)>,
+}
+
+impl Packet6 {
+    fn icmp6(&self) -> Option<u8> {
+        (self.proto == IPPROTO_ICMPV6).then_some(self.icmp.0)
+    }
+
+    /// Types 1-4 (`stage::sg::is_icmp6_error`).
+    fn is_icmp6_error(&self) -> bool {
+        matches!(self.icmp6(), Some(1..=4))
+    }
+
+    fn port_be(&self) -> u16 {
+        if self.proto == IPPROTO_ICMPV6 {
+            icmp_port_be(self.icmp.0, self.icmp.1)
+        } else {
+            self.dport_be
+        }
+    }
+
+    /// Base traffic (`stage::sg::is_base6`): neighbour discovery and multicast listener
+    /// discovery (redirects towards the VM too), DHCPv6 client to server leaving the VM,
+    /// server to client reaching it.
+    fn is_base(&self, dir: u8) -> bool {
+        match self.icmp6() {
+            Some(130..=136 | 143) => return true,
+            Some(137) => return dir == SG_INGRESS,
+            _ => {}
+        }
+        let (client, server) = (546u16.to_be(), 547u16.to_be());
+        self.proto == IPPROTO_UDP
+            && match dir {
+                SG_EGRESS => self.sport_be == client && self.dport_be == server,
+                _ => self.sport_be == server && self.dport_be == client,
+            }
+    }
+}
+
+/// The key of an IPv6 packet's own direction in the port's zone (`DVR_CT6`).
+pub(super) fn flow_key6(ifindex: u32, p: &Packet6) -> CtKey6 {
+    CtKey6 {
+        zone: zone(ifindex),
+        saddr: p.saddr,
+        daddr: p.daddr,
+        sport_be: p.sport_be,
+        dport_be: p.dport_be,
+        proto: p.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// The key of the packet an ICMPv6 error quotes, in the port's zone.
+pub(super) fn quoted_key6(ifindex: u32, p: &Packet6) -> Option<CtKey6> {
+    let (saddr, daddr, sport_be, dport_be, proto) = p.quoted?;
+    Some(CtKey6 {
+        zone: zone(ifindex),
+        saddr,
+        daddr,
+        sport_be,
+        dport_be,
+        proto,
+        _pad: [0; 3],
+    })
+}
+
+/// [`check`] for IPv6 (`stage::sg::check6`): the IPv6 remote trie, conntrack in
+/// `DVR_CT6`; an error passes by the flow it quotes only, never by its own tuple.
+pub(super) fn check6(
+    port: &LocalPort,
+    ifindex: u32,
+    dir: u8,
+    p: &Packet6,
+    remotes6: &Remotes6,
+    rules: &Rules,
+    ct: &dyn Fn(&CtKey6) -> Option<CtEntry>,
+) -> Decision {
+    if p.is_base(dir) {
+        return Decision::Base;
+    }
+    let remote = if dir == SG_EGRESS { &p.daddr } else { &p.saddr };
+    let admitted = sg_admit6(
+        remotes6,
+        rules,
+        port.policy,
+        dir,
+        p.proto,
+        p.port_be(),
+        remote,
+    )
+    .map(|r| r.rule_id);
+    let error = p.is_icmp6_error();
+    decide(
+        port.flags & PORT_FLAG_SG_STATELESS != 0,
+        admitted,
+        error,
+        || {
+            if error {
+                None
+            } else {
+                ct(&flow_key6(ifindex, p))
+            }
+        },
+        || quoted_key6(ifindex, p).and_then(|k| ct(&k)).is_some(),
+    )
+}
+
+/// The entries a stateful admission of an IPv6 packet creates (`conntrack::create6`).
+pub(super) fn new_flow6(
+    ifindex: u32,
+    dir: u8,
+    p: &Packet6,
+    rule: u32,
+) -> BTreeMap<CtKey6, CtEntry> {
+    use dvr_common::nat::CT_SG;
+    let k = flow_key6(ifindex, p);
+    let flag = if dir == SG_INGRESS { CT_SG_INGRESS } else { 0 };
+    let e = CtEntry {
+        fixed_be: u32::from(p.port_be()),
+        peer_zone: k.zone,
+        kind: CT_SG | flag,
+        _reserved: rule,
+        ..Default::default()
+    };
+    let pe = CtEntry {
+        kind: CT_SG_REPLY | flag,
+        ..e
+    };
+    BTreeMap::from([(k.reversed(), pe), (k, e)])
 }
 
 /// The entries a stateful admission creates for a new flow (`stage::sg::check`): the
@@ -230,9 +397,13 @@ pub(super) fn describe(
     let refused = refused(dir).as_str();
     let what = match d {
         Decision::Base if dir == SG_EGRESS => {
-            "DHCP client to server: base traffic, always allowed".to_string()
+            "DHCP client to server (or IPv6 neighbour discovery): base traffic, always allowed"
+                .to_string()
         }
-        Decision::Base => "DHCP server to client: base traffic, always allowed".to_string(),
+        Decision::Base => {
+            "DHCP server to client (or IPv6 neighbour discovery): base traffic, always allowed"
+                .to_string()
+        }
         Decision::Stateless(Some(r)) => format!("admitted by {}", rule(r)),
         Decision::Admitted {
             rule: r,
@@ -520,5 +691,185 @@ mod tests {
                 assert!(!t.contains("  ") && !t.contains('\n'), "{t:?}");
             }
         }
+    }
+
+    /// Policy 77 for IPv6: egress TCP 443 to anywhere (`out-https6`), ingress ICMPv6 echo
+    /// requests from fd00::/8 (`in-ping6`); the IPv4 tries of [`tries`] beside it.
+    fn decide6(flags: u32, dir: u8, p: &Packet6, ct: &BTreeMap<CtKey6, CtEntry>) -> Decision {
+        use dvr_common::sg::SgRemote6Key;
+        let (_, mut rules) = tries();
+        let mut fd = [0u8; 16];
+        fd[0] = 0xfd;
+        let remotes6 = BTreeMap::from([
+            (
+                (
+                    SG_REMOTE_PREFIX_BITS,
+                    SgRemote6Key {
+                        policy: POLICY,
+                        ip: [0; 16],
+                    },
+                ),
+                61,
+            ),
+            (
+                (
+                    SG_REMOTE_PREFIX_BITS + 8,
+                    SgRemote6Key {
+                        policy: POLICY,
+                        ip: fd,
+                    },
+                ),
+                62,
+            ),
+        ]);
+        for (class, dir, proto, bits, port_be, id) in [
+            (61, SG_EGRESS, 6, 16, 443u16.to_be(), "out-https6"),
+            (62, SG_EGRESS, 6, 16, 443u16.to_be(), "out-https6"),
+            (62, SG_INGRESS, 58, 8, icmp_port_be(128, 0), "in-ping6"),
+        ] {
+            rules.insert(
+                (
+                    SG_RULE_ANY_PORT_BITS + bits,
+                    SgRuleKey {
+                        class,
+                        dir,
+                        proto,
+                        port_be,
+                    },
+                ),
+                SgRule {
+                    rule_id: fnv1a32(id),
+                },
+            );
+        }
+        check6(&port(flags), IFX, dir, p, &remotes6, &rules, &|k| {
+            ct.get(k).copied()
+        })
+    }
+
+    const VM6: Ip6 = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];
+    const PEER6: Ip6 = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
+    const FAR6: Ip6 = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+    fn pkt6(saddr: Ip6, daddr: Ip6, proto: u8, sport: u16, dport: u16) -> Packet6 {
+        Packet6 {
+            saddr,
+            daddr,
+            proto,
+            sport_be: sport.to_be(),
+            dport_be: dport.to_be(),
+            icmp: (0, 0),
+            quoted: None,
+        }
+    }
+
+    #[test]
+    fn ipv6_rules_state_related_errors_and_base_traffic() {
+        let none = BTreeMap::new();
+        let out = pkt6(VM6, FAR6, 6, 40000, 443);
+        let d = decide6(0, SG_EGRESS, &out, &none);
+        assert_eq!(
+            d,
+            Decision::Admitted {
+                rule: fnv1a32("out-https6"),
+                new_flow: true
+            }
+        );
+        let flow = new_flow6(IFX, SG_EGRESS, &out, fnv1a32("out-https6"));
+        // The reply passes by state; a new connection from there does not.
+        let reply = pkt6(FAR6, VM6, 6, 443, 40000);
+        assert!(matches!(
+            decide6(0, SG_INGRESS, &reply, &flow),
+            Decision::Reply {
+                flow_dir: SG_EGRESS,
+                ..
+            }
+        ));
+        assert_eq!(
+            decide6(0, SG_INGRESS, &pkt6(FAR6, VM6, 6, 443, 40001), &flow),
+            Decision::Refused
+        );
+        // An IPv4 rule never admits IPv6: TCP 22 from anywhere is IPv4's in-ssh only.
+        assert_eq!(
+            decide6(0, SG_INGRESS, &pkt6(PEER6, VM6, 6, 40000, 22), &none),
+            Decision::Refused
+        );
+        // ICMPv6 echo requests from fd00::/8 only; other types refused.
+        let ping = Packet6 {
+            icmp: (128, 0),
+            ..pkt6(PEER6, VM6, 58, 7, 7)
+        };
+        assert_eq!(
+            decide6(0, SG_INGRESS, &ping, &none),
+            Decision::Admitted {
+                rule: fnv1a32("in-ping6"),
+                new_flow: true
+            }
+        );
+        let far_ping = Packet6 {
+            saddr: FAR6,
+            ..ping
+        };
+        assert_eq!(decide6(0, SG_INGRESS, &far_ping, &none), Decision::Refused);
+        let info = Packet6 {
+            icmp: (139, 0),
+            ..pkt6(PEER6, VM6, 58, 0, 0)
+        };
+        assert_eq!(decide6(0, SG_INGRESS, &info, &none), Decision::Refused);
+        // Errors: related when they quote the tracked flow; never by their own tuple.
+        let error = Packet6 {
+            icmp: (1, 4),
+            quoted: Some((VM6, FAR6, 40000u16.to_be(), 443u16.to_be(), 6)),
+            ..pkt6(FAR6, VM6, 58, 0, 0)
+        };
+        assert_eq!(decide6(0, SG_INGRESS, &error, &flow), Decision::Related);
+        let mut own = BTreeMap::new();
+        own.insert(
+            flow_key6(IFX, &error),
+            CtEntry {
+                kind: CT_SG_REPLY,
+                ..Default::default()
+            },
+        );
+        let forged = Packet6 {
+            quoted: Some((VM6, FAR6, 1u16.to_be(), 2u16.to_be(), 17)),
+            ..error
+        };
+        assert_eq!(decide6(0, SG_INGRESS, &forged, &own), Decision::Refused);
+        // Base: neighbour discovery both ways, redirects only towards the VM, DHCPv6.
+        for (t, dir) in [
+            (133, SG_EGRESS),
+            (135, SG_EGRESS),
+            (136, SG_INGRESS),
+            (134, SG_INGRESS),
+            (137, SG_INGRESS),
+            (143, SG_EGRESS),
+        ] {
+            let nd = Packet6 {
+                icmp: (t, 0),
+                ..pkt6(FAR6, FAR6, 58, 0, 0)
+            };
+            assert_eq!(decide6(0, dir, &nd, &none), Decision::Base, "type {t}");
+        }
+        let redirect_out = Packet6 {
+            icmp: (137, 0),
+            ..pkt6(VM6, FAR6, 58, 0, 0)
+        };
+        assert_eq!(
+            decide6(0, SG_EGRESS, &redirect_out, &none),
+            Decision::Refused
+        );
+        let solicit = pkt6(VM6, FAR6, 17, 546, 547);
+        assert_eq!(decide6(0, SG_EGRESS, &solicit, &none), Decision::Base);
+        let server_in_vm = pkt6(VM6, FAR6, 17, 547, 546);
+        assert_eq!(
+            decide6(0, SG_EGRESS, &server_in_vm, &none),
+            Decision::Refused
+        );
+        // Stateless.
+        assert_eq!(
+            decide6(PORT_FLAG_SG_STATELESS, SG_INGRESS, &reply, &flow),
+            Decision::Stateless(None)
+        );
     }
 }

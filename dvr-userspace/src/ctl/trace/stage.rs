@@ -122,6 +122,17 @@ impl Walk<'_> {
             self.sg_created
                 .extend(sg::new_flow(ifindex, dir, pkt, rule));
         }
+        Ok(self.sg_step(d, dir, ifindex, port))
+    }
+
+    /// The trace line of security group decision `d` (either family) and its drop, if any.
+    pub(super) fn sg_step(
+        &mut self,
+        d: Decision,
+        dir: u8,
+        ifindex: u32,
+        port: &LocalPort,
+    ) -> Option<Out> {
         let names = self.names;
         let rule = |r: u32| {
             let label = rule_label(names, r);
@@ -135,7 +146,7 @@ impl Walk<'_> {
             "security group",
             sg::describe(d, dir, ifindex, stateless, &rule),
         );
-        Ok((!d.passes()).then(|| drop(sg::refused(dir))))
+        (!d.passes()).then(|| drop(sg::refused(dir)))
     }
 }
 

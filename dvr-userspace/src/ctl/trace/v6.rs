@@ -8,11 +8,13 @@ use dvr_common::{
     ip6::{Ip6Key, ROUTE6_KEY_PREFIX_BITS, Route6, SEC6_KEY_PREFIX_BITS, is_link_local},
     port::{LocalPort, PORT_FLAG_SECURITY, SEC_IP_ALLOWED},
     route::RouterIface,
+    sg::SG_EGRESS,
     stats::Stat,
 };
 
 use super::{
     net::deliver,
+    sg::{self, Decision, Packet6},
     walk::{Addrs6, Out, Walk, drop, out},
 };
 use crate::{ctl::fmt_mac, maps::MapsError};
@@ -228,7 +230,7 @@ impl Walk<'_> {
         if let Some(dropped) = self.security6(ifindex, port, src_mac)? {
             return Ok(dropped);
         }
-        if let Some(dropped) = self.sg6(port, true) {
+        if let Some(dropped) = self.sg6(ifindex, port, SG_EGRESS)? {
             return Ok(dropped);
         }
         let gw = self.m.gw_by_mac.get(&dvr_common::l2::FdbKey {
@@ -242,25 +244,73 @@ impl Walk<'_> {
         }
     }
 
-    /// Security groups for IPv6 on a filtered port: not enforced yet, so the datapath
-    /// refuses IPv6 other than neighbour discovery both ways (fails closed).
-    pub(super) fn sg6(&mut self, port: &LocalPort, egress: bool) -> Option<Out> {
+    /// `stage::sg::check6`: the IPv6 rules of the port on tap `ifindex` on the probe in
+    /// direction `dir`; `Some(drop)` when they refuse it.
+    pub(super) fn sg6(
+        &mut self,
+        ifindex: u32,
+        port: &LocalPort,
+        dir: u8,
+    ) -> Result<Option<Out>, MapsError> {
         if port.flags & dvr_common::port::PORT_FLAG_SG == 0 {
             self.step(
                 "security group",
                 "port not filtered (no port security, or no security_groups in its state)",
             );
-            return None;
+            return Ok(None);
         }
-        self.step(
-            "security group",
-            "IPv6 rules are not enforced yet: IPv6 other than neighbour discovery is refused",
-        );
-        Some(drop(if egress {
-            Stat::DropSgEgress
+        if self.sg_tries.is_none() {
+            self.sg_tries = Some((self.m.sg_remote.read()?, self.m.sg_rules.read()?));
+        }
+        if self.sg_remote6.is_none() {
+            self.sg_remote6 = Some(self.m.sg_remote6.read()?);
+        }
+        let Some(pkt) = self.sg_packet6() else {
+            return Ok(None);
+        };
+        let k = sg::flow_key6(ifindex, &pkt);
+        let tracked = match self.sg_created6.get(&k) {
+            Some(e) => Some(*e),
+            None => self.m.ct6.get(&k)?,
+        };
+        let d = match (&self.sg_tries, &self.sg_remote6) {
+            (Some((_, rules)), Some(remotes6)) => {
+                sg::check6(port, ifindex, dir, &pkt, remotes6, rules, &|key| {
+                    if *key == k { tracked } else { None }
+                })
+            }
+            _ => Decision::Refused,
+        };
+        if let Decision::Admitted {
+            rule,
+            new_flow: true,
+        } = d
+        {
+            self.sg_created6
+                .extend(sg::new_flow6(ifindex, dir, &pkt, rule));
+        }
+        Ok(self.sg_step(d, dir, ifindex, port))
+    }
+
+    /// The IPv6 probe as the security group check sees it (an ICMPv6 probe is an echo
+    /// request whose identifier is `sport`).
+    fn sg_packet6(&self) -> Option<Packet6> {
+        let a = self.p.v6?;
+        let icmp = self.p.proto == 58;
+        let (sport, dport) = if icmp {
+            (self.p.sport, self.p.sport)
         } else {
-            Stat::DropSgIngress
-        }))
+            (self.p.sport, self.p.dport)
+        };
+        Some(Packet6 {
+            saddr: a.src.octets(),
+            daddr: a.dst.octets(),
+            proto: self.p.proto,
+            sport_be: sport.to_be(),
+            dport_be: dport.to_be(),
+            icmp: if icmp { (128, 0) } else { (0, 0) },
+            quoted: None,
+        })
     }
 }
 

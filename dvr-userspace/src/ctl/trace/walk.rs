@@ -67,6 +67,10 @@ pub(super) struct Walk<'a> {
     /// Conntrack entries a security group check of this walk creates (a new flow), which
     /// a later check of the same packet's answer finds (the router's echo reply).
     pub(super) sg_created: BTreeMap<CtKey, CtEntry>,
+    /// DVR_SG_REMOTE6, read at the walk's first IPv6 security group check.
+    pub(super) sg_remote6: Option<crate::ctl::sg::Remotes6>,
+    /// As `sg_created`, in DVR_CT6.
+    pub(super) sg_created6: BTreeMap<dvr_common::nat::CtKey6, CtEntry>,
 }
 
 /// Where a walk ends: the counter it bumps, and where and how the packet leaves.
@@ -131,6 +135,8 @@ impl<'a> Walk<'a> {
             names,
             sg_tries: None,
             sg_created: BTreeMap::new(),
+            sg_remote6: None,
+            sg_created6: BTreeMap::new(),
         }
     }
 

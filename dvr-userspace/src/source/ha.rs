@@ -44,6 +44,11 @@ pub const DETECT: Duration = Duration::from_millis(350);
 pub const MARGIN: Duration = Duration::from_millis(50);
 /// Extra delay per rank, so the best candidate acts first.
 pub const RANK_STEP: Duration = Duration::from_millis(300);
+/// Extra delay per rank before taking a vacant role. Longer than [`RANK_STEP`]: on a first
+/// start, candidates that start together are live in etcd before they take part (each
+/// loads and verifies its datapath first, up to a second or more on a busy host), and the
+/// better candidate must get that long to be ready.
+pub const VACANT_RANK_STEP: Duration = Duration::from_millis(1500);
 /// Bound on one etcd request of the election: a slow etcd must not stall the beats.
 const OP_TIMEOUT: Duration = Duration::from_millis(300);
 /// A planned handover waits this long for the target to acknowledge the state.
@@ -464,7 +469,7 @@ impl Election {
                     let wait = if released {
                         Duration::ZERO
                     } else {
-                        FENCE + MARGIN + RANK_STEP * rank as u32
+                        FENCE + MARGIN + VACANT_RANK_STEP * rank as u32
                     };
                     if now.saturating_duration_since(since) >= wait {
                         self.acquire(client, role, lease, shared).await;

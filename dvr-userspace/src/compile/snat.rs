@@ -89,6 +89,30 @@ impl<'s> Csnat<'s> {
         self.host_of.get(router) == Some(&me) && !self.inactive.contains(router)
     }
 
+    /// The steering of router `router_id`'s traffic to csnat port `port` on its SNAT host:
+    /// tunnel 0 on that host itself; `None` when it has none or its tunnel is unknown.
+    fn steer_to(
+        &self,
+        c: &Compiler<'_>,
+        router_id: &str,
+        port: &Port,
+        gw: &ExternalGateway,
+    ) -> Option<SnatSteer> {
+        let &snat_host = self.host_of.get(router_id)?;
+        let tunnel_ip_host = if snat_host == c.host {
+            0
+        } else {
+            *c.tunnel_of.get(snat_host)?
+        };
+        Some(SnatSteer {
+            tunnel_ip_host,
+            router_id: fnv1a32(router_id),
+            csnat_mac: port.mac,
+            _pad: [0; 2],
+            flags: steer_flags(gw),
+        })
+    }
+
     /// The host that serves a router's central FIPs: its SNAT host, when the router has a
     /// gateway and the host has external (as `snat_here` on that host).
     pub(super) fn central_host(&self, state: &'s State, router_id: &str) -> Option<&'s Host> {
@@ -167,27 +191,10 @@ pub(super) fn add_snat_steer(
         else {
             continue;
         };
-        let Some(&snat_host) = csnat.host_of.get(iface.router_id) else {
+        let Some(to) = csnat.steer_to(c, iface.router_id, port, gw) else {
             continue;
         };
-        let tunnel_ip_host = if snat_host == c.host {
-            0
-        } else {
-            match c.tunnel_of.get(snat_host) {
-                Some(&tunnel) => tunnel,
-                None => continue,
-            }
-        };
-        steer.insert(
-            fdb_key(iface.vni, iface.port.mac),
-            SnatSteer {
-                tunnel_ip_host,
-                router_id: fnv1a32(iface.router_id),
-                csnat_mac: port.mac,
-                _pad: [0; 2],
-                flags: steer_flags(gw),
-            },
-        );
+        steer.insert(fdb_key(iface.vni, iface.port.mac), to);
     }
     add_snat_steer6(steer, c, csnat);
 }
@@ -213,27 +220,13 @@ fn add_snat_steer6(steer: &mut BTreeMap<FdbKey, SnatSteer>, c: &Compiler<'_>, cs
         else {
             continue;
         };
-        let Some(&snat_host) = csnat.host_of.get(iface.router_id) else {
+        let Some(to) = csnat.steer_to(c, iface.router_id, port, gw) else {
             continue;
-        };
-        let tunnel_ip_host = if snat_host == c.host {
-            0
-        } else {
-            match c.tunnel_of.get(snat_host) {
-                Some(&tunnel) => tunnel,
-                None => continue,
-            }
         };
         // A port with IPv4 addresses too already steers (to the same host).
         steer
             .entry(fdb_key(iface.vni, iface.port.mac))
-            .or_insert(SnatSteer {
-                tunnel_ip_host,
-                router_id: fnv1a32(iface.router_id),
-                csnat_mac: port.mac,
-                _pad: [0; 2],
-                flags: steer_flags(gw),
-            });
+            .or_insert(to);
     }
 }
 

@@ -16,7 +16,7 @@ use dvr_common::{
         LocalPort, PORT_FLAG_SECURITY, PORT_FLAG_SG_STATELESS, SEC_IP_ALLOWED, SEC_KEY_PREFIX_BITS,
     },
     route::{IpKey, RouterIface},
-    snat::{SNAT_ENABLED, SNAT_HA, SnatRouter, fence_active},
+    snat::{SNAT_ENABLED, SNAT_HA, SnatRouter, SnatSteer, fence_active},
     stats::Stat,
 };
 
@@ -470,34 +470,60 @@ impl Walk<'_> {
             return Ok(drop(Stat::DropSnatDisabled));
         }
         if st.tunnel_ip_host == 0 {
-            self.step("snat", "this host is the router's SNAT host");
-            let r = self.m.snat_routers.get(&FdbKey {
-                vni,
-                mac: st.csnat_mac,
-                _pad: [0; 2],
-            })?;
-            return match r {
-                Some(r) if !self.ha_serves(r.flags, r.router_id)? => {
-                    Ok(drop(Stat::DropSnatStandby))
-                }
-                Some(r) => self.snat_out(vni, &r, cfg),
-                None => Ok(drop(Stat::DropNoRoute)),
+            return match self.snat_router_here("snat", vni, st.csnat_mac)? {
+                Ok(r) => self.snat_out(vni, &r, cfg),
+                Err(o) => Ok(o),
             };
         }
+        Ok(self.steered("snat", "", vni, &st, cfg))
+    }
+
+    /// The step where a router's traffic reaches its SNAT host: this host
+    /// (`DVR_SNAT_ROUTERS` at csnat port `csnat_mac`), `Err` the drop when it is not served
+    /// here (`stage::ha`, or no entry).
+    pub(super) fn snat_router_here(
+        &mut self,
+        stage: &'static str,
+        vni: u32,
+        csnat_mac: Mac,
+    ) -> Result<Result<SnatRouter, Out>, MapsError> {
+        self.step(stage, "this host is the router's SNAT host");
+        let r = self.m.snat_routers.get(&FdbKey {
+            vni,
+            mac: csnat_mac,
+            _pad: [0; 2],
+        })?;
+        Ok(match r {
+            Some(r) if !self.ha_serves(r.flags, r.router_id)? => Err(drop(Stat::DropSnatStandby)),
+            Some(r) => Ok(r),
+            None => Err(drop(Stat::DropNoRoute)),
+        })
+    }
+
+    /// Another host is the router's SNAT host (steering `st`): tunnelled there, the step's
+    /// text after `prefix`.
+    pub(super) fn steered(
+        &mut self,
+        stage: &'static str,
+        prefix: &str,
+        vni: u32,
+        st: &SnatSteer,
+        cfg: &HostConfig,
+    ) -> Out {
         self.step(
-            "snat",
+            stage,
             format!(
-                "steered to SNAT host {} (csnat port {})",
+                "{prefix}steered to SNAT host {} (csnat port {})",
                 Ipv4Addr::from(st.tunnel_ip_host),
                 fmt_mac(st.csnat_mac)
             ),
         );
-        Ok(out(
+        out(
             Stat::SnatSteered,
             format!("tunnel {} vni {vni}", Ipv4Addr::from(st.tunnel_ip_host)),
             cfg.dvr_mac,
             st.csnat_mac,
-        ))
+        )
     }
 
     /// `stage::snat::from_tunnel`: the SNAT host, a frame to a csnat port of router `r`.

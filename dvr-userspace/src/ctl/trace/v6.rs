@@ -268,14 +268,14 @@ impl Walk<'_> {
         let Some(pkt) = self.sg_packet6() else {
             return Ok(None);
         };
-        let k = sg::flow_key6(ifindex, &pkt);
+        let k = sg::flow_key(ifindex, &pkt);
         let tracked = match self.sg_created6.get(&k) {
             Some(e) => Some(*e),
             None => self.m.ct6.get(&k)?,
         };
         let d = match (&self.sg_tries, &self.sg_remote6) {
             (Some((_, rules)), Some(remotes6)) => {
-                sg::check6(port, ifindex, dir, &pkt, remotes6, rules, &|key| {
+                sg::check(port, ifindex, dir, &pkt, remotes6, rules, &|key| {
                     if *key == k { tracked } else { None }
                 })
             }
@@ -296,21 +296,7 @@ impl Walk<'_> {
     /// request whose identifier is `sport`).
     fn sg_packet6(&self) -> Option<Packet6> {
         let a = self.p.v6?;
-        let icmp = self.p.proto == 58;
-        let (sport, dport) = if icmp {
-            (self.p.sport, self.p.sport)
-        } else {
-            (self.p.sport, self.p.dport)
-        };
-        Some(Packet6 {
-            saddr: a.src.octets(),
-            daddr: a.dst.octets(),
-            proto: self.p.proto,
-            sport_be: sport.to_be(),
-            dport_be: dport.to_be(),
-            icmp: if icmp { (128, 0) } else { (0, 0) },
-            quoted: None,
-        })
+        Some(self.sg_probe(a.src.octets(), a.dst.octets(), 58, 128))
     }
 }
 

@@ -187,20 +187,23 @@ pub(crate) fn with_ha(v: &mut Value, ha: bool, hosts: Value) {
 /// VM1 an IPv6 allowed address pair.
 pub(crate) fn dual_stack_value() -> Value {
     let mut v = fixture_value();
-    push(
-        &mut v,
-        "subnets",
-        json!({"id": "subnet6a", "network_id": "net1", "cidr": "fd00:1::/64",
-            "gateway_ip": "fd00:1::1", "ip_version": 6, "ipv6_ra_mode": "slaac",
-            "ipv6_address_mode": "slaac"}),
-    );
-    push(
-        &mut v,
-        "subnets",
-        json!({"id": "subnet6b", "network_id": "net2", "cidr": "fd00:2::/64",
-            "gateway_ip": "fd00:2::1", "ip_version": 6, "ipv6_ra_mode": "dhcpv6-stateful",
-            "ipv6_address_mode": "dhcpv6-stateful"}),
-    );
+    for (id, net, cidr, gateway, mode) in [
+        ("subnet6a", "net1", "fd00:1::/64", "fd00:1::1", "slaac"),
+        (
+            "subnet6b",
+            "net2",
+            "fd00:2::/64",
+            "fd00:2::1",
+            "dhcpv6-stateful",
+        ),
+    ] {
+        push(
+            &mut v,
+            "subnets",
+            json!({"id": id, "network_id": net, "cidr": cidr, "gateway_ip": gateway,
+                "ip_version": 6, "ipv6_ra_mode": mode, "ipv6_address_mode": mode}),
+        );
+    }
     for (id, net, sub, ip, mac) in [
         (
             "rif6a",

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use dvr_common::l2::{FdbEntry, FloodSet};
+use dvr_common::l2::{FdbEntry, FdbKey, FloodSet};
 use dvr_common::nat::{FIP_LOCAL, FIP_REMOTE, FIP_UNASSOCIATED, FipEntry};
 use dvr_common::route::{Endpoint, RouteKey};
 use dvr_common::snat::{SnatRouter, SnatSteer};
@@ -544,6 +544,16 @@ pub(crate) fn steer(tunnel_ip_host: u32, csnat_mac: Mac, flags: u32) -> SnatStee
         _pad: [0; 2],
         flags,
     }
+}
+
+/// `snat_steer` when only r1's interface on net1 steers, to `tunnel_ip_host` (0: this host).
+pub(crate) fn r1n1_steers_to(tunnel_ip_host: u32, flags: u32) -> BTreeMap<FdbKey, SnatSteer> {
+    let key = FdbKey {
+        vni: FVNI1,
+        mac: MAC_R1N1,
+        _pad: [0; 2],
+    };
+    BTreeMap::from([(key, steer(tunnel_ip_host, MAC_CSNAT1, flags))])
 }
 
 pub(crate) fn snat_r1(flags: u32) -> SnatRouter {

@@ -521,10 +521,7 @@ mod tests {
         let c = compiled(&snat_fixture_with_vms(), "host-s", &snat_taps);
         let e = &c.entries;
         // n1 is served here (vms): its interface steers to this host; n2 is not served.
-        assert_eq!(
-            e.snat_steer,
-            BTreeMap::from([(fdb_key(FVNI1, MAC_R1N1), steer(0, MAC_CSNAT1, SNAT_ENABLED))])
-        );
+        assert_eq!(e.snat_steer, r1n1_steers_to(0, SNAT_ENABLED));
         assert_eq!(e.snat_routers.len(), 2);
         assert_eq!(
             e.endpoints.get(&IpKey {
@@ -546,10 +543,7 @@ mod tests {
         let mut v = snat_fixture_with_vms();
         elem(&mut v, "routers", "id", "r1")["external_gateway_info"]["enable_snat"] = false.into();
         let s = compiled(&v, "host-s", &snat_taps);
-        assert_eq!(
-            s.entries.snat_steer,
-            BTreeMap::from([(fdb_key(FVNI1, MAC_R1N1), steer(0, MAC_CSNAT1, 0))])
-        );
+        assert_eq!(s.entries.snat_steer, r1n1_steers_to(0, 0));
         assert!(s.entries.snat_routers.values().all(|r| *r == snat_r1(0)));
         assert_eq!(s.entries.snat_routers.len(), 2);
         assert_eq!(s.entries.snat_ips.get(&ip(10, 5, 3, 1)), Some(&snat_r1(0)));
@@ -739,13 +733,7 @@ mod tests {
         elem(&mut v, "routers", "id", "r1")["external_gateway_info"]["external_fixed_ips"] =
             json!([{"subnet_id": "ext-sub", "ip_address": "10.5.3.1"}]);
         let a = compiled(&v, "host-a", &snat_taps);
-        assert_eq!(
-            a.entries.snat_steer,
-            BTreeMap::from([(
-                fdb_key(FVNI1, MAC_R1N1),
-                steer(TUN_S, MAC_CSNAT1, SNAT_ENABLED)
-            )])
-        );
+        assert_eq!(a.entries.snat_steer, r1n1_steers_to(TUN_S, SNAT_ENABLED));
     }
 
     #[test]

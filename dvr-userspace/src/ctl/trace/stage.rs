@@ -40,39 +40,58 @@ impl Walk<'_> {
         port: &LocalPort,
         src_mac: Mac,
     ) -> Result<Option<Out>, MapsError> {
-        if port.flags & PORT_FLAG_SECURITY != 0 {
-            let allowed = self
-                .m
+        let src_ip = be(self.p.src);
+        let ip = format!("IP {}", self.p.src);
+        self.port_security(port, src_mac, ip, "IP", |w| {
+            Ok(w.m
                 .port_security
                 .read()?
                 .into_iter()
                 .filter(|((plen, k), _)| {
                     u32::from_be(k.ifindex_be) == ifindex
                         && k.mac == src_mac
-                        && in_prefix(be(self.p.src), k.ip_be, plen - SEC_KEY_PREFIX_BITS)
+                        && in_prefix(src_ip, k.ip_be, plen - SEC_KEY_PREFIX_BITS)
                 })
-                .max_by_key(|((plen, _), _)| *plen);
-            match allowed {
-                None => {
-                    self.step(
-                        "port security",
-                        format!("source MAC {} is not the port's", fmt_mac(src_mac)),
-                    );
-                    return Ok(Some(drop(Stat::DropSpoofMac)));
-                }
-                Some((_, f)) if f & SEC_IP_ALLOWED == 0 => {
-                    self.step(
-                        "port security",
-                        format!("source IP {} is not the port's", self.p.src),
-                    );
-                    return Ok(Some(drop(Stat::DropSpoofIp)));
-                }
-                Some(_) => self.step("port security", "source MAC and IP allowed"),
-            }
-        } else {
+                .max_by_key(|((plen, _), _)| *plen)
+                .map(|(_, flags)| flags))
+        })
+    }
+
+    /// `stage::security` for either family: `lookup` the flags of the longest entry of the
+    /// port's tap, source MAC and source address (`src_ip`, named `IP ...` or `IPv6 ...`;
+    /// `family` what the step says was allowed).
+    pub(super) fn port_security(
+        &mut self,
+        port: &LocalPort,
+        src_mac: Mac,
+        src_ip: String,
+        family: &str,
+        lookup: impl FnOnce(&Self) -> Result<Option<u32>, MapsError>,
+    ) -> Result<Option<Out>, MapsError> {
+        if port.flags & PORT_FLAG_SECURITY == 0 {
             self.step("port security", "disabled for this port");
+            return Ok(None);
         }
-        Ok(None)
+        Ok(match lookup(self)? {
+            None => {
+                self.step(
+                    "port security",
+                    format!("source MAC {} is not the port's", fmt_mac(src_mac)),
+                );
+                Some(drop(Stat::DropSpoofMac))
+            }
+            Some(f) if f & SEC_IP_ALLOWED == 0 => {
+                self.step(
+                    "port security",
+                    format!("source {src_ip} is not the port's"),
+                );
+                Some(drop(Stat::DropSpoofIp))
+            }
+            Some(_) => {
+                self.step("port security", format!("source MAC and {family} allowed"));
+                None
+            }
+        })
     }
 }
 

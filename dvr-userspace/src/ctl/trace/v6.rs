@@ -6,7 +6,7 @@ use std::net::Ipv6Addr;
 use dvr_common::{
     Mac,
     ip6::{Ip6Key, ROUTE6_KEY_PREFIX_BITS, Route6, SEC6_KEY_PREFIX_BITS, is_link_local},
-    port::{LocalPort, PORT_FLAG_SECURITY, SEC_IP_ALLOWED},
+    port::LocalPort,
     route::RouterIface,
     sg::SG_EGRESS,
     stats::Stat,
@@ -63,41 +63,20 @@ impl Walk<'_> {
         port: &LocalPort,
         src_mac: Mac,
     ) -> Result<Option<Out>, MapsError> {
-        if port.flags & PORT_FLAG_SECURITY == 0 {
-            self.step("port security", "disabled for this port");
-            return Ok(None);
-        }
         let src = self.addrs6().src;
-        let allowed = self
-            .m
-            .port_security6
-            .read()?
-            .into_iter()
-            .filter(|((plen, k), _)| {
-                u32::from_be(k.ifindex_be) == ifindex
-                    && k.mac == src_mac
-                    && in_prefix6(&src.octets(), &k.ip, plen - SEC6_KEY_PREFIX_BITS)
-            })
-            .max_by_key(|((plen, _), _)| *plen);
-        Ok(match allowed {
-            None => {
-                self.step(
-                    "port security",
-                    format!("source MAC {} is not the port's", fmt_mac(src_mac)),
-                );
-                Some(drop(Stat::DropSpoofMac))
-            }
-            Some((_, f)) if f & SEC_IP_ALLOWED == 0 => {
-                self.step(
-                    "port security",
-                    format!("source IPv6 {src} is not the port's"),
-                );
-                Some(drop(Stat::DropSpoofIp))
-            }
-            Some(_) => {
-                self.step("port security", "source MAC and IPv6 address allowed");
-                None
-            }
+        let ip = format!("IPv6 {src}");
+        self.port_security(port, src_mac, ip, "IPv6 address", |w| {
+            Ok(w.m
+                .port_security6
+                .read()?
+                .into_iter()
+                .filter(|((plen, k), _)| {
+                    u32::from_be(k.ifindex_be) == ifindex
+                        && k.mac == src_mac
+                        && in_prefix6(&src.octets(), &k.ip, plen - SEC6_KEY_PREFIX_BITS)
+                })
+                .max_by_key(|((plen, _), _)| *plen)
+                .map(|(_, flags)| flags))
         })
     }
 

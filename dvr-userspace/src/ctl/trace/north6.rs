@@ -123,13 +123,7 @@ impl Walk<'_> {
                     "icmp",
                     format!("echo to router external address {dst}: answered"),
                 );
-                let src = self.p.src_mac.unwrap_or([0; 6]);
-                return Ok(out(
-                    Stat::IcmpEchoReply,
-                    format!("external#{}", cfg.ext_ifindex),
-                    cfg.ext_mac,
-                    src,
-                ));
+                return Ok(self.answer_external(Stat::IcmpEchoReply, cfg));
             }
             return Ok(drop(Stat::DropRouterLocal));
         }
@@ -170,13 +164,7 @@ impl Walk<'_> {
                 "icmp",
                 "hop limit exceeded: time exceeded from the router's external address",
             );
-            let src = self.p.src_mac.unwrap_or([0; 6]);
-            return Ok(out(
-                Stat::IcmpTimeExceeded,
-                format!("external#{}", cfg.ext_ifindex),
-                cfg.ext_mac,
-                src,
-            ));
+            return Ok(self.answer_external(Stat::IcmpTimeExceeded, cfg));
         }
         self.p.ttl -= 1;
         self.step("route", format!("hop limit {}", self.p.ttl));
@@ -189,5 +177,17 @@ impl Walk<'_> {
             route.vni,
             cfg.dvr_mac,
         ))
+    }
+
+    /// The router's answer (an ICMPv6 message from its external address) back out of the
+    /// external interface, to the frame's sender.
+    fn answer_external(&self, stat: Stat, cfg: &HostConfig) -> Out {
+        let src = self.p.src_mac.unwrap_or([0; 6]);
+        out(
+            stat,
+            format!("external#{}", cfg.ext_ifindex),
+            cfg.ext_mac,
+            src,
+        )
     }
 }

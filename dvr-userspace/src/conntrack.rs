@@ -20,7 +20,7 @@ use dvr_common::{
 
 use crate::{
     clock,
-    compile::{sg_admit, sg_admit6},
+    compile::{SgRemotes, sg_admit},
     maps::{HostMaps, MapsError},
 };
 
@@ -143,46 +143,36 @@ impl SgOwned {
     /// type and code, which the datapath keeps in the entry's `fixed_be`) is looked up as the
     /// datapath would.
     pub fn admits(&self, k: &CtKey, kind: u8, port_be: u16) -> bool {
-        let Some(&policy) = self.zones.get(&k.zone) else {
-            return false;
-        };
-        let (dir, remote) = if kind & CT_SG_INGRESS != 0 {
-            (SG_INGRESS, k.saddr_be)
-        } else {
-            (SG_EGRESS, k.daddr_be)
-        };
-        sg_admit(
-            &self.remote,
-            &self.rules,
-            policy,
-            dir,
-            k.proto,
-            port_be,
-            remote,
-        )
-        .is_some()
+        let (s, d) = (k.saddr_be, k.daddr_be);
+        self.admits_in(&self.remote, k.zone, kind, k.proto, port_be, (s, d))
     }
 
     /// [`SgOwned::admits`] for an IPv6 flow's original direction.
     pub fn admits6(&self, k: &CtKey6, kind: u8, port_be: u16) -> bool {
-        let Some(&policy) = self.zones.get(&k.zone) else {
+        let (s, d) = (k.saddr, k.daddr);
+        self.admits_in(&self.remote6, k.zone, kind, k.proto, port_be, (s, d))
+    }
+
+    /// [`SgOwned::admits`] over the remote trie of the flow's family; `(saddr, daddr)` its
+    /// original direction's addresses.
+    fn admits_in<R: SgRemotes>(
+        &self,
+        remote: &R,
+        zone: u32,
+        kind: u8,
+        proto: u8,
+        port_be: u16,
+        (saddr, daddr): (R::Addr, R::Addr),
+    ) -> bool {
+        let Some(&policy) = self.zones.get(&zone) else {
             return false;
         };
-        let (dir, remote) = if kind & CT_SG_INGRESS != 0 {
-            (SG_INGRESS, &k.saddr)
+        let (dir, remote_ip) = if kind & CT_SG_INGRESS != 0 {
+            (SG_INGRESS, saddr)
         } else {
-            (SG_EGRESS, &k.daddr)
+            (SG_EGRESS, daddr)
         };
-        sg_admit6(
-            &self.remote6,
-            &self.rules,
-            policy,
-            dir,
-            k.proto,
-            port_be,
-            remote,
-        )
-        .is_some()
+        sg_admit(remote, &self.rules, policy, dir, proto, port_be, remote_ip).is_some()
     }
 }
 

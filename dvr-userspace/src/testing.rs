@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use dvr_common::l2::{FdbEntry, FloodSet};
+use dvr_common::l2::{FdbEntry, FdbKey, FloodSet};
 use dvr_common::nat::{FIP_LOCAL, FIP_REMOTE, FIP_UNASSOCIATED, FipEntry};
 use dvr_common::route::{Endpoint, RouteKey};
 use dvr_common::snat::{SnatRouter, SnatSteer};
@@ -187,20 +187,23 @@ pub(crate) fn with_ha(v: &mut Value, ha: bool, hosts: Value) {
 /// VM1 an IPv6 allowed address pair.
 pub(crate) fn dual_stack_value() -> Value {
     let mut v = fixture_value();
-    push(
-        &mut v,
-        "subnets",
-        json!({"id": "subnet6a", "network_id": "net1", "cidr": "fd00:1::/64",
-            "gateway_ip": "fd00:1::1", "ip_version": 6, "ipv6_ra_mode": "slaac",
-            "ipv6_address_mode": "slaac"}),
-    );
-    push(
-        &mut v,
-        "subnets",
-        json!({"id": "subnet6b", "network_id": "net2", "cidr": "fd00:2::/64",
-            "gateway_ip": "fd00:2::1", "ip_version": 6, "ipv6_ra_mode": "dhcpv6-stateful",
-            "ipv6_address_mode": "dhcpv6-stateful"}),
-    );
+    for (id, net, cidr, gateway, mode) in [
+        ("subnet6a", "net1", "fd00:1::/64", "fd00:1::1", "slaac"),
+        (
+            "subnet6b",
+            "net2",
+            "fd00:2::/64",
+            "fd00:2::1",
+            "dhcpv6-stateful",
+        ),
+    ] {
+        push(
+            &mut v,
+            "subnets",
+            json!({"id": id, "network_id": net, "cidr": cidr, "gateway_ip": gateway,
+                "ip_version": 6, "ipv6_ra_mode": mode, "ipv6_address_mode": mode}),
+        );
+    }
     for (id, net, sub, ip, mac) in [
         (
             "rif6a",
@@ -541,6 +544,16 @@ pub(crate) fn steer(tunnel_ip_host: u32, csnat_mac: Mac, flags: u32) -> SnatStee
         _pad: [0; 2],
         flags,
     }
+}
+
+/// `snat_steer` when only r1's interface on net1 steers, to `tunnel_ip_host` (0: this host).
+pub(crate) fn r1n1_steers_to(tunnel_ip_host: u32, flags: u32) -> BTreeMap<FdbKey, SnatSteer> {
+    let key = FdbKey {
+        vni: FVNI1,
+        mac: MAC_R1N1,
+        _pad: [0; 2],
+    };
+    BTreeMap::from([(key, steer(tunnel_ip_host, MAC_CSNAT1, flags))])
 }
 
 pub(crate) fn snat_r1(flags: u32) -> SnatRouter {

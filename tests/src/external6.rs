@@ -63,27 +63,15 @@ impl Cloud {
                 &format!("net.ipv6.conf.{EXT_BRIDGE}.accept_dad=0"),
             ],
         )?;
-        ip(&[
-            "-n",
-            &ns,
-            "-6",
-            "addr",
-            "add",
-            &format!("{EXT6_GATEWAY}/64"),
-            "dev",
-            EXT_BRIDGE,
-            "nodad",
-        ])?;
-        ip(&[
-            "-n",
-            &ns,
-            "-6",
-            "addr",
-            "add",
-            &format!("{INTERNET_HOST6}/128"),
-            "dev",
-            INTERNET_DEV,
-        ])?;
+        // The gateway's address without duplicate address detection: usable at once.
+        for (addr, dev, nodad) in [
+            (format!("{EXT6_GATEWAY}/64"), EXT_BRIDGE, Some("nodad")),
+            (format!("{INTERNET_HOST6}/128"), INTERNET_DEV, None),
+        ] {
+            let mut args = vec!["-n", &ns, "-6", "addr", "add", &addr, "dev", dev];
+            args.extend(nodad);
+            ip(&args)?;
+        }
         let subnet_id = new_id(KIND_SUBNET, self.seq);
         let mut sub = state::Subnet::v4(
             &subnet_id,

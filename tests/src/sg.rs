@@ -787,3 +787,74 @@ pub fn served(stdout: &str, proto: Proto, port: u16) -> Vec<String> {
         .map(|p| p.trim().to_string())
         .collect()
 }
+
+/// How long [`expect_probes`] waits for an answer: a refused probe waits this long.
+pub const PROBE_WAIT: Duration = Duration::from_millis(1500);
+
+/// An ingress rule `id` (IPv4, any protocol from anywhere, until narrowed).
+pub fn rule_in(id: &str) -> SecurityGroupRule {
+    SecurityGroupRule::ingress(id)
+}
+
+/// An egress rule `id` (IPv4, any protocol to anywhere, until narrowed).
+pub fn rule_out(id: &str) -> SecurityGroupRule {
+    SecurityGroupRule::egress(id)
+}
+
+/// Probes `dst` from `from` and checks each outcome against `want`; returns the number of
+/// probes expected to time out.
+pub fn expect_probes(
+    c: &Cloud,
+    from: &str,
+    dst: impl Into<IpAddr>,
+    want: &[(Proto, u16, Outcome)],
+) -> Result<u64> {
+    let dst = dst.into();
+    let probes: Vec<(Proto, u16)> = want.iter().map(|(p, port, _)| (*p, *port)).collect();
+    let got = c.probe(from, dst, &probes, PROBE_WAIT)?;
+    eprintln!("probes {from} -> {dst}: {got:?}");
+    let wrong: Vec<String> = want
+        .iter()
+        .filter(|(p, port, o)| got.get(&(*p, *port)) != Some(o))
+        .map(|(p, port, o)| format!("{p:?} {port}: want {o:?}, got {:?}", got.get(&(*p, *port))))
+        .collect();
+    ensure!(
+        wrong.is_empty(),
+        "probes from {from} to {dst}:\n  {}\nall: {got:?}",
+        wrong.join("\n  ")
+    );
+    Ok(want
+        .iter()
+        .filter(|(_, _, o)| *o == Outcome::Timeout)
+        .count() as u64)
+}
+
+/// Fails unless the server's log shows no peer on any of `refused`, and at least one on each
+/// of `admitted`.
+pub fn expect_served(log: &str, admitted: &[(Proto, u16)], refused: &[(Proto, u16)]) -> Result<()> {
+    for (p, port) in admitted {
+        ensure!(
+            !served(log, *p, *port).is_empty(),
+            "the server saw nothing on {p:?} {port}; its log:\n{log}"
+        );
+    }
+    for (p, port) in refused {
+        let peers = served(log, *p, *port);
+        ensure!(
+            peers.is_empty(),
+            "{p:?} {port} must be refused before the server, which saw {peers:?}; log:\n{log}"
+        );
+    }
+    Ok(())
+}
+
+/// The security group conntrack entries of `vm`'s port (its zone `SG_ZONE | tap ifindex`) on
+/// its host, as `dvrctl show conntrack` lists them.
+pub fn sg_conntrack(c: &Cloud, vm: &str) -> Result<Vec<Value>> {
+    let host = c.vm(vm)?.host.clone();
+    let zone = u64::from(dvr_common::sg::SG_ZONE) | c.tap_ifindex(vm)?;
+    Ok(c.conntrack(&host)?
+        .into_iter()
+        .filter(|e| e["zone"].as_u64() == Some(zone))
+        .collect())
+}

@@ -16,15 +16,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use dvr_common::stats::Stat;
-use dvr_tests::sg::{APPLY_DEADLINE, Applied, Outcome, Proto, Ticker, served};
+use dvr_tests::sg::{
+    APPLY_DEADLINE, Applied, Outcome, PROBE_WAIT, Proto, Ticker, expect_probes, expect_served,
+    rule_in, rule_out, served, sg_conntrack,
+};
 use dvr_tests::{
-    Cloud, Counters, EXT, INTERNET_HOST, SecurityGroup, SecurityGroupRule, Topology, UdpFrame,
-    VmSpec, require_preconditions,
+    Cloud, Counters, EXT, INTERNET_HOST, SecurityGroup, Topology, UdpFrame, VmSpec,
+    require_preconditions,
 };
 use serde_json::{Value, json};
 
-/// How long a probe waits for an answer: a refused one waits this long.
-const PROBE_WAIT: Duration = Duration::from_millis(1500);
 /// One echo request with this reply timeout.
 const PING_WAIT: Duration = Duration::from_millis(1000);
 
@@ -32,71 +33,6 @@ use Proto::{Tcp, Udp};
 
 fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap_or_else(|e| panic!("bad address {s}: {e}"))
-}
-
-fn rule_in(id: &str) -> SecurityGroupRule {
-    SecurityGroupRule::ingress(id)
-}
-
-fn rule_out(id: &str) -> SecurityGroupRule {
-    SecurityGroupRule::egress(id)
-}
-
-/// Probes `dst` from `from` and checks each outcome against `want`; returns the number of
-/// probes expected to time out.
-fn expect_probes(
-    c: &Cloud,
-    from: &str,
-    dst: Ipv4Addr,
-    want: &[(Proto, u16, Outcome)],
-) -> Result<usize> {
-    let probes: Vec<(Proto, u16)> = want.iter().map(|(p, port, _)| (*p, *port)).collect();
-    let got = c.probe(from, dst, &probes, PROBE_WAIT)?;
-    let wrong: Vec<String> = want
-        .iter()
-        .filter(|(p, port, o)| got.get(&(*p, *port)) != Some(o))
-        .map(|(p, port, o)| format!("{p:?} {port}: want {o:?}, got {:?}", got.get(&(*p, *port))))
-        .collect();
-    eprintln!("probes {from} -> {dst}: {got:?}");
-    ensure!(
-        wrong.is_empty(),
-        "probes from {from} to {dst}:\n  {}\nall: {got:?}",
-        wrong.join("\n  ")
-    );
-    Ok(want
-        .iter()
-        .filter(|(_, _, o)| *o == Outcome::Timeout)
-        .count())
-}
-
-/// Fails unless the server's log shows no peer on any of `ports`, and at least one on each of
-/// `admitted`.
-fn expect_served(log: &str, admitted: &[(Proto, u16)], refused: &[(Proto, u16)]) -> Result<()> {
-    for (p, port) in admitted {
-        ensure!(
-            !served(log, *p, *port).is_empty(),
-            "the server saw nothing on {p:?} {port}; its log:\n{log}"
-        );
-    }
-    for (p, port) in refused {
-        let peers = served(log, *p, *port);
-        ensure!(
-            peers.is_empty(),
-            "{p:?} {port} must be refused before the server, which saw {peers:?}; log:\n{log}"
-        );
-    }
-    Ok(())
-}
-
-/// The security-group conntrack entries of `vm`'s port (its zone `SG_ZONE | tap ifindex`) on
-/// its host.
-fn sg_conntrack(c: &Cloud, vm: &str) -> Result<Vec<Value>> {
-    let host = c.vm(vm)?.host.clone();
-    let zone = u64::from(dvr_common::sg::SG_ZONE) | c.tap_ifindex(vm)?;
-    Ok(c.conntrack(&host)?
-        .into_iter()
-        .filter(|e| e["zone"].as_u64() == Some(zone))
-        .collect())
 }
 
 /// After a change that `applied`: the flow of `cut` carried its last line at most 1 s after
@@ -211,7 +147,7 @@ fn ingress_rules_admit_by_protocol_port_range_and_prefix_and_refuse_the_rest() -
             (Tcp, 8080, Outcome::Answered),
         ],
     )?;
-    let dropped = before.wait_delta(&c, "h2", Stat::DropSgIngress, (refused + refused2) as u64)?;
+    let dropped = before.wait_delta(&c, "h2", Stat::DropSgIngress, refused + refused2)?;
     expect_served(
         &server.stdout(),
         &[
@@ -472,7 +408,7 @@ fn stateful_egress_only_group_gets_replies_and_related_errors_but_no_new_inbound
         !c.ping_once("peer", out_ip, PING_WAIT)?,
         "peer's echo request to out must be refused"
     );
-    before.wait_delta(&c, "h1", Stat::DropSgIngress, refused as u64 + 1)?;
+    before.wait_delta(&c, "h1", Stat::DropSgIngress, refused + 1)?;
     expect_served(&out_server.stdout(), &[], &[(Tcp, 8080)])?;
 
     // An ICMP error about a flow out never had is no related traffic.
@@ -764,7 +700,7 @@ fn stateless_group_needs_a_rule_for_the_replies_and_tracks_nothing() -> Result<(
         srv,
         &[(Tcp, 8080, Outcome::Timeout), (Udp, 7000, Outcome::Timeout)],
     )?;
-    before.wait_delta(&c, "h2", Stat::DropSgEgress, refused as u64)?;
+    before.wait_delta(&c, "h2", Stat::DropSgEgress, refused)?;
     expect_served(&server.stdout(), &[(Udp, 7000)], &[(Tcp, 8080)])?;
     ensure!(
         before.delta(&c, "h2", Stat::DropSgIngress)? == 0,
@@ -790,7 +726,7 @@ fn stateless_group_needs_a_rule_for_the_replies_and_tracks_nothing() -> Result<(
             (Tcp, 8081, Outcome::Timeout),
         ],
     )?;
-    before.wait_delta(&c, "h2", Stat::DropSgIngress, refused as u64)?;
+    before.wait_delta(&c, "h2", Stat::DropSgIngress, refused)?;
     expect_served(&server.stdout(), &[(Tcp, 8080)], &[(Tcp, 8081)])?;
     let ct = sg_conntrack(&c, "srv")?;
     ensure!(ct.is_empty(), "a stateless port tracks nothing: {ct:?}");
@@ -958,7 +894,7 @@ fn floating_ip_inbound_and_snat_outbound_are_filtered_by_the_fixed_ports_rules()
             (Tcp, 8081, Outcome::Timeout),
         ],
     )?;
-    let in_drops = before.wait_delta(&c, "h1", Stat::DropSgIngress, refused as u64)?;
+    let in_drops = before.wait_delta(&c, "h1", Stat::DropSgIngress, refused)?;
     expect_served(&vf_server.stdout(), &[(Tcp, 8080)], &[(Tcp, 8081)])?;
 
     // The ingress rules see the original source: 8082 admits the internet host only.
@@ -989,7 +925,7 @@ fn floating_ip_inbound_and_snat_outbound_are_filtered_by_the_fixed_ports_rules()
         INTERNET_HOST,
         &[(Tcp, 80, Outcome::Answered), (Tcp, 81, Outcome::Timeout)],
     )?;
-    let out_drops = before.wait_delta(&c, "h1", Stat::DropSgEgress, refused as u64)?;
+    let out_drops = before.wait_delta(&c, "h1", Stat::DropSgEgress, refused)?;
     let log = ext_server.stdout();
     expect_served(&log, &[(Tcp, 80)], &[(Tcp, 81)])?;
     let snat_ip = c.router_external_ip("r1")?.to_string();
@@ -1239,7 +1175,7 @@ fn bad_security_group_input_is_refused_naming_id_and_field_and_changes_nothing()
             (Tcp, 8081, Outcome::Timeout),
         ],
     )?;
-    before.wait_delta(&c, "h2", Stat::DropSgIngress, refused as u64)?;
+    before.wait_delta(&c, "h2", Stat::DropSgIngress, refused)?;
 
     // The next good state is applied (update_state writes the cloud's own state again).
     let start = Instant::now();

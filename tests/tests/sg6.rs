@@ -14,35 +14,24 @@
 //! Needs root, bpffs, tcpdump, socat, python3-scapy and the built agent; fails with a clear
 //! message otherwise. Run with `--test-threads=1`.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::Ipv6Addr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use dvr_common::stats::Stat;
 use dvr_tests::ipv6::SLAAC_DEADLINE;
-use dvr_tests::sg::{Outcome, Proto, served};
+use dvr_tests::sg::{Outcome, Proto, expect_probes, rule_in, rule_out, served, sg_conntrack};
 use dvr_tests::{
     Cloud, Counters, SecurityGroup, SecurityGroupRule, Topology, TraceProbe, VmSpec,
     require_preconditions,
 };
 use serde_json::Value;
 
-/// How long a probe waits for an answer: a refused one waits this long.
-const PROBE_WAIT: Duration = Duration::from_millis(1500);
-
 use Proto::Tcp;
 
 fn v6(mut r: SecurityGroupRule) -> SecurityGroupRule {
     r.ethertype = "IPv6".into();
     r
-}
-
-fn rule_in(id: &str) -> SecurityGroupRule {
-    SecurityGroupRule::ingress(id)
-}
-
-fn rule_out(id: &str) -> SecurityGroupRule {
-    SecurityGroupRule::egress(id)
 }
 
 /// Hosts h1 and h2; network `a` (172.26.1.0/24 + fd00:66:1::/64, slaac) and `b`
@@ -89,44 +78,6 @@ fn cloud() -> Result<Cloud> {
     t.build()
 }
 
-/// Probes `dst` from `from` and checks each outcome against `want`; returns the number of
-/// probes expected to time out.
-fn expect_probes(
-    c: &Cloud,
-    from: &str,
-    dst: IpAddr,
-    want: &[(Proto, u16, Outcome)],
-) -> Result<u64> {
-    let probes: Vec<(Proto, u16)> = want.iter().map(|(p, port, _)| (*p, *port)).collect();
-    let got = c.probe(from, dst, &probes, PROBE_WAIT)?;
-    eprintln!("probes {from} -> {dst}: {got:?}");
-    let wrong: Vec<String> = want
-        .iter()
-        .filter(|(p, port, o)| got.get(&(*p, *port)) != Some(o))
-        .map(|(p, port, o)| format!("{p:?} {port}: want {o:?}, got {:?}", got.get(&(*p, *port))))
-        .collect();
-    ensure!(
-        wrong.is_empty(),
-        "probes from {from} to {dst}:\n  {}\nall: {got:?}",
-        wrong.join("\n  ")
-    );
-    Ok(want
-        .iter()
-        .filter(|(_, _, o)| *o == Outcome::Timeout)
-        .count() as u64)
-}
-
-/// The security group conntrack entries of `vm`'s port (zone `SG_ZONE | tap ifindex`) on its
-/// host, as `dvrctl show conntrack` lists them.
-fn sg_conntrack(c: &Cloud, vm: &str) -> Result<Vec<Value>> {
-    let host = c.vm(vm)?.host.clone();
-    let zone = u64::from(dvr_common::sg::SG_ZONE) | c.tap_ifindex(vm)?;
-    Ok(c.conntrack(&host)?
-        .into_iter()
-        .filter(|e| e["zone"].as_u64() == Some(zone))
-        .collect())
-}
-
 /// The IPv6 flows of `vm`'s zone from or to `peer` on TCP/UDP port `port` (either side).
 fn flows6(c: &Cloud, vm: &str, peer: Ipv6Addr, port: u64) -> Result<Vec<Value>> {
     let peer = peer.to_string();
@@ -161,7 +112,7 @@ fn ipv6_security_groups_filter_statefully_like_ipv4() -> Result<()> {
     expect_probes(
         &c,
         "m1",
-        srv6.into(),
+        srv6,
         &[
             (Tcp, 9000, Outcome::Answered),
             (Tcp, 7100, Outcome::Answered),
@@ -175,7 +126,7 @@ fn ipv6_security_groups_filter_statefully_like_ipv4() -> Result<()> {
     let mut refused = expect_probes(
         &c,
         "out",
-        srv6.into(),
+        srv6,
         &[
             (Tcp, 8080, Outcome::Answered),
             (Tcp, 9000, Outcome::Timeout),
@@ -186,7 +137,7 @@ fn ipv6_security_groups_filter_statefully_like_ipv4() -> Result<()> {
     refused += expect_probes(
         &c,
         "out",
-        srv4.into(),
+        srv4,
         &[
             (Tcp, 8081, Outcome::Answered),
             // The IPv6 rule w-http6 does not admit IPv4.
@@ -416,7 +367,7 @@ fn ipv6_security_groups_filter_statefully_like_ipv4() -> Result<()> {
     expect_probes(
         &c,
         "out",
-        srv6.into(),
+        srv6,
         &[
             (Tcp, 7100, Outcome::Timeout),
             (Tcp, 7200, Outcome::Answered),

@@ -7,6 +7,7 @@
 //! its role moves here.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    hash::Hash,
     net::{Ipv4Addr, Ipv6Addr},
     time::{Duration, Instant},
 };
@@ -114,15 +115,9 @@ impl Announcer {
                 .ok()
                 .flatten()
                 .is_some_and(|n| n.learned != 0);
-            let every = if learned {
-                PROBE_REFRESH
-            } else {
-                PROBE_UNRESOLVED
-            };
-            if self.last_probe.get(gw).is_some_and(|t| t.elapsed() < every) {
+            if !probe_due(&mut self.last_probe, *gw, learned) {
                 continue;
             }
-            self.last_probe.insert(*gw, Instant::now());
             if let Err(e) = arp::send(ifx, &arp::request_frame(mac, sender, *gw)) {
                 warn!(gateway = %gw, error = %e, "ARP request for the external gateway failed");
             }
@@ -148,23 +143,28 @@ impl Announcer {
                 .ok()
                 .flatten()
                 .is_some_and(|n| n.learned != 0);
-            let every = if learned {
-                PROBE_REFRESH
-            } else {
-                PROBE_UNRESOLVED
-            };
-            if self
-                .last_probe6
-                .get(hop)
-                .is_some_and(|t| t.elapsed() < every)
-            {
+            if !probe_due(&mut self.last_probe6, *hop, learned) {
                 continue;
             }
-            self.last_probe6.insert(*hop, Instant::now());
             let frame = ndp::ns_frame(mac, *src, *hop);
             if let Err(e) = arp::send_frame(ifx, ndp::ETH_P_IPV6, &frame) {
                 warn!(next_hop = %hop, error = %e, "neighbour solicitation for the IPv6 next hop failed");
             }
         }
     }
+}
+
+/// Whether the next hop `hop` is due a probe (every `PROBE_REFRESH` once `learned`, every
+/// `PROBE_UNRESOLVED` before); when it is, now is its last probe.
+fn probe_due<A: Hash + Eq>(last_probe: &mut HashMap<A, Instant>, hop: A, learned: bool) -> bool {
+    let every = if learned {
+        PROBE_REFRESH
+    } else {
+        PROBE_UNRESOLVED
+    };
+    if last_probe.get(&hop).is_some_and(|t| t.elapsed() < every) {
+        return false;
+    }
+    last_probe.insert(hop, Instant::now());
+    true
 }

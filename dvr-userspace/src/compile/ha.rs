@@ -118,7 +118,6 @@ pub(super) fn ha_roles<'s>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::entries::fdb_key;
     use super::*;
     use crate::compile::{Compiled, compile};
     use crate::testing::*;
@@ -221,25 +220,13 @@ mod tests {
         );
         assert_eq!(s.ha.len(), 1, "host-s is still a candidate");
         let a = compiled_ha(&st, &with(Some("host-t"), false), "host-a");
-        assert_eq!(
-            a.entries.snat_steer,
-            BTreeMap::from([(
-                fdb_key(FVNI1, MAC_R1N1),
-                steer(TUN_T, MAC_CSNAT1, SNAT_ENABLED)
-            )])
-        );
+        assert_eq!(a.entries.snat_steer, r1n1_steers_to(TUN_T, SNAT_ENABLED));
         assert!(a.ha.is_empty(), "host-a is no candidate");
         // Nobody elected yet: nobody serves; compute hosts steer to the preferred one.
         let s = compiled_ha(&st, &with(None, false), "host-s");
         assert!(s.entries.snat_ips.is_empty());
         let a = compiled_ha(&st, &with(None, false), "host-a");
-        assert_eq!(
-            a.entries.snat_steer,
-            BTreeMap::from([(
-                fdb_key(FVNI1, MAC_R1N1),
-                steer(TUN_S, MAC_CSNAT1, SNAT_ENABLED)
-            )])
-        );
+        assert_eq!(a.entries.snat_steer, r1n1_steers_to(TUN_S, SNAT_ENABLED));
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub use ha::{HaCandidate, HaRole, HaRuntime};
 pub use port::tap_name;
 pub use sg::{sg_class_id, sg_policy_id};
 pub use sg_lookup::{
-    icmp_port_be, sg_admit, sg_admit6, sg_class, sg_class6, sg_entries_canonical,
+    SgRemotes, icmp_port_be, sg_admit, sg_class, sg_class6, sg_entries_canonical,
     sg_remote6_canonical, sg_rule,
 };
 

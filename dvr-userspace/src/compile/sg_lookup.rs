@@ -175,19 +175,42 @@ pub fn sg_rule(
     longest_match(rules, key).map(|(_, rule)| rule)
 }
 
+/// A remote trie as read or compiled, of either family: `DVR_SG_REMOTE` (addresses `u32`,
+/// network order) or `DVR_SG_REMOTE6` (`Ip6`), and its lookup 1.
+pub trait SgRemotes {
+    type Addr: Copy;
+    /// The class of the rules of `policy` whose remote contains `remote`.
+    fn class(&self, policy: u32, remote: Self::Addr) -> Option<u32>;
+}
+
+impl SgRemotes for BTreeMap<(u32, SgRemoteKey), u32> {
+    type Addr = u32;
+    fn class(&self, policy: u32, remote: u32) -> Option<u32> {
+        sg_class(self, policy, remote)
+    }
+}
+
+impl SgRemotes for BTreeMap<(u32, SgRemote6Key), u32> {
+    type Addr = Ip6;
+    fn class(&self, policy: u32, remote: Ip6) -> Option<u32> {
+        sg_class6(self, policy, &remote)
+    }
+}
+
 /// The rule that admits the packet, or `None` when no rule of the policy does: both
-/// lookups, as the datapath makes them. `remote_ip_be` is the packet's remote side (the
-/// destination of egress, the source of ingress).
-pub fn sg_admit(
-    remote: &BTreeMap<(u32, SgRemoteKey), u32>,
+/// lookups, as the datapath makes them, for either family (ICMPv6 type and code as
+/// [`icmp_port_be`] too). `remote_ip` is the packet's remote side (the destination of
+/// egress, the source of ingress).
+pub fn sg_admit<R: SgRemotes>(
+    remote: &R,
     rules: &BTreeMap<(u32, SgRuleKey), SgRule>,
     policy: u32,
     dir: u8,
     proto: u8,
     port_be: u16,
-    remote_ip_be: u32,
+    remote_ip: R::Addr,
 ) -> Option<SgRule> {
-    let class = sg_class(remote, policy, remote_ip_be)?;
+    let class = remote.class(policy, remote_ip)?;
     sg_rule(rules, class, dir, proto, port_be)
 }
 
@@ -205,20 +228,6 @@ pub fn sg_class6(
     longest_match(remote6, key)
         .filter(|&(len, _)| len >= SG_REMOTE_PREFIX_BITS)
         .map(|(_, class)| class)
-}
-
-/// [`sg_admit`] for an IPv6 packet (ICMPv6 type and code as [`icmp_port_be`]).
-pub fn sg_admit6(
-    remote6: &BTreeMap<(u32, SgRemote6Key), u32>,
-    rules: &BTreeMap<(u32, SgRuleKey), SgRule>,
-    policy: u32,
-    dir: u8,
-    proto: u8,
-    port_be: u16,
-    remote: &Ip6,
-) -> Option<SgRule> {
-    let class = sg_class6(remote6, policy, remote)?;
-    sg_rule(rules, class, dir, proto, port_be)
 }
 
 #[cfg(test)]
@@ -539,14 +548,14 @@ mod tests {
     /// `default,web6`).
     fn admit6(c: &Compiled, dir: u8, proto: u8, port_be: u16, remote: &str) -> Option<String> {
         let e = &c.entries;
-        let rule = sg_admit6(
+        let rule = sg_admit(
             &e.sg_remote6,
             &e.sg_rules,
             fnv1a32("default,web6"),
             dir,
             proto,
             port_be,
-            &v6(remote),
+            v6(remote),
         )?;
         let names = [
             "eg-IPv4", "in-IPv4", "eg-IPv6", "in-IPv6", "http6", "echo6", "https6",
@@ -658,14 +667,14 @@ mod tests {
             let e = &c.entries;
             let policy = fnv1a32("default");
             if v6 {
-                sg_admit6(
+                sg_admit(
                     &e.sg_remote6,
                     &e.sg_rules,
                     policy,
                     dir,
                     TCP,
                     22u16.to_be(),
-                    &[0; 16],
+                    [0; 16],
                 )
                 .is_some()
             } else {

@@ -89,6 +89,30 @@ impl<'s> Csnat<'s> {
         self.host_of.get(router) == Some(&me) && !self.inactive.contains(router)
     }
 
+    /// The steering of router `router_id`'s traffic to csnat port `port` on its SNAT host:
+    /// tunnel 0 on that host itself; `None` when it has none or its tunnel is unknown.
+    fn steer_to(
+        &self,
+        c: &Compiler<'_>,
+        router_id: &str,
+        port: &Port,
+        gw: &ExternalGateway,
+    ) -> Option<SnatSteer> {
+        let &snat_host = self.host_of.get(router_id)?;
+        let tunnel_ip_host = if snat_host == c.host {
+            0
+        } else {
+            *c.tunnel_of.get(snat_host)?
+        };
+        Some(SnatSteer {
+            tunnel_ip_host,
+            router_id: fnv1a32(router_id),
+            csnat_mac: port.mac,
+            _pad: [0; 2],
+            flags: steer_flags(gw),
+        })
+    }
+
     /// The host that serves a router's central FIPs: its SNAT host, when the router has a
     /// gateway and the host has external (as `snat_here` on that host).
     pub(super) fn central_host(&self, state: &'s State, router_id: &str) -> Option<&'s Host> {
@@ -167,27 +191,10 @@ pub(super) fn add_snat_steer(
         else {
             continue;
         };
-        let Some(&snat_host) = csnat.host_of.get(iface.router_id) else {
+        let Some(to) = csnat.steer_to(c, iface.router_id, port, gw) else {
             continue;
         };
-        let tunnel_ip_host = if snat_host == c.host {
-            0
-        } else {
-            match c.tunnel_of.get(snat_host) {
-                Some(&tunnel) => tunnel,
-                None => continue,
-            }
-        };
-        steer.insert(
-            fdb_key(iface.vni, iface.port.mac),
-            SnatSteer {
-                tunnel_ip_host,
-                router_id: fnv1a32(iface.router_id),
-                csnat_mac: port.mac,
-                _pad: [0; 2],
-                flags: steer_flags(gw),
-            },
-        );
+        steer.insert(fdb_key(iface.vni, iface.port.mac), to);
     }
     add_snat_steer6(steer, c, csnat);
 }
@@ -213,27 +220,13 @@ fn add_snat_steer6(steer: &mut BTreeMap<FdbKey, SnatSteer>, c: &Compiler<'_>, cs
         else {
             continue;
         };
-        let Some(&snat_host) = csnat.host_of.get(iface.router_id) else {
+        let Some(to) = csnat.steer_to(c, iface.router_id, port, gw) else {
             continue;
-        };
-        let tunnel_ip_host = if snat_host == c.host {
-            0
-        } else {
-            match c.tunnel_of.get(snat_host) {
-                Some(&tunnel) => tunnel,
-                None => continue,
-            }
         };
         // A port with IPv4 addresses too already steers (to the same host).
         steer
             .entry(fdb_key(iface.vni, iface.port.mac))
-            .or_insert(SnatSteer {
-                tunnel_ip_host,
-                router_id: fnv1a32(iface.router_id),
-                csnat_mac: port.mac,
-                _pad: [0; 2],
-                flags: steer_flags(gw),
-            });
+            .or_insert(to);
     }
 }
 
@@ -528,10 +521,7 @@ mod tests {
         let c = compiled(&snat_fixture_with_vms(), "host-s", &snat_taps);
         let e = &c.entries;
         // n1 is served here (vms): its interface steers to this host; n2 is not served.
-        assert_eq!(
-            e.snat_steer,
-            BTreeMap::from([(fdb_key(FVNI1, MAC_R1N1), steer(0, MAC_CSNAT1, SNAT_ENABLED))])
-        );
+        assert_eq!(e.snat_steer, r1n1_steers_to(0, SNAT_ENABLED));
         assert_eq!(e.snat_routers.len(), 2);
         assert_eq!(
             e.endpoints.get(&IpKey {
@@ -553,10 +543,7 @@ mod tests {
         let mut v = snat_fixture_with_vms();
         elem(&mut v, "routers", "id", "r1")["external_gateway_info"]["enable_snat"] = false.into();
         let s = compiled(&v, "host-s", &snat_taps);
-        assert_eq!(
-            s.entries.snat_steer,
-            BTreeMap::from([(fdb_key(FVNI1, MAC_R1N1), steer(0, MAC_CSNAT1, 0))])
-        );
+        assert_eq!(s.entries.snat_steer, r1n1_steers_to(0, 0));
         assert!(s.entries.snat_routers.values().all(|r| *r == snat_r1(0)));
         assert_eq!(s.entries.snat_routers.len(), 2);
         assert_eq!(s.entries.snat_ips.get(&ip(10, 5, 3, 1)), Some(&snat_r1(0)));
@@ -746,13 +733,7 @@ mod tests {
         elem(&mut v, "routers", "id", "r1")["external_gateway_info"]["external_fixed_ips"] =
             json!([{"subnet_id": "ext-sub", "ip_address": "10.5.3.1"}]);
         let a = compiled(&v, "host-a", &snat_taps);
-        assert_eq!(
-            a.entries.snat_steer,
-            BTreeMap::from([(
-                fdb_key(FVNI1, MAC_R1N1),
-                steer(TUN_S, MAC_CSNAT1, SNAT_ENABLED)
-            )])
-        );
+        assert_eq!(a.entries.snat_steer, r1n1_steers_to(TUN_S, SNAT_ENABLED));
     }
 
     #[test]

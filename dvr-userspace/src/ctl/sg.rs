@@ -229,6 +229,22 @@ fn class_rows(entries: &[(u32, SgRuleKey, SgRule)], names: Option<&Names>) -> Ve
         .collect()
 }
 
+/// The entries of a remote trie (IPv4 or IPv6) whose key `addr` accepts, as (address it
+/// reads, prefix length, class), sorted.
+fn remotes_of<K, A: Ord>(
+    trie: &BTreeMap<(u32, K), u32>,
+    addr: impl Fn(&K) -> Option<A>,
+) -> Vec<(A, u32, u32)> {
+    let mut rs: Vec<(A, u32, u32)> = trie
+        .iter()
+        .filter_map(|((plen, k), class)| {
+            Some((addr(k)?, plen.saturating_sub(SG_REMOTE_PREFIX_BITS), *class))
+        })
+        .collect();
+    rs.sort();
+    rs
+}
+
 /// The view of `local_ports`, `remotes` and `rules` (map contents), of every port or only
 /// of the port on tap `only`. Pure.
 pub fn view(
@@ -272,32 +288,13 @@ pub fn view(
     let policies = policy_ids
         .into_iter()
         .map(|policy| {
-            let mut rs: Vec<(u32, u32, u32)> = remotes
-                .iter()
-                .filter(|((_, k), _)| k.policy == policy)
-                .map(|((plen, k), class)| {
-                    (
-                        u32::from_be(k.ip_be),
-                        plen.saturating_sub(SG_REMOTE_PREFIX_BITS),
-                        *class,
-                    )
-                })
-                .collect();
-            rs.sort();
-            class_ids.extend(rs.iter().map(|r| r.2));
-            let mut rs6: Vec<(u128, u32, u32)> = remotes6
-                .iter()
-                .filter(|((_, k), _)| k.policy == policy)
-                .map(|((plen, k), class)| {
-                    (
-                        u128::from_be_bytes(k.ip),
-                        plen.saturating_sub(SG_REMOTE_PREFIX_BITS),
-                        *class,
-                    )
-                })
-                .collect();
-            rs6.sort();
-            class_ids.extend(rs6.iter().map(|r| r.2));
+            let rs = remotes_of(remotes, |k| {
+                (k.policy == policy).then(|| u32::from_be(k.ip_be))
+            });
+            let rs6 = remotes_of(remotes6, |k| {
+                (k.policy == policy).then(|| u128::from_be_bytes(k.ip))
+            });
+            class_ids.extend(rs.iter().map(|r| r.2).chain(rs6.iter().map(|r| r.2)));
             PolicyView {
                 policy: format!("{policy:08x}"),
                 groups: names.and_then(|n| n.policy(policy)).map(<[String]>::to_vec),

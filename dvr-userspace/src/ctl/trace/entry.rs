@@ -223,7 +223,7 @@ impl Walk<'_> {
         let mut pkt = self.sg_packet();
         if o.stat == Stat::IcmpEchoReply {
             // The router's answer goes back to the VM: from the gateway, an echo reply.
-            (pkt.saddr_be, pkt.daddr_be) = (pkt.daddr_be, pkt.saddr_be);
+            (pkt.saddr, pkt.daddr) = (pkt.daddr, pkt.saddr);
             pkt.icmp = (0, 0);
         }
         Ok(match self.delivered(ifindex, &pkt)? {

@@ -3,7 +3,7 @@
 //! `SNAT_ROUTED6`), routing out of the external interface there (`DVR_SNAT6`,
 //! `DVR_EXT_NEIGH6`) and in from it (`DVR_SNAT_IPS6`, `DVR_EXT_ROUTE6`, `DVR_ROUTES6`,
 //! `DVR_ENDPOINTS6`). Neighbour discovery on the external interface is not traced.
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv6Addr;
 
 use dvr_common::{
     config::HostConfig,
@@ -43,35 +43,13 @@ impl Walk<'_> {
         }
         self.p.ttl -= 1;
         if st.tunnel_ip_host == 0 {
-            self.step("north6", "this host is the router's SNAT host");
-            let r = self.m.snat_routers.get(&FdbKey {
-                vni,
-                mac: st.csnat_mac,
-                _pad: [0; 2],
-            })?;
-            return match r {
-                Some(r) if !self.ha_serves(r.flags, r.router_id)? => {
-                    Ok(drop(Stat::DropSnatStandby))
-                }
-                Some(r) => self.north6_out(&r, &cfg),
-                None => Ok(drop(Stat::DropNoRoute)),
+            return match self.snat_router_here("north6", vni, st.csnat_mac)? {
+                Ok(r) => self.north6_out(&r, &cfg),
+                Err(o) => Ok(o),
             };
         }
-        self.step(
-            "north6",
-            format!(
-                "hop limit {}; steered to SNAT host {} (csnat port {})",
-                self.p.ttl,
-                Ipv4Addr::from(st.tunnel_ip_host),
-                fmt_mac(st.csnat_mac)
-            ),
-        );
-        Ok(out(
-            Stat::SnatSteered,
-            format!("tunnel {} vni {vni}", Ipv4Addr::from(st.tunnel_ip_host)),
-            cfg.dvr_mac,
-            st.csnat_mac,
-        ))
+        let hop = format!("hop limit {}; ", self.p.ttl);
+        Ok(self.steered("north6", &hop, vni, &st, &cfg))
     }
 
     /// `north6::from_tunnel`: the SNAT host, IPv6 to a csnat port of router `r`.
@@ -145,13 +123,7 @@ impl Walk<'_> {
                     "icmp",
                     format!("echo to router external address {dst}: answered"),
                 );
-                let src = self.p.src_mac.unwrap_or([0; 6]);
-                return Ok(out(
-                    Stat::IcmpEchoReply,
-                    format!("external#{}", cfg.ext_ifindex),
-                    cfg.ext_mac,
-                    src,
-                ));
+                return Ok(self.answer_external(Stat::IcmpEchoReply, cfg));
             }
             return Ok(drop(Stat::DropRouterLocal));
         }
@@ -192,13 +164,7 @@ impl Walk<'_> {
                 "icmp",
                 "hop limit exceeded: time exceeded from the router's external address",
             );
-            let src = self.p.src_mac.unwrap_or([0; 6]);
-            return Ok(out(
-                Stat::IcmpTimeExceeded,
-                format!("external#{}", cfg.ext_ifindex),
-                cfg.ext_mac,
-                src,
-            ));
+            return Ok(self.answer_external(Stat::IcmpTimeExceeded, cfg));
         }
         self.p.ttl -= 1;
         self.step("route", format!("hop limit {}", self.p.ttl));
@@ -211,5 +177,17 @@ impl Walk<'_> {
             route.vni,
             cfg.dvr_mac,
         ))
+    }
+
+    /// The router's answer (an ICMPv6 message from its external address) back out of the
+    /// external interface, to the frame's sender.
+    fn answer_external(&self, stat: Stat, cfg: &HostConfig) -> Out {
+        let src = self.p.src_mac.unwrap_or([0; 6]);
+        out(
+            stat,
+            format!("external#{}", cfg.ext_ifindex),
+            cfg.ext_mac,
+            src,
+        )
     }
 }

@@ -1,7 +1,7 @@
 //! The trace's counterpart of `dvr-ebpf/src/stage/sg.rs`: the security group decision for
 //! one packet of a port, as the datapath takes it, pure (over the two tries as read and the
-//! conntrack entries the walk looked up) so that unit tests cover it; IPv4 ([`check`]) and
-//! IPv6 ([`check6`]) share the stateful part ([`decide`]). `stage.rs` and `v6.rs` turn the
+//! conntrack entries the walk looked up) so that unit tests cover it; one [`check`] for IPv4
+//! and IPv6, what differs between them in [`Family`]. `stage.rs` and `v6.rs` turn the
 //! decision into a step and a verdict.
 use std::collections::BTreeMap;
 
@@ -14,8 +14,8 @@ use dvr_common::{
 };
 
 use crate::{
-    compile::{icmp_port_be, sg_admit, sg_admit6},
-    ctl::sg::{Remotes, Remotes6, Rules, direction_name},
+    compile::{SgRemotes, icmp_port_be, sg_admit},
+    ctl::sg::{Rules, direction_name},
 };
 
 const IPPROTO_ICMP: u8 = 1;
@@ -25,37 +25,138 @@ const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_PARAM_PROBLEM: u8 = 12;
 const IPPROTO_ICMPV6: u8 = 58;
 
-/// The packet as the check sees it (addresses and ports in network order; for ICMP echo
-/// the identifier in both port slots, as conntrack keys hold it).
+/// The packet as the check sees it, of either family (`A`: [`Family`]; addresses and ports
+/// in network order; for ICMP(v6) echo the identifier in both port slots, as conntrack keys
+/// hold it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Packet {
-    pub(super) saddr_be: u32,
-    pub(super) daddr_be: u32,
+pub(super) struct Packet<A = u32> {
+    pub(super) saddr: A,
+    pub(super) daddr: A,
     pub(super) proto: u8,
     pub(super) sport_be: u16,
     pub(super) dport_be: u16,
-    /// ICMP type and code (ICMP only).
+    /// ICMP(v6) type and code (ICMP(v6) only).
     pub(super) icmp: (u8, u8),
-    /// The tuple an ICMP error quotes: (saddr, daddr, sport, dport, proto).
-    pub(super) quoted: Option<(u32, u32, u16, u16, u8)>,
+    /// The tuple an ICMP(v6) error quotes: (saddr, daddr, sport, dport, proto).
+    pub(super) quoted: Option<(A, A, u16, u16, u8)>,
 }
 
-impl Packet {
-    fn is_icmp_error(&self) -> bool {
-        self.proto == IPPROTO_ICMP
+/// An IPv6 packet as the check sees it.
+pub(super) type Packet6 = Packet<Ip6>;
+
+/// What the families' checks (`stage::sg::check` and `check6`) do differently: addresses
+/// `u32` (network order) or `Ip6`.
+pub(super) trait Family: Copy {
+    /// ICMP or ICMPv6.
+    const ICMP: u8;
+    /// Whether an ICMP(v6) error may pass by its own tuple's entry: IPv4 looks it up,
+    /// IPv6 passes an error by the flow it quotes only.
+    const ERROR_BY_OWN_TUPLE: bool;
+    /// The conntrack key (`DVR_CT` or `DVR_CT6`).
+    type Key;
+    /// The key of tuple (saddr, daddr, sport, dport, proto) in `zone`.
+    fn key(zone: u32, t: (Self, Self, u16, u16, u8)) -> Self::Key;
+    /// Base traffic, always allowed, in direction `dir`.
+    fn is_base(p: &Packet<Self>, dir: u8) -> bool;
+    fn is_icmp_error(p: &Packet<Self>) -> bool;
+}
+
+impl Family for u32 {
+    const ICMP: u8 = IPPROTO_ICMP;
+    const ERROR_BY_OWN_TUPLE: bool = true;
+    type Key = CtKey;
+
+    fn key(
+        zone: u32,
+        (saddr_be, daddr_be, sport_be, dport_be, proto): (u32, u32, u16, u16, u8),
+    ) -> CtKey {
+        CtKey {
+            zone,
+            saddr_be,
+            daddr_be,
+            sport_be,
+            dport_be,
+            proto,
+            _pad: [0; 3],
+        }
+    }
+
+    /// DHCP client to server leaving the VM, server to client reaching it.
+    fn is_base(p: &Packet, dir: u8) -> bool {
+        is_udp_between(p, dir, 68, 67)
+    }
+
+    fn is_icmp_error(p: &Packet) -> bool {
+        p.proto == IPPROTO_ICMP
             && matches!(
-                self.icmp.0,
+                p.icmp.0,
                 ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM
             )
     }
+}
 
-    /// What a rule's port range matches: the destination port, or ICMP type and code.
+impl Family for Ip6 {
+    const ICMP: u8 = IPPROTO_ICMPV6;
+    const ERROR_BY_OWN_TUPLE: bool = false;
+    type Key = CtKey6;
+
+    fn key(
+        zone: u32,
+        (saddr, daddr, sport_be, dport_be, proto): (Ip6, Ip6, u16, u16, u8),
+    ) -> CtKey6 {
+        CtKey6 {
+            zone,
+            saddr,
+            daddr,
+            sport_be,
+            dport_be,
+            proto,
+            _pad: [0; 3],
+        }
+    }
+
+    /// `stage::sg::is_base6`: neighbour discovery and multicast listener discovery
+    /// (redirects towards the VM too), DHCPv6 client to server leaving the VM, server to
+    /// client reaching it.
+    fn is_base(p: &Packet6, dir: u8) -> bool {
+        match p.icmp6() {
+            Some(130..=136 | 143) => return true,
+            Some(137) => return dir == SG_INGRESS,
+            _ => {}
+        }
+        is_udp_between(p, dir, 546, 547)
+    }
+
+    /// Types 1-4 (`stage::sg::is_icmp6_error`).
+    fn is_icmp_error(p: &Packet6) -> bool {
+        matches!(p.icmp6(), Some(1..=4))
+    }
+}
+
+/// UDP from `client` to `server` leaving the VM (egress), from server to client reaching it.
+fn is_udp_between<A>(p: &Packet<A>, dir: u8, client: u16, server: u16) -> bool {
+    let (client, server) = (client.to_be(), server.to_be());
+    p.proto == IPPROTO_UDP
+        && match dir {
+            SG_EGRESS => p.sport_be == client && p.dport_be == server,
+            _ => p.sport_be == server && p.dport_be == client,
+        }
+}
+
+impl<A: Family> Packet<A> {
+    /// What a rule's port range matches: the destination port, or ICMP(v6) type and code.
     fn port_be(&self) -> u16 {
-        if self.proto == IPPROTO_ICMP {
+        if self.proto == A::ICMP {
             icmp_port_be(self.icmp.0, self.icmp.1)
         } else {
             self.dport_be
         }
+    }
+}
+
+impl Packet6 {
+    fn icmp6(&self) -> Option<u8> {
+        (self.proto == IPPROTO_ICMPV6).then_some(self.icmp.0)
     }
 }
 
@@ -64,31 +165,18 @@ pub(super) fn zone(ifindex: u32) -> u32 {
     SG_ZONE | ifindex
 }
 
-/// The key of the packet's own direction in the port's zone (`net::conntrack::flow_key`).
-pub(super) fn flow_key(ifindex: u32, p: &Packet) -> CtKey {
-    CtKey {
-        zone: zone(ifindex),
-        saddr_be: p.saddr_be,
-        daddr_be: p.daddr_be,
-        sport_be: p.sport_be,
-        dport_be: p.dport_be,
-        proto: p.proto,
-        _pad: [0; 3],
-    }
+/// The key of the packet's own direction in the port's zone (`net::conntrack::flow_key`,
+/// `DVR_CT6`).
+pub(super) fn flow_key<A: Family>(ifindex: u32, p: &Packet<A>) -> A::Key {
+    A::key(
+        zone(ifindex),
+        (p.saddr, p.daddr, p.sport_be, p.dport_be, p.proto),
+    )
 }
 
-/// The key of the packet an ICMP error quotes, in the port's zone.
-pub(super) fn quoted_key(ifindex: u32, p: &Packet) -> Option<CtKey> {
-    let (s, d, sp, dp, proto) = p.quoted?;
-    Some(CtKey {
-        zone: zone(ifindex),
-        saddr_be: s,
-        daddr_be: d,
-        sport_be: sp,
-        dport_be: dp,
-        proto,
-        _pad: [0; 3],
-    })
+/// The key of the packet an ICMP(v6) error quotes, in the port's zone.
+pub(super) fn quoted_key<A: Family>(ifindex: u32, p: &Packet<A>) -> Option<A::Key> {
+    Some(A::key(zone(ifindex), p.quoted?))
 }
 
 /// What the check decides.
@@ -122,36 +210,23 @@ impl Decision {
     }
 }
 
-/// DHCP client to server leaving the VM, server to client reaching it.
-fn is_dhcp(p: &Packet, dir: u8) -> bool {
-    let (client, server) = (68u16.to_be(), 67u16.to_be());
-    p.proto == IPPROTO_UDP
-        && match dir {
-            SG_EGRESS => p.sport_be == client && p.dport_be == server,
-            _ => p.sport_be == server && p.dport_be == client,
-        }
-}
-
 /// The check of packet `p` of the port `port` on tap `ifindex` (its flags carry
 /// `PORT_FLAG_SG`) in direction `dir` (`SG_EGRESS` at the tap, `SG_INGRESS` where it is
-/// delivered). `ct` is the conntrack entry at a key, if any.
-pub(super) fn check(
+/// delivered), over the remote trie of its family (`stage::sg::check`, `check6`: conntrack
+/// in `DVR_CT` or `DVR_CT6`). `ct` is the conntrack entry at a key, if any.
+pub(super) fn check<A: Family, R: SgRemotes<Addr = A>>(
     port: &LocalPort,
     ifindex: u32,
     dir: u8,
-    p: &Packet,
-    remotes: &Remotes,
+    p: &Packet<A>,
+    remotes: &R,
     rules: &Rules,
-    ct: &dyn Fn(&CtKey) -> Option<CtEntry>,
+    ct: &dyn Fn(&A::Key) -> Option<CtEntry>,
 ) -> Decision {
-    if is_dhcp(p, dir) {
+    if A::is_base(p, dir) {
         return Decision::Base;
     }
-    let remote = if dir == SG_EGRESS {
-        p.daddr_be
-    } else {
-        p.saddr_be
-    };
+    let remote = if dir == SG_EGRESS { p.daddr } else { p.saddr };
     let admitted = sg_admit(
         remotes,
         rules,
@@ -162,12 +237,18 @@ pub(super) fn check(
         remote,
     )
     .map(|r| r.rule_id);
-    let error = p.is_icmp_error();
+    let error = A::is_icmp_error(p);
     decide(
         port.flags & PORT_FLAG_SG_STATELESS != 0,
         admitted,
         error,
-        || ct(&flow_key(ifindex, p)),
+        || {
+            if error && !A::ERROR_BY_OWN_TUPLE {
+                None
+            } else {
+                ct(&flow_key(ifindex, p))
+            }
+        },
         || quoted_key(ifindex, p).and_then(|k| ct(&k)).is_some(),
     )
 }
@@ -211,125 +292,6 @@ fn decide(
     }
 }
 
-/// An IPv6 packet as the check sees it (ports in network order; ICMPv6 echo: the
-/// identifier in both port slots).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Packet6 {
-    pub(super) saddr: Ip6,
-    pub(super) daddr: Ip6,
-    pub(super) proto: u8,
-    pub(super) sport_be: u16,
-    pub(super) dport_be: u16,
-    /// ICMPv6 type and code (ICMPv6 only).
-    pub(super) icmp: (u8, u8),
-    /// The tuple an ICMPv6 error quotes: (saddr, daddr, sport, dport, proto).
-    pub(super) quoted: Option<(Ip6, Ip6, u16, u16, u8)>,
-}
-
-impl Packet6 {
-    fn icmp6(&self) -> Option<u8> {
-        (self.proto == IPPROTO_ICMPV6).then_some(self.icmp.0)
-    }
-
-    /// Types 1-4 (`stage::sg::is_icmp6_error`).
-    fn is_icmp6_error(&self) -> bool {
-        matches!(self.icmp6(), Some(1..=4))
-    }
-
-    fn port_be(&self) -> u16 {
-        if self.proto == IPPROTO_ICMPV6 {
-            icmp_port_be(self.icmp.0, self.icmp.1)
-        } else {
-            self.dport_be
-        }
-    }
-
-    /// Base traffic (`stage::sg::is_base6`): neighbour discovery and multicast listener
-    /// discovery (redirects towards the VM too), DHCPv6 client to server leaving the VM,
-    /// server to client reaching it.
-    fn is_base(&self, dir: u8) -> bool {
-        match self.icmp6() {
-            Some(130..=136 | 143) => return true,
-            Some(137) => return dir == SG_INGRESS,
-            _ => {}
-        }
-        let (client, server) = (546u16.to_be(), 547u16.to_be());
-        self.proto == IPPROTO_UDP
-            && match dir {
-                SG_EGRESS => self.sport_be == client && self.dport_be == server,
-                _ => self.sport_be == server && self.dport_be == client,
-            }
-    }
-}
-
-/// The key of an IPv6 packet's own direction in the port's zone (`DVR_CT6`).
-pub(super) fn flow_key6(ifindex: u32, p: &Packet6) -> CtKey6 {
-    CtKey6 {
-        zone: zone(ifindex),
-        saddr: p.saddr,
-        daddr: p.daddr,
-        sport_be: p.sport_be,
-        dport_be: p.dport_be,
-        proto: p.proto,
-        _pad: [0; 3],
-    }
-}
-
-/// The key of the packet an ICMPv6 error quotes, in the port's zone.
-pub(super) fn quoted_key6(ifindex: u32, p: &Packet6) -> Option<CtKey6> {
-    let (saddr, daddr, sport_be, dport_be, proto) = p.quoted?;
-    Some(CtKey6 {
-        zone: zone(ifindex),
-        saddr,
-        daddr,
-        sport_be,
-        dport_be,
-        proto,
-        _pad: [0; 3],
-    })
-}
-
-/// [`check`] for IPv6 (`stage::sg::check6`): the IPv6 remote trie, conntrack in
-/// `DVR_CT6`; an error passes by the flow it quotes only, never by its own tuple.
-pub(super) fn check6(
-    port: &LocalPort,
-    ifindex: u32,
-    dir: u8,
-    p: &Packet6,
-    remotes6: &Remotes6,
-    rules: &Rules,
-    ct: &dyn Fn(&CtKey6) -> Option<CtEntry>,
-) -> Decision {
-    if p.is_base(dir) {
-        return Decision::Base;
-    }
-    let remote = if dir == SG_EGRESS { &p.daddr } else { &p.saddr };
-    let admitted = sg_admit6(
-        remotes6,
-        rules,
-        port.policy,
-        dir,
-        p.proto,
-        p.port_be(),
-        remote,
-    )
-    .map(|r| r.rule_id);
-    let error = p.is_icmp6_error();
-    decide(
-        port.flags & PORT_FLAG_SG_STATELESS != 0,
-        admitted,
-        error,
-        || {
-            if error {
-                None
-            } else {
-                ct(&flow_key6(ifindex, p))
-            }
-        },
-        || quoted_key6(ifindex, p).and_then(|k| ct(&k)).is_some(),
-    )
-}
-
 /// The entries a stateful admission of an IPv6 packet creates (`conntrack::create6`).
 pub(super) fn new_flow6(
     ifindex: u32,
@@ -338,7 +300,7 @@ pub(super) fn new_flow6(
     rule: u32,
 ) -> BTreeMap<CtKey6, CtEntry> {
     use dvr_common::nat::CT_SG;
-    let k = flow_key6(ifindex, p);
+    let k = flow_key(ifindex, p);
     let flag = if dir == SG_INGRESS { CT_SG_INGRESS } else { 0 };
     let e = CtEntry {
         fixed_be: u32::from(p.port_be()),
@@ -361,14 +323,14 @@ pub(super) fn new_flow(ifindex: u32, dir: u8, p: &Packet, rule: u32) -> BTreeMap
     let k = flow_key(ifindex, p);
     let flag = if dir == SG_INGRESS { CT_SG_INGRESS } else { 0 };
     let e = CtEntry {
-        nat_ip_be: p.saddr_be,
+        nat_ip_be: p.saddr,
         peer_zone: k.zone,
         kind: CT_SG | flag,
         _reserved: rule,
         ..Default::default()
     };
     let pe = CtEntry {
-        nat_ip_be: p.daddr_be,
+        nat_ip_be: p.daddr,
         kind: CT_SG_REPLY | flag,
         ..e
     };
@@ -445,7 +407,7 @@ pub(super) fn describe(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compile::fnv1a32;
+    use crate::{compile::fnv1a32, ctl::sg::Remotes};
     use dvr_common::{
         port::PORT_FLAG_SG,
         sg::{SG_REMOTE_PREFIX_BITS, SG_RULE_ANY_PORT_BITS, SgRemoteKey, SgRule, SgRuleKey},
@@ -511,8 +473,8 @@ mod tests {
 
     fn tcp(src: u32, sport: u16, dst: u32, dport: u16) -> Packet {
         Packet {
-            saddr_be: src,
-            daddr_be: dst,
+            saddr: src,
+            daddr: dst,
             proto: 6,
             sport_be: sport.to_be(),
             dport_be: dport.to_be(),
@@ -742,7 +704,7 @@ mod tests {
                 },
             );
         }
-        check6(&port(flags), IFX, dir, p, &remotes6, &rules, &|k| {
+        check(&port(flags), IFX, dir, p, &remotes6, &rules, &|k| {
             ct.get(k).copied()
         })
     }
@@ -825,7 +787,7 @@ mod tests {
         assert_eq!(decide6(0, SG_INGRESS, &error, &flow), Decision::Related);
         let mut own = BTreeMap::new();
         own.insert(
-            flow_key6(IFX, &error),
+            flow_key(IFX, &error),
             CtEntry {
                 kind: CT_SG_REPLY,
                 ..Default::default()

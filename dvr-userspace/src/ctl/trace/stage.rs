@@ -16,7 +16,7 @@ use dvr_common::{
         LocalPort, PORT_FLAG_SECURITY, PORT_FLAG_SG_STATELESS, SEC_IP_ALLOWED, SEC_KEY_PREFIX_BITS,
     },
     route::{IpKey, RouterIface},
-    snat::{SNAT_ENABLED, SNAT_HA, SnatRouter, fence_active},
+    snat::{SNAT_ENABLED, SNAT_HA, SnatRouter, SnatSteer, fence_active},
     stats::Stat,
 };
 
@@ -40,39 +40,58 @@ impl Walk<'_> {
         port: &LocalPort,
         src_mac: Mac,
     ) -> Result<Option<Out>, MapsError> {
-        if port.flags & PORT_FLAG_SECURITY != 0 {
-            let allowed = self
-                .m
+        let src_ip = be(self.p.src);
+        let ip = format!("IP {}", self.p.src);
+        self.port_security(port, src_mac, ip, "IP", |w| {
+            Ok(w.m
                 .port_security
                 .read()?
                 .into_iter()
                 .filter(|((plen, k), _)| {
                     u32::from_be(k.ifindex_be) == ifindex
                         && k.mac == src_mac
-                        && in_prefix(be(self.p.src), k.ip_be, plen - SEC_KEY_PREFIX_BITS)
+                        && in_prefix(src_ip, k.ip_be, plen - SEC_KEY_PREFIX_BITS)
                 })
-                .max_by_key(|((plen, _), _)| *plen);
-            match allowed {
-                None => {
-                    self.step(
-                        "port security",
-                        format!("source MAC {} is not the port's", fmt_mac(src_mac)),
-                    );
-                    return Ok(Some(drop(Stat::DropSpoofMac)));
-                }
-                Some((_, f)) if f & SEC_IP_ALLOWED == 0 => {
-                    self.step(
-                        "port security",
-                        format!("source IP {} is not the port's", self.p.src),
-                    );
-                    return Ok(Some(drop(Stat::DropSpoofIp)));
-                }
-                Some(_) => self.step("port security", "source MAC and IP allowed"),
-            }
-        } else {
+                .max_by_key(|((plen, _), _)| *plen)
+                .map(|(_, flags)| flags))
+        })
+    }
+
+    /// `stage::security` for either family: `lookup` the flags of the longest entry of the
+    /// port's tap, source MAC and source address (`src_ip`, named `IP ...` or `IPv6 ...`;
+    /// `family` what the step says was allowed).
+    pub(super) fn port_security(
+        &mut self,
+        port: &LocalPort,
+        src_mac: Mac,
+        src_ip: String,
+        family: &str,
+        lookup: impl FnOnce(&Self) -> Result<Option<u32>, MapsError>,
+    ) -> Result<Option<Out>, MapsError> {
+        if port.flags & PORT_FLAG_SECURITY == 0 {
             self.step("port security", "disabled for this port");
+            return Ok(None);
         }
-        Ok(None)
+        Ok(match lookup(self)? {
+            None => {
+                self.step(
+                    "port security",
+                    format!("source MAC {} is not the port's", fmt_mac(src_mac)),
+                );
+                Some(drop(Stat::DropSpoofMac))
+            }
+            Some(f) if f & SEC_IP_ALLOWED == 0 => {
+                self.step(
+                    "port security",
+                    format!("source {src_ip} is not the port's"),
+                );
+                Some(drop(Stat::DropSpoofIp))
+            }
+            Some(_) => {
+                self.step("port security", format!("source MAC and {family} allowed"));
+                None
+            }
+        })
     }
 }
 
@@ -470,34 +489,60 @@ impl Walk<'_> {
             return Ok(drop(Stat::DropSnatDisabled));
         }
         if st.tunnel_ip_host == 0 {
-            self.step("snat", "this host is the router's SNAT host");
-            let r = self.m.snat_routers.get(&FdbKey {
-                vni,
-                mac: st.csnat_mac,
-                _pad: [0; 2],
-            })?;
-            return match r {
-                Some(r) if !self.ha_serves(r.flags, r.router_id)? => {
-                    Ok(drop(Stat::DropSnatStandby))
-                }
-                Some(r) => self.snat_out(vni, &r, cfg),
-                None => Ok(drop(Stat::DropNoRoute)),
+            return match self.snat_router_here("snat", vni, st.csnat_mac)? {
+                Ok(r) => self.snat_out(vni, &r, cfg),
+                Err(o) => Ok(o),
             };
         }
+        Ok(self.steered("snat", "", vni, &st, cfg))
+    }
+
+    /// The step where a router's traffic reaches its SNAT host: this host
+    /// (`DVR_SNAT_ROUTERS` at csnat port `csnat_mac`), `Err` the drop when it is not served
+    /// here (`stage::ha`, or no entry).
+    pub(super) fn snat_router_here(
+        &mut self,
+        stage: &'static str,
+        vni: u32,
+        csnat_mac: Mac,
+    ) -> Result<Result<SnatRouter, Out>, MapsError> {
+        self.step(stage, "this host is the router's SNAT host");
+        let r = self.m.snat_routers.get(&FdbKey {
+            vni,
+            mac: csnat_mac,
+            _pad: [0; 2],
+        })?;
+        Ok(match r {
+            Some(r) if !self.ha_serves(r.flags, r.router_id)? => Err(drop(Stat::DropSnatStandby)),
+            Some(r) => Ok(r),
+            None => Err(drop(Stat::DropNoRoute)),
+        })
+    }
+
+    /// Another host is the router's SNAT host (steering `st`): tunnelled there, the step's
+    /// text after `prefix`.
+    pub(super) fn steered(
+        &mut self,
+        stage: &'static str,
+        prefix: &str,
+        vni: u32,
+        st: &SnatSteer,
+        cfg: &HostConfig,
+    ) -> Out {
         self.step(
-            "snat",
+            stage,
             format!(
-                "steered to SNAT host {} (csnat port {})",
+                "{prefix}steered to SNAT host {} (csnat port {})",
                 Ipv4Addr::from(st.tunnel_ip_host),
                 fmt_mac(st.csnat_mac)
             ),
         );
-        Ok(out(
+        out(
             Stat::SnatSteered,
             format!("tunnel {} vni {vni}", Ipv4Addr::from(st.tunnel_ip_host)),
             cfg.dvr_mac,
             st.csnat_mac,
-        ))
+        )
     }
 
     /// `stage::snat::from_tunnel`: the SNAT host, a frame to a csnat port of router `r`.

@@ -6,7 +6,7 @@ use std::net::Ipv6Addr;
 use dvr_common::{
     Mac,
     ip6::{Ip6Key, ROUTE6_KEY_PREFIX_BITS, Route6, SEC6_KEY_PREFIX_BITS, is_link_local},
-    port::{LocalPort, PORT_FLAG_SECURITY, SEC_IP_ALLOWED},
+    port::LocalPort,
     route::RouterIface,
     sg::SG_EGRESS,
     stats::Stat,
@@ -63,41 +63,20 @@ impl Walk<'_> {
         port: &LocalPort,
         src_mac: Mac,
     ) -> Result<Option<Out>, MapsError> {
-        if port.flags & PORT_FLAG_SECURITY == 0 {
-            self.step("port security", "disabled for this port");
-            return Ok(None);
-        }
         let src = self.addrs6().src;
-        let allowed = self
-            .m
-            .port_security6
-            .read()?
-            .into_iter()
-            .filter(|((plen, k), _)| {
-                u32::from_be(k.ifindex_be) == ifindex
-                    && k.mac == src_mac
-                    && in_prefix6(&src.octets(), &k.ip, plen - SEC6_KEY_PREFIX_BITS)
-            })
-            .max_by_key(|((plen, _), _)| *plen);
-        Ok(match allowed {
-            None => {
-                self.step(
-                    "port security",
-                    format!("source MAC {} is not the port's", fmt_mac(src_mac)),
-                );
-                Some(drop(Stat::DropSpoofMac))
-            }
-            Some((_, f)) if f & SEC_IP_ALLOWED == 0 => {
-                self.step(
-                    "port security",
-                    format!("source IPv6 {src} is not the port's"),
-                );
-                Some(drop(Stat::DropSpoofIp))
-            }
-            Some(_) => {
-                self.step("port security", "source MAC and IPv6 address allowed");
-                None
-            }
+        let ip = format!("IPv6 {src}");
+        self.port_security(port, src_mac, ip, "IPv6 address", |w| {
+            Ok(w.m
+                .port_security6
+                .read()?
+                .into_iter()
+                .filter(|((plen, k), _)| {
+                    u32::from_be(k.ifindex_be) == ifindex
+                        && k.mac == src_mac
+                        && in_prefix6(&src.octets(), &k.ip, plen - SEC6_KEY_PREFIX_BITS)
+                })
+                .max_by_key(|((plen, _), _)| *plen)
+                .map(|(_, flags)| flags))
         })
     }
 
@@ -268,14 +247,14 @@ impl Walk<'_> {
         let Some(pkt) = self.sg_packet6() else {
             return Ok(None);
         };
-        let k = sg::flow_key6(ifindex, &pkt);
+        let k = sg::flow_key(ifindex, &pkt);
         let tracked = match self.sg_created6.get(&k) {
             Some(e) => Some(*e),
             None => self.m.ct6.get(&k)?,
         };
         let d = match (&self.sg_tries, &self.sg_remote6) {
             (Some((_, rules)), Some(remotes6)) => {
-                sg::check6(port, ifindex, dir, &pkt, remotes6, rules, &|key| {
+                sg::check(port, ifindex, dir, &pkt, remotes6, rules, &|key| {
                     if *key == k { tracked } else { None }
                 })
             }
@@ -296,21 +275,7 @@ impl Walk<'_> {
     /// request whose identifier is `sport`).
     fn sg_packet6(&self) -> Option<Packet6> {
         let a = self.p.v6?;
-        let icmp = self.p.proto == 58;
-        let (sport, dport) = if icmp {
-            (self.p.sport, self.p.sport)
-        } else {
-            (self.p.sport, self.p.dport)
-        };
-        Some(Packet6 {
-            saddr: a.src.octets(),
-            daddr: a.dst.octets(),
-            proto: self.p.proto,
-            sport_be: sport.to_be(),
-            dport_be: dport.to_be(),
-            icmp: if icmp { (128, 0) } else { (0, 0) },
-            quoted: None,
-        })
+        Some(self.sg_probe(a.src.octets(), a.dst.octets(), 58, 128))
     }
 }
 

@@ -143,19 +143,26 @@ impl<'a> Walk<'a> {
     /// The packet as it is now, as the security group check sees it (an ICMP probe is an
     /// echo request whose identifier is `sport`).
     pub(super) fn sg_packet(&self) -> Packet {
-        let icmp = self.p.proto == 1;
+        self.sg_probe(be(self.p.src), be(self.p.dst), 1, 8)
+    }
+
+    /// The probe from `saddr` to `daddr` as the security group check sees it, of either
+    /// family: protocol `icmp_proto` is an echo request (type `echo`) whose identifier is
+    /// `sport`.
+    pub(super) fn sg_probe<A>(&self, saddr: A, daddr: A, icmp_proto: u8, echo: u8) -> Packet<A> {
+        let icmp = self.p.proto == icmp_proto;
         let (sport, dport) = if icmp {
             (self.p.sport, self.p.sport)
         } else {
             (self.p.sport, self.p.dport)
         };
         Packet {
-            saddr_be: be(self.p.src),
-            daddr_be: be(self.p.dst),
+            saddr,
+            daddr,
             proto: self.p.proto,
             sport_be: sport.to_be(),
             dport_be: dport.to_be(),
-            icmp: if icmp { (8, 0) } else { (0, 0) },
+            icmp: if icmp { (echo, 0) } else { (0, 0) },
             quoted: None,
         }
     }

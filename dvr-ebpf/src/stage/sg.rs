@@ -305,16 +305,7 @@ fn admits6(f: &Flow6, policy: u32, dir: Direction, port_be: u16) -> Option<u32> 
         SgRemote6Key { policy, ip: remote },
     );
     let class = DVR_SG_REMOTE6.get(&rkey)?;
-    let key = Key::new(
-        SG_RULE_FULL_BITS,
-        SgRuleKey {
-            class: *class,
-            dir: dir.code(),
-            proto: f.proto,
-            port_be,
-        },
-    );
-    DVR_SG_RULES.get(&key).map(|r| r.rule_id)
+    rule(*class, dir, f.proto, port_be)
 }
 
 /// As [`port_of`] for IPv6: ICMPv6 type and code, or the destination port.
@@ -375,12 +366,19 @@ fn admits(f: &Flow, policy: u32, dir: Direction, port_be: u16) -> Option<u32> {
         },
     );
     let class = DVR_SG_REMOTE.get(&rkey)?;
+    rule(*class, dir, f.proto, port_be)
+}
+
+/// The rule of remote class `class` (either family) that admits protocol `proto` with
+/// destination port (or ICMP type and code) `port_be` in `dir`, by its id (DVR_SG_RULES).
+#[inline(always)]
+fn rule(class: u32, dir: Direction, proto: u8, port_be: u16) -> Option<u32> {
     let key = Key::new(
         SG_RULE_FULL_BITS,
         SgRuleKey {
-            class: *class,
+            class,
             dir: dir.code(),
-            proto: f.proto,
+            proto,
             port_be,
         },
     );

@@ -14,6 +14,7 @@ use dvr_common::{
     config::HostConfig,
     l2::FdbKey,
     port::{LocalPort, PORT_FLAG_DOWN, PORT_FLAG_SECURITY, PORT_FLAG_SG},
+    route::RouterIface,
     stats::Stat,
 };
 
@@ -100,13 +101,7 @@ fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
             if port.flags & PORT_FLAG_SG != 0 {
                 sg::check(ctx, &f, ifindex, port, Direction::Egress)?;
             }
-            let gw_key = FdbKey {
-                vni: port.vni,
-                mac: dst,
-                _pad: [0; 2],
-            };
-            // SAFETY: read-only use of an agent-written hash value.
-            if let Some(gw) = unsafe { DVR_GW_BY_MAC.get(&gw_key) } {
+            if let Some(gw) = gateway(port, dst) {
                 return Ok(route::stage(ctx, &f, ifindex, port, gw, cfg));
             }
             // A reply to a hairpin flow from a VM in the same subnet goes straight back at
@@ -134,16 +129,23 @@ fn run6(ctx: &TcContext) -> Result<Verdict, Verdict> {
         sg::check6(ctx, &f, port, Direction::Egress)?;
     }
     nd::stage(ctx, &f, ifindex, port, &src)?;
-    let gw_key = FdbKey {
-        vni: port.vni,
-        mac: dst,
-        _pad: [0; 2],
-    };
-    // SAFETY: read-only use of an agent-written hash value.
-    if let Some(gw) = unsafe { DVR_GW_BY_MAC.get(&gw_key) } {
+    if let Some(gw) = gateway(port, dst) {
         return Ok(route6::stage(ctx, &f, ifindex, port, gw, cfg));
     }
     Ok(forward(ctx, ifindex, port, cfg, &dst))
+}
+
+/// The router interface with MAC `mac` on the port's network (DVR_GW_BY_MAC): a frame
+/// addressed to it is routed.
+#[inline(always)]
+fn gateway(port: &LocalPort, mac: Mac) -> Option<&'static RouterIface> {
+    let key = FdbKey {
+        vni: port.vni,
+        mac,
+        _pad: [0; 2],
+    };
+    // SAFETY: read-only use of an agent-written hash value.
+    unsafe { DVR_GW_BY_MAC.get(&key) }
 }
 
 /// Forward at L2 on the port's network.

@@ -2,7 +2,7 @@
 //! by redirect or to a remote host over the tunnel; broadcast and unknown unicast
 //! replicated to the network's local taps and (from a tap only) to the hosts that have
 //! ports on it; and the delivery of a routed or translated packet to its port.
-//! Maps: reads DVR_FDB, DVR_FLOOD. Verdicts: tx_local, tx_tunnel, flooded, the caller's
+//! Maps: reads DVR_FDB, DVR_FLOOD, DVR_ENDPOINTS6. Verdicts: tx_local, tx_tunnel, flooded, the caller's
 //! stat, drop_no_local_port, drop_redirect, drop_malformed.
 use aya_ebpf::{
     bindings::{__sk_buff, bpf_tunnel_key},
@@ -12,14 +12,19 @@ use aya_ebpf::{
 use dvr_common::{
     Mac,
     config::HostConfig,
+    ip6::{Ip6, Ip6Key, Route6},
     l2::{FLOOD_MAX_LOCAL, FLOOD_MAX_REMOTE, FdbKey},
+    route::Endpoint,
     stats::Stat,
 };
 
-use crate::base::{
-    maps::{DVR_FDB, DVR_FLOOD},
-    packet::{Eth, is_multicast},
-    verdict::{Verdict, redirect},
+use crate::{
+    base::{
+        maps::{DVR_ENDPOINTS6, DVR_FDB, DVR_FLOOD},
+        packet::{Eth, is_multicast},
+        verdict::{Verdict, redirect},
+    },
+    net::rewrite,
 };
 
 const TUNNEL_TTL: u8 = 64;
@@ -182,6 +187,51 @@ pub fn deliver_routed(
         }
         Location::Remote(host) => routed_to_host(ctx, mac, host, vni, cfg, stat),
     }
+}
+
+/// Deliver a routed packet to port endpoint `ep` on network `vni`, as [`deliver_routed`]
+/// does with its subnet's gateway MAC `gw_mac`.
+#[inline(always)]
+pub fn deliver_endpoint(
+    ctx: &TcContext,
+    ep: &Endpoint,
+    gw_mac: Mac,
+    vni: u32,
+    cfg: &HostConfig,
+    stat: Stat,
+) -> Result<Verdict, Verdict> {
+    deliver_routed(
+        ctx,
+        ep.mac,
+        gw_mac,
+        Location::of(ep.ifindex, ep.tunnel_ip_host),
+        vni,
+        cfg,
+        stat,
+    )
+}
+
+/// Route an IPv6 packet to `daddr` in subnet `route`: to the port with that address
+/// (DVR_ENDPOINTS6, else drop_no_endpoint), hop limit decremented, delivered as
+/// [`deliver_routed`] does.
+#[inline(always)]
+pub fn deliver_routed6(
+    ctx: &TcContext,
+    route: &Route6,
+    daddr: &Ip6,
+    cfg: &HostConfig,
+    stat: Stat,
+) -> Result<Verdict, Verdict> {
+    let ep_key = Ip6Key {
+        vni: route.vni,
+        ip: *daddr,
+    };
+    // SAFETY: read-only copy of an agent-written hash value.
+    let Some(ep) = (unsafe { DVR_ENDPOINTS6.get(&ep_key) }).copied() else {
+        return Err(Verdict::drop(Stat::DropNoEndpoint));
+    };
+    rewrite::hop_limit_decrement(ctx)?;
+    deliver_endpoint(ctx, &ep, route.gw_mac, route.vni, cfg, stat)
 }
 
 /// Send a routed packet to `mac` on network `vni` at tunnel peer `host` (host order), with

@@ -21,7 +21,7 @@
 use aya_ebpf::programs::TcContext;
 use dvr_common::{
     config::HostConfig,
-    ip6::{Addr6, Ip6Key, is_link_local},
+    ip6::{Addr6, is_link_local},
     l2::FdbKey,
     port::LocalPort,
     route::RouterIface,
@@ -31,15 +31,11 @@ use dvr_common::{
 
 use crate::{
     base::{
-        maps::{DVR_ENDPOINTS6, DVR_EXT_NEIGH6, DVR_SNAT_RTR, DVR_SNAT_STEER, DVR_SNAT6},
+        maps::{DVR_EXT_NEIGH6, DVR_SNAT_RTR, DVR_SNAT_STEER, DVR_SNAT6},
         packet::{ETH_LEN, Eth, Ipv6Hdr, ip6_eq, ptr_at},
         verdict::{Verdict, redirect, settle},
     },
-    net::{
-        flow6::Flow6,
-        l2::{self, Location},
-        rewrite, route,
-    },
+    net::{flow6::Flow6, l2, rewrite, route},
     stage::{ha, icmp6},
 };
 
@@ -159,22 +155,5 @@ fn routed_in(
     if ip6_eq(&f.daddr, &route.gw_ip) {
         return Err(Verdict::drop(Stat::DropRouterLocal));
     }
-    let ep_key = Ip6Key {
-        vni: route.vni,
-        ip: f.daddr,
-    };
-    // SAFETY: read-only copy of an agent-written hash value.
-    let Some(ep) = (unsafe { DVR_ENDPOINTS6.get(&ep_key) }).copied() else {
-        return Err(Verdict::drop(Stat::DropNoEndpoint));
-    };
-    rewrite::hop_limit_decrement(ctx)?;
-    l2::deliver_routed(
-        ctx,
-        ep.mac,
-        route.gw_mac,
-        Location::of(ep.ifindex, ep.tunnel_ip_host),
-        route.vni,
-        cfg,
-        Stat::RoutedIn,
-    )
+    l2::deliver_routed6(ctx, route, &f.daddr, cfg, Stat::RoutedIn)
 }

@@ -28,7 +28,7 @@ use crate::{
     },
     net::{
         flow::{Flow, Parsed},
-        l2::{self, Location},
+        l2,
         rewrite::{self, Ttl},
         route,
     },
@@ -89,15 +89,7 @@ fn routed(
     };
     rewrite::ttl_decrement(ctx)?;
     fip::hairpin_reply(ctx, f, port.vni, Ttl::Keep)?;
-    l2::deliver_routed(
-        ctx,
-        ep.mac,
-        route.gw_mac,
-        Location::of(ep.ifindex, ep.tunnel_ip_host),
-        route.vni,
-        cfg,
-        Stat::Routed,
-    )
+    l2::deliver_endpoint(ctx, &ep, route.gw_mac, route.vni, cfg, Stat::Routed)
 }
 
 /// To a destination outside the router's subnets: a FIP of the same router (hairpin), else

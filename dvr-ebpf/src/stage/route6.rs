@@ -23,15 +23,11 @@ use dvr_common::{
 
 use crate::{
     base::{
-        maps::{DVR_ENDPOINTS6, DVR_GW_BY_IP6},
+        maps::DVR_GW_BY_IP6,
         packet::ip6_eq,
         verdict::{Verdict, settle},
     },
-    net::{
-        flow6::Flow6,
-        l2::{self, Location},
-        rewrite, route,
-    },
+    net::{flow6::Flow6, l2, route},
     stage::{icmp6, north6},
 };
 
@@ -86,22 +82,5 @@ fn routed(
     if ip6_eq(&f.daddr, &route.gw_ip) {
         return icmp6::echo_reply(ctx, f, ifindex);
     }
-    let ep_key = Ip6Key {
-        vni: route.vni,
-        ip: f.daddr,
-    };
-    // SAFETY: read-only copy of an agent-written hash value.
-    let Some(ep) = (unsafe { DVR_ENDPOINTS6.get(&ep_key) }).copied() else {
-        return Err(Verdict::drop(Stat::DropNoEndpoint));
-    };
-    rewrite::hop_limit_decrement(ctx)?;
-    l2::deliver_routed(
-        ctx,
-        ep.mac,
-        route.gw_mac,
-        Location::of(ep.ifindex, ep.tunnel_ip_host),
-        route.vni,
-        cfg,
-        Stat::Routed,
-    )
+    l2::deliver_routed6(ctx, route, &f.daddr, cfg, Stat::Routed)
 }

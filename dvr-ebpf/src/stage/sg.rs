@@ -96,6 +96,25 @@ impl Direction {
             Direction::Ingress => Stat::DropSgIngress,
         })
     }
+
+    /// Whether ports `sport` -> `dport` go from a `client` to a `server` port leaving the VM,
+    /// from the server to the client reaching it (DHCP, DHCPv6).
+    #[inline(always)]
+    fn client_server(self, sport: u16, dport: u16, client: u16, server: u16) -> bool {
+        match self {
+            Direction::Egress => sport == client && dport == server,
+            Direction::Ingress => sport == server && dport == client,
+        }
+    }
+
+    /// A stateless port's verdict: whether a rule admitted the packet.
+    #[inline(always)]
+    fn stateless(self, admitted: Option<u32>) -> Result<(), Verdict> {
+        match admitted {
+            Some(_) => Ok(()),
+            None => Err(self.refused()),
+        }
+    }
 }
 
 /// Check IPv4 packet `f` of the port on tap `ifindex` (whose flags carry `PORT_FLAG_SG`).
@@ -114,10 +133,7 @@ pub fn check(
     let port_key = port_of(ctx, f)?;
     let admitted = admits(f, port.policy, dir, port_key);
     if port.flags & PORT_FLAG_SG_STATELESS != 0 {
-        return match admitted {
-            Some(_) => Ok(()),
-            None => Err(dir.refused()),
-        };
+        return dir.stateless(admitted);
     }
     let zone = SG_ZONE | ifindex;
     let k = conntrack::flow_key(zone, f);
@@ -175,10 +191,7 @@ pub fn check6(ctx: &TcContext, f: &Flow6, port: &LocalPort, dir: Direction) -> R
     let port_key = port_of6(ctx, f)?;
     let admitted = admits6(f, port.policy, dir, port_key);
     if port.flags & PORT_FLAG_SG_STATELESS != 0 {
-        return match admitted {
-            Some(_) => Ok(()),
-            None => Err(dir.refused()),
-        };
+        return dir.stateless(admitted);
     }
     let zone = SG_ZONE | ifindex;
     let mut k = conntrack::flow_key6(zone, f);
@@ -230,10 +243,7 @@ fn is_base6(f: &Flow6, dir: Direction) -> bool {
     if f.proto != IPPROTO_UDP || f.later_fragment {
         return false;
     }
-    match dir {
-        Direction::Egress => f.sport == DHCP6_CLIENT && f.dport == DHCP6_SERVER,
-        Direction::Ingress => f.sport == DHCP6_SERVER && f.dport == DHCP6_CLIENT,
-    }
+    dir.client_server(f.sport, f.dport, DHCP6_CLIENT, DHCP6_SERVER)
 }
 
 /// An ICMPv6 error (types 1-4) whose header was read.
@@ -305,16 +315,7 @@ fn admits6(f: &Flow6, policy: u32, dir: Direction, port_be: u16) -> Option<u32> 
         SgRemote6Key { policy, ip: remote },
     );
     let class = DVR_SG_REMOTE6.get(&rkey)?;
-    let key = Key::new(
-        SG_RULE_FULL_BITS,
-        SgRuleKey {
-            class: *class,
-            dir: dir.code(),
-            proto: f.proto,
-            port_be,
-        },
-    );
-    DVR_SG_RULES.get(&key).map(|r| r.rule_id)
+    rule(*class, dir, f.proto, port_be)
 }
 
 /// As [`port_of`] for IPv6: ICMPv6 type and code, or the destination port.
@@ -353,10 +354,7 @@ fn is_dhcp(f: &Flow, dir: Direction) -> bool {
     if f.proto != IPPROTO_UDP || f.later_fragment {
         return false;
     }
-    match dir {
-        Direction::Egress => f.sport == DHCP_CLIENT && f.dport == DHCP_SERVER,
-        Direction::Ingress => f.sport == DHCP_SERVER && f.dport == DHCP_CLIENT,
-    }
+    dir.client_server(f.sport, f.dport, DHCP_CLIENT, DHCP_SERVER)
 }
 
 /// The rule of policy `policy` that admits `f` in `dir` (whose destination port, or ICMP
@@ -375,12 +373,19 @@ fn admits(f: &Flow, policy: u32, dir: Direction, port_be: u16) -> Option<u32> {
         },
     );
     let class = DVR_SG_REMOTE.get(&rkey)?;
+    rule(*class, dir, f.proto, port_be)
+}
+
+/// The rule of remote class `class` (either family) that admits protocol `proto` with
+/// destination port (or ICMP type and code) `port_be` in `dir`, by its id (DVR_SG_RULES).
+#[inline(always)]
+fn rule(class: u32, dir: Direction, proto: u8, port_be: u16) -> Option<u32> {
     let key = Key::new(
         SG_RULE_FULL_BITS,
         SgRuleKey {
-            class: *class,
+            class,
             dir: dir.code(),
-            proto: f.proto,
+            proto,
             port_be,
         },
     );

@@ -36,7 +36,7 @@ use crate::{
     net::{
         conntrack,
         flow::{Flow, Parsed},
-        l2::{self, Location},
+        l2,
         rewrite::{self, Dir, Ttl},
         route,
     },
@@ -275,13 +275,5 @@ pub fn reply(
     let Some(route) = route::lookup(r.router_id, e.nat_ip_be) else {
         return Err(Verdict::drop(Stat::DropNoRoute));
     };
-    l2::deliver_routed(
-        ctx,
-        ep.mac,
-        route.gw_mac,
-        Location::of(ep.ifindex, ep.tunnel_ip_host),
-        vni,
-        cfg,
-        Stat::SnatIn,
-    )
+    l2::deliver_endpoint(ctx, ep, route.gw_mac, vni, cfg, Stat::SnatIn)
 }

@@ -167,6 +167,11 @@ pub(crate) fn assert_error(errors: &[FieldError], kind: &str, id: &str, field: &
     }
 }
 
+/// Router1 of `v` with `routes` (its extra routes) set.
+pub(crate) fn with_routes(v: &mut Value, routes: Value) {
+    elem(v, "routers", "id", "router1")["routes"] = routes;
+}
+
 /// The fixture plus host-c (`dvr_snat`), with router1's `ha` and `ha_hosts` set.
 pub(crate) fn with_ha(v: &mut Value, ha: bool, hosts: Value) {
     push(

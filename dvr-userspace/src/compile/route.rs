@@ -5,6 +5,10 @@
 //! The *routers of H* are the routers with a distributed interface on a served network,
 //! and the routers H does SNAT for; a *routed network* is a tenant network with an
 //! interface of a router of H.
+//!
+//! A router's extra `routes` ([`Router::routes`], validated by the model) are not compiled
+//! yet: the datapath part (longest-prefix match over the connected subnets and the extra
+//! routes, then delivery to the next hop's port, here or across the tunnel) follows.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -49,6 +49,12 @@ impl<'s, T> Known<'s, T> {
     pub(super) fn is_broken(&self, id: &str) -> bool {
         self.broken.contains(id)
     }
+
+    /// True when some object of this kind failed to parse (a check that needs all of them,
+    /// not one by id, keeps quiet then: the state is refused already).
+    pub(super) fn any_broken(&self) -> bool {
+        !self.broken.is_empty()
+    }
 }
 
 /// Where the checks record problems, in the order found.

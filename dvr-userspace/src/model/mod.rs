@@ -23,12 +23,15 @@
 //!
 //! One file per resource family holds its types, how one element is read and the checks
 //! about it: `network` (networks, subnets, fixed IPs), `host`, `router`, `port`,
-//! `floatingip`, `security_group` (groups, rules, address groups). Below them: `parse` (the field reader), `check` (what the checks share),
-//! `table` (objects of one kind by id) and `error`. This file holds [`State`] and runs the
+//! `floatingip`, `security_group` (groups, rules, address groups); above `port` and
+//! `router`, `extra_routes` (a router's `routes` against its ports). Below them: `parse` (the
+//! field reader), `check` (what the checks share), `table` (objects of one kind by id) and
+//! `error`. This file holds [`State`] and runs the
 //! parsing and the checks in order.
 
 mod check;
 mod error;
+mod extra_routes;
 mod floatingip;
 mod host;
 mod network;
@@ -52,7 +55,7 @@ pub use port::{
     OWNER_HA_ROUTER_REPLICATED_INTERFACE, OWNER_NETWORK_PREFIX, OWNER_ROUTER_CENTRALIZED_SNAT,
     OWNER_ROUTER_GATEWAY, OWNER_ROUTER_INTERFACE, OWNER_ROUTER_INTERFACE_DISTRIBUTED, Port,
 };
-pub use router::{ExternalGateway, HaHost, Router};
+pub use router::{ExternalGateway, ExtraRoute, HaHost, Router};
 pub use security_group::{
     AddressGroup, Direction, Ethertype, PROTO_DCCP, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP,
     PROTO_TCP, PROTO_UDP, PROTO_UDPLITE, PortMatch, Remote, SecurityGroup, SecurityGroupRule,
@@ -189,6 +192,12 @@ impl State {
         port::check_ports(&mut out, self.ports.items(), port_refs);
         router::check_routers(&mut out, self.routers.items(), networks, subnets, subnets6);
         router::check_ha_hosts(&mut out, self.routers.items(), hosts);
+        let route_refs = extra_routes::RouteRefs {
+            ports,
+            subnets,
+            subnets6,
+        };
+        extra_routes::check_routes(&mut out, self.routers.items(), route_refs);
         port::check_snat_ports(&mut out, self.ports.items(), routers, hosts);
         let fip_refs = FipRefs {
             networks,

@@ -264,6 +264,20 @@ pub(super) fn conv_ip_prefix(v: &Value) -> Result<IpNet, String> {
     parse_prefix(&s).ok_or_else(|| format!("invalid address or CIDR {s:?}"))
 }
 
+/// A CIDR of either family with its prefix length and no host bits (a router's
+/// `routes[i].destination`): Neutron refuses `10.99.0.1/24` and a plain address.
+pub(super) fn conv_cidr(v: &Value) -> Result<IpNet, String> {
+    let s = conv_string(v)?;
+    match s.parse::<IpNet>() {
+        Ok(net) if net.trunc() != net => Err(format!(
+            "{s} has host bits set (the network is {})",
+            net.trunc()
+        )),
+        Ok(net) => Ok(net),
+        Err(_) => Err(format!("invalid CIDR {s:?}")),
+    }
+}
+
 /// A CIDR, or a plain address as its host prefix; host bits kept.
 fn parse_prefix(s: &str) -> Option<IpNet> {
     s.parse::<IpNet>()

@@ -1,5 +1,10 @@
-//! Routers: their external gateway and, for HA routers, the hosts that may hold their
-//! centralized role.
+//! Routers: their external gateway, their extra routes and, for HA routers, the hosts that
+//! may hold their centralized role.
+
+use std::collections::hash_map::Entry;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
 
 use super::check::{Known, Report};
 use super::host::{AgentMode, Host};
@@ -7,7 +12,9 @@ use super::network::{
     FamilySubnet, FixedIp, FixedIp6, FixedIpAt, FixedIpPos, Network, Subnet, Subnet6,
     check_external_network, fixed_ip_inside, fixed_ip_subnet, read_fixed_ips,
 };
-use super::parse::{Element, Reader, conv_bool, conv_id, conv_string, conv_u32, describe};
+use super::parse::{
+    Element, Reader, conv_bool, conv_cidr, conv_id, conv_ip, conv_string, conv_u32, describe,
+};
 use super::table::HashMap;
 use crate::json::Value;
 
@@ -35,6 +42,22 @@ pub struct Router {
     /// `ha_hosts`: the `dvr_snat` hosts that may hold the router's centralized role, as
     /// listed (see [`Router::ha_candidates`] for the order of preference).
     pub ha_hosts: Vec<HaHost>,
+    /// `routes`: the extra routes, as listed (absent or `null`: none). Validated: each
+    /// next hop of its destination's family, on a subnet the router has an interface on
+    /// and not an address of the router; one route per destination.
+    /// Not compiled yet: the datapath part (longest-prefix match over the connected
+    /// subnets and these, to the next hop's port) follows.
+    pub routes: Vec<ExtraRoute>,
+}
+
+/// One entry of a router's `routes` (Neutron's extra routes): frames to `destination` go
+/// to `nexthop`, an address on one of the router's subnets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExtraRoute {
+    /// IPv4 or IPv6, without host bits.
+    pub destination: IpNet,
+    /// Of the destination's family.
+    pub nexthop: IpAddr,
 }
 
 /// One entry of a router's `ha_hosts`.
@@ -103,6 +126,7 @@ impl Element for Router {
                 ha_hosts.push(HaHost { host, priority });
             }
         }
+        let routes = read_routes(r);
         Some(Router {
             id: id?,
             name,
@@ -110,12 +134,66 @@ impl Element for Router {
             distributed,
             ha,
             ha_hosts,
+            routes,
         })
     }
 
     fn key(&self) -> &str {
         &self.id
     }
+}
+
+pub(super) fn family(ip: IpAddr) -> &'static str {
+    if ip.is_ipv4() { "IPv4" } else { "IPv6" }
+}
+
+/// `routes`: each entry a CIDR `destination` and a `nexthop` of its family, one entry per
+/// destination. Neutron refuses a route listed twice; two next hops for one destination
+/// (Neutron's ECMP) are refused too: the datapath keeps one next hop per prefix.
+fn read_routes(r: &mut Reader<'_, '_>) -> Vec<ExtraRoute> {
+    let mut routes = Vec::new();
+    // Destination -> (where it was first listed, its next hop).
+    let mut seen: HashMap<IpNet, (String, IpAddr)> = HashMap::default();
+    for (path, obj) in r.list("routes", false) {
+        let mut e = r.child(&path, obj);
+        let destination = e.req("destination", conv_cidr);
+        let nexthop = e.req("nexthop", conv_ip);
+        let (Some(destination), Some(nexthop)) = (destination, nexthop) else {
+            continue;
+        };
+        let dest_family = family(destination.addr());
+        if family(nexthop) != dest_family {
+            let message = format!(
+                "{nexthop} is an {} address, destination {destination} is {dest_family}",
+                family(nexthop)
+            );
+            e.error("nexthop", message);
+            continue;
+        }
+        let here = path.trim_end_matches('.');
+        match seen.entry(destination) {
+            Entry::Occupied(first) => {
+                let (at, via) = first.get();
+                let message = if *via == nexthop {
+                    format!("route to {destination} via {nexthop} is listed twice (also {at})")
+                } else {
+                    format!(
+                        "destination {destination} already has next hop {via} ({at}): one next \
+                         hop per destination"
+                    )
+                };
+                e.error("destination", message);
+            }
+            Entry::Vacant(slot) => {
+                slot.insert((here.to_owned(), nexthop));
+                routes.push(ExtraRoute {
+                    destination,
+                    nexthop,
+                });
+            }
+        }
+    }
+    routes
 }
 
 /// A gateway is on an external network, its addresses on subnets of that network.
@@ -226,8 +304,189 @@ pub(super) fn check_ha_hosts(out: &mut Report<'_>, routers: &[Router], hosts: Kn
 
 #[cfg(test)]
 mod tests {
+    use super::ExtraRoute;
+    use crate::model::display_lines;
     use crate::testing::*;
-    use serde_json::Value;
+    use serde_json::{Value, json};
+
+    /// The fixture's router1 with `routes`: the errors, each checked to be about
+    /// `routes[..]` of router1, with the whole message as given.
+    #[track_caller]
+    fn route_errors(routes: Value) -> Vec<(String, String)> {
+        let errors = errors_after(|v| with_routes(v, routes));
+        errors
+            .iter()
+            .map(|e| {
+                assert!(
+                    e.kind == "router" && e.id == "router1" && e.field.starts_with("routes"),
+                    "{}",
+                    display_lines(&errors)
+                );
+                (e.field.clone(), e.message.clone())
+            })
+            .collect()
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(f, m)| ((*f).to_owned(), (*m).to_owned()))
+            .collect()
+    }
+
+    fn route(destination: &str, nexthop: &str) -> ExtraRoute {
+        match (destination.parse(), nexthop.parse()) {
+            (Ok(destination), Ok(nexthop)) => ExtraRoute {
+                destination,
+                nexthop,
+            },
+            _ => panic!("bad route {destination} via {nexthop}"),
+        }
+    }
+
+    #[test]
+    fn routes_absent_or_null_are_none() {
+        let s = state_of(&fixture_value());
+        assert_eq!(s.router("router1").map(|r| r.routes.len()), Some(0));
+        let mut v = fixture_value();
+        with_routes(&mut v, Value::Null);
+        let s = state_of(&v);
+        assert_eq!(s.router("router1").map(|r| r.routes.len()), Some(0));
+        let mut v = fixture_value();
+        with_routes(&mut v, json!([]));
+        let s = state_of(&v);
+        assert_eq!(s.router("router1").map(|r| r.routes.len()), Some(0));
+    }
+
+    #[test]
+    fn routes_accepted_as_listed() {
+        let mut v = dual_stack_value();
+        // To VMs' subnets behind VM3 and VM2, a default route, a destination equal to a
+        // connected subnet (the longest prefix wins), an IPv6 one; unknown fields ignored.
+        with_routes(
+            &mut v,
+            json!([
+                {"destination": "10.99.0.0/24", "nexthop": "10.0.1.30", "comment": "x"},
+                {"destination": "10.98.0.0/16", "nexthop": "10.0.2.20"},
+                {"destination": "0.0.0.0/0", "nexthop": "10.0.1.30"},
+                {"destination": "10.0.2.0/24", "nexthop": "10.0.1.30"},
+                {"destination": "10.99.0.7/32", "nexthop": "10.0.1.30"},
+                {"destination": "fd00:99::/64", "nexthop": "fd00:2::20"},
+                {"destination": "::/0", "nexthop": "fd00:1::f816:3eff:fe00:3"}
+            ]),
+        );
+        let s = state_of(&v);
+        let routes = s.router("router1").map(|r| r.routes.clone());
+        assert_eq!(
+            routes,
+            Some(vec![
+                route("10.99.0.0/24", "10.0.1.30"),
+                route("10.98.0.0/16", "10.0.2.20"),
+                route("0.0.0.0/0", "10.0.1.30"),
+                route("10.0.2.0/24", "10.0.1.30"),
+                route("10.99.0.7/32", "10.0.1.30"),
+                route("fd00:99::/64", "fd00:2::20"),
+                route("::/0", "fd00:1::f816:3eff:fe00:3"),
+            ])
+        );
+        // The next hop need not be a port's address (the port is resolved when compiled).
+        let mut v = fixture_value();
+        with_routes(
+            &mut v,
+            json!([{"destination": "10.99.0.0/24", "nexthop": "10.0.1.200"}]),
+        );
+        state_of(&v);
+    }
+
+    #[test]
+    fn route_fields_parse() {
+        let errors = route_errors(json!([
+            {"destination": "10.99.0.1/24", "nexthop": "10.0.1.30"},
+            {"destination": "10.99.0.1", "nexthop": "10.0.1.30"},
+            {"destination": "10.99.0.0/33", "nexthop": "10.0.1.30"},
+            {"destination": "fd00:99::1/64", "nexthop": "fd00:1::30"},
+            {"destination": 7, "nexthop": "10.0.1.30"},
+            {"destination": "10.97.0.0/24", "nexthop": "10.0.1.300"},
+            {"destination": "10.97.0.0/24", "nexthop": "fd00::1::2"},
+            {"nexthop": "10.0.1.30"},
+            {"destination": "10.96.0.0/24", "nexthop": null},
+            "10.95.0.0/24"
+        ]));
+        assert_eq!(
+            errors,
+            pairs(&[
+                // The list reader reports entries that are not objects first.
+                (
+                    "routes[9]",
+                    "expected an object, got a string \"10.95.0.0/24\""
+                ),
+                (
+                    "routes[0].destination",
+                    "10.99.0.1/24 has host bits set (the network is 10.99.0.0/24)"
+                ),
+                ("routes[1].destination", "invalid CIDR \"10.99.0.1\""),
+                ("routes[2].destination", "invalid CIDR \"10.99.0.0/33\""),
+                (
+                    "routes[3].destination",
+                    "fd00:99::1/64 has host bits set (the network is fd00:99::/64)"
+                ),
+                ("routes[4].destination", "expected a string, got a number 7"),
+                ("routes[5].nexthop", "invalid IPv4 address \"10.0.1.300\""),
+                ("routes[6].nexthop", "invalid IPv6 address \"fd00::1::2\""),
+                ("routes[7].destination", "missing"),
+                ("routes[8].nexthop", "missing"),
+            ])
+        );
+        let errors = route_errors(json!({"destination": "10.99.0.0/24"}));
+        assert_eq!(
+            errors,
+            pairs(&[("routes", "expected a list, got an object")])
+        );
+    }
+
+    #[test]
+    fn route_nexthop_of_the_destination_family() {
+        let errors = route_errors(json!([
+            {"destination": "10.99.0.0/24", "nexthop": "fd00:1::30"},
+            {"destination": "fd00:99::/64", "nexthop": "10.0.1.30"}
+        ]));
+        assert_eq!(
+            errors,
+            pairs(&[
+                (
+                    "routes[0].nexthop",
+                    "fd00:1::30 is an IPv6 address, destination 10.99.0.0/24 is IPv4"
+                ),
+                (
+                    "routes[1].nexthop",
+                    "10.0.1.30 is an IPv4 address, destination fd00:99::/64 is IPv6"
+                ),
+            ])
+        );
+    }
+
+    #[test]
+    fn route_destinations_unique() {
+        let errors = route_errors(json!([
+            {"destination": "10.99.0.0/24", "nexthop": "10.0.1.30"},
+            {"destination": "10.98.0.0/24", "nexthop": "10.0.1.30"},
+            {"destination": "10.99.0.0/24", "nexthop": "10.0.1.30"},
+            {"destination": "10.99.0.0/24", "nexthop": "10.0.2.20"}
+        ]));
+        assert_eq!(
+            errors,
+            pairs(&[
+                (
+                    "routes[2].destination",
+                    "route to 10.99.0.0/24 via 10.0.1.30 is listed twice (also routes[0])"
+                ),
+                (
+                    "routes[3].destination",
+                    "destination 10.99.0.0/24 already has next hop 10.0.1.30 (routes[0]): one \
+                     next hop per destination"
+                ),
+            ])
+        );
+    }
 
     #[test]
     fn router_gateway_network_exists_and_is_external() {

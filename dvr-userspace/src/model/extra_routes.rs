@@ -113,7 +113,7 @@ fn not_connected(hop: IpAddr, subnets: &[(&str, IpNet)]) -> String {
 mod tests {
     use crate::model::display_lines;
     use crate::testing::*;
-    use serde_json::{Value, json};
+    use serde_json::json;
 
     #[test]
     fn route_nexthop_on_a_subnet_of_the_router() {

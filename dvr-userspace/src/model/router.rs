@@ -147,13 +147,13 @@ pub(super) fn family(ip: IpAddr) -> &'static str {
     if ip.is_ipv4() { "IPv4" } else { "IPv6" }
 }
 
-/// `routes`: each entry a CIDR `destination` and a `nexthop` of its family, one entry per
-/// destination. Neutron refuses a route listed twice; two next hops for one destination
-/// (Neutron's ECMP) are refused too: the datapath keeps one next hop per prefix.
+/// `routes`: each entry a CIDR `destination` and a `nexthop` of its family. Neutron refuses
+/// a route listed twice, and accepts several next hops for one destination (ECMP): they
+/// are kept, in order (how the datapath uses them is the compile step's business).
 fn read_routes(r: &mut Reader<'_, '_>) -> Vec<ExtraRoute> {
     let mut routes = Vec::new();
-    // Destination -> (where it was first listed, its next hop).
-    let mut seen: HashMap<IpNet, (String, IpAddr)> = HashMap::default();
+    // (Destination, next hop) -> where it was first listed.
+    let mut seen: HashMap<(IpNet, IpAddr), String> = HashMap::default();
     for (path, obj) in r.list("routes", false) {
         let mut e = r.child(&path, obj);
         let destination = e.req("destination", conv_cidr);
@@ -171,21 +171,15 @@ fn read_routes(r: &mut Reader<'_, '_>) -> Vec<ExtraRoute> {
             continue;
         }
         let here = path.trim_end_matches('.');
-        match seen.entry(destination) {
+        match seen.entry((destination, nexthop)) {
             Entry::Occupied(first) => {
-                let (at, via) = first.get();
-                let message = if *via == nexthop {
-                    format!("route to {destination} via {nexthop} is listed twice (also {at})")
-                } else {
-                    format!(
-                        "destination {destination} already has next hop {via} ({at}): one next \
-                         hop per destination"
-                    )
-                };
+                let at = first.get();
+                let message =
+                    format!("route to {destination} via {nexthop} is listed twice (also {at})");
                 e.error("destination", message);
             }
             Entry::Vacant(slot) => {
-                slot.insert((here.to_owned(), nexthop));
+                slot.insert(here.to_owned());
                 routes.push(ExtraRoute {
                     destination,
                     nexthop,
@@ -479,11 +473,7 @@ mod tests {
                     "routes[2].destination",
                     "route to 10.99.0.0/24 via 10.0.1.30 is listed twice (also routes[0])"
                 ),
-                (
-                    "routes[3].destination",
-                    "destination 10.99.0.0/24 already has next hop 10.0.1.30 (routes[0]): one \
-                     next hop per destination"
-                ),
+                // routes[3]: a second next hop for 10.99.0.0/24 is ECMP, accepted.
             ])
         );
     }

@@ -975,6 +975,7 @@ impl Cloud {
             ha: !ha_hosts.is_empty(),
             external_gateway_info,
             ha_hosts,
+            admin_state_up: None,
         });
         let csnat_host = self
             .state

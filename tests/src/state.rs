@@ -133,6 +133,9 @@ pub struct Router {
     /// absent (not written) for other routers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ha_hosts: Vec<HaHost>,
+    /// The router's `admin_state_up`; `None`: not written (up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_state_up: Option<bool>,
 }
 
 /// One entry of a router's `ha_hosts`: a host (by agent name) and its priority (higher wins).

@@ -127,6 +127,7 @@ pub fn fip_state(n: usize) -> Result<String> {
             "external_fixed_ips": [{"subnet_id": "sub-ext", "ip_address": "10.5.3.1"}],
         })),
         ha_hosts: Vec::new(),
+        admin_state_up: None,
     }];
     let port = |id: String,
                 net: &str,

@@ -430,7 +430,7 @@ impl Cloud {
     /// What `host`'s agent writes for the cloud's current state: the agent library's compile
     /// of it for that host and its taps as they exist now (a state file has no election view,
     /// so `None`, as the agent does).
-    fn desired_port_maps(&self, host: &str) -> Result<PortMaps> {
+    pub fn compiled_entries(&self, host: &str) -> Result<compile::MapEntries> {
         let text = serde_json::to_string(&self.state)?;
         let state = model::State::from_json(&text)
             .map_err(|e| anyhow!("the cloud's own state is invalid: {e}"))?;
@@ -438,7 +438,12 @@ impl Cloud {
         let links = self.link_ifindexes(host)?;
         let compiled = compile::compile(&state, &agent_name, None, &|tap| links.get(tap).copied())
             .map_err(|e| anyhow!("compiling the cloud's state for {host}: {e}"))?;
-        let e = compiled.entries;
+        Ok(compiled.entries)
+    }
+
+    /// The security group part of [`Cloud::compiled_entries`].
+    fn desired_port_maps(&self, host: &str) -> Result<PortMaps> {
+        let e = self.compiled_entries(host)?;
         Ok(PortMaps {
             local_ports: e.local_ports,
             port_security: e.port_security,

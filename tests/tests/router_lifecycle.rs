@@ -17,11 +17,11 @@
 //! Needs root, bpffs, tcpdump, arping, python3-scapy and the built agent; run with
 //! `--test-threads=1`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, ensure};
+use anyhow::{Context, Result, ensure};
 use dvr_common::l2::FdbKey;
 use dvr_common::route::{IpKey, Route, RouteKey, RouterIface};
 use dvr_common::snat::{SnatRouter, SnatSteer};
@@ -31,7 +31,6 @@ use dvr_tests::state::{self, FixedIp};
 use dvr_tests::{Cloud, Counters, INTERNET_HOST, Topology, VmSpec, require_preconditions};
 use dvr_userspace::compile::fnv1a32;
 use dvr_userspace::maps::HostMaps;
-use dvr_userspace::{compile, model};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -65,14 +64,7 @@ impl RouterMaps {
 
     /// What the agent library compiles for `host` from the cloud's current state.
     fn desired(c: &Cloud, host: &str) -> Result<RouterMaps> {
-        let text = serde_json::to_string(c.state())?;
-        let st = model::State::from_json(&text)
-            .map_err(|e| anyhow!("the cloud's own state is invalid: {e}"))?;
-        let agent = c.host(host)?.agent_name.clone();
-        let links = link_ifindexes(c, host)?;
-        let e = compile::compile(&st, &agent, None, &|tap| links.get(tap).copied())
-            .map_err(|e| anyhow!("compiling the state for {host}: {e}"))?
-            .entries;
+        let e = c.compiled_entries(host)?;
         Ok(RouterMaps {
             routes: e.routes,
             gw_by_ip: e.gw_by_ip,
@@ -160,21 +152,6 @@ impl RouterMaps {
         );
         out
     }
-}
-
-fn link_ifindexes(c: &Cloud, host: &str) -> Result<HashMap<String, u32>> {
-    let ns = c.host(host)?.ns.clone();
-    let out = cmd::run_ok("ip", &["-n", &ns, "-j", "link", "show"])?;
-    let v: Value = serde_json::from_slice(&out.stdout).context("ip -j link show")?;
-    Ok(v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| {
-            let name = l["ifname"].as_str()?;
-            let ifindex = u32::try_from(l["ifindex"].as_u64()?).ok()?;
-            Some((name.to_string(), ifindex))
-        })
-        .collect())
 }
 
 /// Waits until every host's router maps equal the compile of the cloud's current state;

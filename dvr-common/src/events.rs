@@ -42,13 +42,20 @@ pub struct RateLimit {
 }
 crate::assert_size!(RateLimit, 16);
 
-/// Refill `rl` for time `now` and take a token if there is one. Pure, shared with tests.
+/// Refill `rl` for time `now` and take a token if there is one, at the event ring's rate.
+/// Pure, shared with tests.
 #[inline(always)]
 pub fn take_token(rl: &mut RateLimit, now: u64) -> bool {
+    take_token_at(rl, now, EVENTS_PER_SEC, EVENTS_BURST)
+}
+
+/// As [`take_token`], for a bucket of `per_sec` tokens a second holding at most `burst`.
+#[inline(always)]
+pub fn take_token_at(rl: &mut RateLimit, now: u64, per_sec: u64, burst: u64) -> bool {
     let elapsed = now.saturating_sub(rl.last_ns);
-    let refill = elapsed / (1_000_000_000 / EVENTS_PER_SEC);
+    let refill = elapsed / (1_000_000_000 / per_sec);
     if refill > 0 {
-        rl.tokens = (rl.tokens + refill).min(EVENTS_BURST);
+        rl.tokens = (rl.tokens + refill).min(burst);
         rl.last_ns = now;
     }
     if rl.tokens == 0 {

@@ -67,16 +67,20 @@ pub const ROUTE6_KEY_PREFIX_BITS: u32 = 32;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Route6 {
-    /// VNI of the destination subnet's network.
+    /// VNI of the network the packets are delivered into (for an extra route: the next
+    /// hop's network).
     pub vni: u32,
     /// The router's interface MAC on that subnet (source MAC of locally delivered frames).
     pub gw_mac: Mac,
-    pub _pad: [u8; 2],
+    /// MTU of that network (largest IPv6 packet delivered into it, bytes).
+    pub mtu: u16,
     /// The router's interface address on that subnet: source of the ICMPv6 errors the
     /// router sends to hosts of the subnet.
     pub gw_ip: Ip6,
+    /// Next hop of an extra route; all zero for a connected subnet.
+    pub nexthop: Ip6,
 }
-crate::assert_size!(Route6, 28);
+crate::assert_size!(Route6, 44);
 
 /// Data part of a [`PORT_SECURITY6`] LPM key, as [`crate::port::SecKey`] with an IPv6
 /// source: the prefix length covers `ifindex`, `mac` and `_pad` (96 bits) plus the allowed

@@ -14,6 +14,7 @@
 pub mod config;
 pub mod csum;
 pub mod events;
+pub mod frag;
 pub mod ip6;
 pub mod l2;
 pub mod maps;

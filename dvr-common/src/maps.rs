@@ -183,6 +183,13 @@ macro_rules! map_table {
                 events: DVR_EVENTS, RingBuf<(), ()>, $crate::events::EVENTS_BYTES;
                 /// Per-CPU array `u32 0 -> RateLimit`: the token bucket of the event ring.
                 events_rl: DVR_EVENTS_RL, PerCpuArray<u32, $crate::events::RateLimit>, 1;
+                /// Per-CPU array `u32 0 -> RateLimit`: the token bucket of the ICMP errors the
+                /// router sends (time exceeded, fragmentation needed, packet too big).
+                icmp_rl: DVR_ICMP_RL, PerCpuArray<u32, $crate::events::RateLimit>, 1;
+                /// Per-CPU array `u32 0 -> Scratch`: the job a stage defers to the program's
+                /// entry (an ICMP error, fragments) and the fragmenter's buffer; nothing to
+                /// read.
+                scratch: DVR_SCRATCH, PerCpuArray<u32, $crate::frag::Scratch>, 1;
             }
         }
     };
@@ -216,7 +223,7 @@ mod tests {
             assert!(name.starts_with("DVR_"), "{name}");
             assert!(!NAMES[i + 1..].contains(name), "{name} twice");
         }
-        assert_eq!(NAMES.len(), 39);
+        assert_eq!(NAMES.len(), 41);
         assert_eq!(DVR_CT, "DVR_CT");
     }
 }

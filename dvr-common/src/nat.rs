@@ -35,6 +35,9 @@ pub const FIP_VIP: u32 = 16;
 /// (ARP answered, DNAT done) only while the router's fence
 /// ([`crate::maps::DVR_HA_FENCE`]) is live, else dropped as `drop_snat_standby`.
 pub const FIP_HA: u32 = 32;
+/// The FIP's router is `admin_state_up: false`: inbound traffic to the FIP is dropped as
+/// `drop_router_down`, and nothing goes out through it.
+pub const FIP_ROUTER_DOWN: u32 = 64;
 
 pub const VIP_MAX: u32 = 16384;
 
@@ -89,8 +92,13 @@ pub struct FipEntry {
     pub gw_mac: crate::Mac,
     /// `FIP_*`.
     pub flags: u32,
+    /// MTU of the port's network: an inbound packet longer than this is fragmented, or
+    /// answered with ICMP fragmentation needed when it has DF set.
+    pub mtu: u16,
+    /// MTU of the floating IP's (external) network, for packets the VM sends out.
+    pub ext_mtu: u16,
 }
-crate::assert_size!(FipEntry, 36);
+crate::assert_size!(FipEntry, 40);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -103,8 +111,11 @@ pub struct FipSrc {
     /// `FIP_HA` when the FIP is served centrally for an HA router: a VM sending through it
     /// from a tap of this host is served only under the router's fence.
     pub flags: u32,
+    /// MTU of the floating IP's (external) network.
+    pub ext_mtu: u16,
+    pub _pad: [u8; 2],
 }
-crate::assert_size!(FipSrc, 16);
+crate::assert_size!(FipSrc, 20);
 
 /// Neighbour state: MAC all zero until learned.
 #[repr(C)]

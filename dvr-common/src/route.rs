@@ -26,9 +26,14 @@ pub struct RouterIface {
     pub ip_be: u32,
     /// Interface MAC, shared by every host.
     pub mac: crate::Mac,
-    pub _pad: [u8; 2],
+    /// `ROUTER_*` flags of the router.
+    pub flags: u16,
 }
 crate::assert_size!(RouterIface, 16);
+
+/// [`RouterIface::flags`]: the router is `admin_state_up: false`: it routes nothing (frames
+/// to its interface MACs are dropped as `drop_router_down`).
+pub const ROUTER_DOWN: u16 = 1;
 
 /// Data part of a [`ROUTES`] LPM key; prefix length = 32 + the subnet's prefix length.
 #[repr(C)]
@@ -43,19 +48,25 @@ crate::assert_size!(RouteKey, 8);
 /// Prefix bits of a [`RouteKey`] before the address.
 pub const ROUTE_KEY_PREFIX_BITS: u32 = 32;
 
-/// A subnet attached to a router: where routed packets to it go.
+/// A destination of a router: one of its subnets (connected), or an extra route (`routes`)
+/// whose next hop lies in one of its subnets. Where routed packets to it go.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Route {
-    /// VNI of the destination subnet's network.
+    /// VNI of the network the packets are delivered into (for an extra route: the next
+    /// hop's network).
     pub vni: u32,
-    /// The router's interface address on that subnet, network order.
+    /// The router's interface address on that network's subnet, network order.
     pub gw_ip_be: u32,
     /// The router's interface MAC on that subnet (source MAC of locally delivered frames).
     pub gw_mac: crate::Mac,
-    pub _pad: [u8; 2],
+    /// MTU of that network (largest IPv4 packet delivered into it, bytes).
+    pub mtu: u16,
+    /// Next hop of an extra route, network order: the port it is delivered to is the one
+    /// holding this address. 0: a connected subnet (delivered to the destination itself).
+    pub nexthop_be: u32,
 }
-crate::assert_size!(Route, 16);
+crate::assert_size!(Route, 20);
 
 /// A port address: its MAC and where it lives.
 #[repr(C)]

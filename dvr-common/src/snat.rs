@@ -41,7 +41,9 @@ pub struct SnatSteer {
     pub router_id: u32,
     /// MAC of the csnat port on this subnet: destination MAC of steered frames.
     pub csnat_mac: crate::Mac,
-    pub _pad: [u8; 2],
+    /// MTU of the router's external network: an IPv4 packet longer than this is answered
+    /// (DF) or fragmented before it is steered.
+    pub ext_mtu: u16,
     /// `SNAT_ENABLED`, `SNAT_ROUTED6`.
     pub flags: u32,
 }

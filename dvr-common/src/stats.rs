@@ -90,6 +90,13 @@ stats! {
     RoutedOut = "routed_out", false, "IPv6 routed out of the external interface (no NAT) on the SNAT host";
     RoutedIn = "routed_in", false, "IPv6 from the external network routed to a VM on the SNAT host";
     ExtNdAdvert = "ext_nd_advert", false, "neighbour solicitation for a router's external IPv6 address answered";
+    DropRouterDown = "drop_router_down", true, "router has admin_state_up false";
+    DropNoNexthop = "drop_no_nexthop", true, "extra route: no port holds its next hop address";
+    IcmpFragNeeded = "icmp_frag_needed", false, "IPv4 with DF set longer than the next network's MTU: ICMP fragmentation needed sent back";
+    IcmpTooBig = "icmp_too_big", false, "IPv6 longer than the next network's MTU: ICMPv6 packet too big sent back";
+    Fragmented = "fragmented", false, "IPv4 without DF longer than the next network's MTU: sent as fragments";
+    DropFragNeeded = "drop_frag_needed", true, "longer than the next network's MTU, not answered: ICMP rate limit, or an ICMP error or option-carrying header";
+    DropFragFailed = "drop_frag_failed", true, "longer than the next network's MTU, could not be fragmented (options, GSO without DF, beyond the fragmenter's buffer)";
 }
 
 pub const STAT_COUNT: u32 = Stat::ALL.len() as u32;

@@ -36,7 +36,7 @@ pub fn dvr_tunnel(ctx: TcContext) -> i32 {
 /// TC ingress on the external interface: floating IPs (proxy ARP, DNAT), gateway learning.
 #[classifier]
 pub fn dvr_ext(ctx: TcContext) -> i32 {
-    entry::finish(&ctx, entry::ext::run(&ctx))
+    entry::ext::program(&ctx)
 }
 
 #[cfg(not(test))]

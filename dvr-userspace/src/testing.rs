@@ -428,6 +428,8 @@ pub(crate) fn fip_vma_local() -> FipEntry {
         port_mac: MAC_VMA,
         gw_mac: MAC_R1N1,
         flags: FIP_LOCAL,
+        mtu: 1450,
+        ext_mtu: 1450,
     }
 }
 
@@ -441,6 +443,8 @@ pub(crate) fn fip_vmb_remote() -> FipEntry {
         port_mac: MAC_VMB,
         gw_mac: MAC_R1N2,
         flags: FIP_REMOTE,
+        mtu: 1450,
+        ext_mtu: 1450,
     }
 }
 
@@ -457,6 +461,8 @@ pub(crate) fn fip_known(fixed_ip_be: u32, vni: u32) -> FipEntry {
         fixed_ip_be,
         vni,
         router_id: fnv1a32("r1"),
+        mtu: 1450,
+        ext_mtu: 1450,
         ..FipEntry::default()
     }
 }
@@ -546,7 +552,7 @@ pub(crate) fn steer(tunnel_ip_host: u32, csnat_mac: Mac, flags: u32) -> SnatStee
         tunnel_ip_host,
         router_id: fnv1a32("r1"),
         csnat_mac,
-        _pad: [0; 2],
+        ext_mtu: 1450,
         flags,
     }
 }

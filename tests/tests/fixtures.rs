@@ -1268,6 +1268,8 @@ fn ha_central_fip_source_on_a_tap_is_fenced() {
         ext_gw_ip_be: u32::from_ne_bytes(UPSTREAM_IP),
         router_id: router,
         flags: FIP_HA,
+        ext_mtu: 1500,
+        _pad: [0; 2],
     };
     let key = IpKey {
         vni,

@@ -77,8 +77,9 @@ fn with_ipv6() -> (Fixture, Vec<u8>) {
         let route = Route6 {
             vni,
             gw_mac,
-            _pad: [0; 2],
+            mtu: 1500,
             gw_ip,
+            nexthop: [0; 16],
         };
         ok(m.routes6.put(&(ROUTE6_KEY_PREFIX_BITS + 64, key), &route));
         for ip in [gw_ip, link_local(gw_mac)] {

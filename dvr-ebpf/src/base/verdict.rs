@@ -23,6 +23,26 @@ impl Verdict {
         }
     }
 
+    /// Delivered as `stat` says, but as fragments: the program's entry sends them
+    /// (`net::frag::send_pending`, from a shallow stack) after counting `stat`.
+    #[inline(always)]
+    pub fn fragment(stat: Stat) -> Self {
+        Self {
+            stat,
+            action: ACT_FRAGMENT,
+        }
+    }
+
+    /// Answered with an ICMP error that the program's entry builds and counts
+    /// (`stage::icmp::send_pending`); not counted before.
+    #[inline(always)]
+    pub fn icmp_error() -> Self {
+        Self {
+            stat: Stat::DropFragNeeded,
+            action: ACT_ICMP,
+        }
+    }
+
     /// Leave the frame to the next TCX program or the host stack, counted as `stat`.
     #[inline(always)]
     pub fn pass(stat: Stat) -> Self {
@@ -32,6 +52,13 @@ impl Verdict {
         }
     }
 }
+
+/// Not a TCX action: "fragment, then redirect" (see [`Verdict::fragment`]); never returned
+/// to the kernel.
+pub const ACT_FRAGMENT: i32 = 0x4652;
+/// Not a TCX action: "answer with the ICMP error noted" (see [`Verdict::icmp_error`]);
+/// never returned to the kernel.
+pub const ACT_ICMP: i32 = 0x4943;
 
 /// A pipeline ends either way with a verdict: `Err` only means "stopped early".
 #[inline(always)]

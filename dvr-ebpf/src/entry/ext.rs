@@ -7,9 +7,10 @@
 //! Maps: reads DVR_HOST_CONFIG, DVR_SNAT_IPS, DVR_SNAT_IPS6, DVR_EXT_ROUTE6 (and those of
 //! the stages).
 //! Verdicts: ext_pass, those of the stages, drop_not_ready, drop_malformed.
-use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
+use aya_ebpf::{bindings::__sk_buff, maps::lpm_trie::Key, programs::TcContext};
 use dvr_common::{config::HostConfig, ip6::Addr6, stats::Stat};
 
+use super::{finish, finish_deferred};
 use crate::{
     base::{
         maps::{DVR_EXT_ROUTE6, DVR_HOST_CONFIG, DVR_SNAT_IPS, DVR_SNAT_IPS6},
@@ -23,8 +24,23 @@ use crate::{
     stage::{ext_arp, ext_nd, fip, ha, icmp6, north6, snat},
 };
 
+/// The whole program for one frame: the pipeline, its verdict counted once, then the
+/// fragments a floating IP's or an SNAT reply's delivery may ask for.
 #[inline(always)]
-pub fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
+pub fn program(ctx: &TcContext) -> i32 {
+    finish_deferred(ctx, pipeline(ctx.skb.skb))
+}
+
+/// The pipeline in a BPF-to-BPF call of its own, so that the fragmenter's frame is not
+/// stacked on its frame.
+#[inline(never)]
+fn pipeline(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
+    finish(&ctx, run(&ctx))
+}
+
+#[inline(always)]
+fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
     let cfg = DVR_HOST_CONFIG
         .get(0)
         .ok_or(Verdict::drop(Stat::DropNotReady))?;

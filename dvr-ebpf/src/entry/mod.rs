@@ -10,10 +10,14 @@ pub mod tunnel;
 
 use aya_ebpf::programs::TcContext;
 
-use crate::base::{
-    events,
-    maps::DVR_STATS,
-    verdict::{Verdict, settle},
+use crate::{
+    base::{
+        events,
+        maps::DVR_STATS,
+        verdict::{ACT_FRAGMENT, ACT_ICMP, Verdict, settle},
+    },
+    net::frag,
+    stage::icmp,
 };
 
 /// Count the verdict once, report a drop to `dvrctl monitor`, and turn the verdict into
@@ -21,6 +25,10 @@ use crate::base::{
 #[inline(always)]
 pub fn finish(ctx: &TcContext, r: Result<Verdict, Verdict>) -> i32 {
     let v = settle(r);
+    // Counted when it is sent (`finish_deferred`).
+    if v.action == ACT_ICMP {
+        return v.action;
+    }
     if v.stat.is_drop() {
         events::report(ctx, v.stat);
     }
@@ -29,6 +37,20 @@ pub fn finish(ctx: &TcContext, r: Result<Verdict, Verdict>) -> i32 {
         unsafe { *c += 1 };
     }
     v.action
+}
+
+/// After [`finish`] at the top of a program, the work a stage deferred to here, where the
+/// stack is shallow (see `dvr_common::frag`): a verdict that asked for fragments
+/// ([`Verdict::fragment`], counted as what it was) has them sent and counted (fragmented
+/// or drop_frag_failed); an ICMP error ([`Verdict::icmp_error`]) is built, sent and
+/// counted.
+#[inline(always)]
+pub fn finish_deferred(ctx: &TcContext, action: i32) -> i32 {
+    match action {
+        ACT_FRAGMENT => finish(ctx, Ok(frag::send_pending(ctx))),
+        ACT_ICMP => finish(ctx, Ok(icmp::send_pending(ctx))),
+        _ => action,
+    }
 }
 
 /// As [`finish`], for a program that only filters what another program already counted:

@@ -4,8 +4,10 @@
 //! `fip`), after the egress rules of the port's security groups (`sg`); or for IPv6: parse
 //! (`net::flow6`), port security (`security::source6`), the egress rules of the port's
 //! groups (`sg::check6`), neighbour discovery (`nd`: RA guard, local answers), then routing
-//! (`route6`) or L2 forwarding. Maps: reads DVR_LOCAL_PORTS, DVR_HOST_CONFIG, DVR_GW_BY_MAC
-//! (and those of the stages). Verdicts: those of the stages and of `net::l2::forward`,
+//! (`route6`) or L2 forwarding. Frames to the interface MAC of a router with
+//! `admin_state_up: false` are dropped. Maps: reads DVR_LOCAL_PORTS, DVR_HOST_CONFIG,
+//! DVR_GW_BY_MAC (and those of the stages). Verdicts: those of the stages and of
+//! `net::l2::forward`, drop_router_down,
 //! drop_unknown_port, drop_not_ready, drop_port_down, drop_ethertype, drop_ext_hdr,
 //! drop_malformed.
 use aya_ebpf::{bindings::__sk_buff, programs::TcContext};
@@ -14,11 +16,11 @@ use dvr_common::{
     config::HostConfig,
     l2::FdbKey,
     port::{LocalPort, PORT_FLAG_DOWN, PORT_FLAG_SECURITY, PORT_FLAG_SG},
-    route::RouterIface,
+    route::{ROUTER_DOWN, RouterIface},
     stats::Stat,
 };
 
-use super::finish;
+use super::{finish, finish_deferred};
 use crate::{
     base::{
         maps::{DVR_GW_BY_MAC, DVR_HOST_CONFIG, DVR_LOCAL_PORTS},
@@ -49,7 +51,8 @@ pub fn program(ctx: &TcContext) -> i32 {
     {
         return program6(skb);
     }
-    program4(skb)
+    // IPv4 may leave as fragments, sent from here.
+    finish_deferred(ctx, program4(skb))
 }
 
 #[inline(never)]
@@ -101,7 +104,7 @@ fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
             if port.flags & PORT_FLAG_SG != 0 {
                 sg::check(ctx, &f, ifindex, port, Direction::Egress)?;
             }
-            if let Some(gw) = gateway(port, dst) {
+            if let Some(gw) = gateway(port, dst)? {
                 return Ok(route::stage(ctx, &f, ifindex, port, gw, cfg));
             }
             // A reply to a hairpin flow from a VM in the same subnet goes straight back at
@@ -129,23 +132,26 @@ fn run6(ctx: &TcContext) -> Result<Verdict, Verdict> {
         sg::check6(ctx, &f, port, Direction::Egress)?;
     }
     nd::stage(ctx, &f, ifindex, port, &src)?;
-    if let Some(gw) = gateway(port, dst) {
+    if let Some(gw) = gateway(port, dst)? {
         return Ok(route6::stage(ctx, &f, ifindex, port, gw, cfg));
     }
     Ok(forward(ctx, ifindex, port, cfg, &dst))
 }
 
 /// The router interface with MAC `mac` on the port's network (DVR_GW_BY_MAC): a frame
-/// addressed to it is routed.
+/// addressed to it is routed, unless its router is down (`admin_state_up: false`).
 #[inline(always)]
-fn gateway(port: &LocalPort, mac: Mac) -> Option<&'static RouterIface> {
+fn gateway(port: &LocalPort, mac: Mac) -> Result<Option<&'static RouterIface>, Verdict> {
     let key = FdbKey {
         vni: port.vni,
         mac,
         _pad: [0; 2],
     };
     // SAFETY: read-only use of an agent-written hash value.
-    unsafe { DVR_GW_BY_MAC.get(&key) }
+    match unsafe { DVR_GW_BY_MAC.get(&key) } {
+        Some(gw) if gw.flags & ROUTER_DOWN != 0 => Err(Verdict::drop(Stat::DropRouterDown)),
+        found => Ok(found),
+    }
 }
 
 /// Forward at L2 on the port's network.

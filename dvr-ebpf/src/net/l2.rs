@@ -211,9 +211,9 @@ pub fn deliver_endpoint(
     )
 }
 
-/// Route an IPv6 packet to `daddr` in subnet `route`: to the port with that address
-/// (DVR_ENDPOINTS6, else drop_no_endpoint), hop limit decremented, delivered as
-/// [`deliver_routed`] does.
+/// Route an IPv6 packet to `daddr` by `route`: to the port with that address, or for an
+/// extra route with its next hop (DVR_ENDPOINTS6, else drop_no_endpoint or
+/// drop_no_nexthop), hop limit decremented, delivered as [`deliver_routed`] does.
 #[inline(always)]
 pub fn deliver_routed6(
     ctx: &TcContext,
@@ -222,13 +222,16 @@ pub fn deliver_routed6(
     cfg: &HostConfig,
     stat: Stat,
 ) -> Result<Verdict, Verdict> {
-    let ep_key = Ip6Key {
-        vni: route.vni,
-        ip: *daddr,
+    // An extra route's packets go to the port holding its next hop.
+    let (ip, unknown) = if route.nexthop != [0; 16] {
+        (route.nexthop, Stat::DropNoNexthop)
+    } else {
+        (*daddr, Stat::DropNoEndpoint)
     };
+    let ep_key = Ip6Key { vni: route.vni, ip };
     // SAFETY: read-only copy of an agent-written hash value.
     let Some(ep) = (unsafe { DVR_ENDPOINTS6.get(&ep_key) }).copied() else {
-        return Err(Verdict::drop(Stat::DropNoEndpoint));
+        return Err(Verdict::drop(unknown));
     };
     rewrite::hop_limit_decrement(ctx)?;
     deliver_endpoint(ctx, &ep, route.gw_mac, route.vni, cfg, stat)

@@ -7,8 +7,12 @@
 //!   the serving host; `hairpin_reply`: the reply of such a flow, whose source becomes the
 //!   FIP again.
 //!
-//! Calls `vip`, `ha`. Maps: reads DVR_FIPS, DVR_FIP_SRC, DVR_EXT_NEIGH, DVR_EXT_DENY;
-//! reads and writes DVR_CT. Verdicts: fip_dnat, fip_snat, fip_hairpin, fip_icmp_error,
+//! Inbound, a packet longer than the VM network's MTU is answered from the floating IP or
+//! fragmented (`mtu`); a FIP of a router with `admin_state_up: false` takes nothing.
+//!
+//! Calls `vip`, `ha`, `mtu`. Maps: reads DVR_FIPS, DVR_FIP_SRC, DVR_EXT_NEIGH, DVR_EXT_DENY;
+//! reads and writes DVR_CT. Verdicts: those of `mtu`, drop_router_down, fip_dnat, fip_snat,
+//! fip_hairpin, fip_icmp_error,
 //! ext_pass, drop_fip_unassociated, drop_fip_not_here, drop_ext_to_fixed_ip,
 //! drop_snat_standby, drop_fip_not_external, drop_vip_unknown, drop_no_neighbor,
 //! drop_no_external, drop_icmp_error_no_flow, drop_ct_insert, drop_ttl_exceeded,
@@ -17,8 +21,8 @@ use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use dvr_common::{
     config::HostConfig,
     nat::{
-        CT_DNAT, CT_HAIRPIN, CT_SNAT, CtEntry, FIP_CENTRAL, FIP_LOCAL, FIP_UNASSOCIATED, FIP_VIP,
-        FipEntry, FipSrc, ZONE_EXTERNAL,
+        CT_DNAT, CT_HAIRPIN, CT_SNAT, CtEntry, FIP_CENTRAL, FIP_LOCAL, FIP_ROUTER_DOWN,
+        FIP_UNASSOCIATED, FIP_VIP, FipEntry, FipSrc, ZONE_EXTERNAL,
     },
     route::IpKey,
     stats::Stat,
@@ -37,7 +41,7 @@ use crate::{
         rewrite::{self, Dir, Ttl},
         route,
     },
-    stage::{ha, vip},
+    stage::{ha, mtu, vip},
 };
 
 /// Where a packet to a FIP comes from, which decides its conntrack zone, the flow's kind
@@ -73,7 +77,19 @@ pub fn inbound(ctx: &TcContext, f: &Flow, cfg: &HostConfig) -> Result<Verdict, V
     if !ha::serves_fip(fip) {
         return Err(Verdict::drop(Stat::DropSnatStandby));
     }
-    Ok(dnat(ctx, f, fip, DnatFrom::External, Ttl::Decrement, cfg))
+    if fip.flags & FIP_ROUTER_DOWN != 0 {
+        return Err(Verdict::drop(Stat::DropRouterDown));
+    }
+    // Answered from the floating IP, the address the sender used.
+    mtu::check4(ctx, fip.mtu, cfg.ext_ifindex, f.daddr)?;
+    let v = dnat(ctx, f, fip, DnatFrom::External, Ttl::Decrement, cfg);
+    // A VIP's packets go where its holder is now (`dnat` found it).
+    let to = if fip.flags & FIP_VIP != 0 {
+        vip::locate(fip.vni, fip.fixed_ip_be).map_or(0, |l| l.ifindex)
+    } else {
+        fip.ifindex
+    };
+    Ok(mtu::deliver4(ctx, v, mtu::out_ifindex(to, cfg)))
 }
 
 /// Translate a packet to floating IP `fip` into its fixed IP and deliver it to the VM.

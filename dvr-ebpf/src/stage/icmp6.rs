@@ -1,12 +1,15 @@
-//! ICMPv6 answered by the router (stage, leaf), back out of the tap the packet came from:
-//! echo requests to a router interface address, and "time exceeded" when a VM's packet would
-//! leave the router with hop limit 0, from the gateway of the VM's own subnet (as the
-//! qrouter namespace answers traceroute), quoting the packet's IPv6 header and what follows
-//! up to [`QUOTE_MAX`] bytes: the packet is turned into the error in place (headers pushed
-//! in front of it, its tail cut). Never an error about an ICMPv6 error, nor to `::` or a
-//! multicast source (RFC 4443 2.4 (e)). Maps: none. Verdicts: icmp_echo_reply,
-//! icmp_time_exceeded, drop_router_local, drop_ttl_exceeded (not answered), drop_redirect,
-//! drop_malformed.
+//! ICMPv6 answered by the router (stage, leaf), back out of the interface the packet came
+//! from: echo requests to a router interface address; "time exceeded" when a VM's packet
+//! would leave the router with hop limit 0, from the gateway of the VM's own subnet (as the
+//! qrouter namespace answers traceroute); "packet too big" with the next network's MTU
+//! when a packet does not fit it (routers never fragment IPv6). An error quotes the
+//! packet's IPv6 header and what follows up to [`QUOTE_MAX`] bytes: the packet is turned
+//! into the error in place (headers pushed in front of it, its tail cut). Never an error
+//! about an ICMPv6 error, nor to `::` or a multicast source (RFC 4443 2.4 (e)), and within
+//! the router's ICMP rate (`base::ratelimit`). Maps: DVR_ICMP_RL (through
+//! `base::ratelimit`). Verdicts: icmp_echo_reply, icmp_time_exceeded, icmp_too_big,
+//! drop_router_local, drop_ttl_exceeded and drop_frag_needed (not answered),
+//! drop_redirect, drop_malformed.
 use aya_ebpf::{
     bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     cty::c_void,
@@ -21,10 +24,14 @@ use crate::{
             ETH_LEN, ETH_P_IPV6, Eth, ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST, ICMP6_TIME_EXCEEDED,
             IP6_HDR_LEN, IPPROTO_ICMPV6, Ipv6Hdr, be16, ptr_at,
         },
+        ratelimit,
         verdict::{Verdict, redirect},
     },
     net::flow6::Flow6,
 };
+
+/// ICMPv6 packet too big (RFC 4443 3.2).
+const ICMP6_PACKET_TOO_BIG: u8 = 2;
 
 /// Hop limit of the packets the router sends.
 const REPLY_HOP_LIMIT: u8 = 64;
@@ -71,13 +78,33 @@ pub fn echo_reply(ctx: &TcContext, f: &Flow6, ifindex: u32) -> Result<Verdict, V
     Ok(redirect(ifindex, Stat::IcmpEchoReply))
 }
 
-/// Answer packet `f` on tap `ifindex` with ICMPv6 time exceeded (hop limit exceeded in
-/// transit) from `gw_ip`. A BPF-to-BPF call with its own stack frame (see
-/// `entry::tap::program`).
+/// Answer packet `f` from `src`, back out of `ifindex` (the interface it came in on), with
+/// ICMPv6 time exceeded (hop limit exceeded in transit) when `mtu` is 0, else packet too
+/// big with that MTU. One call site per pipeline: each call of the function is verified
+/// anew.
+#[inline(always)]
+pub fn answer(ctx: &TcContext, f: &Flow6, ifindex: u32, src: &Ip6, mtu: u32) -> Verdict {
+    let sent = error(ctx, f, src, mtu);
+    match (sent, mtu == 0) {
+        (true, true) => redirect(ifindex, Stat::IcmpTimeExceeded),
+        (true, false) => redirect(ifindex, Stat::IcmpTooBig),
+        (false, true) => Verdict::drop(Stat::DropTtlExceeded),
+        (false, false) => Verdict::drop(Stat::DropFragNeeded),
+    }
+}
+
+/// Turn packet `f` into an ICMPv6 error from `src`: packet too big with MTU `mtu`, or time
+/// exceeded when `mtu` is 0. False when it is not answered (the frame is then dropped as
+/// it may be half rewritten). A BPF-to-BPF call with its own stack frame (see
+/// `entry::tap::program`), returning a plain flag: a `Verdict` would be returned through
+/// memory, and BPF calls take at most five register arguments.
 #[inline(never)]
-pub fn time_exceeded(ctx: &TcContext, f: &Flow6, ifindex: u32, gw_ip: &Ip6) -> Verdict {
-    let unanswered = Verdict::drop(Stat::DropTtlExceeded);
+fn error(ctx: &TcContext, f: &Flow6, src: &Ip6, mtu: u32) -> bool {
+    let unanswered = false;
     if f.is_icmp6_error() || f.src_unspecified || f.saddr[0] == 0xff {
+        return unanswered;
+    }
+    if !ratelimit::icmp_error_allowed() {
         return unanswered;
     }
     let Ok(eth) = ctx.load::<[u8; ETH_LEN]>(0) else {
@@ -154,10 +181,15 @@ pub fn time_exceeded(ctx: &TcContext, f: &Flow6, ifindex: u32, gw_ip: &Ip6) -> V
     hdr[ip + 4..ip + 6].copy_from_slice(&(icmp_len as u16).to_be_bytes());
     hdr[ip + 6] = IPPROTO_ICMPV6;
     hdr[ip + 7] = REPLY_HOP_LIMIT;
-    hdr[ip + 8..ip + 24].copy_from_slice(gw_ip);
+    hdr[ip + 8..ip + 24].copy_from_slice(src);
     hdr[ip + 24..ip + 40].copy_from_slice(&f.saddr);
     let icmp = ip + IP6_HDR_LEN;
-    hdr[icmp] = ICMP6_TIME_EXCEEDED;
+    if mtu == 0 {
+        hdr[icmp] = ICMP6_TIME_EXCEEDED;
+    } else {
+        hdr[icmp] = ICMP6_PACKET_TOO_BIG;
+        hdr[icmp + 4..icmp + 8].copy_from_slice(&mtu.to_be_bytes());
+    }
     // The pseudo header (both addresses as they now sit in the header, length, protocol),
     // the ICMPv6 header and the quote. Summed from the packet once written: address values
     // kept across the helper calls above did not fit in the stack frame.
@@ -167,5 +199,5 @@ pub fn time_exceeded(ctx: &TcContext, f: &Flow6, ifindex: u32, gw_ip: &Ip6) -> V
         + csum::sum(&hdr[icmp..])
         + qsum;
     hdr[icmp + 2..icmp + 4].copy_from_slice(&(!csum::fold(sum)).to_be_bytes());
-    redirect(ifindex, Stat::IcmpTimeExceeded)
+    true
 }

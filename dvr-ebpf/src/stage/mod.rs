@@ -15,6 +15,7 @@ pub mod fip;
 pub mod ha;
 pub mod icmp;
 pub mod icmp6;
+pub mod mtu;
 pub mod nd;
 pub mod north6;
 pub mod route;

@@ -36,7 +36,7 @@ use crate::{
         verdict::{Verdict, redirect, settle},
     },
     net::{flow6::Flow6, l2, rewrite, route},
-    stage::{ha, icmp6},
+    stage::{ha, icmp6, mtu},
 };
 
 /// Compute host: `f`, from the VM behind `port` to router interface `gw`, leaves the
@@ -131,11 +131,13 @@ fn out(ctx: &TcContext, r: &SnatRouter, cfg: &HostConfig) -> Result<Verdict, Ver
 #[inline(always)]
 pub fn inbound(ctx: &TcContext, f: &Flow6, r: &SnatRouter, cfg: &HostConfig) -> Verdict {
     let v = settle(routed_in(ctx, f, r, cfg));
-    if v.stat == Stat::DropTtlExceeded {
+    // Time exceeded or packet too big, from the router's external address, back out of
+    // the external interface.
+    if let Some(mtu) = mtu::icmp6_error(ctx, &v)
         // SAFETY: read-only use of an agent-written hash value.
-        if let Some(s) = unsafe { DVR_SNAT6.get(&r.router_id) } {
-            return icmp6::time_exceeded(ctx, f, cfg.ext_ifindex, &s.ext_ip);
-        }
+        && let Some(s) = unsafe { DVR_SNAT6.get(&r.router_id) }
+    {
+        return icmp6::answer(ctx, f, cfg.ext_ifindex, &s.ext_ip, mtu);
     }
     v
 }
@@ -154,6 +156,9 @@ fn routed_in(
     // The router's interface addresses answer only their own subnets.
     if ip6_eq(&f.daddr, &route.gw_ip) {
         return Err(Verdict::drop(Stat::DropRouterLocal));
+    }
+    if mtu::exceeds6(ctx, f, route.mtu)? {
+        return Err(mtu::too_big6(ctx, route.mtu));
     }
     l2::deliver_routed6(ctx, route, &f.daddr, cfg, Stat::RoutedIn)
 }

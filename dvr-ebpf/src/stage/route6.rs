@@ -28,7 +28,7 @@ use crate::{
         verdict::{Verdict, settle},
     },
     net::{flow6::Flow6, l2, route},
-    stage::{icmp6, north6},
+    stage::{icmp6, mtu, north6},
 };
 
 /// Route `f`, sent by the VM on tap `ifindex` (`port`) to router interface `gw`.
@@ -42,11 +42,12 @@ pub fn stage(
     cfg: &HostConfig,
 ) -> Verdict {
     let v = settle(routed(ctx, f, ifindex, port, gw, cfg));
-    if v.stat == Stat::DropTtlExceeded {
-        // From the gateway of the subnet the source address lies in.
-        if let Some(src_route) = route::lookup6(gw.router_id, &f.saddr) {
-            return icmp6::time_exceeded(ctx, f, ifindex, &src_route.gw_ip);
-        }
+    // Time exceeded or packet too big, from the gateway of the subnet the source address
+    // lies in.
+    if let Some(mtu) = mtu::icmp6_error(ctx, &v)
+        && let Some(src_route) = route::lookup6(gw.router_id, &f.saddr)
+    {
+        return icmp6::answer(ctx, f, ifindex, &src_route.gw_ip, mtu);
     }
     v
 }
@@ -81,6 +82,9 @@ fn routed(
     };
     if ip6_eq(&f.daddr, &route.gw_ip) {
         return icmp6::echo_reply(ctx, f, ifindex);
+    }
+    if mtu::exceeds6(ctx, f, route.mtu)? {
+        return Err(mtu::too_big6(ctx, route.mtu));
     }
     l2::deliver_routed6(ctx, route, &f.daddr, cfg, Stat::Routed)
 }

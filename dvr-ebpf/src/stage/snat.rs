@@ -3,15 +3,17 @@
 //! port's MAC). On the SNAT host (`from_tunnel`, or `steer` when this host is it):
 //! port-address translation to the router's gateway IP, out of the external interface;
 //! replies (`reply`) translated back and sent straight to the VM's host. An HA router
-//! (`SNAT_HA`) is served only while its fence is live (see `ha`).
+//! (`SNAT_HA`) is served only while its fence is live (see `ha`). Both ways a packet is
+//! held to the MTU of the network it goes into (`mtu`): the external network's before it
+//! is steered, the VM's network's before a reply is translated.
 //!
-//! Calls `fip` (central FIPs of VMs on dvr_no_external hosts), `ha`. Maps: reads
+//! Calls `fip` (central FIPs of VMs on dvr_no_external hosts), `ha`, `mtu`. Maps: reads
 //! DVR_SNAT_STEER, DVR_SNAT_RTR, DVR_FIP_SRC, DVR_ENDPOINTS, DVR_ROUTES, DVR_EXT_NEIGH;
 //! reads and writes DVR_CT, DVR_SNAT_EXH. Verdicts: snat_steered, snat_out, snat_in,
 //! those of `fip::snat`, drop_snat_disabled, drop_snat_exhausted, drop_snat_no_flow,
 //! drop_snat_fragment, drop_snat_standby, drop_no_neighbor, drop_no_external,
 //! drop_no_route, drop_no_endpoint, drop_icmp_error_no_flow, drop_ct_insert,
-//! drop_ttl_exceeded, drop_redirect, drop_malformed.
+//! drop_ttl_exceeded, drop_redirect, drop_malformed, those of `mtu`.
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32, programs::TcContext};
 use dvr_common::{
     config::HostConfig,
@@ -19,7 +21,9 @@ use dvr_common::{
     nat::{CT_DNAT, CT_PAT, CT_SNAT, CtEntry, CtKey, ZONE_EXTERNAL},
     port::LocalPort,
     route::{IpKey, RouterIface},
-    snat::{SNAT_ENABLED, SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_PROBES, SnatRouter, probe_port},
+    snat::{
+        SNAT_ENABLED, SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_PROBES, SnatRouter, SnatSteer, probe_port,
+    },
     stats::Stat,
 };
 
@@ -40,7 +44,7 @@ use crate::{
         rewrite::{self, Dir, Ttl},
         route,
     },
-    stage::{fip, ha},
+    stage::{fip, ha, mtu},
 };
 
 /// Compute host: a VM without a FIP sends outside its router's subnets.
@@ -64,6 +68,28 @@ pub fn steer(
     if st.flags & SNAT_ENABLED == 0 {
         return Err(Verdict::drop(Stat::DropSnatDisabled));
     }
+    // SAFETY: the context pointer is valid for the program's run.
+    let tap = unsafe { (*ctx.skb.skb).ifindex };
+    mtu::check4(ctx, st.ext_mtu, tap, gw.ip_be)?;
+    let v = steer_to(ctx, f, port, st, cfg)?;
+    // Out of the external interface here, else into the tunnel to the SNAT host.
+    let out = if st.tunnel_ip_host == 0 {
+        cfg.ext_ifindex
+    } else {
+        cfg.tunnel_ifindex
+    };
+    Ok(mtu::deliver4(ctx, v, out))
+}
+
+/// Steer to the SNAT host of `st`, or translate here when this host is it.
+#[inline(always)]
+fn steer_to(
+    ctx: &TcContext,
+    f: &Flow,
+    port: &LocalPort,
+    st: &SnatSteer,
+    cfg: &HostConfig,
+) -> Result<Verdict, Verdict> {
     if st.tunnel_ip_host == 0 {
         // This host is the SNAT host.
         let rkey = FdbKey {
@@ -251,12 +277,18 @@ pub fn reply(
         return Err(Verdict::drop(Stat::DropSnatFragment));
     }
     let e = if f.is_icmp_error() {
+        // An error quoting a packet of ours is not measured (MTU 0 fits all).
+        mtu::check4(ctx, 0, 0, 0)?;
         rewrite::icmp_error(ctx, f, ZONE_EXTERNAL, Dir::Dst)?
     } else {
         let e = match conntrack::track(&conntrack::flow_key(ZONE_EXTERNAL, f), f) {
             Some(e) if e.kind == CT_DNAT | CT_PAT => e,
             _ => return Err(Verdict::drop(Stat::DropSnatNoFlow)),
         };
+        // Measured before the translation, so that an ICMP error quotes what the sender
+        // sent (to the router's external IP, which answers it).
+        let to_mtu = route::lookup(r.router_id, e.nat_ip_be).map_or(0, |to| to.mtu);
+        mtu::check4(ctx, to_mtu, cfg.ext_ifindex, f.daddr)?;
         rewrite::rewrite_port(ctx, f, Dir::Dst, e.nat_port_be)?;
         rewrite::rewrite_addr(ctx, f, Dir::Dst, e.nat_ip_be)?;
         e
@@ -275,5 +307,6 @@ pub fn reply(
     let Some(route) = route::lookup(r.router_id, e.nat_ip_be) else {
         return Err(Verdict::drop(Stat::DropNoRoute));
     };
-    l2::deliver_endpoint(ctx, ep, route.gw_mac, vni, cfg, Stat::SnatIn)
+    let v = l2::deliver_endpoint(ctx, ep, route.gw_mac, vni, cfg, Stat::SnatIn)?;
+    Ok(mtu::deliver4(ctx, v, mtu::out_ifindex(ep.ifindex, cfg)))
 }

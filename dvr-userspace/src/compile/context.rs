@@ -6,12 +6,29 @@ use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::error::CompileError;
+use dvr_common::route::ROUTER_DOWN;
+
 use super::ha::HaRuntime;
 use crate::model::{FloatingIp, Host, Mac, Network, Port, State, Subnet, Subnet6};
 
 /// The VNI of a network that is a tenant network.
 pub(super) fn vni_of(state: &State, network_id: &str) -> Option<u32> {
     state.network(network_id).and_then(Network::tenant_vni)
+}
+
+/// The `mtu` of a network, as the datapath holds it (capped to 16 bits).
+pub(super) fn network_mtu(state: &State, network_id: &str) -> u16 {
+    let mtu = state.network(network_id).map_or(0, |n| n.mtu);
+    u16::try_from(mtu).unwrap_or(u16::MAX)
+}
+
+/// `RouterIface::flags` of a router.
+pub(super) fn router_flags(state: &State, router_id: &str) -> u16 {
+    if state.router(router_id).is_some_and(|r| !r.admin_state_up) {
+        ROUTER_DOWN
+    } else {
+        0
+    }
 }
 
 /// A DVR router interface on a tenant network.

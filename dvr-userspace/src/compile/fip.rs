@@ -23,11 +23,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 use dvr_common::nat::{
-    FIP_CENTRAL, FIP_HA, FIP_LOCAL, FIP_REMOTE, FIP_UNASSOCIATED, FIP_VIP, FipEntry, FipSrc,
+    FIP_CENTRAL, FIP_HA, FIP_LOCAL, FIP_REMOTE, FIP_ROUTER_DOWN, FIP_UNASSOCIATED, FIP_VIP,
+    FipEntry, FipSrc,
 };
-use dvr_common::route::IpKey;
+use dvr_common::route::{IpKey, ROUTER_DOWN};
 
-use super::context::{Compiler, FipTarget};
+use super::context::{Compiler, FipTarget, network_mtu, router_flags};
 use super::entries::{MapEntries, be, fnv1a32};
 use super::error::CompileError;
 use super::ha::fenced;
@@ -140,7 +141,14 @@ pub(super) fn add_floating_ips(
             fixed_ip_be: be(t.fixed),
             vni: t.vni,
             router_id: fnv1a32(t.router_id),
+            mtu: network_mtu(state, &t.port.network_id),
+            ext_mtu: network_mtu(state, &fip.floating_network_id),
             ..FipEntry::default()
+        };
+        let down = if router_flags(state, t.router_id) & ROUTER_DOWN != 0 {
+            FIP_ROUTER_DOWN
+        } else {
+            0
         };
         let bound_to = t.port.host_id.as_deref().filter(|_| t.port.is_vm());
         let local_ifindex = match bound_to {
@@ -191,6 +199,7 @@ pub(super) fn add_floating_ips(
             let entry = FipEntry {
                 port_mac: t.port.mac,
                 gw_mac: t.gw_mac(fip)?,
+                flags: entry.flags | down,
                 ..entry
             };
             let ext_gw = ext_gateway(state, fip)?;
@@ -205,6 +214,8 @@ pub(super) fn add_floating_ips(
                     ext_gw_ip_be: be(ext_gw),
                     router_id: base.router_id,
                     flags: entry.flags & FIP_HA,
+                    ext_mtu: base.ext_mtu,
+                    _pad: [0; 2],
                 },
             );
             gateways.insert(ext_gw);
@@ -214,7 +225,7 @@ pub(super) fn add_floating_ips(
                 tunnel_ip_host: u32::from(peer.tunnel_ip),
                 port_mac: t.port.mac,
                 gw_mac: t.gw_mac(fip)?,
-                flags: FIP_REMOTE,
+                flags: FIP_REMOTE | down,
                 ..base
             };
             out.fips.insert(fip_be, entry);
@@ -328,7 +339,9 @@ mod tests {
                     fip_be: ip(10, 5, 2, 1),
                     ext_gw_ip_be: ip(10, 5, 0, 1),
                     router_id: fnv1a32("r1"),
-                    flags: 0
+                    flags: 0,
+                    ext_mtu: 1450,
+                    _pad: [0; 2],
                 }
             )])
         );
@@ -366,6 +379,8 @@ mod tests {
                 port_mac: MAC_VMB,
                 gw_mac: MAC_R1N2,
                 flags: FIP_LOCAL,
+                mtu: 1450,
+                ext_mtu: 1450,
             })
         );
         assert_eq!(

@@ -9,7 +9,9 @@
 //! with an IPv6 interface of one of them.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::Ipv6Addr;
+use std::net::{IpAddr, Ipv6Addr};
+
+use ipnet::IpNet;
 
 use dvr_common::ip6::{
     Ip6Key, RA_PREFIX_MAX, ROUTE6_KEY_PREFIX_BITS, Route6, Route6Key, RouterIface6,
@@ -18,7 +20,7 @@ use dvr_common::ip6::{
 use dvr_common::port::{SEC_IP_ALLOWED, SEC_MAC_ONLY};
 use dvr_common::route::{Endpoint, RouterIface};
 
-use super::context::{Compiler, Iface6, Networks};
+use super::context::{Compiler, Iface6, Networks, network_mtu, router_flags};
 use super::entries::{MapEntries, fdb_key, fnv1a32};
 use super::error::CompileError;
 use super::route::{MyRouters, routed_vm_ports};
@@ -53,6 +55,7 @@ pub(super) fn add_ip6(
 ) -> Result<(), CompileError> {
     add_endpoints6(&mut out.endpoints6, c, networks, &routers.routed);
     add_routes6(out, c, &routers.mine);
+    add_extra_routes6(out, c, networks, routers);
     add_ra(&mut out.ra, c)?;
     for &(port, ifindex, _) in present {
         if port.port_security_enabled {
@@ -108,7 +111,7 @@ fn add_routes6(out: &mut MapEntries, c: &Compiler<'_>, mine: &HashSet<&str>) {
                     router_id,
                     ip_be: 0,
                     mac,
-                    _pad: [0; 2],
+                    flags: router_flags(c.state, iface.router_id),
                 });
         }
         if mine.contains(iface.router_id) {
@@ -120,11 +123,69 @@ fn add_routes6(out: &mut MapEntries, c: &Compiler<'_>, mine: &HashSet<&str>) {
                 let route = Route6 {
                     vni: iface.vni,
                     gw_mac: mac,
-                    _pad: [0; 2],
+                    mtu: network_mtu(c.state, iface.network_id),
                     gw_ip: ip.octets(),
+                    nexthop: [0; 16],
                 };
                 let prefix = ROUTE6_KEY_PREFIX_BITS + u32::from(subnet.cidr.prefix_len());
                 out.routes6.insert((prefix, key), route);
+            }
+        }
+    }
+}
+
+/// `routes6` of the IPv6 extra routes of the IPv6 routers of this host, and `endpoints6`
+/// for their next hops that are an allowed address pair rather than a fixed IP (as
+/// `route::add_extra_routes` for IPv4). Runs after [`add_routes6`] and [`add_endpoints6`].
+fn add_extra_routes6(
+    out: &mut MapEntries,
+    c: &Compiler<'_>,
+    networks: &Networks<'_>,
+    routers: &MyRouters6<'_>,
+) {
+    let mine = c.state.routers().iter();
+    for router in mine.filter(|r| routers.mine.contains(r.id.as_str())) {
+        for extra in &router.routes {
+            let (IpNet::V6(dest), IpAddr::V6(nexthop)) = (extra.destination, extra.nexthop) else {
+                continue;
+            };
+            let found = c
+                .ifaces6
+                .iter()
+                .filter(|i| i.router_id == router.id)
+                .find_map(|i| {
+                    let on = i.subnets.iter().find(|(s, _)| s.cidr.contains(&nexthop))?;
+                    Some((i, on.1))
+                });
+            let Some((iface, gw_ip)) = found else {
+                continue;
+            };
+            let key = Route6Key {
+                router_id_be: fnv1a32(&router.id).to_be(),
+                ip: dest.network().octets(),
+            };
+            let route = Route6 {
+                vni: iface.vni,
+                gw_mac: iface.port.mac,
+                mtu: network_mtu(c.state, iface.network_id),
+                gw_ip: gw_ip.octets(),
+                nexthop: nexthop.octets(),
+            };
+            let prefix = ROUTE6_KEY_PREFIX_BITS + u32::from(dest.prefix_len());
+            out.routes6.entry((prefix, key)).or_insert(route);
+            let hop = ip6_key(iface.vni, nexthop);
+            if out.endpoints6.contains_key(&hop) {
+                continue;
+            }
+            let holder = routed_vm_ports(c, networks, &routers.routed).find(|(vni, port, _)| {
+                *vni == iface.vni
+                    && port
+                        .allowed_address_pairs6
+                        .iter()
+                        .any(|p| p.net.contains(&nexthop))
+            });
+            if let Some((_, _, endpoint)) = holder {
+                out.endpoints6.insert(hop, endpoint);
             }
         }
     }
@@ -281,8 +342,9 @@ mod tests {
             Route6 {
                 vni,
                 gw_mac,
-                _pad: [0; 2],
+                mtu: 1450,
                 gw_ip: a6(gw),
+                nexthop: [0; 16],
             },
         )
     }
@@ -358,7 +420,7 @@ mod tests {
             router_id: fnv1a32("router1"),
             ip_be: 0,
             mac,
-            _pad: [0; 2],
+            flags: 0,
         };
         assert_eq!(
             e.gw_by_mac.get(&fdb_key(VNI1, MAC_RIF6A)),

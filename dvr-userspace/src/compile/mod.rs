@@ -121,6 +121,7 @@ pub fn compile(
     route::add_endpoints(&mut out.endpoints, &c, &networks, &routers.routed);
     l2::add_hosts(&mut out, &c);
     route::add_routes(&mut out, &c, &routers.mine);
+    route::add_extra_routes(&mut out, &c, &networks, &routers.routed, &routers.mine);
     ip6::add_ip6(&mut out, &c, &networks, &routers6, &local.present)?;
     snat::add_snat_steer(&mut out.snat_steer, &c, &csnat);
     vip::add_vip_candidates(&mut out.vip_cand, &c, &csnat, &vips);
@@ -186,7 +187,7 @@ mod tests {
             router_id: fnv1a32("router1"),
             ip_be,
             mac,
-            _pad: [0; 2],
+            flags: 0,
         }
     }
 
@@ -346,7 +347,8 @@ mod tests {
                         vni: VNI1,
                         gw_ip_be: ip(10, 0, 1, 1),
                         gw_mac: MAC_RIF1,
-                        _pad: [0; 2]
+                        mtu: 1450,
+                        nexthop_be: 0,
                     }
                 ),
                 (
@@ -355,7 +357,8 @@ mod tests {
                         vni: VNI2,
                         gw_ip_be: ip(10, 0, 2, 1),
                         gw_mac: MAC_RIF2,
-                        _pad: [0; 2]
+                        mtu: 1450,
+                        nexthop_be: 0,
                     }
                 ),
             ])

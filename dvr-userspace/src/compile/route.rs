@@ -6,19 +6,29 @@
 //! and the routers H does SNAT for; a *routed network* is a tenant network with an
 //! interface of a router of H.
 //!
-//! A router's extra `routes` ([`Router::routes`], validated by the model) are not compiled
-//! yet: the datapath part (longest-prefix match over the connected subnets and the extra
-//! routes, then delivery to the next hop's port, here or across the tunnel) follows.
+//! A router's extra `routes` ([`Router::routes`], validated by the model) are `routes`
+//! entries too, with the next hop's network and address: the datapath takes the longest
+//! prefix over the connected subnets and the extra routes, and delivers to the port holding
+//! the next hop (its fixed IP, or else an allowed address pair holding it: `endpoints` gets
+//! an entry for it), here or across the tunnel. A connected subnet wins over an extra
+//! route to the same prefix; of several next hops for one destination (Neutron's ECMP) the
+//! first listed is used.
+//!
+//! A router with `admin_state_up: false` keeps its entries, its interfaces flagged
+//! [`ROUTER_DOWN`]: the datapath drops (and counts) what its VMs send to it.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
 
 use dvr_common::route::{Endpoint, IpKey, ROUTE_KEY_PREFIX_BITS, Route, RouteKey, RouterIface};
 
-use super::context::{Compiler, Iface, Networks};
+use super::context::{Compiler, Iface, Networks, network_mtu, router_flags};
 use super::entries::{MapEntries, be, fdb_key, fnv1a32};
 use super::error::CompileError;
-use crate::model::{ExternalGateway, Port, Router};
+use crate::model::{ExternalGateway, Port, Router, State};
 
 /// The routers of this host and the networks they route.
 pub(super) struct MyRouters<'s> {
@@ -110,7 +120,7 @@ pub(super) fn add_endpoints(
 pub(super) fn add_routes(out: &mut MapEntries, c: &Compiler<'_>, mine: &HashSet<&str>) {
     for iface in &c.ifaces {
         if c.served.contains(iface.network_id) {
-            let value = router_iface(iface);
+            let value = router_iface(c.state, iface);
             out.gw_by_mac
                 .insert(fdb_key(iface.vni, iface.port.mac), value);
             out.gw_by_ip.insert(
@@ -128,10 +138,8 @@ pub(super) fn add_routes(out: &mut MapEntries, c: &Compiler<'_>, mine: &HashSet<
                 ip_be: be(cidr.network()),
             };
             let route = Route {
-                vni: iface.vni,
-                gw_ip_be: be(iface.ip),
-                gw_mac: iface.port.mac,
-                _pad: [0; 2],
+                nexthop_be: 0,
+                ..route_via(c.state, iface)
             };
             out.routes.insert(
                 (ROUTE_KEY_PREFIX_BITS + u32::from(cidr.prefix_len()), key),
@@ -141,12 +149,82 @@ pub(super) fn add_routes(out: &mut MapEntries, c: &Compiler<'_>, mine: &HashSet<
     }
 }
 
-fn router_iface(iface: &Iface<'_>) -> RouterIface {
+/// A route delivering into the network of `iface` (no next hop yet).
+fn route_via(state: &State, iface: &Iface<'_>) -> Route {
+    Route {
+        vni: iface.vni,
+        gw_ip_be: be(iface.ip),
+        gw_mac: iface.port.mac,
+        mtu: network_mtu(state, iface.network_id),
+        nexthop_be: 0,
+    }
+}
+
+/// `routes` of the extra routes (IPv4) of the routers of this host, and `endpoints` for
+/// their next hops that are an allowed address pair rather than a fixed IP. Runs after
+/// [`add_routes`] and [`add_endpoints`].
+pub(super) fn add_extra_routes(
+    out: &mut MapEntries,
+    c: &Compiler<'_>,
+    networks: &Networks<'_>,
+    routed: &HashSet<&str>,
+    mine: &HashSet<&str>,
+) {
+    for router in c
+        .state
+        .routers()
+        .iter()
+        .filter(|r| mine.contains(r.id.as_str()))
+    {
+        for extra in &router.routes {
+            let (IpNet::V4(dest), IpAddr::V4(nexthop)) = (extra.destination, extra.nexthop) else {
+                continue;
+            };
+            let Some(iface) = c
+                .ifaces
+                .iter()
+                .find(|i| i.router_id == router.id && i.subnet.cidr.contains(&nexthop))
+            else {
+                continue;
+            };
+            let key = RouteKey {
+                router_id_be: fnv1a32(&router.id).to_be(),
+                ip_be: be(dest.network()),
+            };
+            let route = Route {
+                nexthop_be: be(nexthop),
+                ..route_via(c.state, iface)
+            };
+            out.routes
+                .entry((ROUTE_KEY_PREFIX_BITS + u32::from(dest.prefix_len()), key))
+                .or_insert(route);
+            let hop = IpKey {
+                vni: iface.vni,
+                ip_be: be(nexthop),
+            };
+            if out.endpoints.contains_key(&hop) {
+                continue;
+            }
+            let holder = routed_vm_ports(c, networks, routed).find(|(vni, port, _)| {
+                *vni == iface.vni
+                    && port
+                        .allowed_address_pairs
+                        .iter()
+                        .any(|p| p.net.contains(&nexthop))
+            });
+            if let Some((_, _, endpoint)) = holder {
+                out.endpoints.insert(hop, endpoint);
+            }
+        }
+    }
+}
+
+fn router_iface(state: &State, iface: &Iface<'_>) -> RouterIface {
     RouterIface {
         router_id: fnv1a32(iface.router_id),
         ip_be: be(iface.ip),
         mac: iface.port.mac,
-        _pad: [0; 2],
+        flags: router_flags(state, iface.router_id),
     }
 }
 

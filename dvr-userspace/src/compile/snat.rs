@@ -28,7 +28,7 @@ use dvr_common::ip6::{Addr6, Snat6};
 use dvr_common::l2::FdbKey;
 use dvr_common::snat::{SNAT_ENABLED, SNAT_HA, SNAT_ROUTED6, SnatRouter, SnatSteer};
 
-use super::context::{Compiler, vni_of};
+use super::context::{Compiler, network_mtu, vni_of};
 use super::entries::{MapEntries, be, fdb_key, fnv1a32};
 use super::error::CompileError;
 use super::ha::{fenced, ha_serving, ha_target};
@@ -108,7 +108,7 @@ impl<'s> Csnat<'s> {
             tunnel_ip_host,
             router_id: fnv1a32(router_id),
             csnat_mac: port.mac,
-            _pad: [0; 2],
+            ext_mtu: network_mtu(c.state, &gw.network_id),
             flags: steer_flags(gw),
         })
     }
@@ -133,7 +133,7 @@ pub(super) fn routers_served_here<'s>(
     c.state
         .routers()
         .iter()
-        .filter(|r| csnat.serves(&r.id, c.host))
+        .filter(|r| r.admin_state_up && csnat.serves(&r.id, c.host))
         .filter_map(|r| Some((r, r.external_gateway.as_ref()?)))
         .collect()
 }
@@ -463,6 +463,8 @@ mod tests {
             port_mac: MAC_VMN,
             gw_mac: MAC_R1N1,
             flags: FIP_CENTRAL,
+            mtu: 1450,
+            ext_mtu: 1450,
         };
         assert_eq!(e.fips.get(&ip(10, 5, 2, 7)), Some(&central_n));
         assert_eq!(
@@ -486,6 +488,8 @@ mod tests {
             ext_gw_ip_be: ip(10, 5, 0, 1),
             router_id: fnv1a32("r1"),
             flags: 0,
+            ext_mtu: 1450,
+            _pad: [0; 2],
         };
         assert_eq!(
             e.fip_src,

@@ -280,6 +280,8 @@ mod tests {
                 port_mac: MAC_VIP,
                 gw_mac: MAC_R1N2,
                 flags: FIP_CENTRAL | FIP_VIP,
+                mtu: 1450,
+                ext_mtu: 1450,
             })
         );
         assert_eq!(
@@ -291,7 +293,9 @@ mod tests {
                 fip_be: ip(10, 5, 2, 9),
                 ext_gw_ip_be: ip(10, 5, 0, 1),
                 router_id: fnv1a32("r1"),
-                flags: 0
+                flags: 0,
+                ext_mtu: 1450,
+                _pad: [0; 2],
             })
         );
         assert_eq!(

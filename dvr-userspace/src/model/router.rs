@@ -44,10 +44,11 @@ pub struct Router {
     pub ha_hosts: Vec<HaHost>,
     /// `routes`: the extra routes, as listed (absent or `null`: none). Validated: each
     /// next hop of its destination's family, on a subnet the router has an interface on
-    /// and not an address of the router; one route per destination.
-    /// Not compiled yet: the datapath part (longest-prefix match over the connected
-    /// subnets and these, to the next hop's port) follows.
+    /// and not an address of the router; a route listed twice refused.
     pub routes: Vec<ExtraRoute>,
+    /// `admin_state_up` (default true): false stops the router: it routes nothing, serves
+    /// no floating IP and no SNAT, and its conntrack entries go.
+    pub admin_state_up: bool,
 }
 
 /// One entry of a router's `routes` (Neutron's extra routes): frames to `destination` go
@@ -127,6 +128,7 @@ impl Element for Router {
             }
         }
         let routes = read_routes(r);
+        let admin_state_up = r.opt("admin_state_up", conv_bool).unwrap_or(true);
         Some(Router {
             id: id?,
             name,
@@ -135,6 +137,7 @@ impl Element for Router {
             ha,
             ha_hosts,
             routes,
+            admin_state_up,
         })
     }
 

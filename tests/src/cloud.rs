@@ -214,8 +214,7 @@ pub struct NetSpec {
     pub gateway: Option<Ipv4Addr>,
     /// A second, IPv6 subnet on the network ([`Topology::ipv6`]).
     pub ipv6: Option<crate::ipv6::Net6Spec>,
-    /// The network's `mtu` in the state; `None`: [`TENANT_MTU`] (the VMs' link MTU is
-    /// [`TENANT_MTU`] whatever this says).
+    /// The network's `mtu` in the state, and its VMs' link MTU; `None`: [`TENANT_MTU`].
     pub mtu: Option<u32>,
 }
 
@@ -590,6 +589,8 @@ pub struct NetInfo {
     pub csnat: Option<CsnatInfo>,
     /// Its IPv6 subnet, if any.
     pub v6: Option<crate::ipv6::Net6Info>,
+    /// Its `mtu`, its VMs' link MTU.
+    pub mtu: u32,
     next_host: u32,
 }
 
@@ -943,6 +944,7 @@ impl Cloud {
             gateway_port_id: None,
             csnat: None,
             v6,
+            mtu: n.mtu.unwrap_or(TENANT_MTU),
             next_host: 10,
         });
         Ok(())
@@ -1109,7 +1111,8 @@ impl Cloud {
         vm.ns = ns.clone();
         // Registered before the links exist so that lookups work for the rest of the setup.
         self.vms.push(vm.clone());
-        let mtu = TENANT_MTU.to_string();
+        // The link MTU a guest takes from Neutron's DHCP (option 26) or RA: the network's.
+        let mtu = net.mtu.to_string();
         ip(&[
             "-n", &host_ns, "link", "add", &vm.tap, "type", "veth", "peer", "name", "eth0",
             "netns", &ns,

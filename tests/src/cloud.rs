@@ -978,6 +978,7 @@ impl Cloud {
             external_gateway_info,
             ha_hosts,
             admin_state_up: None,
+            routes: Vec::new(),
         });
         let csnat_host = self
             .state

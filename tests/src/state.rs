@@ -136,6 +136,9 @@ pub struct Router {
     /// The router's `admin_state_up`; `None`: not written (up).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_state_up: Option<bool>,
+    /// The router's extra `routes` (`{"destination", "nexthop"}`); absent when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<serde_json::Value>,
 }
 
 /// One entry of a router's `ha_hosts`: a host (by agent name) and its priority (higher wins).

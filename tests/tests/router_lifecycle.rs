@@ -488,5 +488,46 @@ fn router_changes_apply_as_diffs_in_traffic_and_maps() -> Result<()> {
     Ok(())
 }
 
-// Router `admin_state_up: false` (routing stops, counted) comes with the model's reading of
-// the key (issue 14); its test comes with it.
+/// Router `admin_state_up: false` stops its routing, counted as drop_router_down; true
+/// again restores it.
+#[test]
+fn router_admin_state_down_stops_routing() -> Result<()> {
+    require_preconditions();
+    let mut t = Topology::new();
+    t.host("h1").host("h2");
+    t.network("a", 4711, "172.27.11.0/24")
+        .network("b", 4712, "172.27.12.0/24");
+    t.router("r1", &["a", "b"]);
+    t.vm(VmSpec::new("v1", "a", "h1"))
+        .vm(VmSpec::new("v2", "b", "h2"));
+    let mut c = t.build()?;
+    let r1 = c.router_id("r1")?.to_string();
+    let v2_ip = c.ip("v2")?;
+    wait_reachable(&c, "v1", v2_ip, "through r1")?;
+
+    c.update_state(|st| {
+        if let Some(r) = st.router_mut(&r1) {
+            r.admin_state_up = Some(false);
+        }
+    })?;
+    wait_router_maps(&c)?;
+    let before = Counters::take(&c, &["h1"])?;
+    ensure_unreachable(&c, "v1", v2_ip, "while r1 is administratively down")?;
+    let moved = before.moved(&c, "h1")?;
+    ensure!(
+        moved
+            .get(Stat::DropRouterDown.as_str())
+            .copied()
+            .unwrap_or(0)
+            > 0,
+        "h1 must count the echoes r1 no longer routes as drop_router_down: moved {moved:?}"
+    );
+
+    c.update_state(|st| {
+        if let Some(r) = st.router_mut(&r1) {
+            r.admin_state_up = Some(true);
+        }
+    })?;
+    wait_router_maps(&c)?;
+    wait_reachable(&c, "v1", v2_ip, "once r1 is up again")
+}

@@ -14,11 +14,12 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_LINKER_LLVM_MAJOR: &str = "22";
 
 /// Tools the integration tests and the demo run (Debian package names).
-const PACKAGES: [&str; 16] = [
+const PACKAGES: [&str; 17] = [
     "iproute2",
     "iperf3",
     "iputils-ping",
     "iputils-arping",
+    "iputils-tracepath",
     "tcpdump",
     "socat",
     "netcat-openbsd",

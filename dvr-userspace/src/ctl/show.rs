@@ -90,14 +90,27 @@ struct EndpointRow {
     remote: Option<Ipv4Addr>,
 }
 
-/// One entry of `routes` or `routes6`.
+/// One entry of `routes` or `routes6`: a connected subnet, or an extra route with its next
+/// hop.
 #[derive(Serialize)]
 struct RouteRow {
     router_id: String,
     cidr: String,
+    /// The extra route's next hop; `None` for a connected subnet.
+    nexthop: Option<IpAddr>,
     vni: u32,
     gateway_ip: IpAddr,
     gateway_mac: String,
+    /// The MTU of the network the packets are delivered into.
+    mtu: u16,
+}
+
+impl RouteRow {
+    /// The next hop cell: `via ADDRESS`, or `connected`.
+    fn via(&self) -> String {
+        self.nexthop
+            .map_or_else(|| "connected".to_string(), |ip| format!("via {ip}"))
+    }
 }
 
 #[derive(Serialize)]
@@ -220,9 +233,11 @@ fn route_rows(
             ip_be(k.ip_be),
             plen.saturating_sub(ROUTE_KEY_PREFIX_BITS)
         ),
+        nexthop: (r.nexthop_be != 0).then(|| ip_be(r.nexthop_be).into()),
         vni: r.vni,
         gateway_ip: ip_be(r.gw_ip_be).into(),
         gateway_mac: fmt_mac(r.gw_mac),
+        mtu: r.mtu,
     });
     let v6 = v6.into_iter().map(|((plen, k), r)| RouteRow {
         router_id: format!("{:08x}", u32::from_be(k.router_id_be)),
@@ -231,9 +246,11 @@ fn route_rows(
             Ipv6Addr::from(k.ip),
             plen.saturating_sub(ROUTE6_KEY_PREFIX_BITS)
         ),
+        nexthop: (r.nexthop != [0; 16]).then(|| Ipv6Addr::from(r.nexthop).into()),
         vni: r.vni,
         gateway_ip: Ipv6Addr::from(r.gw_ip).into(),
         gateway_mac: fmt_mac(r.gw_mac),
+        mtu: r.mtu,
     });
     v4.chain(v6).collect()
 }
@@ -659,14 +676,24 @@ pub fn show_with(maps: &HostMaps, subject: Subject, opts: &ShowOpts) -> Result<S
             render(
                 json,
                 &rows,
-                &["ROUTER", "CIDR", "VNI", "GATEWAY-IP", "GATEWAY-MAC"],
+                &[
+                    "ROUTER",
+                    "CIDR",
+                    "NEXT-HOP",
+                    "VNI",
+                    "GATEWAY-IP",
+                    "GATEWAY-MAC",
+                    "MTU",
+                ],
                 |r| {
                     vec![
                         r.router_id.clone(),
                         r.cidr.clone(),
+                        r.via(),
                         r.vni.to_string(),
                         r.gateway_ip.to_string(),
                         r.gateway_mac.clone(),
+                        r.mtu.to_string(),
                     ]
                 },
             )
@@ -929,7 +956,7 @@ mod tests {
         assert_eq!(
             json,
             format!(
-                r#"[{{"router_id":"{r1}","cidr":"fd00:1::/64","vni":1001,"gateway_ip":"fd00:1::1","gateway_mac":"fa:16:3e:00:06:01"}},{{"router_id":"{r1}","cidr":"fd00:2::/64","vni":1002,"gateway_ip":"fd00:2::1","gateway_mac":"fa:16:3e:00:06:02"}}]"#
+                r#"[{{"router_id":"{r1}","cidr":"fd00:1::/64","nexthop":null,"vni":1001,"gateway_ip":"fd00:1::1","gateway_mac":"fa:16:3e:00:06:01","mtu":1450}},{{"router_id":"{r1}","cidr":"fd00:2::/64","nexthop":null,"vni":1002,"gateway_ip":"fd00:2::1","gateway_mac":"fa:16:3e:00:06:02","mtu":1450}}]"#
             )
         );
         assert_eq!(rows[0].cidr, "10.0.1.0/24");

@@ -128,6 +128,7 @@ pub fn fip_state(n: usize) -> Result<String> {
         })),
         ha_hosts: Vec::new(),
         admin_state_up: None,
+        routes: Vec::new(),
     }];
     let port = |id: String,
                 net: &str,

@@ -135,6 +135,27 @@ fn extra_route_to_a_vm_router_on_another_host_works_both_ways() -> Result<()> {
         shown.contains(BRANCH) && shown.contains(&format!("via {vr}")),
         "dvrctl show routes lists the extra route with its next hop:\n{shown}"
     );
+    let (tap, gw_mac) = (
+        c.vm("v1")?.tap.clone(),
+        c.network("a")?.gateway_mac.clone().unwrap_or_default(),
+    );
+    let (src, dst) = (v1.to_string(), BRANCH_IP.to_string());
+    let args = [
+        "trace",
+        "--in",
+        &tap,
+        "--src",
+        &src,
+        "--dst",
+        &dst,
+        "--dst-mac",
+        &gw_mac,
+    ];
+    let traced = cmd::stdout(&c.dvrctl("h1", &args)?);
+    ensure!(
+        traced.contains(&format!("by extra route via {vr}")) && traced.contains("routed"),
+        "dvrctl trace follows the extra route to vr:\n{traced}"
+    );
 
     set_routes(&mut c, Vec::new())?;
     wait_until("h1 to drop the extra route", WAIT, |_| {

@@ -73,6 +73,12 @@ enum Cmd {
         /// TTL, or hop limit for IPv6.
         #[arg(long, default_value_t = 64)]
         ttl: u8,
+        /// Length of the IP packet in bytes (what is held against each network's MTU).
+        #[arg(long, default_value_t = 84)]
+        len: u16,
+        /// IPv4 don't-fragment flag (IPv6 is never fragmented by a router).
+        #[arg(long)]
+        df: bool,
         #[arg(long)]
         json: bool,
     },
@@ -172,6 +178,8 @@ fn main() -> anyhow::Result<()> {
             vni,
             remote,
             ttl,
+            len,
+            df,
             json,
         } => {
             let host = args
@@ -216,6 +224,8 @@ fn main() -> anyhow::Result<()> {
                 vni,
                 remote,
                 ttl,
+                len,
+                df,
             };
             let names = names(args.state.as_deref())?;
             let t =

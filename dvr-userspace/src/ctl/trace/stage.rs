@@ -10,12 +10,12 @@ use dvr_common::{
     l2::FdbKey,
     nat::{
         CT_DNAT, CT_HAIRPIN, CT_PAT, CT_SNAT, FIP_CENTRAL, FIP_HA, FIP_LOCAL, FIP_REMOTE,
-        FIP_UNASSOCIATED, FIP_VIP, FipEntry, FipSrc, ZONE_EXTERNAL,
+        FIP_ROUTER_DOWN, FIP_UNASSOCIATED, FIP_VIP, FipEntry, FipSrc, ZONE_EXTERNAL,
     },
     port::{
         LocalPort, PORT_FLAG_SECURITY, PORT_FLAG_SG_STATELESS, SEC_IP_ALLOWED, SEC_KEY_PREFIX_BITS,
     },
-    route::{IpKey, RouterIface},
+    route::{IpKey, ROUTER_DOWN, RouterIface},
     snat::{SNAT_ENABLED, SNAT_HA, SnatRouter, SnatSteer, fence_active},
     stats::Stat,
 };
@@ -191,6 +191,10 @@ impl Walk<'_> {
                 gw.router_id
             ),
         );
+        if gw.flags & ROUTER_DOWN != 0 {
+            self.step("router", "administratively down (admin_state_up false)");
+            return Ok(drop(Stat::DropRouterDown));
+        }
         let Some(route) = self.route_lookup(gw.router_id, be(self.p.dst))? else {
             self.step(
                 "route",
@@ -198,15 +202,30 @@ impl Walk<'_> {
             );
             return self.route_outbound(vni, gw.router_id, gw.mac, cfg);
         };
-        self.step(
-            "route",
-            format!(
-                "{} via subnet of vni {} (gateway {})",
-                self.p.dst,
-                route.vni,
-                ip_be(route.gw_ip_be)
-            ),
-        );
+        let hop = if route.nexthop_be != 0 {
+            self.step(
+                "route",
+                format!(
+                    "{} by extra route via {} (vni {}, gateway {})",
+                    self.p.dst,
+                    ip_be(route.nexthop_be),
+                    route.vni,
+                    ip_be(route.gw_ip_be)
+                ),
+            );
+            ip_be(route.nexthop_be)
+        } else {
+            self.step(
+                "route",
+                format!(
+                    "{} via subnet of vni {} (gateway {})",
+                    self.p.dst,
+                    route.vni,
+                    ip_be(route.gw_ip_be)
+                ),
+            );
+            self.p.dst
+        };
         if be(self.p.dst) == route.gw_ip_be {
             if self.p.proto == 1 {
                 self.step("router", "ICMP echo to a router interface: answered here");
@@ -219,36 +238,42 @@ impl Walk<'_> {
             }
             return Ok(drop(Stat::DropRouterLocal));
         }
-        let ep = match self.m.endpoints.get(&IpKey {
+        let hop_key = IpKey {
             vni: route.vni,
-            ip_be: be(self.p.dst),
-        })? {
+            ip_be: be(hop),
+        };
+        let ep = match self.m.endpoints.get(&hop_key)? {
             Some(ep) => Some((ep.mac, ep.ifindex, ep.tunnel_ip_host)),
             None => self
                 .m
                 .vip_loc
-                .get(&IpKey {
-                    vni: route.vni,
-                    ip_be: be(self.p.dst),
-                })?
+                .get(&hop_key)?
                 .map(|l| (l.mac, l.ifindex, l.tunnel_ip_host)),
         };
         let Some((mac, epifx, host)) = ep else {
             self.step(
                 "endpoint",
-                format!("no port with {} on vni {}", self.p.dst, route.vni),
+                format!("no port with {hop} on vni {}", route.vni),
             );
-            return Ok(drop(Stat::DropNoEndpoint));
+            return Ok(drop(if route.nexthop_be != 0 {
+                Stat::DropNoNexthop
+            } else {
+                Stat::DropNoEndpoint
+            }));
         };
         if self.p.ttl <= 1 {
             return Ok(drop(Stat::DropTtlExceeded));
+        }
+        let back = format!("tap#{ifindex}");
+        if let Some(answer) = self.mtu4(route.mtu, ip_be(gw.ip_be), back, src_mac, dst_mac) {
+            return Ok(answer);
         }
         self.fip_hairpin_reply(vni)?;
         self.step(
             "endpoint",
             format!(
                 "{} is {} {}",
-                self.p.dst,
+                hop,
                 fmt_mac(mac),
                 if epifx != 0 {
                     format!("on tap#{epifx}")
@@ -266,6 +291,48 @@ impl Walk<'_> {
             route.vni,
             cfg.dvr_mac,
         ))
+    }
+
+    /// `stage::mtu::check4`: the packet against the MTU of the network it goes into. Too
+    /// long with DF: the ICMP error sent back out of `back` (the frame's MACs swapped), from
+    /// `from`; without DF: a step saying it leaves as fragments (`None`: the walk goes on).
+    pub(super) fn mtu4(
+        &mut self,
+        mtu: u16,
+        from: Ipv4Addr,
+        back: String,
+        src_mac: Mac,
+        dst_mac: Mac,
+    ) -> Option<Out> {
+        if mtu == 0 || self.p.len <= mtu {
+            return None;
+        }
+        if self.p.df {
+            self.step(
+                "mtu",
+                format!(
+                    "{} bytes with DF, network MTU {mtu}: ICMP fragmentation needed (mtu {mtu}) from {from}",
+                    self.p.len
+                ),
+            );
+            return Some(out(Stat::IcmpFragNeeded, back, dst_mac, src_mac));
+        }
+        let (slice, count) =
+            dvr_common::frag::plan(u32::from(self.p.len).saturating_sub(20), mtu).unzip();
+        let what = match (slice, count) {
+            (Some(slice), Some(count)) => {
+                format!("{count} fragments of at most {} bytes", slice + 20)
+            }
+            _ => "fragments it cannot cut: drop_frag_failed".to_string(),
+        };
+        self.step(
+            "mtu",
+            format!(
+                "{} bytes, network MTU {mtu}, no DF: sent as {what}",
+                self.p.len
+            ),
+        );
+        None
     }
 
     /// `stage::route`, outside the router's subnets: a FIP of the same router (hairpin),
@@ -437,6 +504,15 @@ impl Walk<'_> {
         let ha = if f.flags & FIP_HA != 0 { SNAT_HA } else { 0 };
         if !self.ha_serves(ha, f.router_id)? {
             return Ok(drop(Stat::DropSnatStandby));
+        }
+        if f.flags & FIP_ROUTER_DOWN != 0 {
+            self.step("fip", "its router is administratively down");
+            return Ok(drop(Stat::DropRouterDown));
+        }
+        let (src_mac, dst_mac) = (self.p.src_mac.unwrap_or_default(), cfg.ext_mac);
+        let back = format!("ext#{}", cfg.ext_ifindex);
+        if let Some(answer) = self.mtu4(f.mtu, self.p.dst, back, src_mac, dst_mac) {
+            return Ok(answer);
         }
         let (mac, ifx, host) = if f.flags & FIP_VIP != 0 {
             match self.m.vip_loc.get(&IpKey {

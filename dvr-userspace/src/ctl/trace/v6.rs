@@ -7,7 +7,7 @@ use dvr_common::{
     Mac,
     ip6::{Ip6Key, ROUTE6_KEY_PREFIX_BITS, Route6, SEC6_KEY_PREFIX_BITS, is_link_local},
     port::LocalPort,
-    route::RouterIface,
+    route::{ROUTER_DOWN, RouterIface},
     sg::SG_EGRESS,
     stats::Stat,
 };
@@ -137,25 +137,69 @@ impl Walk<'_> {
             self.step("route", "link-local addresses are never routed");
             return Ok(drop(Stat::DropLinkLocal));
         }
+        if gw.flags & ROUTER_DOWN != 0 {
+            self.step("router", "administratively down (admin_state_up false)");
+            return Ok(drop(Stat::DropRouterDown));
+        }
         let Some(r) = self.route6_lookup(gw.router_id, &dst.octets())? else {
             self.step("route", format!("{dst}: outside the router's IPv6 subnets"));
             return self.north6_steer(vni, gw);
         };
-        self.step(
-            "route",
-            format!(
-                "{dst} is on vni {}, gateway {}",
-                r.vni,
-                Ipv6Addr::from(r.gw_ip)
-            ),
-        );
+        let hop = if r.nexthop != [0; 16] {
+            let hop = Ipv6Addr::from(r.nexthop);
+            self.step(
+                "route",
+                format!(
+                    "{dst} by extra route via {hop} (vni {}, gateway {})",
+                    r.vni,
+                    Ipv6Addr::from(r.gw_ip)
+                ),
+            );
+            hop
+        } else {
+            self.step(
+                "route",
+                format!(
+                    "{dst} is on vni {}, gateway {}",
+                    r.vni,
+                    Ipv6Addr::from(r.gw_ip)
+                ),
+            );
+            dst
+        };
+        if r.mtu != 0 && self.p.len > r.mtu {
+            let from = self
+                .route6_lookup(gw.router_id, &src.octets())?
+                .map(|r| Ipv6Addr::from(r.gw_ip));
+            let Some(from) = from else {
+                self.step("mtu", "too long, no gateway for the source to answer from");
+                return Ok(drop(Stat::DropFragNeeded));
+            };
+            self.step(
+                "mtu",
+                format!(
+                    "{} bytes, network MTU {}: ICMPv6 packet too big (mtu {}) from {from}",
+                    self.p.len, r.mtu, r.mtu
+                ),
+            );
+            return Ok(out(
+                Stat::IcmpTooBig,
+                format!("tap#{ifindex}"),
+                gw.mac,
+                src_mac,
+            ));
+        }
         let Some(ep) = self.m.endpoints6.get(&Ip6Key {
             vni: r.vni,
-            ip: dst.octets(),
+            ip: hop.octets(),
         })?
         else {
-            self.step("route", format!("no port has {dst}"));
-            return Ok(drop(Stat::DropNoEndpoint));
+            self.step("route", format!("no port has {hop}"));
+            return Ok(drop(if hop == dst {
+                Stat::DropNoEndpoint
+            } else {
+                Stat::DropNoNexthop
+            }));
         };
         if self.p.ttl <= 1 {
             let from = self

@@ -36,6 +36,11 @@ pub struct Probe {
     pub remote: Option<Ipv4Addr>,
     /// TTL, or the hop limit of an IPv6 probe.
     pub ttl: u8,
+    /// Length of the IP packet (header included), held against each network's MTU.
+    pub len: u16,
+    /// Don't fragment (IPv4): a packet too long for a network is answered rather than
+    /// fragmented.
+    pub df: bool,
     /// An IPv6 probe: its addresses (`src` and `dst` above are then unused). `proto` is
     /// then 58 for an ICMPv6 echo.
     pub v6: Option<Addrs6>,

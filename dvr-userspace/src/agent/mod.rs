@@ -19,6 +19,7 @@ mod links;
 mod options;
 mod ra;
 mod sync;
+mod underlay;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -55,6 +56,7 @@ use links::{Ifaces, Links};
 use ra::Advertiser;
 pub use ra::RaInterval;
 use sync::Reconciler;
+use underlay::UnderlayCheck;
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -127,6 +129,7 @@ pub struct Agent {
     advertiser: Advertiser,
     ha: HaUpkeep,
     gc: Gc,
+    underlay: UnderlayCheck,
     metrics: metrics::Shared,
     /// When the state now being applied was read (for the "applied" log line).
     change_seen: Option<Instant>,
@@ -191,9 +194,11 @@ impl Agent {
             advertiser: Advertiser::default(),
             ha: HaUpkeep::default(),
             gc: Gc::new(),
+            underlay: UnderlayCheck::default(),
             metrics: metrics::Shared::default(),
             change_seen: None,
         };
+        agent.check_underlay();
         if let Some(addr) = agent.opts.metrics {
             let at = metrics::spawn(
                 addr,
@@ -252,6 +257,7 @@ impl Agent {
                 match parse_and_compile(&text, &self.host, ha_view.as_ref(), &ifaces) {
                     Ok((s, c)) => {
                         self.current = Current::new(s, ha_view, &c);
+                        self.check_underlay();
                         compiled = Some(c);
                         force = true;
                     }
@@ -267,6 +273,13 @@ impl Agent {
             self.periodic()?;
         }
         Ok(())
+    }
+
+    /// Warns of tenant networks too large for this host's underlay (`underlay`).
+    fn check_underlay(&mut self) {
+        if let Some(me) = self.current.state.host(&self.host) {
+            self.underlay.check(&self.current.state, me.tunnel_ip);
+        }
     }
 
     /// The interfaces as the last apply saw them (when they cannot be listed now).

@@ -61,6 +61,8 @@ pub struct Link {
     pub kind: Option<InfoKind>,
     /// IFLA_INFO_DATA: the driver's settings, for kinds that have them.
     pub data: Option<InfoData>,
+    /// IFLA_MTU (0 when absent).
+    pub mtu: u32,
 }
 
 impl Link {
@@ -97,7 +99,7 @@ pub(super) struct Message {
 }
 
 /// Parses a link message (`ifinfomsg` and attributes) leniently: attributes other than the
-/// four the agent uses are skipped unparsed, and one that does not parse is left out.
+/// five the agent uses are skipped unparsed, and one that does not parse is left out.
 fn parse_link(payload: &[u8]) -> Result<Link, NetlinkError> {
     let header = LinkHeader::parse(payload).map_err(|e| NetlinkError::Decode(e.to_string()))?;
     let mut link = Link {
@@ -108,12 +110,19 @@ fn parse_link(payload: &[u8]) -> Result<Link, NetlinkError> {
         let Ok(nla) = nla else {
             break;
         };
-        if ![libc::IFLA_IFNAME, libc::IFLA_ADDRESS, libc::IFLA_LINKINFO].contains(&nla.kind()) {
+        let wanted = [
+            libc::IFLA_IFNAME,
+            libc::IFLA_ADDRESS,
+            libc::IFLA_LINKINFO,
+            libc::IFLA_MTU,
+        ];
+        if !wanted.contains(&nla.kind()) {
             continue;
         }
         match LinkAttribute::parse_with_param(&nla, header.interface_family) {
             Ok(LinkAttribute::IfName(name)) => link.name = name,
             Ok(LinkAttribute::Address(address)) => link.address = address,
+            Ok(LinkAttribute::Mtu(mtu)) => link.mtu = mtu,
             Ok(LinkAttribute::LinkInfo(infos)) => {
                 for info in infos {
                     match info {
@@ -313,6 +322,13 @@ pub fn interfaces() -> Result<BTreeMap<String, u32>, NetlinkError> {
         .map(|links| links.into_iter().map(|l| (l.name, l.index)).collect())
 }
 
+/// MTU of interface `name` in the calling thread's network namespace; `None` when there is
+/// no such interface (or it cannot be read).
+pub fn mtu_of(name: &str) -> Option<u32> {
+    let link = Rtnl::open().ok()?.link(name).ok()??;
+    Some(link.mtu)
+}
+
 /// MAC address of interface `name` in the calling thread's network namespace (zero when the
 /// link has no link-layer address); `None` when there is no such interface.
 pub fn mac_of(name: &str) -> Option<[u8; 6]> {
@@ -386,6 +402,7 @@ mod tests {
         assert_eq!(links[1].name, "dvr-vx");
         assert_eq!(links[1].kind, Some(InfoKind::Vxlan));
         assert_eq!(links[1].mac(), [2, 0, 0, 0, 0, 9]);
+        assert_eq!((links[0].mtu, links[1].mtu), (0, 1450));
         assert_eq!(
             links[1].data,
             Some(InfoData::Vxlan(vec![

@@ -256,6 +256,8 @@ mod tests {
     use super::*;
     use crate::compile::compile;
     use crate::testing::*;
+    use dvr_common::nat::FIP_ROUTER_DOWN;
+    use dvr_common::route::ROUTER_DOWN;
     use serde_json::{Value, json};
 
     #[test]
@@ -321,6 +323,79 @@ mod tests {
             .get(&route_key(56, "blue-router", ip(192, 168, 21, 0)));
         assert_eq!(red.map(|r| r.vni), Some(10));
         assert_eq!(blue.map(|r| r.vni), Some(20));
+    }
+
+    #[test]
+    fn extra_routes_go_to_their_next_hops_connected_subnets_first() {
+        let mut v = fixture_value();
+        elem(&mut v, "routers", "id", "router1")["routes"] = json!([
+            {"destination": "10.99.0.0/24", "nexthop": "10.0.2.20"},
+            // ECMP: the first listed next hop is used.
+            {"destination": "10.99.0.0/24", "nexthop": "10.0.2.21"},
+            // A connected subnet wins over an extra route to the same prefix.
+            {"destination": "10.0.1.0/24", "nexthop": "10.0.2.20"},
+            // A next hop held as an allowed address pair (of vm1).
+            {"destination": "10.98.0.0/16", "nexthop": "10.0.1.50"}
+        ]);
+        elem(&mut v, "networks", "id", "net2")["mtu"] = 1400.into();
+        elem(&mut v, "ports", "id", "vm1")["allowed_address_pairs"] =
+            json!([{"ip_address": "10.0.1.48/29"}]);
+        let e = compiled(&v, "host-a", &all_taps).entries;
+        let via_vm2 = Route {
+            vni: VNI2,
+            gw_ip_be: ip(10, 0, 2, 1),
+            gw_mac: MAC_RIF2,
+            mtu: 1400,
+            nexthop_be: ip(10, 0, 2, 20),
+        };
+        assert_eq!(
+            e.routes.get(&route_key(56, "router1", ip(10, 99, 0, 0))),
+            Some(&via_vm2)
+        );
+        assert_eq!(
+            e.routes
+                .get(&route_key(56, "router1", ip(10, 0, 1, 0)))
+                .map(|r| (r.vni, r.nexthop_be, r.mtu)),
+            Some((VNI1, 0, 1450))
+        );
+        assert_eq!(
+            e.routes
+                .get(&route_key(48, "router1", ip(10, 98, 0, 0)))
+                .map(|r| (r.vni, r.nexthop_be)),
+            Some((VNI1, ip(10, 0, 1, 50)))
+        );
+        let vm1 = e.endpoints.get(&IpKey {
+            vni: VNI1,
+            ip_be: ip(10, 0, 1, 10),
+        });
+        let hop = e.endpoints.get(&IpKey {
+            vni: VNI1,
+            ip_be: ip(10, 0, 1, 50),
+        });
+        assert!(vm1.is_some() && hop == vm1, "{hop:?} {vm1:?}");
+        // No other address of the pair becomes an endpoint.
+        assert_eq!(e.endpoints.len(), 4);
+    }
+
+    #[test]
+    fn a_router_administratively_down_is_flagged_and_serves_no_snat() {
+        let mut v = fixture_value();
+        elem(&mut v, "routers", "id", "router1")["admin_state_up"] = false.into();
+        let a = compiled(&v, "host-a", &all_taps).entries;
+        assert!(!a.gw_by_mac.is_empty());
+        assert!(a.gw_by_mac.values().all(|g| g.flags == ROUTER_DOWN));
+        assert!(
+            a.fips.values().all(|f| f.flags & FIP_ROUTER_DOWN != 0),
+            "{:?}",
+            a.fips
+        );
+        let b = compiled(&v, "host-b", &all_taps).entries;
+        assert!(b.snat_routers.is_empty() && b.snat_ips.is_empty());
+        elem(&mut v, "routers", "id", "router1")["admin_state_up"] = true.into();
+        let a = compiled(&v, "host-a", &all_taps).entries;
+        assert!(a.gw_by_mac.values().all(|g| g.flags == 0));
+        let b = compiled(&v, "host-b", &all_taps).entries;
+        assert!(!b.snat_routers.is_empty());
     }
 
     #[test]

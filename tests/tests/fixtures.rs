@@ -655,6 +655,52 @@ fn inbound_to_fip_is_translated_with_valid_checksums_and_tracked() {
 }
 
 #[test]
+fn inbound_to_a_fip_longer_than_the_vm_network_is_answered_from_the_fip() {
+    let big = eth(
+        EXT_MAC,
+        UPSTREAM_MAC,
+        ETH_P_IP,
+        &udp(INTERNET, FIP1, 5000, 6000, &[9u8; 1451 - 28]),
+    );
+    let mut f = fip_fixture(true);
+    f.table(vec![
+        case(
+            "1450 bytes to FIP1 (VM1's network has mtu 1450)",
+            PROG_EXT,
+            eth(
+                EXT_MAC,
+                UPSTREAM_MAC,
+                ETH_P_IP,
+                &udp(INTERNET, FIP1, 5000, 6000, &[9u8; 1450 - 28]),
+            ),
+            TCX_REDIRECT,
+            Stat::FipDnat,
+        ),
+        case(
+            "1451 bytes with DF to FIP1",
+            PROG_EXT,
+            big.clone(),
+            TCX_REDIRECT,
+            Stat::IcmpFragNeeded,
+        )
+        .check(move |out| {
+            assert_eq!(out.len(), 14 + 56);
+            assert_eq!(&out[0..6], &UPSTREAM_MAC, "back to the sender's router");
+            assert_eq!(&out[6..12], &EXT_MAC);
+            let ip = ip_of(out);
+            assert_eq!(&ip[12..16], &FIP1, "from the address the sender used");
+            assert_eq!(&ip[16..20], &INTERNET);
+            assert_eq!(checksum(ip), 0);
+            let icmp = &out[34..];
+            assert_eq!((icmp[0], icmp[1]), (3, 4));
+            assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1450);
+            assert_eq!(checksum(icmp), 0);
+            assert_eq!(&icmp[8..36], &big[14..42], "quotes what the sender sent");
+        }),
+    ]);
+}
+
+#[test]
 fn outbound_udp_from_fip_vm_and_the_icmp_error_it_draws() {
     let mut f = fip_fixture(true);
     let out = f.case(

@@ -585,6 +585,43 @@ fn hop_limit_one_is_answered_with_time_exceeded_from_the_sources_gateway() {
 }
 
 #[test]
+fn longer_than_the_next_network_is_answered_with_packet_too_big() {
+    let (mut f, _) = with_ipv6();
+    let sized = |len: usize| {
+        eth(
+            GW1_MAC,
+            VM1_MAC,
+            ETH_P_IPV6,
+            &udp6(VM1_IP, VM4_IP, 64, 40000, 9, &vec![5u8; len - 48]),
+        )
+    };
+    let big = sized(1501);
+    f.table(vec![
+        case(
+            "1500 bytes into a 1500 network",
+            PROG_TAP,
+            sized(1500),
+            TCX_REDIRECT,
+            Stat::Routed,
+        ),
+        case(
+            "1501 bytes into a 1500 network",
+            PROG_TAP,
+            big.clone(),
+            TCX_REDIRECT,
+            Stat::IcmpTooBig,
+        )
+        .check(move |out| {
+            let mut body = 1500u32.to_be_bytes().to_vec();
+            body.extend_from_slice(&big[14..14 + 40 + 64]);
+            let want = answer_from_gw1(2, &body);
+            assert_eq!(out, want, "packet too big, MTU 1500, from net1's gateway");
+            assert_icmp6_checksum(out);
+        }),
+    ]);
+}
+
+#[test]
 fn a_long_extension_header_chain_is_dropped() {
     let (mut f, _) = with_ipv6();
     let udp = udp6(VM1_IP, VM3_IP, 64, 1, 2, b"x");

@@ -46,6 +46,8 @@ pub const AGENT_READY_DEADLINE: Duration = Duration::from_secs(10);
 pub const AGENT_STOP_GRACE: Duration = Duration::from_secs(5);
 /// The MTU of tenant networks (VXLAN over a 1500-byte underlay).
 pub const TENANT_MTU: u32 = 1450;
+/// What the agent logs once it serves (`Agent::run`).
+const AGENT_READY_LOG: &str = "dvr_userspace::agent: ready";
 /// Default bpffs root of the agents, overridable with `DVR_BPFFS`.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/dvr";
 /// The name of the VXLAN device the agent creates.
@@ -1266,8 +1268,10 @@ impl Cloud {
         &self.agent_source
     }
 
-    /// Waits until the agent of `host` has created [`VXLAN_DEV`] and lists every local VM's tap
-    /// in `dvrctl show ports --json`. Fails at once, quoting its output, if the agent exits.
+    /// Waits until the agent of `host` has created [`VXLAN_DEV`], lists every local VM's tap
+    /// in `dvrctl show ports --json` and has logged that it is ready (a restarted agent finds
+    /// its predecessor's pins listing the taps while it still loads and verifies its
+    /// programs). Fails at once, quoting its output, if the agent exits.
     pub fn wait_agent_ready(&mut self, host: &str, deadline: Duration) -> Result<()> {
         let h = self.host(host)?.clone();
         let expected = self.local_tap_ifindexes(host)?;
@@ -1290,11 +1294,15 @@ impl Cloud {
                     }
                 };
                 let listed: Vec<u64> = ports.iter().map(|p| p.ifindex).collect();
-                if expected.iter().all(|i| listed.contains(i)) {
-                    return Ok(Some(()));
+                if !expected.iter().all(|i| listed.contains(i)) {
+                    *why = format!("dvrctl lists ifindexes {listed:?}");
+                    return Ok(None);
                 }
-                *why = format!("dvrctl lists ifindexes {listed:?}");
-                Ok(None)
+                if !self.agent_log(host)?.contains(AGENT_READY_LOG) {
+                    *why = format!("the agent has not logged {AGENT_READY_LOG:?} yet");
+                    return Ok(None);
+                }
+                Ok(Some(()))
             },
         );
         match res {

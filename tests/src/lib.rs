@@ -32,6 +32,9 @@
 //!   (BPF_PROG_TEST_RUN), for the packet fixture tables (`tests/fixtures.rs`,
 //!   `tests/fixtures6.rs`).
 //! - [`pins`]: pinned BPF maps made by hand in a bpffs directory removed on drop.
+//! - [`pmtu`]: path MTU helpers: a namespace's cached path MTU and its flush, a route's
+//!   advertised MSS, UDP datagrams with DF clear checked byte for byte at the receiver, and
+//!   the ICMP errors `ping` prints.
 //! - [`require_preconditions`] makes a test that cannot run here fail with a clear message:
 //!   these tests never pass by skipping.
 //!
@@ -55,6 +58,7 @@ pub mod keepalived;
 pub mod lifecycle;
 pub mod packet;
 pub mod pins;
+pub mod pmtu;
 pub mod sg;
 pub mod snat;
 pub mod state;

@@ -1,7 +1,7 @@
 //! Path MTU helpers: the kernel's cached path MTU of an endpoint ([`Cloud::cached_pmtu`],
 //! [`Cloud::flush_pmtu`]), a route's advertised MSS ([`Cloud::route_advmss`]), UDP datagrams
 //! sent with DF cleared and a receiver that reports what arrived ([`Cloud::udp_digest_receiver`],
-//! [`Cloud::udp_no_df_arrives`]), and the ICMP errors `ping` and `tracepath` print
+//! [`Cloud::udp_no_df_arrives`]), a TCP download ([`Cloud::tcp_download`]), and the ICMP errors `ping` and `tracepath` print
 //! ([`IcmpError`], [`icmp_errors`]), and the IPv4 fragments a capture saw ([`Fragment`],
 //! [`reassembled`]).
 
@@ -41,6 +41,38 @@ s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.IPPROTO_IP, 10, 0)  # IP_MTU_DISCOVER = IP_PMTUDISC_DONT
 s.sendto(data, (sys.argv[1], int(sys.argv[2])))
 print("sent %d %s" % (len(data), hashlib.sha256(data).hexdigest()), flush=True)
+"#;
+
+/// A TCP server that sends: listens on `sys.argv[1]:sys.argv[2]`, prints "listening", sends
+/// `sys.argv[3]` pattern bytes to the first client and closes; prints "sent <len> <sha256>".
+const TCP_SENDING_SERVER: &str = r#"
+import hashlib, socket, sys
+n = int(sys.argv[3])
+data = bytes((i * 13 + (i >> 9)) % 251 for i in range(n))
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(1)
+print("listening", flush=True)
+c, _ = s.accept()
+c.sendall(data)
+c.close()
+print("sent %d %s" % (len(data), hashlib.sha256(data).hexdigest()), flush=True)
+"#;
+
+/// A TCP client that receives: connects to `sys.argv[1]:sys.argv[2]`, reads until the server
+/// closes; prints "got <len> <sha256>".
+const TCP_RECEIVING_CLIENT: &str = r#"
+import hashlib, socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
+h, n = hashlib.sha256(), 0
+while True:
+    b = c.recv(65536)
+    if not b:
+        break
+    h.update(b)
+    n += len(b)
+print("got %d %s" % (n, h.hexdigest()), flush=True)
 "#;
 
 /// An ICMP error line of `ping` ("From 10.0.1.1 icmp_seq=1 Frag needed and DF set (mtu =
@@ -161,6 +193,45 @@ pub fn reassembled(packets: &[Packet], ip_payload: u32) -> Option<Vec<Fragment>>
 }
 
 impl Cloud {
+    /// `client` connects to `server` listening on `ip:port` and receives `bytes` from it (a
+    /// download: the server's segments flow towards the client). Fails unless every byte
+    /// arrived intact.
+    pub fn tcp_download(
+        &mut self,
+        server: &str,
+        client: &str,
+        ip: Ipv4Addr,
+        port: u16,
+        bytes: usize,
+    ) -> Result<()> {
+        let (ip_s, port_s, n) = (ip.to_string(), port.to_string(), bytes.to_string());
+        let mut srv = self.spawn_python(server, TCP_SENDING_SERVER, &[&ip_s, &port_s, &n])?;
+        srv.wait_stdout("listening", Duration::from_secs(10), |o| {
+            o.contains("listening")
+        })?;
+        let out = self.python(
+            client,
+            TCP_RECEIVING_CLIENT,
+            &[&ip_s, &port_s],
+            Duration::from_secs(30),
+        )?;
+        let got = cmd::stdout(&out);
+        let sent = srv.wait_stdout("sent", Duration::from_secs(10), |o| o.contains("sent "))?;
+        let digest = |s: &str, tag: &str| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(tag))
+                .map(|r| r.trim().to_string())
+        };
+        let (g, w) = (digest(&got, "got "), digest(&sent, "sent "));
+        ensure!(
+            g.is_some() && g == w,
+            "TCP download {server} -> {client}: sent {w:?}, received {g:?} ({})",
+            text(&out).trim()
+        );
+        srv.stop()?;
+        Ok(())
+    }
+
     /// The path MTU `who`'s kernel has learned towards `dst` (`ip route get`: "cache expires
     /// ...  mtu N"), `None` if it has none.
     pub fn cached_pmtu(&self, who: &str, dst: IpAddr) -> Result<Option<u32>> {

@@ -19,6 +19,15 @@
 //!   again) arrive intact in the VM; a 1 MiB TCP transfer from outside to a VM that advertises
 //!   MSS 1460 arrives intact. Counters `icmp_frag_needed` and `fragmented`.
 //!
+//! - `snat_replies_longer_than_the_vm_network_are_answered_from_the_router_external_ip` (a VM
+//!   without a floating IP behind its router's SNAT host, advertising MSS 1460 on its 1450
+//!   network): a 1 MiB download from the external network arrives intact; the SNAT host
+//!   answers the server's 1500-byte segments from the router's external IP, and the server
+//!   learns path MTU 1450 towards it. Counter `icmp_frag_needed` on the SNAT host.
+//! - `a_network_too_large_for_the_underlay_is_named_in_a_warning`: a network with mtu 1480
+//!   (+ 50 bytes of VXLAN > the 1500-byte underlay) is named in one agent warning; a 1450
+//!   network is not.
+//!
 //! Before each large-packet probe the sender's cached path MTU is flushed, so the packet leaves
 //! at the link MTU and meets the datapath (not the sender's own fragmentation or refusal).
 //!
@@ -34,7 +43,9 @@ use dvr_tests::cmd::wait_until;
 use dvr_tests::cmd::{self, exec_with_deadline};
 use dvr_tests::ipv6::SLAAC_DEADLINE;
 use dvr_tests::pmtu::{Fragment, icmp_errors, local_mtu_errors, mtu_in, reassembled};
-use dvr_tests::{Capture, Cloud, Counters, EXT, Topology, VmSpec, require_preconditions};
+use dvr_tests::{
+    Capture, Cloud, Counters, EXT, INTERNET_HOST, Topology, VmSpec, require_preconditions,
+};
 
 const MIB: usize = 1 << 20;
 const WAIT: Duration = Duration::from_secs(5);
@@ -370,6 +381,76 @@ fn external_to_a_fip_on_a_smaller_mtu_network() -> Result<()> {
     ensure!(
         cached == Some(1450),
         "the TCP sender must have learned path MTU 1450, has {cached:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn snat_replies_longer_than_the_vm_network_are_answered_from_the_router_external_ip() -> Result<()>
+{
+    require_preconditions();
+    let mut t = Topology::new();
+    t.host("h1").snat_host("hs").external();
+    t.network("a", 3731, "10.74.1.0/24");
+    t.router("r1", &["a"]);
+    t.vm(VmSpec::new("v1", "a", "h1"));
+    let mut c = t.build()?;
+    let ext_ip = c.router_external_ip("r1")?;
+    let gw = c.network("a")?.gateway;
+    wait_until("v1 to reach the internet host through SNAT", WAIT, |_| {
+        Ok(
+            c.ping_once("v1", INTERNET_HOST, Duration::from_millis(500))?
+                .then_some(()),
+        )
+    })?;
+    // v1 advertises MSS 1460 on its 1450 network: the server's 1500-byte segments (DF) reach
+    // the SNAT host, which answers from the router's external IP, the address the server
+    // talks to.
+    c.route_advmss("v1", "default", gw, 1460)?;
+    c.flush_pmtu(EXT, IpAddr::V4(ext_ip))?;
+    let before = Counters::take(&c, &["hs"])?;
+    c.tcp_download(EXT, "v1", INTERNET_HOST, 5301, MIB)?;
+    let sent = before.wait_delta(&c, "hs", Stat::IcmpFragNeeded, 1)?;
+    let cached = c.cached_pmtu(EXT, IpAddr::V4(ext_ip))?;
+    eprintln!(
+        "TCP download through SNAT (v1 advertises MSS 1460): 1 MiB intact; hs \
+         icmp_frag_needed +{sent}; the server's path MTU to {ext_ip}: {cached:?}; hs moved {:?}",
+        before.moved(&c, "hs")?
+    );
+    ensure!(
+        cached == Some(1450),
+        "the server must have learned path MTU 1450 towards the router's external IP {ext_ip}, \
+         has {cached:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_network_too_large_for_the_underlay_is_named_in_a_warning() -> Result<()> {
+    require_preconditions();
+    let mut t = Topology::new();
+    t.host("h1").host("h2");
+    t.network("a", 3741, "10.75.1.0/24").network_mtu("a", 1480);
+    t.network("b", 3742, "10.75.2.0/24");
+    t.router("r1", &["a", "b"]);
+    t.vm(VmSpec::new("va", "a", "h1"))
+        .vm(VmSpec::new("vb", "b", "h2"));
+    let c = t.build()?;
+    let a = c.network("a")?.network_id.clone();
+    let b = c.network("b")?.network_id.clone();
+    c.wait_agent_log("h1", "exceeds the underlay's MTU", WAIT)?;
+    let log = c.agent_log("h1")?;
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("exceeds the underlay's MTU"))
+        .collect();
+    ensure!(
+        warned.len() == 1 && warned[0].contains(&a) && warned[0].contains("mtu=1480"),
+        "one warning, naming network a ({a}) and its mtu 1480: {warned:?}"
+    );
+    ensure!(
+        !warned[0].contains(&b),
+        "network b (mtu 1450) fits a 1500-byte underlay: {warned:?}"
     );
     Ok(())
 }

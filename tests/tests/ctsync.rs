@@ -361,6 +361,12 @@ fn ctsync_rate_limit_bounds_bytes_per_second() -> Result<(), String> {
         }),
         "backlog never sent",
     )?;
+    // The sender counts a batch once its write returned, which may be after the receiver
+    // applied it: wait for the count, then check it went no further.
+    check(
+        wait_until(Duration::from_secs(5), || r.stats().entries_sent >= 4000),
+        "sent entries not counted",
+    )?;
     check(
         r.stats().entries_sent == 4000,
         "entries sent more than once",

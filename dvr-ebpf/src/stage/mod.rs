@@ -2,10 +2,10 @@
 //! stages below it; the graph has no cycle:
 //!
 //! ```text
-//! route -> fip, snat, icmp, vip      snat -> fip, ha      fip -> vip, ha
-//! arp -> security, vip               ext_arp -> ha
-//! route6 -> icmp6, north6            nd -> security
-//! north6 -> icmp6, ha                 ext_nd -> nd, ha
+//! route -> fip, snat, icmp, mtu, vip   snat -> fip, ha, mtu   fip -> vip, ha, mtu
+//! arp -> security, vip                  ext_arp -> ha          mtu -> icmp
+//! route6 -> icmp6, mtu, north6          nd -> security
+//! north6 -> icmp6, ha, mtu              ext_nd -> nd, ha
 //! security, ha, vip, icmp, icmp6, sg: leaves
 //! ```
 pub mod arp;

@@ -10,14 +10,15 @@
 //!   (DVR_SNAT6, DVR_EXT_NEIGH6), hop limit untouched (already routed).
 //! - SNAT host, external NIC (`inbound`): a packet to a tenant prefix served here
 //!   (DVR_EXT_ROUTE6) is routed to the VM (DVR_ROUTES6, DVR_ENDPOINTS6) like east-west IPv6;
-//!   a hop limit that runs out is answered with time exceeded from the router's external
-//!   address.
+//!   a hop limit that runs out is answered with time exceeded, a packet longer than the VM
+//!   network's MTU with packet too big (`mtu`), both from the router's external address.
 //!
-//! An HA router is served only while its fence is live (`ha`). Calls `ha`, `icmp6`. Maps:
-//! reads DVR_SNAT_STEER, DVR_SNAT_RTR, DVR_SNAT6, DVR_EXT_NEIGH6, DVR_ROUTES6,
+//! An HA router is served only while its fence is live (`ha`). Calls `ha`, `icmp6`, `mtu`.
+//! Maps: reads DVR_SNAT_STEER, DVR_SNAT_RTR, DVR_SNAT6, DVR_EXT_NEIGH6, DVR_ROUTES6,
 //! DVR_ENDPOINTS6. Verdicts: snat_steered, routed_out, routed_in, icmp_time_exceeded,
-//! drop_snat_standby, drop_no_route, drop_no_neighbor, drop_no_external, drop_no_endpoint,
-//! drop_router_local, drop_ttl_exceeded, drop_redirect, drop_malformed.
+//! icmp_too_big, drop_snat_standby, drop_no_route, drop_no_neighbor, drop_no_external,
+//! drop_no_endpoint, drop_no_nexthop, drop_router_local, drop_ttl_exceeded,
+//! drop_frag_needed, drop_redirect, drop_malformed.
 use aya_ebpf::programs::TcContext;
 use dvr_common::{
     config::HostConfig,

@@ -5,13 +5,16 @@
 //! is routed (hop limit decremented) and delivered to the destination port as IPv4 is
 //! (`net::l2::deliver_routed`): a local tap with the destination subnet's gateway MAC as
 //! source, or over the tunnel with this host's DVR MAC. A hop limit that runs out at the
-//! router is answered with ICMPv6 time exceeded from the gateway of the source's subnet.
-//! Outside the router's subnets: north-south, to the router's SNAT host (`north6::steer`).
+//! router is answered with ICMPv6 time exceeded, and a packet longer than the destination
+//! network's MTU with packet too big (`mtu`), both from the gateway of the source's subnet.
+//! An extra route's packets go to the port holding its next hop. Outside the router's
+//! routes: north-south, to the router's SNAT host (`north6::steer`).
 //!
-//! Calls `icmp6`, `north6`. Maps: reads DVR_GW_BY_IP6, DVR_ROUTES6, DVR_ENDPOINTS6. Verdicts: routed,
-//! icmp_echo_reply, icmp_time_exceeded, drop_router_local, drop_link_local, drop_no_route,
-//! drop_no_endpoint, drop_ttl_exceeded, drop_no_local_port, drop_redirect, drop_malformed,
-//! those of `north6::steer`.
+//! Calls `icmp6`, `mtu`, `north6`. Maps: reads DVR_GW_BY_IP6, DVR_ROUTES6, DVR_ENDPOINTS6.
+//! Verdicts: routed, icmp_echo_reply, icmp_time_exceeded, icmp_too_big, drop_router_local,
+//! drop_link_local, drop_no_route, drop_no_endpoint, drop_no_nexthop, drop_ttl_exceeded,
+//! drop_frag_needed, drop_no_local_port, drop_redirect, drop_malformed, those of
+//! `north6::steer`.
 use aya_ebpf::programs::TcContext;
 use dvr_common::{
     config::HostConfig,

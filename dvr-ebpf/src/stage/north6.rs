@@ -1,7 +1,9 @@
 //! IPv6 north-south (stage): as Neutron's snat namespace, the router's SNAT host routes
 //! its IPv6 traffic to and from the external network with the VMs' own addresses (no NAT).
 //! - Compute host (`steer`, from `route6` for a destination outside the router's IPv6
-//!   subnets): the router decrements the hop limit and sends the packet over the tunnel to
+//!   subnets): a packet longer than the external network's MTU ends as packet too big
+//!   (answered by `route6` from the sender's gateway); else the router decrements the hop
+//!   limit and sends the packet over the tunnel to
 //!   the SNAT host's csnat port MAC (DVR_SNAT_STEER, keyed by the IPv6 interface MAC), or
 //!   straight out when this host is the SNAT host. A router without an IPv6 external address
 //!   (no `SNAT_ROUTED6`) has no route.
@@ -45,6 +47,7 @@ use crate::{
 #[inline(always)]
 pub fn steer(
     ctx: &TcContext,
+    f: &Flow6,
     port: &LocalPort,
     gw: &RouterIface,
     cfg: &HostConfig,
@@ -60,6 +63,10 @@ pub fn steer(
     };
     if st.flags & SNAT_ROUTED6 == 0 {
         return Err(Verdict::drop(Stat::DropNoRoute));
+    }
+    // Held to the external network's MTU here, where the sender's gateway can answer.
+    if mtu::exceeds6(ctx, f, st.ext_mtu)? {
+        return Err(mtu::too_big6(ctx, st.ext_mtu));
     }
     if st.tunnel_ip_host == 0 {
         // This host is the SNAT host.

@@ -81,7 +81,7 @@ fn routed(
     }
     let Some(route) = route::lookup6(gw.router_id, &f.daddr) else {
         // North-south: through the router's SNAT host, with the VM's own address.
-        return north6::steer(ctx, port, gw, cfg);
+        return north6::steer(ctx, f, port, gw, cfg);
     };
     if ip6_eq(&f.daddr, &route.gw_ip) {
         return icmp6::echo_reply(ctx, f, ifindex);

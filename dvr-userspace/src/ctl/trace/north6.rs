@@ -6,6 +6,7 @@
 use std::net::Ipv6Addr;
 
 use dvr_common::{
+    Mac,
     config::HostConfig,
     ip6::{Addr6, Ip6Key, is_link_local},
     l2::FdbKey,
@@ -23,7 +24,15 @@ use crate::{ctl::fmt_mac, maps::MapsError};
 
 impl Walk<'_> {
     /// `north6::steer`: IPv6 from a VM leaving the router's IPv6 subnets.
-    pub(super) fn north6_steer(&mut self, vni: u32, gw: &RouterIface) -> Result<Out, MapsError> {
+    /// A packet longer than the external network's MTU is answered from the sender's
+    /// gateway, back out of its tap `ifindex` (`route6::stage`).
+    pub(super) fn north6_steer(
+        &mut self,
+        vni: u32,
+        gw: &RouterIface,
+        ifindex: u32,
+        src_mac: Mac,
+    ) -> Result<Out, MapsError> {
         let cfg = self.m.read_config()?;
         let st = self.m.snat_steer.get(&FdbKey {
             vni,
@@ -37,6 +46,13 @@ impl Walk<'_> {
             );
             return Ok(drop(Stat::DropNoRoute));
         };
+        if st.ext_mtu != 0 && self.p.len > st.ext_mtu {
+            self.step(
+                "mtu",
+                format!("{} bytes, external network MTU {}", self.p.len, st.ext_mtu),
+            );
+            return self.too_big6(gw, src_mac, ifindex, st.ext_mtu);
+        }
         if self.p.ttl <= 1 {
             self.step("north6", "hop limit exceeded");
             return Ok(drop(Stat::DropTtlExceeded));

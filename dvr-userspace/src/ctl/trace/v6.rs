@@ -99,6 +99,35 @@ impl Walk<'_> {
             .map(|(_, r)| r))
     }
 
+    /// `icmp6::answer` with packet too big (MTU `mtu`), from the gateway of the subnet of
+    /// the probe's source, back out of tap `ifindex`.
+    pub(super) fn too_big6(
+        &mut self,
+        gw: &RouterIface,
+        src_mac: Mac,
+        ifindex: u32,
+        mtu: u16,
+    ) -> Result<Out, MapsError> {
+        let src = self.addrs6().src;
+        let from = self
+            .route6_lookup(gw.router_id, &src.octets())?
+            .map(|r| Ipv6Addr::from(r.gw_ip));
+        let Some(from) = from else {
+            self.step("mtu", "too long, no gateway for the source to answer from");
+            return Ok(drop(Stat::DropFragNeeded));
+        };
+        self.step(
+            "icmp",
+            format!("ICMPv6 packet too big (mtu {mtu}) from {from}"),
+        );
+        Ok(out(
+            Stat::IcmpTooBig,
+            format!("tap#{ifindex}"),
+            gw.mac,
+            src_mac,
+        ))
+    }
+
     /// The IPv6 routing stage: a frame to router interface `gw` from tap `ifindex`.
     pub(super) fn route6(
         &mut self,
@@ -117,6 +146,10 @@ impl Walk<'_> {
                 fmt_mac(gw.mac)
             ),
         );
+        if gw.flags & ROUTER_DOWN != 0 {
+            self.step("router", "administratively down (admin_state_up false)");
+            return Ok(drop(Stat::DropRouterDown));
+        }
         if let Some(g) = self.m.gw_by_ip6.get(&Ip6Key {
             vni,
             ip: dst.octets(),
@@ -137,13 +170,9 @@ impl Walk<'_> {
             self.step("route", "link-local addresses are never routed");
             return Ok(drop(Stat::DropLinkLocal));
         }
-        if gw.flags & ROUTER_DOWN != 0 {
-            self.step("router", "administratively down (admin_state_up false)");
-            return Ok(drop(Stat::DropRouterDown));
-        }
         let Some(r) = self.route6_lookup(gw.router_id, &dst.octets())? else {
             self.step("route", format!("{dst}: outside the router's IPv6 subnets"));
-            return self.north6_steer(vni, gw);
+            return self.north6_steer(vni, gw, ifindex, src_mac);
         };
         let hop = if r.nexthop != [0; 16] {
             let hop = Ipv6Addr::from(r.nexthop);
@@ -168,26 +197,11 @@ impl Walk<'_> {
             dst
         };
         if r.mtu != 0 && self.p.len > r.mtu {
-            let from = self
-                .route6_lookup(gw.router_id, &src.octets())?
-                .map(|r| Ipv6Addr::from(r.gw_ip));
-            let Some(from) = from else {
-                self.step("mtu", "too long, no gateway for the source to answer from");
-                return Ok(drop(Stat::DropFragNeeded));
-            };
             self.step(
                 "mtu",
-                format!(
-                    "{} bytes, network MTU {}: ICMPv6 packet too big (mtu {}) from {from}",
-                    self.p.len, r.mtu, r.mtu
-                ),
+                format!("{} bytes, network MTU {}", self.p.len, r.mtu),
             );
-            return Ok(out(
-                Stat::IcmpTooBig,
-                format!("tap#{ifindex}"),
-                gw.mac,
-                src_mac,
-            ));
+            return self.too_big6(gw, src_mac, ifindex, r.mtu);
         }
         let Some(ep) = self.m.endpoints6.get(&Ip6Key {
             vni: r.vni,

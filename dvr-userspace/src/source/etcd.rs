@@ -1,7 +1,9 @@
 //! etcd as the state store of a cluster.
 //!
-//! An agent loads a consistent snapshot (one range read at one revision), then follows a
-//! watch from the next revision and hands every batch of changes to its control loop. When
+//! An agent loads a consistent snapshot (range reads of [`PAGE_KEYS`] keys each, all at the
+//! revision of the first, so a cloud of any size fits the client's message limit), then
+//! follows a watch from the next revision and hands every batch of changes to its control
+//! loop. When
 //! etcd goes away the agent keeps forwarding with what it has; when it comes back (or the
 //! watch's revision was compacted) it resyncs from a fresh snapshot. Each agent keeps a key
 //! `alive/<host>` under a lease, so `dvrctl hosts` sees which agents are alive.
@@ -25,6 +27,13 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// etcd's default limit on operations in one transaction.
 const TXN_OPS: usize = 128;
+/// Keys per page of a snapshot read. A resource's value is a few hundred bytes to a few
+/// KiB (a security group with its rules the largest), so a page stays far below
+/// [`MAX_MESSAGE`].
+const PAGE_KEYS: i64 = 1000;
+/// The largest answer the client decodes (gRPC's default is 4 MiB, which one unpaged read
+/// of a 50,000-port cloud exceeds). A page larger than this is reported as such.
+const MAX_MESSAGE: usize = 64 << 20;
 
 /// What the watcher thread tells the agent.
 #[derive(Debug)]
@@ -83,24 +92,96 @@ async fn snapshot_all(
     client: &mut Client,
     url: &str,
 ) -> Result<(Kvs, Vec<(String, String, i64)>, i64), SourceError> {
-    let resp = client
-        .get(PREFIX, Some(GetOptions::new().with_prefix()))
-        .await
-        .map_err(err(url))?;
-    let revision = resp.header().map_or(0, |h| h.revision());
     let mut kvs = BTreeMap::new();
     let mut election = Vec::new();
-    for kv in resp.kvs() {
+    let revision = read_paged(client, url, PREFIX, |kv| {
         let (Ok(k), Ok(v)) = (kv.key_str(), kv.value_str()) else {
-            continue;
+            return;
         };
         if is_state_key(k) {
             kvs.insert(k.to_string(), v.to_string());
         } else if ha::is_election_key(k) {
             election.push((k.to_string(), v.to_string(), kv.mod_revision()));
         }
-    }
+    })
+    .await?;
     Ok((kvs, election, revision))
+}
+
+/// The first key after every key starting with `prefix` (etcd's range end of a prefix).
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // All 0xff: to the end of the keyspace.
+    vec![0]
+}
+
+/// Every key under `prefix`, handed to `each` in key order, read in pages of [`PAGE_KEYS`]
+/// at one revision (the first page's): a consistent snapshot of any size. Returns that
+/// revision. A page over [`MAX_MESSAGE`] or a revision compacted between pages ends the
+/// read with an error saying so (the session then starts over).
+async fn read_paged(
+    client: &mut Client,
+    url: &str,
+    prefix: &str,
+    mut each: impl FnMut(&etcd_client::KeyValue),
+) -> Result<i64, SourceError> {
+    let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
+    let end = prefix_end(prefix);
+    let mut from = prefix.as_bytes().to_vec();
+    let mut revision = 0;
+    let mut pages = 0u32;
+    loop {
+        let mut opts = GetOptions::new()
+            .with_range(end.clone())
+            .with_limit(PAGE_KEYS);
+        if revision > 0 {
+            opts = opts.with_revision(revision);
+        }
+        let mut resp = kv.get(from.clone(), Some(opts)).await.map_err(|e| {
+            let msg = e.to_string();
+            let what = if msg.contains("message length too large") {
+                format!(
+                    "snapshot page {} ({PAGE_KEYS} keys from {}) exceeds the client's                      {MAX_MESSAGE}-byte message limit: {msg}",
+                    pages + 1,
+                    String::from_utf8_lossy(&from)
+                )
+            } else if msg.contains("compacted") {
+                format!("revision {revision} compacted during a paged snapshot: {msg}")
+            } else {
+                format!("snapshot page {}: {msg}", pages + 1)
+            };
+            SourceError::Etcd {
+                url: url.into(),
+                msg: what,
+            }
+        })?;
+        pages += 1;
+        if revision == 0 {
+            revision = resp.header().map_or(0, |h| h.revision());
+        }
+        let more = resp.more();
+        let kvs = resp.take_kvs();
+        for kv in &kvs {
+            each(kv);
+        }
+        match kvs.last() {
+            Some(last) if more => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => break,
+        }
+    }
+    if pages > 1 {
+        tracing::debug!(pages, revision, "paged snapshot read");
+    }
+    Ok(revision)
 }
 
 /// One connected session: register, snapshot, follow. Returns when the connection or the
@@ -350,7 +431,7 @@ impl EtcdSource {
                 }
                 Update::Lost(msg) => {
                     if !self.lost {
-                        warn!(error = %msg, "etcd unreachable: forwarding with the last state, retrying");
+                        warn!(error = %msg, "etcd unreachable, or a read or watch failed (the error says which): forwarding with the last state, retrying");
                     }
                     self.lost = true;
                 }
@@ -476,4 +557,18 @@ pub fn request_failover(url: &str, router: &str, to: &str) -> Result<(), SourceE
             .map_err(err(url))?;
         Ok(())
     })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_ends_at_its_last_byte_plus_one() {
+        assert_eq!(prefix_end("/dvr/v1/"), b"/dvr/v10".to_vec());
+        assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
+        // A trailing 0xff byte carries into the one before.
+        let s = String::from_utf8_lossy(&[b'a', 0xff]).into_owned();
+        assert!(prefix_end(&s) > s.as_bytes().to_vec());
+    }
 }

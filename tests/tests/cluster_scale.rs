@@ -8,6 +8,10 @@
 //!   stored state first) succeeds again with nothing to change, both agents become ready,
 //!   traffic flows between the real VMs, and each agent's maps equal a compile of the real
 //!   cloud (the filler ports are nowhere, so they add no entry).
+//! - `a_change_on_a_network_without_local_ports_writes_nothing_there`: a VM added on network
+//!   b (on h2) changes h2's maps and nothing of h1's (which has ports only on network a and
+//!   no router to b), and h1 logs no apply. (Relevance of writes; the agent still parses and
+//!   compiles the whole state for every change, which issue 17's incremental state is for.)
 //!
 //! Needs root, bpffs, etcd and the built agent; run with `--test-threads=1`.
 
@@ -116,5 +120,66 @@ fn a_snapshot_larger_than_the_grpc_default_is_read_in_pages() -> Result<()> {
             "{h}: the agent must read the snapshot at once:\n{log}"
         );
     }
+    Ok(())
+}
+
+/// Every map of `host` that a port or network change could touch.
+fn port_maps(
+    c: &dvr_tests::Cloud,
+    host: &str,
+) -> Result<(
+    std::collections::BTreeMap<dvr_common::l2::FdbKey, dvr_common::l2::FdbEntry>,
+    std::collections::BTreeMap<dvr_common::route::IpKey, dvr_common::route::Endpoint>,
+    std::collections::BTreeMap<u32, dvr_common::port::LocalPort>,
+    std::collections::BTreeMap<u32, dvr_common::l2::FloodSet>,
+)> {
+    let maps = HostMaps::open(&c.pin_dir(host)?)?;
+    Ok((
+        maps.fdb.read()?,
+        maps.endpoints.read()?,
+        maps.local_ports.read()?,
+        maps.flood.read()?,
+    ))
+}
+
+#[test]
+fn a_change_on_a_network_without_local_ports_writes_nothing_there() -> Result<()> {
+    require_etcd_preconditions();
+    let mut t = Topology::new();
+    t.host("h1").host("h2");
+    t.network("a", 6511, "172.23.61.0/24")
+        .network("b", 6512, "172.23.62.0/24");
+    t.vm(VmSpec::new("v1", "a", "h1"))
+        .vm(VmSpec::new("v2", "b", "h2"));
+    let mut c = t.build_without_agents()?;
+    c.start_etcd()?;
+    c.etcd_apply()?;
+    c.agents_use_etcd()?;
+    c.start_agents()?;
+    let before = port_maps(&c, "h1")?;
+    let h1_log = c.agent_log("h1")?.lines().count();
+    let h2_before = port_maps(&c, "h2")?;
+
+    // A VM comes up on network b, on h2: h1 serves no port of b and routes nothing to it.
+    c.add_vm_later(VmSpec::new("v3", "b", "h2"))?;
+    c.etcd_apply()?;
+    c.wait_port_attached("v3", WAIT)?;
+    let h2_after = port_maps(&c, "h2")?;
+    ensure!(
+        h2_after != h2_before,
+        "h2 serves network b: its maps take the new port"
+    );
+    c.ping_ok("v2", c.ip("v3")?, 2)?;
+    let after = port_maps(&c, "h1")?;
+    ensure!(
+        after == before,
+        "h1 has no port on network b: its maps must not change"
+    );
+    let log = c.agent_log("h1")?;
+    let new_lines: Vec<&str> = log.lines().skip(h1_log).collect();
+    ensure!(
+        !new_lines.iter().any(|l| l.contains(" applied ")),
+        "h1 applies nothing for a change on network b: {new_lines:?}"
+    );
     Ok(())
 }

@@ -7,9 +7,7 @@
 //! the router address the sender used, out of the interface it came in on ([`check4`]);
 //! IPv6 too long at all ([`exceeds6`]): the pipeline ends ([`too_big6`]) and its caller
 //! answers with packet too big (`icmp6::answer`, [`icmp6_error`]) from the address it
-//! knows. Too long without DF: fragmented once delivered
-//! ([`deliver4`]).
-//! A GSO packet is measured by the segments it will be cut into (as the kernel's
+//! knows. Too long without DF: fragmented once delivered ([`deliver4`]). A GSO packet is measured by the segments it will be cut into (as the kernel's
 //! `skb_gso_validate_network_len`); one whose segments do not fit and may not carry DF is
 //! not fragmented (`drop_frag_failed`). A route without an MTU (0) fits everything.
 //!
@@ -117,7 +115,8 @@ pub fn icmp6_error(ctx: &TcContext, v: &Verdict) -> Option<u32> {
     }
 }
 
-/// The interface a packet to `loc` leaves by: its tap, or the tunnel.
+/// The interface a delivery to a port leaves by: its local tap `ifindex`, or the tunnel
+/// when the port is remote (0).
 #[inline(always)]
 pub fn out_ifindex(ifindex: u32, cfg: &HostConfig) -> u32 {
     if ifindex != 0 {

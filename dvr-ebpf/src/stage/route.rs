@@ -139,7 +139,7 @@ fn outbound(
 
 /// The interface the frame came in on.
 #[inline(always)]
-pub fn ifindex_of(ctx: &TcContext) -> u32 {
+fn ifindex_of(ctx: &TcContext) -> u32 {
     // SAFETY: the context pointer is valid for the program's run.
     unsafe { (*ctx.skb.skb).ifindex }
 }

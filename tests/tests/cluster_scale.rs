@@ -15,11 +15,15 @@
 //!
 //! Needs root, bpffs, etcd and the built agent; run with `--test-threads=1`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use dvr_common::l2::{FdbEntry, FdbKey, FloodSet};
+use dvr_common::port::LocalPort;
+use dvr_common::route::{Endpoint, IpKey};
 use dvr_tests::cmd::{self, wait_until};
-use dvr_tests::{Topology, VmSpec, require_etcd_preconditions};
+use dvr_tests::{Cloud, Topology, VmSpec, require_etcd_preconditions};
 use dvr_userspace::maps::HostMaps;
 use serde_json::{Value, json};
 
@@ -123,23 +127,24 @@ fn a_snapshot_larger_than_the_grpc_default_is_read_in_pages() -> Result<()> {
     Ok(())
 }
 
-/// Every map of `host` that a port or network change could touch.
-fn port_maps(
-    c: &dvr_tests::Cloud,
-    host: &str,
-) -> Result<(
-    std::collections::BTreeMap<dvr_common::l2::FdbKey, dvr_common::l2::FdbEntry>,
-    std::collections::BTreeMap<dvr_common::route::IpKey, dvr_common::route::Endpoint>,
-    std::collections::BTreeMap<u32, dvr_common::port::LocalPort>,
-    std::collections::BTreeMap<u32, dvr_common::l2::FloodSet>,
-)> {
+/// The maps of a host that a port or network change could touch.
+#[derive(Debug, PartialEq)]
+struct PortMaps {
+    fdb: BTreeMap<FdbKey, FdbEntry>,
+    endpoints: BTreeMap<IpKey, Endpoint>,
+    local_ports: BTreeMap<u32, LocalPort>,
+    flood: BTreeMap<u32, FloodSet>,
+}
+
+/// [`PortMaps`] as `host`'s datapath holds them.
+fn port_maps(c: &Cloud, host: &str) -> Result<PortMaps> {
     let maps = HostMaps::open(&c.pin_dir(host)?)?;
-    Ok((
-        maps.fdb.read()?,
-        maps.endpoints.read()?,
-        maps.local_ports.read()?,
-        maps.flood.read()?,
-    ))
+    Ok(PortMaps {
+        fdb: maps.fdb.read()?,
+        endpoints: maps.endpoints.read()?,
+        local_ports: maps.local_ports.read()?,
+        flood: maps.flood.read()?,
+    })
 }
 
 #[test]

@@ -137,10 +137,7 @@ pub(super) fn add_routes(out: &mut MapEntries, c: &Compiler<'_>, mine: &HashSet<
                 router_id_be: fnv1a32(iface.router_id).to_be(),
                 ip_be: be(cidr.network()),
             };
-            let route = Route {
-                nexthop_be: 0,
-                ..route_via(c.state, iface)
-            };
+            let route = route_via(c.state, iface);
             out.routes.insert(
                 (ROUTE_KEY_PREFIX_BITS + u32::from(cidr.prefix_len()), key),
                 route,

@@ -38,6 +38,8 @@ pub struct TraceProbe {
     pub dst_mac: Option<String>,
     /// Tunnel metadata: (VNI, remote tunnel IP).
     pub tunnel: Option<(u32, Ipv4Addr)>,
+    /// IP length and the DF flag (`--len`, `--df`), held against each network's MTU.
+    pub size: Option<(u16, bool)>,
 }
 
 impl TraceProbe {
@@ -59,7 +61,20 @@ impl TraceProbe {
             src_mac: None,
             dst_mac: None,
             tunnel: None,
+            size: None,
         }
+    }
+
+    /// Sent to `dst` (a gateway MAC: routed), from the tap's port MAC.
+    pub fn dst_mac(mut self, dst: &str) -> TraceProbe {
+        self.dst_mac = Some(dst.into());
+        self
+    }
+
+    /// `len` bytes of IP, DF set when `df`.
+    pub fn size(mut self, len: u16, df: bool) -> TraceProbe {
+        self.size = Some((len, df));
+        self
     }
 
     pub fn macs(mut self, src: &str, dst: &str) -> TraceProbe {
@@ -105,6 +120,12 @@ impl TraceProbe {
                 "--remote".into(),
                 remote.to_string(),
             ]);
+        }
+        if let Some((len, df)) = self.size {
+            a.extend(["--len".into(), len.to_string()]);
+            if df {
+                a.push("--df".into());
+            }
         }
         a.push("--json".into());
         a

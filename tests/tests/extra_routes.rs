@@ -24,7 +24,7 @@ use anyhow::{Context, Result, ensure};
 use dvr_common::route::{ROUTE_KEY_PREFIX_BITS, RouteKey};
 use dvr_tests::cmd::{self, wait_until};
 use dvr_tests::state::AddressPair;
-use dvr_tests::{Cloud, Topology, VmSpec, require_preconditions};
+use dvr_tests::{Cloud, Topology, TraceProbe, VmSpec, require_preconditions};
 use dvr_userspace::compile::fnv1a32;
 use dvr_userspace::maps::HostMaps;
 use serde_json::json;
@@ -139,19 +139,8 @@ fn extra_route_to_a_vm_router_on_another_host_works_both_ways() -> Result<()> {
         c.vm("v1")?.tap.clone(),
         c.network("a")?.gateway_mac.clone().unwrap_or_default(),
     );
-    let (src, dst) = (v1.to_string(), BRANCH_IP.to_string());
-    let args = [
-        "trace",
-        "--in",
-        &tap,
-        "--src",
-        &src,
-        "--dst",
-        &dst,
-        "--dst-mac",
-        &gw_mac,
-    ];
-    let traced = cmd::stdout(&c.dvrctl("h1", &args)?);
+    let probe = TraceProbe::udp(&tap, v1, 40000, BRANCH_IP, 9).dst_mac(&gw_mac);
+    let traced = c.trace("h1", &probe)?.render();
     ensure!(
         traced.contains(&format!("by extra route via {vr}")) && traced.contains("routed"),
         "dvrctl trace follows the extra route to vr:\n{traced}"

@@ -48,7 +48,8 @@ use dvr_tests::cmd::{self, exec_with_deadline};
 use dvr_tests::ipv6::SLAAC_DEADLINE;
 use dvr_tests::pmtu::{Fragment, icmp_errors, local_mtu_errors, mtu_in, reassembled};
 use dvr_tests::{
-    Capture, Cloud, Counters, EXT, INTERNET_HOST, Topology, VmSpec, require_preconditions,
+    Capture, Cloud, Counters, EXT, INTERNET_HOST, Topology, TraceProbe, VmSpec,
+    require_preconditions,
 };
 
 const MIB: usize = 1 << 20;
@@ -178,30 +179,15 @@ fn east_west_into_a_smaller_mtu_network() -> Result<()> {
         c.vm("va")?.tap.clone(),
         c.network("a")?.gateway_mac.clone().unwrap_or_default(),
     );
-    let (src, dst) = (c.ip("va")?.to_string(), b.to_string());
-    let trace = |extra: &[&str]| -> Result<String> {
-        let mut args = vec![
-            "trace",
-            "--in",
-            &tap,
-            "--src",
-            &src,
-            "--dst",
-            &dst,
-            "--dst-mac",
-            &gw_mac,
-            "--len",
-            "1450",
-        ];
-        args.extend_from_slice(extra);
-        Ok(cmd::stdout(&c.dvrctl("h1", &args)?))
-    };
-    let with_df = trace(&["--df"])?;
+    let probe = TraceProbe::udp(&tap, c.ip("va")?, 40000, b, 9).dst_mac(&gw_mac);
+    let trace =
+        |df: bool| -> Result<String> { Ok(c.trace("h1", &probe.clone().size(1450, df))?.render()) };
+    let with_df = trace(true)?;
     ensure!(
         with_df.contains("ICMP fragmentation needed (mtu 1400)") && with_df.contains(&s(gw_a)),
         "dvrctl trace --len 1450 --df: answered from {gw_a} with mtu 1400:\n{with_df}"
     );
-    let without = trace(&[])?;
+    let without = trace(false)?;
     ensure!(
         without.contains("sent as 2 fragments"),
         "dvrctl trace --len 1450: two fragments:\n{without}"
@@ -316,31 +302,17 @@ fn ipv6_into_a_smaller_mtu_network_gets_packet_too_big() -> Result<()> {
         "va's kernel must have learned path MTU 1400 towards {b6}, has {cached:?}"
     );
     let sent = before.wait_delta(&c, "h1", Stat::IcmpTooBig, 1)?;
-    let (tap, src, dst) = (
-        c.vm("va")?.tap.clone(),
-        c.ip6("va")?.to_string(),
-        b6.to_string(),
-    );
+    let tap = c.vm("va")?.tap.clone();
     let gw_mac = c
         .network6("a")?
         .gateway_mac
         .clone()
         .or(c.network("a")?.gateway_mac.clone())
         .unwrap_or_default();
-    let args = [
-        "trace",
-        "--in",
-        &tap,
-        "--src",
-        &src,
-        "--dst",
-        &dst,
-        "--dst-mac",
-        &gw_mac,
-        "--len",
-        "1450",
-    ];
-    let traced = cmd::stdout(&c.dvrctl("h1", &args)?);
+    let probe = TraceProbe::udp(&tap, c.ip6("va")?, 40000, b6, 9)
+        .dst_mac(&gw_mac)
+        .size(1450, false);
+    let traced = c.trace("h1", &probe)?.render();
     ensure!(
         traced.contains(&format!("ICMPv6 packet too big (mtu 1400) from {gw6_a}")),
         "dvrctl trace --len 1450 predicts packet too big from {gw6_a}:\n{traced}"

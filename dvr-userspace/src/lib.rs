@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod model;
 pub mod ndp;
 pub mod reconcile;
+pub mod scope;
 pub mod source;
 #[cfg(test)]
 pub(crate) mod testing;

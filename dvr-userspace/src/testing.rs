@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::compile::{Compiled, compile, fnv1a32};
 use crate::model::{FieldError, Mac, State, StateError, display_lines};
+use crate::scope::Store;
 
 // ---------------------------------------------------------------------------------------------
 // The model's fixture state and how tests edit it.
@@ -283,10 +284,50 @@ pub(crate) fn ip(a: u8, b: u8, c: u8, d: u8) -> u32 {
 }
 
 pub(crate) fn compiled(v: &Value, host: &str, taps: &dyn Fn(&str) -> Option<u32>) -> Compiled {
-    match compile(&state_of(v), host, None, taps) {
+    let full = match compile(&state_of(v), host, None, taps) {
         Ok(c) => c,
         Err(e) => panic!("compile {host}: {e}"),
+    };
+    assert_view_compiles_alike(v, host, taps, &full);
+    full
+}
+
+/// Compiling `host`'s view of `v` (what the agent compiles in a cluster) gives `full`.
+#[track_caller]
+pub(crate) fn assert_view_compiles_alike(
+    v: &Value,
+    host: &str,
+    taps: &dyn Fn(&str) -> Option<u32>,
+    full: &Compiled,
+) {
+    let store = match Store::of_doc(&v.to_string()) {
+        Ok(s) => s,
+        Err(e) => panic!("{e}"),
+    };
+    let view = store.view(host);
+    let state = match State::from_json(&store.doc(&view)) {
+        Ok(s) => s,
+        Err(e) => panic!("{host}'s view does not validate:\n{e}"),
+    };
+    match compile(&state, host, None, taps) {
+        Ok(c) => assert!(
+            c == *full,
+            "{host}'s view ({} of {} resources) compiles differently:\n{}",
+            view.len(),
+            store.len(),
+            compiled_diff(full, &c)
+        ),
+        Err(e) => panic!("{host}'s view does not compile: {e}"),
     }
+}
+
+/// Which parts of two compiles differ (for a failing comparison).
+fn compiled_diff(a: &Compiled, b: &Compiled) -> String {
+    let (ea, eb) = (format!("{:#?}", a), format!("{:#?}", b));
+    let (la, lb): (Vec<&str>, Vec<&str>) = (ea.lines().collect(), eb.lines().collect());
+    let only_a: Vec<&&str> = la.iter().filter(|l| !lb.contains(l)).take(30).collect();
+    let only_b: Vec<&&str> = lb.iter().filter(|l| !la.contains(l)).take(30).collect();
+    format!("full only: {only_a:#?}\nview only: {only_b:#?}")
 }
 
 pub(crate) fn fdb(ifindex: u32, tunnel_ip_host: u32, gw_mac: Mac) -> FdbEntry {

@@ -14,7 +14,11 @@
 //! - CENTRAL | VIP: the port is a VIP port ([`super::vip`]) and H does SNAT for the router.
 //!   ARP and NAT here; the VM that holds the VIP is the one the datapath learned (`VIP_LOC`).
 //! - Otherwise, only if H has external and the FIP is on one of its external networks:
-//!   unassociated ones are dropped (`FIP_UNASSOCIATED`), others are known but not served.
+//!   unassociated ones are dropped (`FIP_UNASSOCIATED`); those whose port is bound to H or
+//!   whose router is a router of H are known but not served (dropped as `fip not here`).
+//!   FIPs of other hosts' ports on other routers are no business of H (as in Neutron, whose
+//!   FIP namespaces hold their host's FIPs): a large cloud's FIP changes reach the hosts
+//!   they concern, and every host with external only for (un)allocations.
 //!   VIP FIPs are never REMOTE (like other central ones).
 //!
 //! An HA router's central FIPs carry `FIP_HA` while its role is elected (see [`super::ha`]).
@@ -127,8 +131,18 @@ pub(super) fn add_floating_ips(
         let fip_be = be(fip.floating_ip_address);
         let on_my_external =
             ext.is_some_and(|e| e.networks.contains(fip.floating_network_id.as_str()));
+        // Whether the FIP is any of H's business beyond its address: its port is bound to H
+        // or its router is one of H's. Others are left to the hosts they concern, so that a
+        // host holds (and recompiles for) only its share of a large cloud's FIPs.
+        let concerns_me = |port: Option<&crate::model::Port>, router: Option<&str>| {
+            port.is_some_and(|p| p.host_id.as_deref() == Some(c.host))
+                || router.is_some_and(|r| my_routers.contains(r))
+        };
         let Some(t) = FipTarget::of(c, fip) else {
-            if on_my_external {
+            let port = fip.port_id.as_deref().and_then(|p| state.port(p));
+            if on_my_external
+                && (fip.port_id.is_none() || concerns_me(port, fip.router_id.as_deref()))
+            {
                 let entry = FipEntry {
                     flags: FIP_UNASSOCIATED,
                     ..FipEntry::default()
@@ -229,7 +243,7 @@ pub(super) fn add_floating_ips(
                 ..base
             };
             out.fips.insert(fip_be, entry);
-        } else if on_my_external {
+        } else if on_my_external && concerns_me(Some(t.port), Some(t.router_id)) {
             // Served elsewhere (on another host, centrally on the router's SNAT host, or
             // nowhere when a dvr_no_external host's or a VIP's router has none), or its tap is
             // not here yet, or its port is unbound and no VIP: known, so its traffic is
@@ -449,14 +463,12 @@ mod tests {
     #[test]
     fn fip_remote_needs_a_router_of_this_host() {
         // Without vma, host-a has no port on r1's networks: r1 is not its router, and vmb's
-        // FIP is only known (host-a still has external on the FIP's network).
+        // FIP (host-b's port, r1's address) is no business of host-a's, though host-a has
+        // external on the FIP's network.
         let mut v = fip_fixture();
         elem(&mut v, "ports", "id", "vma")["binding:host_id"] = "host-c".into();
         let c = compiled(&v, "host-a", &fip_taps);
-        assert_eq!(
-            c.entries.fips.get(&ip(10, 5, 2, 2)),
-            Some(&fip_known(ip(192, 168, 2, 20), FVNI2))
-        );
+        assert_eq!(c.entries.fips.get(&ip(10, 5, 2, 2)), None);
         assert!(c.entries.ext_deny.is_empty());
         assert!(c.served_fips.is_empty());
         // fg-a's gateway is still learned.

@@ -105,7 +105,9 @@ impl Links {
                 l.group("fipaddr:", text(v, "floating_ip_address"));
                 l.group("fipport:", text(v, "port_id"));
                 l.group("fiprouter:", text(v, "router_id"));
-                l.group("fipnet:", text(v, "floating_network_id"));
+                if text(v, "port_id").is_none() {
+                    l.group("fipfree:", text(v, "floating_network_id"));
+                }
             }
             "hosts" => l.groups.push("hosts".into()),
             "security_groups" => {

@@ -74,7 +74,11 @@ fn cloud(seed: u64) -> Value {
     for (h, host) in hosts.iter().enumerate() {
         if host.get("external_interface").is_some() && r.chance(50) {
             // Some unbound: found by device_id, as Neutron sets it.
-            let bound = if r.chance(50) { host_name(h) } else { String::new() };
+            let bound = if r.chance(50) {
+                host_name(h)
+            } else {
+                String::new()
+            };
             ports.push(json!({"id": format!("fg-{h}"), "network_id": "ext",
                 "mac_address": next_mac(), "device_owner": "network:floatingip_agent_gateway",
                 "device_id": host_name(h), "binding:host_id": bound,

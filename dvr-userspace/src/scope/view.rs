@@ -7,8 +7,8 @@
 //!   bound to H (SNAT), and the HA routers listing H as a candidate;
 //! - every port and subnet of the networks of H's ports and of its routers' ports, and
 //!   the floating IPs of those ports and of its routers;
-//! - when H has external: the external networks it serves and their floating IPs (the
-//!   unassociated ones answer there);
+//! - when H has external: the external networks it serves and their unassociated floating
+//!   IPs (dropped and counted there);
 //! - the security groups of H's ports, their rules, and the members of the groups their
 //!   rules name as remote;
 //! - the router interfaces of every network in the view (a floating IP without a router
@@ -103,7 +103,7 @@ impl Store {
             }
             for n in &ext {
                 seeds.push(Arc::from(format!("networks/{n}")));
-                seeds.extend(self.group(&format!("fipnet:{n}")).cloned());
+                seeds.extend(self.group(&format!("fipfree:{n}")).cloned());
             }
         }
         // Security groups of H's ports: their rules, and the members of remote groups.

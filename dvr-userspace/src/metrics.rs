@@ -32,6 +32,11 @@ pub struct AgentMetrics {
     pub entries_upserted: u64,
     pub entries_deleted: u64,
     pub states_refused: u64,
+    /// Valid changes that touched nothing of this host's view.
+    pub changes_elsewhere: u64,
+    /// Resources in the cloud, and in this host's view of it.
+    pub cloud_resources: u64,
+    pub view_resources: u64,
     pub fips_served: u64,
     pub taps_attached: u64,
     /// Router id hash -> name, for labels.
@@ -232,6 +237,24 @@ fn encode(host: &str, dp: &DatapathReading, agent: &AgentMetrics) -> String {
             a.states_refused as f64,
         ),
         (
+            "dvr_state_changes_elsewhere_total",
+            Kind::Counter,
+            "Valid state changes that touched nothing this host serves.",
+            a.changes_elsewhere as f64,
+        ),
+        (
+            "dvr_cloud_resources",
+            Kind::Gauge,
+            "Resources in the cloud's state.",
+            a.cloud_resources as f64,
+        ),
+        (
+            "dvr_view_resources",
+            Kind::Gauge,
+            "Resources in this host's view of the state (what it compiles from).",
+            a.view_resources as f64,
+        ),
+        (
             "dvr_fips_served",
             Kind::Gauge,
             "Floating IPs served on this host.",
@@ -311,6 +334,9 @@ mod tests {
             entries_upserted: 10,
             entries_deleted: 2,
             states_refused: 1,
+            changes_elsewhere: 4,
+            cloud_resources: 30,
+            view_resources: 12,
             fips_served: 1,
             taps_attached: 2,
             routers,
@@ -361,6 +387,15 @@ dvr_map_entries_deleted_total{host="h1"} 2
 # HELP dvr_states_refused_total Invalid states refused.
 # TYPE dvr_states_refused_total counter
 dvr_states_refused_total{host="h1"} 1
+# HELP dvr_state_changes_elsewhere_total Valid state changes that touched nothing this host serves.
+# TYPE dvr_state_changes_elsewhere_total counter
+dvr_state_changes_elsewhere_total{host="h1"} 4
+# HELP dvr_cloud_resources Resources in the cloud's state.
+# TYPE dvr_cloud_resources gauge
+dvr_cloud_resources{host="h1"} 30
+# HELP dvr_view_resources Resources in this host's view of the state (what it compiles from).
+# TYPE dvr_view_resources gauge
+dvr_view_resources{host="h1"} 12
 # HELP dvr_fips_served Floating IPs served on this host.
 # TYPE dvr_fips_served gauge
 dvr_fips_served{host="h1"} 1

@@ -18,6 +18,7 @@ mod ha;
 mod links;
 mod options;
 mod ra;
+mod state;
 mod sync;
 mod underlay;
 
@@ -55,6 +56,7 @@ use ha::{HaUpkeep, Me};
 use links::{Ifaces, Links};
 use ra::Advertiser;
 pub use ra::RaInterval;
+use state::{Held, Outcome};
 use sync::Reconciler;
 use underlay::UnderlayCheck;
 
@@ -119,6 +121,8 @@ pub struct Agent {
     host: String,
     source_desc: String,
     source: Source,
+    /// The cloud as last read, and this host's view of it.
+    held: Held,
     current: Current,
     dp: Datapath,
     opts: Options,
@@ -146,12 +150,13 @@ impl Agent {
     ) -> Result<Self, AgentError> {
         let source_desc = spec.describe();
         let ha_shared = election::Shared::default();
-        let (mut source, mut text) = Source::open(spec, host, &ha_shared, &STOP)?;
+        let (mut source, mut update) = Source::open(spec, host, &ha_shared, &STOP)?;
         let err = |msg: String| AgentError::State {
             source_desc: source_desc.clone(),
             msg,
         };
         let mut links = Links::open();
+        let mut held = Held::new(host);
         // Parse and compile before touching the host, so a state that names no such host or
         // cannot be compiled is refused up front too. A file is refused at once (exit code
         // 1); a cluster store may simply not be filled yet, so the agent waits for a usable
@@ -159,21 +164,22 @@ impl Agent {
         let (current, first, ifaces) = loop {
             let ha_view = source.ha_runtime();
             let ifaces = links.list().unwrap_or_default();
-            match parse_and_compile(
-                &text.take().unwrap_or_default(),
-                host,
-                ha_view.as_ref(),
-                &ifaces,
-            ) {
+            let outcome = update.take().map_or(Outcome::Same, |u| held.apply(u));
+            let result = match outcome {
+                Outcome::View(state) => compile_view(*state, host, ha_view.as_ref(), &ifaces),
+                Outcome::Refused(e) => Err(e),
+                Outcome::Same | Outcome::Elsewhere => Err("no usable state yet".into()),
+            };
+            match result {
                 Ok((s, c)) => break (Current::new(s, ha_view, &c), c, ifaces),
                 Err(e) if matches!(spec, SourceSpec::File(_)) => return Err(err(e)),
                 Err(e) => {
                     warn!(error = %e, "no usable state in etcd yet; waiting for one");
-                    while text.is_none() {
+                    while update.is_none() {
                         if STOP.load(Ordering::SeqCst) {
                             return Err(err("stopped while waiting for a usable state".into()));
                         }
-                        text = source.poll(Some(Duration::from_millis(200)))?;
+                        update = source.poll(Some(Duration::from_millis(200)));
                     }
                 }
             }
@@ -184,6 +190,7 @@ impl Agent {
             host: host.into(),
             source_desc,
             source,
+            held,
             current,
             dp,
             opts,
@@ -233,7 +240,7 @@ impl Agent {
     /// (compiling once), then, when `periodic`, the periodic work (ARP, conntrack GC).
     pub fn tick(&mut self, periodic: bool) -> Result<(), AgentError> {
         let polled = Instant::now();
-        let text = self.source.poll(None)?;
+        let update = self.source.poll(None);
         let ha_changed = self.source.take_ha_change();
         if ha_changed {
             let rt = self.source.ha_runtime();
@@ -243,7 +250,21 @@ impl Agent {
         }
         let links_due = self.links.due();
         let mut applied = false;
-        if text.is_some() || ha_changed || links_due {
+        let outcome = update.map(|u| self.held.apply(u));
+        let figures = self.held.figures;
+        self.note(|m| {
+            m.cloud_resources = figures.cloud as u64;
+            m.view_resources = figures.view as u64;
+        });
+        if matches!(outcome, Some(Outcome::Elsewhere)) {
+            tracing::debug!(
+                checked = figures.checked,
+                "a valid change elsewhere in the cloud: nothing of this host's"
+            );
+            self.note(|m| m.changes_elsewhere += 1);
+        }
+        let news = matches!(outcome, Some(Outcome::View(_) | Outcome::Refused(_)));
+        if news || ha_changed || links_due {
             // A failed listing keeps the taps as last seen.
             let ifaces = match self.links.list() {
                 Some(l) => l,
@@ -251,20 +272,26 @@ impl Agent {
             };
             let mut compiled = None;
             let mut force = ha_changed;
-            if let Some(text) = text {
-                self.change_seen = Some(polled);
-                let ha_view = self.current.ha_view.clone();
-                match parse_and_compile(&text, &self.host, ha_view.as_ref(), &ifaces) {
-                    Ok((s, c)) => {
-                        self.current = Current::new(s, ha_view, &c);
-                        self.check_underlay();
-                        compiled = Some(c);
-                        force = true;
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "refused new state; keeping the last good one");
-                        self.note(|m| m.states_refused += 1);
-                    }
+            let ha_view = self.current.ha_view.clone();
+            let new = match outcome {
+                Some(Outcome::View(state)) => {
+                    self.change_seen = Some(polled);
+                    Some(compile_view(*state, &self.host, ha_view.as_ref(), &ifaces))
+                }
+                Some(Outcome::Refused(e)) => Some(Err(e)),
+                _ => None,
+            };
+            match new {
+                None => {}
+                Some(Ok((s, c))) => {
+                    self.current = Current::new(s, ha_view, &c);
+                    self.check_underlay();
+                    compiled = Some(c);
+                    force = true;
+                }
+                Some(Err(e)) => {
+                    warn!(error = %e, checked = figures.checked, "refused new state; keeping the last good one");
+                    self.note(|m| m.states_refused += 1);
                 }
             }
             applied = self.apply(compiled, &ifaces, force)?;
@@ -547,7 +574,8 @@ impl Agent {
 
     /// Run until SIGTERM/SIGINT. The datapath stays in place: see [`Datapath::release`].
     pub fn run(mut self) -> Result<(), AgentError> {
-        info!(host = %self.host, source = %self.source_desc, "ready");
+        let f = self.held.figures;
+        info!(host = %self.host, source = %self.source_desc, resources = f.cloud, view = f.view, "ready");
         let mut i: u32 = 0;
         let every = (POLL.as_millis() / STATE_POLL.as_millis()).max(1) as u32;
         while !STOP.load(Ordering::SeqCst) {
@@ -565,14 +593,13 @@ impl Agent {
     }
 }
 
-/// Parse and validate `text`, and compile it for `host` against `ifaces`: once per change.
-fn parse_and_compile(
-    text: &str,
+/// Compile the host's view `state` for `host` against `ifaces`: once per change.
+fn compile_view(
+    state: State,
     host: &str,
     ha_view: Option<&HaRuntime>,
     ifaces: &Ifaces,
 ) -> Result<(State, Compiled), String> {
-    let state = State::from_json(text).map_err(|e| e.to_string())?;
     let compiled = compile::compile(&state, host, ha_view, &|tap| ifaces.get(tap).copied())
         .map_err(|e| e.to_string())?;
     Ok((state, compiled))

@@ -121,7 +121,12 @@ impl Store {
         self.nodes.get(key).map(|n| &*n.value)
     }
 
-    /// Every key and value, in key order (a copy, for a full validation).
+    /// Every key with its value and order, in no particular order.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &str, u64)> {
+        self.nodes.iter().map(|(k, n)| (&**k, &*n.value, n.order))
+    }
+
+    /// Every key and value, in key order.
     pub fn kvs(&self) -> BTreeMap<&str, &str> {
         self.nodes.iter().map(|(k, n)| (&**k, &*n.value)).collect()
     }
@@ -132,8 +137,9 @@ impl Store {
         let Some((kind, id)) = split(key) else {
             return false;
         };
-        if let Some(old) = self.nodes.get(key) {
+        if let Some(old) = self.nodes.get_mut(key) {
             if value.as_deref() == Some(&*old.value) {
+                old.order = order;
                 return false;
             }
         } else if value.is_none() {
@@ -219,7 +225,8 @@ impl Store {
         self.referrers.get(key).into_iter().flatten()
     }
 
-    fn links(&self, key: &str) -> Option<&Links> {
+    /// What a key's resource names and belongs to.
+    pub fn links(&self, key: &str) -> Option<&Links> {
         self.nodes.get(key).map(|n| &n.links)
     }
 

@@ -14,9 +14,10 @@ use etcd_client::{
 };
 use tracing::{info, warn};
 
-use super::error::{SourceError, StateError};
+use super::StateUpdate;
+use super::error::SourceError;
 use super::ha::{self, Election};
-use super::kv::{self, ALIVE, KINDS, PREFIX};
+use super::kv::{ALIVE, KINDS, PREFIX};
 use crate::compile::HaRuntime;
 
 /// Lease TTL of an agent's `alive/` key, seconds.
@@ -147,7 +148,8 @@ async fn read_paged(
             let msg = e.to_string();
             let what = if msg.contains("message length too large") {
                 format!(
-                    "snapshot page {} ({PAGE_KEYS} keys from {}) exceeds the client's                      {MAX_MESSAGE}-byte message limit: {msg}",
+                    "snapshot page {} ({PAGE_KEYS} keys from {}) exceeds the client's \
+                     {MAX_MESSAGE}-byte message limit: {msg}",
                     pages + 1,
                     String::from_utf8_lossy(&from)
                 )
@@ -339,7 +341,6 @@ pub struct EtcdSource {
     rx: mpsc::Receiver<Update>,
     /// A message received while waiting, not handled yet.
     stash: Option<Update>,
-    kvs: BTreeMap<String, String>,
     lost: bool,
     /// What the agent shares with the HA election.
     ha: ha::Shared,
@@ -355,7 +356,6 @@ impl EtcdSource {
         Ok(Self {
             rx,
             stash: None,
-            kvs: BTreeMap::new(),
             lost: false,
             ha: ha.clone(),
             ha_rt: HaRuntime::default(),
@@ -387,10 +387,11 @@ impl EtcdSource {
         &self.ha
     }
 
-    /// A new state document if the keys changed since the last call; `wait` blocks for
-    /// news up to that long.
-    pub fn poll(&mut self, wait: Option<Duration>) -> Result<Option<String>, StateError> {
-        let mut changed = false;
+    /// What changed since the last call: a snapshot (with the changes after it applied) or
+    /// the changes in order, keys without [`PREFIX`]; `wait` blocks for news up to that long.
+    pub fn poll(&mut self, wait: Option<Duration>) -> Option<StateUpdate> {
+        let mut snapshot: Option<BTreeMap<String, String>> = None;
+        let mut changes: Vec<(String, Option<String>)> = Vec::new();
         let mut first = self
             .stash
             .take()
@@ -404,26 +405,39 @@ impl EtcdSource {
                 },
             };
             match msg {
-                Update::Snapshot {
-                    kvs: snap,
-                    revision,
-                } => {
+                Update::Snapshot { kvs, revision } => {
                     if self.lost {
                         info!(revision, "etcd back: resynced from a fresh snapshot");
                     }
                     self.lost = false;
-                    self.kvs = snap;
-                    changed = true;
+                    let strip = |k: String| k.strip_prefix(PREFIX).map(str::to_string);
+                    snapshot = Some(
+                        kvs.into_iter()
+                            .filter_map(|(k, v)| Some((strip(k)?, v)))
+                            .collect(),
+                    );
+                    changes.clear();
                 }
-                Update::Changes { changes, revision } => {
-                    for (k, v) in changes {
-                        match v {
-                            Some(v) => self.kvs.insert(k, v),
-                            None => self.kvs.remove(&k),
+                Update::Changes {
+                    changes: batch,
+                    revision,
+                } => {
+                    for (k, v) in batch {
+                        let Some(k) = k.strip_prefix(PREFIX).map(str::to_string) else {
+                            continue;
+                        };
+                        match &mut snapshot {
+                            Some(snap) => match v {
+                                Some(v) => snap.insert(k, v),
+                                None => snap.remove(&k),
+                            },
+                            None => {
+                                changes.push((k, v));
+                                None
+                            }
                         };
                     }
                     tracing::debug!(revision, "etcd changes");
-                    changed = true;
                 }
                 Update::Ha(rt) => {
                     self.ha_rt = rt;
@@ -437,13 +451,11 @@ impl EtcdSource {
                 }
             }
         }
-        if !changed {
-            return Ok(None);
+        match snapshot {
+            Some(s) => Some(StateUpdate::Snapshot(s)),
+            None if changes.is_empty() => None,
+            None => Some(StateUpdate::Changes(changes)),
         }
-        kv::from_kvs(&self.kvs).map(Some).map_err(|e| StateError {
-            source_desc: "etcd".into(),
-            msg: e.to_string(),
-        })
     }
 }
 

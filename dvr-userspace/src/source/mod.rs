@@ -21,6 +21,7 @@ pub mod ha;
 mod kv;
 
 use std::{
+    collections::BTreeMap,
     path::PathBuf,
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
@@ -52,6 +53,18 @@ impl SourceSpec {
     }
 }
 
+/// What changed in the state since the source last said.
+#[derive(Debug)]
+pub enum StateUpdate {
+    /// A whole state document (a state file, read anew on each write).
+    Document(String),
+    /// Every resource, by key (`<kind>/<id>`, the etcd key without [`PREFIX`]): an etcd
+    /// snapshot, at start and on resync.
+    Snapshot(BTreeMap<String, String>),
+    /// Resources set (`Some`) or deleted (`None`) since, by key as in `Snapshot`, in order.
+    Changes(Vec<(String, Option<String>)>),
+}
+
 /// The live side of a source.
 pub enum Source {
     File(FileSource),
@@ -59,7 +72,7 @@ pub enum Source {
 }
 
 impl Source {
-    /// Open the source and return it with the first state document. For etcd this waits
+    /// Open the source and return it with the first state. For etcd this waits
     /// for the first snapshot (the pinned datapath keeps forwarding meanwhile), or until
     /// `stop` is set.
     pub fn open(
@@ -67,7 +80,7 @@ impl Source {
         host: &str,
         ha: &ha::Shared,
         stop: &AtomicBool,
-    ) -> Result<(Self, Option<String>), StateError> {
+    ) -> Result<(Self, Option<StateUpdate>), StateError> {
         let err = |msg: String| StateError {
             source_desc: spec.describe(),
             msg,
@@ -75,7 +88,7 @@ impl Source {
         match spec {
             SourceSpec::File(path) => {
                 let (src, text) = FileSource::open(path).map_err(|e| err(e.to_string()))?;
-                Ok((Self::File(src), Some(text)))
+                Ok((Self::File(src), Some(StateUpdate::Document(text))))
             }
             SourceSpec::Etcd(url) => {
                 let mut src =
@@ -84,8 +97,8 @@ impl Source {
                     if stop.load(Ordering::SeqCst) {
                         return Err(err("stopped before the first snapshot".into()));
                     }
-                    if let Some(text) = src.poll(Some(Duration::from_millis(200)))? {
-                        return Ok((src, Some(text)));
+                    if let Some(update) = src.poll(Some(Duration::from_millis(200))) {
+                        return Ok((src, Some(update)));
                     }
                 }
             }
@@ -126,11 +139,11 @@ impl Source {
         }
     }
 
-    /// A new state document if the source changed since the last call. `wait` blocks for
-    /// etcd news up to that long.
-    pub fn poll(&mut self, wait: Option<Duration>) -> Result<Option<String>, StateError> {
+    /// What changed since the last call, if anything. `wait` blocks for etcd news up to
+    /// that long.
+    pub fn poll(&mut self, wait: Option<Duration>) -> Option<StateUpdate> {
         match self {
-            Self::File(f) => Ok(f.poll()),
+            Self::File(f) => f.poll().map(StateUpdate::Document),
             Self::Etcd(e) => e.poll(wait),
         }
     }

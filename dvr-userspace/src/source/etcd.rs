@@ -14,10 +14,9 @@ use etcd_client::{
 };
 use tracing::{info, warn};
 
-use super::StateUpdate;
 use super::error::SourceError;
 use super::ha::{self, Election};
-use super::kv::{ALIVE, KINDS, PREFIX};
+use super::kv::{ALIVE, KINDS, PREFIX, StateUpdate};
 use crate::compile::HaRuntime;
 
 /// Lease TTL of an agent's `alive/` key, seconds.

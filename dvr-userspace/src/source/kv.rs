@@ -19,6 +19,18 @@ pub const KINDS: [&str; 9] = [
     "hosts",
 ];
 
+/// What changed in the state since the source last said.
+#[derive(Debug)]
+pub enum StateUpdate {
+    /// A whole state document (a state file, read anew on each write).
+    Document(String),
+    /// Every resource, by key (`<kind>/<id>`, the etcd key without [`PREFIX`]): an etcd
+    /// snapshot, at start and on resync.
+    Snapshot(BTreeMap<String, String>),
+    /// Resources set (`Some`) or deleted (`None`) since, by key as in `Snapshot`, in order.
+    Changes(Vec<(String, Option<String>)>),
+}
+
 /// The id field of a resource kind.
 fn id_field(kind: &str) -> &'static str {
     if kind == "hosts" { "name" } else { "id" }

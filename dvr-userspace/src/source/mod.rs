@@ -21,7 +21,6 @@ pub mod ha;
 mod kv;
 
 use std::{
-    collections::BTreeMap,
     path::PathBuf,
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
@@ -30,7 +29,7 @@ use std::{
 pub use error::{SourceError, StateError};
 use etcd::EtcdSource;
 use file::FileSource;
-pub use kv::{ALIVE, KINDS, PREFIX, from_kvs, key, to_kvs};
+pub use kv::{ALIVE, KINDS, PREFIX, StateUpdate, from_kvs, key, to_kvs};
 
 use crate::compile::HaRuntime;
 
@@ -51,18 +50,6 @@ impl SourceSpec {
             Self::Etcd(u) => format!("etcd {u}"),
         }
     }
-}
-
-/// What changed in the state since the source last said.
-#[derive(Debug)]
-pub enum StateUpdate {
-    /// A whole state document (a state file, read anew on each write).
-    Document(String),
-    /// Every resource, by key (`<kind>/<id>`, the etcd key without [`PREFIX`]): an etcd
-    /// snapshot, at start and on resync.
-    Snapshot(BTreeMap<String, String>),
-    /// Resources set (`Some`) or deleted (`None`) since, by key as in `Snapshot`, in order.
-    Changes(Vec<(String, Option<String>)>),
 }
 
 /// The live side of a source.

@@ -118,10 +118,18 @@ pub fn apply_known(
     Ok(applied)
 }
 
+/// How many entries of the agent-owned maps differ from `desired` (what an apply would write
+/// or delete), writing nothing: 0 when the datapath holds exactly `desired`.
+pub fn differences(maps: &HostMaps, desired: &MapEntries) -> Result<usize, MapsError> {
+    Ok(plan(maps, desired, None)?.iter().map(|s| s.len()).sum())
+}
+
 /// One agent-owned map's part of an apply: what to write and what to delete.
 trait Step {
     fn upsert(&self, maps: &mut HostMaps) -> Result<usize, MapsError>;
     fn delete(&self, maps: &mut HostMaps) -> Result<usize, MapsError>;
+    /// Entries to write plus keys to delete.
+    fn len(&self) -> usize;
 }
 
 /// Delete `keys` from `map` (absent ones are no error); how many.
@@ -146,6 +154,9 @@ impl<T: Table> Step for Diff<T> {
     fn delete(&self, maps: &mut HostMaps) -> Result<usize, MapsError> {
         delete_keys((self.handle)(maps), &self.dels)
     }
+    fn len(&self) -> usize {
+        self.puts.len() + self.dels.len()
+    }
 }
 
 /// A map whose keys the agent decides and whose values the datapath fills (the map table's
@@ -167,6 +178,9 @@ impl<K: Pod + Ord + Default, V: Pod + PartialEq + Default> Step for KeyDiff<K, V
     }
     fn delete(&self, maps: &mut HostMaps) -> Result<usize, MapsError> {
         delete_keys((self.handle)(maps), &self.dels)
+    }
+    fn len(&self) -> usize {
+        self.puts.len() + self.dels.len()
     }
 }
 

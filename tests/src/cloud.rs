@@ -1238,6 +1238,14 @@ impl Cloud {
         })
     }
 
+    /// The pid of `host`'s running agent.
+    pub fn agent_pid(&self, host: &str) -> Result<u32> {
+        self.agents
+            .get(host)
+            .and_then(|a| a.guard.pid())
+            .ok_or_else(|| anyhow!("no agent running for {host}"))
+    }
+
     /// Starts the agent of `host` on the cloud's state file, or on etcd after
     /// [`Cloud::agents_use_etcd`] (does not wait for readiness). A restarted agent logs to new
     /// files ([`Cloud::agent_log`] shows the current agent's); earlier logs stay in the temp

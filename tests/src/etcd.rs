@@ -42,6 +42,80 @@ pub const PREFIX: &str = "/dvr/v1/";
 /// The key prefix of the agents' liveness keys.
 pub const ALIVE_PREFIX: &str = "/dvr/v1/alive/";
 
+/// One write for [`EtcdWriter`]'s thread.
+enum WriteOp {
+    Put(String, String),
+    Delete(String),
+    Compact,
+}
+
+/// Single-key writes to etcd, each acknowledged before the call returns, made by a thread
+/// that lives in the underlay namespace ([`Cloud::etcd_writer`]).
+pub struct EtcdWriter {
+    tx: Option<std::sync::mpsc::Sender<(WriteOp, std::sync::mpsc::Sender<Result<i64>>)>>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl EtcdWriter {
+    fn start(ns: &str, url: &str) -> Result<EtcdWriter> {
+        let (tx, rx) =
+            std::sync::mpsc::channel::<(WriteOp, std::sync::mpsc::Sender<Result<i64>>)>();
+        let url = url.to_string();
+        let thread = crate::bench::netns::in_netns(ns, move || {
+            let mut w =
+                dvr_userspace::source::etcd::Writer::connect(&url).map_err(|e| anyhow!("{e}"))?;
+            for (op, reply) in rx {
+                let r = match op {
+                    WriteOp::Put(k, v) => w.put(&k, &v).map(|()| 0),
+                    WriteOp::Delete(k) => w.delete(&k).map(|()| 0),
+                    WriteOp::Compact => w.compact(),
+                };
+                let _ = reply.send(r.map_err(|e| anyhow!("{e}")));
+            }
+            Ok(())
+        });
+        Ok(EtcdWriter {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    fn call(&self, op: WriteOp) -> Result<i64> {
+        let (reply, rx) = std::sync::mpsc::channel();
+        self.tx
+            .as_ref()
+            .ok_or_else(|| anyhow!("etcd writer closed"))?
+            .send((op, reply))
+            .map_err(|_| anyhow!("the etcd writer's thread has ended"))?;
+        rx.recv()
+            .map_err(|_| anyhow!("the etcd writer's thread has ended"))?
+    }
+
+    /// Put `value` at the full key `key`.
+    pub fn put(&self, key: &str, value: &str) -> Result<()> {
+        self.call(WriteOp::Put(key.into(), value.into()))
+            .map(|_| ())
+    }
+
+    pub fn delete(&self, key: &str) -> Result<()> {
+        self.call(WriteOp::Delete(key.into())).map(|_| ())
+    }
+
+    /// Compact etcd's history to its current revision; returns that revision.
+    pub fn compact(&self) -> Result<i64> {
+        self.call(WriteOp::Compact)
+    }
+}
+
+impl Drop for EtcdWriter {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Checks that etcd and etcdctl are installed.
 pub fn check_etcd_preconditions() -> Result<()> {
     let missing: Vec<&str> = [ETCD_BIN, ETCDCTL_BIN]
@@ -220,6 +294,17 @@ impl Cloud {
     pub fn agents_use_etcd(&mut self) -> Result<()> {
         self.agent_source = AgentSource::Etcd(self.etcd_url()?);
         Ok(())
+    }
+
+    /// A connection to the cloud's etcd that writes single keys, from a thread in the
+    /// underlay namespace (where etcd listens; the client connects lazily, so it lives there).
+    pub fn etcd_writer(&self) -> Result<EtcdWriter> {
+        EtcdWriter::start(self.underlay_ns(), &self.etcd_url()?)
+    }
+
+    /// Agents started from now on read the cloud's state file again.
+    pub fn agents_use_file(&mut self) {
+        self.agent_source = AgentSource::File;
     }
 
     /// The log of the current (or last) etcd run.

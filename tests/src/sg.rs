@@ -431,7 +431,13 @@ impl Cloud {
     /// of it for that host and its taps as they exist now (a state file has no election view,
     /// so `None`, as the agent does).
     pub fn compiled_entries(&self, host: &str) -> Result<compile::MapEntries> {
-        let text = serde_json::to_string(&self.state)?;
+        self.compiled_entries_of(host, &serde_json::to_value(&self.state)?)
+    }
+
+    /// [`Cloud::compiled_entries`] of another state (`state`, e.g. one written to etcd
+    /// directly), against `host`'s taps.
+    pub fn compiled_entries_of(&self, host: &str, state: &Value) -> Result<compile::MapEntries> {
+        let text = serde_json::to_string(state)?;
         let state = model::State::from_json(&text)
             .map_err(|e| anyhow!("the cloud's own state is invalid: {e}"))?;
         let agent_name = self.host(host)?.agent_name.clone();
@@ -439,6 +445,14 @@ impl Cloud {
         let compiled = compile::compile(&state, &agent_name, None, &|tap| links.get(tap).copied())
             .map_err(|e| anyhow!("compiling the cloud's state for {host}: {e}"))?;
         Ok(compiled.entries)
+    }
+
+    /// How many entries of `host`'s agent-owned maps differ from a compile of `state` (0:
+    /// exactly those entries).
+    pub fn map_differences(&self, host: &str, state: &Value) -> Result<usize> {
+        let want = self.compiled_entries_of(host, state)?;
+        let maps = HostMaps::open(&self.pin_dir(host)?)?;
+        Ok(dvr_userspace::reconcile::differences(&maps, &want)?)
     }
 
     /// The security group part of [`Cloud::compiled_entries`].

@@ -9,7 +9,8 @@
 //! - `test`: the layer check, unit tests, then the root-only multi-host integration tests.
 //! - `demo`: run the namespace demo.
 //! - `bench`: the benchmarks: eBPF datapath vs Neutron DVR's namespace datapath vs one veth
-//!   pair, and control-plane timings (release build; results in `bench/`).
+//!   pair, and control-plane timings (release build; results in `bench/`); `--scale`: the
+//!   cluster control plane at 10,000 to 100,000 ports instead.
 mod layers;
 mod run;
 mod setup;
@@ -62,6 +63,11 @@ enum Command {
         /// Measure debug builds of the agent and the benchmark instead of release builds.
         #[arg(long)]
         debug: bool,
+        /// Only the cluster control plane at cloud scale (10,000 to 100,000 ports, with etcd
+        /// and with a state file): writes bench/scale.json and bench/scale.svg. With --quick,
+        /// 10,000 ports only.
+        #[arg(long)]
+        scale: bool,
         /// Passed to dvr-bench (e.g. `--skip control`, `--fips 1000,10000`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -77,7 +83,12 @@ fn main() -> anyhow::Result<()> {
         Command::Layers => layers::run(&env.root),
         Command::Test { args } => test(&env, &args),
         Command::Demo { args } => demo(&env, &args),
-        Command::Bench { quick, debug, args } => bench(&env, quick, debug, &args),
+        Command::Bench {
+            quick,
+            debug,
+            scale,
+            args,
+        } => bench(&env, quick, debug, scale, &args),
     }
 }
 
@@ -185,7 +196,7 @@ fn demo(env: &Env, args: &[String]) -> anyhow::Result<()> {
 /// Builds the agent and `dvr-bench` (release unless `debug`: the agent's per-packet work is
 /// in BPF either way, but its control plane and the in-process compile/reconcile timing are
 /// user-space code) and runs the benchmarks with results in `<root>/bench/`.
-fn bench(env: &Env, quick: bool, debug: bool, args: &[String]) -> anyhow::Result<()> {
+fn bench(env: &Env, quick: bool, debug: bool, scale: bool, args: &[String]) -> anyhow::Result<()> {
     setup::all(env)?;
     let profile: &[&str] = if debug { &[] } else { &["--release"] };
     env.run(
@@ -201,6 +212,9 @@ fn bench(env: &Env, quick: bool, debug: bool, args: &[String]) -> anyhow::Result
     require_root("the benchmarks need root")?;
     let bin_dir = env.target_dir.join(if debug { "debug" } else { "release" });
     let mut cmd = env.command(bin_dir.join("dvr-bench"));
+    if scale {
+        cmd.arg("scale");
+    }
     cmd.arg("--out").arg(env.root.join("bench"));
     if quick {
         cmd.arg("--quick");

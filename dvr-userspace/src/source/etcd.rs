@@ -503,6 +503,71 @@ pub fn apply(url: &str, desired: &BTreeMap<String, String>) -> Result<Applied, S
     })?
 }
 
+/// One connection writing single keys, each write acknowledged before `put` returns (the
+/// scale benchmark times from there to the datapath).
+pub struct Writer {
+    rt: tokio::runtime::Runtime,
+    client: Client,
+    url: String,
+}
+
+impl Writer {
+    pub fn connect(url: &str) -> Result<Self, SourceError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| SourceError::Etcd {
+                url: url.into(),
+                msg: format!("runtime: {e}"),
+            })?;
+        let client = rt.block_on(connect(url))?;
+        Ok(Writer {
+            rt,
+            client,
+            url: url.into(),
+        })
+    }
+
+    /// Put `value` at `key` (a full key, e.g. `/dvr/v1/ports/p1`).
+    pub fn put(&mut self, key: &str, value: &str) -> Result<(), SourceError> {
+        let url = self.url.clone();
+        self.rt
+            .block_on(self.client.put(key, value, None))
+            .map_err(err(&url))?;
+        Ok(())
+    }
+
+    /// Compact the store's history up to its current revision (what an operator's
+    /// periodic compaction does); returns that revision.
+    pub fn compact(&mut self) -> Result<i64, SourceError> {
+        let url = self.url.clone();
+        let resp = self
+            .rt
+            .block_on(
+                self.client
+                    .get(PREFIX, Some(GetOptions::new().with_count_only())),
+            )
+            .map_err(err(&url))?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        self.rt
+            .block_on(self.client.compact(
+                revision,
+                Some(etcd_client::CompactionOptions::new().with_physical()),
+            ))
+            .map_err(err(&url))?;
+        Ok(revision)
+    }
+
+    /// Delete `key`.
+    pub fn delete(&mut self, key: &str) -> Result<(), SourceError> {
+        let url = self.url.clone();
+        self.rt
+            .block_on(self.client.delete(key, None))
+            .map_err(err(&url))?;
+        Ok(())
+    }
+}
+
 /// Agents registered alive: host -> seconds left on its lease.
 pub fn alive(url: &str) -> Result<BTreeMap<String, i64>, SourceError> {
     block_on(async {

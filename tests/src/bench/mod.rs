@@ -22,6 +22,8 @@
 //! - [`sg_datapath`]: the UDP packet rate to a port whose group has 1 rule vs 1,000 rules,
 //!   on both datapaths (the namespace one with Neutron's iptables firewall chains).
 //! - [`report`]: the table, `results.json` and the SVG chart.
+//! - [`scale`]: the cluster control plane at 10,000 to 100,000 ports (`dvr-bench scale`):
+//!   agent start, memory, change latency and CPU per change, with etcd and with a file.
 //! - [`verifier`]: the verifier instruction count of each BPF program (`dvr-bench verifier`).
 //!
 //! Every namespace, process and pin is owned by a guard that removes it on drop, also when a
@@ -34,6 +36,7 @@ pub mod ebpf;
 pub mod measure;
 pub mod netns;
 pub mod report;
+pub mod scale;
 pub mod sg_control;
 pub mod sg_datapath;
 pub mod verifier;

@@ -4,6 +4,7 @@
 //! ```text
 //! dvr-bench [--quick] [--out DIR] [--skip verifier,veth,ebpf,namespace,control,sg] [--fips N,..] [--hold S]
 //! dvr-bench verifier [OBJECT]
+//! dvr-bench scale [--sizes N,..] [--runs N] [--modes etcd,file] [--quick] [--out DIR]
 //! ```
 //!
 //! Builds each cloud, runs the same connectivity checks on every path, measures TCP
@@ -20,6 +21,10 @@
 //! `dvr-bench verifier` only prints the verifier instruction count of each BPF program (of
 //! the embedded object, or of the `dvr` object file OBJECT) and exits: see
 //! `dvr_tests::bench::verifier`. A full run records the same counts first.
+//!
+//! `dvr-bench scale` only measures the cluster control plane at cloud scale (10,000, 50,000
+//! and 100,000 ports by default) and writes `DIR/scale.json` and `DIR/scale.svg`: see
+//! `dvr_tests::bench::scale`.
 //!
 //! `--skip` leaves parts out, `--fips` replaces the FIP counts of the control-plane timing,
 //! `--hold S` keeps each cloud S seconds after its measurements (namespaces printed) for
@@ -38,7 +43,7 @@ use dvr_tests::bench::report::{FipChange, Report, Row};
 use dvr_tests::bench::sg_control::SgCloud;
 use dvr_tests::bench::{
     Datapath, PathEnds, Settings, bail_if_interrupted, control, ebpf, install_signal_handlers,
-    percentile, sg_control, sg_datapath, verifier, veth,
+    percentile, scale, sg_control, sg_datapath, verifier, veth,
 };
 use dvr_tests::cmd::{find_in_path, run_with_deadline, stdout};
 use dvr_tests::{check_preconditions, locate_bins};
@@ -144,10 +149,72 @@ fn verifier_only(object: Option<String>) -> ExitCode {
     }
 }
 
+/// `dvr-bench scale [--sizes N,..] [--runs N] [--modes etcd,file] [--out DIR]`: the
+/// cluster control plane at cloud scale (`dvr_tests::bench::scale`); writes DIR/scale.json
+/// and DIR/scale.svg.
+fn scale_only(args: &[String]) -> Result<()> {
+    let mut sizes = vec![10_000, 50_000, 100_000];
+    let mut runs = 50;
+    let mut modes = vec!["etcd".to_string(), "file".to_string()];
+    let mut out = PathBuf::from("bench");
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().ok_or_else(|| anyhow!("{a} needs a value"));
+        match a.as_str() {
+            "--sizes" => {
+                sizes = value()?
+                    .split(',')
+                    .map(|n| n.trim().replace('_', "").parse::<usize>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .context("--sizes: a comma-separated list of port counts")?
+            }
+            "--runs" => runs = value()?.parse().context("--runs")?,
+            "--modes" => modes = value()?.split(',').map(str::to_string).collect(),
+            "--out" => out = value()?.into(),
+            "--quick" => sizes = vec![10_000],
+            other => bail!("scale: unknown argument {other:?}"),
+        }
+    }
+    preconditions()?;
+    dvr_tests::require_etcd_preconditions();
+    let modes: Vec<&str> = modes.iter().map(String::as_str).collect();
+    let mut figures = Vec::new();
+    for &ports in &sizes {
+        bail_if_interrupted()?;
+        eprintln!("dvr-bench scale: {ports} ports ({modes:?})");
+        let f = scale::run_size(ports, runs, &modes)
+            .with_context(|| format!("the {ports}-port cloud"))?;
+        eprintln!("{}", scale::table(std::slice::from_ref(&f)));
+        figures.push(f);
+    }
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("scale.json"), serde_json::to_vec_pretty(&figures)?)?;
+    std::fs::write(out.join("scale.svg"), scale::svg(&figures))?;
+    println!("{}", scale::table(&figures));
+    println!(
+        "written: {} and {}",
+        out.join("scale.json").display(),
+        out.join("scale.svg").display()
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let mut argv = std::env::args().skip(1);
-    if argv.next().as_deref() == Some("verifier") {
-        return verifier_only(argv.next());
+    match argv.next().as_deref() {
+        Some("verifier") => return verifier_only(argv.next()),
+        Some("scale") => {
+            install_signal_handlers();
+            let rest: Vec<String> = argv.collect();
+            return match scale_only(&rest) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("dvr-bench scale: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
     }
     let args = match parse_args() {
         Ok(a) => a,

@@ -143,9 +143,12 @@ fn vm_host(shape: &Shape, n: usize, j: usize, me: &str) -> String {
 pub fn generate(base: &Value, shape: &Shape, me: &str) -> Result<Value> {
     let mut v = base.clone();
     let mut push = |list: &str, item: Value| -> Result<()> {
+        if v.get(list).is_none() {
+            v[list] = json!([]);
+        }
         v[list]
             .as_array_mut()
-            .ok_or_else(|| anyhow!("the state has no list {list}"))?
+            .ok_or_else(|| anyhow!("the state's {list} is not a list"))?
             .push(item);
         Ok(())
     };
@@ -155,7 +158,7 @@ pub fn generate(base: &Value, shape: &Shape, me: &str) -> Result<Value> {
             "hosts",
             json!({"name": host_name(g), "agent_mode": mode,
             "tunnel_ip": format!("10.250.{}.{}", g / 250, g % 250 + 1),
-            "dvr_mac": format!("fa:16:3f:{:02x}:{:02x}:01", g / 256, g % 256),
+            "dvr_mac": format!("fa:16:3f:{:02x}:{:02x}:e1", g / 256, g % 256),
             "external_interface": "eth1"}),
         )?;
     }

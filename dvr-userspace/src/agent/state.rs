@@ -19,6 +19,15 @@ use crate::model::State;
 use crate::scope::{Key, Store, split};
 use crate::source::StateUpdate;
 
+/// Give back to the system what a validation of the whole state used (glibc keeps freed
+/// heap otherwise: at 100,000 ports, a third of the agent's resident memory).
+fn trim() {
+    // SAFETY: malloc_trim only releases free heap memory; no pointer is touched.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// What an update came to.
 pub(super) enum Outcome {
     /// Nothing changed.
@@ -71,7 +80,9 @@ impl Held {
                 self.store = Store::of(kvs);
                 self.pending.clear();
                 self.figures.checked = self.store.len();
-                if let Err(e) = self.store.check_all() {
+                let checked = self.store.check_all().map(drop);
+                trim();
+                if let Err(e) = checked {
                     self.whole = true;
                     return Outcome::Refused(e.to_string());
                 }
@@ -111,7 +122,9 @@ impl Held {
 
     /// A state file: validated whole, then its changes taken as any others.
     fn document(&mut self, text: &str) -> Outcome {
-        if let Err(e) = State::from_json(text) {
+        let checked = State::from_json(text).map(drop);
+        trim();
+        if let Err(e) = checked {
             return Outcome::Refused(e.to_string());
         }
         let new = match Store::of_doc(text) {
@@ -204,7 +217,7 @@ impl Held {
         if links
             .groups
             .iter()
-            .any(|g| g == "hosts" || g == "external" || mine.contains(g))
+            .any(|g| matches!(&**g, "hosts" | "external") || mine.iter().any(|m| **m == **g))
         {
             return true;
         }
@@ -215,7 +228,7 @@ impl Held {
             // Every FIP names its external network, which is in the view of every host with
             // external there; only an unassociated one is that host's business for it.
             let skip = kind == Some("hosts") || (fip && !unassociated && kind == Some("networks"));
-            !skip && self.view.contains(r.as_str())
+            !skip && self.view.contains(r)
         })
     }
 }

@@ -5,6 +5,8 @@
 //!
 //! Keys are `<kind>/<id>` (the etcd key without its prefix). Ill-typed or missing fields
 //! are simply not links here: validation reports them.
+use std::sync::Arc;
+
 use serde_json::Value;
 
 use crate::model::OWNER_FLOATINGIP_AGENT_GATEWAY;
@@ -17,12 +19,13 @@ pub const CHECKED: [&str; 8] = [
     "net:", "seg:", "router:", "fipaddr:", "fipport:", "hosts", "sgrule:", "sg:",
 ];
 
-/// The links of one resource.
+/// The links of one resource. The store shares each name among all who hold it (a port's
+/// `networks/<id>` is one allocation however many ports name it).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Links {
-    pub refs: Vec<String>,
-    pub groups: Vec<String>,
-    pub remote_groups: Vec<String>,
+    pub refs: Vec<Arc<str>>,
+    pub groups: Vec<Arc<str>>,
+    pub remote_groups: Vec<Arc<str>>,
 }
 
 /// `<kind>/<id>`.
@@ -47,13 +50,13 @@ fn list<'a>(v: &'a Value, field: &str) -> impl Iterator<Item = &'a Value> {
 impl Links {
     fn refer(&mut self, kind: &str, id: Option<&str>) {
         if let Some(id) = id {
-            self.refs.push(key(kind, id));
+            self.refs.push(key(kind, id).into());
         }
     }
 
     fn group(&mut self, prefix: &str, id: Option<&str>) {
         if let Some(id) = id {
-            self.groups.push(format!("{prefix}{id}"));
+            self.groups.push(format!("{prefix}{id}").into());
         }
     }
 
@@ -62,7 +65,7 @@ impl Links {
         let remote = text(r, "remote_group_id");
         self.refer("security_groups", remote);
         if let Some(g) = remote {
-            self.remote_groups.push(g.to_string());
+            self.remote_groups.push(g.into());
         }
         self.refer("address_groups", text(r, "remote_address_group_id"));
         self.group("sgrule:", text(r, "id"));
@@ -160,6 +163,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn names(l: &[Arc<str>]) -> Vec<&str> {
+        l.iter().map(|s| &**s).collect()
+    }
+
     #[test]
     fn a_port_names_its_network_subnets_host_groups_and_router() {
         let v = json!({"network_id": "n1", "fixed_ips": [{"subnet_id": "s1"}, {"subnet_id": "s6"}],
@@ -167,7 +174,7 @@ mod tests {
             "device_owner": "network:router_interface_distributed", "device_id": "r1"});
         let l = Links::of("ports", "p1", &v);
         assert_eq!(
-            l.refs,
+            names(&l.refs),
             [
                 "networks/n1",
                 "subnets/s1",
@@ -178,7 +185,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            l.groups,
+            names(&l.groups),
             ["net:n1", "host:h1", "sgm:sg1", "router:r1", "rif:n1"]
         );
     }
@@ -188,13 +195,19 @@ mod tests {
         let sg = json!({"security_group_rules": [{"id": "r1", "remote_group_id": "sg2"},
             {"id": "r2", "remote_address_group_id": "ag1"}]});
         let l = Links::of("security_groups", "sg1", &sg);
-        assert_eq!(l.refs, ["security_groups/sg2", "address_groups/ag1"]);
-        assert_eq!(l.remote_groups, ["sg2"]);
-        assert_eq!(l.groups, ["sg:sg1", "sgrule:r1", "sgrule:r2"]);
+        assert_eq!(
+            names(&l.refs),
+            ["security_groups/sg2", "address_groups/ag1"]
+        );
+        assert_eq!(names(&l.remote_groups), ["sg2"]);
+        assert_eq!(names(&l.groups), ["sg:sg1", "sgrule:r1", "sgrule:r2"]);
         let rule = json!({"id": "r3", "security_group_id": "sg1", "remote_group_id": "sg1"});
         let l = Links::of("security_group_rules", "r3", &rule);
-        assert_eq!(l.refs, ["security_groups/sg1", "security_groups/sg1"]);
-        assert_eq!(l.remote_groups, ["sg1"]);
+        assert_eq!(
+            names(&l.refs),
+            ["security_groups/sg1", "security_groups/sg1"]
+        );
+        assert_eq!(names(&l.remote_groups), ["sg1"]);
     }
 
     #[test]

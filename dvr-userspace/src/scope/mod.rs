@@ -52,7 +52,19 @@ pub struct Store {
     members: HashMap<Key, HashSet<Key>>,
     /// The groups of changed resources before their first change since [`Store::settle`]:
     /// a resource leaving a group (deleted, or moved) is checked with the ones it left.
-    prior: HashMap<Key, Vec<String>>,
+    prior: HashMap<Key, Vec<Key>>,
+}
+
+/// The index entry of `name` (made if missing), with the name as the index holds it.
+fn interned<'m>(
+    index: &'m mut HashMap<Key, HashSet<Key>>,
+    name: &Key,
+) -> (Key, &'m mut HashSet<Key>) {
+    let shared = index
+        .get_key_value(name)
+        .map_or_else(|| name.clone(), |(k, _)| k.clone());
+    let set = index.entry(shared.clone()).or_default();
+    (shared, set)
 }
 
 /// `<kind>/<id>` -> (kind, id).
@@ -167,17 +179,16 @@ impl Store {
             }
             Err(e) => (Links::default(), Some(format!("is not JSON: {e}"))),
         };
-        for r in &links.refs {
-            self.referrers
-                .entry(Arc::from(r.as_str()))
-                .or_default()
-                .insert(k.clone());
+        let mut links = links;
+        for r in &mut links.refs {
+            let (shared, set) = interned(&mut self.referrers, r);
+            *r = shared;
+            set.insert(k.clone());
         }
-        for g in &links.groups {
-            self.members
-                .entry(Arc::from(g.as_str()))
-                .or_default()
-                .insert(k.clone());
+        for g in &mut links.groups {
+            let (shared, set) = interned(&mut self.members, g);
+            *g = shared;
+            set.insert(k.clone());
         }
         self.nodes.insert(
             k,
@@ -198,18 +209,18 @@ impl Store {
 
     fn unlink(&mut self, k: &Key, links: &Links) {
         for r in &links.refs {
-            if let Some(set) = self.referrers.get_mut(r.as_str()) {
+            if let Some(set) = self.referrers.get_mut(r) {
                 set.remove(k);
                 if set.is_empty() {
-                    self.referrers.remove(r.as_str());
+                    self.referrers.remove(r);
                 }
             }
         }
         for g in &links.groups {
-            if let Some(set) = self.members.get_mut(g.as_str()) {
+            if let Some(set) = self.members.get_mut(g) {
                 set.remove(k);
                 if set.is_empty() {
-                    self.members.remove(g.as_str());
+                    self.members.remove(g);
                 }
             }
         }
@@ -243,7 +254,7 @@ impl Store {
                 continue;
             }
             for r in &node.links.refs {
-                if let Some((rk, _)) = self.nodes.get_key_value(r.as_str())
+                if let Some((rk, _)) = self.nodes.get_key_value(r)
                     && !set.contains(rk)
                 {
                     stack.push(rk.clone());

@@ -111,7 +111,7 @@ impl Store {
         for p in &mine {
             groups.extend(self.named(p, "security_groups"));
         }
-        let mut remote: HashSet<String> = HashSet::new();
+        let mut remote: HashSet<Key> = HashSet::new();
         for g in &groups {
             let gk = format!("security_groups/{g}");
             remote.extend(

@@ -153,7 +153,11 @@ pub fn generate(base: &Value, shape: &Shape, me: &str) -> Result<Value> {
         Ok(())
     };
     for g in 0..shape.hosts {
-        let mode = if g.is_multiple_of(10) { "dvr_snat" } else { "dvr" };
+        let mode = if g.is_multiple_of(10) {
+            "dvr_snat"
+        } else {
+            "dvr"
+        };
         push(
             "hosts",
             json!({"name": host_name(g), "agent_mode": mode,

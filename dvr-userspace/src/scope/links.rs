@@ -148,6 +148,7 @@ impl Links {
         if owner == OWNER_FLOATINGIP_AGENT_GATEWAY {
             self.refer("hosts", device);
             self.group("fghost:", device);
+            self.group("fgbound:", host);
         } else if owner.starts_with("network:") && owner.contains("router") {
             self.refer("routers", device);
             self.group("router:", device);

@@ -21,7 +21,6 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::{Key, Store, split};
-use crate::model::OWNER_FLOATINGIP_AGENT_GATEWAY;
 
 impl Store {
     /// A value's field, when it parses (the view reads a few fields of a few resources).
@@ -92,11 +91,11 @@ impl Store {
         // The external networks H serves, and their floating IPs.
         if self.has_external(host) {
             let mut ext: HashSet<String> = HashSet::new();
-            for p in &mine {
-                let fg = self.field(p, "device_owner");
-                if fg.as_ref().and_then(Value::as_str) == Some(OWNER_FLOATINGIP_AGENT_GATEWAY) {
-                    ext.extend(self.named(p, "networks"));
-                }
+            let fg = self
+                .group(&format!("fghost:{host}"))
+                .chain(self.group(&format!("fgbound:{host}")));
+            for p in fg {
+                ext.extend(self.named(p, "networks"));
             }
             if ext.is_empty() {
                 ext.extend(Self::ids(self.group("external"), "networks"));

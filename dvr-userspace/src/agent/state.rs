@@ -131,8 +131,13 @@ impl Held {
             Ok(s) => s,
             Err(e) => return Outcome::Refused(e.to_string()),
         };
+        // Reading the document as JSON values was the other whole-state transient.
+        trim();
         self.figures.checked = new.len();
-        let first = self.store.is_empty();
+        if self.store.is_empty() {
+            self.store = new;
+            return self.recompile();
+        }
         let mut changed = BTreeSet::new();
         let gone: Vec<String> = self
             .store
@@ -150,10 +155,9 @@ impl Held {
                 changed.insert(k.to_string());
             }
         }
+        drop(new);
+        trim();
         self.store.settle();
-        if first {
-            return self.recompile();
-        }
         if changed.is_empty() {
             return Outcome::Same;
         }

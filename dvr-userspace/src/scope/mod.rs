@@ -12,7 +12,7 @@
 //!   those name, transitively. The rest of the cloud was valid before and a check only
 //!   relates resources so linked, so the neighbourhood fails exactly when the whole would.
 //! - Relevance (`view`): the resources a host's compile reads (see `view.rs` for the rules,
-//!   and the README's "Cluster scale" section). A change outside a host's view and not
+//!   and the README's "Cloud scale" section). A change outside a host's view and not
 //!   pulling anything into it costs the host its validation and an index update, nothing
 //!   more; a change inside it recompiles the view, which is far smaller than the cloud.
 mod links;
@@ -21,7 +21,8 @@ mod view;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-pub use links::{CHECKED, Links, key};
+use links::CHECKED;
+pub use links::{Links, key};
 
 use crate::model::{FieldError, State, StateError};
 

@@ -79,7 +79,7 @@ impl Shape {
 }
 
 /// Figures of one source mode at one size.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ModeFigures {
     pub mode: String,
     /// `dvrctl apply` of the whole cloud (etcd only), seconds.
@@ -87,7 +87,11 @@ pub struct ModeFigures {
     pub ready_s: f64,
     pub rss_mb: f64,
     pub peak_rss_mb: f64,
-    /// Resources in the cloud and in h1's view (from the agent's metrics figures).
+    /// Resources in the cloud and in h1's view (from the agent's "ready" line).
+    #[serde(default)]
+    pub cloud_resources: usize,
+    #[serde(default)]
+    pub view_resources: usize,
     pub relevant_p50_ms: f64,
     pub relevant_p99_ms: f64,
     pub relevant_runs: usize,
@@ -100,7 +104,7 @@ pub struct ModeFigures {
 }
 
 /// Figures of one size.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct SizeFigures {
     pub ports: usize,
     pub hosts: usize,
@@ -383,6 +387,16 @@ fn measure(
     })
     .with_context(|| c.agent_log("h1").unwrap_or_default())?;
     f.ready_s = start.elapsed().as_secs_f64();
+    let log = c.agent_log("h1")?;
+    let figure = |name: &str| -> usize {
+        log.lines()
+            .find(|l| l.contains("dvr_userspace::agent: ready"))
+            .and_then(|l| l.split(&format!(" {name}=")).nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    (f.cloud_resources, f.view_resources) = (figure("resources"), figure("view"));
     (f.rss_mb, f.peak_rss_mb) = rss_mb(pid)?;
     let maps = HostMaps::open(&c.pin_dir("h1")?)?;
     // Relevant: a VM port on network 0..LOCAL_NETS, where h1 has ports.
@@ -509,8 +523,8 @@ pub fn run_size(ports: usize, runs: usize, modes: &[&str]) -> Result<SizeFigures
 /// The table printed and put in the README.
 pub fn table(sizes: &[SizeFigures]) -> String {
     let mut s = String::from(
-        "| ports | hosts | networks | source | apply | ready | RSS (peak) | relevant port p50 / p99 | relevant FIP p50 / p99 | CPU per relevant change | CPU per irrelevant change |\n\
-         |---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| ports | hosts | networks | source | view of h1 | apply | ready | RSS (peak) | relevant port p50 / p99 | relevant FIP p50 / p99 | CPU per relevant change | CPU per irrelevant change |\n\
+         |---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for z in sizes {
         for m in &z.modes {
@@ -520,11 +534,13 @@ pub fn table(sizes: &[SizeFigures]) -> String {
                 _ => "-".into(),
             };
             s.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {:.2} s | {:.0} MB ({:.0}) | {:.1} / {:.1} ms | {} | {:.2} ms | {:.3} ms |\n",
+                "| {} | {} | {} | {} | {} of {} | {} | {:.2} s | {:.0} MB ({:.0}) | {:.1} / {:.1} ms | {} | {:.2} ms | {:.3} ms |\n",
                 z.ports,
                 z.hosts,
                 z.networks,
                 m.mode,
+                m.view_resources,
+                m.cloud_resources,
                 apply,
                 m.ready_s,
                 m.rss_mb,
@@ -541,25 +557,34 @@ pub fn table(sizes: &[SizeFigures]) -> String {
 }
 
 /// Four panels (ready, resident memory, relevant change p99, CPU per irrelevant change),
-/// one bar per size and source.
+/// one bar per size and source, each with issue 17's target as a dashed line; the two
+/// timing panels on a log scale (the file source is two orders of magnitude slower).
 pub fn svg(sizes: &[SizeFigures]) -> String {
     type Pick = fn(&ModeFigures) -> f64;
-    let panels: [(&str, Pick); 4] = [
-        ("agent start to ready, s", |m| m.ready_s),
-        ("resident memory, MB", |m| m.rss_mb),
-        ("relevant port change p99, ms", |m| m.relevant_p99_ms),
-        ("agent CPU per irrelevant change, ms", |m| {
-            m.irrelevant_cpu_ms
-        }),
+    let panels: [(&str, Pick, f64, bool); 4] = [
+        ("agent start to ready, s", |m| m.ready_s, 5.0, false),
+        ("resident memory, MB", |m| m.rss_mb, 200.0, false),
+        (
+            "relevant port change p99, ms (log)",
+            |m| m.relevant_p99_ms,
+            20.0,
+            true,
+        ),
+        (
+            "agent CPU per irrelevant change, ms (log)",
+            |m| m.irrelevant_cpu_ms,
+            1.0,
+            true,
+        ),
     ];
     let (pw, ph, top) = (300.0, 220.0, 40.0);
     let width = pw * panels.len() as f64 + 20.0;
     let mut out = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"11\">\n\
-         <text x=\"10\" y=\"18\" font-size=\"14\">dvr-agent at cloud scale (one host's agent; hosts = ports/100, networks = ports/50): etcd (blue), state file (orange)</text>\n",
+         <text x=\"10\" y=\"18\" font-size=\"14\">dvr-agent at cloud scale (one host's agent; hosts = ports/100, networks = ports/50): etcd (blue), state file (orange), target (dashed)</text>\n",
         ph + top + 50.0
     );
-    for (p, (title, pick)) in panels.iter().enumerate() {
+    for (p, (title, pick, target, log)) in panels.iter().enumerate() {
         let x0 = 10.0 + p as f64 * pw;
         let bars: Vec<(String, &str, f64)> = sizes
             .iter()
@@ -569,7 +594,16 @@ pub fn svg(sizes: &[SizeFigures]) -> String {
                     .map(move |m| (format!("{}k", z.ports / 1000), m.mode.as_str(), pick(m)))
             })
             .collect();
-        let max = bars.iter().map(|b| b.2).fold(0.0, f64::max).max(1e-9);
+        let max = bars.iter().map(|b| b.2).fold(*target, f64::max).max(1e-9);
+        let floor = 0.1;
+        let height = |v: f64| -> f64 {
+            let frac = if *log {
+                ((v.max(floor) / floor).log10() / (max / floor).log10()).clamp(0.0, 1.0)
+            } else {
+                v / max
+            };
+            frac * (ph - 40.0)
+        };
         out.push_str(&format!(
             "<text x=\"{}\" y=\"{}\">{title}</text>\n",
             x0 + 10.0,
@@ -577,7 +611,7 @@ pub fn svg(sizes: &[SizeFigures]) -> String {
         ));
         let bw = (pw - 40.0) / bars.len().max(1) as f64;
         for (i, (label, mode, v)) in bars.iter().enumerate() {
-            let h = v / max * (ph - 40.0);
+            let h = height(*v);
             let x = x0 + 20.0 + i as f64 * bw;
             let y = top + ph - h;
             let color = if *mode == "etcd" {
@@ -597,6 +631,12 @@ pub fn svg(sizes: &[SizeFigures]) -> String {
                 top + ph + 14.0
             ));
         }
+        let ty = top + ph - height(*target);
+        out.push_str(&format!(
+            "<line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{ty:.1}\" y2=\"{ty:.1}\" stroke=\"#c03030\" stroke-dasharray=\"4 3\"/>\n",
+            x0 + 15.0,
+            x0 + pw - 15.0
+        ));
     }
     out.push_str("</svg>\n");
     out

@@ -5,6 +5,7 @@
 //! dvr-bench [--quick] [--out DIR] [--skip verifier,veth,ebpf,namespace,control,sg] [--fips N,..] [--hold S]
 //! dvr-bench verifier [OBJECT]
 //! dvr-bench scale [--sizes N,..] [--runs N] [--modes etcd,file] [--quick] [--out DIR]
+//! dvr-bench scale [--out DIR] --from-json FILE
 //! ```
 //!
 //! Builds each cloud, runs the same connectivity checks on every path, measures TCP
@@ -151,7 +152,7 @@ fn verifier_only(object: Option<String>) -> ExitCode {
 
 /// `dvr-bench scale [--sizes N,..] [--runs N] [--modes etcd,file] [--out DIR]`: the
 /// cluster control plane at cloud scale (`dvr_tests::bench::scale`); writes DIR/scale.json
-/// and DIR/scale.svg.
+/// and DIR/scale.svg. `--from-json FILE` (after `--out`) only renders an earlier run's.
 fn scale_only(args: &[String]) -> Result<()> {
     let mut sizes = vec![10_000, 50_000, 100_000];
     let mut runs = 50;
@@ -172,6 +173,16 @@ fn scale_only(args: &[String]) -> Result<()> {
             "--modes" => modes = value()?.split(',').map(str::to_string).collect(),
             "--out" => out = value()?.into(),
             "--quick" => sizes = vec![10_000],
+            "--from-json" => {
+                // Only render the table and chart of an earlier run.
+                let path = PathBuf::from(value()?);
+                let figures: Vec<scale::SizeFigures> = serde_json::from_slice(
+                    &std::fs::read(&path).with_context(|| path.display().to_string())?,
+                )?;
+                std::fs::write(out.join("scale.svg"), scale::svg(&figures))?;
+                println!("{}", scale::table(&figures));
+                return Ok(());
+            }
             other => bail!("scale: unknown argument {other:?}"),
         }
     }

@@ -296,6 +296,15 @@ impl Cloud {
         Ok(())
     }
 
+    /// Starts etcd, writes the cloud's state into it and starts every agent on it (waiting
+    /// for them as [`Cloud::start_agents`] does).
+    pub fn start_agents_on_etcd(&mut self) -> Result<()> {
+        self.start_etcd()?;
+        self.etcd_apply()?;
+        self.agents_use_etcd()?;
+        self.start_agents()
+    }
+
     /// A connection to the cloud's etcd that writes single keys, from a thread in the
     /// underlay namespace (where etcd listens; the client connects lazily, so it lives there).
     pub fn etcd_writer(&self) -> Result<EtcdWriter> {

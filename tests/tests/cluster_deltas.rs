@@ -114,6 +114,19 @@ impl Cluster {
         self.w.delete(&format!("/dvr/v1/{kind}/{id}"))
     }
 
+    /// Delete a port, its floating IPs first.
+    fn delete_port(&mut self, id: &str) -> Result<()> {
+        for f in self.ids("floatingips", "") {
+            if self
+                .get("floatingips", &f)
+                .is_some_and(|v| v["port_id"] == id)
+            {
+                self.delete("floatingips", &f)?;
+            }
+        }
+        self.delete("ports", id)
+    }
+
     /// Whether the state as written validates.
     fn valid(&self) -> bool {
         dvr_userspace::model::State::from_json(&self.cur.to_string()).is_ok()
@@ -228,15 +241,7 @@ fn random_change(
         }
         5 if !ports.is_empty() => {
             let id = ports[r.below(ports.len())].clone();
-            for f in cl.ids("floatingips", "df") {
-                if cl
-                    .get("floatingips", &f)
-                    .is_some_and(|v| v["port_id"] == id.as_str())
-                {
-                    cl.delete("floatingips", &f)?;
-                }
-            }
-            cl.delete("ports", &id)?;
+            cl.delete_port(&id)?;
             format!("port {id} deleted")
         }
         6 if !nets.is_empty() => {
@@ -416,14 +421,8 @@ fn random_change(
                         .is_some_and(|v| v["network_id"] == net.as_str())
                     {
                         if kind == "ports" {
-                            for f in cl.ids("floatingips", "df") {
-                                if cl
-                                    .get("floatingips", &f)
-                                    .is_some_and(|v| v["port_id"] == id.as_str())
-                                {
-                                    cl.delete("floatingips", &f)?;
-                                }
-                            }
+                            cl.delete_port(&id)?;
+                            continue;
                         }
                         cl.delete(kind, &id)?;
                     }
@@ -447,10 +446,7 @@ fn random_deltas_of_every_kind_leave_the_maps_of_a_full_compile() -> Result<()> 
     t.vm(VmSpec::new("v1", "a", "h1"))
         .vm(VmSpec::new("v2", "b", "h2"));
     let mut c = t.build_without_agents()?;
-    c.start_etcd()?;
-    c.etcd_apply()?;
-    c.agents_use_etcd()?;
-    c.start_agents()?;
+    c.start_agents_on_etcd()?;
     let hosts: Vec<String> = ["h1", "h2"]
         .iter()
         .map(|h| Ok(c.host(h)?.agent_name.clone()))
@@ -492,6 +488,16 @@ fn fdb_key(vni: u32, mac: &str) -> Result<FdbKey> {
     })
 }
 
+/// [`small_cloud`] with its writer, and network a's id and subnet id and h2's agent name.
+fn small_cluster(vni: u32, octet: u8) -> Result<(Cloud, Cluster, String, String, String)> {
+    let c = small_cloud(vni, octet)?;
+    let cl = Cluster::new(&c)?;
+    let a = c.network("a")?;
+    let (net, sub) = (a.network_id.clone(), a.subnet_id.clone());
+    let h2 = c.host("h2")?.agent_name.clone();
+    Ok((c, cl, net, sub, h2))
+}
+
 /// A two-host cloud on etcd with VMs on network a (h1) and b (h2).
 fn small_cloud(vni: u32, octet: u8) -> Result<Cloud> {
     let mut t = Topology::new();
@@ -502,23 +508,14 @@ fn small_cloud(vni: u32, octet: u8) -> Result<Cloud> {
     t.vm(VmSpec::new("v1", "a", "h1"))
         .vm(VmSpec::new("v2", "b", "h2"));
     let mut c = t.build_without_agents()?;
-    c.start_etcd()?;
-    c.etcd_apply()?;
-    c.agents_use_etcd()?;
-    c.start_agents()?;
+    c.start_agents_on_etcd()?;
     Ok(c)
 }
 
 #[test]
 fn an_invalid_delta_is_refused_and_changes_nothing_until_mended() -> Result<()> {
     require_etcd_preconditions();
-    let c = small_cloud(6711, 91)?;
-    let mut cl = Cluster::new(&c)?;
-    let (a, sub) = (
-        c.network("a")?.network_id.clone(),
-        c.network("a")?.subnet_id.clone(),
-    );
-    let h2 = c.host("h2")?.agent_name.clone();
+    let (c, mut cl, a, sub, h2) = small_cluster(6711, 91)?;
     let v1 = c.ip("v1")?;
     let good_state = cl.cur.clone();
     let refusals = |c: &Cloud| -> Result<usize> {
@@ -574,13 +571,7 @@ fn an_invalid_delta_is_refused_and_changes_nothing_until_mended() -> Result<()> 
 #[test]
 fn a_watch_behind_a_compaction_resyncs_from_a_snapshot() -> Result<()> {
     require_etcd_preconditions();
-    let c = small_cloud(6721, 93)?;
-    let mut cl = Cluster::new(&c)?;
-    let (a, sub) = (
-        c.network("a")?.network_id.clone(),
-        c.network("a")?.subnet_id.clone(),
-    );
-    let h2 = c.host("h2")?.agent_name.clone();
+    let (c, mut cl, a, sub, h2) = small_cluster(6721, 93)?;
     let pid = c.agent_pid("h1")?;
     let signal = |sig: libc::c_int| -> Result<()> {
         // SAFETY: kill(2) on the pid of the agent this test started.

@@ -157,10 +157,7 @@ fn a_change_on_a_network_without_local_ports_writes_nothing_there() -> Result<()
     t.vm(VmSpec::new("v1", "a", "h1"))
         .vm(VmSpec::new("v2", "b", "h2"));
     let mut c = t.build_without_agents()?;
-    c.start_etcd()?;
-    c.etcd_apply()?;
-    c.agents_use_etcd()?;
-    c.start_agents()?;
+    c.start_agents_on_etcd()?;
     let before = port_maps(&c, "h1")?;
     let h1_log = c.agent_log("h1")?.lines().count();
     let h2_before = port_maps(&c, "h2")?;

@@ -224,10 +224,7 @@ fn ipv6_north_south_follows_an_ha_failover() -> Result<()> {
         .ha_hosts("r1", &[("sa", 200), ("sb", 100)]);
     t.vm(VmSpec::new("v1", "a", "h1"));
     let mut c = t.build_without_agents()?;
-    c.start_etcd()?;
-    c.etcd_apply()?;
-    c.agents_use_etcd()?;
-    c.start_agents()?;
+    c.start_agents_on_etcd()?;
     c.wait_ha_holder("r1", "sa", Duration::from_secs(15))
         .context("sa must win the first election")?;
     c.wait_ipv6_ready("v1", SLAAC_DEADLINE)?;

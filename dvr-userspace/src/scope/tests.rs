@@ -263,16 +263,7 @@ fn every_hosts_view_compiles_as_the_whole_cloud() {
 /// One random edit of one resource: a field set to a value taken from another resource of
 /// the cloud (so collisions and dangling references are likely), or the resource deleted.
 fn mutate(v: &Value, r: &mut Rng) -> (String, Option<Value>) {
-    let kinds = [
-        "networks",
-        "subnets",
-        "ports",
-        "routers",
-        "floatingips",
-        "hosts",
-        "security_groups",
-        "security_group_rules",
-    ];
+    let kinds = KINDS;
     let kind = kinds[r.below(kinds.len())];
     let list = v[kind].as_array().cloned().unwrap_or_default();
     let Some(item) = list.get(r.below(list.len())).cloned() else {

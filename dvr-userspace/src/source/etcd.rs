@@ -293,13 +293,7 @@ pub fn spawn(
     shared: ha::Shared,
 ) -> Result<mpsc::Receiver<Update>, SourceError> {
     let (tx, rx) = mpsc::channel();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| SourceError::Etcd {
-            url: url.clone(),
-            msg: format!("runtime: {e}"),
-        })?;
+    let rt = runtime(&url)?;
     std::thread::Builder::new()
         .name("etcd-watch".into())
         .spawn(move || {
@@ -466,15 +460,19 @@ pub struct Applied {
     pub unchanged: usize,
 }
 
-fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, SourceError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// A single-threaded runtime for the etcd client (`url` for its error).
+fn runtime(url: &str) -> Result<tokio::runtime::Runtime, SourceError> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| SourceError::Etcd {
-            url: String::new(),
+            url: url.into(),
             msg: format!("runtime: {e}"),
-        })?;
-    Ok(rt.block_on(f))
+        })
+}
+
+fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, SourceError> {
+    Ok(runtime("")?.block_on(f))
 }
 
 /// Write a state document to etcd as one key per resource: only the resources that changed
@@ -513,13 +511,7 @@ pub struct Writer {
 
 impl Writer {
     pub fn connect(url: &str) -> Result<Self, SourceError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| SourceError::Etcd {
-                url: url.into(),
-                msg: format!("runtime: {e}"),
-            })?;
+        let rt = runtime(url)?;
         let client = rt.block_on(connect(url))?;
         Ok(Writer {
             rt,

@@ -46,16 +46,6 @@ const HOSTS_PER_NET: usize = 5;
 /// Generated networks holding ports of the real host `h1`: networks 0..LOCAL_NETS, one
 /// router's.
 const LOCAL_NETS: usize = 10;
-/// The resource lists counted in [`SizeFigures::resources`].
-const KINDS_COUNTED: [&str; 7] = [
-    "networks",
-    "subnets",
-    "ports",
-    "routers",
-    "floatingips",
-    "hosts",
-    "security_groups",
-];
 /// How long the agent gets to become ready, and a change to land.
 const READY_DEADLINE: Duration = Duration::from_secs(300);
 const CHANGE_DEADLINE: Duration = Duration::from_secs(60);
@@ -485,7 +475,7 @@ pub fn run_size(ports: usize, runs: usize, modes: &[&str]) -> Result<SizeFigures
         ports,
         hosts: shape.hosts,
         networks: shape.networks,
-        resources: KINDS_COUNTED
+        resources: dvr_userspace::source::KINDS
             .iter()
             .map(|k| big[*k].as_array().map_or(0, Vec::len))
             .sum(),

@@ -3,7 +3,10 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::Parser;
-use dvr_userspace::{agent, attach::LoadOptions, conntrack::Timeouts, maps::DEFAULT_BPFFS_ROOT};
+use dvr_userspace::{
+    agent, attach::LoadOptions, conntrack::Timeouts, maps::DEFAULT_BPFFS_ROOT,
+    source::register::Registration,
+};
 
 /// Compile Neutron router state into BPF maps for one host and keep them reconciled.
 #[derive(Parser)]
@@ -18,6 +21,16 @@ struct Args {
     /// Take the state from etcd instead (e.g. http://192.0.2.254:2379): snapshot, then watch.
     #[arg(long)]
     etcd: Option<String>,
+    /// Register this host in etcd with this tunnel (underlay) address: the agent writes its
+    /// host entry itself, with a DVR MAC allocated once (docs in `source/register.rs`).
+    #[arg(long, requires = "etcd")]
+    tunnel_ip: Option<std::net::Ipv4Addr>,
+    /// With --tunnel-ip: dvr, dvr_snat or dvr_no_external.
+    #[arg(long, default_value = "dvr", requires = "tunnel_ip")]
+    agent_mode: String,
+    /// With --tunnel-ip: the NIC on the external network.
+    #[arg(long, requires = "tunnel_ip")]
+    external_interface: Option<String>,
     /// Remove every program, link, pin and device the agent made on this host, then exit.
     #[arg(long)]
     uninstall: bool,
@@ -124,7 +137,16 @@ fn main() -> anyhow::Result<()> {
     }
     let source = match (&args.state, &args.etcd) {
         (Some(p), _) => dvr_userspace::source::SourceSpec::File(p.clone()),
-        (None, Some(u)) => dvr_userspace::source::SourceSpec::Etcd(u.clone()),
+        (None, Some(u)) => {
+            let reg = match args.tunnel_ip {
+                Some(ip) => Some(
+                    Registration::new(&args.agent_mode, ip, args.external_interface.as_deref())
+                        .map_err(anyhow::Error::msg)?,
+                ),
+                None => None,
+            };
+            dvr_userspace::source::SourceSpec::Etcd(u.clone(), reg)
+        }
         (None, None) => anyhow::bail!("one of --state FILE or --etcd URL is required"),
     };
     let agent = agent::Agent::start(&args.host, &source, &args.bpffs, args.options())

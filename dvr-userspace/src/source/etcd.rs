@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use super::error::SourceError;
 use super::ha::{self, Election};
 use super::kv::{ALIVE, KINDS, PREFIX, StateUpdate};
+use super::register::{self, Registration};
 use crate::compile::HaRuntime;
 
 /// Lease TTL of an agent's `alive/` key, seconds.
@@ -193,6 +194,7 @@ async fn session(
     tx: &mpsc::Sender<Update>,
     election: &mut Election,
     shared: &ha::Shared,
+    reg: Option<&Registration>,
 ) -> Result<(), SourceError> {
     let mut client = connect(url).await?;
     let lease = client
@@ -210,6 +212,12 @@ async fn session(
         .await
         .map_err(err(url))?;
     let (mut keeper, mut keep_stream) = client.lease_keep_alive(lease).await.map_err(err(url))?;
+    // Registered before the snapshot, so the snapshot holds this host.
+    let my_key = register::host_key(host);
+    let mut mine = match reg {
+        Some(r) => Some(register::register(&mut client, url, host, r).await?),
+        None => None,
+    };
     let (kvs, ekvs, revision) = snapshot_all(&mut client, url).await?;
     election.reset(&ekvs, lease);
     if tx.send(Update::Snapshot { kvs, revision }).is_err() {
@@ -258,6 +266,14 @@ async fn session(
                     if !is_state_key(k) {
                         continue;
                     }
+                    // This host's own entry deleted or changed by someone else: written again.
+                    if let (Some(r), Some(entry)) = (reg, &mine)
+                        && k == my_key
+                        && v.as_deref() != Some(entry.as_str())
+                    {
+                        warn!(key = k, "this host's entry was deleted or changed: registering it again");
+                        mine = Some(register::register(&mut client, url, host, r).await?);
+                    }
                     changes.push((k.to_string(), v));
                 }
                 if !changes.is_empty() && tx.send(Update::Changes { changes, revision: rev }).is_err() {
@@ -291,6 +307,7 @@ pub fn spawn(
     url: String,
     host: String,
     shared: ha::Shared,
+    register: Option<Registration>,
 ) -> Result<mpsc::Receiver<Update>, SourceError> {
     let (tx, rx) = mpsc::channel();
     let rt = runtime(&url)?;
@@ -301,7 +318,8 @@ pub fn spawn(
                 let mut backoff = Duration::from_millis(100);
                 let mut election = Election::new(&host);
                 loop {
-                    let result = session(&url, &host, &tx, &mut election, &shared).await;
+                    let result =
+                        session(&url, &host, &tx, &mut election, &shared, register.as_ref()).await;
                     let msg = match result {
                         Ok(()) => return, // the agent is gone
                         Err(e) => e.to_string(),
@@ -344,8 +362,13 @@ pub struct EtcdSource {
 
 impl EtcdSource {
     /// Start the watcher thread ([`spawn`]); the state arrives through [`EtcdSource::poll`].
-    pub fn start(url: &str, host: &str, ha: &ha::Shared) -> Result<Self, SourceError> {
-        let rx = spawn(url.to_string(), host.into(), ha.clone())?;
+    pub fn start(
+        url: &str,
+        host: &str,
+        ha: &ha::Shared,
+        register: Option<Registration>,
+    ) -> Result<Self, SourceError> {
+        let rx = spawn(url.to_string(), host.into(), ha.clone(), register)?;
         Ok(Self {
             rx,
             stash: None,

@@ -11,7 +11,8 @@
 //! - `/dvr/v1/alive/<host>`: written by each agent under a lease (TTL [`etcd::LEASE_TTL`]
 //!   seconds), so it disappears when the agent stops renewing it.
 //!
-//! Files: `kv.rs` (the key layout, document <-> keys), `file.rs` (the watched file),
+//! Files: `kv.rs` (the key layout, document <-> keys), `register.rs` (hosts that write their
+//! own entry), `file.rs` (the watched file),
 //! `etcd.rs` (snapshot + watch, `dvrctl`'s etcd requests), `ha.rs` (the HA election, run in
 //! the etcd session), `error.rs`.
 mod error;
@@ -19,6 +20,7 @@ pub mod etcd;
 pub mod file;
 pub mod ha;
 mod kv;
+pub mod register;
 
 use std::{
     path::PathBuf,
@@ -38,8 +40,9 @@ use crate::compile::HaRuntime;
 pub enum SourceSpec {
     /// A JSON file, watched.
     File(PathBuf),
-    /// An etcd endpoint (`http://host:port`), snapshot + watch.
-    Etcd(String),
+    /// An etcd endpoint (`http://host:port`), snapshot + watch; with a registration, the
+    /// agent writes its host entry itself ([`register`]).
+    Etcd(String, Option<register::Registration>),
 }
 
 impl SourceSpec {
@@ -47,7 +50,7 @@ impl SourceSpec {
     pub fn describe(&self) -> String {
         match self {
             Self::File(p) => format!("file {}", p.display()),
-            Self::Etcd(u) => format!("etcd {u}"),
+            Self::Etcd(u, _) => format!("etcd {u}"),
         }
     }
 }
@@ -77,9 +80,9 @@ impl Source {
                 let (src, text) = FileSource::open(path).map_err(|e| err(e.to_string()))?;
                 Ok((Self::File(src), Some(StateUpdate::Document(text))))
             }
-            SourceSpec::Etcd(url) => {
-                let mut src =
-                    Self::Etcd(EtcdSource::start(url, host, ha).map_err(|e| err(e.to_string()))?);
+            SourceSpec::Etcd(url, reg) => {
+                let started = EtcdSource::start(url, host, ha, reg.clone());
+                let mut src = Self::Etcd(started.map_err(|e| err(e.to_string()))?);
                 loop {
                     if stop.load(Ordering::SeqCst) {
                         return Err(err("stopped before the first snapshot".into()));

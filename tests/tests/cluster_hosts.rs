@@ -8,6 +8,10 @@
 //!   and v1 reaches v2 across the hosts. h2's agent restarted keeps the MAC; the entry
 //!   deleted is written again by the running agent with the same MAC, and traffic still
 //!   flows.
+//! - `a_port_is_up_in_etcd_while_its_tap_is_attached_and_its_agent_lives`: each VM's port
+//!   has `/dvr/status/<host>/<port>` (ACTIVE, under its agent's lease) once its tap is
+//!   attached; the key goes when the tap is deleted, and when the agent stops (its lease
+//!   runs out), what Neutron's port status is to follow.
 //!
 //! Needs root, bpffs, etcd and the built agent; run with `--test-threads=1`.
 
@@ -138,5 +142,54 @@ fn an_agent_registers_its_host_and_keeps_its_dvr_mac() -> Result<()> {
         "h2's agent says it wrote its entry again"
     );
     c.ping_ok("v1", c.ip("v2")?, 2)?;
+    Ok(())
+}
+
+/// The status key of `vm`'s port on its host, if any.
+fn port_status(c: &Cloud, vm: &str) -> Result<Option<(Value, i64)>> {
+    let v = c.vm(vm)?;
+    let host = c.host(&v.host)?.agent_name.clone();
+    let (_, kvs) = c.etcd_get(&format!("/dvr/status/{host}/{}", v.port_id))?;
+    kvs.values()
+        .next()
+        .map(|kv| Ok((serde_json::from_str(&kv.value)?, kv.lease)))
+        .transpose()
+}
+
+#[test]
+fn a_port_is_up_in_etcd_while_its_tap_is_attached_and_its_agent_lives() -> Result<()> {
+    require_etcd_preconditions();
+    let mut t = Topology::new();
+    t.host("h1").host("h2");
+    t.network("a", 6741, "172.23.97.0/24");
+    t.vm(VmSpec::new("v1", "a", "h1"))
+        .vm(VmSpec::new("v2", "a", "h2"));
+    let mut c = t.build_without_agents()?;
+    c.start_agents_on_etcd()?;
+    for vm in ["v1", "v2"] {
+        let (v, lease) = wait_until(&format!("{vm}'s port status"), WAIT, |_| {
+            port_status(&c, vm)
+        })?;
+        ensure!(
+            v["status"] == "ACTIVE" && v["port_id"] == c.vm(vm)?.port_id.as_str() && lease != 0,
+            "{vm}: {v} (lease {lease})"
+        );
+    }
+    // v1's tap goes: its port is no longer up; v2's stays.
+    let (ns, tap) = (c.host("h1")?.ns.clone(), c.vm("v1")?.tap.clone());
+    dvr_tests::cmd::run_ok("ip", &["-n", &ns, "link", "del", &tap])?;
+    wait_until("v1's port status gone with its tap", WAIT, |why| {
+        let s = port_status(&c, "v1")?;
+        *why = format!("{s:?}");
+        Ok(s.is_none().then_some(()))
+    })?;
+    ensure!(port_status(&c, "v2")?.is_some(), "v2 is still up");
+    // h2's agent stops: its status keys go with its lease.
+    c.stop_agent("h2")?;
+    wait_until("v2's port status gone with h2's agent", WAIT, |why| {
+        let s = port_status(&c, "v2")?;
+        *why = format!("{s:?}");
+        Ok(s.is_none().then_some(()))
+    })?;
     Ok(())
 }

@@ -84,6 +84,8 @@ struct Current {
     ha_view: Option<HaRuntime>,
     /// Tap names of this host's VM ports.
     wanted: Vec<String>,
+    /// Tap name -> port id of those ports.
+    port_of_tap: BTreeMap<String, String>,
     /// External interface named by the state, if any.
     ext_wanted: Option<String>,
 }
@@ -94,6 +96,7 @@ impl Current {
             state,
             ha_view,
             wanted: c.taps.keys().cloned().collect(),
+            port_of_tap: c.taps.clone(),
             ext_wanted: c.external.as_ref().map(|e| e.iface.clone()),
         }
     }
@@ -419,6 +422,14 @@ impl Agent {
         self.served.ext = self.dp.external();
         self.served.ext_mac = cfg.ext_mac;
         self.served.taps = self.dp.attached();
+        // Ports whose tap is attached and whose entries are written: up (etcd status keys).
+        let up = self
+            .served
+            .taps
+            .keys()
+            .filter_map(|t| self.current.port_of_tap.get(t).cloned())
+            .collect();
+        self.source.report_ports(up);
         let remapped = self.take_served(compiled, force);
         if remapped {
             // Flows of FIPs no longer served here are purged now, not at the next GC; on

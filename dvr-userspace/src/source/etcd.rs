@@ -7,7 +7,11 @@
 //! etcd goes away the agent keeps forwarding with what it has; when it comes back (or the
 //! watch's revision was compacted) it resyncs from a fresh snapshot. Each agent keeps a key
 //! `alive/<host>` under a lease, so `dvrctl hosts` sees which agents are alive.
-use std::{collections::BTreeMap, sync::mpsc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::mpsc,
+    time::Duration,
+};
 
 use etcd_client::{
     Client, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
@@ -188,14 +192,52 @@ async fn read_paged(
 
 /// One connected session: register, snapshot, follow. Returns when the connection or the
 /// watch fails; the caller reconnects.
+/// Who a session is for.
+#[derive(Clone, Copy)]
+struct Me<'a> {
+    url: &'a str,
+    host: &'a str,
+    reg: Option<&'a Registration>,
+}
+
+/// Bring the host's port status keys to `want` (under `lease`), `written` being what this
+/// session wrote so far.
+async fn sync_status(
+    client: &mut Client,
+    me: Me<'_>,
+    lease: i64,
+    written: &mut BTreeSet<String>,
+    want: &BTreeSet<String>,
+) -> Result<(), SourceError> {
+    for port in want.difference(&written.clone()) {
+        let (k, v) = (
+            register::status_key(me.host, port),
+            register::status_value(me.host, port),
+        );
+        client
+            .put(k, v, Some(PutOptions::new().with_lease(lease)))
+            .await
+            .map_err(err(me.url))?;
+        written.insert(port.clone());
+    }
+    for port in written.clone().difference(want) {
+        client
+            .delete(register::status_key(me.host, port), None)
+            .await
+            .map_err(err(me.url))?;
+        written.remove(port);
+    }
+    Ok(())
+}
+
 async fn session(
-    url: &str,
-    host: &str,
+    me: Me<'_>,
     tx: &mpsc::Sender<Update>,
     election: &mut Election,
     shared: &ha::Shared,
-    reg: Option<&Registration>,
+    mut status: tokio::sync::watch::Receiver<BTreeSet<String>>,
 ) -> Result<(), SourceError> {
+    let Me { url, host, reg } = me;
     let mut client = connect(url).await?;
     let lease = client
         .lease_grant(LEASE_TTL, None)
@@ -228,6 +270,10 @@ async fn session(
     {
         return Ok(());
     }
+    // Port status under this session's lease (the last session's went with its lease).
+    let mut written = BTreeSet::new();
+    let want = status.borrow_and_update().clone();
+    sync_status(&mut client, me, lease, &mut written, &want).await?;
     let opts = WatchOptions::new()
         .with_prefix()
         .with_start_revision(revision + 1);
@@ -283,6 +329,13 @@ async fn session(
                     return Ok(());
                 }
             }
+            changed = status.changed() => {
+                if changed.is_err() {
+                    return Ok(()); // the agent is gone
+                }
+                let want = status.borrow_and_update().clone();
+                sync_status(&mut client, me, lease, &mut written, &want).await?;
+            }
             _ = ha_tick.tick() => {
                 election.step(&mut client, lease, shared).await;
                 if let Some(rt) = election.runtime_if_changed() && tx.send(Update::Ha(rt)).is_err() {
@@ -308,6 +361,7 @@ pub fn spawn(
     host: String,
     shared: ha::Shared,
     register: Option<Registration>,
+    status: tokio::sync::watch::Receiver<BTreeSet<String>>,
 ) -> Result<mpsc::Receiver<Update>, SourceError> {
     let (tx, rx) = mpsc::channel();
     let rt = runtime(&url)?;
@@ -318,8 +372,12 @@ pub fn spawn(
                 let mut backoff = Duration::from_millis(100);
                 let mut election = Election::new(&host);
                 loop {
-                    let result =
-                        session(&url, &host, &tx, &mut election, &shared, register.as_ref()).await;
+                    let me = Me {
+                        url: &url,
+                        host: &host,
+                        reg: register.as_ref(),
+                    };
+                    let result = session(me, &tx, &mut election, &shared, status.clone()).await;
                     let msg = match result {
                         Ok(()) => return, // the agent is gone
                         Err(e) => e.to_string(),
@@ -350,6 +408,8 @@ pub fn spawn(
 /// as last seen, and the HA election's view.
 pub struct EtcdSource {
     rx: mpsc::Receiver<Update>,
+    /// The ports up on this host, for their status keys.
+    status: tokio::sync::watch::Sender<BTreeSet<String>>,
     /// A message received while waiting, not handled yet.
     stash: Option<Update>,
     lost: bool,
@@ -368,9 +428,17 @@ impl EtcdSource {
         ha: &ha::Shared,
         register: Option<Registration>,
     ) -> Result<Self, SourceError> {
-        let rx = spawn(url.to_string(), host.into(), ha.clone(), register)?;
+        let (status, status_rx) = tokio::sync::watch::channel(BTreeSet::new());
+        let rx = spawn(
+            url.to_string(),
+            host.into(),
+            ha.clone(),
+            register,
+            status_rx,
+        )?;
         Ok(Self {
             rx,
+            status,
             stash: None,
             lost: false,
             ha: ha.clone(),
@@ -386,6 +454,16 @@ impl EtcdSource {
         } else {
             std::thread::sleep(timeout);
         }
+    }
+
+    /// The ports whose taps are attached and entries written, for their status keys
+    /// (written by the watcher thread, only when the set changed).
+    pub fn report_ports(&self, up: BTreeSet<String>) {
+        self.status.send_if_modified(|now| {
+            let changed = *now != up;
+            *now = up;
+            changed
+        });
     }
 
     /// The HA election's latest view.

@@ -121,6 +121,14 @@ impl Source {
         }
     }
 
+    /// The ports of this host that are up (tap attached, entries written), by id: their
+    /// status keys in etcd follow (nothing with a state file).
+    pub fn report_ports(&self, up: std::collections::BTreeSet<String>) {
+        if let Self::Etcd(e) = self {
+            e.report_ports(up);
+        }
+    }
+
     /// What the agent shares with the HA election (etcd only).
     pub fn ha_shared(&self) -> Option<&ha::Shared> {
         match self {

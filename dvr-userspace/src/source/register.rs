@@ -9,6 +9,10 @@
 //! outlives the host entry: a restarted agent, or one whose entry was deleted (e.g. by a
 //! `dvrctl apply` of a file without it), takes its MAC back. The agent owns its entry: when
 //! the watch sees it deleted or changed, it writes it again.
+//!
+//! Port status (any etcd agent): `/dvr/status/<host>/<port id>` exists, under the agent's
+//! lease, while the port's tap is attached and its entries are written: what Neutron's port
+//! status (ACTIVE, and DOWN when the key goes) is read from.
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
@@ -72,6 +76,21 @@ impl Registration {
         }
         v
     }
+}
+
+/// Port status keys: `<prefix><host>/<port id>`, written by the host's agent under its
+/// lease while the port's tap is attached and its entries are written (so they go with the
+/// agent). Outside the agents' watched prefix: no agent reads another's.
+pub const STATUS_PREFIX: &str = "/dvr/status/";
+
+/// The status key of `port` on `host`.
+pub fn status_key(host: &str, port: &str) -> String {
+    format!("{STATUS_PREFIX}{host}/{port}")
+}
+
+/// The status value of a port that is up on `host`.
+pub fn status_value(host: &str, port: &str) -> String {
+    serde_json::json!({"host": host, "port_id": port, "status": "ACTIVE"}).to_string()
 }
 
 /// The key of a host's entry.

@@ -190,8 +190,6 @@ async fn read_paged(
     Ok(revision)
 }
 
-/// One connected session: register, snapshot, follow. Returns when the connection or the
-/// watch fails; the caller reconnects.
 /// Who a session is for.
 #[derive(Clone, Copy)]
 struct Me<'a> {
@@ -209,27 +207,31 @@ async fn sync_status(
     written: &mut BTreeSet<String>,
     want: &BTreeSet<String>,
 ) -> Result<(), SourceError> {
-    for port in want.difference(&written.clone()) {
+    let up: Vec<String> = want.difference(written).cloned().collect();
+    for port in up {
         let (k, v) = (
-            register::status_key(me.host, port),
-            register::status_value(me.host, port),
+            register::status_key(me.host, &port),
+            register::status_value(me.host, &port),
         );
         client
             .put(k, v, Some(PutOptions::new().with_lease(lease)))
             .await
             .map_err(err(me.url))?;
-        written.insert(port.clone());
+        written.insert(port);
     }
-    for port in written.clone().difference(want) {
+    let down: Vec<String> = written.difference(want).cloned().collect();
+    for port in down {
         client
-            .delete(register::status_key(me.host, port), None)
+            .delete(register::status_key(me.host, &port), None)
             .await
             .map_err(err(me.url))?;
-        written.remove(port);
+        written.remove(&port);
     }
     Ok(())
 }
 
+/// One connected session: register, snapshot, follow. Returns when the connection or the
+/// watch fails; the caller reconnects.
 async fn session(
     me: Me<'_>,
     tx: &mpsc::Sender<Update>,

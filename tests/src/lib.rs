@@ -16,7 +16,8 @@
 //! - [`lifecycle`]: killing and restarting agents ([`Cloud::kill_agent`],
 //!   [`Cloud::restart_agent`]), their `applied` log lines, pins and TCX links, and background
 //!   traffic that runs across a restart ([`Cloud::ping_bg`], [`Cloud::start_paced_transfer`]).
-//! - [`etcd`]: etcd in the underlay namespace, agents on `--etcd`, `dvrctl apply|hosts`.
+//! - [`etcd`]: etcd in the underlay namespace, agents on `--etcd`, `dvrctl apply|hosts`,
+//!   single-key writes from the underlay namespace (`EtcdWriter`).
 //! - [`ha`]: HA routers over two `dvr_snat` hosts ([`Topology::ha_hosts`]), the election
 //!   (`dvrctl ha|failover`), the fences ([`Cloud::fence`], [`FenceSampler`]) and failures to
 //!   inject (links down, cut from etcd).

@@ -477,13 +477,9 @@ fn random_deltas_of_every_kind_leave_the_maps_of_a_full_compile() -> Result<()> 
 
 /// The FDB key of a MAC on a network.
 fn fdb_key(vni: u32, mac: &str) -> Result<FdbKey> {
-    let mut m = [0u8; 6];
-    for (b, part) in m.iter_mut().zip(mac.split(':')) {
-        *b = u8::from_str_radix(part, 16).context("MAC")?;
-    }
     Ok(FdbKey {
         vni,
-        mac: m,
+        mac: dvr_userspace::model::parse_mac(mac).ok_or_else(|| anyhow!("bad MAC {mac}"))?,
         _pad: [0; 2],
     })
 }

@@ -131,13 +131,19 @@ impl Element for Host {
 }
 
 /// Tunnel ips are unicast and unique, DVR MACs too, external interfaces are Linux names.
+/// A tunnel (underlay) address must be unicast.
+pub fn check_tunnel_ip(t: Ipv4Addr) -> Result<(), String> {
+    if t.is_unspecified() || t.is_multicast() || t.is_broadcast() || t.is_loopback() {
+        return Err(format!("tunnel_ip {t} is not a unicast address"));
+    }
+    Ok(())
+}
+
 pub(super) fn check_hosts(out: &mut Report<'_>, hosts: &[Host]) {
     let mut tunnel_ips: HashMap<Ipv4Addr, &str> = HashMap::default();
     let mut macs: HashMap<Mac, &str> = HashMap::default();
     for h in hosts {
-        let t = h.tunnel_ip;
-        if t.is_unspecified() || t.is_multicast() || t.is_broadcast() || t.is_loopback() {
-            let message = format!("tunnel_ip {t} is not a unicast address");
+        if let Err(message) = check_tunnel_ip(h.tunnel_ip) {
             out.error("host", &h.name, "tunnel_ip", message);
         }
         match tunnel_ips.entry(h.tunnel_ip) {

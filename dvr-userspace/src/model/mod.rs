@@ -45,7 +45,7 @@ use std::path::Path;
 
 pub use error::{FieldError, StateError};
 pub use floatingip::FloatingIp;
-pub use host::{AgentMode, Host, check_ifname};
+pub use host::{AgentMode, Host, check_ifname, check_tunnel_ip};
 pub use network::{
     DEFAULT_MTU, FixedIp, FixedIp6, NETWORK_TYPE_VXLAN, Network, Subnet, Subnet6, VNI_MAX, eui64,
 };

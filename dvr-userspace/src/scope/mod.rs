@@ -25,12 +25,10 @@ use links::CHECKED;
 pub use links::{Links, key};
 
 use crate::model::{FieldError, State, StateError};
+use crate::source::KINDS;
 
 /// A key (`<kind>/<id>`), shared by the indexes.
 pub type Key = Arc<str>;
-
-/// The state's resource kinds in the order a state document lists them.
-pub const KINDS: [&str; 9] = crate::source::KINDS;
 
 #[derive(Debug)]
 struct Node {

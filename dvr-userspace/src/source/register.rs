@@ -21,7 +21,7 @@ use tracing::info;
 
 use super::error::SourceError;
 use super::kv::PREFIX;
-use crate::model::{Mac, check_ifname, format_mac, parse_mac};
+use crate::model::{Mac, check_ifname, check_tunnel_ip, format_mac, parse_mac};
 
 /// Reservation keys of DVR MACs: `<prefix><mac>` -> host name.
 pub const MAC_PREFIX: &str = "/dvr/v1/dvr-macs/";
@@ -49,10 +49,7 @@ impl Registration {
                 "--agent-mode {agent_mode:?}: expected dvr, dvr_snat or dvr_no_external"
             ));
         }
-        let t = tunnel_ip;
-        if t.is_unspecified() || t.is_multicast() || t.is_broadcast() || t.is_loopback() {
-            return Err(format!("--tunnel-ip {t}: not a unicast address"));
-        }
+        check_tunnel_ip(tunnel_ip).map_err(|e| format!("--tunnel-ip: {e}"))?;
         if let Some(i) = external_interface {
             check_ifname(i).map_err(|e| format!("--external-interface {i:?}: {e}"))?;
         }

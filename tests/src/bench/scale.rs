@@ -104,13 +104,14 @@ pub struct SizeFigures {
     pub modes: Vec<ModeFigures>,
 }
 
+/// Generated MAC `n` (its low 24 bits under `fa:16:3e`).
+fn mac_bytes(n: usize) -> [u8; 6] {
+    let [_, a, b, c] = (n as u32).to_be_bytes();
+    [0xfa, 0x16, 0x3e, a, b, c]
+}
+
 fn mac(n: usize) -> String {
-    format!(
-        "fa:16:3e:{:02x}:{:02x}:{:02x}",
-        (n >> 16) & 0xff,
-        (n >> 8) & 0xff,
-        n & 0xff
-    )
+    dvr_userspace::model::format_mac(&mac_bytes(n))
 }
 
 fn host_name(g: usize) -> String {
@@ -265,13 +266,9 @@ fn probe_port(n: usize, i: usize, shape: &Shape) -> (String, Value, FdbKey) {
         "binding:host_id": host_name((n * HOSTS_PER_NET + 1) % shape.hosts),
         "security_groups": [format!("gsg{}", n / NETS_PER_ROUTER)],
         "fixed_ips": [{"subnet_id": format!("gs{n}"), "ip_address": format!("{p}.{}", 100 + i)}]});
-    let mut mac_bytes = [0u8; 6];
-    for (b, part) in mac_bytes.iter_mut().zip(mac(m).split(':')) {
-        *b = u8::from_str_radix(part, 16).unwrap_or(0);
-    }
     let key = FdbKey {
         vni: VNI_BASE + n as u32,
-        mac: mac_bytes,
+        mac: mac_bytes(m),
         _pad: [0; 2],
     };
     (id, port, key)

@@ -596,6 +596,40 @@ pub struct NetInfo {
     next_host: u32,
 }
 
+impl NetInfo {
+    /// A network made elsewhere (by Neutron: [`crate::neutron`]): no router known here.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one per field of a Neutron network"
+    )]
+    pub(crate) fn adopted(
+        name: &str,
+        network_id: &str,
+        subnet_id: &str,
+        vni: u32,
+        cidr: Cidr,
+        gateway: Ipv4Addr,
+        v6: Option<crate::ipv6::Net6Info>,
+        mtu: u32,
+    ) -> NetInfo {
+        NetInfo {
+            name: name.into(),
+            network_id: network_id.into(),
+            subnet_id: subnet_id.into(),
+            vni,
+            cidr,
+            gateway,
+            router: None,
+            gateway_mac: None,
+            gateway_port_id: None,
+            csnat: None,
+            v6,
+            mtu,
+            next_host: 10,
+        }
+    }
+}
+
 /// A VM as created.
 #[derive(Clone, Debug)]
 pub struct Vm {
@@ -720,6 +754,8 @@ pub struct Cloud {
     pub(crate) agent_source: AgentSource,
     /// The etcd server of the cloud, if started ([`crate::etcd`]); stopped after the agents.
     pub(crate) etcd: Option<crate::etcd::EtcdServer>,
+    /// The cloud's neutron-server, if started ([`crate::neutron`]); stopped before etcd.
+    pub(crate) neutron: Option<crate::neutron::NeutronServer>,
     /// Print the tail of each agent's log when dropped (libtest shows it for failing tests only).
     pub dump_logs_on_drop: bool,
 }
@@ -764,6 +800,7 @@ impl Cloud {
             agent_args: Vec::new(),
             agent_source: AgentSource::File,
             etcd: None,
+            neutron: None,
             dump_logs_on_drop: true,
         })
     }
@@ -1106,7 +1143,7 @@ impl Cloud {
 
     /// Creates the VM's namespace, its `eth0` and the tap in the host namespace; the tap comes
     /// up last.
-    fn create_vm_links(&mut self, vm: &Vm) -> Result<()> {
+    pub(crate) fn create_vm_links(&mut self, vm: &Vm) -> Result<()> {
         let host_ns = self.host(&vm.host)?.ns.clone();
         let net = self.network(&vm.network)?.clone();
         let ns = self.new_ns(&vm.name)?;
@@ -2055,6 +2092,12 @@ impl Drop for Cloud {
                     Err(e) => problems.push(format!("stopping agent {h}: {e:#}")),
                 }
             }
+        }
+        if let Some(mut neutron) = self.neutron.take()
+            && neutron.running()
+            && let Err(e) = neutron.stop()
+        {
+            problems.push(format!("stopping neutron-server: {e:#}"));
         }
         if let Some(mut etcd) = self.etcd.take()
             && etcd.running()

@@ -44,6 +44,26 @@ pub struct Net6Info {
 }
 
 impl Net6Info {
+    /// An IPv6 subnet made elsewhere (by Neutron: [`crate::neutron`]).
+    pub(crate) fn adopted(
+        subnet_id: &str,
+        net: Ipv6Addr,
+        prefix: u8,
+        gateway: Ipv6Addr,
+        mode: Option<&str>,
+    ) -> Net6Info {
+        Net6Info {
+            subnet_id: subnet_id.into(),
+            net,
+            prefix,
+            gateway,
+            mode: mode.map(str::to_string),
+            gateway_mac: None,
+            gateway_port_id: None,
+            next_host: 10,
+        }
+    }
+
     /// Whether VMs configure their address themselves from the prefix (SLAAC).
     pub fn autoconf(&self) -> bool {
         matches!(self.mode.as_deref(), Some("slaac" | "dhcpv6-stateless"))

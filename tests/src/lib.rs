@@ -18,6 +18,9 @@
 //!   traffic that runs across a restart ([`Cloud::ping_bg`], [`Cloud::start_paced_transfer`]).
 //! - [`etcd`]: etcd in the underlay namespace, agents on `--etcd`, `dvrctl apply|hosts`,
 //!   single-key writes from the underlay namespace (`EtcdWriter`).
+//! - [`neutron`]: a real neutron-server (Neutron 29 and this repository's ML2 driver) on the
+//!   cloud's etcd, its API ([`NeutronApi`]), agents that register themselves, and VMs
+//!   plugged from the ports Neutron bound ([`Cloud::plug_port`]).
 //! - [`ha`]: HA routers over two `dvr_snat` hosts ([`Topology::ha_hosts`]), the election
 //!   (`dvrctl ha|failover`), the fences ([`Cloud::fence`], [`FenceSampler`]) and failures to
 //!   inject (links down, cut from etcd).
@@ -57,6 +60,7 @@ pub mod inspect;
 pub mod ipv6;
 pub mod keepalived;
 pub mod lifecycle;
+pub mod neutron;
 pub mod packet;
 pub mod pins;
 pub mod pmtu;
@@ -83,6 +87,7 @@ pub use ha::{Fence, FenceSample, FenceSampler, HaHolder, PingGaps, ping_gaps, tc
 pub use inspect::{DropEvent, Metrics, OutputKind, Trace, TraceProbe};
 pub use keepalived::{Keepalived, KeepalivedConf};
 pub use lifecycle::{AppliedLine, BgPing, PacedReport, PacedTransfer, Tcx};
+pub use neutron::{NeutronApi, neutron_venv};
 pub use sg::{Applied, Outcome, Proto, SecurityGroup, SecurityGroupRule, Ticker};
 pub use snat::{CsnatInfo, HostMode, VipInfo};
 pub use state::State;

@@ -437,12 +437,23 @@ impl Cloud {
     /// [`Cloud::compiled_entries`] of another state (`state`, e.g. one written to etcd
     /// directly), against `host`'s taps.
     pub fn compiled_entries_of(&self, host: &str, state: &Value) -> Result<compile::MapEntries> {
+        self.compiled_entries_with(host, state, None)
+    }
+
+    /// [`Cloud::compiled_entries_of`] with an election view (`ha`), as an agent on etcd
+    /// compiles.
+    pub fn compiled_entries_with(
+        &self,
+        host: &str,
+        state: &Value,
+        ha: Option<&compile::HaRuntime>,
+    ) -> Result<compile::MapEntries> {
         let text = serde_json::to_string(state)?;
         let state = model::State::from_json(&text)
             .map_err(|e| anyhow!("the cloud's own state is invalid: {e}"))?;
         let agent_name = self.host(host)?.agent_name.clone();
         let links = self.link_ifindexes(host)?;
-        let compiled = compile::compile(&state, &agent_name, None, &|tap| links.get(tap).copied())
+        let compiled = compile::compile(&state, &agent_name, ha, &|tap| links.get(tap).copied())
             .map_err(|e| anyhow!("compiling the cloud's state for {host}: {e}"))?;
         Ok(compiled.entries)
     }

@@ -160,19 +160,26 @@ fn newest_object(build_dir: &Path) -> anyhow::Result<PathBuf> {
 
 fn test(env: &Env, args: &[String]) -> anyhow::Result<()> {
     setup::all(env)?;
+    let venv = setup::neutron_venv_dir(env);
     layers::run(&env.root)?;
     env.run(cargo(env).args(["build", "--bins"]).args(HOST_UNIT))?;
     env.run(cargo(env).args(["build", "--package", "dvr-tests", "--tests", "--bins"]))?;
     let mut tally = run::Tally::default();
     let result = (|| {
         env.run_tests(cargo(env).arg("test").args(HOST_UNIT), &mut tally)?;
+        env.run_tests(
+            env.command(venv.join("bin").join("python"))
+                .arg(env.root.join("neutron-plugin/tests/run.py")),
+            &mut tally,
+        )?;
         // Setup has mounted bpffs if we are root.
         require_root("integration tests need root")?;
         env.run_tests(
             cargo(env)
                 .args(["test", "--package", "dvr-tests", "--", "--test-threads=1"])
                 .args(args)
-                .env("DVR_BIN_DIR", env.bin_dir()),
+                .env("DVR_BIN_DIR", env.bin_dir())
+                .env("DVR_NEUTRON_VENV", &venv),
             &mut tally,
         )
     })();
@@ -189,7 +196,8 @@ fn demo(env: &Env, args: &[String]) -> anyhow::Result<()> {
     env.run(
         env.command(&demo)
             .args(args)
-            .env("DVR_BIN_DIR", env.bin_dir()),
+            .env("DVR_BIN_DIR", env.bin_dir())
+            .env("DVR_NEUTRON_VENV", setup::neutron_venv_dir(env)),
     )
 }
 

@@ -1,7 +1,8 @@
 //! Installs what building and testing need, only where it is missing, so a second run is a
 //! quick no-op: the nightly toolchain's rust-src (aya-build builds `core` for
 //! bpfel-unknown-none), bpf-linker built against nightly rustc's own LLVM, the Debian tools
-//! the integration tests drive, and bpffs at /sys/fs/bpf.
+//! the integration tests drive, a virtual environment with Neutron 29 and the plugin for the
+//! Neutron-driven tests and demo, and bpffs at /sys/fs/bpf.
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, anyhow, bail};
@@ -14,7 +15,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_LINKER_LLVM_MAJOR: &str = "22";
 
 /// Tools the integration tests and the demo run (Debian package names).
-const PACKAGES: [&str; 17] = [
+const PACKAGES: [&str; 18] = [
     "iproute2",
     "iperf3",
     "iputils-ping",
@@ -35,14 +36,17 @@ const PACKAGES: [&str; 17] = [
     // iptables-restore, ip rule and ebtables-nft for `cargo xtask bench`'s namespace
     // (Neutron DVR) baseline.
     "iptables",
+    // `python3 -m venv` for the Neutron test bed (`neutron`).
+    "python3-venv",
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";
 
-/// Everything: toolchain, packages and (as root) bpffs.
+/// Everything: toolchain, packages, the Neutron venv and (as root) bpffs.
 pub fn all(env: &Env) -> anyhow::Result<()> {
     toolchain(env)?;
     packages(env)?;
+    neutron(env)?;
     if is_root()? {
         bpffs(env)
     } else {
@@ -232,4 +236,71 @@ pub fn bpffs(env: &Env) -> anyhow::Result<()> {
     }
     println!("setup: bpffs: mounting at {BPFFS}");
     env.run(env.command("mount").args(["-t", "bpf", "bpf", BPFFS]))
+}
+
+/// The Neutron plugin's directory, and the lock file of its virtual environment.
+const PLUGIN_DIR: &str = "neutron-plugin";
+const NEUTRON_LOCK: &str = "neutron-plugin/requirements.lock";
+
+/// Where the Neutron venv lives (the test bed and the demo find it through
+/// `DVR_NEUTRON_VENV`).
+pub fn neutron_venv_dir(env: &Env) -> PathBuf {
+    env.target_dir.join("neutron-venv")
+}
+
+/// A virtual environment with Neutron 29 and etcd3gw as pinned in the lock file, and the
+/// plugin installed editable (its code is read from the repository). Re-made only when the
+/// lock file or the plugin's packaging changed; `python3 -m venv` needs python3-venv on
+/// Debian, which `packages` installs.
+pub fn neutron(env: &Env) -> anyhow::Result<PathBuf> {
+    let venv = neutron_venv_dir(env);
+    let stamp_path = venv.join("dvr-stamp");
+    let mut stamp = String::new();
+    for file in [NEUTRON_LOCK, "neutron-plugin/pyproject.toml"] {
+        let path = env.root.join(file);
+        stamp +=
+            &std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    }
+    let python = venv.join("bin").join("python");
+    let importable = || {
+        env.probe(
+            env.command(&python)
+                .args(["-c", "import neutron, etcd3gw, networking_dvr_ebpf"]),
+        )
+        .is_some()
+    };
+    if std::fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp) && importable() {
+        println!("setup: neutron venv: present ({})", venv.display());
+        return Ok(venv);
+    }
+    println!(
+        "setup: neutron venv: installing Neutron 29 from {NEUTRON_LOCK} into {} (about a minute)",
+        venv.display()
+    );
+    if venv.exists() {
+        std::fs::remove_dir_all(&venv).with_context(|| format!("remove {}", venv.display()))?;
+    }
+    env.run(env.command("python3").arg("-m").arg("venv").arg(&venv))?;
+    let pip = venv.join("bin").join("pip");
+    env.run(
+        env.command(&pip)
+            .args(["install", "--quiet", "--no-deps", "-r"])
+            .arg(env.root.join(NEUTRON_LOCK)),
+    )?;
+    env.run(
+        env.command(&pip)
+            .args(["install", "--quiet", "--no-deps", "-e"])
+            .arg(env.root.join(PLUGIN_DIR)),
+    )?;
+    if !importable() {
+        bail!(
+            "the neutron venv at {} was installed but cannot import neutron, etcd3gw and \
+             networking_dvr_ebpf",
+            venv.display()
+        );
+    }
+    std::fs::write(&stamp_path, stamp)
+        .with_context(|| format!("write {}", stamp_path.display()))?;
+    println!("setup: neutron venv: installed");
+    Ok(venv)
 }

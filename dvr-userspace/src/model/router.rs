@@ -256,18 +256,15 @@ fn check_gateway_ips<'a, S: FamilySubnet, O>(
     }
 }
 
-/// `ha_hosts`: only with `ha: true`, at least two distinct `dvr_snat` hosts with an
-/// external interface.
+/// `ha_hosts`: only with `ha: true`, distinct `dvr_snat` hosts with an external interface.
+/// One is enough: the Neutron plugin lists every SNAT host of the cloud, which may be one,
+/// and the role then moves to a second host as soon as it registers.
 pub(super) fn check_ha_hosts(out: &mut Report<'_>, routers: &[Router], hosts: Known<'_, Host>) {
     for r in routers.iter().filter(|r| !r.ha_hosts.is_empty()) {
         if !r.ha {
             let message = "only an HA router (ha: true) has ha_hosts";
             out.error("router", &r.id, "ha_hosts", message);
             continue;
-        }
-        if r.ha_hosts.len() < 2 {
-            let message = "an HA router needs at least two ha_hosts";
-            out.error("router", &r.id, "ha_hosts", message);
         }
         let mut seen: HashMap<&str, usize> = HashMap::default();
         for (i, c) in r.ha_hosts.iter().enumerate() {
@@ -596,6 +593,18 @@ mod tests {
     }
 
     #[test]
+    fn one_ha_host_is_enough() {
+        let mut v = crate::testing::fixture_value();
+        with_ha(
+            &mut v,
+            true,
+            serde_json::json!([{"host": "host-c", "priority": 1}]),
+        );
+        let state = crate::model::State::from_json(&v.to_string());
+        assert!(state.is_ok(), "{:?}", state.err());
+    }
+
+    #[test]
     fn bad_ha_hosts_name_router_and_field() {
         let e = errors_after(|v| {
             with_ha(
@@ -605,14 +614,6 @@ mod tests {
             )
         });
         assert_error(&e, "router", "router1", "ha_hosts", "only an HA router");
-        let e = errors_after(|v| {
-            with_ha(
-                v,
-                true,
-                serde_json::json!([{"host": "host-b", "priority": 1}]),
-            )
-        });
-        assert_error(&e, "router", "router1", "ha_hosts", "at least two");
         let e = errors_after(|v| {
             with_ha(
                 v,

@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 
 use crate::cloud::{Cidr, Cloud, NetInfo, Vm, tap_name};
 use crate::cmd::{ChildGuard, wait_until};
-use crate::external::EXT_IFACE;
+use crate::external::{EXT_CIDR, EXT_GATEWAY, EXT_IFACE, PHYSNET};
 use crate::snat::HostMode;
 
 /// Where the server listens, in the underlay namespace.
@@ -210,6 +210,19 @@ pub fn fixed_ip(port: &Value, v6: bool) -> Option<(std::net::IpAddr, String)> {
     })
 }
 
+/// A tenant network made through the API, with its subnets.
+#[derive(Clone, Debug)]
+pub struct NeutronNet {
+    pub network: Value,
+    pub subnet: Value,
+    pub subnet6: Option<Value>,
+}
+
+/// The `id` of a resource.
+pub fn id_of(v: &Value) -> Result<&str> {
+    str_of(v, "id")
+}
+
 fn str_of<'a>(v: &'a Value, field: &str) -> Result<&'a str> {
     v[field]
         .as_str()
@@ -217,6 +230,129 @@ fn str_of<'a>(v: &'a Value, field: &str) -> Result<&'a str> {
 }
 
 impl Cloud {
+    /// A tenant network (VXLAN, VNI chosen by Neutron) with an IPv4 subnet and, with
+    /// `cidr6`, a SLAAC IPv6 subnet, made through the API and adopted as `name`.
+    pub fn neutron_network(
+        &mut self,
+        name: &str,
+        cidr: &str,
+        cidr6: Option<&str>,
+    ) -> Result<NeutronNet> {
+        let api = self.neutron();
+        let network = api.create("network", json!({ "name": name }))?;
+        let id = network["id"].clone();
+        let subnet = api.create(
+            "subnet",
+            json!({"network_id": id, "cidr": cidr, "ip_version": 4, "enable_dhcp": false}),
+        )?;
+        let subnet6 = cidr6
+            .map(|cidr6| {
+                api.create(
+                    "subnet",
+                    json!({"network_id": id, "cidr": cidr6, "ip_version": 6,
+                           "ipv6_ra_mode": "slaac", "ipv6_address_mode": "slaac"}),
+                )
+            })
+            .transpose()?;
+        let network = api.show("network", id_of(&network)?)?;
+        self.adopt_network(name, &network, &subnet, subnet6.as_ref())?;
+        Ok(NeutronNet {
+            network,
+            subnet,
+            subnet6,
+        })
+    }
+
+    /// The flat external network `public` on the test bed's `br-ext` ([`EXT_CIDR`] via
+    /// [`EXT_GATEWAY`]); floating IPs and router gateways from 10.5.2.1-10.5.2.250.
+    pub fn neutron_external_network(&self) -> Result<Value> {
+        let api = self.neutron();
+        let ext = api.create(
+            "network",
+            json!({"name": "public", "router:external": true,
+                   "provider:network_type": "flat", "provider:physical_network": PHYSNET}),
+        )?;
+        api.create(
+            "subnet",
+            json!({"network_id": ext["id"], "cidr": EXT_CIDR, "ip_version": 4,
+                   "gateway_ip": EXT_GATEWAY.to_string(), "enable_dhcp": false,
+                   "allocation_pools": [{"start": "10.5.2.1", "end": "10.5.2.250"}]}),
+        )?;
+        Ok(ext)
+    }
+
+    /// A distributed router `name`, with a gateway on `external` if given, and an interface
+    /// on every subnet of `networks`; returns the router as Neutron shows it after.
+    pub fn neutron_router(
+        &self,
+        name: &str,
+        external: Option<&Value>,
+        networks: &[&NeutronNet],
+    ) -> Result<Value> {
+        let api = self.neutron();
+        let mut fields = json!({ "name": name });
+        if let Some(ext) = external {
+            fields["external_gateway_info"] = json!({ "network_id": ext["id"] });
+        }
+        let router = api.create("router", fields)?;
+        let rid = id_of(&router)?;
+        for net in networks {
+            for s in std::iter::once(&net.subnet).chain(net.subnet6.as_ref()) {
+                api.call(
+                    "PUT",
+                    &format!("/routers/{rid}/add_router_interface"),
+                    Some(&json!({ "subnet_id": s["id"] })),
+                )?;
+            }
+        }
+        api.show("router", rid)
+    }
+
+    /// Nova's part: a port on the adopted network `network` bound on `host`, checked bound
+    /// as a tap, the VM plugged ([`Cloud::plug_port`]), then the port ACTIVE in Neutron (the
+    /// agent reported it) within `deadline`. Returns the port as created.
+    pub fn boot(
+        &mut self,
+        vm: &str,
+        host: &str,
+        network: &str,
+        deadline: Duration,
+    ) -> Result<Value> {
+        let api = self.neutron();
+        let agent = self.host(host)?.agent_name.clone();
+        let network_id = self.network(network)?.network_id.clone();
+        let port = api.create(
+            "port",
+            json!({"network_id": network_id, "name": vm, "binding:host_id": agent,
+                   "device_owner": "compute:nova", "device_id": format!("vm-{vm}")}),
+        )?;
+        ensure!(
+            port["binding:vif_type"] == "tap",
+            "{vm}'s port is bound as a tap on {agent}: {port}"
+        );
+        self.plug_port(vm, host, network, &port)?;
+        let took = api.wait_port_status(id_of(&port)?, "ACTIVE", deadline)?;
+        eprintln!("dvr-tests: {vm}'s port ACTIVE {took:?} after its tap came up");
+        Ok(port)
+    }
+
+    /// Waits until router `router`'s centralized role is held (`ha/<router>` in etcd); the
+    /// holder's agent name.
+    pub fn snat_holder(&self, router: &str, deadline: Duration) -> Result<String> {
+        wait_until(
+            &format!("router {router}'s SNAT role elected"),
+            deadline,
+            |_| {
+                let (_, kvs) = self.etcd_get(&format!("/dvr/v1/ha/{router}"))?;
+                Ok(kvs.values().next().and_then(|kv| {
+                    serde_json::from_str::<Value>(&kv.value).ok()?["host"]
+                        .as_str()
+                        .map(str::to_string)
+                }))
+            },
+        )
+    }
+
     /// Starts etcd and one agent per host, each registering itself (`--tunnel-ip`,
     /// `--agent-mode`, `--external-interface` with the external network) instead of reading
     /// a hosts list, and waits until every host's entry is in etcd and its agent is ready.

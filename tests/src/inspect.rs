@@ -90,6 +90,13 @@ impl TraceProbe {
     }
 
     fn args(&self) -> Vec<String> {
+        let mut a = self.cli_args();
+        a.push("--json".into());
+        a
+    }
+
+    /// The `dvrctl` arguments of this probe (`trace ...`), for its text output.
+    pub fn cli_args(&self) -> Vec<String> {
         let mut a = vec![
             "trace".to_string(),
             "--in".into(),
@@ -127,7 +134,6 @@ impl TraceProbe {
                 a.push("--df".into());
             }
         }
-        a.push("--json".into());
         a
     }
 }

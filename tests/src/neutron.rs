@@ -388,10 +388,19 @@ impl Cloud {
         let start = Instant::now();
         for h in &names {
             let agent = self.host(h)?.agent_name.clone();
-            wait_until(&format!("{h}'s host entry in etcd"), deadline, |_| {
+            let entry = wait_until(&format!("{h}'s host entry in etcd"), deadline, |_| {
                 let (_, kvs) = self.etcd_get(&format!("/dvr/v1/hosts/{agent}"))?;
-                Ok((!kvs.is_empty()).then_some(()))
+                kvs.values()
+                    .next()
+                    .map(|kv| serde_json::from_str::<Value>(&kv.value))
+                    .transpose()
+                    .context("a host entry")
             })?;
+            // The DVR MAC the agent allocated, not the topology's.
+            let mac = str_of(&entry, "dvr_mac")?.to_string();
+            if let Some(info) = self.hosts.iter_mut().find(|x| x.name == *h) {
+                info.dvr_mac = mac;
+            }
             self.wait_agent_ready(h, deadline.saturating_sub(start.elapsed()))?;
         }
         Ok(())

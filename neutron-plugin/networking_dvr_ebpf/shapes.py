@@ -59,6 +59,20 @@ def security_group(value):
     return out
 
 
+ROUTER_OWNERS = (
+    "network:router_interface",
+    "network:router_interface_distributed",
+    "network:router_centralized_snat",
+    "network:router_gateway",
+    "network:ha_router_replicated_interface",
+)
+
+
+def names_router(port):
+    """Whether a port's ``device_id`` is a router's id."""
+    return port.get("device_owner") in ROUTER_OWNERS
+
+
 def stored(kind, value, candidates=()):
     """The value to store for one resource of ``kind`` (``candidates``: SNAT hosts)."""
     if kind == "routers":

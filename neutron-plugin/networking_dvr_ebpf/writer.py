@@ -5,6 +5,7 @@ what Neutron holds now, whichever event asked for it; ``Store.put_resource`` kee
 ``revision_number`` from being overwritten by a slower writer. A resource Neutron no longer
 has is deleted from etcd.
 """
+import json
 import logging
 import threading
 
@@ -14,7 +15,7 @@ from neutron_lib.plugins import constants as plugin_constants
 from neutron_lib.plugins import directory
 
 from networking_dvr_ebpf import config, shapes
-from networking_dvr_ebpf.store import KINDS, encode
+from networking_dvr_ebpf.store import KINDS, encode, key
 
 LOG = logging.getLogger(__name__)
 
@@ -58,6 +59,18 @@ def read_all(kind):
     return getattr(plugin, READERS[kind][2])(admin())
 
 
+def _drift(old_text, new):
+    """What a resync found different: the fields, or that etcd lacked the resource."""
+    if old_text is None:
+        return "etcd lacked it"
+    try:
+        old = json.loads(old_text)
+    except ValueError:
+        return "etcd held no JSON"
+    fields = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return "fields " + ", ".join(fields)
+
+
 class Writer:
     def __init__(self, store):
         self.store = store
@@ -83,6 +96,12 @@ class Writer:
             if kind == "security_groups":
                 self._delete_rules_of(rid)
             return
+        if kind == "ports" and shapes.names_router(value):
+            # A router's ports are made before its own events: write the router first, so
+            # the agents do not see a port naming a router they do not know.
+            router = value.get("device_id")
+            if router and self.store.get(key("routers", router)) is None:
+                self._sync("routers", router)
         candidates = self.candidates() if kind == "routers" else ()
         self._put_checked(kind, rid, shapes.stored(kind, value, candidates))
         if kind == "security_groups":
@@ -130,8 +149,8 @@ class Writer:
             stored = self.store.resources(kind)
             for rid, value in desired.items():
                 if stored.get(rid) != encode(value) and self._put_checked(kind, rid, value):
-                    LOG.info("dvr_ebpf: resync put %s/%s (etcd %s)", kind, rid,
-                             "differed" if rid in stored else "lacked it")
+                    LOG.info("dvr_ebpf: resync put %s/%s (%s)", kind, rid,
+                             _drift(stored.get(rid), value))
                     put += 1
             for rid in stored.keys() - desired.keys():
                 if read_one(kind, rid) is None:

@@ -40,6 +40,11 @@ class Shapes(unittest.TestCase):
         sg = {"id": "sg1", "security_group_rules": [{"id": "x"}], "stateful": True}
         self.assertEqual(shapes.stored("security_groups", sg), {"id": "sg1", "stateful": True})
 
+    def test_router_ports_name_their_router(self):
+        self.assertTrue(shapes.names_router({"device_owner": "network:router_gateway"}))
+        self.assertFalse(shapes.names_router({"device_owner": "compute:nova"}))
+        self.assertFalse(shapes.names_router({}))
+
     def test_encoding_is_canonical_and_revision_readable(self):
         a = store.encode({"b": 1, "a": 2, "revision_number": 7})
         self.assertEqual(a, '{"a":2,"b":1,"revision_number":7}')

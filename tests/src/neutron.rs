@@ -38,8 +38,10 @@ use crate::snat::HostMode;
 pub const NEUTRON_ADDR: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9696);
 /// How long the server gets to answer after a start (about 5 s on an idle 2-core machine).
 pub const NEUTRON_READY_DEADLINE: Duration = Duration::from_secs(120);
-/// The plugin's full resync interval in the test bed (seconds).
-pub const RESYNC_INTERVAL: u32 = 3;
+/// The plugin's periodic full resync in the test bed (seconds): an hour, so that what
+/// reaches etcd comes from the driver's hooks (and the resyncs of a new leader, of an etcd
+/// restart or after a failed write); [`Cloud::start_neutron_resyncing`] sets another.
+pub const RESYNC_INTERVAL: u32 = 3600;
 /// The plugin leader's lease (seconds).
 pub const LEADER_TTL: u32 = 3;
 /// One API request's deadline.
@@ -353,15 +355,32 @@ impl Cloud {
         )
     }
 
-    /// Starts etcd and one agent per host, each registering itself (`--tunnel-ip`,
-    /// `--agent-mode`, `--external-interface` with the external network) instead of reading
-    /// a hosts list, and waits until every host's entry is in etcd and its agent is ready.
+    /// Starts etcd and one agent per host, each registering itself (see
+    /// [`Cloud::start_registered_agent`]).
     pub fn start_registered_agents(&mut self, deadline: Duration) -> Result<()> {
+        let names: Vec<String> = self.hosts.iter().map(|h| h.name.clone()).collect();
+        let start = Instant::now();
+        for h in &names {
+            self.start_registered_agent(h, deadline.saturating_sub(start.elapsed()))?;
+        }
+        Ok(())
+    }
+
+    /// Starts (etcd if needed, and) `host`'s agent registering itself (`--tunnel-ip`,
+    /// `--agent-mode`, `--external-interface` with the external network) instead of reading
+    /// a hosts list; waits until its entry is in etcd and the agent is ready. The host's
+    /// `dvr_mac` becomes the one the agent allocated.
+    pub fn start_registered_agent(&mut self, host: &str, deadline: Duration) -> Result<()> {
         if self.etcd.is_none() {
             self.start_etcd()?;
         }
         self.agents_use_etcd()?;
-        for h in &mut self.hosts {
+        let h = self
+            .hosts
+            .iter_mut()
+            .find(|h| h.name == host)
+            .ok_or_else(|| anyhow!("no host {host}"))?;
+        if !h.agent_args.iter().any(|a| a == "--tunnel-ip") {
             let mode = match h.mode {
                 HostMode::Dvr => "dvr",
                 HostMode::DvrSnat => "dvr_snat",
@@ -381,34 +400,32 @@ impl Cloud {
                     .extend(["--external-interface", EXT_IFACE].map(str::to_string));
             }
         }
-        let names: Vec<String> = self.hosts.iter().map(|h| h.name.clone()).collect();
-        for h in &names {
-            self.start_agent(h)?;
-        }
+        let agent = h.agent_name.clone();
+        self.start_agent(host)?;
         let start = Instant::now();
-        for h in &names {
-            let agent = self.host(h)?.agent_name.clone();
-            let entry = wait_until(&format!("{h}'s host entry in etcd"), deadline, |_| {
-                let (_, kvs) = self.etcd_get(&format!("/dvr/v1/hosts/{agent}"))?;
-                kvs.values()
-                    .next()
-                    .map(|kv| serde_json::from_str::<Value>(&kv.value))
-                    .transpose()
-                    .context("a host entry")
-            })?;
-            // The DVR MAC the agent allocated, not the topology's.
-            let mac = str_of(&entry, "dvr_mac")?.to_string();
-            if let Some(info) = self.hosts.iter_mut().find(|x| x.name == *h) {
-                info.dvr_mac = mac;
-            }
-            self.wait_agent_ready(h, deadline.saturating_sub(start.elapsed()))?;
+        let entry = wait_until(&format!("{host}'s host entry in etcd"), deadline, |_| {
+            let (_, kvs) = self.etcd_get(&format!("/dvr/v1/hosts/{agent}"))?;
+            kvs.values()
+                .next()
+                .map(|kv| serde_json::from_str::<Value>(&kv.value))
+                .transpose()
+                .context("a host entry")
+        })?;
+        let mac = str_of(&entry, "dvr_mac")?.to_string();
+        if let Some(info) = self.hosts.iter_mut().find(|x| x.name == host) {
+            info.dvr_mac = mac;
         }
-        Ok(())
+        self.wait_agent_ready(host, deadline.saturating_sub(start.elapsed()))
     }
 
     /// Starts neutron-server (again, on the same database after [`Cloud::stop_neutron`]) in
     /// the underlay namespace and waits until its API answers. Needs etcd.
     pub fn start_neutron(&mut self) -> Result<()> {
+        self.start_neutron_resyncing(RESYNC_INTERVAL)
+    }
+
+    /// [`Cloud::start_neutron`] with a periodic full resync every `interval` seconds.
+    pub fn start_neutron_resyncing(&mut self, interval: u32) -> Result<()> {
         let venv = neutron_venv()?;
         let etcd = self.etcd_url()?;
         let etcd = etcd.trim_start_matches("http://").to_string();
@@ -435,7 +452,7 @@ impl Cloud {
             .arg("--etcd")
             .arg(&etcd)
             .arg("--resync-interval")
-            .arg(RESYNC_INTERVAL.to_string())
+            .arg(interval.to_string())
             .arg("--leader-ttl")
             .arg(LEADER_TTL.to_string())
             .env("PYTHONWARNINGS", "ignore")

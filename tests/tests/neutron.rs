@@ -3,24 +3,33 @@
 //! tests play Nova's part (ports with `binding:host_id`, then the VM's tap) and build every
 //! other resource through the API.
 //!
-//! - `a_cloud_built_through_the_api_forwards_as_neutron_says`: hosts h1, h2 (`dvr`) and snat
-//!   (`dvr_snat`) register; networks a and b (IPv4 and SLAAC IPv6), the flat external network,
-//!   a distributed router with a gateway and interfaces on both. Ports bind (`vif_type` tap)
-//!   only on hosts with a live agent and go ACTIVE once plugged. Routed east-west over IPv4
-//!   and IPv6, a floating IP in both directions (the internet host sees the FIP), a VM
-//!   without one leaving as the router's gateway address through the SNAT host the election
-//!   chose, and an ICMP rule added and removed through the API. Ports created and deleted
-//!   through the API reach a remote host's FDB: p50/p99 printed.
-//! - `restarts_of_neutron_and_etcd_and_a_killed_agent_leave_nothing_stale`: traffic keeps
-//!   flowing while neutron-server is down, drift made in etcd meanwhile (a deleted key, a
-//!   stale key) is repaired by the resync after its restart; a change made while etcd is down
-//!   reaches the datapath after etcd is back; a killed agent's ports go DOWN in Neutron,
-//!   forwarding goes on, and come back ACTIVE with the agent. After each, etcd holds exactly
-//!   Neutron's resources and every host's maps equal a compile of etcd's state.
+//! - `a_cloud_built_through_the_api_forwards_as_neutron_says`: hosts h1, h2 (`dvr`), snat
+//!   (`dvr_snat`) and nx (`dvr_no_external`) register; networks a and b (IPv4 and SLAAC
+//!   IPv6), the flat external network, a distributed router with a gateway and interfaces on
+//!   both. Ports bind (`vif_type` tap) only on hosts with a live agent and go ACTIVE once
+//!   plugged. Routed east-west over IPv4 and IPv6; a VM without a floating IP leaves as the
+//!   router's gateway address through the SNAT host the election chose; floating IPs served
+//!   on the port's host, centrally for the `dvr_no_external` host and for a VIP (an unbound
+//!   port a VM holds): each VM leaves as its FIP, and the outside reaches them only while an
+//!   ICMP rule added through the API exists. API-to-datapath figures (ports created and
+//!   deleted, a FIP associated and disassociated) are printed. With no periodic resync, etcd
+//!   ends holding Neutron's resources value for value: the hooks alone carried every change.
+//! - `restarts_of_neutron_and_etcd_and_a_killed_agent_leave_nothing_stale`: drift made in
+//!   etcd behind the plugin's back is repaired by the periodic resync; traffic keeps flowing
+//!   while neutron-server is down, drift made meanwhile is repaired by the new leader's
+//!   resync; a change made while etcd is down reaches etcd after etcd is back; a killed
+//!   agent's port goes DOWN in Neutron, forwarding goes on, and it comes back ACTIVE with the
+//!   agent. After each, etcd holds exactly Neutron's resources and every host's maps equal a
+//!   compile of etcd's state.
+//! - `snat_is_placed_on_every_registered_snat_host_and_fails_over`: with one `dvr_snat` host
+//!   registered the router's `ha_hosts` is that host, which the election makes the SNAT
+//!   host; a second one registering is added by the plugin (the first keeps the role); the
+//!   first one's agent killed, the second is elected and the VM leaves through it.
 //!
 //! Needs root, bpffs, etcd, the built agent and the Neutron venv (`cargo xtask setup`); run
 //! with `--test-threads=1`.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
@@ -40,6 +49,8 @@ const WAIT: Duration = Duration::from_secs(30);
 /// figures are printed; the target is under one second).
 const API_TO_DATAPATH: Duration = Duration::from_secs(10);
 const KIB: usize = 1024;
+/// The periodic resync of the test that makes drift behind the plugin's back (seconds).
+const RESYNC_SECS: u32 = 2;
 /// Samples per kind of change in the API-to-datapath figures.
 const LATENCY_SAMPLES: usize = 20;
 
@@ -338,52 +349,90 @@ fn a_cloud_built_through_the_api_forwards_as_neutron_says() -> Result<()> {
         let n = c.etcd_map_differences(h)?;
         ensure!(n == 0, "{h}'s maps differ from etcd's state in {n} entries");
     }
+    // Every change reached etcd through the driver's hooks (no periodic resync runs here):
+    // etcd holds Neutron's resources value for value, and no write failed.
+    let diff = etcd_values_match_neutron(&c)?;
+    ensure!(
+        diff.is_empty(),
+        "etcd differs from Neutron:\n{}",
+        diff.join("\n")
+    );
+    let log = c.neutron_log()?;
+    ensure!(
+        !log.contains("ERROR networking_dvr_ebpf"),
+        "the driver logged errors"
+    );
     Ok(())
 }
 
-/// Every resource id Neutron lists and every id in etcd, by kind: equal when nothing is
-/// missing or stale.
-fn etcd_matches_neutron(c: &Cloud) -> Result<Option<String>> {
+/// The API's kinds, as (etcd kind, URL path, JSON key).
+const API_KINDS: [(&str, &str, &str); 8] = [
+    ("networks", "networks", "networks"),
+    ("subnets", "subnets", "subnets"),
+    ("ports", "ports", "ports"),
+    ("routers", "routers", "routers"),
+    ("floatingips", "floatingips", "floatingips"),
+    ("security_groups", "security-groups", "security_groups"),
+    (
+        "security_group_rules",
+        "security-group-rules",
+        "security_group_rules",
+    ),
+    ("address_groups", "address-groups", "address_groups"),
+];
+
+/// Where etcd's value of each resource differs from what the API shows (ignoring what the
+/// plugin adds: a router's SNAT placement, a group's nested rules), and what either lacks.
+fn etcd_values_match_neutron(c: &Cloud) -> Result<Vec<String>> {
     let api = c.neutron();
     let state = c.etcd_state()?;
-    for (kind, path) in [
-        ("networks", "network"),
-        ("subnets", "subnet"),
-        ("ports", "port"),
-        ("routers", "router"),
-        ("floatingips", "floatingip"),
-        ("security_groups", "security-group"),
-        ("security_group_rules", "security-group-rule"),
-    ] {
-        let api_kind = path.replace('-', "_");
-        let plural = format!("{api_kind}s");
-        let listed = api.get(&format!("/{path}s"))?;
-        let mut want: Vec<&str> = listed[&plural]
+    let mut out = Vec::new();
+    for (kind, path, key) in API_KINDS {
+        let listed = api.get(&format!("/{path}"))?;
+        let want: BTreeMap<&str, &Value> = listed[key]
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|r| r["id"].as_str())
+            .filter_map(|r| Some((r["id"].as_str()?, r)))
             .collect();
-        let mut have: Vec<&str> = state[kind]
+        let have: BTreeMap<&str, &Value> = state[kind]
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|r| r["id"].as_str())
+            .filter_map(|r| Some((r["id"].as_str()?, r)))
             .collect();
-        want.sort_unstable();
-        have.sort_unstable();
-        if want != have {
-            return Ok(Some(format!("{kind}: Neutron {want:?}, etcd {have:?}")));
+        for (id, w) in &want {
+            let Some(h) = have.get(id) else {
+                out.push(format!("{kind}/{id}: not in etcd"));
+                continue;
+            };
+            for (field, value) in w.as_object().into_iter().flatten() {
+                let added = matches!(
+                    (kind, field.as_str()),
+                    ("routers", "ha" | "ha_hosts") | ("security_groups", "security_group_rules")
+                );
+                if !added && h.get(field) != Some(value) {
+                    out.push(format!(
+                        "{kind}/{id}.{field}: Neutron {value}, etcd {:?}",
+                        h.get(field)
+                    ));
+                }
+            }
         }
+        out.extend(
+            have.keys()
+                .filter(|id| !want.contains_key(*id))
+                .map(|id| format!("{kind}/{id}: stale in etcd")),
+        );
     }
-    Ok(None)
+    Ok(out)
 }
 
 fn wait_consistent(c: &Cloud, hosts: &[&str], what: &str) -> Result<()> {
     wait_until(&format!("etcd to equal Neutron {what}"), WAIT, |why| {
-        let diff = etcd_matches_neutron(c)?;
-        *why = format!("{diff:?}");
-        Ok(diff.is_none().then_some(()))
+        let diff = etcd_values_match_neutron(c)?;
+        *why = diff.join("; ");
+        Ok(diff.is_empty().then_some(()))
     })?;
     for h in hosts {
         wait_until(
@@ -401,9 +450,12 @@ fn wait_consistent(c: &Cloud, hosts: &[&str], what: &str) -> Result<()> {
 
 #[test]
 fn restarts_of_neutron_and_etcd_and_a_killed_agent_leave_nothing_stale() -> Result<()> {
+    require_neutron()?;
     let mut t = Topology::new();
     t.host("h1").host("h2");
-    let mut c = cloud(&t)?;
+    let mut c = t.build_without_agents()?;
+    c.start_registered_agents(WAIT)?;
+    c.start_neutron_resyncing(RESYNC_SECS)?;
     let api = c.neutron();
     let a = c.neutron_network("a", "172.24.21.0/24", None)?;
     let b = c.neutron_network("b", "172.24.22.0/24", None)?;
@@ -414,11 +466,37 @@ fn restarts_of_neutron_and_etcd_and_a_killed_agent_leave_nothing_stale() -> Resu
     let hosts = ["h1", "h2"];
     wait_consistent(&c, &hosts, "at the start")?;
 
+    // Drift made in etcd behind the plugin's back (a key deleted, a stale key written) is
+    // repaired by the periodic resync.
+    let w = c.etcd_writer()?;
+    let v1_key = format!("/dvr/v1/ports/{}", id(&v1)?);
+    w.delete(&v1_key)?;
+    let mut stale = v1.clone();
+    stale["id"] = json!("stale-port-written-by-hand");
+    stale["mac_address"] = json!("fa:16:3e:5e:5e:02");
+    stale["fixed_ips"] = json!([{"subnet_id": a.subnet["id"], "ip_address": "172.24.21.251"}]);
+    w.put(
+        "/dvr/v1/ports/stale-port-written-by-hand",
+        &stale.to_string(),
+    )?;
+    let start = Instant::now();
+    wait_consistent(&c, &hosts, "after drift while it runs")?;
+    eprintln!(
+        "dvr-tests: drift in etcd repaired by the periodic resync ({RESYNC_SECS} s) after {}",
+        ms(start.elapsed())
+    );
+    let log = c.neutron_log()?;
+    // (v1's port may come back through its status instead: h1's agent withdraws the status
+    // of a port gone from the state, the driver sets it DOWN and so writes it again.)
+    ensure!(
+        log.contains("resync deleted ports/stale-port-written-by-hand"),
+        "the periodic resync deleted the stale key"
+    );
+
     // neutron-server down: forwarding goes on; drift made in etcd meanwhile is repaired by
-    // the resync after its restart.
+    // the resync of the leader elected after its restart.
     c.stop_neutron()?;
     c.ping_ok("v1", c.ip("v2")?, 3)?;
-    let w = c.etcd_writer()?;
     let v2_key = format!("/dvr/v1/ports/{}", id(&v2)?);
     w.delete(&v2_key)?;
     let mut stale = v1.clone();
@@ -429,7 +507,7 @@ fn restarts_of_neutron_and_etcd_and_a_killed_agent_leave_nothing_stale() -> Resu
         "/dvr/v1/ports/stale-port-of-a-deleted-vm",
         &stale.to_string(),
     )?;
-    c.start_neutron()?;
+    c.start_neutron_resyncing(RESYNC_SECS)?;
     wait_consistent(&c, &hosts, "after neutron-server restarted")?;
     c.ping_ok("v1", c.ip("v2")?, 2)?;
     let log = c.neutron_log()?;
@@ -468,5 +546,107 @@ fn restarts_of_neutron_and_etcd_and_a_killed_agent_leave_nothing_stale() -> Resu
     wait_consistent(&c, &hosts, "after h2's agent restarted")?;
     c.ping_ok("v1", c.ip("v2")?, 2)
         .context("v1 reaches v2 after everything")?;
+    Ok(())
+}
+
+/// The router as the plugin stored it in etcd.
+fn stored_router(c: &Cloud, rid: &str) -> Result<Option<Value>> {
+    let (_, kvs) = c.etcd_get(&format!("/dvr/v1/routers/{rid}"))?;
+    kvs.values()
+        .next()
+        .map(|kv| serde_json::from_str(&kv.value).context("a router in etcd"))
+        .transpose()
+}
+
+fn ha_host_names(r: &Value) -> Vec<String> {
+    let mut names: Vec<String> = r["ha_hosts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h["host"].as_str().map(str::to_string))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn snat_is_placed_on_every_registered_snat_host_and_fails_over() -> Result<()> {
+    require_neutron()?;
+    let mut t = Topology::new();
+    t.host("h1").snat_host("s1").snat_host("s2").external();
+    let mut c = t.build_without_agents()?;
+    c.start_registered_agent("h1", WAIT)?;
+    c.start_registered_agent("s1", WAIT)?;
+    c.start_neutron()?;
+    let ext = c.neutron_external_network()?;
+    let a = c.neutron_network("a", "172.24.31.0/24", None)?;
+    let router = c.neutron_router("r3", Some(&ext), &[&a])?;
+    let rid = id(&router)?.to_string();
+    let gw_ip: Ipv4Addr = router["external_gateway_info"]["external_fixed_ips"][0]["ip_address"]
+        .as_str()
+        .ok_or_else(|| anyhow!("router {rid} has no gateway address"))?
+        .parse()?;
+    c.boot("v1", "h1", "a", WAIT)?;
+    let (s1, s2) = (
+        c.host("s1")?.agent_name.clone(),
+        c.host("s2")?.agent_name.clone(),
+    );
+    let r = stored_router(&c, &rid)?.ok_or_else(|| anyhow!("router {rid} not in etcd"))?;
+    ensure!(
+        r["ha"] == true && ha_host_names(&r) == vec![s1.clone()],
+        "with one SNAT host registered: {r}"
+    );
+    ensure!(c.snat_holder(&rid, WAIT)? == s1, "s1 holds the SNAT role");
+    let seen = c
+        .tcp_transfer_to("v1", EXT, INTERNET_HOST, 5411, 64 * KIB, None)?
+        .peer;
+    ensure!(
+        seen.map(|p| *p.ip()) == Some(gw_ip),
+        "v1 leaves as the gateway {gw_ip} via s1: seen as {seen:?}"
+    );
+
+    // A second SNAT host registers: the plugin adds it to the router's candidates; s1 keeps
+    // the role (no pre-emption).
+    c.start_registered_agent("s2", WAIT)?;
+    let mut both = vec![s1.clone(), s2.clone()];
+    both.sort();
+    let start = Instant::now();
+    let r = wait_until("router with both SNAT hosts in etcd", WAIT, |why| {
+        let r = stored_router(&c, &rid)?;
+        *why = format!("{r:?}");
+        Ok(r.filter(|r| ha_host_names(r) == both))
+    })?;
+    eprintln!(
+        "dvr-tests: s2 registered; router candidates {:?} in etcd after {}",
+        ha_host_names(&r),
+        ms(start.elapsed())
+    );
+    ensure!(c.snat_holder(&rid, WAIT)? == s1, "s1 keeps the SNAT role");
+
+    // s1's agent dies: its fence runs out, s2 is elected and v1 leaves through it.
+    c.kill_agent("s1")?;
+    let start = Instant::now();
+    wait_until("s2 to hold the SNAT role", WAIT, |why| {
+        let h = c.snat_holder(&rid, WAIT)?;
+        *why = h.clone();
+        Ok((h == s2).then_some(()))
+    })?;
+    eprintln!(
+        "dvr-tests: s1 killed; s2 elected after {}",
+        ms(start.elapsed())
+    );
+    let seen = wait_until("v1 to leave via s2", WAIT, |why| {
+        let rep = c.tcp_transfer_to("v1", EXT, INTERNET_HOST, 5412, 64 * KIB, None);
+        *why = format!("{:?}", rep.as_ref().map(|r| r.peer));
+        Ok(rep.ok().and_then(|r| r.peer))
+    })?;
+    ensure!(
+        *seen.ip() == gw_ip,
+        "v1 leaves as the gateway {gw_ip} via s2: seen as {seen}"
+    );
+    for h in ["h1", "s2"] {
+        let n = c.etcd_map_differences(h)?;
+        ensure!(n == 0, "{h}'s maps differ from etcd's state in {n} entries");
+    }
     Ok(())
 }

@@ -597,12 +597,13 @@ pub struct NetInfo {
 }
 
 impl NetInfo {
-    /// A network made elsewhere (by Neutron: [`crate::neutron`]): no router known here.
+    /// A network as created, with no router yet (by the topology, or by Neutron:
+    /// [`crate::neutron`]).
     #[expect(
         clippy::too_many_arguments,
         reason = "one per field of a Neutron network"
     )]
-    pub(crate) fn adopted(
+    pub(crate) fn new(
         name: &str,
         network_id: &str,
         subnet_id: &str,
@@ -971,21 +972,16 @@ impl Cloud {
             Some(spec) => Some(self.create_subnet6(&network_id, spec)?),
             None => None,
         };
-        self.networks.push(NetInfo {
-            name: n.name.clone(),
-            network_id,
-            subnet_id,
-            vni: n.vni,
+        self.networks.push(NetInfo::new(
+            &n.name,
+            &network_id,
+            &subnet_id,
+            n.vni,
             cidr,
             gateway,
-            router: None,
-            gateway_mac: None,
-            gateway_port_id: None,
-            csnat: None,
             v6,
-            mtu: n.mtu.unwrap_or(TENANT_MTU),
-            next_host: 10,
-        });
+            n.mtu.unwrap_or(TENANT_MTU),
+        ));
         Ok(())
     }
 

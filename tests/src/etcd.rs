@@ -407,6 +407,14 @@ impl Cloud {
         Ok(self.etcd_hosts()?.into_iter().find(|r| r.host == name))
     }
 
+    /// The JSON value at exactly `key`, if the key exists.
+    pub fn etcd_json(&self, key: &str) -> Result<Option<serde_json::Value>> {
+        let (_, kvs) = self.etcd_get(key)?;
+        kvs.get(key)
+            .map(|kv| serde_json::from_str(&kv.value).with_context(|| format!("{key}: not JSON")))
+            .transpose()
+    }
+
     /// Every key under `prefix` with its value, modification revision and lease, and the store
     /// revision (`etcdctl get --prefix -w json`).
     pub fn etcd_get(&self, prefix: &str) -> Result<(i64, BTreeMap<String, EtcdKv>)> {

@@ -345,12 +345,9 @@ impl Cloud {
             &format!("router {router}'s SNAT role elected"),
             deadline,
             |_| {
-                let (_, kvs) = self.etcd_get(&format!("/dvr/v1/ha/{router}"))?;
-                Ok(kvs.values().next().and_then(|kv| {
-                    serde_json::from_str::<Value>(&kv.value).ok()?["host"]
-                        .as_str()
-                        .map(str::to_string)
-                }))
+                Ok(self
+                    .etcd_json(&format!("/dvr/v1/ha/{router}"))?
+                    .and_then(|v| v["host"].as_str().map(str::to_string)))
             },
         )
     }
@@ -404,12 +401,7 @@ impl Cloud {
         self.start_agent(host)?;
         let start = Instant::now();
         let entry = wait_until(&format!("{host}'s host entry in etcd"), deadline, |_| {
-            let (_, kvs) = self.etcd_get(&format!("/dvr/v1/hosts/{agent}"))?;
-            kvs.values()
-                .next()
-                .map(|kv| serde_json::from_str::<Value>(&kv.value))
-                .transpose()
-                .context("a host entry")
+            self.etcd_json(&format!("/dvr/v1/hosts/{agent}"))
         })?;
         let mac = str_of(&entry, "dvr_mac")?.to_string();
         if let Some(info) = self.hosts.iter_mut().find(|x| x.name == host) {
@@ -548,7 +540,7 @@ impl Cloud {
             .as_u64()
             .and_then(|v| u32::try_from(v).ok())
             .unwrap_or(1450);
-        self.networks.push(NetInfo::adopted(
+        self.networks.push(NetInfo::new(
             name,
             str_of(network, "id")?,
             str_of(subnet, "id")?,

@@ -17,7 +17,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, ensure};
+use anyhow::{Result, anyhow, ensure};
 use dvr_common::l2::MacKey;
 use dvr_tests::cmd::wait_until;
 use dvr_tests::{Cloud, Topology, VmSpec, require_etcd_preconditions};
@@ -30,11 +30,7 @@ const H2_TUNNEL: &str = "192.0.2.12";
 
 /// `host`'s entry in etcd, if any.
 fn entry(c: &Cloud, host: &str) -> Result<Option<Value>> {
-    let (_, kvs) = c.etcd_get(&format!("/dvr/v1/hosts/{host}"))?;
-    kvs.values()
-        .next()
-        .map(|kv| serde_json::from_str(&kv.value).context("host entry"))
-        .transpose()
+    c.etcd_json(&format!("/dvr/v1/hosts/{host}"))
 }
 
 fn wait_entry(c: &Cloud, host: &str) -> Result<Value> {

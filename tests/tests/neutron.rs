@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, ensure};
 use dvr_common::l2::FdbKey;
 use dvr_common::route::IpKey;
+use dvr_tests::etcd::EtcdWriter;
 use dvr_tests::neutron::{fixed_ip, id_of as id};
 use dvr_tests::{
     Cloud, EXT, INTERNET_HOST, Topology, neutron_venv, require_etcd_preconditions, wait_until,
@@ -127,14 +128,9 @@ fn a_cloud_built_through_the_api_forwards_as_neutron_says() -> Result<()> {
     c.boot("v3", "h2", "a", WAIT)?;
 
     // The router's centralized role, placed by the plugin on the only dvr_snat host.
-    let stored: Value = serde_json::from_str(
-        &c.etcd_get(&format!("/dvr/v1/routers/{rid}"))?
-            .1
-            .values()
-            .next()
-            .ok_or_else(|| anyhow!("router {rid} not in etcd"))?
-            .value,
-    )?;
+    let stored = c
+        .etcd_json(&format!("/dvr/v1/routers/{rid}"))?
+        .ok_or_else(|| anyhow!("router {rid} not in etcd"))?;
     let snat_agent = c.host("snat")?.agent_name.clone();
     ensure!(
         stored["ha"] == true && stored["ha_hosts"][0]["host"] == snat_agent.as_str(),
@@ -428,6 +424,22 @@ fn etcd_values_match_neutron(c: &Cloud) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// Writes, behind the plugin's back, a port Neutron does not have: a copy of `like` with id
+/// `stale_id`, MAC fa:16:3e:5e:5e:0`n` and address .(249 + `n`) of `like`'s subnet.
+fn write_stale_port(w: &EtcdWriter, like: &Value, stale_id: &str, n: u8) -> Result<()> {
+    let (ip, subnet) = fixed_ip(like, false).ok_or_else(|| anyhow!("no IPv4 in {like}"))?;
+    let IpAddr::V4(ip) = ip else {
+        return Err(anyhow!("not IPv4: {ip}"));
+    };
+    let [a, b, c, _] = ip.octets();
+    let mut stale = like.clone();
+    stale["id"] = json!(stale_id);
+    stale["mac_address"] = json!(format!("fa:16:3e:5e:5e:{n:02x}"));
+    stale["fixed_ips"] = json!([{"subnet_id": subnet,
+                                 "ip_address": Ipv4Addr::new(a, b, c, 249 + n).to_string()}]);
+    w.put(&format!("/dvr/v1/ports/{stale_id}"), &stale.to_string())
+}
+
 fn wait_consistent(c: &Cloud, hosts: &[&str], what: &str) -> Result<()> {
     wait_until(&format!("etcd to equal Neutron {what}"), WAIT, |why| {
         let diff = etcd_values_match_neutron(c)?;
@@ -471,14 +483,7 @@ fn restarts_of_neutron_and_etcd_and_a_killed_agent_leave_nothing_stale() -> Resu
     let w = c.etcd_writer()?;
     let v1_key = format!("/dvr/v1/ports/{}", id(&v1)?);
     w.delete(&v1_key)?;
-    let mut stale = v1.clone();
-    stale["id"] = json!("stale-port-written-by-hand");
-    stale["mac_address"] = json!("fa:16:3e:5e:5e:02");
-    stale["fixed_ips"] = json!([{"subnet_id": a.subnet["id"], "ip_address": "172.24.21.251"}]);
-    w.put(
-        "/dvr/v1/ports/stale-port-written-by-hand",
-        &stale.to_string(),
-    )?;
+    write_stale_port(&w, &v1, "stale-port-written-by-hand", 2)?;
     let start = Instant::now();
     wait_consistent(&c, &hosts, "after drift while it runs")?;
     eprintln!(
@@ -499,14 +504,7 @@ fn restarts_of_neutron_and_etcd_and_a_killed_agent_leave_nothing_stale() -> Resu
     c.ping_ok("v1", c.ip("v2")?, 3)?;
     let v2_key = format!("/dvr/v1/ports/{}", id(&v2)?);
     w.delete(&v2_key)?;
-    let mut stale = v1.clone();
-    stale["id"] = json!("stale-port-of-a-deleted-vm");
-    stale["mac_address"] = json!("fa:16:3e:5e:5e:01");
-    stale["fixed_ips"] = json!([{"subnet_id": a.subnet["id"], "ip_address": "172.24.21.250"}]);
-    w.put(
-        "/dvr/v1/ports/stale-port-of-a-deleted-vm",
-        &stale.to_string(),
-    )?;
+    write_stale_port(&w, &v1, "stale-port-of-a-deleted-vm", 1)?;
     c.start_neutron_resyncing(RESYNC_SECS)?;
     wait_consistent(&c, &hosts, "after neutron-server restarted")?;
     c.ping_ok("v1", c.ip("v2")?, 2)?;
@@ -549,15 +547,6 @@ fn restarts_of_neutron_and_etcd_and_a_killed_agent_leave_nothing_stale() -> Resu
     Ok(())
 }
 
-/// The router as the plugin stored it in etcd.
-fn stored_router(c: &Cloud, rid: &str) -> Result<Option<Value>> {
-    let (_, kvs) = c.etcd_get(&format!("/dvr/v1/routers/{rid}"))?;
-    kvs.values()
-        .next()
-        .map(|kv| serde_json::from_str(&kv.value).context("a router in etcd"))
-        .transpose()
-}
-
 fn ha_host_names(r: &Value) -> Vec<String> {
     let mut names: Vec<String> = r["ha_hosts"]
         .as_array()
@@ -591,7 +580,9 @@ fn snat_is_placed_on_every_registered_snat_host_and_fails_over() -> Result<()> {
         c.host("s1")?.agent_name.clone(),
         c.host("s2")?.agent_name.clone(),
     );
-    let r = stored_router(&c, &rid)?.ok_or_else(|| anyhow!("router {rid} not in etcd"))?;
+    let r = c
+        .etcd_json(&format!("/dvr/v1/routers/{rid}"))?
+        .ok_or_else(|| anyhow!("router {rid} not in etcd"))?;
     ensure!(
         r["ha"] == true && ha_host_names(&r) == vec![s1.clone()],
         "with one SNAT host registered: {r}"
@@ -612,7 +603,7 @@ fn snat_is_placed_on_every_registered_snat_host_and_fails_over() -> Result<()> {
     both.sort();
     let start = Instant::now();
     let r = wait_until("router with both SNAT hosts in etcd", WAIT, |why| {
-        let r = stored_router(&c, &rid)?;
+        let r = c.etcd_json(&format!("/dvr/v1/routers/{rid}"))?;
         *why = format!("{r:?}");
         Ok(r.filter(|r| ha_host_names(r) == both))
     })?;

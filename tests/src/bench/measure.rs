@@ -46,6 +46,10 @@ pub struct Figures {
     /// Every TCP run (Gbit/s) and UDP run (kpps), for the record.
     pub tcp_runs: Vec<f64>,
     pub udp_runs: Vec<f64>,
+    /// eBPF only: what each BPF program cost per packet in one more UDP run
+    /// ([`super::bpf_stats`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bpf: Vec<super::bpf_stats::ProgramCost>,
 }
 
 /// Measures one path (which must have passed [`super::check::check_path`]). `dir` holds the

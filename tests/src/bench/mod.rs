@@ -15,6 +15,8 @@
 //! - [`measure`]: iperf3 TCP throughput (median of several runs), 64-byte-frame UDP packet
 //!   rate (iperf3, frames received per second) and request/response latency (sockperf
 //!   ping-pong, full round trip, p50/p99).
+//! - [`bpf_stats`]: on the eBPF datapath, each BPF program's runs per packet and ns per run
+//!   (`kernel.bpf_stats_enabled`) over one more UDP run of each path.
 //! - [`control`]: control-plane timings: programming 1,000 to 50,000 floating IPs (and their
 //!   ports) into a host, and the latency of one floating IP change.
 //! - [`sg_control`]: security groups in the control plane: 10,000 ports in groups of 1,000
@@ -30,6 +32,7 @@
 //! step fails; every command runs under a deadline.
 
 pub mod baseline;
+pub mod bpf_stats;
 pub mod check;
 pub mod control;
 pub mod ebpf;

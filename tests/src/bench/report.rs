@@ -217,6 +217,7 @@ impl Report {
                 );
             }
         }
+        self.bpf_table(&mut s);
         self.sg_table(&mut s);
         if !self.verifier.is_empty() {
             let _ = writeln!(s, "\nverifier: instructions walked per BPF program");
@@ -226,6 +227,42 @@ impl Report {
             let _ = writeln!(s, "FAILED: {f}");
         }
         s
+    }
+
+    /// What each BPF program cost per packet on each path (eBPF rows with statistics).
+    fn bpf_table(&self, s: &mut String) {
+        let rows: Vec<(PathKind, &Figures)> = PathKind::ROUTED
+            .iter()
+            .filter_map(|&p| Some((p, self.figures(p, Datapath::Ebpf)?)))
+            .filter(|(_, f)| !f.bpf.is_empty())
+            .collect();
+        if rows.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "\nBPF programs per UDP packet (one more run with kernel.bpf_stats_enabled)"
+        );
+        let _ = writeln!(
+            s,
+            "{:<11} {:<13} {:>12} {:>10} {:>12}",
+            "path", "program", "runs/packet", "ns/run", "ns/packet"
+        );
+        for (path, f) in rows {
+            // Programs that ran for almost no packet (ARP, iperf3's control connection) are
+            // in results.json only.
+            for c in f.bpf.iter().filter(|c| c.runs_per_packet >= 0.01) {
+                let _ = writeln!(
+                    s,
+                    "{:<11} {:<13} {:>12.2} {:>10.1} {:>12.1}",
+                    path.as_str(),
+                    c.program,
+                    c.runs_per_packet,
+                    c.ns_per_run,
+                    c.runs_per_packet * c.ns_per_run
+                );
+            }
+        }
     }
 
     /// The security group part of the table.
@@ -462,6 +499,12 @@ impl Report {
                     "p99_us": round(f.p99_us, 2),
                     "tcp_runs": f.tcp_runs.iter().map(|v| round(*v, 3)).collect::<Vec<_>>(),
                     "udp_runs": f.udp_runs.iter().map(|v| round(*v, 1)).collect::<Vec<_>>(),
+                    "bpf_programs": f.bpf.iter().map(|c| json!({
+                        "program": c.program,
+                        "runs": c.runs,
+                        "runs_per_packet": round(c.runs_per_packet, 3),
+                        "ns_per_run": round(c.ns_per_run, 1),
+                    })).collect::<Vec<_>>(),
                 }),
                 Err(e) => json!({
                     "path": r.path.as_str(),
@@ -946,6 +989,7 @@ mod tests {
             p99_us: 20.0 / x,
             tcp_runs: vec![x],
             udp_runs: vec![100.0 * x],
+            bpf: Vec::new(),
         }
     }
 
@@ -960,7 +1004,15 @@ mod tests {
         r.rows.push(Row {
             path: PathKind::EastWest,
             datapath: Datapath::Ebpf,
-            result: Ok(figures(2.0)),
+            result: Ok(Figures {
+                bpf: vec![crate::bench::bpf_stats::ProgramCost {
+                    program: "dvr_tap".into(),
+                    runs: 1000,
+                    runs_per_packet: 1.0,
+                    ns_per_run: 150.0,
+                }],
+                ..figures(2.0)
+            }),
         });
         r.rows.push(Row {
             path: PathKind::EastWest,
@@ -990,9 +1042,14 @@ mod tests {
         assert!(t.contains("0.50x"), "{t}");
         assert!(t.contains("not measured: ping failed"), "{t}");
         assert!(t.contains("50.0x"), "{t}");
+        assert!(
+            t.contains("east-west   dvr_tap               1.00      150.0        150.0"),
+            "{t}"
+        );
         let j = r.to_json();
         assert_eq!(j["results"][1]["path"], "east-west");
         assert_eq!(j["results"][1]["tcp_gbps"], 2.0);
+        assert_eq!(j["results"][1]["bpf_programs"][0]["ns_per_run"], 150.0);
         assert!(j["results"][3]["tcp_gbps"].is_null());
         assert_eq!(j["control_plane"][1]["seconds"], 0.5);
         let svg = r.svg();

@@ -43,8 +43,8 @@ use dvr_tests::bench::measure::measure_path;
 use dvr_tests::bench::report::{FipChange, Report, Row};
 use dvr_tests::bench::sg_control::SgCloud;
 use dvr_tests::bench::{
-    Datapath, PathEnds, Settings, bail_if_interrupted, control, ebpf, install_signal_handlers,
-    percentile, scale, sg_control, sg_datapath, verifier, veth,
+    Datapath, PathEnds, Settings, bail_if_interrupted, bpf_stats, control, ebpf,
+    install_signal_handlers, percentile, scale, sg_control, sg_datapath, verifier, veth,
 };
 use dvr_tests::cmd::{find_in_path, run_with_deadline, stdout};
 use dvr_tests::{check_preconditions, locate_bins};
@@ -558,7 +558,20 @@ fn measure_all(
         }
         let result = check_path(p).context("connectivity check").and_then(|()| {
             println!("  {:<10} checks passed; measuring", p.path.as_str());
-            measure_path(p, s, logs).context("measuring")
+            let mut f = measure_path(p, s, logs).context("measuring")?;
+            if datapath == Datapath::Ebpf {
+                f.bpf = bpf_stats::measure(p, s.udp_seconds, logs).context("BPF run statistics")?;
+                for c in &f.bpf {
+                    println!(
+                        "  {:<10} {:<12} {:>6.2} runs/packet {:>7.1} ns/run",
+                        p.path.as_str(),
+                        c.program,
+                        c.runs_per_packet,
+                        c.ns_per_run
+                    );
+                }
+            }
+            Ok(f)
         });
         let result = match result {
             Ok(f) => {

@@ -24,7 +24,9 @@ fn main() -> anyhow::Result<()> {
         let out = std::path::PathBuf::from(
             std::env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR"))?,
         );
-        std::fs::write(out.join("dvr"), b"").context("write empty object")?;
+        for object in ["dvr", "dvr-floor"] {
+            std::fs::write(out.join(object), b"").context("write empty object")?;
+        }
         println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
         return Ok(());
     }

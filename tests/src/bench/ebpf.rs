@@ -21,8 +21,8 @@ use super::{PathEnds, PathKind, percentile};
 use crate::external::{EXT_GATEWAY, INTERNET_HOST};
 use crate::{Cloud, Topology, VmSpec};
 
-/// Builds the cloud and waits until every agent is ready.
-pub fn build() -> Result<Cloud> {
+/// The benchmark cloud (also the floor's, [`super::floor`]).
+pub fn topology() -> Topology {
     let mut t = Topology::new();
     t.host("c1").host("c2").snat_host("s").external();
     t.network("a", 101, "192.168.1.0/24")
@@ -34,7 +34,12 @@ pub fn build() -> Result<Cloud> {
     t.fip("f1", Some("v1"))
         .fip("f2", Some("v2"))
         .fip("f3", None);
-    let mut cloud = t.build().context("building the eBPF cloud")?;
+    t
+}
+
+/// Builds the cloud and waits until every agent is ready.
+pub fn build() -> Result<Cloud> {
+    let mut cloud = topology().build().context("building the eBPF cloud")?;
     // Logs are printed by the caller when something fails, not on every drop.
     cloud.dump_logs_on_drop = false;
     Ok(cloud)

@@ -10,6 +10,9 @@
 //!   BPF: `qrouter`, `fip` and `snat` namespaces, Linux bridges and VXLAN devices, iptables,
 //!   policy routing and proxy ARP. See its module docs for the exact layout.
 //! - [`veth`]: the upper bound, two namespaces joined by one veth pair.
+//! - [`floor`]: per path, the eBPF cloud's topology with a program that only redirects to a
+//!   fixed interface (with the tunnel metadata where the path is tunnelled): the fastest any
+//!   BPF datapath can be there.
 //! - [`check`]: the connectivity checks every datapath passes before it is timed (ping, and
 //!   TCP and UDP exchanges that also check the source address the server sees).
 //! - [`measure`]: iperf3 TCP throughput (median of several runs), 64-byte-frame UDP packet
@@ -36,6 +39,7 @@ pub mod bpf_stats;
 pub mod check;
 pub mod control;
 pub mod ebpf;
+pub mod floor;
 pub mod measure;
 pub mod netns;
 pub mod report;
@@ -94,6 +98,8 @@ pub enum Datapath {
     Ebpf,
     Namespace,
     Veth,
+    /// [`floor`]: redirects only.
+    Floor,
 }
 
 impl Datapath {
@@ -103,6 +109,7 @@ impl Datapath {
             Datapath::Ebpf => "ebpf",
             Datapath::Namespace => "namespace",
             Datapath::Veth => "veth",
+            Datapath::Floor => "floor",
         }
     }
 }

@@ -145,7 +145,7 @@ impl Report {
         }
         for path in PathKind::ROUTED {
             let mut first = true;
-            for dp in [Datapath::Ebpf, Datapath::Namespace] {
+            for dp in [Datapath::Ebpf, Datapath::Namespace, Datapath::Floor] {
                 if let Some(r) = self
                     .rows
                     .iter()
@@ -170,6 +170,7 @@ impl Report {
                 self.figures(path, Datapath::Namespace),
             );
             ratio(&mut s, "ebpf/veth", e, self.upper_bound());
+            ratio(&mut s, "ebpf/floor", e, self.figures(path, Datapath::Floor));
         }
         let _ = writeln!(
             s,
@@ -585,7 +586,7 @@ impl Report {
              <text x=\"20\" y=\"28\" font-size=\"18\" font-weight=\"bold\">eBPF DVR vs Neutron \
              DVR namespace datapath</text>\n"
         );
-        legend(&mut s, 540.0, 14.0);
+        legend(&mut s, 430.0, 14.0);
         let env = &self.environment;
         let _ = writeln!(
             s,
@@ -604,6 +605,7 @@ impl Report {
             ))
         );
         type Pick = fn(&Figures) -> f64;
+        let has_floor = self.rows.iter().any(|r| r.datapath == Datapath::Floor);
         let panels: [(&str, Pick); 4] = [
             ("TCP throughput, Gbit/s (higher is better)", |f| f.tcp_gbps),
             (
@@ -621,8 +623,9 @@ impl Report {
                 .map(|&p| {
                     (
                         p.as_str(),
-                        [Datapath::Ebpf, Datapath::Namespace]
+                        [Datapath::Ebpf, Datapath::Floor, Datapath::Namespace]
                             .iter()
+                            .filter(|&&dp| dp != Datapath::Floor || has_floor)
                             .map(|&dp| (dp, self.figures(p, dp).map(pick)))
                             .collect(),
                     )
@@ -800,12 +803,14 @@ fn color(dp: Datapath) -> &'static str {
         Datapath::Ebpf => "#2b8cbe",
         Datapath::Namespace => "#e6550d",
         Datapath::Veth => "#636363",
+        Datapath::Floor => "#31a354",
     }
 }
 
 fn legend(s: &mut String, x: f64, y: f64) {
     let items = [
-        (Datapath::Ebpf, "eBPF (this project)"),
+        (Datapath::Ebpf, "eBPF"),
+        (Datapath::Floor, "floor (redirect only)"),
         (Datapath::Namespace, "namespace (Neutron DVR)"),
     ];
     let mut cx = x;
@@ -1020,6 +1025,11 @@ mod tests {
             result: Ok(figures(1.0)),
         });
         r.rows.push(Row {
+            path: PathKind::EastWest,
+            datapath: Datapath::Floor,
+            result: Ok(figures(2.5)),
+        });
+        r.rows.push(Row {
             path: PathKind::Snat,
             datapath: Datapath::Ebpf,
             result: Err("ping failed".into()),
@@ -1042,6 +1052,8 @@ mod tests {
         assert!(t.contains("0.50x"), "{t}");
         assert!(t.contains("not measured: ping failed"), "{t}");
         assert!(t.contains("50.0x"), "{t}");
+        assert!(t.contains("ebpf/floor"), "{t}");
+        assert!(t.contains("0.80x"), "{t}");
         assert!(
             t.contains("east-west   dvr_tap               1.00      150.0        150.0"),
             "{t}"
@@ -1050,7 +1062,8 @@ mod tests {
         assert_eq!(j["results"][1]["path"], "east-west");
         assert_eq!(j["results"][1]["tcp_gbps"], 2.0);
         assert_eq!(j["results"][1]["bpf_programs"][0]["ns_per_run"], 150.0);
-        assert!(j["results"][3]["tcp_gbps"].is_null());
+        assert_eq!(j["results"][3]["datapath"], "floor");
+        assert!(j["results"][4]["tcp_gbps"].is_null());
         assert_eq!(j["control_plane"][1]["seconds"], 0.5);
         let svg = r.svg();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));

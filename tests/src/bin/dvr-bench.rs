@@ -2,7 +2,7 @@
 //! machine's upper bound (one veth pair), in network namespaces. See `dvr_tests::bench`.
 //!
 //! ```text
-//! dvr-bench [--quick] [--out DIR] [--skip verifier,veth,ebpf,namespace,control,sg] [--fips N,..] [--hold S]
+//! dvr-bench [--quick] [--out DIR] [--skip verifier,veth,ebpf,floor,namespace,control,sg] [--fips N,..] [--hold S]
 //! dvr-bench verifier [OBJECT]
 //! dvr-bench scale [--sizes N,..] [--runs N] [--modes etcd,file] [--quick] [--out DIR]
 //! dvr-bench scale [--out DIR] --from-json FILE
@@ -43,7 +43,7 @@ use dvr_tests::bench::measure::measure_path;
 use dvr_tests::bench::report::{FipChange, Report, Row};
 use dvr_tests::bench::sg_control::SgCloud;
 use dvr_tests::bench::{
-    Datapath, PathEnds, Settings, bail_if_interrupted, bpf_stats, control, ebpf,
+    Datapath, PathEnds, Settings, bail_if_interrupted, bpf_stats, control, ebpf, floor,
     install_signal_handlers, percentile, scale, sg_control, sg_datapath, verifier, veth,
 };
 use dvr_tests::cmd::{find_in_path, run_with_deadline, stdout};
@@ -62,7 +62,15 @@ const BENCH_TOOLS: &[&str] = &[
 ];
 
 /// The parts `--skip` can leave out, in run order.
-const PARTS: &[&str] = &["verifier", "veth", "ebpf", "namespace", "control", "sg"];
+const PARTS: &[&str] = &[
+    "verifier",
+    "veth",
+    "ebpf",
+    "floor",
+    "namespace",
+    "control",
+    "sg",
+];
 
 struct Args {
     quick: bool,
@@ -116,7 +124,7 @@ fn parse_args() -> Result<Args> {
             }
             "-h" | "--help" => {
                 println!(
-                    "dvr-bench [--quick] [--out DIR] [--skip verifier,veth,ebpf,namespace,control,sg] [--fips N,..] [--hold SECONDS]\n\
+                    "dvr-bench [--quick] [--out DIR] [--skip verifier,veth,ebpf,floor,namespace,control,sg] [--fips N,..] [--hold SECONDS]\n\
                      dvr-bench verifier [OBJECT]\n\
                      eBPF DVR vs Neutron DVR's namespace datapath vs one veth pair; writes \
                      DIR/results.json and DIR/results.svg (default DIR: bench). `verifier`: only \
@@ -405,6 +413,32 @@ fn run_parts(args: &Args, s: &Settings, logs: &Path, report: &mut Report) -> Res
                 hold(args, &cloud.namespaces().join(" "))?;
             }
             Err(e) => report.failures.push(format!("eBPF cloud: {e:#}")),
+        }
+    }
+    bail_if_interrupted()?;
+    if !skip("floor") {
+        section("floor: the same topology, redirect-only BPF");
+        match floor::build() {
+            Ok(mut f) => {
+                for p in f.paths()? {
+                    bail_if_interrupted()?;
+                    match f.prepare(p.path) {
+                        Ok(()) => measure_all(
+                            report,
+                            Datapath::Floor,
+                            std::slice::from_ref(&p),
+                            s,
+                            logs,
+                            String::new,
+                        ),
+                        Err(e) => report
+                            .failures
+                            .push(format!("floor, {}: setting up: {e:#}", p.path.as_str())),
+                    }
+                }
+                hold(args, &f.cloud.namespaces().join(" "))?;
+            }
+            Err(e) => report.failures.push(format!("floor cloud: {e:#}")),
         }
     }
     bail_if_interrupted()?;

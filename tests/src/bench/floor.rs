@@ -1,0 +1,253 @@
+//! The floor of each path: the eBPF cloud's own topology ([`super::ebpf::topology`]: the same
+//! namespaces, taps, uplinks, bridges and external NICs) with no agent, and on each interface
+//! a path enters, the `dvr-floor` program (`dvr-ebpf/src/floor.rs`): it sends every frame
+//! out of one fixed interface, with the datapath's tunnel metadata where the path crosses the
+//! underlay (a `dvr-vx` collect_md device made here, as the agent makes it). No lookup and no
+//! rewrite: the endpoints are set up so that what one sends is what the other accepts as is
+//! (static neighbours naming the far end's MAC; a floating IP or the router's address held by
+//! the VM itself; the external NIC given the VM's MAC so the bridge delivers to it). So it is
+//! the fastest any BPF datapath can be in this topology, the mark the eBPF datapath is held to
+//! per path (`ebpf/floor`), where the veth pair is no fair mark for paths with three veth
+//! hops and a bridge.
+//!
+//! One path at a time ([`Floor::prepare`]): the interfaces' programs differ per path.
+//!
+//! | path | program on (host: interface -> where) |
+//! |---|---|
+//! | east-west | c1: tap v1 -> dvr-vx (VNI b, to c2); c2: dvr-vx -> tap v2; and back |
+//! | ext-to-fip, fip-to-ext | c1: ext0 -> tap v1; c1: tap v1 -> ext0 |
+//! | snat | c1: tap v3 -> dvr-vx (VNI a, to s); s: dvr-vx -> ext0; and back |
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result, anyhow};
+use aya::programs::{SchedClassifier, TcAttachType};
+use aya::{Ebpf, EbpfLoader};
+use serde_json::Value;
+
+use super::{PathEnds, PathKind};
+use crate::Cloud;
+use crate::cloud::VXLAN_DEV;
+use crate::cmd::{self, ip};
+use crate::external::{EXT_BRIDGE, EXT_IFACE};
+
+const PROGRAM: &str = "dvr_floor";
+
+/// The floor's cloud and the programs attached for the current path.
+pub struct Floor {
+    pub cloud: Cloud,
+    attached: Vec<Ebpf>,
+}
+
+/// The ifindex of `dev` in namespace `ns`.
+fn ifindex(ns: &str, dev: &str) -> Result<u32> {
+    let out = cmd::run_ok("ip", &["-n", ns, "-j", "link", "show", "dev", dev])?;
+    let v: Value = serde_json::from_slice(&out.stdout).context("ip -j link show")?;
+    v[0]["ifindex"]
+        .as_u64()
+        .and_then(|i| u32::try_from(i).ok())
+        .ok_or_else(|| anyhow!("no ifindex of {dev} in {ns}"))
+}
+
+/// The MAC of `dev` in namespace `ns`.
+fn mac(ns: &str, dev: &str) -> Result<String> {
+    let out = cmd::run_ok("ip", &["-n", ns, "-j", "link", "show", "dev", dev])?;
+    let v: Value = serde_json::from_slice(&out.stdout).context("ip -j link show")?;
+    v[0]["address"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("no MAC of {dev} in {ns}"))
+}
+
+/// Loads one `dvr-floor` instance sending to `to` (with `tunnel`: VNI and remote) and
+/// attaches it to the TC ingress of `iface`, in namespace `ns`.
+fn attach(ns: &str, iface: &str, to: &str, tunnel: Option<(u32, Ipv4Addr)>) -> Result<Ebpf> {
+    let target = ifindex(ns, to)?;
+    let (vni, remote) = tunnel.map_or((0, 0), |(v, r)| (v, u32::from(r)));
+    let iface = iface.to_string();
+    super::netns::in_netns(ns, move || {
+        let mut bpf = EbpfLoader::new()
+            .override_global("FLOOR_IFINDEX", &target, true)
+            .override_global("FLOOR_VNI", &vni, true)
+            .override_global("FLOOR_REMOTE", &remote, true)
+            .load(dvr_userspace::ebpf::FLOOR_OBJECT)
+            .context("loading the dvr-floor object")?;
+        let p: &mut SchedClassifier = bpf
+            .program_mut(PROGRAM)
+            .ok_or_else(|| anyhow!("no {PROGRAM} in the dvr-floor object"))?
+            .try_into()?;
+        p.load()?;
+        p.attach(&iface, TcAttachType::Ingress)
+            .with_context(|| format!("attaching {PROGRAM} to {iface}"))?;
+        Ok(bpf)
+    })
+    .join()
+    .map_err(|_| anyhow!("the attach thread panicked"))?
+}
+
+/// Builds the eBPF cloud's namespaces with no agent, and a `dvr-vx` in each host.
+pub fn build() -> Result<Floor> {
+    let mut cloud = super::ebpf::topology()
+        .build_without_agents()
+        .context("building the floor's cloud")?;
+    cloud.dump_logs_on_drop = false;
+    for h in cloud.hosts() {
+        ip(&[
+            "-n",
+            &h.ns,
+            "link",
+            "add",
+            VXLAN_DEV,
+            "type",
+            "vxlan",
+            "external",
+            "dstport",
+            "4789",
+            "nolearning",
+        ])?;
+        ip(&["-n", &h.ns, "link", "set", VXLAN_DEV, "up"])?;
+    }
+    Ok(Floor {
+        cloud,
+        attached: Vec::new(),
+    })
+}
+
+impl Floor {
+    /// The four paths, with the source each server sees here (no NAT: the VM holds the
+    /// translated address itself).
+    pub fn paths(&self) -> Result<Vec<PathEnds>> {
+        super::ebpf::paths(&self.cloud)
+    }
+
+    /// Detaches whatever the previous path attached, then sets up `path`.
+    pub fn prepare(&mut self, path: PathKind) -> Result<()> {
+        self.attached.clear();
+        let c = &self.cloud;
+        let host_ns = |h: &str| -> Result<String> { Ok(c.host(h)?.ns.clone()) };
+        let tunnel = |h: &str| -> Result<Ipv4Addr> { Ok(c.host(h)?.tunnel_ip) };
+        let (c1, c2, s) = (host_ns("c1")?, host_ns("c2")?, host_ns("s")?);
+        let ext = c.ext_ns()?;
+        let upstream_mac = mac(&ext, EXT_BRIDGE)?;
+        // A VM's gateway neighbour, made the MAC the frame must arrive with.
+        let neigh = |vm: &str, mac: &str| -> Result<()> {
+            let v = c.vm(vm)?;
+            let gw = c.network(&v.network)?.gateway.to_string();
+            ip(&[
+                "-n",
+                &v.ns,
+                "neigh",
+                "replace",
+                &gw,
+                "lladdr",
+                mac,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ])
+        };
+        // A VM holding `addr` itself, and sending from it.
+        let hold = |vm: &str, addr: Ipv4Addr| -> Result<()> {
+            let v = c.vm(vm)?;
+            let gw = c.network(&v.network)?.gateway.to_string();
+            let a = addr.to_string();
+            let _ = ip(&[
+                "-n",
+                &v.ns,
+                "addr",
+                "del",
+                &format!("{a}/32"),
+                "dev",
+                "eth0",
+            ]);
+            ip(&[
+                "-n",
+                &v.ns,
+                "addr",
+                "add",
+                &format!("{a}/32"),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&[
+                "-n", &v.ns, "route", "replace", "default", "via", &gw, "src", &a,
+            ])
+        };
+        // The external namespace reaching `addr` at `vm`'s MAC, through host `h`'s ext0
+        // (which takes that MAC, so the bridge delivers there).
+        let outside = |addr: Ipv4Addr, vm: &str, h: &str| -> Result<()> {
+            let m = c.vm(vm)?.mac.clone();
+            ip(&["-n", h, "link", "set", EXT_IFACE, "address", &m])?;
+            ip(&[
+                "-n",
+                &ext,
+                "neigh",
+                "replace",
+                &addr.to_string(),
+                "lladdr",
+                &m,
+                "dev",
+                EXT_BRIDGE,
+                "nud",
+                "permanent",
+            ])
+        };
+        let tap = |vm: &str| -> Result<String> { Ok(c.vm(vm)?.tap.clone()) };
+        let mut attached = Vec::new();
+        match path {
+            PathKind::EastWest => {
+                for vm in ["v1", "v2"] {
+                    let v = c.vm(vm)?;
+                    let gw = c.network(&v.network)?.gateway.to_string();
+                    ip(&["-n", &v.ns, "route", "replace", "default", "via", &gw])?;
+                }
+                let (v1, v2) = (c.vm("v1")?.mac.clone(), c.vm("v2")?.mac.clone());
+                neigh("v1", &v2)?;
+                neigh("v2", &v1)?;
+                let (a, b) = (c.network("a")?.vni, c.network("b")?.vni);
+                attached.push(attach(
+                    &c1,
+                    &tap("v1")?,
+                    VXLAN_DEV,
+                    Some((b, tunnel("c2")?)),
+                )?);
+                attached.push(attach(&c2, VXLAN_DEV, &tap("v2")?, None)?);
+                attached.push(attach(
+                    &c2,
+                    &tap("v2")?,
+                    VXLAN_DEV,
+                    Some((a, tunnel("c1")?)),
+                )?);
+                attached.push(attach(&c1, VXLAN_DEV, &tap("v1")?, None)?);
+            }
+            PathKind::ExtToFip | PathKind::FipToExt => {
+                let fip = c.fip_ip("f1")?;
+                hold("v1", fip)?;
+                neigh("v1", &upstream_mac)?;
+                outside(fip, "v1", &c1)?;
+                attached.push(attach(&c1, EXT_IFACE, &tap("v1")?, None)?);
+                attached.push(attach(&c1, &tap("v1")?, EXT_IFACE, None)?);
+            }
+            PathKind::Snat => {
+                let r = c.router_external_ip("r1")?;
+                hold("v3", r)?;
+                neigh("v3", &upstream_mac)?;
+                outside(r, "v3", &s)?;
+                let a = c.network("a")?.vni;
+                attached.push(attach(
+                    &c1,
+                    &tap("v3")?,
+                    VXLAN_DEV,
+                    Some((a, tunnel("s")?)),
+                )?);
+                attached.push(attach(&s, VXLAN_DEV, EXT_IFACE, None)?);
+                attached.push(attach(&s, EXT_IFACE, VXLAN_DEV, Some((a, tunnel("c1")?)))?);
+                attached.push(attach(&c1, VXLAN_DEV, &tap("v3")?, None)?);
+            }
+            PathKind::VethPair => {}
+        }
+        self.attached = attached;
+        Ok(())
+    }
+}

@@ -35,8 +35,10 @@ const PROGRAM: &str = "dvr_floor";
 
 /// The floor's cloud and the programs attached for the current path.
 pub struct Floor {
-    pub cloud: Cloud,
+    /// Declared first so that it drops first: the programs are detached before the cloud's
+    /// namespaces go.
     attached: Vec<Ebpf>,
+    pub cloud: Cloud,
 }
 
 /// The ifindex of `dev` in namespace `ns`.
@@ -108,8 +110,8 @@ pub fn build() -> Result<Floor> {
         ip(&["-n", &h.ns, "link", "set", VXLAN_DEV, "up"])?;
     }
     Ok(Floor {
-        cloud,
         attached: Vec::new(),
+        cloud,
     })
 }
 

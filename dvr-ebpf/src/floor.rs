@@ -7,11 +7,12 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{__sk_buff, TC_ACT_SHOT, bpf_tunnel_key},
-    helpers::{bpf_redirect, bpf_skb_set_tunnel_key},
-    macros::classifier,
-    programs::TcContext,
+    bindings::TC_ACT_SHOT, helpers::bpf_redirect, macros::classifier, programs::TcContext,
 };
+
+/// The datapath's own tunnel metadata code (`base/tunnel_key.rs`).
+#[path = "base/tunnel_key.rs"]
+mod tunnel_key;
 
 /// Where every frame goes (an ifindex of the namespace the program is attached in).
 #[unsafe(no_mangle)]
@@ -23,8 +24,6 @@ static FLOOR_VNI: u32 = 0;
 #[unsafe(no_mangle)]
 static FLOOR_REMOTE: u32 = 0;
 
-const TUNNEL_TTL: u8 = 64;
-
 #[classifier]
 pub fn dvr_floor(ctx: TcContext) -> i32 {
     // SAFETY: load-time constants the loader sets; volatile so they are not folded to 0.
@@ -35,24 +34,8 @@ pub fn dvr_floor(ctx: TcContext) -> i32 {
             core::ptr::read_volatile(&FLOOR_REMOTE),
         )
     };
-    if vni != 0 {
-        // SAFETY: bpf_tunnel_key is plain old data; all-zero is a valid value.
-        let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
-        key.tunnel_id = vni;
-        key.__bindgen_anon_1.remote_ipv4 = remote;
-        key.tunnel_ttl = TUNNEL_TTL;
-        // SAFETY: key lives on our stack for the call; size is the full struct.
-        let ret = unsafe {
-            bpf_skb_set_tunnel_key(
-                ctx.skb.skb as *mut __sk_buff,
-                &mut key,
-                core::mem::size_of::<bpf_tunnel_key>() as u32,
-                0,
-            )
-        };
-        if ret != 0 {
-            return TC_ACT_SHOT;
-        }
+    if vni != 0 && tunnel_key::set(&ctx, vni, remote) != 0 {
+        return TC_ACT_SHOT;
     }
     // SAFETY: bpf_redirect takes two integers and touches no memory of ours.
     unsafe { bpf_redirect(ifindex, 0) as i32 }

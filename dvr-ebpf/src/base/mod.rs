@@ -9,4 +9,5 @@ pub mod events;
 pub mod maps;
 pub mod packet;
 pub mod ratelimit;
+pub mod tunnel_key;
 pub mod verdict;

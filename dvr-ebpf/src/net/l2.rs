@@ -4,11 +4,7 @@
 //! ports on it; and the delivery of a routed or translated packet to its port.
 //! Maps: reads DVR_FDB, DVR_FLOOD, DVR_ENDPOINTS6. Verdicts: tx_local, tx_tunnel, flooded, the caller's
 //! stat, drop_no_local_port, drop_redirect, drop_malformed.
-use aya_ebpf::{
-    bindings::{__sk_buff, bpf_tunnel_key},
-    helpers::{bpf_clone_redirect, bpf_skb_set_tunnel_key},
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::__sk_buff, helpers::bpf_clone_redirect, programs::TcContext};
 use dvr_common::{
     Mac,
     config::HostConfig,
@@ -22,12 +18,11 @@ use crate::{
     base::{
         maps::{DVR_ENDPOINTS6, DVR_FDB, DVR_FLOOD},
         packet::{Eth, is_multicast},
+        tunnel_key,
         verdict::{Verdict, redirect},
     },
     net::rewrite,
 };
-
-const TUNNEL_TTL: u8 = 64;
 
 /// Where a port (or a VIP's holder) is: a tap of this host, or another host, by its tunnel
 /// address (host order).
@@ -61,21 +56,7 @@ pub enum Ingress {
 /// Put the VXLAN metadata (VNI, remote host) on the skb for the collect_md device.
 #[inline(always)]
 fn set_tunnel(ctx: &TcContext, vni: u32, remote_host: u32) -> Result<(), Verdict> {
-    // SAFETY: bpf_tunnel_key is plain old data; all-zero is a valid value.
-    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
-    key.tunnel_id = vni;
-    key.__bindgen_anon_1.remote_ipv4 = remote_host;
-    key.tunnel_ttl = TUNNEL_TTL;
-    // SAFETY: key lives on our stack for the call; size is the full struct.
-    let ret = unsafe {
-        bpf_skb_set_tunnel_key(
-            ctx.skb.skb as *mut __sk_buff,
-            &mut key,
-            core::mem::size_of::<bpf_tunnel_key>() as u32,
-            0,
-        )
-    };
-    if ret != 0 {
+    if tunnel_key::set(ctx, vni, remote_host) != 0 {
         return Err(Verdict::drop(Stat::DropRedirect));
     }
     Ok(())

@@ -586,7 +586,7 @@ impl Report {
              <text x=\"20\" y=\"28\" font-size=\"18\" font-weight=\"bold\">eBPF DVR vs Neutron \
              DVR namespace datapath</text>\n"
         );
-        legend(&mut s, 430.0, 14.0);
+        legend(&mut s, 520.0, 14.0);
         let env = &self.environment;
         let _ = writeln!(
             s,
@@ -810,7 +810,7 @@ fn color(dp: Datapath) -> &'static str {
 fn legend(s: &mut String, x: f64, y: f64) {
     let items = [
         (Datapath::Ebpf, "eBPF"),
-        (Datapath::Floor, "floor (redirect only)"),
+        (Datapath::Floor, "floor"),
         (Datapath::Namespace, "namespace (Neutron DVR)"),
     ];
     let mut cx = x;

@@ -51,7 +51,6 @@ class Leader(threading.Thread):
         self.writer = writer
         self.store = writer.store
         self.me = f"{socket.gethostname()}:{os.getpid()}"
-        self.leading = threading.Event()
         self.resyncs = 0
 
     def run(self):
@@ -62,7 +61,6 @@ class Leader(threading.Thread):
                 LOG.warning("dvr_ebpf: no longer the resync leader: %s", e)
             except Exception as e:  # etcd unreachable, Neutron DB busy: try again
                 LOG.warning("dvr_ebpf: leader loop: %s; retrying", e)
-            self.leading.clear()
             time.sleep(1.0)
 
     # -- one term ----------------------------------------------------------------------
@@ -74,7 +72,6 @@ class Leader(threading.Thread):
             lease.refresh()
             time.sleep(min(1.0, c.leader_ttl / 3))
         LOG.info("dvr_ebpf: %s is the resync leader", self.me)
-        self.leading.set()
         events = queue.Queue()
         watchers = [
             etcd_watch.Watcher(self.store.client, p, events.put, range_end=_range_end(p))

@@ -2169,7 +2169,8 @@ pub struct ArpFrame {
     pub count: u32,
 }
 
-fn link_ifindex(ns: &str, dev: &str) -> Result<u64> {
+/// The ifindex of `dev` in namespace `ns`.
+pub(crate) fn link_ifindex(ns: &str, dev: &str) -> Result<u64> {
     let out = cmd::run_ok("ip", &["-n", ns, "-j", "link", "show", "dev", dev])?;
     let v: Value = serde_json::from_slice(&out.stdout).context("ip -j link show")?;
     v.get(0)

@@ -203,12 +203,7 @@ impl Cloud {
 
     /// The ifindex of `dev` in the namespace of `host`.
     pub fn host_ifindex(&self, host: &str, dev: &str) -> Result<u64> {
-        let ns = self.host(host)?.ns.clone();
-        let out = cmd::run_ok("ip", &["-n", &ns, "-j", "link", "show", "dev", dev])?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("ip -j link")?;
-        v.get(0)
-            .and_then(|l| l["ifindex"].as_u64())
-            .ok_or_else(|| anyhow!("no ifindex for {dev} in {ns}: {v}"))
+        crate::cloud::link_ifindex(&self.host(host)?.ns, dev)
     }
 
     /// The names of every link in the namespace of `host`.

@@ -32,7 +32,6 @@ use serde_json::{Value, json};
 use crate::cloud::{Cidr, Cloud, NetInfo, Vm, tap_name};
 use crate::cmd::{ChildGuard, wait_until};
 use crate::external::{EXT_CIDR, EXT_GATEWAY, EXT_IFACE, PHYSNET};
-use crate::snat::HostMode;
 
 /// Where the server listens, in the underlay namespace.
 pub const NEUTRON_ADDR: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9696);
@@ -378,17 +377,12 @@ impl Cloud {
             .find(|h| h.name == host)
             .ok_or_else(|| anyhow!("no host {host}"))?;
         if !h.agent_args.iter().any(|a| a == "--tunnel-ip") {
-            let mode = match h.mode {
-                HostMode::Dvr => "dvr",
-                HostMode::DvrSnat => "dvr_snat",
-                HostMode::DvrNoExternal => "dvr_no_external",
-            };
             h.agent_args.extend(
                 [
                     "--tunnel-ip",
                     &h.tunnel_ip.to_string(),
                     "--agent-mode",
-                    mode,
+                    h.mode.as_str(),
                 ]
                 .map(str::to_string),
             );

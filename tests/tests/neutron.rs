@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, ensure};
 use dvr_common::l2::FdbKey;
 use dvr_common::route::IpKey;
+use dvr_tests::bench::percentile;
 use dvr_tests::etcd::EtcdWriter;
 use dvr_tests::neutron::{fixed_ip, id_of as id};
 use dvr_tests::{
@@ -75,11 +76,6 @@ fn fdb_key(vni: u32, mac: &str) -> Result<FdbKey> {
         mac: parse_mac(mac).ok_or_else(|| anyhow!("bad MAC {mac}"))?,
         _pad: [0; 2],
     })
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(i).copied().unwrap_or_default()
 }
 
 fn ms(d: Duration) -> String {
@@ -319,26 +315,23 @@ fn a_cloud_built_through_the_api_forwards_as_neutron_says() -> Result<()> {
         "FIP associate",
         "FIP disassociate",
     ] {
-        let mut total: Vec<Duration> = samples
-            .iter()
-            .filter(|s| s.0 == what)
-            .map(|s| s.2)
-            .collect();
-        let mut api_only: Vec<Duration> = samples
-            .iter()
-            .filter(|s| s.0 == what)
-            .map(|s| s.1)
-            .collect();
-        total.sort();
-        api_only.sort();
+        let ms_of = |pick: fn(&(&str, Duration, Duration)) -> Duration| -> Vec<f64> {
+            samples
+                .iter()
+                .filter(|s| s.0 == what)
+                .map(|s| pick(s).as_secs_f64() * 1000.0)
+                .collect()
+        };
+        let (total, api_only) = (ms_of(|s| s.2), ms_of(|s| s.1));
+        let p = |v: &[f64], q: f64| format!("{:.1} ms", percentile(v, q).unwrap_or_default());
         eprintln!(
             "dvr-tests: API to datapath, {what}: p50 {} p99 {} ({} samples; the API \
              answered at p50 {} p99 {})",
-            ms(percentile(&total, 0.5)),
-            ms(percentile(&total, 0.99)),
+            p(&total, 50.0),
+            p(&total, 99.0),
             total.len(),
-            ms(percentile(&api_only, 0.5)),
-            ms(percentile(&api_only, 0.99)),
+            p(&api_only, 50.0),
+            p(&api_only, 99.0),
         );
     }
     for h in ["h1", "h2", "snat", "nx"] {

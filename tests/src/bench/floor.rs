@@ -27,7 +27,7 @@ use serde_json::Value;
 
 use super::{PathEnds, PathKind};
 use crate::Cloud;
-use crate::cloud::VXLAN_DEV;
+use crate::cloud::{VXLAN_DEV, link_ifindex};
 use crate::cmd::{self, ip};
 use crate::external::{EXT_BRIDGE, EXT_IFACE};
 
@@ -39,16 +39,6 @@ pub struct Floor {
     /// namespaces go.
     attached: Vec<Ebpf>,
     pub cloud: Cloud,
-}
-
-/// The ifindex of `dev` in namespace `ns`.
-fn ifindex(ns: &str, dev: &str) -> Result<u32> {
-    let out = cmd::run_ok("ip", &["-n", ns, "-j", "link", "show", "dev", dev])?;
-    let v: Value = serde_json::from_slice(&out.stdout).context("ip -j link show")?;
-    v[0]["ifindex"]
-        .as_u64()
-        .and_then(|i| u32::try_from(i).ok())
-        .ok_or_else(|| anyhow!("no ifindex of {dev} in {ns}"))
 }
 
 /// The MAC of `dev` in namespace `ns`.
@@ -64,7 +54,7 @@ fn mac(ns: &str, dev: &str) -> Result<String> {
 /// Loads one `dvr-floor` instance sending to `to` (with `tunnel`: VNI and remote) and
 /// attaches it to the TC ingress of `iface`, in namespace `ns`.
 fn attach(ns: &str, iface: &str, to: &str, tunnel: Option<(u32, Ipv4Addr)>) -> Result<Ebpf> {
-    let target = ifindex(ns, to)?;
+    let target = u32::try_from(link_ifindex(ns, to)?)?;
     let (vni, remote) = tunnel.map_or((0, 0), |(v, r)| (v, u32::from(r)));
     let iface = iface.to_string();
     super::netns::in_netns(ns, move || {

@@ -12,7 +12,8 @@ pub struct HostConfig {
     pub dvr_mac: crate::Mac,
     /// Non-zero once the agent has written a complete configuration.
     pub ready: u8,
-    pub _pad: u8,
+    /// [`HOST_ENCAP_BPF`] and future switches the agent sets.
+    pub flags: u8,
     /// ifindex of the external interface (`hosts[].external_interface`), 0 when none.
     pub ext_ifindex: u32,
     /// This host's address on the external network (its `network:floatingip_agent_gateway`
@@ -27,4 +28,10 @@ pub struct HostConfig {
     pub snat_port_max: u16,
 }
 crate::assert_size!(HostConfig, 36);
+
+/// [`HostConfig::flags`]: frames for the tunnel are VXLAN-encapsulated by the datapath and
+/// sent straight out of the underlay NIC (the VXLAN device only where that cannot be done:
+/// next hop not routable from here, fragments, flooding). Without it every frame for the
+/// tunnel goes through the VXLAN device. Either way the wire format is the same.
+pub const HOST_ENCAP_BPF: u8 = 1;
 crate::user_pod!(HostConfig);

@@ -30,7 +30,7 @@ pub fn dvr_tap_out(ctx: TcContext) -> i32 {
 /// TC ingress on the VXLAN collect_md device: frames from other hosts.
 #[classifier]
 pub fn dvr_tunnel(ctx: TcContext) -> i32 {
-    entry::finish(&ctx, entry::tunnel::run(&ctx))
+    entry::tunnel::program(&ctx)
 }
 
 /// TC ingress on the external interface: floating IPs (proxy ARP, DNAT), gateway learning.

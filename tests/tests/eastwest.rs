@@ -140,6 +140,132 @@ fn same_subnet_across_hosts_uses_the_network_vni() -> Result<()> {
         c.stat("h2", Stat::RxTunnel.as_str())? > 0,
         "rx_tunnel of h2 stayed 0"
     );
+    // Every unicast frame for the tunnel was encapsulated by the datapath itself.
+    let (tx, enc, dev) = (
+        c.stat("h1", Stat::TxTunnel.as_str())?,
+        c.stat("h1", Stat::TxEncap.as_str())?,
+        c.stat("h1", Stat::TxEncapDevice.as_str())?,
+    );
+    ensure!(
+        enc == tx && dev == 0,
+        "h1: tx_tunnel {tx}, tx_encap {enc}, tx_encap_device {dev}: want every frame encapsulated in BPF"
+    );
+    Ok(())
+}
+
+/// The MAC of `dev` in namespace `ns`.
+fn link_mac(ns: &str, dev: &str) -> Result<String> {
+    let out = cmd::run_ok("ip", &["-n", ns, "-j", "link", "show", "dev", dev])?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("ip -j link show")?;
+    v[0]["address"]
+        .as_str()
+        .map(str::to_string)
+        .with_context(|| format!("no MAC of {dev} in {ns}"))
+}
+
+/// A host that encapsulates in BPF (h1) and one that uses the VXLAN device
+/// (`--tunnel-encap device`, h2) carry one network's traffic both ways, and what h1 puts on
+/// the wire is standard VXLAN: UDP to 4789 from a source port in 49152-65535, outer MACs of
+/// the two uplinks, the network's VNI, the VMs' frame inside. With forwarding off on h1's
+/// VXLAN device the FIB helper refuses, and h1 falls back to the device (counted).
+#[test]
+fn bpf_and_device_encapsulating_hosts_talk() -> Result<()> {
+    require_preconditions();
+    let mut t = Topology::new();
+    t.host("h1").host("h2");
+    t.host_agent_args("h2", &["--tunnel-encap", "device"]);
+    t.network("a", 1251, "192.168.1.0/24");
+    t.vm(VmSpec::new("v1", "a", "h1"))
+        .vm(VmSpec::new("v2", "a", "h2"));
+    let mut c = t.build()?;
+    let (v1, v2) = (c.vm("v1")?.clone(), c.vm("v2")?.clone());
+    let (h1, h2) = (c.host("h1")?.clone(), c.host("h2")?.clone());
+    let (mac1, mac2) = (link_mac(&h1.ns, "ul0")?, link_mac(&h2.ns, "ul0")?);
+
+    let cap = c.capture_uplink("h1", "udp port 4789")?;
+    c.ping_ok("v1", v2.ip, 3)?;
+    c.ping_ok("v2", v1.ip, 3)?;
+    for (from, to, port) in [("v1", "v2", 5011), ("v2", "v1", 5012)] {
+        let r = c.tcp_transfer(from, to, port, MIB)?;
+        eprintln!(
+            "TCP {from} -> {to} (bpf / device hosts): {} bytes in {:?}",
+            r.bytes, r.elapsed
+        );
+    }
+    let packets = cap.stop()?;
+    let from_h1: Vec<_> = packets
+        .iter()
+        .filter(|p| {
+            p.contains(&format!("{}.", h1.tunnel_ip))
+                && p.contains(&format!("> {}.4789", h2.tunnel_ip))
+        })
+        .collect();
+    ensure!(
+        !from_h1.is_empty(),
+        "nothing from h1 to h2:4789 on the underlay: {packets:#?}"
+    );
+    for p in &from_h1 {
+        ensure!(p.vni() == Some(1251), "VNI must be 1251: {p}");
+        ensure!(
+            p.outer_eth() == Some((mac1.clone(), mac2.clone())),
+            "outer Ethernet must be h1's uplink to h2's ({mac1} > {mac2}): {p}"
+        );
+        let sport = p
+            .to_string()
+            .split_whitespace()
+            .find_map(|w| {
+                w.strip_prefix(&format!("{}.", h1.tunnel_ip))
+                    .map(str::to_string)
+            })
+            .and_then(|w| w.trim_end_matches(':').parse::<u16>().ok())
+            .with_context(|| format!("no outer UDP source port in {p}"))?;
+        ensure!(
+            sport >= 49152,
+            "outer UDP source port {sport} outside 49152-65535: {p}"
+        );
+    }
+    let req = from_h1
+        .iter()
+        .filter(|p| p.is_icmp_echo_request() && p.has_ips(&s(v1.ip), &s(v2.ip)))
+        .count();
+    ensure!(req == 3, "want v1's 3 echo requests from h1, got {req}");
+    ensure!(
+        from_h1.iter().all(|p| p.inner_eth().is_some()),
+        "a frame from h1 without an inner Ethernet header"
+    );
+    let (tx1, enc1, dev1) = (
+        c.stat("h1", Stat::TxTunnel.as_str())?,
+        c.stat("h1", Stat::TxEncap.as_str())?,
+        c.stat("h1", Stat::TxEncapDevice.as_str())?,
+    );
+    ensure!(
+        enc1 == tx1 && tx1 > 0 && dev1 == 0,
+        "h1: tx_tunnel {tx1}, tx_encap {enc1}, tx_encap_device {dev1}: want all in BPF"
+    );
+    let (tx2, enc2) = (
+        c.stat("h2", Stat::TxTunnel.as_str())?,
+        c.stat("h2", Stat::TxEncap.as_str())?,
+    );
+    ensure!(
+        tx2 > 0 && enc2 == 0,
+        "h2 (device): tx_tunnel {tx2}, tx_encap {enc2}: want all through the device"
+    );
+
+    // Forwarding off on h1's VXLAN device: the FIB helper refuses; the device takes over.
+    exec_ok(
+        &h1.ns,
+        &["sysctl", "-q", "-w", "net.ipv4.conf.dvr-vx.forwarding=0"],
+    )?;
+    c.ping_ok("v1", v2.ip, 2)?;
+    let dev1 = c.stat("h1", Stat::TxEncapDevice.as_str())?;
+    ensure!(
+        dev1 >= 2,
+        "h1: tx_encap_device {dev1} after 2 echo requests with forwarding off"
+    );
+    ensure!(
+        c.stat("h1", Stat::TxEncap.as_str())? == enc1,
+        "h1 still encapsulated in BPF with forwarding off on dvr-vx"
+    );
     Ok(())
 }
 

@@ -33,6 +33,16 @@ impl Verdict {
         }
     }
 
+    /// Sent into the tunnel, counted as `stat`, once the program's entry has encapsulated
+    /// it (`net::encap::send_pending`, from a shallow stack).
+    #[inline(always)]
+    pub fn encap(stat: Stat) -> Self {
+        Self {
+            stat,
+            action: ACT_ENCAP,
+        }
+    }
+
     /// Answered with an ICMP error that the program's entry builds and counts
     /// (`stage::icmp::send_pending`); not counted before.
     #[inline(always)]
@@ -40,6 +50,15 @@ impl Verdict {
         Self {
             stat: Stat::DropFragNeeded,
             action: ACT_ICMP,
+        }
+    }
+
+    /// Already redirected by a helper of its own (`bpf_redirect_neigh`), counted as `stat`.
+    #[inline(always)]
+    pub fn redirected(stat: Stat) -> Self {
+        Self {
+            stat,
+            action: TCX_REDIRECT,
         }
     }
 
@@ -59,6 +78,10 @@ pub const ACT_FRAGMENT: i32 = 0x4652;
 /// Not a TCX action: "answer with the ICMP error noted" (see [`Verdict::icmp_error`]);
 /// never returned to the kernel.
 pub const ACT_ICMP: i32 = 0x4943;
+
+/// Not a TCX action: "encapsulate for the tunnel, then redirect" (see [`Verdict::encap`]);
+/// never returned to the kernel.
+pub const ACT_ENCAP: i32 = 0x454e;
 
 /// A pipeline ends either way with a verdict: `Err` only means "stopped early".
 #[inline(always)]

@@ -14,9 +14,9 @@ use crate::{
     base::{
         events,
         maps::DVR_STATS,
-        verdict::{ACT_FRAGMENT, ACT_ICMP, Verdict, settle},
+        verdict::{ACT_ENCAP, ACT_FRAGMENT, ACT_ICMP, Verdict, settle},
     },
-    net::frag,
+    net::{encap, frag},
     stage::icmp,
 };
 
@@ -43,12 +43,14 @@ pub fn finish(ctx: &TcContext, r: Result<Verdict, Verdict>) -> i32 {
 /// stack is shallow (see `dvr_common::frag`): a verdict that asked for fragments
 /// ([`Verdict::fragment`], counted as what it was) has them sent and counted (fragmented
 /// or drop_frag_failed); an ICMP error ([`Verdict::icmp_error`]) is built, sent and
-/// counted.
+/// counted; a frame for the tunnel ([`Verdict::encap`], counted as what it was) is
+/// encapsulated and sent, counted as tx_encap (or tx_encap_device, drop_encap).
 #[inline(always)]
 pub fn finish_deferred(ctx: &TcContext, action: i32) -> i32 {
     match action {
         ACT_FRAGMENT => finish(ctx, Ok(frag::send_pending(ctx))),
         ACT_ICMP => finish(ctx, Ok(icmp::send_pending(ctx))),
+        ACT_ENCAP => finish(ctx, Ok(encap::send_pending(ctx))),
         _ => action,
     }
 }

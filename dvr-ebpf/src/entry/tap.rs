@@ -28,6 +28,7 @@ use crate::{
         verdict::Verdict,
     },
     net::{
+        encap::Tunnel,
         flow::{Flow, Parsed},
         flow6::Flow6,
         l2::{self, Ingress},
@@ -49,7 +50,7 @@ pub fn program(ctx: &TcContext) -> i32 {
     if let Ok(eth) = Eth::at(ctx)
         && eth.proto() == ETH_P_IPV6
     {
-        return program6(skb);
+        return finish_deferred(ctx, program6(skb));
     }
     // IPv4 may leave as fragments, sent from here.
     finish_deferred(ctx, program4(skb))
@@ -169,7 +170,7 @@ fn forward(
         dst,
         Ingress::Tap {
             ifindex,
-            tunnel_ifindex: cfg.tunnel_ifindex,
+            tunnel: Tunnel::of(cfg),
         },
     )
 }

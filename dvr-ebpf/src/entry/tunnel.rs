@@ -18,6 +18,7 @@ use dvr_common::{
     stats::Stat,
 };
 
+use super::{finish, finish_deferred};
 use crate::{
     base::{
         maps::{DVR_DVR_MACS, DVR_FDB, DVR_GW_BY_MAC, DVR_HOST_CONFIG, DVR_PEERS, DVR_SNAT_RTR},
@@ -31,8 +32,23 @@ use crate::{
     stage::{fip, north6, snat, vip},
 };
 
+/// The whole program for one frame: the pipeline, its verdict counted once, then the
+/// encapsulation or fragments a delivery may ask for.
 #[inline(always)]
-pub fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
+pub fn program(ctx: &TcContext) -> i32 {
+    finish_deferred(ctx, pipeline(ctx.skb.skb))
+}
+
+/// The pipeline in a BPF-to-BPF call of its own, so that the deferred work's frame is not
+/// stacked on its frame.
+#[inline(never)]
+fn pipeline(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
+    finish(&ctx, run(&ctx))
+}
+
+#[inline(always)]
+fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
     // SAFETY: bpf_tunnel_key is plain old data; all-zero is valid.
     let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
     // SAFETY: key lives on our stack for the call.

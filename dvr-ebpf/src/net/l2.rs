@@ -1,7 +1,8 @@
 //! Delivery at L2 (layer: net): by destination MAC within one network (VNI), to a local tap
 //! by redirect or to a remote host over the tunnel; broadcast and unknown unicast
 //! replicated to the network's local taps and (from a tap only) to the hosts that have
-//! ports on it; and the delivery of a routed or translated packet to its port.
+//! ports on it, through the VXLAN device; and the delivery of a routed or translated packet
+//! to its port. Unicast into the tunnel goes the way `encap` says.
 //! Maps: reads DVR_FDB, DVR_FLOOD, DVR_ENDPOINTS6. Verdicts: tx_local, tx_tunnel, flooded, the caller's
 //! stat, drop_no_local_port, drop_redirect, drop_malformed.
 use aya_ebpf::{bindings::__sk_buff, helpers::bpf_clone_redirect, programs::TcContext};
@@ -21,7 +22,10 @@ use crate::{
         tunnel_key,
         verdict::{Verdict, redirect},
     },
-    net::rewrite,
+    net::{
+        encap::{self, Tunnel},
+        rewrite,
+    },
 };
 
 /// Where a port (or a VIP's holder) is: a tap of this host, or another host, by its tunnel
@@ -48,7 +52,7 @@ impl Location {
 #[derive(Clone, Copy)]
 pub enum Ingress {
     /// A local tap (not sent back there); flooding may also replicate it into the tunnel.
-    Tap { ifindex: u32, tunnel_ifindex: u32 },
+    Tap { ifindex: u32, tunnel: Tunnel },
     /// The tunnel: delivered to local taps only.
     Tunnel,
 }
@@ -62,31 +66,19 @@ fn set_tunnel(ctx: &TcContext, vni: u32, remote_host: u32) -> Result<(), Verdict
     Ok(())
 }
 
-/// Send the frame over the tunnel to host `remote_host` on network `vni`, counted as `stat`.
-#[inline(always)]
-pub fn to_tunnel(
-    ctx: &TcContext,
-    vni: u32,
-    remote_host: u32,
-    tunnel_ifindex: u32,
-    stat: Stat,
-) -> Verdict {
-    if let Err(v) = set_tunnel(ctx, vni, remote_host) {
-        return v;
-    }
-    redirect(tunnel_ifindex, stat)
-}
-
 /// Forward a frame on network `vni` by destination MAC.
 #[inline(always)]
 pub fn forward(ctx: &TcContext, vni: u32, dst: &Mac, from: Ingress) -> Verdict {
     // The flat encoding the loops below compare against: 0 = from the tunnel.
-    let (from_ifindex, tunnel_ifindex) = match from {
-        Ingress::Tap {
-            ifindex,
-            tunnel_ifindex,
-        } => (ifindex, tunnel_ifindex),
-        Ingress::Tunnel => (0, 0),
+    let (from_ifindex, tunnel) = match from {
+        Ingress::Tap { ifindex, tunnel } => (ifindex, tunnel),
+        Ingress::Tunnel => (
+            0,
+            Tunnel {
+                ifindex: 0,
+                encap: false,
+            },
+        ),
     };
     if !is_multicast(dst) {
         let key = FdbKey {
@@ -101,11 +93,11 @@ pub fn forward(ctx: &TcContext, vni: u32, dst: &Mac, from: Ingress) -> Verdict {
             }
             return match Location::of(e.ifindex, e.tunnel_ip_host) {
                 Location::Local(ifindex) => redirect(ifindex, Stat::TxLocal),
-                Location::Remote(host) => to_tunnel(ctx, vni, host, tunnel_ifindex, Stat::TxTunnel),
+                Location::Remote(host) => encap::send(ctx, vni, host, tunnel, Stat::TxTunnel),
             };
         }
     }
-    flood(ctx, vni, from_ifindex, tunnel_ifindex)
+    flood(ctx, vni, from_ifindex, tunnel.ifindex)
 }
 
 #[inline(always)]
@@ -233,5 +225,5 @@ pub fn routed_to_host(
     let eth = Eth::at(ctx)?;
     eth.set_src(cfg.dvr_mac);
     eth.set_dst(mac);
-    Ok(to_tunnel(ctx, vni, host, cfg.tunnel_ifindex, stat))
+    Ok(encap::send(ctx, vni, host, Tunnel::of(cfg), stat))
 }

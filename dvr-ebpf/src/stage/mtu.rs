@@ -11,7 +11,7 @@
 //! `skb_gso_validate_network_len`); one whose segments do not fit and may not carry DF is
 //! not fragmented (`drop_frag_failed`). A route without an MTU (0) fits everything.
 //!
-//! Calls `icmp`, `net::frag`. Maps: those of the callees. Verdicts: icmp_frag_needed,
+//! Calls `icmp`, `net::frag`, `net::encap`. Maps: those of the callees. Verdicts: icmp_frag_needed,
 //! fragmented, drop_frag_needed, drop_frag_failed, drop_malformed.
 use aya_ebpf::{bindings::__sk_buff, programs::TcContext};
 use dvr_common::{config::HostConfig, stats::Stat};
@@ -21,7 +21,7 @@ use crate::{
         packet::{ETH_LEN, IP_HDR_LEN, IP6_HDR_LEN, IPPROTO_TCP, be16},
         verdict::Verdict,
     },
-    net::{flow6::Flow6, frag},
+    net::{encap, flow6::Flow6, frag},
     stage::icmp,
 };
 
@@ -87,7 +87,8 @@ pub fn deliver4(ctx: &TcContext, v: Verdict, out: u32) -> Verdict {
     if mtu == 0 {
         return v;
     }
-    frag::request(v, out, mtu as u16)
+    // Fragments are cut from the inner packet: through the VXLAN device, not encapsulated here.
+    frag::request(encap::through_device(ctx, v, out), out, mtu as u16)
 }
 
 /// The `__sk_buff.cb` word that carries an IPv6 packet's next MTU from [`too_big6`] to

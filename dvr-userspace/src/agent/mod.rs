@@ -40,7 +40,7 @@ use dvr_common::{
 use tracing::{info, warn};
 
 pub use error::AgentError;
-pub use options::{FULL_READ_INTERVAL, Options, POLL, RESCAN, STATE_POLL};
+pub use options::{FULL_READ_INTERVAL, Options, POLL, RESCAN, STATE_POLL, TunnelEncap};
 
 use crate::{
     attach::{Datapath, mac_of},
@@ -189,6 +189,11 @@ impl Agent {
         };
         let dp = Datapath::load(bpffs_root, host, &opts.load)?;
         info!(host, pins = %dp.dir.display(), tunnel_ifindex = dp.tunnel_ifindex, "datapath loaded");
+        if opts.tunnel_encap == TunnelEncap::Bpf
+            && let Err(e) = crate::attach::enable_tunnel_forwarding()
+        {
+            warn!(error = %e, "frames for the tunnel will go through the VXLAN device (tx_encap_device)");
+        }
         let mut agent = Self {
             host: host.into(),
             source_desc,
@@ -386,6 +391,7 @@ impl Agent {
         };
         let mut cfg = compiled.config;
         cfg.tunnel_ifindex = self.dp.tunnel_ifindex;
+        cfg.flags |= self.opts.tunnel_encap.flags();
         if let Some((name, ifx)) = &ext_now {
             cfg.ext_ifindex = *ifx;
             cfg.ext_mac = mac_of(name).unwrap_or_default();

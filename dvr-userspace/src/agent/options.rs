@@ -31,6 +31,40 @@ pub struct Options {
     pub ct_sync_rate: u64,
     /// Interval of unsolicited IPv6 router advertisements on the taps.
     pub ra_interval: super::ra::RaInterval,
+    /// How frames enter the tunnel.
+    pub tunnel_encap: TunnelEncap,
+}
+
+/// How frames for other hosts enter the tunnel (`--tunnel-encap`). The frames on the wire
+/// are the same either way, so hosts of both kinds talk to each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TunnelEncap {
+    /// VXLAN-encapsulated by the datapath and sent straight out of the underlay NIC
+    /// (`HOST_ENCAP_BPF`); the agent turns forwarding on for the VXLAN device, which the
+    /// FIB helper needs. Frames it cannot do that for go through the device.
+    #[default]
+    Bpf,
+    /// Through the VXLAN collect_md device, as before.
+    Device,
+}
+
+impl TunnelEncap {
+    /// The `--tunnel-encap` value.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "bpf" => Ok(Self::Bpf),
+            "device" => Ok(Self::Device),
+            other => Err(format!("{other:?}: expected bpf or device")),
+        }
+    }
+
+    /// The `HostConfig::flags` bits it stands for.
+    pub fn flags(self) -> u8 {
+        match self {
+            Self::Bpf => dvr_common::config::HOST_ENCAP_BPF,
+            Self::Device => 0,
+        }
+    }
 }
 
 impl Default for Options {
@@ -46,6 +80,7 @@ impl Default for Options {
             metrics: None,
             ct_sync_rate: 4_000_000,
             ra_interval: super::ra::RaInterval::default(),
+            tunnel_encap: TunnelEncap::default(),
         }
     }
 }

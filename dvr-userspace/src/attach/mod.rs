@@ -21,4 +21,4 @@ pub use error::AttachError;
 pub use linkwatch::LinkWatch;
 pub use load::{LoadOptions, PROG_EXT, PROG_TAP, PROG_TAP_OUT, PROG_TUNNEL, load_object, program};
 pub use netlink::{interfaces, mac_of, mtu_of};
-pub use tunnel::{TUNNEL_DEV, VXLAN_PORT, ensure_tunnel_dev};
+pub use tunnel::{TUNNEL_DEV, VXLAN_PORT, enable_tunnel_forwarding, ensure_tunnel_dev};

@@ -69,6 +69,15 @@ pub fn ensure_tunnel_dev() -> Result<u32, AttachError> {
     }
 }
 
+/// Turn IPv4 forwarding on for the device (`net.ipv4.conf.dvr-vx.forwarding`): the
+/// datapath's FIB lookups for the tunnel's next hop are made as from this device, and the
+/// kernel's helper answers them only for a device that forwards. Nothing reaches the host
+/// stack through the device to be forwarded: the tunnel program takes every frame.
+pub fn enable_tunnel_forwarding() -> Result<(), AttachError> {
+    let path = format!("/proc/sys/net/ipv4/conf/{TUNNEL_DEV}/forwarding");
+    std::fs::write(&path, "1").map_err(|e| dev_err(format!("writing {path}: {e}")))
+}
+
 /// Delete the device if it is a VXLAN collect_md device (as the agent makes it); true when
 /// it was deleted, false when there is no such device or it is another kind of device.
 pub fn remove_tunnel_dev() -> Result<bool, AttachError> {

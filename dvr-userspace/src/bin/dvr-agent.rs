@@ -72,6 +72,11 @@ struct Args {
     /// defaults). Router solicitations are answered at once whatever this says.
     #[arg(long, default_value = "30-100", value_parser = parse_range)]
     ra_interval: (u16, u16),
+    /// How frames for other hosts enter the tunnel: `bpf` (VXLAN-encapsulated by the
+    /// datapath, straight out of the underlay NIC) or `device` (through the VXLAN device).
+    /// The wire format is the same: hosts of both kinds talk to each other.
+    #[arg(long, default_value = "bpf", value_parser = agent::TunnelEncap::parse)]
+    tunnel_encap: agent::TunnelEncap,
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
@@ -109,6 +114,7 @@ impl Args {
                 min: s(u64::from(self.ra_interval.0)),
                 max: s(u64::from(self.ra_interval.1)),
             },
+            tunnel_encap: self.tunnel_encap,
         }
     }
 }

@@ -1,8 +1,9 @@
 //! The floor of each path: the eBPF cloud's own topology ([`super::ebpf::topology`]: the same
 //! namespaces, taps, uplinks, bridges and external NICs) with no agent, and on each interface
 //! a path enters, the `dvr-floor` program (`dvr-ebpf/src/floor.rs`): it sends every frame
-//! out of one fixed interface, with the datapath's tunnel metadata where the path crosses the
-//! underlay (a `dvr-vx` collect_md device made here, as the agent makes it). No lookup and no
+//! out of one fixed interface, VXLAN-encapsulated as the datapath does it where the path
+//! crosses the underlay (out of the underlay NIC, routed as from a `dvr-vx` collect_md device
+//! made here as the agent makes it, forwarding on; received through that device). No lookup and no
 //! rewrite: the endpoints are set up so that what one sends is what the other accepts as is
 //! (static neighbours naming the far end's MAC; a floating IP or the router's address held by
 //! the VM itself; the external NIC given the VM's MAC so the bridge delivers to it). So it is
@@ -51,17 +52,25 @@ fn mac(ns: &str, dev: &str) -> Result<String> {
         .ok_or_else(|| anyhow!("no MAC of {dev} in {ns}"))
 }
 
-/// Loads one `dvr-floor` instance sending to `to` (with `tunnel`: VNI and remote) and
-/// attaches it to the TC ingress of `iface`, in namespace `ns`.
-fn attach(ns: &str, iface: &str, to: &str, tunnel: Option<(u32, Ipv4Addr)>) -> Result<Ebpf> {
+/// Loads one `dvr-floor` instance sending to `to` (with `tunnel`: VNI, this host's tunnel
+/// address and the remote one) and attaches it to the TC ingress of `iface`, in namespace
+/// `ns`.
+fn attach(
+    ns: &str,
+    iface: &str,
+    to: &str,
+    tunnel: Option<(u32, Ipv4Addr, Ipv4Addr)>,
+) -> Result<Ebpf> {
     let target = u32::try_from(link_ifindex(ns, to)?)?;
-    let (vni, remote) = tunnel.map_or((0, 0), |(v, r)| (v, u32::from(r)));
+    let (vni, local, remote) =
+        tunnel.map_or((0, 0, 0), |(v, l, r)| (v, u32::from(l), u32::from(r)));
     let iface = iface.to_string();
     super::netns::in_netns(ns, move || {
         let mut bpf = EbpfLoader::new()
             .override_global("FLOOR_IFINDEX", &target, true)
             .override_global("FLOOR_VNI", &vni, true)
             .override_global("FLOOR_REMOTE", &remote, true)
+            .override_global("FLOOR_LOCAL", &local, true)
             .load(dvr_userspace::ebpf::FLOOR_OBJECT)
             .context("loading the dvr-floor object")?;
         let p: &mut SchedClassifier = bpf
@@ -98,6 +107,15 @@ pub fn build() -> Result<Floor> {
             "nolearning",
         ])?;
         ip(&["-n", &h.ns, "link", "set", VXLAN_DEV, "up"])?;
+        cmd::exec_ok(
+            &h.ns,
+            &[
+                "sysctl",
+                "-q",
+                "-w",
+                &format!("net.ipv4.conf.{VXLAN_DEV}.forwarding=1"),
+            ],
+        )?;
     }
     Ok(Floor {
         attached: Vec::new(),
@@ -202,14 +220,14 @@ impl Floor {
                     &c1,
                     &tap("v1")?,
                     VXLAN_DEV,
-                    Some((b, tunnel("c2")?)),
+                    Some((b, tunnel("c1")?, tunnel("c2")?)),
                 )?);
                 attached.push(attach(&c2, VXLAN_DEV, &tap("v2")?, None)?);
                 attached.push(attach(
                     &c2,
                     &tap("v2")?,
                     VXLAN_DEV,
-                    Some((a, tunnel("c1")?)),
+                    Some((a, tunnel("c2")?, tunnel("c1")?)),
                 )?);
                 attached.push(attach(&c1, VXLAN_DEV, &tap("v1")?, None)?);
             }
@@ -231,10 +249,15 @@ impl Floor {
                     &c1,
                     &tap("v3")?,
                     VXLAN_DEV,
-                    Some((a, tunnel("s")?)),
+                    Some((a, tunnel("c1")?, tunnel("s")?)),
                 )?);
                 attached.push(attach(&s, VXLAN_DEV, EXT_IFACE, None)?);
-                attached.push(attach(&s, EXT_IFACE, VXLAN_DEV, Some((a, tunnel("c1")?)))?);
+                attached.push(attach(
+                    &s,
+                    EXT_IFACE,
+                    VXLAN_DEV,
+                    Some((a, tunnel("s")?, tunnel("c1")?)),
+                )?);
                 attached.push(attach(&c1, VXLAN_DEV, &tap("v3")?, None)?);
             }
             PathKind::VethPair => {}

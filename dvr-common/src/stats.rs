@@ -100,6 +100,8 @@ stats! {
     TxEncap = "tx_encap", false, "VXLAN-encapsulated by the datapath and sent straight out of the underlay NIC (counted besides how it was delivered)";
     TxEncapDevice = "tx_encap_device", false, "to be VXLAN-encapsulated by the datapath but sent through the VXLAN device: no route to the remote host the FIB helper gives from it (forwarding off on it?), or too long";
     DropEncap = "drop_encap", true, "VXLAN encapsulation failed after the frame was resized";
+    RxDecap = "rx_decap", false, "VXLAN-decapsulated by the datapath on the underlay NIC (counted besides how it was delivered)";
+    DropDecap = "drop_decap", true, "VXLAN decapsulation failed after the frame was resized";
 }
 
 pub const STAT_COUNT: u32 = Stat::ALL.len() as u32;

@@ -2,13 +2,14 @@
 //! Every frame is sent out of one interface, set at load time, with no lookup and no
 //! rewrite; with a VNI set, it is VXLAN-encapsulated as the datapath does it (`base/vxlan.rs`:
 //! the FIB lookup from the VXLAN device, out of the underlay NIC), through the VXLAN
-//! collect_md device (the interface set) where that cannot be done. `dvr-bench` loads one instance per attachment (see
+//! collect_md device (the interface set) where that cannot be done. On the underlay NIC it
+//! decapsulates first, as the datapath's underlay program does. `dvr-bench` loads one instance per attachment (see
 //! `tests/src/bench/floor.rs`); the agent never loads it.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT},
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     helpers::bpf_redirect,
     macros::classifier,
     programs::TcContext,
@@ -33,18 +34,32 @@ static FLOOR_REMOTE: u32 = 0;
 /// This host's tunnel address (host byte order), with a VNI.
 #[unsafe(no_mangle)]
 static FLOOR_LOCAL: u32 = 0;
+/// On the underlay NIC: this host's tunnel address (host byte order). The VXLAN frames the
+/// datapath decapsulates (`base/vxlan.rs`) are decapsulated and sent; the rest passes on
+/// to the host stack and the VXLAN device.
+#[unsafe(no_mangle)]
+static FLOOR_DECAP: u32 = 0;
 
 #[classifier]
 pub fn dvr_floor(ctx: TcContext) -> i32 {
     // SAFETY: load-time constants the loader sets; volatile so they are not folded to 0.
-    let (ifindex, vni, remote, local) = unsafe {
+    let (ifindex, vni, remote, local, decap) = unsafe {
         (
             core::ptr::read_volatile(&FLOOR_IFINDEX),
             core::ptr::read_volatile(&FLOOR_VNI),
             core::ptr::read_volatile(&FLOOR_REMOTE),
             core::ptr::read_volatile(&FLOOR_LOCAL),
+            core::ptr::read_volatile(&FLOOR_DECAP),
         )
     };
+    if decap != 0 {
+        // VNI 0 and sender 0.0.0.0 are no network and no host of the datapath.
+        match vxlan::decap(&ctx, decap) {
+            Ok(Some(d)) if d.vni != 0 && d.remote_host != 0 => {}
+            Ok(None) => return TC_ACT_OK,
+            _ => return TC_ACT_SHOT,
+        }
+    }
     if vni != 0 {
         match vxlan::encap(&ctx, ifindex, local, remote, vni) {
             vxlan::Encap::Sent => return TC_ACT_REDIRECT,

@@ -1,9 +1,9 @@
-//! The DVR datapath: four TC programs. The code is layered, every module calling only
+//! The DVR datapath: five TC programs. The code is layered, every module calling only
 //! downwards: `entry` (one pipeline per program) -> `stage` (features) -> `net` (parsed
 //! flow, conntrack, rewrites, L2 delivery, route lookup) -> `base` (packet access,
 //! verdicts, clocks, maps, drop events). Each entry's verdict becomes the TCX return code
 //! and is counted exactly once (`entry::finish`; `dvr_tap` counts in each of its two halves,
-//! see `entry::tap::program`).
+//! see `entry::tap::program`; steps such as encapsulation are counted besides it).
 #![no_std]
 #![no_main]
 
@@ -31,6 +31,12 @@ pub fn dvr_tap_out(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn dvr_tunnel(ctx: TcContext) -> i32 {
     entry::tunnel::program(&ctx)
+}
+
+/// TC ingress on the underlay NIC: VXLAN frames decapsulated here (`--tunnel-decap bpf`).
+#[classifier]
+pub fn dvr_underlay(ctx: TcContext) -> i32 {
+    entry::underlay::program(&ctx)
 }
 
 /// TC ingress on the external interface: floating IPs (proxy ARP, DNAT), gateway learning.

@@ -52,6 +52,8 @@ const AGENT_READY_LOG: &str = "dvr_userspace::agent: ready";
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/dvr";
 /// The name of the VXLAN device the agent creates.
 pub const VXLAN_DEV: &str = "dvr-vx";
+/// Each host's underlay NIC (holding its tunnel address), a veth to the underlay bridge.
+pub const UNDERLAY_DEV: &str = "ul0";
 
 static NS_SEQ: AtomicU32 = AtomicU32::new(0);
 static CLOUD_SEQ: AtomicU32 = AtomicU32::new(0);
@@ -899,7 +901,18 @@ impl Cloud {
         let uplink = format!("uh{}", self.hosts.len());
         let ul = self.underlay_ns.clone();
         ip(&[
-            "-n", &ns, "link", "add", "ul0", "type", "veth", "peer", "name", &uplink, "netns", &ul,
+            "-n",
+            &ns,
+            "link",
+            "add",
+            UNDERLAY_DEV,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &uplink,
+            "netns",
+            &ul,
         ])?;
         ip(&[
             "-n",
@@ -908,9 +921,9 @@ impl Cloud {
             "add",
             &format!("{}/24", h.tunnel_ip),
             "dev",
-            "ul0",
+            UNDERLAY_DEV,
         ])?;
-        ip(&["-n", &ns, "link", "set", "ul0", "up"])?;
+        ip(&["-n", &ns, "link", "set", UNDERLAY_DEV, "up"])?;
         ip(&["-n", &ul, "link", "set", &uplink, "master", "br0"])?;
         ip(&["-n", &ul, "link", "set", &uplink, "up"])?;
         let agent_name = format!("{}-{}-{}", h.name, std::process::id(), self.seq);

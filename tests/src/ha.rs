@@ -243,7 +243,7 @@ impl Cloud {
     pub fn set_host_links(&self, host: &str, up: bool) -> Result<()> {
         let h = self.host(host)?;
         let state = if up { "up" } else { "down" };
-        let mut devs = vec!["ul0"];
+        let mut devs = vec![crate::cloud::UNDERLAY_DEV];
         if h.ext.is_some() {
             devs.push(EXT_IFACE);
         }

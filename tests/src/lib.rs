@@ -75,7 +75,8 @@ use anyhow::{Result, bail};
 pub use capture::{Arp, Capture, Packet};
 pub use cloud::{
     AgentPort, AgentRun, AgentSource, ArpFrame, ArpingResult, Cidr, Cloud, HostInfo, LateVm,
-    NetInfo, PingResult, Topology, TransferReport, UdpFrame, Vm, VmSpec, locate_bins, scapy_python,
+    NetInfo, PingResult, Topology, TransferReport, UNDERLAY_DEV, UdpFrame, Vm, VmSpec, locate_bins,
+    scapy_python,
 };
 pub use cmd::{exec, exec_ok, wait_until};
 pub use counters::{COUNTER_WAIT, Counters, not_sentinel};

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde::Deserialize;
 
-use crate::cloud::{Cloud, PingResult, VXLAN_DEV, parse_ping, scapy_python};
+use crate::cloud::{Cloud, PingResult, UNDERLAY_DEV, VXLAN_DEV, parse_ping, scapy_python};
 use crate::cmd::{self, exec, text, wait_until};
 use crate::external::{Bg, EXT_IFACE};
 
@@ -181,7 +181,8 @@ impl Cloud {
 
     /// The link pins an agent of `host` should hold: `<tap>@<ifindex>` and `<tap>:out@<ifindex>`
     /// for each local VM,
-    /// `dvr-vx@<ifindex>` and, with an external NIC, `ext0@<ifindex>`.
+    /// `dvr-vx@<ifindex>`, `ul0:underlay@<ifindex>` (unless its agent runs with
+    /// `--tunnel-decap device`) and, with an external NIC, `ext0@<ifindex>`.
     pub fn expected_link_pins(&self, host: &str) -> Result<BTreeSet<String>> {
         let h = self.host(host)?.clone();
         let mut want = BTreeSet::new();
@@ -197,6 +198,19 @@ impl Cloud {
         }
         for dev in devs {
             want.insert(format!("{dev}@{}", self.host_ifindex(host, dev)?));
+        }
+        let decap_device = self
+            .agent_args
+            .iter()
+            .chain(&h.agent_args)
+            .collect::<Vec<_>>()
+            .windows(2)
+            .any(|w| w[0] == "--tunnel-decap" && w[1] == "device");
+        if !decap_device {
+            want.insert(format!(
+                "{UNDERLAY_DEV}:underlay@{}",
+                self.host_ifindex(host, UNDERLAY_DEV)?
+            ));
         }
         Ok(want)
     }

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use dvr_common::stats::Stat;
 use dvr_tests::{
-    ArpFrame, Cloud, Packet, Topology, UdpFrame, VmSpec, all_ttl, cmd, exec_ok, not_sentinel,
-    require_preconditions,
+    ArpFrame, Cloud, Packet, Topology, UNDERLAY_DEV, UdpFrame, VmSpec, all_ttl, cmd, exec_ok,
+    not_sentinel, require_preconditions,
 };
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -150,6 +150,12 @@ fn same_subnet_across_hosts_uses_the_network_vni() -> Result<()> {
         enc == tx && dev == 0,
         "h1: tx_tunnel {tx}, tx_encap {enc}, tx_encap_device {dev}: want every frame encapsulated in BPF"
     );
+    // The echo requests (not GSO) were decapsulated on h2's underlay NIC.
+    let decap = c.stat("h2", Stat::RxDecap.as_str())?;
+    ensure!(
+        decap >= 3,
+        "h2: rx_decap {decap}, want at least the 3 echo requests"
+    );
     Ok(())
 }
 
@@ -163,24 +169,31 @@ fn link_mac(ns: &str, dev: &str) -> Result<String> {
         .with_context(|| format!("no MAC of {dev} in {ns}"))
 }
 
-/// A host that encapsulates in BPF (h1) and one that uses the VXLAN device
-/// (`--tunnel-encap device`, h2) carry one network's traffic both ways, and what h1 puts on
-/// the wire is standard VXLAN: UDP to 4789 from a source port in 49152-65535, outer MACs of
-/// the two uplinks, the network's VNI, the VMs' frame inside. With forwarding off on h1's
-/// VXLAN device the FIB helper refuses, and h1 falls back to the device (counted).
+/// A host that does VXLAN in BPF (h1) and one that leaves it to the VXLAN device both ways
+/// (`--tunnel-encap device --tunnel-decap device`, h2) carry one network's traffic both
+/// ways, and what h1 puts on the wire is standard VXLAN: UDP to 4789 from a source port in
+/// 49152-65535, outer MACs of the two uplinks, the network's VNI, the VMs' frame inside;
+/// h1 decapsulates h2's echo requests itself. With forwarding off on h1's VXLAN device the
+/// FIB helper refuses, and h1 falls back to the device (counted).
 #[test]
 fn bpf_and_device_encapsulating_hosts_talk() -> Result<()> {
     require_preconditions();
     let mut t = Topology::new();
     t.host("h1").host("h2");
-    t.host_agent_args("h2", &["--tunnel-encap", "device"]);
+    t.host_agent_args(
+        "h2",
+        &["--tunnel-encap", "device", "--tunnel-decap", "device"],
+    );
     t.network("a", 1251, "192.168.1.0/24");
     t.vm(VmSpec::new("v1", "a", "h1"))
         .vm(VmSpec::new("v2", "a", "h2"));
     let mut c = t.build()?;
     let (v1, v2) = (c.vm("v1")?.clone(), c.vm("v2")?.clone());
     let (h1, h2) = (c.host("h1")?.clone(), c.host("h2")?.clone());
-    let (mac1, mac2) = (link_mac(&h1.ns, "ul0")?, link_mac(&h2.ns, "ul0")?);
+    let (mac1, mac2) = (
+        link_mac(&h1.ns, UNDERLAY_DEV)?,
+        link_mac(&h2.ns, UNDERLAY_DEV)?,
+    );
 
     let cap = c.capture_uplink("h1", "udp port 4789")?;
     c.ping_ok("v1", v2.ip, 3)?;
@@ -249,6 +262,14 @@ fn bpf_and_device_encapsulating_hosts_talk() -> Result<()> {
     ensure!(
         tx2 > 0 && enc2 == 0,
         "h2 (device): tx_tunnel {tx2}, tx_encap {enc2}: want all through the device"
+    );
+    let (decap1, decap2) = (
+        c.stat("h1", Stat::RxDecap.as_str())?,
+        c.stat("h2", Stat::RxDecap.as_str())?,
+    );
+    ensure!(
+        decap1 >= 3 && decap2 == 0,
+        "rx_decap: h1 {decap1} (want v2's 3 echo requests at least), h2 {decap2} (want 0)"
     );
 
     // Forwarding off on h1's VXLAN device: the FIB helper refuses; the device takes over.

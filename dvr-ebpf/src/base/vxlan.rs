@@ -12,20 +12,30 @@
 //! - UDP source port from the inner flow's hash (49152-65535, RFC 7348 5), so that the
 //!   underlay's ECMP spreads flows; UDP checksum 0; outer TTL 64, no DF, as the device.
 //!
+//!
+//! And the reverse on the underlay NIC ([`decap`]): a VXLAN frame for this host's tunnel
+//! address loses its outer headers and goes on as the frame inside. Only what the kernel
+//! would accept unchanged is taken (IPv4 without options or fragments, header checksum
+//! right, length matching the frame, UDP to 4789 without a checksum (or one the NIC
+//! verified: `bpf_csum_level`), VXLAN with
+//! the I flag, an IPv4 or IPv6 unicast frame inside) and only frames that are not GSO: a
+//! GSO frame, and anything else, is left to the host stack and the VXLAN device, which keep
+//! UDP tunnel GRO for TCP.
+//!
 //! Shared, as a file, with the benchmark's floor (`src/floor.rs`), which must encapsulate
 //! exactly as the datapath does; so it uses nothing of this crate.
 use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{
-        __sk_buff, BPF_ADJ_ROOM_ENCAP_L2_SHIFT, BPF_F_ADJ_ROOM_ENCAP_L2_ETH,
-        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO,
-        BPF_FIB_LOOKUP_SKIP_NEIGH, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup,
-        bpf_redir_neigh,
+        __sk_buff, BPF_ADJ_ROOM_ENCAP_L2_SHIFT, BPF_CSUM_LEVEL_QUERY, BPF_F_ADJ_ROOM_DECAP_L3_IPV4,
+        BPF_F_ADJ_ROOM_DECAP_L3_IPV6, BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4,
+        BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, BPF_FIB_LOOKUP_SKIP_NEIGH,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup, bpf_redir_neigh,
     },
     helpers::{
-        bpf_fib_lookup as fib_lookup, bpf_get_hash_recalc, bpf_get_prandom_u32, bpf_redirect_neigh,
-        bpf_skb_adjust_room, bpf_skb_store_bytes,
+        bpf_csum_level, bpf_fib_lookup as fib_lookup, bpf_get_hash_recalc, bpf_get_prandom_u32,
+        bpf_redirect_neigh, bpf_skb_adjust_room, bpf_skb_store_bytes,
     },
     programs::TcContext,
 };
@@ -145,6 +155,120 @@ pub fn encap(
     }
 }
 
+/// A VXLAN frame taken off the underlay: its VNI and the sending host (host order).
+pub struct Decapped {
+    pub vni: u32,
+    pub remote_host: u32,
+}
+
+/// The whole outer part of a frame [`decap`] looks at: outer Ethernet, IPv4, UDP, VXLAN and
+/// the inner Ethernet header.
+const OUTER_ALL: usize = ETH_LEN + ROOM;
+const ETH_P_IP: [u8; 2] = [0x08, 0x00];
+const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
+
+/// Take the outer headers off a VXLAN frame for tunnel address `local_host` (host order):
+/// `Ok(Some)` when it was done, `Ok(None)` when the frame is not one this takes (left as it
+/// was, for the host stack), `Err` when it was resized but could not be finished (to drop).
+#[inline(always)]
+pub fn decap(ctx: &TcContext, local_host: u32) -> Result<Option<Decapped>, ()> {
+    let skb = ctx.skb.skb;
+    // SAFETY: the context pointer is valid for the program's run.
+    let (len, gso) = unsafe { ((*skb).len, (*skb).gso_size) };
+    if gso != 0 || (len as usize) < OUTER_ALL {
+        return Ok(None);
+    }
+    let Ok(h) = ctx.load::<[u8; OUTER_ALL]>(0) else {
+        return Ok(None);
+    };
+    let Some((found, inner_l3)) = outer(&h, len, local_host) else {
+        return Ok(None);
+    };
+    // A UDP checksum is taken only when the NIC verified it (CHECKSUM_UNNECESSARY, the
+    // query's level >= 0). The resize below resets that, so the inner packet's own
+    // checksum is verified where it is delivered.
+    let udp_csum = u16::from_be_bytes([h[ETH_LEN + 26], h[ETH_LEN + 27]]);
+    // SAFETY: a query; it changes nothing.
+    if udp_csum != 0
+        && unsafe { bpf_csum_level(skb as *mut __sk_buff, u64::from(BPF_CSUM_LEVEL_QUERY)) } < 0
+    {
+        return Ok(None);
+    }
+    let decap_l3 = if inner_l3 == ETH_P_IPV6 {
+        BPF_F_ADJ_ROOM_DECAP_L3_IPV6
+    } else {
+        BPF_F_ADJ_ROOM_DECAP_L3_IPV4
+    };
+    // SAFETY: helpers on the program's own skb; on failure the skb is as it was.
+    if unsafe {
+        bpf_skb_adjust_room(
+            skb as *mut __sk_buff,
+            -(ROOM as i32),
+            BPF_ADJ_ROOM_MAC,
+            u64::from(decap_l3),
+        )
+    } != 0
+    {
+        return Ok(None);
+    }
+    let mut inner_eth = [0u8; ETH_LEN];
+    inner_eth.copy_from_slice(&h[ETH_LEN + TUNNEL_LEN..OUTER_ALL]);
+    // SAFETY: inner_eth lives on our stack for the call; the frame is at least this long.
+    let stored = unsafe {
+        bpf_skb_store_bytes(
+            skb as *mut __sk_buff,
+            0,
+            inner_eth.as_ptr() as *const c_void,
+            ETH_LEN as u32,
+            0,
+        )
+    };
+    if stored != 0 {
+        return Err(());
+    }
+    Ok(Some(found))
+}
+
+/// The VXLAN frame's VNI and sender and its inner ethertype, from its first bytes `h`
+/// (frame length `len`), when it is one [`decap`] takes.
+#[inline(always)]
+fn outer(h: &[u8; OUTER_ALL], len: u32, local_host: u32) -> Option<(Decapped, [u8; 2])> {
+    let ip = ETH_LEN;
+    let udp = ip + 20;
+    let vx = udp + 8;
+    let inner = vx + 8;
+    if [h[12], h[13]] != ETH_P_IP || h[ip] != 0x45 || h[ip + 9] != IPPROTO_UDP {
+        return None;
+    }
+    // No fragment: MF clear, offset 0 (DF may be set).
+    if h[ip + 6] & 0x3f != 0 || h[ip + 7] != 0 {
+        return None;
+    }
+    if u32::from(u16::from_be_bytes([h[ip + 2], h[ip + 3]])) + ETH_LEN as u32 != len {
+        return None;
+    }
+    let dst = u32::from_be_bytes([h[ip + 16], h[ip + 17], h[ip + 18], h[ip + 19]]);
+    if dst != local_host || h[ip + 8] == 0 {
+        return None;
+    }
+    if u16::from_be_bytes([h[udp + 2], h[udp + 3]]) != VXLAN_PORT || h[vx] & 0x08 == 0 {
+        return None;
+    }
+    let l3 = [h[inner + 12], h[inner + 13]];
+    // Unicast IPv4 or IPv6 inside (the I/G bit of the inner destination clear).
+    if (l3 != ETH_P_IP && l3 != ETH_P_IPV6) || h[inner] & 1 != 0 {
+        return None;
+    }
+    let mut ip_hdr = [0u8; ROOM];
+    ip_hdr[..20].copy_from_slice(&h[ip..ip + 20]);
+    if ip_checksum(&ip_hdr) != 0 {
+        return None;
+    }
+    let remote_host = u32::from_be_bytes([h[ip + 12], h[ip + 13], h[ip + 14], h[ip + 15]]);
+    let vni = u32::from_be_bytes([0, h[vx + 4], h[vx + 5], h[vx + 6]]);
+    Some((Decapped { vni, remote_host }, l3))
+}
+
 /// The interface and next hop (network order) of the route to `remote_host`, looked up as
 /// from `lookup_ifindex`; `None` when there is none the helper gives (no route, a local or
 /// blackhole one, forwarding off on that device) or it would leave by that device itself.
@@ -236,7 +360,9 @@ fn headers(
     h
 }
 
-/// The IPv4 header checksum of the first 20 bytes of `h` (its checksum field zero).
+/// The one's complement of the one's complement sum of the first 20 bytes of `h` (an IPv4
+/// header): the checksum to write when its field is zero, 0 when a whole header with its
+/// checksum is right.
 #[inline(always)]
 fn ip_checksum(h: &[u8; ROOM]) -> u16 {
     let mut sum = 0u32;

@@ -7,8 +7,10 @@ pub mod ext;
 pub mod tap;
 pub mod tap_out;
 pub mod tunnel;
+pub mod underlay;
 
 use aya_ebpf::programs::TcContext;
+use dvr_common::stats::Stat;
 
 use crate::{
     base::{
@@ -32,11 +34,17 @@ pub fn finish(ctx: &TcContext, r: Result<Verdict, Verdict>) -> i32 {
     if v.stat.is_drop() {
         events::report(ctx, v.stat);
     }
-    if let Some(c) = DVR_STATS.get_ptr_mut(v.stat as u32) {
+    count(v.stat);
+    v.action
+}
+
+/// Count `stat` once: a verdict ([`finish`]), or a step counted besides it.
+#[inline(always)]
+pub fn count(stat: Stat) {
+    if let Some(c) = DVR_STATS.get_ptr_mut(stat as u32) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe { *c += 1 };
     }
-    v.action
 }
 
 /// After [`finish`] at the top of a program, the work a stage deferred to here, where the

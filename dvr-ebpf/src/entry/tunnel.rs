@@ -1,4 +1,5 @@
-//! Entry pipeline for frames from the VXLAN collect_md device (TC ingress): accept only
+//! Entry pipeline for frames from the VXLAN collect_md device (TC ingress), and for those
+//! the underlay program decapsulated (`underlay`, [`pipeline_decapped`]): accept only
 //! known hosts, learn VIPs from their ARP, translate for the csnat ports of the routers
 //! this host is the SNAT host of (`snat` stage; IPv6 routed out by `north6`), never let a frame reach a router interface
 //! from the tunnel (each host's router is local), rewrite a peer's DVR MAC to the
@@ -47,6 +48,15 @@ fn pipeline(skb: *mut __sk_buff) -> i32 {
     finish(&ctx, run(&ctx))
 }
 
+/// A frame the underlay program took the outer headers off (`entry::underlay`), with the
+/// VNI `vni` and sender `remote` (host order) they named: the pipeline, as for the device.
+#[inline(never)]
+pub fn pipeline_decapped(skb: *mut __sk_buff, vni: u32, remote: u32) -> i32 {
+    let ctx = TcContext::new(skb);
+    finish(&ctx, deliver(&ctx, vni, remote))
+}
+
+/// A frame from the device: its tunnel metadata, then the pipeline.
 #[inline(always)]
 fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
     // SAFETY: bpf_tunnel_key is plain old data; all-zero is valid.
@@ -63,9 +73,15 @@ fn run(ctx: &TcContext) -> Result<Verdict, Verdict> {
     if ret != 0 {
         return Err(Verdict::drop(Stat::DropNoTunnelKey));
     }
-    let vni = key.tunnel_id;
     // SAFETY: the kernel filled the IPv4 member (no BPF_F_TUNINFO_IPV6 flag).
     let remote = unsafe { key.__bindgen_anon_1.remote_ipv4 };
+    deliver(ctx, key.tunnel_id, remote)
+}
+
+/// A frame from host `remote` (host order) on network `vni`: accepted from known hosts
+/// only, then delivered.
+#[inline(always)]
+fn deliver(ctx: &TcContext, vni: u32, remote: u32) -> Result<Verdict, Verdict> {
     // SAFETY: read-only hash lookup.
     if unsafe { DVR_PEERS.get(&remote) }.is_none() {
         return Err(Verdict::drop(Stat::DropUnknownPeer));

@@ -40,7 +40,7 @@ use dvr_common::{
 use tracing::{info, warn};
 
 pub use error::AgentError;
-pub use options::{FULL_READ_INTERVAL, Options, POLL, RESCAN, STATE_POLL, TunnelEncap};
+pub use options::{FULL_READ_INTERVAL, Options, POLL, RESCAN, STATE_POLL, TunnelMode};
 
 use crate::{
     attach::{Datapath, mac_of},
@@ -110,6 +110,10 @@ struct Served {
     /// The external interface as last seen: (name, ifindex), and its MAC.
     ext: Option<(String, u32)>,
     ext_mac: [u8; 6],
+    /// The underlay NIC the underlay program is on (`--tunnel-decap bpf`), and the tunnel
+    /// address it was found by (host order).
+    underlay: Option<(String, u32)>,
+    tunnel_ip_host: u32,
     external: Option<External>,
     /// Floating IPs served here -> fixed IP.
     fips: BTreeMap<Ipv4Addr, Ipv4Addr>,
@@ -189,7 +193,7 @@ impl Agent {
         };
         let dp = Datapath::load(bpffs_root, host, &opts.load)?;
         info!(host, pins = %dp.dir.display(), tunnel_ifindex = dp.tunnel_ifindex, "datapath loaded");
-        if opts.tunnel_encap == TunnelEncap::Bpf
+        if opts.tunnel_encap == TunnelMode::Bpf
             && let Err(e) = crate::attach::enable_tunnel_forwarding()
         {
             warn!(error = %e, "frames for the tunnel will go through the VXLAN device (tx_encap_device)");
@@ -350,6 +354,17 @@ impl Agent {
         Ok(())
     }
 
+    /// The underlay NIC to decapsulate on: the interface holding tunnel address `ip_host`
+    /// (host order), with `--tunnel-decap bpf`.
+    fn underlay_wanted(&self, ifaces: &Ifaces, ip_host: u32) -> Option<(String, u32)> {
+        if self.opts.tunnel_decap != TunnelMode::Bpf || ip_host == 0 {
+            return None;
+        }
+        let name = crate::attach::interface_with_ipv4(Ipv4Addr::from(ip_host))?;
+        let ifx = ifaces.get(&name).copied()?;
+        Some((name, ifx))
+    }
+
     /// Reconcile maps and attachments with the current state and `ifaces`. `compiled` is
     /// the current state's compile against `ifaces` when the caller has it. Unless `force`
     /// (a new state or election view), nothing is done while the wanted taps and the
@@ -365,7 +380,12 @@ impl Agent {
             &self.current.wanted,
             self.current.ext_wanted.as_deref(),
         );
-        if !force && present == self.served.taps && ext_now == self.served.ext {
+        let underlay_now = self.underlay_wanted(ifaces, self.served.tunnel_ip_host);
+        if !force
+            && present == self.served.taps
+            && ext_now == self.served.ext
+            && underlay_now == self.served.underlay
+        {
             return Ok(false);
         }
         // Taps that went away (or were recreated) are detached before their entries go.
@@ -391,12 +411,13 @@ impl Agent {
         };
         let mut cfg = compiled.config;
         cfg.tunnel_ifindex = self.dp.tunnel_ifindex;
-        cfg.flags |= self.opts.tunnel_encap.flags();
+        cfg.flags |= self.opts.tunnel_encap.encap_flags();
         if let Some((name, ifx)) = &ext_now {
             cfg.ext_ifindex = *ifx;
             cfg.ext_mac = mac_of(name).unwrap_or_default();
         }
         (cfg.snat_port_min, cfg.snat_port_max) = self.opts.snat_ports;
+        let underlay_now = self.underlay_wanted(ifaces, cfg.tunnel_ip_host);
         let (applied, took) =
             match self
                 .reconciler
@@ -425,7 +446,15 @@ impl Agent {
         {
             warn!(error = %e, "external interface attach failed; will retry");
         }
+        if let Err(e) = self
+            .dp
+            .sync_underlay(underlay_now.as_ref().map(|(n, i)| (n.as_str(), *i)))
+        {
+            warn!(error = %e, "underlay NIC attach failed; VXLAN is received by the device meanwhile");
+        }
         self.served.ext = self.dp.external();
+        self.served.underlay = self.dp.underlay();
+        self.served.tunnel_ip_host = cfg.tunnel_ip_host;
         self.served.ext_mac = cfg.ext_mac;
         self.served.taps = self.dp.attached();
         // Ports whose tap is attached and whose entries are written: up (etcd status keys).

@@ -31,25 +31,32 @@ pub struct Options {
     pub ct_sync_rate: u64,
     /// Interval of unsolicited IPv6 router advertisements on the taps.
     pub ra_interval: super::ra::RaInterval,
-    /// How frames enter the tunnel.
-    pub tunnel_encap: TunnelEncap,
+    /// How frames enter the tunnel (`--tunnel-encap`).
+    pub tunnel_encap: TunnelMode,
+    /// How frames leave the tunnel (`--tunnel-decap`).
+    pub tunnel_decap: TunnelMode,
 }
 
-/// How frames for other hosts enter the tunnel (`--tunnel-encap`). The frames on the wire
-/// are the same either way, so hosts of both kinds talk to each other.
+/// Who does VXLAN: the datapath or the VXLAN collect_md device. The frames on the wire are
+/// the same either way, so hosts of every kind talk to each other.
+///
+/// - Encapsulation (`--tunnel-encap`), `Bpf`: frames for other hosts are encapsulated by
+///   the datapath and sent straight out of the underlay NIC (`HOST_ENCAP_BPF`); the agent
+///   turns forwarding on for the VXLAN device, which the FIB helper needs. Frames it cannot
+///   do that for go through the device.
+/// - Decapsulation (`--tunnel-decap`), `Bpf`: the underlay program, on the NIC that holds
+///   the host's tunnel address, decapsulates the VXLAN frames that are not GSO; GSO ones
+///   (and all with `Device`) are received by the device, with UDP tunnel GRO.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TunnelEncap {
-    /// VXLAN-encapsulated by the datapath and sent straight out of the underlay NIC
-    /// (`HOST_ENCAP_BPF`); the agent turns forwarding on for the VXLAN device, which the
-    /// FIB helper needs. Frames it cannot do that for go through the device.
+pub enum TunnelMode {
     #[default]
     Bpf,
-    /// Through the VXLAN collect_md device, as before.
+    /// Through the VXLAN collect_md device.
     Device,
 }
 
-impl TunnelEncap {
-    /// The `--tunnel-encap` value.
+impl TunnelMode {
+    /// The `--tunnel-encap` / `--tunnel-decap` value.
     pub fn parse(s: &str) -> Result<Self, String> {
         match s {
             "bpf" => Ok(Self::Bpf),
@@ -58,8 +65,8 @@ impl TunnelEncap {
         }
     }
 
-    /// The `HostConfig::flags` bits it stands for.
-    pub fn flags(self) -> u8 {
+    /// The `HostConfig::flags` bits it stands for as the encapsulation mode.
+    pub fn encap_flags(self) -> u8 {
         match self {
             Self::Bpf => dvr_common::config::HOST_ENCAP_BPF,
             Self::Device => 0,
@@ -80,7 +87,8 @@ impl Default for Options {
             metrics: None,
             ct_sync_rate: 4_000_000,
             ra_interval: super::ra::RaInterval::default(),
-            tunnel_encap: TunnelEncap::default(),
+            tunnel_encap: TunnelMode::default(),
+            tunnel_decap: TunnelMode::default(),
         }
     }
 }

@@ -18,14 +18,18 @@ use aya::{
 use super::{
     bpffs::ensure_bpffs,
     error::AttachError,
-    load::{LoadOptions, PROG_EXT, PROG_TAP, PROG_TAP_OUT, PROG_TUNNEL, load_object, program},
+    load::{
+        LoadOptions, PROG_EXT, PROG_TAP, PROG_TAP_OUT, PROG_TUNNEL, PROG_UNDERLAY, load_object,
+        program,
+    },
     tunnel::{TUNNEL_DEV, ensure_tunnel_dev, remove_tunnel_dev},
 };
 use crate::maps::HostMaps;
 
 /// A program attached to an interface through a TCX link pinned at
 /// `<dir>/links/<link>@<ifindex>` (`<link>` is the interface name for its ingress, the name
-/// plus [`EGRESS_SUFFIX`] for its egress): it stays attached when the agent exits, and the next
+/// plus [`EGRESS_SUFFIX`] for its egress, plus [`UNDERLAY_SUFFIX`] for the underlay program,
+/// which may share the external NIC's ingress): it stays attached when the agent exits, and the next
 /// agent swaps its own program in atomically (BPF_LINK_UPDATE), so traffic never sees a gap.
 struct Attached {
     iface: String,
@@ -48,12 +52,16 @@ pub struct Datapath {
 /// hold ':' (the kernel's dev_valid_name), so it never names an interface's ingress.
 const EGRESS_SUFFIX: &str = ":out";
 
+/// Appended to an interface name for the link of the underlay program (as [`EGRESS_SUFFIX`],
+/// never an interface's own name).
+const UNDERLAY_SUFFIX: &str = ":underlay";
+
 /// The name of the link of `prog` on `iface`.
 fn link_name(iface: &str, prog: &str) -> String {
-    if prog == PROG_TAP_OUT {
-        format!("{iface}{EGRESS_SUFFIX}")
-    } else {
-        iface.to_string()
+    match prog {
+        PROG_TAP_OUT => format!("{iface}{EGRESS_SUFFIX}"),
+        PROG_UNDERLAY => format!("{iface}{UNDERLAY_SUFFIX}"),
+        _ => iface.to_string(),
     }
 }
 
@@ -219,24 +227,48 @@ impl Datapath {
 
     /// The external interface currently served: (name, ifindex).
     pub fn external(&self) -> Option<(String, u32)> {
+        self.served_by(PROG_EXT)
+    }
+
+    /// The underlay NIC the underlay program is on: (name, ifindex).
+    pub fn underlay(&self) -> Option<(String, u32)> {
+        self.served_by(PROG_UNDERLAY)
+    }
+
+    /// The one interface `prog` is attached to: (name, ifindex).
+    fn served_by(&self, prog: &str) -> Option<(String, u32)> {
         self.links
             .iter()
-            .find(|(_, a)| a.prog == PROG_EXT)
+            .find(|(_, a)| a.prog == prog)
             .map(|(_, a)| (a.iface.clone(), a.ifindex))
     }
 
     /// Attach the external program to `want` (name, ifindex), detaching it from an
     /// interface that went away, was recreated or is no longer configured.
     pub fn sync_external(&mut self, want: Option<(&str, u32)>) -> Result<(), AttachError> {
-        let now = self.external();
+        self.sync_one(PROG_EXT, want)
+    }
+
+    /// Attach the underlay program to `want` (name, ifindex) as [`Self::sync_external`]
+    /// does the external one.
+    pub fn sync_underlay(&mut self, want: Option<(&str, u32)>) -> Result<(), AttachError> {
+        self.sync_one(PROG_UNDERLAY, want)
+    }
+
+    fn sync_one(
+        &mut self,
+        prog: &'static str,
+        want: Option<(&str, u32)>,
+    ) -> Result<(), AttachError> {
+        let now = self.served_by(prog);
         if now.as_ref().map(|(n, i)| (n.as_str(), *i)) == want {
             return Ok(());
         }
         if let Some((name, _)) = now {
-            self.detach(&name);
+            self.detach(&link_name(&name, prog));
         }
         if let Some((name, ifx)) = want {
-            self.attach(PROG_EXT, name, ifx)?;
+            self.attach(prog, name, ifx)?;
         }
         Ok(())
     }

@@ -10,6 +10,8 @@ pub const PROG_TAP: &str = "dvr_tap";
 pub const PROG_TAP_OUT: &str = "dvr_tap_out";
 pub const PROG_TUNNEL: &str = "dvr_tunnel";
 pub const PROG_EXT: &str = "dvr_ext";
+/// On the underlay NIC (`--tunnel-decap bpf`): VXLAN frames decapsulated there.
+pub const PROG_UNDERLAY: &str = "dvr_underlay";
 
 /// A program of the loaded object, by name.
 pub fn program<'a>(
@@ -59,7 +61,7 @@ pub fn load_object(dir: &Path, opts: &LoadOptions) -> Result<Ebpf, AttachError> 
         loader.map_pin_path(name, path.as_path());
     }
     let mut ebpf = loader.load(crate::ebpf::OBJECT)?;
-    for prog in [PROG_TAP, PROG_TAP_OUT, PROG_TUNNEL, PROG_EXT] {
+    for prog in [PROG_TAP, PROG_TAP_OUT, PROG_TUNNEL, PROG_EXT, PROG_UNDERLAY] {
         program(&mut ebpf, prog)?
             .load()
             .map_err(|source| AttachError::Program { prog, source })?;

@@ -336,12 +336,59 @@ pub fn mac_of(name: &str) -> Option<[u8; 6]> {
     Some(link.mac())
 }
 
+/// The interface holding IPv4 address `addr` in the calling thread's network namespace
+/// (`getifaddrs`); `None` when none does (or the list cannot be read).
+pub fn interface_with_ipv4(addr: std::net::Ipv4Addr) -> Option<String> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a list head we free below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cur = list;
+    while !cur.is_null() {
+        // SAFETY: cur is a node of the list getifaddrs returned, alive until freeifaddrs.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: non-null, points at a sockaddr of the family it names.
+        if i32::from(unsafe { (*ifa.ifa_addr).sa_family }) != libc::AF_INET {
+            continue;
+        }
+        // SAFETY: an AF_INET address is a sockaddr_in.
+        let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+        if u32::from_be(sin.sin_addr.s_addr) == u32::from(addr) {
+            // SAFETY: ifa_name is a NUL-terminated string alive until freeifaddrs.
+            let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+            found = Some(name.to_string_lossy().into_owned());
+            break;
+        }
+    }
+    // SAFETY: the list getifaddrs returned, freed once.
+    unsafe { libc::freeifaddrs(list) };
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use netlink_packet_core::{NLM_F_MULTIPART, NlaBuffer};
     use netlink_packet_route::link::{InfoVxlan, LinkLayerType};
 
     use super::*;
+
+    #[test]
+    fn loopback_holds_127_0_0_1() {
+        assert_eq!(
+            interface_with_ipv4(std::net::Ipv4Addr::LOCALHOST).as_deref(),
+            Some("lo")
+        );
+        assert_eq!(
+            interface_with_ipv4(std::net::Ipv4Addr::new(192, 0, 2, 77)),
+            None
+        );
+    }
 
     /// A datagram as the kernel sends it: the messages back to back.
     fn datagram(msgs: &[(RouteNetlinkMessage, u16, u32)]) -> Vec<u8> {

@@ -75,8 +75,13 @@ struct Args {
     /// How frames for other hosts enter the tunnel: `bpf` (VXLAN-encapsulated by the
     /// datapath, straight out of the underlay NIC) or `device` (through the VXLAN device).
     /// The wire format is the same: hosts of both kinds talk to each other.
-    #[arg(long, default_value = "bpf", value_parser = agent::TunnelEncap::parse)]
-    tunnel_encap: agent::TunnelEncap,
+    #[arg(long, default_value = "bpf", value_parser = agent::TunnelMode::parse)]
+    tunnel_encap: agent::TunnelMode,
+    /// How VXLAN frames from other hosts are received: `bpf` (decapsulated by the datapath
+    /// on the NIC holding this host's tunnel address, except GSO frames) or `device` (all
+    /// through the VXLAN device, with UDP tunnel GRO).
+    #[arg(long, default_value = "bpf", value_parser = agent::TunnelMode::parse)]
+    tunnel_decap: agent::TunnelMode,
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
@@ -115,6 +120,7 @@ impl Args {
                 max: s(u64::from(self.ra_interval.1)),
             },
             tunnel_encap: self.tunnel_encap,
+            tunnel_decap: self.tunnel_decap,
         }
     }
 }

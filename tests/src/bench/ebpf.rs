@@ -37,9 +37,12 @@ pub fn topology() -> Topology {
     t
 }
 
-/// Builds the cloud and waits until every agent is ready.
-pub fn build() -> Result<Cloud> {
-    let mut cloud = topology().build().context("building the eBPF cloud")?;
+/// Builds the cloud, its agents run with `agent_args` besides the test bed's, and waits
+/// until every agent is ready.
+pub fn build(agent_args: &[String]) -> Result<Cloud> {
+    let mut t = topology();
+    t.agent_args(&agent_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut cloud = t.build().context("building the eBPF cloud")?;
     // Logs are printed by the caller when something fails, not on every drop.
     cloud.dump_logs_on_drop = false;
     Ok(cloud)

@@ -15,9 +15,9 @@
 //!
 //! | path | program on (host: interface -> where) |
 //! |---|---|
-//! | east-west | c1: tap v1 -> dvr-vx (VNI b, to c2); c2: dvr-vx -> tap v2; and back |
+//! | east-west | c1: tap v1 -> encap (VNI b, to c2); c2: ul0 (decap), dvr-vx -> tap v2; and back |
 //! | ext-to-fip, fip-to-ext | c1: ext0 -> tap v1; c1: tap v1 -> ext0 |
-//! | snat | c1: tap v3 -> dvr-vx (VNI a, to s); s: dvr-vx -> ext0; and back |
+//! | snat | c1: tap v3 -> encap (VNI a, to s); s: ul0 (decap), dvr-vx -> ext0; and back |
 
 use std::net::Ipv4Addr;
 
@@ -28,7 +28,7 @@ use serde_json::Value;
 
 use super::{PathEnds, PathKind};
 use crate::Cloud;
-use crate::cloud::{VXLAN_DEV, link_ifindex};
+use crate::cloud::{UNDERLAY_DEV, VXLAN_DEV, link_ifindex};
 use crate::cmd::{self, ip};
 use crate::external::{EXT_BRIDGE, EXT_IFACE};
 
@@ -52,18 +52,32 @@ fn mac(ns: &str, dev: &str) -> Result<String> {
         .ok_or_else(|| anyhow!("no MAC of {dev} in {ns}"))
 }
 
-/// Loads one `dvr-floor` instance sending to `to` (with `tunnel`: VNI, this host's tunnel
-/// address and the remote one) and attaches it to the TC ingress of `iface`, in namespace
-/// `ns`.
-fn attach(
-    ns: &str,
-    iface: &str,
-    to: &str,
-    tunnel: Option<(u32, Ipv4Addr, Ipv4Addr)>,
-) -> Result<Ebpf> {
+/// What a floor program does besides sending every frame to one interface.
+#[derive(Clone, Copy)]
+enum Mode {
+    Plain,
+    /// VXLAN-encapsulate on network `vni` from tunnel address `local` to `remote`.
+    Encap {
+        vni: u32,
+        local: Ipv4Addr,
+        remote: Ipv4Addr,
+    },
+    /// On the underlay NIC: decapsulate what is for tunnel address `local` (the rest, GSO
+    /// frames among it, goes on to the VXLAN device).
+    Decap {
+        local: Ipv4Addr,
+    },
+}
+
+/// Loads one `dvr-floor` instance sending to `to` as `mode` says and attaches it to the TC
+/// ingress of `iface`, in namespace `ns`.
+fn attach(ns: &str, iface: &str, to: &str, mode: Mode) -> Result<Ebpf> {
     let target = u32::try_from(link_ifindex(ns, to)?)?;
-    let (vni, local, remote) =
-        tunnel.map_or((0, 0, 0), |(v, l, r)| (v, u32::from(l), u32::from(r)));
+    let (vni, local, remote, decap) = match mode {
+        Mode::Plain => (0, 0, 0, 0),
+        Mode::Encap { vni, local, remote } => (vni, u32::from(local), u32::from(remote), 0),
+        Mode::Decap { local } => (0, 0, 0, u32::from(local)),
+    };
     let iface = iface.to_string();
     super::netns::in_netns(ns, move || {
         let mut bpf = EbpfLoader::new()
@@ -71,6 +85,7 @@ fn attach(
             .override_global("FLOOR_VNI", &vni, true)
             .override_global("FLOOR_REMOTE", &remote, true)
             .override_global("FLOOR_LOCAL", &local, true)
+            .override_global("FLOOR_DECAP", &decap, true)
             .load(dvr_userspace::ebpf::FLOOR_OBJECT)
             .context("loading the dvr-floor object")?;
         let p: &mut SchedClassifier = bpf
@@ -84,6 +99,16 @@ fn attach(
     })
     .join()
     .map_err(|_| anyhow!("the attach thread panicked"))?
+}
+
+/// The receiving end of the tunnel in namespace `ns` (tunnel address `local`), as the
+/// datapath has it: decapsulated on the underlay NIC, GSO frames through the VXLAN device;
+/// either way sent to `to`.
+fn receive(ns: &str, local: Ipv4Addr, to: &str) -> Result<[Ebpf; 2]> {
+    Ok([
+        attach(ns, UNDERLAY_DEV, to, Mode::Decap { local })?,
+        attach(ns, VXLAN_DEV, to, Mode::Plain)?,
+    ])
 }
 
 /// Builds the eBPF cloud's namespaces with no agent, and a `dvr-vx` in each host.
@@ -204,6 +229,7 @@ impl Floor {
             ])
         };
         let tap = |vm: &str| -> Result<String> { Ok(c.vm(vm)?.tap.clone()) };
+        let encap = |vni, local, remote| Mode::Encap { vni, local, remote };
         let mut attached = Vec::new();
         match path {
             PathKind::EastWest => {
@@ -216,28 +242,19 @@ impl Floor {
                 neigh("v1", &v2)?;
                 neigh("v2", &v1)?;
                 let (a, b) = (c.network("a")?.vni, c.network("b")?.vni);
-                attached.push(attach(
-                    &c1,
-                    &tap("v1")?,
-                    VXLAN_DEV,
-                    Some((b, tunnel("c1")?, tunnel("c2")?)),
-                )?);
-                attached.push(attach(&c2, VXLAN_DEV, &tap("v2")?, None)?);
-                attached.push(attach(
-                    &c2,
-                    &tap("v2")?,
-                    VXLAN_DEV,
-                    Some((a, tunnel("c2")?, tunnel("c1")?)),
-                )?);
-                attached.push(attach(&c1, VXLAN_DEV, &tap("v1")?, None)?);
+                let (t1, t2) = (tunnel("c1")?, tunnel("c2")?);
+                attached.push(attach(&c1, &tap("v1")?, VXLAN_DEV, encap(b, t1, t2))?);
+                attached.extend(receive(&c2, t2, &tap("v2")?)?);
+                attached.push(attach(&c2, &tap("v2")?, VXLAN_DEV, encap(a, t2, t1))?);
+                attached.extend(receive(&c1, t1, &tap("v1")?)?);
             }
             PathKind::ExtToFip | PathKind::FipToExt => {
                 let fip = c.fip_ip("f1")?;
                 hold("v1", fip)?;
                 neigh("v1", &upstream_mac)?;
                 outside(fip, "v1", &c1)?;
-                attached.push(attach(&c1, EXT_IFACE, &tap("v1")?, None)?);
-                attached.push(attach(&c1, &tap("v1")?, EXT_IFACE, None)?);
+                attached.push(attach(&c1, EXT_IFACE, &tap("v1")?, Mode::Plain)?);
+                attached.push(attach(&c1, &tap("v1")?, EXT_IFACE, Mode::Plain)?);
             }
             PathKind::Snat => {
                 let r = c.router_external_ip("r1")?;
@@ -245,20 +262,11 @@ impl Floor {
                 neigh("v3", &upstream_mac)?;
                 outside(r, "v3", &s)?;
                 let a = c.network("a")?.vni;
-                attached.push(attach(
-                    &c1,
-                    &tap("v3")?,
-                    VXLAN_DEV,
-                    Some((a, tunnel("c1")?, tunnel("s")?)),
-                )?);
-                attached.push(attach(&s, VXLAN_DEV, EXT_IFACE, None)?);
-                attached.push(attach(
-                    &s,
-                    EXT_IFACE,
-                    VXLAN_DEV,
-                    Some((a, tunnel("s")?, tunnel("c1")?)),
-                )?);
-                attached.push(attach(&c1, VXLAN_DEV, &tap("v3")?, None)?);
+                let (t1, ts) = (tunnel("c1")?, tunnel("s")?);
+                attached.push(attach(&c1, &tap("v3")?, VXLAN_DEV, encap(a, t1, ts))?);
+                attached.extend(receive(&s, ts, EXT_IFACE)?);
+                attached.push(attach(&s, EXT_IFACE, VXLAN_DEV, encap(a, ts, t1))?);
+                attached.extend(receive(&c1, t1, &tap("v3")?)?);
             }
             PathKind::VethPair => {}
         }

@@ -9,10 +9,12 @@
 //! with the loaded object.
 
 use anyhow::{Context, Result, anyhow};
-use dvr_userspace::attach::{PROG_EXT, PROG_TAP, PROG_TAP_OUT, PROG_TUNNEL, program};
+use dvr_userspace::attach::{
+    PROG_EXT, PROG_TAP, PROG_TAP_OUT, PROG_TUNNEL, PROG_UNDERLAY, program,
+};
 
 /// The three programs, in pipeline order.
-pub const PROGRAMS: [&str; 4] = [PROG_TAP, PROG_TAP_OUT, PROG_TUNNEL, PROG_EXT];
+pub const PROGRAMS: [&str; 5] = [PROG_TAP, PROG_TAP_OUT, PROG_TUNNEL, PROG_EXT, PROG_UNDERLAY];
 
 /// Verified instruction count of one program.
 #[derive(Clone, Debug, PartialEq, Eq)]

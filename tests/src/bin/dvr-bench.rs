@@ -2,7 +2,7 @@
 //! machine's upper bound (one veth pair), in network namespaces. See `dvr_tests::bench`.
 //!
 //! ```text
-//! dvr-bench [--quick] [--out DIR] [--skip verifier,veth,ebpf,floor,namespace,control,sg] [--fips N,..] [--hold S]
+//! dvr-bench [--quick] [--out DIR] [--skip verifier,veth,ebpf,floor,namespace,control,sg] [--fips N,..] [--hold S] [--agent-args ARGS]
 //! dvr-bench verifier [OBJECT]
 //! dvr-bench scale [--sizes N,..] [--runs N] [--modes etcd,file] [--quick] [--out DIR]
 //! dvr-bench scale [--out DIR] --from-json FILE
@@ -29,7 +29,8 @@
 //!
 //! `--skip` leaves parts out, `--fips` replaces the FIP counts of the control-plane timing,
 //! `--hold S` keeps each cloud S seconds after its measurements (namespaces printed) for
-//! inspection. SIGINT/SIGTERM stop the run between steps and tear everything down.
+//! inspection, `--agent-args ARGS` runs the eBPF cloud's agents with ARGS too (e.g.
+//! `--tunnel-decap device`, to measure the VXLAN device's receive path; written as `ebpf`). SIGINT/SIGTERM stop the run between steps and tear everything down.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -80,6 +81,8 @@ struct Args {
     hold: Option<std::time::Duration>,
     /// `--fips`: FIP counts for the control-plane timing instead of the pass's.
     fips: Option<Vec<usize>>,
+    /// `--agent-args`: extra arguments for every agent of the eBPF cloud.
+    agent_args: Vec<String>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -89,6 +92,7 @@ fn parse_args() -> Result<Args> {
         skip: BTreeSet::new(),
         hold: None,
         fips: None,
+        agent_args: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -109,6 +113,12 @@ fn parse_args() -> Result<Args> {
                     a.skip.insert(s.to_string());
                 }
             }
+            "--agent-args" => {
+                let v = it
+                    .next()
+                    .ok_or_else(|| anyhow!("--agent-args needs a list"))?;
+                a.agent_args = v.split_whitespace().map(str::to_string).collect();
+            }
             "--hold" => {
                 let v = it.next().ok_or_else(|| anyhow!("--hold needs seconds"))?;
                 a.hold = Some(std::time::Duration::from_secs(v.parse().context("--hold")?));
@@ -124,7 +134,7 @@ fn parse_args() -> Result<Args> {
             }
             "-h" | "--help" => {
                 println!(
-                    "dvr-bench [--quick] [--out DIR] [--skip verifier,veth,ebpf,floor,namespace,control,sg] [--fips N,..] [--hold SECONDS]\n\
+                    "dvr-bench [--quick] [--out DIR] [--skip verifier,veth,ebpf,floor,namespace,control,sg] [--fips N,..] [--hold SECONDS] [--agent-args ARGS]\n\
                      dvr-bench verifier [OBJECT]\n\
                      eBPF DVR vs Neutron DVR's namespace datapath vs one veth pair; writes \
                      DIR/results.json and DIR/results.svg (default DIR: bench). `verifier`: only \
@@ -386,7 +396,10 @@ fn run_parts(args: &Args, s: &Settings, logs: &Path, report: &mut Report) -> Res
     bail_if_interrupted()?;
     if !skip("ebpf") {
         section("eBPF datapath (dvr-agent)");
-        match ebpf::build() {
+        if !args.agent_args.is_empty() {
+            println!("  agents run with {}", args.agent_args.join(" "));
+        }
+        match ebpf::build(&args.agent_args) {
             Ok(mut cloud) => {
                 let paths = ebpf::paths(&cloud)?;
                 measure_all(report, Datapath::Ebpf, &paths, s, logs, || {

@@ -34,4 +34,7 @@ crate::assert_size!(HostConfig, 36);
 /// next hop not routable from here, fragments, flooding). Without it every frame for the
 /// tunnel goes through the VXLAN device. Either way the wire format is the same.
 pub const HOST_ENCAP_BPF: u8 = 1;
+/// [`HostConfig::flags`]: the agent decapsulates VXLAN on the underlay NIC (the
+/// `dvr_underlay` program is on it). The datapath does not read it; `dvrctl trace` does.
+pub const HOST_DECAP_BPF: u8 = 2;
 crate::user_pod!(HostConfig);

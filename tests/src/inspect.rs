@@ -151,6 +151,9 @@ pub struct Trace {
     pub steps: Vec<TraceStep>,
     /// The counter the packet would bump.
     pub verdict: String,
+    /// Counters it would bump besides (VXLAN done in BPF).
+    #[serde(default)]
+    pub also: Vec<String>,
     pub drop: bool,
     pub output: Option<String>,
     pub out_src: Option<String>,
@@ -428,6 +431,7 @@ mod tests {
         let mut t = Trace {
             steps: Vec::new(),
             verdict: "routed".into(),
+            also: Vec::new(),
             drop: false,
             output: Some("tunnel 192.0.2.12 vni 101".into()),
             out_src: None,

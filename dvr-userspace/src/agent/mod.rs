@@ -418,6 +418,9 @@ impl Agent {
         }
         (cfg.snat_port_min, cfg.snat_port_max) = self.opts.snat_ports;
         let underlay_now = self.underlay_wanted(ifaces, cfg.tunnel_ip_host);
+        if underlay_now.is_some() {
+            cfg.flags |= dvr_common::config::HOST_DECAP_BPF;
+        }
         let (applied, took) =
             match self
                 .reconciler

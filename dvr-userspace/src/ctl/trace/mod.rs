@@ -14,6 +14,10 @@ mod stage;
 mod v6;
 mod walk;
 
+use dvr_common::{
+    config::{HOST_DECAP_BPF, HOST_ENCAP_BPF},
+    stats::Stat,
+};
 use serde::Serialize;
 
 use super::{fmt_mac, names::Names};
@@ -26,6 +30,8 @@ pub struct Trace {
     pub steps: Vec<Step>,
     /// The counter the packet would bump (`dvrctl show stats` id).
     pub verdict: &'static str,
+    /// Counters of steps it would bump besides (`tx_encap`, `rx_decap`: VXLAN done in BPF).
+    pub also: Vec<&'static str>,
     pub drop: bool,
     /// Where it would go: `tap#N`, `tunnel <host> vni <v>`, `ext#N`, `host stack`, or null.
     pub output: Option<String>,
@@ -56,9 +62,36 @@ pub fn trace_named(maps: &HostMaps, p: Probe, names: Option<&Names>) -> Result<T
         w.tap()?
     };
     let o = w.tap_out(o)?;
+    let mut also = Vec::new();
+    // A frame from another host, not GSO (as a traced packet is), is decapsulated on the
+    // underlay NIC where the agent does that; one for another host is encapsulated here.
+    if w.p.iface == tunnel && cfg.flags & HOST_DECAP_BPF != 0 {
+        w.steps.insert(
+            0,
+            Step {
+                stage: "underlay",
+                what: "VXLAN decapsulated on the underlay NIC, then the tunnel pipeline".into(),
+            },
+        );
+        also.push(Stat::RxDecap.as_str());
+    }
+    let to_tunnel = o
+        .output
+        .as_deref()
+        .is_some_and(|s| s.starts_with("tunnel "));
+    if to_tunnel && !o.stat.is_drop() && cfg.flags & HOST_ENCAP_BPF != 0 {
+        w.steps.push(Step {
+            stage: "encap",
+            what: "VXLAN-encapsulated here and sent out of the underlay NIC (if the FIB helper \
+                   routes the peer from dvr-vx; else through dvr-vx)"
+                .into(),
+        });
+        also.push(Stat::TxEncap.as_str());
+    }
     Ok(Trace {
         steps: w.steps,
         verdict: o.stat.as_str(),
+        also,
         drop: o.stat.is_drop(),
         output: o.output,
         out_src: (!o.stat.is_drop()).then(|| match w.p.v6 {
@@ -79,6 +112,9 @@ pub fn render(t: &Trace) -> String {
     let mut s = String::new();
     for (i, st) in t.steps.iter().enumerate() {
         s.push_str(&format!("{:>2}. {:<14} {}\n", i + 1, st.stage, st.what));
+    }
+    if !t.also.is_empty() {
+        s.push_str(&format!("   also counted: {}\n", t.also.join(", ")));
     }
     if t.drop {
         s.push_str(&format!("=> DROP ({})\n", t.verdict));

@@ -98,7 +98,7 @@ stats! {
     DropFragNeeded = "drop_frag_needed", true, "longer than the next network's MTU, not answered: ICMP rate limit, or an ICMP error or option-carrying header";
     DropFragFailed = "drop_frag_failed", true, "longer than the next network's MTU, could not be fragmented (options, GSO without DF, beyond the fragmenter's buffer)";
     TxEncap = "tx_encap", false, "VXLAN-encapsulated by the datapath and sent straight out of the underlay NIC (counted besides how it was delivered)";
-    TxEncapDevice = "tx_encap_device", false, "to be VXLAN-encapsulated by the datapath but sent through the VXLAN device: no route to the remote host the FIB helper gives from it (forwarding off on it?), or too long";
+    TxEncapDevice = "tx_encap_device", false, "to be VXLAN-encapsulated by the datapath but sent through the VXLAN device: a GSO packet (kept whole to the receiver that way), no route to the remote host the FIB helper gives from it (forwarding off on it?), or too long";
     DropEncap = "drop_encap", true, "VXLAN encapsulation failed after the frame was resized";
     RxDecap = "rx_decap", false, "VXLAN-decapsulated by the datapath on the underlay NIC (counted besides how it was delivered)";
     DropDecap = "drop_decap", true, "VXLAN decapsulation failed after the frame was resized";

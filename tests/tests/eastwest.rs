@@ -140,15 +140,17 @@ fn same_subnet_across_hosts_uses_the_network_vni() -> Result<()> {
         c.stat("h2", Stat::RxTunnel.as_str())? > 0,
         "rx_tunnel of h2 stayed 0"
     );
-    // Every unicast frame for the tunnel was encapsulated by the datapath itself.
+    // Every unicast frame for the tunnel was encapsulated by the datapath itself, but for
+    // the GSO ones (TCP), left to the device.
     let (tx, enc, dev) = (
         c.stat("h1", Stat::TxTunnel.as_str())?,
         c.stat("h1", Stat::TxEncap.as_str())?,
         c.stat("h1", Stat::TxEncapDevice.as_str())?,
     );
     ensure!(
-        enc == tx && dev == 0,
-        "h1: tx_tunnel {tx}, tx_encap {enc}, tx_encap_device {dev}: want every frame encapsulated in BPF"
+        enc + dev == tx && enc >= 3,
+        "h1: tx_tunnel {tx}, tx_encap {enc}, tx_encap_device {dev}: want the 3 echo requests \
+         at least in BPF, the rest through the device"
     );
     // The echo requests (not GSO) were decapsulated on h2's underlay NIC.
     let decap = c.stat("h2", Stat::RxDecap.as_str())?;
@@ -223,6 +225,13 @@ fn bpf_and_device_encapsulating_hosts_talk() -> Result<()> {
             p.outer_eth() == Some((mac1.clone(), mac2.clone())),
             "outer Ethernet must be h1's uplink to h2's ({mac1} > {mac2}): {p}"
         );
+    }
+    // v1's echo requests, encapsulated in BPF: the source port from the flow hash.
+    let req: Vec<_> = from_h1
+        .iter()
+        .filter(|p| p.is_icmp_echo_request() && p.has_ips(&s(v1.ip), &s(v2.ip)))
+        .collect();
+    for p in &req {
         let sport = p
             .to_string()
             .split_whitespace()
@@ -237,10 +246,7 @@ fn bpf_and_device_encapsulating_hosts_talk() -> Result<()> {
             "outer UDP source port {sport} outside 49152-65535: {p}"
         );
     }
-    let req = from_h1
-        .iter()
-        .filter(|p| p.is_icmp_echo_request() && p.has_ips(&s(v1.ip), &s(v2.ip)))
-        .count();
+    let req = req.len();
     ensure!(req == 3, "want v1's 3 echo requests from h1, got {req}");
     ensure!(
         from_h1.iter().all(|p| p.inner_eth().is_some()),
@@ -252,8 +258,8 @@ fn bpf_and_device_encapsulating_hosts_talk() -> Result<()> {
         c.stat("h1", Stat::TxEncapDevice.as_str())?,
     );
     ensure!(
-        enc1 == tx1 && tx1 > 0 && dev1 == 0,
-        "h1: tx_tunnel {tx1}, tx_encap {enc1}, tx_encap_device {dev1}: want all in BPF"
+        enc1 + dev1 == tx1 && enc1 >= 3,
+        "h1: tx_tunnel {tx1}, tx_encap {enc1}, tx_encap_device {dev1}: want all but GSO in BPF"
     );
     let (tx2, enc2) = (
         c.stat("h2", Stat::TxTunnel.as_str())?,
@@ -278,10 +284,10 @@ fn bpf_and_device_encapsulating_hosts_talk() -> Result<()> {
         &["sysctl", "-q", "-w", "net.ipv4.conf.dvr-vx.forwarding=0"],
     )?;
     c.ping_ok("v1", v2.ip, 2)?;
-    let dev1 = c.stat("h1", Stat::TxEncapDevice.as_str())?;
+    let dev1_off = c.stat("h1", Stat::TxEncapDevice.as_str())?;
     ensure!(
-        dev1 >= 2,
-        "h1: tx_encap_device {dev1} after 2 echo requests with forwarding off"
+        dev1_off >= dev1 + 2,
+        "h1: tx_encap_device {dev1} -> {dev1_off} after 2 echo requests with forwarding off"
     );
     ensure!(
         c.stat("h1", Stat::TxEncap.as_str())? == enc1,

@@ -7,8 +7,8 @@
 //!   then `bpf_redirect_neigh` to the interface the route leaves by with the route's next
 //!   hop, so the kernel's neighbour table resolves and refreshes the MAC as it does for the
 //!   device.
-//! - Room for the headers by `bpf_skb_adjust_room` with the encapsulation flags, so that a
-//!   GSO packet stays valid (UDP tunnel GSO, inner headers marked, its MSS kept).
+//! - Room for the headers by `bpf_skb_adjust_room` with the encapsulation flags (inner
+//!   headers marked). Only packets that are not GSO: see [`Encap::Untouched`].
 //! - UDP source port from the inner flow's hash (49152-65535, RFC 7348 5), so that the
 //!   underlay's ECMP spreads flows; UDP checksum 0; outer TTL 64, no DF, as the device.
 //!
@@ -66,8 +66,11 @@ const TC_ACT_REDIRECT: i64 = 7;
 pub enum Encap {
     /// Encapsulated and redirected: the program returns `TC_ACT_REDIRECT`.
     Sent,
-    /// Not tried, the frame untouched: no route to the remote host from here (or none the
-    /// helper may use), or the frame would be too long. The caller uses the VXLAN device.
+    /// Not tried, the frame untouched: a GSO packet (the resize marks it SKB_GSO_DODGY,
+    /// which the underlay NIC, a veth here, segments in software before it leaves, so the
+    /// receiver would get every segment on its own; the device keeps it one packet to the
+    /// receiving VM), no route to the remote host from here (or none the helper may use),
+    /// or the frame would be too long. The caller uses the VXLAN device.
     Untouched,
     /// The frame was resized but could not be finished: it must be dropped.
     Broken,
@@ -85,9 +88,9 @@ pub fn encap(
 ) -> Encap {
     let skb = ctx.skb.skb;
     // SAFETY: the context pointer is valid for the program's run.
-    let len = unsafe { (*skb).len };
+    let (len, gso) = unsafe { ((*skb).len, (*skb).gso_size) };
     let ip_len = len as usize + TUNNEL_LEN;
-    if ip_len > 0xffff {
+    if gso != 0 || ip_len > 0xffff {
         return Encap::Untouched;
     }
     let Some((out_ifindex, nexthop_be)) = route(skb, lookup_ifindex, local_host, remote_host)

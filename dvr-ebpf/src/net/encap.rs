@@ -3,8 +3,9 @@
 //! when the agent set `HOST_ENCAP_BPF`, VXLAN-encapsulated here and sent straight out of the
 //! underlay NIC (`base::vxlan`). The encapsulation is deferred to the program's entry
 //! ([`send_pending`]), where the stack is shallow, with the VNI and remote host in the
-//! packet's control block; it falls back to the device when it cannot be done (no route
-//! the FIB helper gives from the device, frame too long), and a verdict that is to be
+//! packet's control block; it falls back to the device for GSO packets and when it cannot
+//! be done (no route the FIB helper gives from the device, frame too long), and a verdict
+//! that is to be
 //! fragmented goes through the device ([`through_device`]): fragments are cut from the
 //! inner packet. Flooding uses the device (`l2`).
 //! Maps: reads DVR_HOST_CONFIG. Verdicts: tx_encap, tx_encap_device, drop_encap,

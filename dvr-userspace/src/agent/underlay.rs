@@ -6,7 +6,6 @@
 //! the network, once per (network, mtu, underlay MTU).
 
 use std::collections::HashSet;
-use std::ffi::CStr;
 use std::net::Ipv4Addr;
 
 use tracing::warn;
@@ -59,45 +58,9 @@ fn too_large(state: &State, underlay_mtu: u32) -> Vec<(&str, u32)> {
 
 /// The interface holding `ip` in this network namespace, and its MTU.
 fn underlay(ip: Ipv4Addr) -> Option<(String, u32)> {
-    let name = interface_with(ip)?;
+    let name = attach::interface_with_ipv4(ip)?;
     let mtu = attach::mtu_of(&name)?;
     Some((name, mtu))
-}
-
-/// The name of the interface with IPv4 address `ip` (`getifaddrs`, which reads the calling
-/// thread's network namespace).
-fn interface_with(ip: Ipv4Addr) -> Option<String> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs writes a list head we free below.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return None;
-    }
-    let mut found = None;
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: a node of the list getifaddrs returned, alive until freeifaddrs.
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
-            continue;
-        }
-        // SAFETY: ifa_addr points at a sockaddr of the family it names.
-        let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
-        if family != libc::AF_INET {
-            continue;
-        }
-        // SAFETY: an AF_INET address is a sockaddr_in.
-        let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-        if Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)) == ip {
-            // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-            let name = unsafe { CStr::from_ptr(ifa.ifa_name) };
-            found = Some(name.to_string_lossy().into_owned());
-            break;
-        }
-    }
-    // SAFETY: the list getifaddrs returned, freed once.
-    unsafe { libc::freeifaddrs(head) };
-    found
 }
 
 #[cfg(test)]
@@ -115,10 +78,5 @@ mod tests {
         assert_eq!(too_large(&state, 1500), [("net2", 1480)]);
         assert_eq!(too_large(&state, 1400).len(), 2);
         assert!(too_large(&state, 9000).is_empty());
-    }
-
-    #[test]
-    fn finds_the_loopback_address() {
-        assert_eq!(interface_with(Ipv4Addr::LOCALHOST).as_deref(), Some("lo"));
     }
 }

@@ -3,11 +3,10 @@
 //! when the agent set `HOST_ENCAP_BPF`, VXLAN-encapsulated here and sent straight out of the
 //! underlay NIC (`base::vxlan`). The encapsulation is deferred to the program's entry
 //! ([`send_pending`]), where the stack is shallow, with the VNI and remote host in the
-//! packet's control block; it falls back to the device for GSO packets and when it cannot
-//! be done (no route the FIB helper gives from the device, frame too long), and a verdict
-//! that is to be
-//! fragmented goes through the device ([`through_device`]): fragments are cut from the
-//! inner packet. Flooding uses the device (`l2`).
+//! packet's control block. It falls back to the device for GSO packets and where it cannot
+//! be done (no route the FIB helper gives from the device, frame too long); a verdict that
+//! is to be fragmented goes through the device ([`through_device`]), as fragments are cut
+//! from the inner packet; flooding uses the device (`l2`).
 //! Maps: reads DVR_HOST_CONFIG. Verdicts: tx_encap, tx_encap_device, drop_encap,
 //! drop_redirect, the caller's stat.
 use aya_ebpf::programs::TcContext;
@@ -81,6 +80,7 @@ pub fn through_device(ctx: &TcContext, v: Verdict, ifindex: u32) -> Verdict {
     device(ctx, vni, remote_host, ifindex, v.stat)
 }
 
+/// The VNI and remote host [`send`] noted.
 #[inline(always)]
 fn noted(ctx: &TcContext) -> (u32, u32) {
     // SAFETY: the context pointer is valid for the program's run.

@@ -29,6 +29,12 @@ pub struct HostConfig {
 }
 crate::assert_size!(HostConfig, 36);
 
+/// The IANA VXLAN UDP port: the VXLAN device's, and the datapath's own encapsulation's.
+pub const VXLAN_PORT: u16 = 4789;
+/// Bytes VXLAN over IPv4 adds to a tenant frame: outer IPv4 20, UDP 8, VXLAN 8, and the
+/// inner Ethernet header 14.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
 /// [`HostConfig::flags`]: frames for the tunnel are VXLAN-encapsulated by the datapath and
 /// sent straight out of the underlay NIC (the VXLAN device only where that cannot be done:
 /// next hop not routable from here, fragments, flooding). Without it every frame for the

@@ -23,7 +23,8 @@
 //! UDP tunnel GRO for TCP.
 //!
 //! Shared, as a file, with the benchmark's floor (`src/floor.rs`), which must encapsulate
-//! exactly as the datapath does; so it uses nothing of this crate.
+//! exactly as the datapath does; so it uses nothing of this crate (`dvr-common`'s VXLAN
+//! constants only).
 use core::ffi::c_void;
 
 use aya_ebpf::{
@@ -39,17 +40,16 @@ use aya_ebpf::{
     },
     programs::TcContext,
 };
+use dvr_common::config::{VXLAN_OVERHEAD, VXLAN_PORT};
 
-/// The IANA VXLAN port, the destination of every frame sent.
-pub const VXLAN_PORT: u16 = 4789;
 /// Ethernet header length: the inner frame's, and the outer one the neighbour code writes.
 const ETH_LEN: usize = 14;
-/// What goes in front of the inner frame after the outer Ethernet header: IPv4 (20), UDP
-/// (8), VXLAN (8).
-const TUNNEL_LEN: usize = 36;
 /// The room made behind the outer Ethernet header: the tunnel headers and the inner
 /// Ethernet header, which moves there (the frame's own stays in front as the outer one).
-const ROOM: usize = TUNNEL_LEN + ETH_LEN;
+const ROOM: usize = VXLAN_OVERHEAD as usize;
+/// What goes in front of the inner frame after the outer Ethernet header: IPv4 (20), UDP
+/// (8), VXLAN (8).
+const TUNNEL_LEN: usize = ROOM - ETH_LEN;
 const AF_INET: u8 = 2;
 const IPPROTO_UDP: u8 = 17;
 /// The outer IPv4 TTL, as the kernel's VXLAN device sends by default.

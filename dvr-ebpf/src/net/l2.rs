@@ -57,15 +57,6 @@ pub enum Ingress {
     Tunnel,
 }
 
-/// Put the VXLAN metadata (VNI, remote host) on the skb for the collect_md device.
-#[inline(always)]
-fn set_tunnel(ctx: &TcContext, vni: u32, remote_host: u32) -> Result<(), Verdict> {
-    if tunnel_key::set(ctx, vni, remote_host) != 0 {
-        return Err(Verdict::drop(Stat::DropRedirect));
-    }
-    Ok(())
-}
-
 /// Forward a frame on network `vni` by destination MAC.
 #[inline(always)]
 pub fn forward(ctx: &TcContext, vni: u32, dst: &Mac, from: Ingress) -> Verdict {
@@ -128,7 +119,7 @@ fn flood(ctx: &TcContext, vni: u32, from_ifindex: u32, tunnel_ifindex: u32) -> V
             if i >= n_remote {
                 break;
             }
-            if set_tunnel(ctx, vni, set.remote[i]).is_ok() {
+            if tunnel_key::set(ctx, vni, set.remote[i]) == 0 {
                 // SAFETY: as above.
                 unsafe { bpf_clone_redirect(skb, tunnel_ifindex, 0) };
             }

@@ -417,7 +417,12 @@ impl Agent {
             cfg.ext_mac = mac_of(name).unwrap_or_default();
         }
         (cfg.snat_port_min, cfg.snat_port_max) = self.opts.snat_ports;
-        let underlay_now = self.underlay_wanted(ifaces, cfg.tunnel_ip_host);
+        // Looked up again only when the state moved this host's tunnel address.
+        let underlay_now = if cfg.tunnel_ip_host == self.served.tunnel_ip_host {
+            underlay_now
+        } else {
+            self.underlay_wanted(ifaces, cfg.tunnel_ip_host)
+        };
         if underlay_now.is_some() {
             cfg.flags |= dvr_common::config::HOST_DECAP_BPF;
         }

@@ -13,8 +13,7 @@ use tracing::warn;
 use crate::attach;
 use crate::model::State;
 
-/// Bytes VXLAN over IPv4 adds to a tenant packet.
-pub const VXLAN_OVERHEAD: u32 = 50;
+pub use dvr_common::config::VXLAN_OVERHEAD;
 
 /// What was already said.
 #[derive(Default)]

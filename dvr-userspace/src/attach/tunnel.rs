@@ -11,8 +11,7 @@ use super::{
 
 /// The VXLAN device the agent creates in the host's network namespace.
 pub const TUNNEL_DEV: &str = "dvr-vx";
-/// IANA VXLAN port.
-pub const VXLAN_PORT: u16 = 4789;
+pub use dvr_common::config::VXLAN_PORT;
 
 /// IFLA_LINKINFO of the device, attribute for attribute what iproute2 sends for
 /// `type vxlan external dstport 4789 nolearning` (ip/iplink_vxlan.c): COLLECT_METADATA 1,

@@ -117,30 +117,15 @@ pub fn build() -> Result<Floor> {
         .build_without_agents()
         .context("building the floor's cloud")?;
     cloud.dump_logs_on_drop = false;
+    // The VXLAN device as the agent makes it, with forwarding on for its FIB lookups.
     for h in cloud.hosts() {
-        ip(&[
-            "-n",
-            &h.ns,
-            "link",
-            "add",
-            VXLAN_DEV,
-            "type",
-            "vxlan",
-            "external",
-            "dstport",
-            "4789",
-            "nolearning",
-        ])?;
-        ip(&["-n", &h.ns, "link", "set", VXLAN_DEV, "up"])?;
-        cmd::exec_ok(
-            &h.ns,
-            &[
-                "sysctl",
-                "-q",
-                "-w",
-                &format!("net.ipv4.conf.{VXLAN_DEV}.forwarding=1"),
-            ],
-        )?;
+        super::netns::in_netns(&h.ns, || {
+            dvr_userspace::attach::ensure_tunnel_dev()?;
+            dvr_userspace::attach::enable_tunnel_forwarding()?;
+            Ok(())
+        })
+        .join()
+        .map_err(|_| anyhow!("the tunnel device thread panicked"))??;
     }
     Ok(Floor {
         attached: Vec::new(),

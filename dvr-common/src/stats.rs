@@ -102,6 +102,7 @@ stats! {
     DropEncap = "drop_encap", true, "VXLAN encapsulation failed after the frame was resized";
     RxDecap = "rx_decap", false, "VXLAN-decapsulated by the datapath on the underlay NIC (counted besides how it was delivered)";
     DropDecap = "drop_decap", true, "VXLAN decapsulation failed after the frame was resized";
+    XdpExt = "xdp_ext", false, "finished by the external NIC's XDP program, before any socket buffer: a proxy ARP reply, a floating IP's packet to a port without security groups (counted besides its verdict)";
 }
 
 pub const STAT_COUNT: u32 = Stat::ALL.len() as u32;

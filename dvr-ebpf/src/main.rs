@@ -1,4 +1,4 @@
-//! The DVR datapath: five TC programs. The code is layered, every module calling only
+//! The DVR datapath: five TC programs and one XDP program. The code is layered, every module calling only
 //! downwards: `entry` (one pipeline per program) -> `stage` (features) -> `net` (parsed
 //! flow, conntrack, rewrites, L2 delivery, route lookup) -> `base` (packet access,
 //! verdicts, clocks, maps, drop events). Each entry's verdict becomes the TCX return code
@@ -12,7 +12,10 @@ mod entry;
 mod net;
 mod stage;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 
 /// TC ingress on every local VM tap: frames the VM sends.
 #[classifier]
@@ -43,6 +46,14 @@ pub fn dvr_underlay(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn dvr_ext(ctx: TcContext) -> i32 {
     entry::ext::program(&ctx)
+}
+
+/// XDP on the external interface, in front of `dvr_ext`: proxy ARP replies and floating
+/// IPs of ports without security groups, before any socket buffer; the rest passes to TC.
+/// Multi-buffer aware (`frags`), so the NIC keeps its large frames: those pass.
+#[xdp(frags)]
+pub fn dvr_ext_xdp(ctx: XdpContext) -> u32 {
+    entry::ext_xdp::program(&ctx)
 }
 
 #[cfg(not(test))]

@@ -1182,6 +1182,7 @@ impl Cloud {
             crate::ipv6::configure_vm(&ns, v6, vm.ip6)?;
         }
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        crate::cmd::gro_on(&ns, "eth0")?;
         if net.cidr.contains(net.gateway) {
             ip(&[
                 "-n",
@@ -1264,8 +1265,10 @@ impl Cloud {
             SpawnSource::File(path) => cmd.arg("--state").arg(path),
             SpawnSource::Etcd(url) => cmd.arg("--etcd").arg(url),
         };
+        // Every veth peer in a test cloud has GRO on (`cmd::gro_on`).
         cmd.arg("--bpffs")
             .arg(&self.bpffs)
+            .arg("--xdp-veth-peers")
             .args(&self.agent_args)
             .args(&h.agent_args)
             .stdin(Stdio::null())

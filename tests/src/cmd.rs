@@ -10,7 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 
 /// Deadline for ordinary one-shot commands (`ip`, `sysctl`, `dvrctl`, ...).
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
@@ -141,6 +141,34 @@ pub fn run_ok(program: &str, args: &[&str]) -> Result<Output> {
 /// `ip ARGS`, checked.
 pub fn ip(args: &[&str]) -> Result<()> {
     run_ok("ip", args).map(|_| ())
+}
+
+/// GRO on for veth `dev` in namespace `ns`: the kernel then runs NAPI for it, so it takes
+/// frames that XDP on its peer sends (`XDP_TX`, `XDP_REDIRECT`); what the agents'
+/// `--xdp-veth-peers` says of every veth peer in a test cloud.
+pub fn gro_on(ns: &str, dev: &str) -> Result<()> {
+    let out = exec(ns, &["ethtool", "-K", dev, "gro", "on"])?;
+    ensure!(
+        out.status.success(),
+        "ethtool -K {dev} gro on in {ns}: {}",
+        text(&out).trim()
+    );
+    Ok(())
+}
+
+/// Transmit checksum offload off for veth `dev` in namespace `ns`: what it sends carries
+/// whole checksums, as frames on a wire do (a veth otherwise leaves them partial, for the
+/// receiving stack, which XDP on its peer is not). Segmentation stays offloaded to the
+/// kernel's software GSO. What the agents' `--xdp-veth-peers` says of the external
+/// bridge's ports in a test cloud.
+pub fn tx_checksum_off(ns: &str, dev: &str) -> Result<()> {
+    let out = exec(ns, &["ethtool", "-K", dev, "tx", "off"])?;
+    ensure!(
+        out.status.success(),
+        "ethtool -K {dev} tx off in {ns}: {}",
+        text(&out).trim()
+    );
+    Ok(())
 }
 
 /// `ip netns exec NS ARGS` with [`DEFAULT_DEADLINE`]; returns the output whatever the status.

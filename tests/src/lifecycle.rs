@@ -182,7 +182,8 @@ impl Cloud {
     /// The link pins an agent of `host` should hold: `<tap>@<ifindex>` and `<tap>:out@<ifindex>`
     /// for each local VM,
     /// `dvr-vx@<ifindex>`, `ul0:underlay@<ifindex>` (unless its agent runs with
-    /// `--tunnel-decap device`) and, with an external NIC, `ext0@<ifindex>`.
+    /// `--tunnel-decap device`) and, with an external NIC, `ext0@<ifindex>` and
+    /// `ext0:xdp@<ifindex>` (unless `--ext-xdp off`).
     pub fn expected_link_pins(&self, host: &str) -> Result<BTreeSet<String>> {
         let h = self.host(host)?.clone();
         let mut want = BTreeSet::new();
@@ -199,14 +200,17 @@ impl Cloud {
         for dev in devs {
             want.insert(format!("{dev}@{}", self.host_ifindex(host, dev)?));
         }
-        let decap_device = self
-            .agent_args
-            .iter()
-            .chain(&h.agent_args)
-            .collect::<Vec<_>>()
-            .windows(2)
-            .any(|w| w[0] == "--tunnel-decap" && w[1] == "device");
-        if !decap_device {
+        let args: Vec<&String> = self.agent_args.iter().chain(&h.agent_args).collect();
+        let given =
+            |flag: &str, value: &str| args.windows(2).any(|w| w[0] == flag && w[1] == value);
+        // The external NIC's XDP link (":xdp"), unless its agent runs with `--ext-xdp off`.
+        if h.ext.is_some() && !given("--ext-xdp", "off") {
+            want.insert(format!(
+                "{EXT_IFACE}:xdp@{}",
+                self.host_ifindex(host, EXT_IFACE)?
+            ));
+        }
+        if !given("--tunnel-decap", "device") {
             want.insert(format!(
                 "{UNDERLAY_DEV}:underlay@{}",
                 self.host_ifindex(host, UNDERLAY_DEV)?

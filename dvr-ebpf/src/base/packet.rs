@@ -5,7 +5,7 @@
 //! protocol fields are compared as raw integers. Maps: none. Verdicts: drop_malformed.
 use core::mem::offset_of;
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use dvr_common::{Mac, stats::Stat};
 pub use network_types::{
     arp::ArpHdr,
@@ -108,10 +108,39 @@ pub struct IcmpHdr {
     pub check: [u8; 2],
 }
 
+/// A context whose packet has linear data between two addresses: TC's socket buffer, or
+/// XDP's buffer (its first fragment).
+pub trait Linear {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+}
+
+impl Linear for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+}
+
+impl Linear for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+}
+
 /// A pointer to a `T` at `off` bytes into the packet, after checking it lies within the
 /// linear data. Re-derive pointers after any helper that may move packet data.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &TcContext, off: usize) -> Result<*mut T, Verdict> {
+pub fn ptr_at<T>(ctx: &impl Linear, off: usize) -> Result<*mut T, Verdict> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + off + core::mem::size_of::<T>() > end {
@@ -129,7 +158,7 @@ pub struct Eth(*mut EthHdr);
 
 impl Eth {
     #[inline(always)]
-    pub fn at(ctx: &TcContext) -> Result<Self, Verdict> {
+    pub fn at(ctx: &impl Linear) -> Result<Self, Verdict> {
         Ok(Self(ptr_at(ctx, 0)?))
     }
 

@@ -4,6 +4,7 @@
 //! `base::verdict`, because reporting reads the packet, whose accessors return verdicts).
 //! Maps: writes DVR_STATS (and DVR_EVENTS through `base::events`).
 pub mod ext;
+pub mod ext_xdp;
 pub mod tap;
 pub mod tap_out;
 pub mod tunnel;

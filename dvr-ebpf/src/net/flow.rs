@@ -7,14 +7,14 @@
 //! Parsing never fails by itself: how far it got is kept in [`Parsed`], and each entry or
 //! stage `require`s what it uses at the point where the pipeline has always checked it, so
 //! a malformed packet is dropped (or passed on) exactly where and as it always was.
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use dvr_common::stats::Stat;
 
 use crate::base::{
     packet::{
         ETH_LEN, ICMP_DEST_UNREACH, ICMP_ECHO_ID_OFF, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
-        ICMP_HDR_LEN, ICMP_PARAM_PROBLEM, ICMP_TIME_EXCEEDED, IP_HDR_LEN, IP_OFFSET, IPPROTO_ICMP,
-        IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, TCP_FLAGS_OFF, be16, ptr_at,
+        ICMP_HDR_LEN, ICMP_PARAM_PROBLEM, ICMP_TIME_EXCEEDED, IP_HDR_LEN, IP_MF_OFFSET, IP_OFFSET,
+        IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, TCP_FLAGS_OFF, be16, ptr_at,
     },
     verdict::Verdict,
 };
@@ -96,6 +96,62 @@ impl Flow {
         }
         f.parsed = Parsed::L4;
         f
+    }
+
+    /// For the external NIC's XDP program: the flow of a plain TCP or UDP packet, whole in
+    /// the frame's first buffer (no IP options, not a fragment, the frame at least as long
+    /// as the IP length says); `None` for anything else, which is left to [`Flow::parse`]
+    /// in TC. Ports and TCP flags sit at fixed offsets here.
+    #[inline(always)]
+    pub fn parse_simple(ctx: &XdpContext) -> Option<Flow> {
+        const L4: usize = ETH_LEN + IP_HDR_LEN;
+        let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_LEN).ok()?;
+        // SAFETY: bounds-checked by ptr_at; Ipv4Hdr is all bytes (no alignment).
+        let ip = unsafe { &*ip };
+        let tot_len = be16(ip.tot_len);
+        if ip.vihl != 0x45
+            || be16(ip.frags) & IP_MF_OFFSET != 0
+            || (tot_len as usize) < IP_HDR_LEN
+            || ctx.data() + ETH_LEN + tot_len as usize > ctx.data_end()
+        {
+            return None;
+        }
+        let (sport, dport, tcp_flags) = match ip.proto {
+            IPPROTO_TCP => {
+                let b: *const [u8; TCP_FLAGS_OFF + 1] = ptr_at(ctx, L4).ok()?;
+                // SAFETY: bounds-checked by ptr_at; a byte array.
+                let b = unsafe { &*b };
+                (
+                    u16::from_ne_bytes([b[0], b[1]]),
+                    u16::from_ne_bytes([b[2], b[3]]),
+                    b[TCP_FLAGS_OFF],
+                )
+            }
+            IPPROTO_UDP => {
+                let b: *const [u8; 8] = ptr_at(ctx, L4).ok()?;
+                // SAFETY: as above.
+                let b = unsafe { &*b };
+                (
+                    u16::from_ne_bytes([b[0], b[1]]),
+                    u16::from_ne_bytes([b[2], b[3]]),
+                    0,
+                )
+            }
+            _ => return None,
+        };
+        Some(Flow {
+            saddr: u32::from_ne_bytes(ip.src_addr),
+            daddr: u32::from_ne_bytes(ip.dst_addr),
+            sport,
+            dport,
+            proto: ip.proto,
+            tcp_flags,
+            icmp_type: 0,
+            later_fragment: false,
+            l4_off: L4,
+            tot_len,
+            parsed: Parsed::L4,
+        })
     }
 
     /// `Err(drop_malformed)` unless the packet was parsed up to `level`.

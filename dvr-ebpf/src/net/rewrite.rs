@@ -6,7 +6,7 @@
 //! drop_malformed.
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    programs::TcContext,
+    programs::{TcContext, XdpContext},
 };
 use dvr_common::{csum, nat::CtEntry, stats::Stat};
 
@@ -117,6 +117,48 @@ pub fn rewrite_addr(ctx: &TcContext, f: &Flow, dir: Dir, new: u32) -> Result<(),
         Dir::Dst => IP_DADDR_OFF,
     };
     ctx.store(off, &new, 0).map_err(malformed)
+}
+
+/// For the external NIC's XDP program: decrement the TTL of the plain TCP or UDP packet
+/// `f` (`Flow::parse_simple`) and translate its destination to `new` (network order as
+/// read), updating the checksums in place (no skb helpers in XDP; the packet came from the
+/// wire, so its checksums are whole). `false`, with nothing changed, when the TTL is <= 1
+/// (left to TC, which answers it).
+#[inline(always)]
+pub fn dnat_simple(ctx: &XdpContext, f: &Flow, new: u32) -> bool {
+    let l4_csum = match f.proto {
+        IPPROTO_TCP => f.l4_off + TCP_CSUM_OFF,
+        _ => f.l4_off + UDP_CSUM_OFF,
+    };
+    let (Ok(ip), Ok(c)) = (
+        ptr_at::<Ipv4Hdr>(ctx, ETH_LEN),
+        ptr_at::<[u8; 2]>(ctx, l4_csum),
+    ) else {
+        return false;
+    };
+    // SAFETY: bounds-checked by ptr_at; both are all bytes, and do not overlap (the IPv4
+    // header has no options here).
+    let (ip, c) = unsafe { (&mut *ip, &mut *c) };
+    if ip.ttl <= 1 {
+        return false;
+    }
+    let (word, check) = csum::ttl_decrement(u16::from_be_bytes([ip.ttl, ip.proto]), be16(ip.check));
+    ip.ttl = word.to_be_bytes()[0];
+    let (old, new_h) = (u32::from_be(f.daddr), u32::from_be(new));
+    ip.check = csum::replace32(check, old, new_h).to_be_bytes();
+    ip.dst_addr = new.to_ne_bytes();
+    let l4 = be16(*c);
+    // A UDP checksum of 0 says there is none (RFC 768); a computed 0 is sent as 0xffff.
+    if !(f.proto == IPPROTO_UDP && l4 == 0) {
+        let n = csum::replace32(l4, old, new_h);
+        *c = if n == 0 && f.proto == IPPROTO_UDP {
+            0xffff
+        } else {
+            n
+        }
+        .to_be_bytes();
+    }
+    true
 }
 
 /// Rewrite the source or destination port (ICMP echo: the identifier) to `new` (network

@@ -17,20 +17,26 @@
 //! drop_snat_standby, drop_fip_not_external, drop_vip_unknown, drop_no_neighbor,
 //! drop_no_external, drop_icmp_error_no_flow, drop_ct_insert, drop_ttl_exceeded,
 //! drop_redirect, drop_malformed.
-use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::bpf_redirect,
+    maps::lpm_trie::Key,
+    programs::{TcContext, XdpContext},
+};
 use dvr_common::{
     config::HostConfig,
     nat::{
         CT_DNAT, CT_HAIRPIN, CT_SNAT, CtEntry, FIP_CENTRAL, FIP_LOCAL, FIP_ROUTER_DOWN,
         FIP_UNASSOCIATED, FIP_VIP, FipEntry, FipSrc, ZONE_EXTERNAL,
     },
+    port::{PORT_FLAG_DOWN, PORT_FLAG_SG, PORT_FLAG_XDP},
     route::IpKey,
     stats::Stat,
 };
 
 use crate::{
     base::{
-        maps::{DVR_EXT_DENY, DVR_EXT_NEIGH, DVR_FIP_SRC, DVR_FIPS},
+        maps::{DVR_EXT_DENY, DVR_EXT_NEIGH, DVR_FIP_SRC, DVR_FIPS, DVR_LOCAL_PORTS},
         packet::Eth,
         verdict::{Verdict, redirect, settle},
     },
@@ -90,6 +96,46 @@ pub fn inbound(ctx: &TcContext, f: &Flow, cfg: &HostConfig) -> Result<Verdict, V
         fip.ifindex
     };
     Ok(mtu::deliver4(ctx, v, mtu::out_ifindex(to, cfg)))
+}
+
+/// The external NIC's XDP program: a plain TCP or UDP packet `f` (`Flow::parse_simple`) to
+/// a floating IP whose port is on this host and needs nothing [`inbound`] does in TC
+/// beyond the translation: the FIP is local (not central, not a VIP, its router up), the
+/// packet fits the port's MTU, and the port's tap takes frames redirected from XDP
+/// (`PORT_FLAG_XDP`), which skips the tap's egress program, so only a port without
+/// security groups and up. Translated, tracked as [`inbound`] tracks it and redirected to
+/// the tap: `Some((XDP_REDIRECT, fip_dnat))`, or `(XDP_DROP, drop_ct_insert)`; `None`
+/// (untouched) for everything else, which TC handles.
+#[inline(always)]
+pub fn inbound_xdp(ctx: &XdpContext, f: &Flow) -> Option<(u32, Stat)> {
+    // SAFETY: read-only use of agent-written hash values.
+    let fip = unsafe { DVR_FIPS.get(&f.daddr) }?;
+    if fip.flags & (FIP_LOCAL | FIP_CENTRAL | FIP_VIP | FIP_ROUTER_DOWN) != FIP_LOCAL
+        || !ha::serves_fip(fip)
+        || fip.ifindex == 0
+        || (fip.mtu != 0 && f.tot_len > fip.mtu)
+    {
+        return None;
+    }
+    // SAFETY: as above.
+    let port = unsafe { DVR_LOCAL_PORTS.get(&fip.ifindex) }?;
+    if port.flags & (PORT_FLAG_XDP | PORT_FLAG_SG | PORT_FLAG_DOWN) != PORT_FLAG_XDP {
+        return None;
+    }
+    let eth = Eth::at(ctx).ok()?;
+    if !rewrite::dnat_simple(ctx, f, fip.fixed_ip_be) {
+        return None;
+    }
+    if track_or_create(f, fip, ZONE_EXTERNAL, 0).is_err() {
+        return Some((xdp_action::XDP_DROP, Stat::DropCtInsert));
+    }
+    eth.set_src(fip.gw_mac);
+    eth.set_dst(fip.port_mac);
+    // SAFETY: a plain helper call; XDP_REDIRECT unless flags are invalid.
+    Some((
+        unsafe { bpf_redirect(fip.ifindex, 0) } as u32,
+        Stat::FipDnat,
+    ))
 }
 
 /// Translate a packet to floating IP `fip` into its fixed IP and deliver it to the VM.

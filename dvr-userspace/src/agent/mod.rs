@@ -34,16 +34,17 @@ use std::{
 };
 
 use dvr_common::{
-    port::{PORT_FLAG_SG, PORT_FLAG_SG_STATELESS},
+    port::{PORT_FLAG_SG, PORT_FLAG_SG_STATELESS, PORT_FLAG_XDP},
     sg::SG_ZONE,
 };
+use netlink_packet_route::link::InfoKind;
 use tracing::{info, warn};
 
 pub use error::AgentError;
 pub use options::{FULL_READ_INTERVAL, Options, POLL, RESCAN, STATE_POLL, TunnelMode};
 
 use crate::{
-    attach::{Datapath, mac_of},
+    attach::{Datapath, link_kinds, mac_of},
     compile::{self, Compiled, External, HaRuntime},
     conntrack::{self, Owned, SgOwned},
     metrics,
@@ -100,6 +101,15 @@ impl Current {
             ext_wanted: c.external.as_ref().map(|e| e.iface.clone()),
         }
     }
+}
+
+/// Where the external NIC's XDP program is attached and may redirect to ([`Agent::xdp_plan`]).
+#[derive(Default)]
+struct XdpPlan {
+    /// Attach it to the external NIC.
+    ext: bool,
+    /// Tap ifindexes whose ports get `PORT_FLAG_XDP`.
+    taps: BTreeSet<u32>,
 }
 
 /// What the last apply made this host serve.
@@ -354,6 +364,40 @@ impl Agent {
         Ok(())
     }
 
+    /// Where XDP may send frames (`--ext-xdp native`), host facts like the ifindexes, not
+    /// in the state: to the external NIC's link (`XDP_TX`) unless it is a veth, and to the
+    /// taps that are tun/tap devices; a veth only with `--xdp-veth-peers` (its peer runs
+    /// NAPI, without which the kernel drops what XDP sends it). When the kinds cannot be
+    /// read, nowhere: TC serves everything.
+    fn xdp_plan(&self, present: &BTreeMap<String, u32>, ext: Option<&(String, u32)>) -> XdpPlan {
+        if !self.opts.ext_xdp {
+            return XdpPlan::default();
+        }
+        let kinds = match link_kinds() {
+            Ok(k) => k,
+            Err(e) => {
+                warn!(error = %e, "cannot read the interfaces' kinds; no XDP on the external interface");
+                return XdpPlan::default();
+            }
+        };
+        let takes = |name: &str| match kinds.get(name) {
+            Some(Some(InfoKind::Tun)) => true,
+            Some(Some(InfoKind::Veth)) => self.opts.xdp_veth_peers,
+            Some(Some(_)) => false,
+            // A NIC: its driver sends what XDP gives it back.
+            Some(None) => true,
+            None => false,
+        };
+        XdpPlan {
+            ext: ext.is_some_and(|(n, _)| takes(n)),
+            taps: present
+                .iter()
+                .filter(|(n, _)| takes(n))
+                .map(|(_, i)| *i)
+                .collect(),
+        }
+    }
+
     /// The underlay NIC to decapsulate on: the interface holding tunnel address `ip_host`
     /// (host order), with `--tunnel-decap bpf`.
     fn underlay_wanted(&self, ifaces: &Ifaces, ip_host: u32) -> Option<(String, u32)> {
@@ -390,7 +434,7 @@ impl Agent {
         }
         // Taps that went away (or were recreated) are detached before their entries go.
         let gone = self.dp.detach_stale(&present)?;
-        let compiled = match compiled {
+        let mut compiled = match compiled {
             Some(c) => c,
             None => match compile::compile(
                 &self.current.state,
@@ -409,6 +453,12 @@ impl Agent {
                 }
             },
         };
+        let xdp = self.xdp_plan(&present, ext_now.as_ref());
+        for ifx in &xdp.taps {
+            if let Some(p) = compiled.entries.local_ports.get_mut(ifx) {
+                p.flags |= PORT_FLAG_XDP;
+            }
+        }
         let mut cfg = compiled.config;
         cfg.tunnel_ifindex = self.dp.tunnel_ifindex;
         cfg.flags |= self.opts.tunnel_encap.encap_flags();
@@ -453,6 +503,13 @@ impl Agent {
             .sync_external(ext_now.as_ref().map(|(n, i)| (n.as_str(), *i)))
         {
             warn!(error = %e, "external interface attach failed; will retry");
+        }
+        let xdp_want = ext_now
+            .as_ref()
+            .filter(|_| xdp.ext)
+            .map(|(n, i)| (n.as_str(), *i));
+        if let Err(e) = self.dp.sync_external_xdp(xdp_want) {
+            warn!(error = %e, "no native XDP on the external interface; its TC program serves it alone");
         }
         if let Err(e) = self
             .dp

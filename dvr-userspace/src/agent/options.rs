@@ -35,6 +35,13 @@ pub struct Options {
     pub tunnel_encap: TunnelMode,
     /// How frames leave the tunnel (`--tunnel-decap`).
     pub tunnel_decap: TunnelMode,
+    /// Native XDP in front of the TC program on the external NIC (`--ext-xdp native`):
+    /// proxy ARP and the floating IPs of ports without security groups are served there.
+    pub ext_xdp: bool,
+    /// The peers of this host's veth interfaces (a veth external NIC, veth taps) run NAPI
+    /// (`--xdp-veth-peers`: GRO on, or an XDP program), so they take frames XDP sends them.
+    /// NICs and tun/tap devices always do.
+    pub xdp_veth_peers: bool,
 }
 
 /// Who does VXLAN: the datapath or the VXLAN collect_md device. The frames on the wire are
@@ -89,6 +96,8 @@ impl Default for Options {
             ra_interval: super::ra::RaInterval::default(),
             tunnel_encap: TunnelMode::default(),
             tunnel_decap: TunnelMode::default(),
+            ext_xdp: true,
+            xdp_veth_peers: false,
         }
     }
 }

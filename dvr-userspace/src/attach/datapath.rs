@@ -9,9 +9,10 @@ use std::{
 use aya::{
     Ebpf,
     programs::{
-        TcAttachType,
+        TcAttachType, XdpMode,
         links::{FdLink, Link as _, PinnedLink},
         tc::SchedClassifierLink,
+        xdp::XdpLink,
     },
 };
 
@@ -19,17 +20,18 @@ use super::{
     bpffs::ensure_bpffs,
     error::AttachError,
     load::{
-        LoadOptions, PROG_EXT, PROG_TAP, PROG_TAP_OUT, PROG_TUNNEL, PROG_UNDERLAY, load_object,
-        program,
+        LoadOptions, PROG_EXT, PROG_EXT_XDP, PROG_TAP, PROG_TAP_OUT, PROG_TUNNEL, PROG_UNDERLAY,
+        load_object, program, xdp_program,
     },
     tunnel::{TUNNEL_DEV, ensure_tunnel_dev, remove_tunnel_dev},
 };
 use crate::maps::HostMaps;
 
-/// A program attached to an interface through a TCX link pinned at
+/// A program attached to an interface through a TCX (or XDP) link pinned at
 /// `<dir>/links/<link>@<ifindex>` (`<link>` is the interface name for its ingress, the name
 /// plus [`EGRESS_SUFFIX`] for its egress, plus [`UNDERLAY_SUFFIX`] for the underlay program,
-/// which may share the external NIC's ingress): it stays attached when the agent exits, and the next
+/// which may share the external NIC's ingress, plus [`XDP_SUFFIX`] for the external NIC's
+/// XDP program): it stays attached when the agent exits, and the next
 /// agent swaps its own program in atomically (BPF_LINK_UPDATE), so traffic never sees a gap.
 struct Attached {
     iface: String,
@@ -56,11 +58,15 @@ const EGRESS_SUFFIX: &str = ":out";
 /// never an interface's own name).
 const UNDERLAY_SUFFIX: &str = ":underlay";
 
+/// Appended to an interface name for the link of its XDP program.
+const XDP_SUFFIX: &str = ":xdp";
+
 /// The name of the link of `prog` on `iface`.
 fn link_name(iface: &str, prog: &str) -> String {
     match prog {
         PROG_TAP_OUT => format!("{iface}{EGRESS_SUFFIX}"),
         PROG_UNDERLAY => format!("{iface}{UNDERLAY_SUFFIX}"),
+        PROG_EXT_XDP => format!("{iface}{XDP_SUFFIX}"),
         _ => iface.to_string(),
     }
 }
@@ -97,35 +103,17 @@ impl Datapath {
         Ok(dp)
     }
 
-    /// Attach `prog` to `iface` (its egress for [`PROG_TAP_OUT`], else its ingress), taking
-    /// over the pinned link a previous agent left for the same interface instance if there is
-    /// one.
+    /// Attach `prog` to `iface` (its egress for [`PROG_TAP_OUT`], native XDP for
+    /// [`PROG_EXT_XDP`], else its TC ingress), taking over the pinned link a previous agent
+    /// left for the same interface instance if there is one.
     fn attach(&mut self, prog: &'static str, iface: &str, ifindex: u32) -> Result<(), AttachError> {
-        let err = |source| AttachError::Attach {
-            prog,
-            iface: iface.into(),
-            source,
-        };
         let name = link_name(iface, prog);
         let path = link_pin(&self.dir, &name, ifindex);
-        let hook = if prog == PROG_TAP_OUT {
-            TcAttachType::Egress
+        let fd = if prog == PROG_EXT_XDP {
+            self.xdp_link(iface, &path)?
         } else {
-            TcAttachType::Ingress
+            self.tc_link(prog, iface, &path)?
         };
-        let p = program(&mut self.ebpf, prog)?;
-        let adopted = PinnedLink::from_pin(&path)
-            .ok()
-            .and_then(|old| SchedClassifierLink::try_from(FdLink::from(old)).ok());
-        let id = match adopted {
-            Some(link) => p.attach_to_link(link).map_err(err)?,
-            None => p.attach(iface, hook).map_err(err)?,
-        };
-        let link = p.take_link(id).map_err(err)?;
-        let fd: FdLink = link.try_into().map_err(|e| AttachError::Link {
-            iface: iface.into(),
-            source: e,
-        })?;
         // The adopted link is the one pinned at `path`: re-pin our handle in its place.
         let _ = std::fs::remove_file(&path);
         let link = fd.pin(&path).map_err(|source| AttachError::Pin {
@@ -142,6 +130,62 @@ impl Datapath {
             },
         );
         Ok(())
+    }
+
+    /// A TCX link of `prog` on `iface`: the one pinned at `path` with `prog` swapped in, or
+    /// a new one.
+    fn tc_link(
+        &mut self,
+        prog: &'static str,
+        iface: &str,
+        path: &Path,
+    ) -> Result<FdLink, AttachError> {
+        let err = |source| AttachError::Attach {
+            prog,
+            iface: iface.into(),
+            source,
+        };
+        let hook = if prog == PROG_TAP_OUT {
+            TcAttachType::Egress
+        } else {
+            TcAttachType::Ingress
+        };
+        let p = program(&mut self.ebpf, prog)?;
+        let adopted = PinnedLink::from_pin(path)
+            .ok()
+            .and_then(|old| SchedClassifierLink::try_from(FdLink::from(old)).ok());
+        let id = match adopted {
+            Some(link) => p.attach_to_link(link).map_err(err)?,
+            None => p.attach(iface, hook).map_err(err)?,
+        };
+        let link = p.take_link(id).map_err(err)?;
+        link.try_into().map_err(|e| AttachError::Link {
+            iface: iface.into(),
+            source: e,
+        })
+    }
+
+    /// The external NIC's XDP link, in the driver (native XDP only: generic XDP would only
+    /// add work in front of the TC program), as [`Self::tc_link`].
+    fn xdp_link(&mut self, iface: &str, path: &Path) -> Result<FdLink, AttachError> {
+        let err = |source| AttachError::Attach {
+            prog: PROG_EXT_XDP,
+            iface: iface.into(),
+            source,
+        };
+        let p = xdp_program(&mut self.ebpf)?;
+        let adopted = PinnedLink::from_pin(path)
+            .ok()
+            .and_then(|old| XdpLink::try_from(FdLink::from(old)).ok());
+        let id = match adopted {
+            Some(link) => p.attach_to_link(link).map_err(err)?,
+            None => p.attach(iface, XdpMode::Driver).map_err(err)?,
+        };
+        let link = p.take_link(id).map_err(err)?;
+        link.try_into().map_err(|e| AttachError::Link {
+            iface: iface.into(),
+            source: e,
+        })
     }
 
     fn detach(&mut self, link: &str) {
@@ -247,6 +291,18 @@ impl Datapath {
     /// interface that went away, was recreated or is no longer configured.
     pub fn sync_external(&mut self, want: Option<(&str, u32)>) -> Result<(), AttachError> {
         self.sync_one(PROG_EXT, want)
+    }
+
+    /// Attach the external NIC's XDP program to `want` as [`Self::sync_external`] does the
+    /// TC one (`None` detaches it, e.g. with `--ext-xdp off`). An error (the driver has no
+    /// native XDP) leaves the TC program serving the NIC alone.
+    pub fn sync_external_xdp(&mut self, want: Option<(&str, u32)>) -> Result<(), AttachError> {
+        self.sync_one(PROG_EXT_XDP, want)
+    }
+
+    /// The external interface the XDP program is on: (name, ifindex).
+    pub fn external_xdp(&self) -> Option<(String, u32)> {
+        self.served_by(PROG_EXT_XDP)
     }
 
     /// Attach the underlay program to `want` (name, ifindex) as [`Self::sync_external`]

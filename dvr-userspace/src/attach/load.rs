@@ -1,7 +1,10 @@
 //! Loading the embedded BPF object with its maps pinned (adopted when compatible).
 use std::path::{Path, PathBuf};
 
-use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{SchedClassifier, Xdp},
+};
 
 use super::error::AttachError;
 
@@ -10,6 +13,8 @@ pub const PROG_TAP: &str = "dvr_tap";
 pub const PROG_TAP_OUT: &str = "dvr_tap_out";
 pub const PROG_TUNNEL: &str = "dvr_tunnel";
 pub const PROG_EXT: &str = "dvr_ext";
+/// XDP (native) on the external interface, in front of [`PROG_EXT`] (`--ext-xdp`).
+pub const PROG_EXT_XDP: &str = "dvr_ext_xdp";
 /// On the underlay NIC (`--tunnel-decap bpf`): VXLAN frames decapsulated there.
 pub const PROG_UNDERLAY: &str = "dvr_underlay";
 
@@ -18,6 +23,17 @@ pub fn program<'a>(
     ebpf: &'a mut Ebpf,
     prog: &'static str,
 ) -> Result<&'a mut SchedClassifier, AttachError> {
+    let p = ebpf.program_mut(prog).ok_or(AttachError::Program {
+        prog,
+        source: aya::programs::ProgramError::UnexpectedProgramType,
+    })?;
+    p.try_into()
+        .map_err(|source| AttachError::Program { prog, source })
+}
+
+/// The XDP program of the loaded object.
+pub fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, AttachError> {
+    let prog = PROG_EXT_XDP;
     let p = ebpf.program_mut(prog).ok_or(AttachError::Program {
         prog,
         source: aya::programs::ProgramError::UnexpectedProgramType,
@@ -66,5 +82,11 @@ pub fn load_object(dir: &Path, opts: &LoadOptions) -> Result<Ebpf, AttachError> 
             .load()
             .map_err(|source| AttachError::Program { prog, source })?;
     }
+    xdp_program(&mut ebpf)?
+        .load()
+        .map_err(|source| AttachError::Program {
+            prog: PROG_EXT_XDP,
+            source,
+        })?;
     Ok(ebpf)
 }

@@ -20,7 +20,8 @@ pub use datapath::{Datapath, uninstall};
 pub use error::AttachError;
 pub use linkwatch::LinkWatch;
 pub use load::{
-    LoadOptions, PROG_EXT, PROG_TAP, PROG_TAP_OUT, PROG_TUNNEL, PROG_UNDERLAY, load_object, program,
+    LoadOptions, PROG_EXT, PROG_EXT_XDP, PROG_TAP, PROG_TAP_OUT, PROG_TUNNEL, PROG_UNDERLAY,
+    load_object, program, xdp_program,
 };
-pub use netlink::{interface_with_ipv4, interfaces, mac_of, mtu_of};
+pub use netlink::{interface_with_ipv4, interfaces, link_kinds, mac_of, mtu_of};
 pub use tunnel::{TUNNEL_DEV, VXLAN_PORT, enable_tunnel_forwarding, ensure_tunnel_dev};

@@ -322,6 +322,14 @@ pub fn interfaces() -> Result<BTreeMap<String, u32>, NetlinkError> {
         .map(|links| links.into_iter().map(|l| (l.name, l.index)).collect())
 }
 
+/// Every interface's kind (`veth`, `tun` ...; `None` for NICs and lo) in the calling
+/// thread's network namespace, by name.
+pub fn link_kinds() -> Result<BTreeMap<String, Option<InfoKind>>, NetlinkError> {
+    Rtnl::open()
+        .and_then(|mut r| r.links())
+        .map(|links| links.into_iter().map(|l| (l.name, l.kind)).collect())
+}
+
 /// MTU of interface `name` in the calling thread's network namespace; `None` when there is
 /// no such interface (or it cannot be read).
 pub fn mtu_of(name: &str) -> Option<u32> {

@@ -82,6 +82,27 @@ struct Args {
     /// through the VXLAN device, with UDP tunnel GRO).
     #[arg(long, default_value = "bpf", value_parser = agent::TunnelMode::parse)]
     tunnel_decap: agent::TunnelMode,
+    /// XDP on the external interface: `native` (in the driver, in front of the TC program:
+    /// proxy ARP replies and the floating IPs of ports without security groups are served
+    /// before the kernel builds a socket buffer; where the driver has no native XDP, the
+    /// TC program serves everything, as with `off`) or `off`.
+    #[arg(long, default_value = "native", value_parser = parse_ext_xdp, action = clap::ArgAction::Set)]
+    ext_xdp: bool,
+    /// The peers of this host's veth interfaces (an external interface or taps that are
+    /// veth pairs) have GRO on (or an XDP program), so the kernel runs NAPI for them and
+    /// they take frames sent from XDP. Without it, XDP is not attached to a veth external
+    /// interface, and only tun/tap devices (what hypervisors give VMs) get floating-IP
+    /// packets straight from the external interface's XDP.
+    #[arg(long)]
+    xdp_veth_peers: bool,
+}
+
+fn parse_ext_xdp(s: &str) -> Result<bool, String> {
+    match s {
+        "native" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("{other:?}: expected native or off")),
+    }
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
@@ -121,6 +142,8 @@ impl Args {
             },
             tunnel_encap: self.tunnel_encap,
             tunnel_decap: self.tunnel_decap,
+            ext_xdp: self.ext_xdp,
+            xdp_veth_peers: self.xdp_veth_peers,
         }
     }
 }

@@ -9,11 +9,13 @@
 //! with the loaded object.
 
 use anyhow::{Context, Result, anyhow};
+use aya::programs::ProgramInfo;
 use dvr_userspace::attach::{
-    PROG_EXT, PROG_TAP, PROG_TAP_OUT, PROG_TUNNEL, PROG_UNDERLAY, program,
+    PROG_EXT, PROG_EXT_XDP, PROG_TAP, PROG_TAP_OUT, PROG_TUNNEL, PROG_UNDERLAY, program,
+    xdp_program,
 };
 
-/// The three programs, in pipeline order.
+/// The TC programs, in pipeline order (then the XDP program, [`PROG_EXT_XDP`]).
 pub const PROGRAMS: [&str; 5] = [PROG_TAP, PROG_TAP_OUT, PROG_TUNNEL, PROG_EXT, PROG_UNDERLAY];
 
 /// Verified instruction count of one program.
@@ -27,23 +29,33 @@ pub struct Count {
 /// program.
 pub fn counts(object: &[u8]) -> Result<Vec<Count>> {
     let mut ebpf = aya::Ebpf::load(object).context("loading the BPF object")?;
-    PROGRAMS
+    let mut out = PROGRAMS
         .iter()
         .map(|&prog| {
             let p = program(&mut ebpf, prog)?;
             p.load().with_context(|| format!("verifying {prog}"))?;
-            let info = p
-                .info()
-                .with_context(|| format!("bpf_prog_info of {prog}"))?;
-            let verified_insns = info
-                .verified_instruction_count()
-                .ok_or_else(|| anyhow!("{prog}: the kernel reports no verified_insns"))?;
-            Ok(Count {
-                program: prog,
-                verified_insns,
-            })
+            count(prog, p.info())
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    let p = xdp_program(&mut ebpf)?;
+    p.load()
+        .with_context(|| format!("verifying {PROG_EXT_XDP}"))?;
+    out.push(count(PROG_EXT_XDP, p.info())?);
+    Ok(out)
+}
+
+fn count(
+    program: &'static str,
+    info: Result<ProgramInfo, aya::programs::ProgramError>,
+) -> Result<Count> {
+    let info = info.with_context(|| format!("bpf_prog_info of {program}"))?;
+    let verified_insns = info
+        .verified_instruction_count()
+        .ok_or_else(|| anyhow!("{program}: the kernel reports no verified_insns"))?;
+    Ok(Count {
+        program,
+        verified_insns,
+    })
 }
 
 /// The counts of the object embedded in the agent.

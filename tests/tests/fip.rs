@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use dvr_common::stats::Stat;
 use dvr_tests::cmd::{self, wait_until};
+use dvr_tests::sg::rule_in;
 use dvr_tests::{
-    Cloud, Counters, EXT, EXT_GATEWAY, INTERNET_HOST, Packet, Topology, VmSpec, all_ttl,
-    not_sentinel, require_preconditions,
+    Cloud, Counters, EXT, EXT_GATEWAY, INTERNET_HOST, Packet, SecurityGroup, Topology, VmSpec,
+    all_ttl, not_sentinel, require_preconditions,
 };
 use serde_json::Value;
 
@@ -180,6 +181,134 @@ fn external_host_reaches_a_vm_through_its_fip() -> Result<()> {
     ensure!(
         h2 == 0,
         "h2 does not serve the FIP, yet its fip_dnat grew by {h2}"
+    );
+    Ok(())
+}
+
+/// The external NIC's XDP program (`--ext-xdp native`, the default; test clouds give every
+/// veth peer NAPI and whole checksums, `--xdp-veth-peers`): h1 answers ARP for its FIPs and
+/// translates the UDP of v1 (no security groups) in XDP, counted xdp_ext besides
+/// ext_arp_reply and fip_dnat, and v1 receives exactly what TC would have given it (its
+/// fixed IP, the real source, TTL 63, from its gateway MAC), with the flow in conntrack;
+/// v2 has a security group, so its packets pass to TC, whose rules still hold (a port it
+/// does not open is refused). h2 runs with `--ext-xdp off`: no XDP link, the same service.
+#[test]
+fn external_nic_xdp_serves_arp_and_the_fips_of_ports_without_security_groups() -> Result<()> {
+    require_preconditions();
+    let mut t = base_topology(3111, 111, false);
+    t.host_agent_args("h2", &["--ext-xdp", "off"]);
+    t.security_group(SecurityGroup::new(
+        "sg-udp",
+        vec![rule_in("r-udp").udp(7102, 7102)],
+    ));
+    t.vm(VmSpec::new("v1", "a", "h1"))
+        .vm(VmSpec::new("v2", "a", "h1").security_groups(&["sg-udp"]))
+        .vm(VmSpec::new("v3", "a", "h2"))
+        .fip("f1", Some("v1"))
+        .fip("f2", Some("v2"))
+        .fip("f3", Some("v3"));
+    let mut c = t.build()?;
+    let v1 = c.vm("v1")?.clone();
+    let (f1, f2, f3) = (c.fip_ip("f1")?, c.fip_ip("f2")?, c.fip_ip("f3")?);
+    let gw_mac = c.gateway_mac("a")?;
+    let pins = |host: &str| -> Result<bool> {
+        Ok(c.link_pins(host)?
+            .iter()
+            .any(|p| p.starts_with("ext0:xdp@")))
+    };
+    ensure!(
+        pins("h1")?,
+        "h1 must hold its XDP link pin: {:?}",
+        c.link_pins("h1")?
+    );
+    ensure!(
+        !pins("h2")?,
+        "h2 runs --ext-xdp off: {:?}",
+        c.link_pins("h2")?
+    );
+
+    // v1: ARP and UDP in XDP.
+    let start = Counters::take(&c, &["h1", "h2"])?;
+    let at_v1 = c.capture_vm("v1", "udp port 7101")?;
+    let _s1 = c.udp_echo_server("v1", 7101)?;
+    for n in 0..3u16 {
+        let r = c.udp_request(EXT, f1, 7101, b"dvr-xdp", Some(INTERNET_HOST), 3)?;
+        ensure!(
+            r.from == SocketAddrV4::new(f1, 7101) && r.payload == b"dvr-xdp",
+            "request {n}: the reply must come from {f1}:7101: {r:?}"
+        );
+    }
+    let got = at_v1.wait_for_count("UDP from 198.51.100.10", 3, WAIT, |p| {
+        udp_flow(p, INTERNET_HOST, None, v1.ip, 7101)
+    })?;
+    for p in &got {
+        ensure!(
+            p.outer_eth() == Some((gw_mac.clone(), v1.mac.clone())) && p.ttls() == vec![63],
+            "v1 must receive from its gateway MAC {gw_mac} with TTL 63: {p}"
+        );
+    }
+    let xdp = start.delta(&c, "h1", Stat::XdpExt)?;
+    let arp = start.delta(&c, "h1", Stat::ExtArpReply)?;
+    let dnat = start.delta(&c, "h1", Stat::FipDnat)?;
+    ensure!(
+        arp >= 1 && dnat >= 3 && xdp >= dnat + 1,
+        "h1: the ARP reply and 3 datagrams in XDP: xdp_ext +{xdp}, ext_arp_reply +{arp}, \
+         fip_dnat +{dnat}"
+    );
+    let ct = c.conntrack_for("h1", "f1")?;
+    ensure!(
+        ct.iter().any(|e| e["proto"] == "udp"
+            && e["src"] == s(INTERNET_HOST).as_str()
+            && e["dst"] == s(f1).as_str()
+            && e["dport"] == 7101
+            && e["nat"] == "dnat"
+            && e["nat_ip"] == s(v1.ip).as_str()),
+        "the flow XDP translated must be in conntrack: {ct:?}"
+    );
+
+    // v2 (a security group): ARP may be answered in XDP, the packets are TC's.
+    let _s2 = c.udp_echo_server("v2", 7102)?;
+    let before = Counters::take(&c, &["h1"])?;
+    for n in 0..3u16 {
+        let r = c.udp_request(EXT, f2, 7102, b"dvr-tc", Some(INTERNET_HOST), 3)?;
+        ensure!(
+            r.from == SocketAddrV4::new(f2, 7102),
+            "request {n}: the reply must come from {f2}:7102: {r:?}"
+        );
+    }
+    ensure!(
+        c.udp_request(EXT, f2, 7103, b"refused", Some(INTERNET_HOST), 1)
+            .is_err(),
+        "v2's group does not open UDP 7103"
+    );
+    wait_until("h1 to refuse UDP 7103 for v2", WAIT, |why| {
+        let d = before.delta(&c, "h1", Stat::DropSgIngress)?;
+        *why = format!("drop_sg_ingress +{d}");
+        Ok((d >= 1).then_some(()))
+    })?;
+    let xdp = before.delta(&c, "h1", Stat::XdpExt)?;
+    let arp = before.delta(&c, "h1", Stat::ExtArpReply)?;
+    let dnat = before.delta(&c, "h1", Stat::FipDnat)?;
+    ensure!(
+        dnat >= 3 && xdp <= arp,
+        "h1: v2's datagrams in TC, only ARP replies in XDP: fip_dnat +{dnat}, xdp_ext +{xdp}, \
+         ext_arp_reply +{arp}"
+    );
+
+    // h2 without XDP serves v3's FIP all the same, in TC.
+    let _s3 = c.udp_echo_server("v3", 7104)?;
+    let r = c.udp_request(EXT, f3, 7104, b"dvr-off", Some(INTERNET_HOST), 3)?;
+    ensure!(
+        r.from == SocketAddrV4::new(f3, 7104),
+        "reply from {f3}:7104: {r:?}"
+    );
+    let (xdp, dnat) = (
+        start.delta(&c, "h2", Stat::XdpExt)?,
+        start.delta(&c, "h2", Stat::FipDnat)?,
+    );
+    ensure!(
+        xdp == 0 && dnat >= 1,
+        "h2 runs --ext-xdp off: xdp_ext +{xdp} (want 0), fip_dnat +{dnat}"
     );
     Ok(())
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use dvr_common::stats::Stat;
+use dvr_tests::TraceProbe;
 use dvr_tests::cmd::{self, wait_until};
 use dvr_tests::sg::rule_in;
 use dvr_tests::{
@@ -294,6 +295,22 @@ fn external_nic_xdp_serves_arp_and_the_fips_of_ports_without_security_groups() -
         "h1: v2's datagrams in TC, only ARP replies in XDP: fip_dnat +{dnat}, xdp_ext +{xdp}, \
          ext_arp_reply +{arp}"
     );
+
+    // dvrctl trace says which FIP packets XDP serves.
+    for (host, fip, port, want) in [
+        ("h1", f1, 7101, true),
+        ("h1", f2, 7102, false),
+        ("h2", f3, 7104, false),
+    ] {
+        let t = c.trace(
+            host,
+            &TraceProbe::udp("ext0", INTERNET_HOST, 40000, fip, port),
+        )?;
+        ensure!(
+            t.verdict == "fip_dnat" && t.also.iter().any(|a| a == "xdp_ext") == want,
+            "trace on {host} of UDP to {fip}:{port}: fip_dnat, xdp_ext in `also` {want}: {t:?}"
+        );
+    }
 
     // h2 without XDP serves v3's FIP all the same, in TC.
     let _s3 = c.udp_echo_server("v3", 7104)?;

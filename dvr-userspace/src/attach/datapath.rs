@@ -71,6 +71,12 @@ fn link_name(iface: &str, prog: &str) -> String {
     }
 }
 
+/// Whether an agent of the host whose pins are in `dir` has the external NIC's XDP program
+/// on `iface` (its pinned link), for `dvrctl trace`.
+pub fn xdp_pinned(dir: &Path, iface: &str, ifindex: u32) -> bool {
+    link_pin(dir, &link_name(iface, PROG_EXT_XDP), ifindex).exists()
+}
+
 fn links_dir(dir: &Path) -> PathBuf {
     dir.join("links")
 }

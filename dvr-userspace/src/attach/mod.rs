@@ -16,7 +16,7 @@ pub mod netlink;
 mod tunnel;
 
 pub use bpffs::ensure_bpffs;
-pub use datapath::{Datapath, uninstall};
+pub use datapath::{Datapath, uninstall, xdp_pinned};
 pub use error::AttachError;
 pub use linkwatch::LinkWatch;
 pub use load::{

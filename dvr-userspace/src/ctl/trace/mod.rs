@@ -15,7 +15,8 @@ mod v6;
 mod walk;
 
 use dvr_common::{
-    config::{HOST_DECAP_BPF, HOST_ENCAP_BPF},
+    config::{HOST_DECAP_BPF, HOST_ENCAP_BPF, HostConfig},
+    port::{PORT_FLAG_DOWN, PORT_FLAG_SG, PORT_FLAG_XDP},
     stats::Stat,
 };
 use serde::Serialize;
@@ -63,6 +64,19 @@ pub fn trace_named(maps: &HostMaps, p: Probe, names: Option<&Names>) -> Result<T
     };
     let o = w.tap_out(o)?;
     let mut also = Vec::new();
+    if is_ext && in_xdp(maps, &w.p, &o, &cfg)? {
+        w.steps.insert(
+            0,
+            Step {
+                stage: "xdp",
+                what: "served by the external NIC's XDP program, before any socket buffer \
+                       (a plain TCP/UDP packet for a port without security groups whose tap \
+                       takes XDP frames)"
+                    .into(),
+            },
+        );
+        also.push(Stat::XdpExt.as_str());
+    }
     // A frame from another host, not GSO (as a traced packet is), is decapsulated on the
     // underlay NIC where the agent does that; one for another host is encapsulated here.
     if w.p.iface == tunnel && cfg.flags & HOST_DECAP_BPF != 0 {
@@ -105,6 +119,26 @@ pub fn trace_named(maps: &HostMaps, p: Probe, names: Option<&Names>) -> Result<T
         out_src_mac: o.src_mac.map(fmt_mac),
         out_dst_mac: o.dst_mac.map(fmt_mac),
     })
+}
+
+/// Whether the external NIC's XDP program finishes `p` (`fip::inbound_xdp`): a plain TCP or
+/// UDP IPv4 packet whose floating IP delivers it to a local tap marked `PORT_FLAG_XDP`,
+/// without security groups, with the XDP program attached.
+fn in_xdp(maps: &HostMaps, p: &Probe, o: &walk::Out, cfg: &HostConfig) -> Result<bool, MapsError> {
+    let tap = o
+        .output
+        .as_deref()
+        .and_then(|t| t.strip_prefix("tap#"))
+        .and_then(|t| t.parse::<u32>().ok());
+    let (Some(tap), Stat::FipDnat, None, 6 | 17, 2..) = (tap, o.stat, p.v6, p.proto, p.ttl) else {
+        return Ok(false);
+    };
+    if !crate::attach::xdp_pinned(&maps.dir, &p.iface, cfg.ext_ifindex) {
+        return Ok(false);
+    }
+    Ok(maps.local_ports.get(&tap)?.is_some_and(|port| {
+        port.flags & (PORT_FLAG_XDP | PORT_FLAG_SG | PORT_FLAG_DOWN) == PORT_FLAG_XDP
+    }))
 }
 
 /// Human rendering.

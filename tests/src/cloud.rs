@@ -318,6 +318,9 @@ pub struct Topology {
     pub security_groups: Vec<state::SecurityGroup>,
     pub security_group_rules: Vec<state::SecurityGroupRule>,
     pub address_groups: Vec<state::AddressGroup>,
+    /// Plain veth pairs ([`Topology::plain_veths`]): no GRO on the peers that XDP sends to,
+    /// transmit checksum offload left on, and no `--xdp-veth-peers`, so no XDP on `ext0`.
+    pub plain_veths: bool,
 }
 
 impl Topology {
@@ -524,6 +527,16 @@ impl Topology {
             name: id.into(),
             addresses: addresses.iter().map(|a| a.to_string()).collect(),
         });
+        self
+    }
+
+    /// Leave the veth pairs as `ip link add` makes them, as the agent's defaults expect of
+    /// a veth: the external interface is then served by TC alone. By default a test cloud
+    /// readies every veth peer for XDP (GRO on, so the kernel runs NAPI for it; the
+    /// external bridge's ports send whole checksums) and tells the agents so
+    /// (`--xdp-veth-peers`), so the external interface's XDP program runs.
+    pub fn plain_veths(&mut self) -> &mut Topology {
+        self.plain_veths = true;
         self
     }
 
@@ -753,6 +766,8 @@ pub struct Cloud {
     pub(crate) vips: Vec<VipInfo>,
     /// Extra arguments for agents started from now on.
     pub agent_args: Vec<String>,
+    /// Veth peers readied for XDP, agents told so (unless [`Topology::plain_veths`]).
+    pub(crate) xdp_veths: bool,
     /// Where agents started from now on take their state from.
     pub(crate) agent_source: AgentSource,
     /// The etcd server of the cloud, if started ([`crate::etcd`]); stopped after the agents.
@@ -801,6 +816,7 @@ impl Cloud {
             fips: Vec::new(),
             vips: Vec::new(),
             agent_args: Vec::new(),
+            xdp_veths: true,
             agent_source: AgentSource::File,
             etcd: None,
             neutron: None,
@@ -826,6 +842,7 @@ impl Cloud {
         ])?;
         ip(&["-n", &self.underlay_ns, "link", "set", "br0", "up"])?;
         self.agent_args = topo.agent_args.clone();
+        self.xdp_veths = !topo.plain_veths;
         if topo.external {
             self.create_external()?;
         }
@@ -1182,7 +1199,9 @@ impl Cloud {
             crate::ipv6::configure_vm(&ns, v6, vm.ip6)?;
         }
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-        crate::cmd::gro_on(&ns, "eth0")?;
+        if self.xdp_veths {
+            crate::cmd::gro_on(&ns, "eth0")?;
+        }
         if net.cidr.contains(net.gateway) {
             ip(&[
                 "-n",
@@ -1265,11 +1284,12 @@ impl Cloud {
             SpawnSource::File(path) => cmd.arg("--state").arg(path),
             SpawnSource::Etcd(url) => cmd.arg("--etcd").arg(url),
         };
-        // Every veth peer in a test cloud has GRO on (`cmd::gro_on`).
-        cmd.arg("--bpffs")
-            .arg(&self.bpffs)
-            .arg("--xdp-veth-peers")
-            .args(&self.agent_args)
+        cmd.arg("--bpffs").arg(&self.bpffs);
+        // Every veth peer has GRO on (`cmd::gro_on`), unless `Topology::plain_veths`.
+        if self.xdp_veths {
+            cmd.arg("--xdp-veth-peers");
+        }
+        cmd.args(&self.agent_args)
             .args(&h.agent_args)
             .stdin(Stdio::null())
             .stdout(fs::File::create(&stdout).with_context(|| format!("{}", stdout.display()))?)

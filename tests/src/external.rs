@@ -423,8 +423,10 @@ impl Cloud {
             EXT_BRIDGE,
         ])?;
         ip(&["-n", &ext.ns, "link", "set", &bridge_port, "up"])?;
-        cmd::gro_on(&ext.ns, &bridge_port)?;
-        cmd::tx_checksum_off(&ext.ns, &bridge_port)?;
+        if self.xdp_veths {
+            cmd::gro_on(&ext.ns, &bridge_port)?;
+            cmd::tx_checksum_off(&ext.ns, &bridge_port)?;
+        }
         let fg_port_id = new_id(crate::cloud::KIND_PORT, self.seq);
         self.state.ports.push(state::Port {
             id: fg_port_id.clone(),

@@ -203,8 +203,9 @@ impl Cloud {
         let args: Vec<&String> = self.agent_args.iter().chain(&h.agent_args).collect();
         let given =
             |flag: &str, value: &str| args.windows(2).any(|w| w[0] == flag && w[1] == value);
-        // The external NIC's XDP link (":xdp"), unless its agent runs with `--ext-xdp off`.
-        if h.ext.is_some() && !given("--ext-xdp", "off") {
+        // The external NIC's XDP link (":xdp"), unless its agent runs with `--ext-xdp off`
+        // or the cloud's veths are plain (then no `--xdp-veth-peers`).
+        if h.ext.is_some() && self.xdp_veths && !given("--ext-xdp", "off") {
             want.insert(format!(
                 "{EXT_IFACE}:xdp@{}",
                 self.host_ifindex(host, EXT_IFACE)?

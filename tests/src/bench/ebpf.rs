@@ -21,9 +21,15 @@ use super::{PathEnds, PathKind, percentile};
 use crate::external::{EXT_GATEWAY, INTERNET_HOST};
 use crate::{Cloud, Topology, VmSpec};
 
-/// The benchmark cloud (also the floor's, [`super::floor`]).
-pub fn topology() -> Topology {
+/// The benchmark cloud (also the floor's, [`super::floor`]). Its veths are plain (the
+/// agent's defaults: the external interface served by TC) unless `xdp_veths` (`dvr-bench
+/// --xdp-veths`: their peers readied for XDP and the agents told so, see
+/// [`Topology::plain_veths`]).
+pub fn topology(xdp_veths: bool) -> Topology {
     let mut t = Topology::new();
+    if !xdp_veths {
+        t.plain_veths();
+    }
     t.host("c1").host("c2").snat_host("s").external();
     t.network("a", 101, "192.168.1.0/24")
         .network("b", 102, "192.168.2.0/24");
@@ -39,8 +45,8 @@ pub fn topology() -> Topology {
 
 /// Builds the cloud, its agents run with `agent_args` besides the test bed's, and waits
 /// until every agent is ready.
-pub fn build(agent_args: &[String]) -> Result<Cloud> {
-    let mut t = topology();
+pub fn build(agent_args: &[String], xdp_veths: bool) -> Result<Cloud> {
+    let mut t = topology(xdp_veths);
     t.agent_args(&agent_args.iter().map(String::as_str).collect::<Vec<_>>());
     let mut cloud = t.build().context("building the eBPF cloud")?;
     // Logs are printed by the caller when something fails, not on every drop.

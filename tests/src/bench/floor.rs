@@ -112,8 +112,8 @@ fn receive(ns: &str, local: Ipv4Addr, to: &str) -> Result<[Ebpf; 2]> {
 }
 
 /// Builds the eBPF cloud's namespaces with no agent, and a `dvr-vx` in each host.
-pub fn build() -> Result<Floor> {
-    let mut cloud = super::ebpf::topology()
+pub fn build(xdp_veths: bool) -> Result<Floor> {
+    let mut cloud = super::ebpf::topology(xdp_veths)
         .build_without_agents()
         .context("building the floor's cloud")?;
     cloud.dump_logs_on_drop = false;

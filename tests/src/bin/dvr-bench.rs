@@ -2,7 +2,7 @@
 //! machine's upper bound (one veth pair), in network namespaces. See `dvr_tests::bench`.
 //!
 //! ```text
-//! dvr-bench [--quick] [--out DIR] [--skip verifier,veth,ebpf,floor,namespace,control,sg] [--fips N,..] [--hold S] [--agent-args ARGS]
+//! dvr-bench [--quick] [--out DIR] [--skip verifier,veth,ebpf,floor,namespace,control,sg] [--fips N,..] [--hold S] [--agent-args ARGS] [--xdp-veths]
 //! dvr-bench verifier [OBJECT]
 //! dvr-bench scale [--sizes N,..] [--runs N] [--modes etcd,file] [--quick] [--out DIR]
 //! dvr-bench scale [--out DIR] --from-json FILE
@@ -30,7 +30,11 @@
 //! `--skip` leaves parts out, `--fips` replaces the FIP counts of the control-plane timing,
 //! `--hold S` keeps each cloud S seconds after its measurements (namespaces printed) for
 //! inspection, `--agent-args ARGS` runs the eBPF cloud's agents with ARGS too (e.g.
-//! `--tunnel-decap device`, to measure the VXLAN device's receive path; written as `ebpf`). SIGINT/SIGTERM stop the run between steps and tear everything down.
+//! `--tunnel-decap device`, to measure the VXLAN device's receive path; written as `ebpf`).
+//! `--xdp-veths` readies the veth peers of the eBPF and floor clouds for XDP (GRO on; the
+//! external bridge's ports send whole checksums, without transmit checksum offload) and
+//! runs the agents with `--xdp-veth-peers`, so the external interface's XDP program
+//! serves the floating IPs (by default, as the agent does with a veth, TC serves them). SIGINT/SIGTERM stop the run between steps and tear everything down.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -83,6 +87,9 @@ struct Args {
     fips: Option<Vec<usize>>,
     /// `--agent-args`: extra arguments for every agent of the eBPF cloud.
     agent_args: Vec<String>,
+    /// `--xdp-veths`: the eBPF and floor clouds' veth peers readied for XDP, so the
+    /// external interface's XDP program runs.
+    xdp_veths: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -93,6 +100,7 @@ fn parse_args() -> Result<Args> {
         hold: None,
         fips: None,
         agent_args: Vec::new(),
+        xdp_veths: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -119,6 +127,7 @@ fn parse_args() -> Result<Args> {
                     .ok_or_else(|| anyhow!("--agent-args needs a list"))?;
                 a.agent_args = v.split_whitespace().map(str::to_string).collect();
             }
+            "--xdp-veths" => a.xdp_veths = true,
             "--hold" => {
                 let v = it.next().ok_or_else(|| anyhow!("--hold needs seconds"))?;
                 a.hold = Some(std::time::Duration::from_secs(v.parse().context("--hold")?));
@@ -134,7 +143,7 @@ fn parse_args() -> Result<Args> {
             }
             "-h" | "--help" => {
                 println!(
-                    "dvr-bench [--quick] [--out DIR] [--skip verifier,veth,ebpf,floor,namespace,control,sg] [--fips N,..] [--hold SECONDS] [--agent-args ARGS]\n\
+                    "dvr-bench [--quick] [--out DIR] [--skip verifier,veth,ebpf,floor,namespace,control,sg] [--fips N,..] [--hold SECONDS] [--agent-args ARGS] [--xdp-veths]\n\
                      dvr-bench verifier [OBJECT]\n\
                      eBPF DVR vs Neutron DVR's namespace datapath vs one veth pair; writes \
                      DIR/results.json and DIR/results.svg (default DIR: bench). `verifier`: only \
@@ -399,7 +408,10 @@ fn run_parts(args: &Args, s: &Settings, logs: &Path, report: &mut Report) -> Res
         if !args.agent_args.is_empty() {
             println!("  agents run with {}", args.agent_args.join(" "));
         }
-        match ebpf::build(&args.agent_args) {
+        if args.xdp_veths {
+            println!("  veth peers readied for XDP (--xdp-veth-peers): XDP on ext0");
+        }
+        match ebpf::build(&args.agent_args, args.xdp_veths) {
             Ok(mut cloud) => {
                 let paths = ebpf::paths(&cloud)?;
                 measure_all(report, Datapath::Ebpf, &paths, s, logs, || {
@@ -431,7 +443,7 @@ fn run_parts(args: &Args, s: &Settings, logs: &Path, report: &mut Report) -> Res
     bail_if_interrupted()?;
     if !skip("floor") {
         section("floor: the same topology, redirect-only BPF");
-        match floor::build() {
+        match floor::build(args.xdp_veths) {
             Ok(mut f) => {
                 for p in f.paths()? {
                     bail_if_interrupted()?;

@@ -17,6 +17,7 @@
 //!   before what leads packets to it: floating IPs last, since their entry attracts traffic
 //!   through proxy ARP) and deleted bottom to top;
 //! - `agent_keys`: the agent decides which keys exist, the datapath fills their values;
+//! - `interfaces`: written by the agent from the host's interfaces, never by reconcile;
 //! - `election`: written by the HA election only, never by reconcile;
 //! - `datapath`: written by the datapath; the agent reads, expires or prunes them.
 //!
@@ -28,8 +29,8 @@
 //! `agent` maps) plus its compile step in `dvr-userspace/src/compile/`.
 
 /// Hands the map table to `$consumer!` (a `macro_rules!` macro in scope where this is
-/// invoked), as sections `owner { rows }` in the order config, agent, agent_keys, election,
-/// datapath; each row is `#[doc] field: NAME, Kind<Key, Value>, capacity;`.
+/// invoked), as sections `owner { rows }` in the order config, agent, agent_keys,
+/// interfaces, election, datapath; each row is `#[doc] field: NAME, Kind<Key, Value>, capacity;`.
 #[macro_export]
 macro_rules! map_table {
     ($consumer:ident) => {
@@ -150,6 +151,14 @@ macro_rules! map_table {
                 ext_neigh6: DVR_EXT_NEIGH6, Hash<$crate::ip6::Addr6, $crate::nat::Neigh>,
                     $crate::ip6::EXT_NEIGH6_MAX;
             }
+            interfaces {
+                /// `u32 tap ifindex -> u32 (1)`: the local taps that take frames redirected
+                /// from XDP (tun/tap devices; veth with `--xdp-veth-peers`), where the
+                /// external NIC's XDP program may deliver a floating IP's packets. A fact of
+                /// the host's interfaces, not of the state: written by the agent from its
+                /// interface list whenever the taps change, never by compile/reconcile.
+                xdp_taps: DVR_XDP_TAPS, Hash<u32, u32>, $crate::port::LOCAL_PORTS_MAX;
+            }
             election {
                 /// `u32 router id -> u64 active_until_ns`: the fence of an HA router
                 /// (docs/HA.md). The datapath serves a router whose entries carry `SNAT_HA` (or
@@ -223,7 +232,7 @@ mod tests {
             assert!(name.starts_with("DVR_"), "{name}");
             assert!(!NAMES[i + 1..].contains(name), "{name} twice");
         }
-        assert_eq!(NAMES.len(), 41);
+        assert_eq!(NAMES.len(), 42);
         assert_eq!(DVR_CT, "DVR_CT");
     }
 }

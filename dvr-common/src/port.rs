@@ -15,11 +15,6 @@ pub const PORT_FLAG_SG: u32 = 2;
 pub const PORT_FLAG_SG_STATELESS: u32 = 4;
 /// `admin_state_up: false`: nothing in or out (`drop_port_down`).
 pub const PORT_FLAG_DOWN: u32 = 8;
-/// The port's tap takes frames redirected from XDP (a tun/tap device; a veth whose VM end
-/// runs NAPI, with `--xdp-veth-taps`): set by the agent, not compiled from the state. The
-/// external NIC's XDP program delivers a floating IP's packets to such a port when it has
-/// no security groups (nothing for the tap's egress program, which XDP skips, to check).
-pub const PORT_FLAG_XDP: u32 = 16;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -147,13 +147,7 @@ pub fn ip(args: &[&str]) -> Result<()> {
 /// frames that XDP on its peer sends (`XDP_TX`, `XDP_REDIRECT`); what the agents'
 /// `--xdp-veth-peers` says of every veth peer in a test cloud.
 pub fn gro_on(ns: &str, dev: &str) -> Result<()> {
-    let out = exec(ns, &["ethtool", "-K", dev, "gro", "on"])?;
-    ensure!(
-        out.status.success(),
-        "ethtool -K {dev} gro on in {ns}: {}",
-        text(&out).trim()
-    );
-    Ok(())
+    ethtool_k(ns, dev, "gro", "on")
 }
 
 /// Transmit checksum offload off for veth `dev` in namespace `ns`: what it sends carries
@@ -162,10 +156,15 @@ pub fn gro_on(ns: &str, dev: &str) -> Result<()> {
 /// kernel's software GSO. What the agents' `--xdp-veth-peers` says of the external
 /// bridge's ports in a test cloud.
 pub fn tx_checksum_off(ns: &str, dev: &str) -> Result<()> {
-    let out = exec(ns, &["ethtool", "-K", dev, "tx", "off"])?;
+    ethtool_k(ns, dev, "tx", "off")
+}
+
+/// `ethtool -K DEV FEATURE VALUE` in namespace `ns`, checked.
+fn ethtool_k(ns: &str, dev: &str, feature: &str, value: &str) -> Result<()> {
+    let out = exec(ns, &["ethtool", "-K", dev, feature, value])?;
     ensure!(
         out.status.success(),
-        "ethtool -K {dev} tx off in {ns}: {}",
+        "ethtool -K {dev} {feature} {value} in {ns}: {}",
         text(&out).trim()
     );
     Ok(())

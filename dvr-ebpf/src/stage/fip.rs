@@ -10,7 +10,7 @@
 //! Inbound, a packet longer than the VM network's MTU is answered from the floating IP or
 //! fragmented (`mtu`); a FIP of a router with `admin_state_up: false` takes nothing.
 //!
-//! Calls `vip`, `ha`, `mtu`. Maps: reads DVR_FIPS, DVR_FIP_SRC, DVR_EXT_NEIGH, DVR_EXT_DENY;
+//! Calls `vip`, `ha`, `mtu`. Maps: reads DVR_LOCAL_PORTS, DVR_XDP_TAPS (`inbound_xdp`), DVR_FIPS, DVR_FIP_SRC, DVR_EXT_NEIGH, DVR_EXT_DENY;
 //! reads and writes DVR_CT. Verdicts: those of `mtu`, drop_router_down, fip_dnat, fip_snat,
 //! fip_hairpin, fip_icmp_error,
 //! ext_pass, drop_fip_unassociated, drop_fip_not_here, drop_ext_to_fixed_ip,
@@ -29,14 +29,14 @@ use dvr_common::{
         CT_DNAT, CT_HAIRPIN, CT_SNAT, CtEntry, FIP_CENTRAL, FIP_LOCAL, FIP_ROUTER_DOWN,
         FIP_UNASSOCIATED, FIP_VIP, FipEntry, FipSrc, ZONE_EXTERNAL,
     },
-    port::{PORT_FLAG_DOWN, PORT_FLAG_SG, PORT_FLAG_XDP},
+    port::{PORT_FLAG_DOWN, PORT_FLAG_SG},
     route::IpKey,
     stats::Stat,
 };
 
 use crate::{
     base::{
-        maps::{DVR_EXT_DENY, DVR_EXT_NEIGH, DVR_FIP_SRC, DVR_FIPS, DVR_LOCAL_PORTS},
+        maps::{DVR_EXT_DENY, DVR_EXT_NEIGH, DVR_FIP_SRC, DVR_FIPS, DVR_LOCAL_PORTS, DVR_XDP_TAPS},
         packet::Eth,
         verdict::{Verdict, redirect, settle},
     },
@@ -102,8 +102,8 @@ pub fn inbound(ctx: &TcContext, f: &Flow, cfg: &HostConfig) -> Result<Verdict, V
 /// a floating IP whose port is on this host and needs nothing [`inbound`] does in TC
 /// beyond the translation: the FIP is local (not central, not a VIP, its router up), the
 /// packet fits the port's MTU, and the port's tap takes frames redirected from XDP
-/// (`PORT_FLAG_XDP`), which skips the tap's egress program, so only a port without
-/// security groups and up. Translated, tracked as [`inbound`] tracks it and redirected to
+/// (DVR_XDP_TAPS), which skips the tap's egress program, so only a port without security
+/// groups and up. Translated, tracked as [`inbound`] tracks it and redirected to
 /// the tap: `Some((XDP_REDIRECT, fip_dnat))`, or `(XDP_DROP, drop_ct_insert)`; `None`
 /// (untouched) for everything else, which TC handles.
 #[inline(always)]
@@ -119,7 +119,10 @@ pub fn inbound_xdp(ctx: &XdpContext, f: &Flow) -> Option<(u32, Stat)> {
     }
     // SAFETY: as above.
     let port = unsafe { DVR_LOCAL_PORTS.get(&fip.ifindex) }?;
-    if port.flags & (PORT_FLAG_XDP | PORT_FLAG_SG | PORT_FLAG_DOWN) != PORT_FLAG_XDP {
+    // SAFETY: as above.
+    if port.flags & (PORT_FLAG_SG | PORT_FLAG_DOWN) != 0
+        || unsafe { DVR_XDP_TAPS.get(&fip.ifindex) }.is_none()
+    {
         return None;
     }
     let eth = Eth::at(ctx).ok()?;

@@ -34,7 +34,7 @@ use std::{
 };
 
 use dvr_common::{
-    port::{PORT_FLAG_SG, PORT_FLAG_SG_STATELESS, PORT_FLAG_XDP},
+    port::{PORT_FLAG_SG, PORT_FLAG_SG_STATELESS},
     sg::SG_ZONE,
 };
 use netlink_packet_route::link::InfoKind;
@@ -108,8 +108,23 @@ impl Current {
 struct XdpPlan {
     /// Attach it to the external NIC.
     ext: bool,
-    /// Tap ifindexes whose ports get `PORT_FLAG_XDP`.
+    /// Tap ifindexes the XDP program may redirect to (DVR_XDP_TAPS).
     taps: BTreeSet<u32>,
+}
+
+/// Make DVR_XDP_TAPS hold exactly `taps`: new ones first, then the ones gone.
+fn sync_xdp_taps(
+    maps: &mut crate::maps::HostMaps,
+    taps: &BTreeSet<u32>,
+) -> Result<(), crate::maps::MapsError> {
+    let now = maps.xdp_taps.read()?;
+    for ifx in taps.iter().filter(|i| !now.contains_key(i)) {
+        maps.xdp_taps.put(ifx, &1)?;
+    }
+    for ifx in now.keys().filter(|i| !taps.contains(i)) {
+        maps.xdp_taps.del(ifx)?;
+    }
+    Ok(())
 }
 
 /// What the last apply made this host serve.
@@ -434,7 +449,7 @@ impl Agent {
         }
         // Taps that went away (or were recreated) are detached before their entries go.
         let gone = self.dp.detach_stale(&present)?;
-        let mut compiled = match compiled {
+        let compiled = match compiled {
             Some(c) => c,
             None => match compile::compile(
                 &self.current.state,
@@ -453,12 +468,6 @@ impl Agent {
                 }
             },
         };
-        let xdp = self.xdp_plan(&present, ext_now.as_ref());
-        for ifx in &xdp.taps {
-            if let Some(p) = compiled.entries.local_ports.get_mut(ifx) {
-                p.flags |= PORT_FLAG_XDP;
-            }
-        }
         let mut cfg = compiled.config;
         cfg.tunnel_ifindex = self.dp.tunnel_ifindex;
         cfg.flags |= self.opts.tunnel_encap.encap_flags();
@@ -503,6 +512,10 @@ impl Agent {
             .sync_external(ext_now.as_ref().map(|(n, i)| (n.as_str(), *i)))
         {
             warn!(error = %e, "external interface attach failed; will retry");
+        }
+        let xdp = self.xdp_plan(&present, ext_now.as_ref());
+        if let Err(e) = sync_xdp_taps(&mut self.dp.maps, &xdp.taps) {
+            warn!(error = %e, "cannot write the XDP taps; will retry");
         }
         let xdp_want = ext_now
             .as_ref()

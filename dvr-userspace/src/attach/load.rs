@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{SchedClassifier, Xdp},
+    programs::{Program, ProgramError, SchedClassifier, Xdp},
 };
 
 use super::error::AttachError;
@@ -18,25 +18,27 @@ pub const PROG_EXT_XDP: &str = "dvr_ext_xdp";
 /// On the underlay NIC (`--tunnel-decap bpf`): VXLAN frames decapsulated there.
 pub const PROG_UNDERLAY: &str = "dvr_underlay";
 
-/// A program of the loaded object, by name.
+/// A TC program of the loaded object, by name.
 pub fn program<'a>(
     ebpf: &'a mut Ebpf,
     prog: &'static str,
 ) -> Result<&'a mut SchedClassifier, AttachError> {
-    let p = ebpf.program_mut(prog).ok_or(AttachError::Program {
-        prog,
-        source: aya::programs::ProgramError::UnexpectedProgramType,
-    })?;
-    p.try_into()
-        .map_err(|source| AttachError::Program { prog, source })
+    typed(ebpf, prog)
 }
 
 /// The XDP program of the loaded object.
 pub fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, AttachError> {
-    let prog = PROG_EXT_XDP;
+    typed(ebpf, PROG_EXT_XDP)
+}
+
+/// Program `prog` of the loaded object as the kind `T` it is.
+fn typed<'a, T>(ebpf: &'a mut Ebpf, prog: &'static str) -> Result<&'a mut T, AttachError>
+where
+    &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
+{
     let p = ebpf.program_mut(prog).ok_or(AttachError::Program {
         prog,
-        source: aya::programs::ProgramError::UnexpectedProgramType,
+        source: ProgramError::UnexpectedProgramType,
     })?;
     p.try_into()
         .map_err(|source| AttachError::Program { prog, source })

@@ -16,7 +16,7 @@ mod walk;
 
 use dvr_common::{
     config::{HOST_DECAP_BPF, HOST_ENCAP_BPF, HostConfig},
-    port::{PORT_FLAG_DOWN, PORT_FLAG_SG, PORT_FLAG_XDP},
+    port::{PORT_FLAG_DOWN, PORT_FLAG_SG},
     stats::Stat,
 };
 use serde::Serialize;
@@ -122,8 +122,8 @@ pub fn trace_named(maps: &HostMaps, p: Probe, names: Option<&Names>) -> Result<T
 }
 
 /// Whether the external NIC's XDP program finishes `p` (`fip::inbound_xdp`): a plain TCP or
-/// UDP IPv4 packet whose floating IP delivers it to a local tap marked `PORT_FLAG_XDP`,
-/// without security groups, with the XDP program attached.
+/// UDP IPv4 packet whose floating IP delivers it to a local tap in DVR_XDP_TAPS, without
+/// security groups, with the XDP program attached.
 fn in_xdp(maps: &HostMaps, p: &Probe, o: &walk::Out, cfg: &HostConfig) -> Result<bool, MapsError> {
     let tap = o
         .output
@@ -136,9 +136,11 @@ fn in_xdp(maps: &HostMaps, p: &Probe, o: &walk::Out, cfg: &HostConfig) -> Result
     if !crate::attach::xdp_pinned(&maps.dir, &p.iface, cfg.ext_ifindex) {
         return Ok(false);
     }
-    Ok(maps.local_ports.get(&tap)?.is_some_and(|port| {
-        port.flags & (PORT_FLAG_XDP | PORT_FLAG_SG | PORT_FLAG_DOWN) == PORT_FLAG_XDP
-    }))
+    Ok(maps.xdp_taps.get(&tap)?.is_some()
+        && maps
+            .local_ports
+            .get(&tap)?
+            .is_some_and(|port| port.flags & (PORT_FLAG_SG | PORT_FLAG_DOWN) == 0))
 }
 
 /// Human rendering.

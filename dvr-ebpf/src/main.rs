@@ -1,5 +1,5 @@
-//! The DVR datapath: five TC programs and one XDP program. The code is layered, every module calling only
-//! downwards: `entry` (one pipeline per program) -> `stage` (features) -> `net` (parsed
+//! The DVR datapath: five TC programs and one XDP program. The code is layered, every
+//! module calling only downwards: `entry` (one pipeline per program) -> `stage` (features) -> `net` (parsed
 //! flow, conntrack, rewrites, L2 delivery, route lookup) -> `base` (packet access,
 //! verdicts, clocks, maps, drop events). Each entry's verdict becomes the TCX return code
 //! and is counted exactly once (`entry::finish`; `dvr_tap` counts in each of its two halves,

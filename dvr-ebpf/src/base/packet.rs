@@ -89,6 +89,8 @@ pub const IP_OFFSET: u16 = 0x1fff;
 
 /// L4 fields, as offsets from the start of their header.
 pub const TCP_CSUM_OFF: usize = offset_of!(TcpHdr, check);
+/// The TCP header without options.
+pub const TCP_HDR_LEN: usize = TcpHdr::LEN;
 /// The flags byte: the second byte of the data offset / flags word.
 pub const TCP_FLAGS_OFF: usize = offset_of!(TcpHdr, window) - 1;
 pub const UDP_CSUM_OFF: usize = offset_of!(UdpHdr, check);

@@ -1,14 +1,15 @@
 //! Entry pipeline of the external NIC's XDP program (native XDP, in front of `ext`, the TC
 //! program on the same NIC): the frames that need nothing but a lookup and a rewrite are
-//! finished here, before the kernel builds a socket buffer for them: ARP requests this host
-//! answers (`ext_arp::xdp`, sent back out of the NIC by a redirect to it: `XDP_TX` on a
-//! veth only reaches a peer that runs an XDP program of its own), and plain TCP/UDP packets to a
-//! floating IP whose port is here without security groups (`fip::inbound_xdp`, redirected
-//! to its tap). Everything else (`XDP_PASS`) reaches the TC program untouched, which
-//! handles it as it would without XDP. Frames finished here are counted with their verdict
-//! and as xdp_ext; passed frames are counted by TC.
+//! finished here, before the kernel builds a socket buffer for them: ARP requests this
+//! host answers (`ext_arp::xdp`, sent back out of the NIC by a redirect to it: `XDP_TX` on
+//! a veth only reaches a peer that runs an XDP program of its own), and plain TCP/UDP
+//! packets to a floating IP whose port is here without security groups
+//! (`fip::inbound_xdp`, redirected to its tap). Everything else (`XDP_PASS`) reaches the TC
+//! program untouched, which handles it as it would without XDP; nothing is dropped here.
+//! Frames finished here are counted with their verdict and as xdp_ext; passed frames are
+//! counted by TC.
 //! Maps: reads DVR_HOST_CONFIG, DVR_SNAT_IPS (and those of the stages).
-//! Verdicts: ext_arp_reply, fip_dnat, drop_ct_insert.
+//! Verdicts: ext_arp_reply, fip_dnat.
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_redirect, programs::XdpContext};
 use dvr_common::stats::Stat;
 

@@ -14,7 +14,7 @@ use crate::base::{
     packet::{
         ETH_LEN, ICMP_DEST_UNREACH, ICMP_ECHO_ID_OFF, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
         ICMP_HDR_LEN, ICMP_PARAM_PROBLEM, ICMP_TIME_EXCEEDED, IP_HDR_LEN, IP_MF_OFFSET, IP_OFFSET,
-        IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, TCP_FLAGS_OFF, be16, ptr_at,
+        IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, TCP_FLAGS_OFF, TCP_HDR_LEN, be16, ptr_at,
     },
     verdict::Verdict,
 };
@@ -99,9 +99,10 @@ impl Flow {
     }
 
     /// For the external NIC's XDP program: the flow of a plain TCP or UDP packet, whole in
-    /// the frame's first buffer (no IP options, not a fragment, the frame at least as long
-    /// as the IP length says); `None` for anything else, which is left to [`Flow::parse`]
-    /// in TC. Ports and TCP flags sit at fixed offsets here.
+    /// the frame's first buffer (no IP options, not a fragment, TTL > 1, the frame at least
+    /// as long as the IP length says, the L4 header's checksum within it); `None` for
+    /// anything else, which is left to [`Flow::parse`] in TC. Ports, TCP flags and
+    /// checksums sit at fixed offsets here.
     #[inline(always)]
     pub fn parse_simple(ctx: &XdpContext) -> Option<Flow> {
         const L4: usize = ETH_LEN + IP_HDR_LEN;
@@ -110,6 +111,7 @@ impl Flow {
         let ip = unsafe { &*ip };
         let tot_len = be16(ip.tot_len);
         if ip.vihl != 0x45
+            || ip.ttl <= 1
             || be16(ip.frags) & IP_MF_OFFSET != 0
             || (tot_len as usize) < IP_HDR_LEN
             || ctx.data() + ETH_LEN + tot_len as usize > ctx.data_end()
@@ -118,7 +120,7 @@ impl Flow {
         }
         let (sport, dport, tcp_flags) = match ip.proto {
             IPPROTO_TCP => {
-                let b: *const [u8; TCP_FLAGS_OFF + 1] = ptr_at(ctx, L4).ok()?;
+                let b: *const [u8; TCP_HDR_LEN] = ptr_at(ctx, L4).ok()?;
                 // SAFETY: bounds-checked by ptr_at; a byte array.
                 let b = unsafe { &*b };
                 (

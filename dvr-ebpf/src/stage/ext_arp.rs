@@ -62,7 +62,7 @@ enum Answer {
 }
 
 #[inline(always)]
-fn answer<C: Linear>(ctx: &C, cfg: &HostConfig) -> Result<Answer, Verdict> {
+fn answer(ctx: &impl Linear, cfg: &HostConfig) -> Result<Answer, Verdict> {
     let eth = Eth::at(ctx)?;
     let arp: *mut ArpHdr = ptr_at(ctx, ETH_LEN)?;
     // SAFETY: bounds-checked by ptr_at; no helper ran since; ArpHdr is all bytes.

@@ -18,7 +18,6 @@
 //! drop_no_external, drop_icmp_error_no_flow, drop_ct_insert, drop_ttl_exceeded,
 //! drop_redirect, drop_malformed.
 use aya_ebpf::{
-    bindings::xdp_action,
     helpers::bpf_redirect,
     maps::lpm_trie::Key,
     programs::{TcContext, XdpContext},
@@ -103,9 +102,9 @@ pub fn inbound(ctx: &TcContext, f: &Flow, cfg: &HostConfig) -> Result<Verdict, V
 /// beyond the translation: the FIP is local (not central, not a VIP, its router up), the
 /// packet fits the port's MTU, and the port's tap takes frames redirected from XDP
 /// (DVR_XDP_TAPS), which skips the tap's egress program, so only a port without security
-/// groups and up. Translated, tracked as [`inbound`] tracks it and redirected to
-/// the tap: `Some((XDP_REDIRECT, fip_dnat))`, or `(XDP_DROP, drop_ct_insert)`; `None`
-/// (untouched) for everything else, which TC handles.
+/// groups and up. Tracked as [`inbound`] tracks it, translated and redirected to the tap:
+/// `Some((XDP_REDIRECT, fip_dnat))`; `None` (untouched) for everything else, which TC
+/// handles, including a flow conntrack could not take (TC drops and reports it).
 #[inline(always)]
 pub fn inbound_xdp(ctx: &XdpContext, f: &Flow) -> Option<(u32, Stat)> {
     // SAFETY: read-only use of agent-written hash values.
@@ -126,11 +125,9 @@ pub fn inbound_xdp(ctx: &XdpContext, f: &Flow) -> Option<(u32, Stat)> {
         return None;
     }
     let eth = Eth::at(ctx).ok()?;
+    track_or_create(f, fip, ZONE_EXTERNAL, 0).ok()?;
     if !rewrite::dnat_simple(ctx, f, fip.fixed_ip_be) {
         return None;
-    }
-    if track_or_create(f, fip, ZONE_EXTERNAL, 0).is_err() {
-        return Some((xdp_action::XDP_DROP, Stat::DropCtInsert));
     }
     eth.set_src(fip.gw_mac);
     eth.set_dst(fip.port_mac);

@@ -192,7 +192,8 @@ fn external_host_reaches_a_vm_through_its_fip() -> Result<()> {
 /// ext_arp_reply and fip_dnat, and v1 receives exactly what TC would have given it (its
 /// fixed IP, the real source, TTL 63, from its gateway MAC), with the flow in conntrack;
 /// v2 has a security group, so its packets pass to TC, whose rules still hold (a port it
-/// does not open is refused). h2 runs with `--ext-xdp off`: no XDP link, the same service.
+/// does not open is refused). h2 runs with `--ext-xdp off`: no XDP link, the same service;
+/// so does h1's next agent, which takes the program off `ext0`.
 #[test]
 fn external_nic_xdp_serves_arp_and_the_fips_of_ports_without_security_groups() -> Result<()> {
     require_preconditions();
@@ -326,6 +327,40 @@ fn external_nic_xdp_serves_arp_and_the_fips_of_ports_without_security_groups() -
     ensure!(
         xdp == 0 && dnat >= 1,
         "h2 runs --ext-xdp off: xdp_ext +{xdp} (want 0), fip_dnat +{dnat}"
+    );
+
+    // h1's next agent runs with --ext-xdp off: the program leaves ext0 with its pin, and TC
+    // serves v1's FIP.
+    c.stop_agent("h1")?;
+    c.agent_args
+        .extend(["--ext-xdp".to_string(), "off".to_string()]);
+    c.restart_agent("h1")?;
+    let ns = c.host("h1")?.ns.clone();
+    wait_until("h1's XDP program and pin to go", WAIT, |why| {
+        let link = cmd::text(&cmd::run_ok(
+            "ip",
+            &["-n", &ns, "-d", "link", "show", "ext0"],
+        )?);
+        let pins = c.link_pins("h1")?;
+        *why = format!("{link}\npins {pins:?}");
+        Ok(
+            (!link.contains("prog/xdp") && !pins.iter().any(|p| p.starts_with("ext0:xdp@")))
+                .then_some(()),
+        )
+    })?;
+    let before = Counters::take(&c, &["h1"])?;
+    let r = c.udp_request(EXT, f1, 7101, b"dvr-tc-again", Some(INTERNET_HOST), 3)?;
+    ensure!(
+        r.from == SocketAddrV4::new(f1, 7101),
+        "reply from {f1}:7101: {r:?}"
+    );
+    let (xdp, dnat) = (
+        before.delta(&c, "h1", Stat::XdpExt)?,
+        before.delta(&c, "h1", Stat::FipDnat)?,
+    );
+    ensure!(
+        xdp == 0 && dnat >= 1,
+        "h1 without XDP: xdp_ext +{xdp} (want 0), fip_dnat +{dnat}"
     );
     Ok(())
 }

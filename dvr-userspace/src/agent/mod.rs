@@ -380,10 +380,12 @@ impl Agent {
     }
 
     /// Where XDP may send frames (`--ext-xdp native`), host facts like the ifindexes, not
-    /// in the state: to the external NIC's link (`XDP_TX`) unless it is a veth, and to the
-    /// taps that are tun/tap devices; a veth only with `--xdp-veth-peers` (its peer runs
-    /// NAPI, without which the kernel drops what XDP sends it). When the kinds cannot be
-    /// read, nowhere: TC serves everything.
+    /// in the state: back out of the external NIC (so the program is attached to it) unless
+    /// it is a veth, and to the taps that are tun/tap devices; a veth only with
+    /// `--xdp-veth-peers` (its peer runs NAPI, without which the kernel drops what XDP sends
+    /// it). When the kinds cannot be read, nowhere: TC serves everything. A program a
+    /// previous agent attached where this one would not is removed with its pin
+    /// (`Datapath::prune_links`).
     fn xdp_plan(&self, present: &BTreeMap<String, u32>, ext: Option<&(String, u32)>) -> XdpPlan {
         if !self.opts.ext_xdp {
             return XdpPlan::default();

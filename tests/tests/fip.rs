@@ -315,19 +315,7 @@ fn external_nic_xdp_serves_arp_and_the_fips_of_ports_without_security_groups() -
 
     // h2 without XDP serves v3's FIP all the same, in TC.
     let _s3 = c.udp_echo_server("v3", 7104)?;
-    let r = c.udp_request(EXT, f3, 7104, b"dvr-off", Some(INTERNET_HOST), 3)?;
-    ensure!(
-        r.from == SocketAddrV4::new(f3, 7104),
-        "reply from {f3}:7104: {r:?}"
-    );
-    let (xdp, dnat) = (
-        start.delta(&c, "h2", Stat::XdpExt)?,
-        start.delta(&c, "h2", Stat::FipDnat)?,
-    );
-    ensure!(
-        xdp == 0 && dnat >= 1,
-        "h2 runs --ext-xdp off: xdp_ext +{xdp} (want 0), fip_dnat +{dnat}"
-    );
+    answered_in_tc(&c, "h2", &start, f3, 7104)?;
 
     // h1's next agent runs with --ext-xdp off: the program leaves ext0 with its pin, and TC
     // serves v1's FIP.
@@ -348,19 +336,26 @@ fn external_nic_xdp_serves_arp_and_the_fips_of_ports_without_security_groups() -
                 .then_some(()),
         )
     })?;
-    let before = Counters::take(&c, &["h1"])?;
-    let r = c.udp_request(EXT, f1, 7101, b"dvr-tc-again", Some(INTERNET_HOST), 3)?;
+    answered_in_tc(&c, "h1", &Counters::take(&c, &["h1"])?, f1, 7101)?;
+    Ok(())
+}
+
+/// A UDP request from 198.51.100.10 to `fip`:`port` is answered from there, and `host`,
+/// which runs without XDP, translated it in TC: fip_dnat grew since `since`, xdp_ext did
+/// not.
+fn answered_in_tc(c: &Cloud, host: &str, since: &Counters, fip: Ipv4Addr, port: u16) -> Result<()> {
+    let r = c.udp_request(EXT, fip, port, b"dvr-tc", Some(INTERNET_HOST), 3)?;
     ensure!(
-        r.from == SocketAddrV4::new(f1, 7101),
-        "reply from {f1}:7101: {r:?}"
+        r.from == SocketAddrV4::new(fip, port),
+        "reply from {fip}:{port}: {r:?}"
     );
     let (xdp, dnat) = (
-        before.delta(&c, "h1", Stat::XdpExt)?,
-        before.delta(&c, "h1", Stat::FipDnat)?,
+        since.delta(c, host, Stat::XdpExt)?,
+        since.delta(c, host, Stat::FipDnat)?,
     );
     ensure!(
         xdp == 0 && dnat >= 1,
-        "h1 without XDP: xdp_ext +{xdp} (want 0), fip_dnat +{dnat}"
+        "{host} runs without XDP: xdp_ext +{xdp} (want 0), fip_dnat +{dnat}"
     );
     Ok(())
 }

@@ -58,7 +58,7 @@ use anyhow::{Context, Result, anyhow, ensure};
 
 use super::netns::NsSet;
 use super::{PathEnds, PathKind};
-use crate::cloud::Cidr;
+use crate::cloud::{Cidr, UNDERLAY_DEV};
 use crate::cmd::{exec_ok, exec_with_deadline, ip, run_with_deadline, text};
 use crate::external::{EXT_GATEWAY, INTERNET_HOST};
 
@@ -495,7 +495,7 @@ impl NeutronDvr {
             &[
                 "link",
                 "add",
-                "ul0",
+                UNDERLAY_DEV,
                 "type",
                 "veth",
                 "peer",
@@ -507,9 +507,15 @@ impl NeutronDvr {
         )?;
         ipn(
             &ns,
-            &["addr", "add", &format!("{}/24", h.tunnel_ip), "dev", "ul0"],
+            &[
+                "addr",
+                "add",
+                &format!("{}/24", h.tunnel_ip),
+                "dev",
+                UNDERLAY_DEV,
+            ],
         )?;
-        ipn(&ns, &["link", "set", "ul0", "up"])?;
+        ipn(&ns, &["link", "set", UNDERLAY_DEV, "up"])?;
         ipn(
             &self.underlay,
             &["link", "set", &uplink, "master", "br0", "up"],
@@ -573,9 +579,9 @@ impl NeutronDvr {
                     "local",
                     &h.tunnel_ip.to_string(),
                     "dev",
-                    "ul0",
+                    UNDERLAY_DEV,
                     "dstport",
-                    "4789",
+                    &dvr_common::config::VXLAN_PORT.to_string(),
                     "nolearning",
                 ],
             )?;

@@ -212,12 +212,7 @@ impl Walk<'_> {
             self.flood_out(vni)?;
             return Ok(o);
         }
-        let Some(ifindex) = o
-            .output
-            .as_deref()
-            .and_then(|t| t.strip_prefix("tap#"))
-            .and_then(|t| t.parse::<u32>().ok())
-        else {
+        let Some(ifindex) = o.tap() else {
             return Ok(o);
         };
         let mut pkt = self.sg_packet();

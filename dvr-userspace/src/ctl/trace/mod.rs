@@ -125,12 +125,8 @@ pub fn trace_named(maps: &HostMaps, p: Probe, names: Option<&Names>) -> Result<T
 /// UDP IPv4 packet whose floating IP delivers it to a local tap in DVR_XDP_TAPS, without
 /// security groups, with the XDP program attached.
 fn in_xdp(maps: &HostMaps, p: &Probe, o: &walk::Out, cfg: &HostConfig) -> Result<bool, MapsError> {
-    let tap = o
-        .output
-        .as_deref()
-        .and_then(|t| t.strip_prefix("tap#"))
-        .and_then(|t| t.parse::<u32>().ok());
-    let (Some(tap), Stat::FipDnat, None, 6 | 17, 2..) = (tap, o.stat, p.v6, p.proto, p.ttl) else {
+    let (Some(tap), Stat::FipDnat, None, 6 | 17, 2..) = (o.tap(), o.stat, p.v6, p.proto, p.ttl)
+    else {
         return Ok(false);
     };
     if !crate::attach::xdp_pinned(&maps.dir, &p.iface, cfg.ext_ifindex) {

@@ -88,6 +88,16 @@ pub(super) struct Out {
     pub(super) flood_vni: Option<u32>,
 }
 
+impl Out {
+    /// The local tap it is delivered to (`tap#N`), if any.
+    pub(super) fn tap(&self) -> Option<u32> {
+        self.output
+            .as_deref()
+            .and_then(|t| t.strip_prefix("tap#"))
+            .and_then(|t| t.parse().ok())
+    }
+}
+
 pub(super) fn out(stat: Stat, output: impl Into<String>, src_mac: Mac, dst_mac: Mac) -> Out {
     Out {
         stat,
